@@ -1,0 +1,1177 @@
+/*
+ * conf.c - load mxkeepd's libconfig file into one typed struct conf.
+ *
+ * What it does: one static table per group of settings gives each key its
+ * kind (string, path, duration, size, ...), default, bounds and offset in
+ * the struct it fills.  conf_load() applies every default from the tables
+ * first (like memcached's settings_init), then walks the file: every key
+ * found must be in the table of its group, so a misspelt key is an error,
+ * never a silently ignored line.  Cross-field rules (tls needs both files,
+ * probe_min <= probe_max, ...) run after their group is read.
+ *
+ * Owns: the struct conf it returns and every string and array in it; the
+ * libconfig tree lives only for the duration of conf_load().
+ *
+ * Never: logs, exits or keeps global state.  A bad file yields NULL and
+ * one line "file:line: what is wrong" for the caller (main exits 78, a
+ * reload keeps the old conf).  The value parsers at the bottom are pure.
+ *
+ * Security: the file is trusted (root-owned) but every number is bounded,
+ * so a typo cannot give a zero timeout or a size whose arithmetic wraps;
+ * the parsers check for overflow before multiplying.  Relative paths are
+ * made absolute at load time so the later chdir of a daemon changes
+ * nothing.  Files named here (recipient lists, TLS material) are only
+ * checked for readability (access R_OK, as root, before privileges are
+ * dropped); reading them is policy.c's and tls.c's job.  Values echoed in
+ * error messages are stripped of control characters so they stay one line.
+ *
+ * libconfig 1.5 note: a plain integer literal above 2^31-1 wraps silently
+ * inside libconfig before we see it; large sizes must be written as size
+ * strings ("4G") or with libconfig's L suffix.  The sample config says so.
+ */
+#include "conf.h"
+
+#include <arpa/inet.h>
+#include <ctype.h>
+#include <errno.h>
+#include <libconfig.h>
+#include <limits.h>
+#include <netinet/in.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+/* ---- named constants ---------------------------------------------------- */
+
+#define SECOND                  1L
+#define MINUTE                  (60 * SECOND)
+#define HOUR                    (60 * MINUTE)
+#define DAY                     (24 * HOUR)
+#define KIB                     1024L
+#define MIB                     (1024 * KIB)
+#define GIB                     (1024 * MIB)
+
+#define SMTP_DEFAULT_PORT       25
+#define PORT_MIN                1
+#define PORT_MAX                65535
+#define METRICS_DEFAULT_PORT    9125
+#define RFC5321_LINE_MIN        512     /* RFC 5321 4.5.3.1.4 command line */
+#define LINE_LENGTH_MAX         65536
+#define TIMEOUT_MAX             DAY     /* longer than this is a typo */
+
+#define HOSTNAME_MAX            253     /* RFC 1035 presentation form */
+#define LABEL_MAX               63
+#define SHA256_HEX_LEN          64
+#define FINGERPRINT_PREFIX      "sha256:"
+#define CIDR_TEXT_MAX           (INET6_ADDRSTRLEN + 4)  /* addr + "/128" */
+#define V4_BITS                 32
+#define V6_BITS                 128
+#define V4MAPPED_OFFSET         12      /* ::ffff:a.b.c.d keeps a.b.c.d here */
+
+/* ---- the loader --------------------------------------------------------- */
+
+struct conf_loader {
+    const char *path;           /* file name when libconfig gives none */
+    char *err;
+    size_t errlen;
+    char *cwd;                  /* for relative paths, fetched on first use */
+    struct conf *c;
+};
+
+enum conf_kind {
+    CK_STRING,      /* any non-empty string */
+    CK_PATH,        /* made absolute */
+    CK_RFILE,       /* made absolute, must be readable now */
+    CK_HOSTNAME,    /* validated, lower-cased, trailing dot dropped */
+    CK_ADDRESS,     /* numeric IPv4 or IPv6 */
+    CK_INT,         /* long, plain integer */
+    CK_DURATION,    /* long seconds: integer or "30s" "5m" "2h" "7d" */
+    CK_SIZE,        /* long octets: integer or "10k" "50M" "1G" */
+    CK_PORT,        /* int */
+    CK_BOOL,        /* int 0/1 */
+    CK_ENUM,        /* int: index into names */
+    CK_GROUP,       /* sub-table at base + off; hook, if any, checks after */
+    CK_CUSTOM,      /* hook parses the setting itself */
+};
+
+#define CF_REQUIRED 1u
+
+typedef int (*conf_hook)(struct conf_loader *L, const config_setting_t *s, void *base);
+
+struct conf_setting {
+    const char *name;
+    enum conf_kind kind;
+    size_t off;
+    long def;
+    long min, max;
+    unsigned flags;
+    const char *const *names;           /* CK_ENUM */
+    const struct conf_setting *sub;     /* CK_GROUP */
+    conf_hook hook;
+};
+
+_Static_assert(sizeof(enum bare_newline) == sizeof(int), "enum stored as int");
+_Static_assert(sizeof(enum tls_policy) == sizeof(int), "enum stored as int");
+_Static_assert(TLS_POLICY_NONE == 0 && TLS_POLICY_MAY == 1 && TLS_POLICY_ENCRYPT == 2 &&
+               TLS_POLICY_VERIFY == 3, "tls_names follows enum tls_policy");
+_Static_assert(BARE_NL_NORMALIZE == 0 && BARE_NL_REJECT == 1,
+               "bare_newline_names follows enum bare_newline");
+
+static const char *const bare_newline_names[] = { "normalize", "reject", NULL };
+static const char *const tls_names[] = { "none", "may", "encrypt", "verify", NULL };
+
+static int conf_aliases_parse(struct conf_loader *L, const config_setting_t *s, void *base);
+static int conf_listen_parse(struct conf_loader *L, const config_setting_t *s, void *base);
+static int conf_resolver_parse(struct conf_loader *L, const config_setting_t *s, void *base);
+static int conf_etrn_allow_parse(struct conf_loader *L, const config_setting_t *s, void *base);
+static int conf_domains_parse(struct conf_loader *L, const config_setting_t *s, void *base);
+static int conf_fingerprint_parse(struct conf_loader *L, const config_setting_t *s, void *base);
+static int conf_tls_check(struct conf_loader *L, const config_setting_t *s, void *base);
+static int conf_limits_check(struct conf_loader *L, const config_setting_t *s, void *base);
+static int conf_delivery_check(struct conf_loader *L, const config_setting_t *s, void *base);
+static int conf_control_check(struct conf_loader *L, const config_setting_t *s, void *base);
+
+#define LIM(f) offsetof(struct conf_limits, f)
+static const struct conf_setting limits_table[] = {
+    { "message_size",    CK_SIZE,     LIM(message_size),   50 * MIB, KIB, 2 * GIB, 0, 0, 0, 0 },
+    { "recipients",      CK_INT,      LIM(recipients),     1000, 1, 100000, 0, 0, 0, 0 },
+    { "connections",     CK_INT,      LIM(connections),    1000, 1, 1000000, 0, 0, 0, 0 },
+    { "per_client",      CK_INT,      LIM(per_client),     20, 1, 1000000, 0, 0, 0, 0 },
+    { "command_timeout", CK_DURATION, LIM(command_timeout), 5 * MINUTE, SECOND, TIMEOUT_MAX, 0, 0, 0, 0 },
+    { "data_timeout",    CK_DURATION, LIM(data_timeout),   10 * MINUTE, SECOND, TIMEOUT_MAX, 0, 0, 0, 0 },
+    { "line_length",     CK_INT,      LIM(line_length),    RFC5321_LINE_MIN, RFC5321_LINE_MIN, LINE_LENGTH_MAX, 0, 0, 0, 0 },
+    { "header_size",     CK_SIZE,     LIM(header_size),    100 * KIB, KIB, 64 * MIB, 0, 0, 0, 0 },
+    { "header_lines",    CK_INT,      LIM(header_lines),   1000, 1, 100000, 0, 0, 0, 0 },
+    { "received_max",    CK_INT,      LIM(received_max),   100, 1, 1000, 0, 0, 0, 0 },
+    { "bad_commands",    CK_INT,      LIM(bad_commands),   10, 1, 1000, 0, 0, 0, 0 },
+    { NULL, 0, 0, 0, 0, 0, 0, 0, 0, 0 },
+};
+#undef LIM
+
+#define DLV(f) offsetof(struct conf_delivery, f)
+static const struct conf_setting delivery_table[] = {
+    { "probe_min",        CK_DURATION, DLV(probe_min),        30 * SECOND, SECOND, DAY, 0, 0, 0, 0 },
+    { "probe_max",        CK_DURATION, DLV(probe_max),        15 * MINUTE, SECOND, 7 * DAY, 0, 0, 0, 0 },
+    { "max_connections",  CK_INT,      DLV(max_connections),  4, 1, 1000, 0, 0, 0, 0 },
+    { "max_rate",         CK_INT,      DLV(max_rate),         0, 0, 1000000, 0, 0, 0, 0 },
+    { "connect_timeout",  CK_DURATION, DLV(connect_timeout),  30 * SECOND, SECOND, TIMEOUT_MAX, 0, 0, 0, 0 },
+    { "greeting_timeout", CK_DURATION, DLV(greeting_timeout), 5 * MINUTE, SECOND, TIMEOUT_MAX, 0, 0, 0, 0 },
+    { "command_timeout",  CK_DURATION, DLV(command_timeout),  5 * MINUTE, SECOND, TIMEOUT_MAX, 0, 0, 0, 0 },
+    { "data_timeout",     CK_DURATION, DLV(data_timeout),     10 * MINUTE, SECOND, TIMEOUT_MAX, 0, 0, 0, 0 },
+    { "delay_warning",    CK_DURATION, DLV(delay_warning),    0, 0, 365 * DAY, 0, 0, 0, 0 },
+    { "bounce_retention", CK_DURATION, DLV(bounce_retention), 5 * DAY, HOUR, 365 * DAY, 0, 0, 0, 0 },
+    { "messages_per_connection", CK_INT, DLV(messages_per_connection), 1000, 1, 1000000, 0, 0, 0, 0 },
+    { NULL, 0, 0, 0, 0, 0, 0, 0, 0, 0 },
+};
+#undef DLV
+
+#define LST(f) offsetof(struct conf_listen, f)
+static const struct conf_setting listen_table[] = {
+    { "address", CK_ADDRESS, LST(address), 0, 0, 0, CF_REQUIRED, 0, 0, 0 },
+    { "port",    CK_PORT,    LST(port),    SMTP_DEFAULT_PORT, PORT_MIN, PORT_MAX, CF_REQUIRED, 0, 0, 0 },
+    { NULL, 0, 0, 0, 0, 0, 0, 0, 0, 0 },
+};
+#undef LST
+
+#define DOM(f) offsetof(struct conf_domain, f)
+static const struct conf_setting domain_table[] = {
+    { "name",            CK_HOSTNAME, DOM(name),       0, 0, 0, CF_REQUIRED, 0, 0, 0 },
+    { "primary",         CK_STRING,   DOM(primary),    0, 0, 0, 0, 0, 0, 0 },
+    { "retention",       CK_DURATION, DOM(retention),  7 * DAY, HOUR, 365 * DAY, 0, 0, 0, 0 },
+    { "recipients",      CK_RFILE,    DOM(recipients), 0, 0, 0, 0, 0, 0, 0 },
+    { "tls",             CK_ENUM,     DOM(tls),        TLS_POLICY_MAY, 0, 0, 0, tls_names, 0, 0 },
+    { "tls_ca",          CK_RFILE,    DOM(tls_ca),     0, 0, 0, 0, 0, 0, 0 },
+    { "tls_fingerprint", CK_CUSTOM,   0,               0, 0, 0, 0, 0, 0, conf_fingerprint_parse },
+    { "hold",            CK_BOOL,     DOM(hold),       0, 0, 1, 0, 0, 0, 0 },
+    { NULL, 0, 0, 0, 0, 0, 0, 0, 0, 0 },
+};
+#undef DOM
+
+/* Sub-groups whose fields live directly in struct conf use base = conf. */
+#define CNF(f) offsetof(struct conf, f)
+static const struct conf_setting etrn_table[] = {
+    { "allow", CK_CUSTOM, 0, 0, 0, 0, 0, 0, 0, conf_etrn_allow_parse },
+    { NULL, 0, 0, 0, 0, 0, 0, 0, 0, 0 },
+};
+
+static const struct conf_setting tls_table[] = {
+    { "certificate", CK_RFILE, CNF(tls_certificate), 0, 0, 0, 0, 0, 0, 0 },
+    { "key",         CK_RFILE, CNF(tls_key),         0, 0, 0, 0, 0, 0, 0 },
+    { NULL, 0, 0, 0, 0, 0, 0, 0, 0, 0 },
+};
+
+static const struct conf_setting control_table[] = {
+    { "socket", CK_PATH,   CNF(control_socket), 0, 0, 0, 0, 0, 0, 0 },
+    { "group",  CK_STRING, CNF(control_group),  0, 0, 0, 0, 0, 0, 0 },
+    { NULL, 0, 0, 0, 0, 0, 0, 0, 0, 0 },
+};
+
+static const struct conf_setting metrics_table[] = {
+    { "address", CK_ADDRESS, CNF(metrics_address), 0, 0, 0, CF_REQUIRED, 0, 0, 0 },
+    { "port",    CK_PORT,    CNF(metrics_port),    METRICS_DEFAULT_PORT, PORT_MIN, PORT_MAX, 0, 0, 0, 0 },
+    { NULL, 0, 0, 0, 0, 0, 0, 0, 0, 0 },
+};
+
+static const struct conf_setting top_table[] = {
+    { "hostname",      CK_HOSTNAME, CNF(hostname),      0, 0, 0, 0, 0, 0, 0 },
+    { "aliases",       CK_CUSTOM,   0,                  0, 0, 0, 0, 0, 0, conf_aliases_parse },
+    { "bare_newline",  CK_ENUM,     CNF(bare_newline),  BARE_NL_NORMALIZE, 0, 0, 0, bare_newline_names, 0, 0 },
+    { "listen",        CK_CUSTOM,   0,                  0, 0, 0, CF_REQUIRED, 0, 0, conf_listen_parse },
+    { "spool",         CK_PATH,     CNF(spool),         0, 0, 0, CF_REQUIRED, 0, 0, 0 },
+    { "user",          CK_STRING,   CNF(user),          0, 0, 0, 0, 0, 0, 0 },
+    { "group",         CK_STRING,   CNF(group),         0, 0, 0, 0, 0, 0, 0 },
+    { "resolver",      CK_CUSTOM,   0,                  0, 0, 0, 0, 0, 0, conf_resolver_parse },
+    { "etrn",          CK_GROUP,    0,                  0, 0, 0, 0, 0, etrn_table, 0 },
+    { "tls",           CK_GROUP,    0,                  0, 0, 0, 0, 0, tls_table, conf_tls_check },
+    { "limits",        CK_GROUP,    CNF(limits),        0, 0, 0, 0, 0, limits_table, conf_limits_check },
+    { "delivery",      CK_GROUP,    CNF(delivery),      0, 0, 0, 0, 0, delivery_table, conf_delivery_check },
+    { "domains",       CK_CUSTOM,   0,                  0, 0, 0, 0, 0, 0, conf_domains_parse },
+    { "control",       CK_GROUP,    0,                  0, 0, 0, 0, 0, control_table, conf_control_check },
+    { "metrics",       CK_GROUP,    0,                  0, 0, 0, 0, 0, metrics_table, 0 },
+    { "pid_file",      CK_PATH,     CNF(pid_file),      0, 0, 0, 0, 0, 0, 0 },
+    { "lmdb_map_size", CK_SIZE,     CNF(lmdb_map_size), GIB, MIB, 1024 * GIB, 0, 0, 0, 0 },
+    { "commit_batch",  CK_INT,      CNF(commit_batch),  256, 1, 100000, 0, 0, 0, 0 },
+    { NULL, 0, 0, 0, 0, 0, 0, 0, 0, 0 },
+};
+#undef CNF
+
+/* ---- errors ------------------------------------------------------------- */
+
+/* Keep the message one printable line whatever the file contained. */
+static void conf_err_sanitize(char *s)
+{
+    for (; *s; s++)
+        if ((unsigned char)*s < 0x20 || (unsigned char)*s == 0x7f)
+            *s = '?';
+}
+
+static void conf_err_at(struct conf_loader *L, const char *file, unsigned line,
+                        const char *fmt, va_list ap)
+{
+    int n;
+    if (L->errlen == 0)
+        return;
+    /* Line 0 (root, missing keys at top level) is reported as the file's
+     * first line so every message keeps the file:line: shape. */
+    n = snprintf(L->err, L->errlen, "%s:%u: ", file ? file : L->path, line ? line : 1);
+    if (n >= 0 && (size_t)n < L->errlen)
+        vsnprintf(L->err + n, L->errlen - (size_t)n, fmt, ap);
+    conf_err_sanitize(L->err);
+}
+
+static int __attribute__((format(printf, 3, 4)))
+conf_fail(struct conf_loader *L, const config_setting_t *s, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    conf_err_at(L, s ? config_setting_source_file(s) : NULL,
+                s ? config_setting_source_line(s) : 0, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+/* "limits.line_length" for messages; the top level has no prefix. */
+static void conf_fullname(char *buf, size_t len, const char *where, const char *name)
+{
+    if (where)
+        snprintf(buf, len, "%s.%s", where, name ? name : "?");
+    else
+        snprintf(buf, len, "%s", name ? name : "?");
+}
+
+/* ---- small pure helpers ------------------------------------------------- */
+
+static int conf_digits(const char *s, size_t maxdigits, unsigned long long limit,
+                       unsigned long long *out)
+{
+    unsigned long long v = 0;
+    size_t n = 0;
+    if (!isdigit((unsigned char)*s))
+        return -1;
+    for (; isdigit((unsigned char)*s); s++, n++) {
+        unsigned d = (unsigned)(*s - '0');
+        if (n >= maxdigits || v > (limit - d) / 10)
+            return -1;
+        v = v * 10 + d;
+    }
+    if (*s)
+        return -1;
+    *out = v;
+    return 0;
+}
+
+static int conf_parse_port(const char *s, int *port)
+{
+    unsigned long long v;
+    if (conf_digits(s, 5, PORT_MAX, &v) < 0 || v < PORT_MIN)
+        return -1;
+    *port = (int)v;
+    return 0;
+}
+
+/* RFC 1123 host name: letters, digits, hyphens; labels 1..63, no leading or
+ * trailing hyphen; at most 253 octets. */
+static int conf_hostname_ok(const char *s)
+{
+    size_t len = strlen(s), label = 0;
+    if (len == 0 || len > HOSTNAME_MAX)
+        return 0;
+    for (size_t i = 0; i <= len; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        if (ch == '.' || ch == '\0') {
+            if (label == 0 || s[i - 1] == '-')
+                return 0;
+            label = 0;
+        } else if (isalnum(ch) || ch == '-') {
+            if (label == 0 && ch == '-')
+                return 0;
+            if (++label > LABEL_MAX)
+                return 0;
+        } else {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* Lower-cased copy without one trailing dot, or NULL if not a host name. */
+static char *conf_hostname_norm(const char *s, size_t len)
+{
+    char *h;
+    if (len > 1 && s[len - 1] == '.')
+        len--;
+    h = strndup(s, len);
+    if (!h)
+        return NULL;
+    for (char *p = h; *p; p++)
+        *p = (char)tolower((unsigned char)*p);
+    if (!conf_hostname_ok(h)) {
+        free(h);
+        return NULL;
+    }
+    return h;
+}
+
+static int conf_is_ip(const char *s)
+{
+    unsigned char buf[sizeof(struct in6_addr)];
+    return inet_pton(AF_INET, s, buf) == 1 || inet_pton(AF_INET6, s, buf) == 1;
+}
+
+/* Largest exact unit, so bounds in messages read like the file. */
+static void conf_fmt_value(enum conf_kind kind, long v, char *buf, size_t len)
+{
+    static const struct { long mult; char unit; } durs[] = {
+        { DAY, 'd' }, { HOUR, 'h' }, { MINUTE, 'm' } };
+    static const struct { long mult; char unit; } sizes[] = {
+        { GIB, 'G' }, { MIB, 'M' }, { KIB, 'k' } };
+    if (v > 0 && kind == CK_DURATION) {
+        for (size_t i = 0; i < sizeof durs / sizeof durs[0]; i++)
+            if (v % durs[i].mult == 0) {
+                snprintf(buf, len, "%ld%c", v / durs[i].mult, durs[i].unit);
+                return;
+            }
+        snprintf(buf, len, "%lds", v);
+        return;
+    }
+    if (v > 0 && kind == CK_SIZE) {
+        for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++)
+            if (v % sizes[i].mult == 0) {
+                snprintf(buf, len, "%ld%c", v / sizes[i].mult, sizes[i].unit);
+                return;
+            }
+    }
+    snprintf(buf, len, "%ld", v);
+}
+
+/* ---- paths -------------------------------------------------------------- */
+
+static char *conf_abspath(struct conf_loader *L, const config_setting_t *s, const char *p)
+{
+    char *out;
+    size_t n;
+    if (p[0] == '/')
+        return strdup(p);
+    if (!L->cwd) {
+        L->cwd = getcwd(NULL, 0);
+        if (!L->cwd) {
+            conf_fail(L, s, "cannot make \"%s\" absolute: getcwd: %s", p, strerror(errno));
+            return NULL;
+        }
+    }
+    n = strlen(L->cwd) + 1 + strlen(p) + 1;
+    out = malloc(n);
+    if (!out)
+        return NULL;
+    /* "/" as working directory must not give "//x". */
+    snprintf(out, n, "%s%s%s", L->cwd, L->cwd[1] ? "/" : "", p);
+    return out;
+}
+
+/* ---- the table walker --------------------------------------------------- */
+
+static void conf_defaults(const struct conf_setting *t, void *base)
+{
+    for (; t->name; t++) {
+        char *field = (char *)base + t->off;
+        switch (t->kind) {
+        case CK_INT:
+        case CK_DURATION:
+        case CK_SIZE:
+            *(long *)(void *)field = t->def;
+            break;
+        case CK_PORT:
+        case CK_BOOL:
+        case CK_ENUM:
+            *(int *)(void *)field = (int)t->def;
+            break;
+        case CK_GROUP:
+            conf_defaults(t->sub, field);
+            break;
+        default:
+            break;          /* strings and lists start NULL/empty (calloc) */
+        }
+    }
+}
+
+static const struct conf_setting *conf_table_find(const struct conf_setting *t, const char *name)
+{
+    for (; t->name; t++)
+        if (strcmp(t->name, name) == 0)
+            return t;
+    return NULL;
+}
+
+static int conf_get_number(struct conf_loader *L, const config_setting_t *s,
+                           const struct conf_setting *t, const char *full, long *out)
+{
+    int type = config_setting_type(s);
+    if (type == CONFIG_TYPE_INT || type == CONFIG_TYPE_INT64) {
+        long long v = config_setting_get_int64(s);
+        if (v > LONG_MAX || v < LONG_MIN)
+            return conf_fail(L, s, "%s is out of range", full);
+        *out = (long)v;
+        return 0;
+    }
+    if (type == CONFIG_TYPE_STRING && t->kind == CK_DURATION) {
+        const char *v = config_setting_get_string(s);
+        if (conf_parse_duration(v, out) < 0)
+            return conf_fail(L, s, "%s: bad duration \"%s\" (want seconds, or a number "
+                             "with s, m, h or d)", full, v);
+        return 0;
+    }
+    if (type == CONFIG_TYPE_STRING && t->kind == CK_SIZE) {
+        const char *v = config_setting_get_string(s);
+        if (conf_parse_size(v, out) < 0)
+            return conf_fail(L, s, "%s: bad size \"%s\" (want octets, or a number "
+                             "with k, M or G)", full, v);
+        return 0;
+    }
+    if (t->kind == CK_DURATION)
+        return conf_fail(L, s, "%s must be a duration such as 30 or \"5m\"", full);
+    if (t->kind == CK_SIZE)
+        return conf_fail(L, s, "%s must be a size such as 1048576 or \"50M\"", full);
+    return conf_fail(L, s, "%s must be an integer", full);
+}
+
+static int conf_group_load(struct conf_loader *L, const config_setting_t *g,
+                           const struct conf_setting *t, void *base, const char *where);
+
+static int conf_value_load(struct conf_loader *L, const config_setting_t *s,
+                           const struct conf_setting *t, void *base, const char *where)
+{
+    char full[128], lo[32], hi[32];
+    char *field = (char *)base + t->off;
+    char **sp = (char **)(void *)field;
+    const char *str = NULL;
+    long v;
+
+    conf_fullname(full, sizeof full, where, t->name);
+    switch (t->kind) {
+    case CK_STRING:
+    case CK_PATH:
+    case CK_RFILE:
+    case CK_HOSTNAME:
+    case CK_ADDRESS:
+    case CK_ENUM:
+        if (config_setting_type(s) != CONFIG_TYPE_STRING)
+            return conf_fail(L, s, "%s must be a string", full);
+        str = config_setting_get_string(s);
+        if (!str || !*str)
+            return conf_fail(L, s, "%s must not be empty", full);
+        break;
+    default:
+        break;
+    }
+
+    switch (t->kind) {
+    case CK_STRING:
+        *sp = strdup(str);
+        break;
+    case CK_PATH:
+        if (!(*sp = conf_abspath(L, s, str)))
+            return -1;
+        return 0;
+    case CK_RFILE:
+        if (!(*sp = conf_abspath(L, s, str)))
+            return -1;
+        if (access(*sp, R_OK) < 0)
+            return conf_fail(L, s, "%s: cannot read \"%s\": %s", full, *sp, strerror(errno));
+        return 0;
+    case CK_HOSTNAME:
+        if (!(*sp = conf_hostname_norm(str, strlen(str))))
+            return conf_fail(L, s, "%s: \"%s\" is not a valid host name", full, str);
+        return 0;
+    case CK_ADDRESS:
+        if (!conf_is_ip(str))
+            return conf_fail(L, s, "%s: \"%s\" is not a numeric IPv4 or IPv6 address",
+                             full, str);
+        *sp = strdup(str);
+        break;
+    case CK_ENUM:
+        for (int i = 0; t->names[i]; i++)
+            if (strcmp(t->names[i], str) == 0) {
+                *(int *)(void *)field = i;
+                return 0;
+            }
+        {
+            char want[128] = "";
+            for (int i = 0; t->names[i]; i++) {
+                size_t n = strlen(want);
+                snprintf(want + n, sizeof want - n, "%s\"%s\"", i ? ", " : "", t->names[i]);
+            }
+            return conf_fail(L, s, "%s: \"%s\" is not one of %s", full, str, want);
+        }
+    case CK_INT:
+    case CK_DURATION:
+    case CK_SIZE:
+    case CK_PORT:
+        if (conf_get_number(L, s, t, full, &v) < 0)
+            return -1;
+        if (v < t->min || v > t->max) {
+            conf_fmt_value(t->kind, t->min, lo, sizeof lo);
+            conf_fmt_value(t->kind, t->max, hi, sizeof hi);
+            return conf_fail(L, s, "%s must be between %s and %s", full, lo, hi);
+        }
+        if (t->kind == CK_PORT)
+            *(int *)(void *)field = (int)v;
+        else
+            *(long *)(void *)field = v;
+        return 0;
+    case CK_BOOL:
+        if (config_setting_type(s) != CONFIG_TYPE_BOOL)
+            return conf_fail(L, s, "%s must be true or false", full);
+        *(int *)(void *)field = config_setting_get_bool(s) ? 1 : 0;
+        return 0;
+    case CK_GROUP:
+        if (conf_group_load(L, s, t->sub, field, full) < 0)
+            return -1;
+        return t->hook ? t->hook(L, s, field) : 0;
+    case CK_CUSTOM:
+        return t->hook(L, s, base);
+    }
+    if (!*sp)
+        return conf_fail(L, s, "out of memory");
+    return 0;
+}
+
+static int conf_group_load(struct conf_loader *L, const config_setting_t *g,
+                           const struct conf_setting *t, void *base, const char *where)
+{
+    int n;
+    if (!config_setting_is_group(g))
+        return conf_fail(L, g, "%s must be a group { ... }", where ? where : "configuration");
+    n = config_setting_length(g);
+    for (int i = 0; i < n; i++) {
+        const config_setting_t *s = config_setting_get_elem(g, (unsigned)i);
+        const char *name = config_setting_name(s);
+        const struct conf_setting *def = name ? conf_table_find(t, name) : NULL;
+        if (!def) {
+            if (where)
+                return conf_fail(L, s, "unknown setting \"%s\" in %s", name ? name : "?", where);
+            return conf_fail(L, s, "unknown setting \"%s\"", name ? name : "?");
+        }
+        if (conf_value_load(L, s, def, base, where) < 0)
+            return -1;
+    }
+    for (; t->name; t++)
+        if ((t->flags & CF_REQUIRED) &&
+            !config_setting_get_member((config_setting_t *)g, t->name)) {
+            char full[128];
+            conf_fullname(full, sizeof full, where, t->name);
+            return conf_fail(L, g, "missing required setting \"%s\"", full);
+        }
+    return 0;
+}
+
+/* ---- custom settings ---------------------------------------------------- */
+
+static int conf_is_sequence(const config_setting_t *s)
+{
+    return config_setting_is_list(s) || config_setting_is_array(s);
+}
+
+static int conf_aliases_parse(struct conf_loader *L, const config_setting_t *s, void *base)
+{
+    struct conf *c = base;
+    int n;
+    if (!conf_is_sequence(s))
+        return conf_fail(L, s, "aliases must be a list of host names ( \"a\", \"b\" )");
+    n = config_setting_length(s);
+    c->aliases = calloc((size_t)n + 1, sizeof *c->aliases);
+    if (!c->aliases)
+        return conf_fail(L, s, "out of memory");
+    for (int i = 0; i < n; i++) {
+        const config_setting_t *e = config_setting_get_elem(s, (unsigned)i);
+        const char *v = config_setting_get_string(e);
+        if (!v)
+            return conf_fail(L, e, "aliases: every entry must be a string");
+        if (!(c->aliases[i] = conf_hostname_norm(v, strlen(v))))
+            return conf_fail(L, e, "aliases: \"%s\" is not a valid host name", v);
+        c->naliases = (size_t)i + 1;
+    }
+    return 0;
+}
+
+static int conf_listen_parse(struct conf_loader *L, const config_setting_t *s, void *base)
+{
+    struct conf *c = base;
+    int n;
+    if (!config_setting_is_list(s))
+        return conf_fail(L, s, "listen must be a list ( { address = \"...\"; port = N; } )");
+    n = config_setting_length(s);
+    if (n == 0)
+        return conf_fail(L, s, "listen must name at least one address");
+    c->listen = calloc((size_t)n, sizeof *c->listen);
+    if (!c->listen)
+        return conf_fail(L, s, "out of memory");
+    for (int i = 0; i < n; i++) {
+        const config_setting_t *e = config_setting_get_elem(s, (unsigned)i);
+        c->nlisten = (size_t)i + 1;
+        conf_defaults(listen_table, &c->listen[i]);
+        if (conf_group_load(L, e, listen_table, &c->listen[i], "listen") < 0)
+            return -1;
+    }
+    return 0;
+}
+
+/* "ip", "ip:port", "[ipv6]:port", or a bare IPv6 literal. */
+static int conf_resolver_ok(const char *v)
+{
+    char host[INET6_ADDRSTRLEN + 1];
+    const char *port = NULL;
+    size_t hl;
+    int p;
+    if (v[0] == '[') {
+        const char *close = strchr(v, ']');
+        unsigned char a[sizeof(struct in6_addr)];
+        if (!close || (hl = (size_t)(close - v - 1)) == 0 || hl >= sizeof host)
+            return 0;
+        memcpy(host, v + 1, hl);
+        host[hl] = '\0';
+        if (inet_pton(AF_INET6, host, a) != 1)
+            return 0;
+        if (close[1] == '\0')
+            return 1;
+        if (close[1] != ':')
+            return 0;
+        return conf_parse_port(close + 2, &p) == 0;
+    }
+    if (conf_is_ip(v))
+        return 1;
+    port = strchr(v, ':');
+    if (!port || strchr(port + 1, ':'))
+        return 0;
+    hl = (size_t)(port - v);
+    if (hl == 0 || hl >= sizeof host)
+        return 0;
+    memcpy(host, v, hl);
+    host[hl] = '\0';
+    {
+        unsigned char a[sizeof(struct in_addr)];
+        if (inet_pton(AF_INET, host, a) != 1)
+            return 0;
+    }
+    return conf_parse_port(port + 1, &p) == 0;
+}
+
+static int conf_resolver_parse(struct conf_loader *L, const config_setting_t *s, void *base)
+{
+    struct conf *c = base;
+    const char *v = config_setting_get_string(s);
+    if (!v)
+        return conf_fail(L, s, "resolver must be a string");
+    if (!conf_resolver_ok(v))
+        return conf_fail(L, s, "resolver: \"%s\" is not \"ip\", \"ip:port\" or "
+                         "\"[ipv6]:port\"", v);
+    if (!(c->resolver = strdup(v)))
+        return conf_fail(L, s, "out of memory");
+    return 0;
+}
+
+static int conf_etrn_allow_parse(struct conf_loader *L, const config_setting_t *s, void *base)
+{
+    struct conf *c = base;
+    int n;
+    if (!conf_is_sequence(s))
+        return conf_fail(L, s, "etrn.allow must be a list of prefixes ( \"127.0.0.0/8\" )");
+    n = config_setting_length(s);
+    c->etrn_allow = calloc((size_t)n + 1, sizeof *c->etrn_allow);
+    if (!c->etrn_allow)
+        return conf_fail(L, s, "out of memory");
+    for (int i = 0; i < n; i++) {
+        const config_setting_t *e = config_setting_get_elem(s, (unsigned)i);
+        const char *v = config_setting_get_string(e);
+        if (!v)
+            return conf_fail(L, e, "etrn.allow: every entry must be a string");
+        if (conf_parse_cidr(v, &c->etrn_allow[i]) < 0)
+            return conf_fail(L, e, "etrn.allow: \"%s\" is not an address or prefix "
+                             "such as 192.0.2.0/24 or 2001:db8::/32", v);
+        c->netrn_allow = (size_t)i + 1;
+    }
+    return 0;
+}
+
+/* "sha256:" + 64 hex digits, colons between octets allowed; stored as
+ * "sha256:" + 64 lower-case hex digits so tls.c compares with strcmp. */
+static int conf_fingerprint_parse(struct conf_loader *L, const config_setting_t *s, void *base)
+{
+    struct conf_domain *d = base;
+    const char *v = config_setting_get_string(s);
+    const size_t plen = sizeof FINGERPRINT_PREFIX - 1;
+    char out[sizeof FINGERPRINT_PREFIX + SHA256_HEX_LEN];
+    size_t n = 0;
+    const char *p;
+
+    if (!v)
+        return conf_fail(L, s, "domains.tls_fingerprint must be a string");
+    if (strncasecmp(v, FINGERPRINT_PREFIX, plen) != 0)
+        goto bad;
+    memcpy(out, FINGERPRINT_PREFIX, plen);
+    for (p = v + plen; *p; p++) {
+        if (*p == ':') {
+            /* only between whole octets: "ab:cd", never "a:b", "::" or trailing */
+            if (n == 0 || n % 2 || p[-1] == ':' || p[1] == '\0')
+                goto bad;
+            continue;
+        }
+        if (!isxdigit((unsigned char)*p) || n >= SHA256_HEX_LEN)
+            goto bad;
+        out[plen + n++] = (char)tolower((unsigned char)*p);
+    }
+    if (n != SHA256_HEX_LEN)
+        goto bad;
+    out[plen + n] = '\0';
+    if (!(d->tls_fingerprint = strdup(out)))
+        return conf_fail(L, s, "out of memory");
+    return 0;
+bad:
+    return conf_fail(L, s, "domains.tls_fingerprint: \"%s\" is not \"sha256:\" followed "
+                     "by 64 hex digits", v);
+}
+
+static int conf_domain_finish(struct conf_loader *L, const config_setting_t *e,
+                              struct conf_domain *d, size_t idx)
+{
+    const config_setting_t *nm = config_setting_get_member((config_setting_t *)e, "name");
+    if (d->primary) {
+        const config_setting_t *ps = config_setting_get_member((config_setting_t *)e, "primary");
+        if (conf_parse_primary(d->primary, &d->primary_host, &d->primary_port,
+                               &d->primary_fixed) < 0)
+            return conf_fail(L, ps, "domains.primary: \"%s\" is not \"[host]:port\", "
+                             "\"[host]\", \"domain\" or \"domain:port\"", d->primary);
+    } else {
+        if (!(d->primary_host = strdup(d->name)))
+            return conf_fail(L, e, "out of memory");
+        d->primary_port = SMTP_DEFAULT_PORT;
+        d->primary_fixed = 0;
+    }
+    if (d->tls == TLS_POLICY_NONE && (d->tls_ca || d->tls_fingerprint))
+        return conf_fail(L, e, "domain \"%s\": tls = \"none\" contradicts tls_ca / "
+                         "tls_fingerprint", d->name);
+    for (size_t j = 0; j < idx; j++)
+        if (strcmp(L->c->domains[j].name, d->name) == 0)
+            return conf_fail(L, nm, "domain \"%s\" is listed twice", d->name);
+    return 0;
+}
+
+static int conf_domains_parse(struct conf_loader *L, const config_setting_t *s, void *base)
+{
+    struct conf *c = base;
+    int n;
+    if (!config_setting_is_list(s))
+        return conf_fail(L, s, "domains must be a list ( { name = \"...\"; }, ... )");
+    n = config_setting_length(s);
+    c->domains = calloc((size_t)n + 1, sizeof *c->domains);
+    if (!c->domains)
+        return conf_fail(L, s, "out of memory");
+    for (int i = 0; i < n; i++) {
+        const config_setting_t *e = config_setting_get_elem(s, (unsigned)i);
+        struct conf_domain *d = &c->domains[i];
+        c->ndomains = (size_t)i + 1;
+        conf_defaults(domain_table, d);
+        if (conf_group_load(L, e, domain_table, d, "domains") < 0 ||
+            conf_domain_finish(L, e, d, (size_t)i) < 0)
+            return -1;
+    }
+    return 0;
+}
+
+static int conf_tls_check(struct conf_loader *L, const config_setting_t *s, void *base)
+{
+    const struct conf *c = base;
+    if (!c->tls_certificate != !c->tls_key)
+        return conf_fail(L, s, "tls needs both certificate and key, or neither");
+    return 0;
+}
+
+static int conf_limits_check(struct conf_loader *L, const config_setting_t *s, void *base)
+{
+    const struct conf_limits *l = base;
+    if (l->header_size > l->message_size)
+        return conf_fail(L, s, "limits.header_size must not exceed limits.message_size");
+    return 0;
+}
+
+static int conf_delivery_check(struct conf_loader *L, const config_setting_t *s, void *base)
+{
+    const struct conf_delivery *d = base;
+    if (d->probe_min > d->probe_max) {
+        const config_setting_t *m = config_setting_get_member((config_setting_t *)s, "probe_min");
+        return conf_fail(L, m ? m : s, "delivery.probe_min must not exceed delivery.probe_max");
+    }
+    return 0;
+}
+
+static int conf_control_check(struct conf_loader *L, const config_setting_t *s, void *base)
+{
+    const struct conf *c = base;
+    struct sockaddr_un sun;
+    if (c->control_socket && strlen(c->control_socket) >= sizeof sun.sun_path) {
+        const config_setting_t *m = config_setting_get_member((config_setting_t *)s, "socket");
+        return conf_fail(L, m ? m : s, "control.socket: \"%s\" is longer than a unix socket "
+                         "path may be (%zu)", c->control_socket, sizeof sun.sun_path - 1);
+    }
+    return 0;
+}
+
+/* No hostname in the file: take the system's name (no DNS at load time). */
+static int conf_hostname_default(struct conf_loader *L, struct conf *c)
+{
+    char buf[HOST_NAME_MAX + 1];
+    if (c->hostname)
+        return 0;
+    if (gethostname(buf, sizeof buf) < 0) {
+        conf_fail(L, NULL, "hostname is not set and gethostname failed: %s", strerror(errno));
+        return -1;
+    }
+    buf[sizeof buf - 1] = '\0';
+    if (!(c->hostname = conf_hostname_norm(buf, strlen(buf))))
+        return conf_fail(L, NULL, "hostname is not set and the system name \"%s\" is not "
+                         "a valid host name", buf);
+    return 0;
+}
+
+/* ---- public ------------------------------------------------------------- */
+
+struct conf *conf_load(const char *path, char *err, size_t errlen)
+{
+    struct conf_loader L = { .path = path, .err = err, .errlen = errlen };
+    config_t cfg;
+    struct conf *c;
+    int ok = 0;
+
+    if (errlen)
+        err[0] = '\0';
+    c = calloc(1, sizeof *c);
+    if (!c) {
+        if (errlen)
+            snprintf(err, errlen, "%s: out of memory", path);
+        return NULL;
+    }
+    L.c = c;
+    conf_defaults(top_table, c);
+
+    config_init(&cfg);
+    if (!config_read_file(&cfg, path)) {
+        if (config_error_type(&cfg) == CONFIG_ERR_FILE_IO) {
+            /* no line to point at: the file itself could not be read */
+            if (errlen)
+                snprintf(err, errlen, "%s: cannot read: %s", path, strerror(errno));
+        } else if (errlen) {
+            const char *f = config_error_file(&cfg);
+            snprintf(err, errlen, "%s:%d: %s", f ? f : path, config_error_line(&cfg),
+                     config_error_text(&cfg));
+            conf_err_sanitize(err);
+        }
+        goto out;
+    }
+    if (!(c->path = strdup(path))) {
+        conf_fail(&L, NULL, "out of memory");
+        goto out;
+    }
+    if (conf_group_load(&L, config_root_setting(&cfg), top_table, c, NULL) < 0)
+        goto out;
+    if (conf_hostname_default(&L, c) < 0)
+        goto out;
+    ok = 1;
+out:
+    config_destroy(&cfg);
+    free(L.cwd);
+    if (!ok) {
+        conf_free(c);
+        return NULL;
+    }
+    return c;
+}
+
+void conf_free(struct conf *c)
+{
+    if (!c)
+        return;
+    free(c->path);
+    free(c->hostname);
+    for (size_t i = 0; i < c->naliases; i++)
+        free(c->aliases[i]);
+    free(c->aliases);
+    for (size_t i = 0; i < c->nlisten; i++)
+        free(c->listen[i].address);
+    free(c->listen);
+    free(c->spool);
+    free(c->user);
+    free(c->group);
+    free(c->resolver);
+    free(c->etrn_allow);
+    free(c->tls_certificate);
+    free(c->tls_key);
+    for (size_t i = 0; i < c->ndomains; i++) {
+        struct conf_domain *d = &c->domains[i];
+        free(d->name);
+        free(d->primary);
+        free(d->primary_host);
+        free(d->recipients);
+        free(d->tls_ca);
+        free(d->tls_fingerprint);
+    }
+    free(c->domains);
+    free(c->control_socket);
+    free(c->control_group);
+    free(c->metrics_address);
+    free(c->pid_file);
+    free(c);
+}
+
+const struct conf_domain *conf_domain_find(const struct conf *c, const char *domain)
+{
+    size_t len;
+    if (!c || !domain)
+        return NULL;
+    len = strlen(domain);
+    if (len > 1 && domain[len - 1] == '.')
+        len--;
+    for (size_t i = 0; i < c->ndomains; i++) {
+        const char *name = c->domains[i].name;
+        if (strlen(name) == len && strncasecmp(name, domain, len) == 0)
+            return &c->domains[i];
+    }
+    return NULL;
+}
+
+/* ---- pure value parsers ------------------------------------------------- */
+
+/* Digits then at most one unit letter; overflow of long is malformed. */
+static int conf_parse_scaled(const char *s, long *out, long (*unit)(char))
+{
+    unsigned long long v = 0;
+    long mult = 1;
+    if (!s || !isdigit((unsigned char)*s))
+        return -1;
+    for (; isdigit((unsigned char)*s); s++) {
+        unsigned d = (unsigned)(*s - '0');
+        if (v > ((unsigned long long)LONG_MAX - d) / 10)
+            return -1;
+        v = v * 10 + d;
+    }
+    if (*s) {
+        if ((mult = unit(*s)) <= 0 || s[1] != '\0')
+            return -1;
+    }
+    if (v > (unsigned long long)(LONG_MAX / mult))
+        return -1;
+    *out = (long)v * mult;
+    return 0;
+}
+
+static long conf_duration_unit(char ch)
+{
+    switch (ch) {
+    case 's': return SECOND;
+    case 'm': return MINUTE;
+    case 'h': return HOUR;
+    case 'd': return DAY;
+    default:  return -1;
+    }
+}
+
+static long conf_size_unit(char ch)
+{
+    switch (ch) {
+    case 'k': case 'K': return KIB;
+    case 'm': case 'M': return MIB;
+    case 'g': case 'G': return GIB;
+    default:            return -1;
+    }
+}
+
+int conf_parse_duration(const char *s, long *seconds)
+{
+    return conf_parse_scaled(s, seconds, conf_duration_unit);
+}
+
+int conf_parse_size(const char *s, long *octets)
+{
+    return conf_parse_scaled(s, octets, conf_size_unit);
+}
+
+int conf_parse_cidr(const char *s, struct conf_cidr *out)
+{
+    char buf[CIDR_TEXT_MAX + 1];
+    char *slash;
+    struct conf_cidr r;
+    int maxbits;
+    size_t len;
+
+    if (!s || (len = strlen(s)) == 0 || len > CIDR_TEXT_MAX)
+        return -1;
+    memcpy(buf, s, len + 1);
+    slash = strchr(buf, '/');
+    if (slash)
+        *slash = '\0';
+    memset(&r, 0, sizeof r);
+    if (inet_pton(AF_INET, buf, r.addr) == 1) {
+        r.family = AF_INET;
+        maxbits = V4_BITS;
+    } else if (inet_pton(AF_INET6, buf, r.addr) == 1) {
+        r.family = AF_INET6;
+        maxbits = V6_BITS;
+    } else {
+        return -1;
+    }
+    r.bits = maxbits;
+    if (slash) {
+        unsigned long long b;
+        if (conf_digits(slash + 1, 3, (unsigned long long)maxbits, &b) < 0)
+            return -1;
+        r.bits = (int)b;
+    }
+    /* Clear host bits so matching compares networks, whatever was written. */
+    for (int i = 0; i < maxbits / 8; i++) {
+        int keep = r.bits - i * 8;
+        if (keep <= 0)
+            r.addr[i] = 0;
+        else if (keep < 8)
+            r.addr[i] &= (unsigned char)(0xff << (8 - keep));
+    }
+    *out = r;
+    return 0;
+}
+
+static int conf_prefix_eq(const unsigned char *net, const unsigned char *a, int bits)
+{
+    int whole = bits / 8, rest = bits % 8;
+    if (memcmp(net, a, (size_t)whole) != 0)
+        return 0;
+    if (rest) {
+        unsigned char m = (unsigned char)(0xff << (8 - rest));
+        return (net[whole] & m) == (a[whole] & m);
+    }
+    return 1;
+}
+
+int conf_cidr_match(const struct conf_cidr *list, size_t n, int family, const void *addr)
+{
+    static const unsigned char v4mapped[V4MAPPED_OFFSET] = {
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff };
+    unsigned char v6[16];
+    const unsigned char *v4 = NULL;
+
+    if (!addr)
+        return 0;
+    if (family == AF_INET) {
+        v4 = addr;
+        /* also compare as ::ffff:a.b.c.d, for prefixes written in v6 form */
+        memcpy(v6, v4mapped, sizeof v4mapped);
+        memcpy(v6 + V4MAPPED_OFFSET, v4, 4);
+    } else if (family == AF_INET6) {
+        memcpy(v6, addr, sizeof v6);
+        if (memcmp(v6, v4mapped, sizeof v4mapped) == 0)
+            v4 = v6 + V4MAPPED_OFFSET;
+    } else {
+        return 0;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (list[i].family == AF_INET && v4 && conf_prefix_eq(list[i].addr, v4, list[i].bits))
+            return 1;
+        if (list[i].family == AF_INET6 && conf_prefix_eq(list[i].addr, v6, list[i].bits))
+            return 1;
+    }
+    return 0;
+}
+
+int conf_parse_primary(const char *s, char **host, int *port, int *fixed)
+{
+    const char *hs, *he, *rest;
+    int fx, p = SMTP_DEFAULT_PORT;
+    char *h;
+
+    if (!s || !*s)
+        return -1;
+    if (s[0] == '[') {
+        const char *close = strchr(s, ']');
+        if (!close)
+            return -1;
+        hs = s + 1;
+        he = close;
+        rest = close + 1;
+        fx = 1;
+    } else {
+        const char *colon = strchr(s, ':');
+        /* an unbracketed IPv6 literal cannot be told from host:port */
+        if (colon && strchr(colon + 1, ':'))
+            return -1;
+        hs = s;
+        he = colon ? colon : s + strlen(s);
+        rest = he;
+        fx = 0;
+    }
+    if (he == hs)
+        return -1;
+    if (*rest) {
+        if (*rest != ':' || conf_parse_port(rest + 1, &p) < 0)
+            return -1;
+    }
+    if (!(h = strndup(hs, (size_t)(he - hs))))
+        return -1;
+    if (fx && conf_is_ip(h)) {
+        /* address literal: kept as written */
+    } else {
+        char *norm = conf_hostname_norm(h, strlen(h));
+        unsigned char a[sizeof(struct in_addr)];
+        free(h);
+        /* An MX lookup of an address makes no sense: addresses need [ ]. */
+        if (!norm || (!fx && inet_pton(AF_INET, norm, a) == 1)) {
+            free(norm);
+            return -1;
+        }
+        h = norm;
+    }
+    *host = h;
+    *port = p;
+    *fixed = fx;
+    return 0;
+}

@@ -1,0 +1,133 @@
+/*
+ * conf.h - the typed settings of mxkeepd, loaded from a libconfig file.
+ *
+ * Every setting, its default and its bounds live in one table in conf.c
+ * (house style: settings_init holds every default).  conf_load() validates
+ * every key; unknown keys are errors.  Relative paths in the file are made
+ * absolute against the working directory at load time, so a later chdir
+ * (daemon mode) changes nothing.
+ *
+ * Ownership: conf_load() returns a struct conf the caller owns; conf_free()
+ * releases it and everything it points to (accepts NULL).  Other modules
+ * read a struct conf but never change it; reload builds a new one.
+ */
+#ifndef MXKEEP_CONF_H
+#define MXKEEP_CONF_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+enum bare_newline { BARE_NL_NORMALIZE = 0, BARE_NL_REJECT = 1 };
+
+/* Outbound TLS policy for one destination. */
+enum tls_policy { TLS_POLICY_NONE = 0, TLS_POLICY_MAY, TLS_POLICY_ENCRYPT, TLS_POLICY_VERIFY };
+
+struct conf_listen {
+    char *address;              /* numeric IPv4 or IPv6 address */
+    int port;
+};
+
+/* A network prefix for ETRN access (and later, other ACLs). */
+struct conf_cidr {
+    int family;                 /* AF_INET or AF_INET6 */
+    unsigned char addr[16];     /* network order; first 4 bytes for IPv4 */
+    int bits;
+};
+
+struct conf_domain {
+    char *name;                 /* lower case, no trailing dot */
+    char *primary;              /* as written, or NULL: MX lookup of name */
+    int primary_fixed;          /* 1 for "[host]:port": no MX lookup */
+    char *primary_host;         /* host (fixed) or domain to look up; never NULL */
+    int primary_port;           /* default 25 */
+    long retention;             /* seconds; default 7d, at most 365d */
+    char *recipients;           /* absolute path of the recipient list, or NULL */
+    enum tls_policy tls;        /* default may */
+    char *tls_ca;               /* CA file for verify, or NULL (system store) */
+    char *tls_fingerprint;      /* "sha256:hex" pin, or NULL */
+    int hold;                   /* 1: deliver nothing until released */
+};
+
+struct conf_limits {
+    long message_size;          /* octets */
+    long recipients;            /* per transaction */
+    long connections;           /* total inbound */
+    long per_client;            /* inbound per client address */
+    long command_timeout;       /* seconds */
+    long data_timeout;          /* seconds */
+    long line_length;           /* command line octets incl. CRLF (RFC 5321: 512) */
+    long header_size;           /* total header octets */
+    long header_lines;          /* header lines */
+    long received_max;          /* Received headers before we call it a loop */
+    long bad_commands;          /* errors before 421 */
+};
+
+struct conf_delivery {
+    long probe_min;             /* seconds */
+    long probe_max;             /* seconds */
+    long max_connections;       /* per destination */
+    long max_rate;              /* messages a second per destination, 0 = no cap */
+    long connect_timeout;       /* seconds */
+    long greeting_timeout;      /* RFC 5321 4.5.3.2: 5m */
+    long command_timeout;       /* MAIL/RCPT: 5m */
+    long data_timeout;          /* DATA block: 3m; end of data: 10m */
+    long delay_warning;         /* seconds; 0 = off */
+    long bounce_retention;      /* seconds; default 5d */
+    long messages_per_connection;
+};
+
+struct conf {
+    char *path;                 /* the file this was read from */
+    char *hostname;
+    char **aliases;
+    size_t naliases;
+    enum bare_newline bare_newline;
+    struct conf_listen *listen;
+    size_t nlisten;
+    char *spool;                /* absolute */
+    char *user;                 /* NULL: do not change user */
+    char *group;                /* NULL: user's primary group */
+    char *resolver;             /* "ip" or "ip:port", NULL: system */
+    struct conf_cidr *etrn_allow;
+    size_t netrn_allow;
+    char *tls_certificate;      /* absolute, or NULL: no STARTTLS */
+    char *tls_key;
+    struct conf_limits limits;
+    struct conf_delivery delivery;
+    struct conf_domain *domains;
+    size_t ndomains;
+    char *control_socket;       /* absolute, or NULL */
+    char *control_group;        /* group of the socket, or NULL */
+    char *metrics_address;      /* NULL: no metrics listener */
+    int metrics_port;
+    char *pid_file;             /* absolute, or NULL */
+    long lmdb_map_size;         /* initial map size, octets */
+    long commit_batch;          /* most messages in one group commit */
+};
+
+/*
+ * Load and validate path.  On success returns the new conf.  On failure
+ * returns NULL and writes one line "file:line: what is wrong" (no newline)
+ * into err (errlen octets, always NUL-terminated).
+ */
+struct conf *conf_load(const char *path, char *err, size_t errlen);
+
+/* Free a conf from conf_load().  Accepts NULL. */
+void conf_free(struct conf *c);
+
+/* Find a served domain, case-insensitively, ignoring one trailing dot.
+ * Returns NULL when the domain is not served.  Pure. */
+const struct conf_domain *conf_domain_find(const struct conf *c, const char *domain);
+
+/* Pure value parsers, exposed for unit tests and the fuzzers.  Each returns
+ * 0 on success, -1 on a malformed value. */
+int conf_parse_duration(const char *s, long *seconds);      /* "30", "30s", "5m", "2h", "7d" */
+int conf_parse_size(const char *s, long *octets);           /* "1000", "10k", "50M", "1G" */
+int conf_parse_cidr(const char *s, struct conf_cidr *out);  /* "127.0.0.0/8", "::1", "10.1.2.3" */
+/* "[host]:port", "[host]", "domain", "domain:port" */
+int conf_parse_primary(const char *s, char **host, int *port, int *fixed);
+
+/* Does the address (family, network-order bytes) fall inside any prefix? */
+int conf_cidr_match(const struct conf_cidr *list, size_t n, int family, const void *addr);
+
+#endif

@@ -1,0 +1,324 @@
+/*
+ * main.c - mxkeepd start-up, signals and shutdown.
+ *
+ * Start-up order (qmail's "do little as root"): parse arguments -> load and
+ * validate the config and recipient lists -> open the log -> create the
+ * spool directory for the mail user -> bind the listeners -> load TLS keys
+ * -> drop privileges (setgroups/setresgid/setresuid, verified) -> open the
+ * spool and recover -> enter the loop.  Everything after the drop runs as
+ * the unprivileged user, including recovery and every byte of SMTP.
+ *
+ * Signals: SIGHUP reloads config and recipient lists (an invalid new config
+ * keeps the old one); SIGTERM/SIGINT stop accepting, close idle sessions,
+ * let transactions finish for a bounded time, and exit with the spool
+ * consistent.
+ *
+ * Exit codes: 0 normal, 64 usage, 78 bad configuration (one line naming
+ * file:line), 71 other start-up failure.
+ */
+#include "config.h"
+#include "conf.h"
+#include "listen.h"
+#include "log.h"
+#include "policy.h"
+#include "smtpd.h"
+#include "spool.h"
+#include "tls.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <pwd.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <event2/event.h>
+#include <event2/thread.h>
+
+#ifndef SYSCONFDIR
+#define SYSCONFDIR "/etc"
+#endif
+
+#define EX_USAGE_CODE 64
+#define EX_OSERR_CODE 71
+/* How long SIGTERM waits for transactions in progress. */
+#define SHUTDOWN_GRACE_SECONDS 30
+
+struct daemon {
+    struct event_base *base;
+    struct conf *conf;
+    struct policy *policy;
+    struct listener *lst;
+    struct spool *spool;
+    struct smtpd *smtpd;
+    SSL_CTX *tls;
+    struct event *ev_term, *ev_int, *ev_hup, *ev_drain;
+    int stopping;
+    time_t stop_deadline;
+};
+
+static void usage(void)
+{
+    fprintf(stderr, "usage: mxkeepd [-f] [-t] [-d] [-V] [-c config]\n"
+                    "  -c FILE  configuration (default %s/mxkeep.conf)\n"
+                    "  -f       stay in the foreground, log to stderr\n"
+                    "  -t       check the configuration and exit (0 good, 78 bad)\n"
+                    "  -d       log session state transitions\n"
+                    "  -V       print the version\n",
+            SYSCONFDIR);
+    exit(EX_USAGE_CODE);
+}
+
+/* Create the spool directory owned by the mail user, so that everything
+ * below it is made after the privilege drop by that user. */
+static void main_spool_dir(const struct conf *c, uid_t uid, gid_t gid)
+{
+    struct stat st;
+    if (mkdir(c->spool, 0700) != 0 && errno != EEXIST)
+        log_fatal(EX_OSERR_CODE, "cannot create spool %s: %s", c->spool, strerror(errno));
+    if (stat(c->spool, &st) != 0 || !S_ISDIR(st.st_mode))
+        log_fatal(EX_OSERR_CODE, "spool %s is not a directory", c->spool);
+    if (geteuid() == 0 && (st.st_uid != uid || st.st_gid != gid)) {
+        if (chown(c->spool, uid, gid) != 0)
+            log_fatal(EX_OSERR_CODE, "chown %s: %s", c->spool, strerror(errno));
+    }
+}
+
+static void main_drop_privileges(const struct conf *c, uid_t uid, gid_t gid)
+{
+    if (geteuid() != 0)
+        return;
+    if (setgroups(1, &gid) != 0 || setresgid(gid, gid, gid) != 0 || setresuid(uid, uid, uid) != 0)
+        log_fatal(EX_OSERR_CODE, "cannot drop privileges to %s: %s", c->user, strerror(errno));
+    /* Verify: a drop that silently failed must not go unnoticed. */
+    if (getuid() != uid || geteuid() != uid || getgid() != gid || getegid() != gid ||
+        setuid(0) == 0)
+        log_fatal(EX_OSERR_CODE, "privilege drop to %s did not take", c->user);
+    log_info("running as user %s (uid %ld, gid %ld)", c->user, (long)uid, (long)gid);
+}
+
+static void main_on_reload(evutil_socket_t sig, short what, void *arg)
+{
+    struct daemon *dm = arg;
+    char err[1024];
+    struct conf *nc = conf_load(dm->conf->path, err, sizeof err);
+    struct policy *np;
+
+    if (nc == NULL) {
+        log_warn("reload: %s; keeping the old configuration", err);
+        return;
+    }
+    np = policy_new(nc, err, sizeof err);
+    if (np == NULL) {
+        log_warn("reload: %s; keeping the old configuration", err);
+        conf_free(nc);
+        return;
+    }
+    smtpd_configure(dm->smtpd, nc, np);
+    listen_set_limits(dm->lst, nc->limits.connections, nc->limits.per_client);
+    policy_free(dm->policy);
+    conf_free(dm->conf);
+    dm->conf = nc;
+    dm->policy = np;
+    log_info("reloaded %s: %zu domains, %zu recipient entries", nc->path, nc->ndomains,
+             policy_entry_count(np));
+}
+
+static void main_on_drain_tick(evutil_socket_t fd, short what, void *arg)
+{
+    struct daemon *dm = arg;
+    size_t n = smtpd_session_count(dm->smtpd);
+    if (n == 0 || time(NULL) >= dm->stop_deadline) {
+        if (n)
+            log_warn("shutdown: %zu sessions still open after %d s; closing them", n,
+                     SHUTDOWN_GRACE_SECONDS);
+        event_base_loopexit(dm->base, NULL);
+        return;
+    }
+    smtpd_drain(dm->smtpd);
+}
+
+static void main_on_stop(evutil_socket_t sig, short what, void *arg)
+{
+    struct daemon *dm = arg;
+    struct timeval tick = { 0, 100 * 1000 };
+    if (dm->stopping) {
+        log_info("second stop signal: exiting now");
+        event_base_loopexit(dm->base, NULL);
+        return;
+    }
+    dm->stopping = 1;
+    dm->stop_deadline = time(NULL) + SHUTDOWN_GRACE_SECONDS;
+    log_info("stopping: no new connections, finishing transactions");
+    listen_stop(dm->lst);
+    smtpd_drain(dm->smtpd);
+    dm->ev_drain = event_new(dm->base, -1, EV_PERSIST, main_on_drain_tick, dm);
+    event_add(dm->ev_drain, &tick);
+}
+
+static void main_daemonize(const struct conf *c)
+{
+    pid_t pid = fork();
+    if (pid < 0)
+        log_fatal(EX_OSERR_CODE, "fork: %s", strerror(errno));
+    if (pid > 0)
+        _exit(0);
+    if (setsid() < 0)
+        log_fatal(EX_OSERR_CODE, "setsid: %s", strerror(errno));
+    int fd = open("/dev/null", O_RDWR);
+    if (fd >= 0) {
+        dup2(fd, 0);
+        dup2(fd, 1);
+        dup2(fd, 2);
+        if (fd > 2)
+            close(fd);
+    }
+}
+
+static void main_pid_file(const struct conf *c)
+{
+    FILE *f;
+    if (c->pid_file == NULL)
+        return;
+    f = fopen(c->pid_file, "w");
+    if (f == NULL) {
+        log_warn("cannot write pid file %s: %s", c->pid_file, strerror(errno));
+        return;
+    }
+    fprintf(f, "%ld\n", (long)getpid());
+    fclose(f);
+}
+
+int main(int argc, char **argv)
+{
+    const char *path = SYSCONFDIR "/mxkeep.conf";
+    int foreground = 0, check = 0, debug = 0, ch;
+    char err[1024];
+    struct daemon dm;
+    uid_t uid = getuid();
+    gid_t gid = getgid();
+
+    memset(&dm, 0, sizeof dm);
+    while ((ch = getopt(argc, argv, "c:ftdVh")) != -1) {
+        switch (ch) {
+        case 'c': path = optarg; break;
+        case 'f': foreground = 1; break;
+        case 't': check = 1; break;
+        case 'd': debug++; break;
+        case 'V': printf("mxkeepd %s\n", PACKAGE_VERSION); return 0;
+        default: usage();
+        }
+    }
+    if (optind != argc)
+        usage();
+
+    log_open("mxkeepd", 1);
+    log_set_debug(debug);
+    dm.conf = conf_load(path, err, sizeof err);
+    if (dm.conf == NULL) {
+        fprintf(stderr, "%s\n", err);
+        return EX_CONFIG_CODE;
+    }
+    dm.policy = policy_new(dm.conf, err, sizeof err);
+    if (dm.policy == NULL) {
+        fprintf(stderr, "%s\n", err);
+        return EX_CONFIG_CODE;
+    }
+    if (geteuid() == 0) {
+        struct passwd *pw;
+        if (dm.conf->user == NULL) {
+            fprintf(stderr, "%s: refusing to run as root: set `user`\n", dm.conf->path);
+            return EX_CONFIG_CODE;
+        }
+        pw = getpwnam(dm.conf->user);
+        if (pw == NULL) {
+            fprintf(stderr, "%s: user %s does not exist\n", dm.conf->path, dm.conf->user);
+            return EX_CONFIG_CODE;
+        }
+        uid = pw->pw_uid;
+        gid = pw->pw_gid;
+        if (dm.conf->group) {
+            struct group *gr = getgrnam(dm.conf->group);
+            if (gr == NULL) {
+                fprintf(stderr, "%s: group %s does not exist\n", dm.conf->path, dm.conf->group);
+                return EX_CONFIG_CODE;
+            }
+            gid = gr->gr_gid;
+        }
+        if (uid == 0) {
+            fprintf(stderr, "%s: user %s is root: pick an unprivileged user\n", dm.conf->path,
+                    dm.conf->user);
+            return EX_CONFIG_CODE;
+        }
+    }
+    if (check) {
+        printf("%s: configuration OK: %zu domains, %zu recipient entries\n", dm.conf->path,
+               dm.conf->ndomains, policy_entry_count(dm.policy));
+        return 0;
+    }
+
+    log_open("mxkeepd", foreground);
+    signal(SIGPIPE, SIG_IGN);
+    /* The spool's writer thread hands completions to the loop. */
+    if (evthread_use_pthreads() != 0)
+        log_fatal(EX_OSERR_CODE, "libevent has no thread support");
+    dm.base = event_base_new();
+    if (dm.base == NULL)
+        log_fatal(EX_OSERR_CODE, "cannot create event base");
+
+    main_spool_dir(dm.conf, uid, gid);
+    dm.lst = listen_new(dm.base, dm.conf, err, sizeof err);
+    if (dm.lst == NULL)
+        log_fatal(EX_OSERR_CODE, "%s", err);
+    if (dm.conf->tls_certificate) {
+        dm.tls = tls_server_ctx_new(dm.conf->tls_certificate, dm.conf->tls_key, err, sizeof err);
+        if (dm.tls == NULL)
+            log_fatal(EX_CONFIG_CODE, "%s", err);
+    }
+    main_drop_privileges(dm.conf, uid, gid);
+    if (!foreground)
+        main_daemonize(dm.conf);
+
+    dm.spool = spool_open(dm.conf, dm.base, err, sizeof err);
+    if (dm.spool == NULL)
+        log_fatal(EX_OSERR_CODE, "%s", err);
+    dm.smtpd = smtpd_new(dm.base, dm.lst, dm.spool, dm.tls);
+    if (dm.smtpd == NULL)
+        log_fatal(EX_OSERR_CODE, "out of memory");
+    smtpd_configure(dm.smtpd, dm.conf, dm.policy);
+
+    dm.ev_term = evsignal_new(dm.base, SIGTERM, main_on_stop, &dm);
+    dm.ev_int = evsignal_new(dm.base, SIGINT, main_on_stop, &dm);
+    dm.ev_hup = evsignal_new(dm.base, SIGHUP, main_on_reload, &dm);
+    event_add(dm.ev_term, NULL);
+    event_add(dm.ev_int, NULL);
+    event_add(dm.ev_hup, NULL);
+
+    listen_start(dm.lst, smtpd_accept, dm.smtpd);
+    main_pid_file(dm.conf);
+    log_info("mxkeepd %s ready: %s, %zu domains, %zu recipient entries", PACKAGE_VERSION,
+             dm.conf->hostname, dm.conf->ndomains, policy_entry_count(dm.policy));
+
+    event_base_dispatch(dm.base);
+
+    smtpd_free(dm.smtpd);
+    listen_free(dm.lst);
+    spool_close(dm.spool);
+    if (dm.ev_drain)
+        event_free(dm.ev_drain);
+    event_free(dm.ev_term);
+    event_free(dm.ev_int);
+    event_free(dm.ev_hup);
+    SSL_CTX_free(dm.tls);
+    policy_free(dm.policy);
+    if (dm.conf->pid_file)
+        unlink(dm.conf->pid_file);
+    conf_free(dm.conf);
+    event_base_free(dm.base);
+    log_info("mxkeepd stopped");
+    return 0;
+}

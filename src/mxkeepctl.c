@@ -1,0 +1,1382 @@
+/*
+ * mxkeepctl.c - the administration command line of mxkeep.
+ *
+ *   mxkeepctl [-c FILE] [--json] COMMAND [ARGS]
+ *
+ * What it does: answers questions about the queue (queue, summary, show,
+ * cat, count) by reading the LMDB index of the spool directly.  LMDB lets
+ * this second process read while mxkeepd writes, so these commands work
+ * whether the daemon is running or not.  Commands that must act through the
+ * daemon (flush, hold, ...) will go over the control socket; the command
+ * table already carries a needs_daemon flag so they slot in beside the
+ * readers without touching them.
+ *
+ * Owns: its struct conf, its read-only use of the index (struct qdb) and
+ * the page buffers below.  Output goes to stdout, diagnostics to stderr.
+ *
+ * Must never: write to the index or the spool (only qdb_* read functions
+ * are called, and bodies are opened O_RDONLY); load the whole queue into
+ * memory (messages are read in pages of CTL_PAGE, resuming after the last
+ * QID, and written out as they come, JSON included); hold an LMDB read
+ * transaction while writing output (a slow reader of our stdout would pin
+ * old pages and make the daemon's map grow), so each page is copied out of
+ * the callback first and printed afterwards.
+ *
+ * Security: everything printed may come from SMTP peers (sender, HELO,
+ * replies of the primary, message headers).  Text output escapes control
+ * characters (C0, DEL, C1) and invalid UTF-8 as \xNN (and doubles a
+ * backslash) so a message cannot drive the administrator's terminal; JSON output escapes per RFC 8259 and
+ * turns invalid UTF-8 into U+FFFD.  A QID from the command line is checked
+ * with qid_valid() before it becomes part of a path.
+ *
+ * Exit codes (sysexits.h):
+ *   0   EX_OK           success
+ *   64  EX_USAGE        bad command line, unknown command, malformed QID
+ *   66  EX_NOINPUT      no spool at the configured path; no such message
+ *   69  EX_UNAVAILABLE  the command needs the daemon (control socket)
+ *   71  EX_OSERR        out of memory
+ *   74  EX_IOERR        index or body read failed, stdout write failed
+ *   77  EX_NOPERM       the spool is not accessible to this user
+ *   78  EX_CONFIG       the configuration file does not load
+ * On an error in the middle of a JSON listing the document is left
+ * unterminated on purpose, so a consumer's parser fails too.
+ */
+#include <ctype.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <sysexits.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "conf.h"
+#include "log.h"
+#include "qid.h"
+#include "queue_db.h"
+#include "smtp_parse.h"
+
+#ifndef SYSCONFDIR
+#define SYSCONFDIR "/etc"
+#endif
+
+#define CTL_PROG          "mxkeepctl"
+#define CTL_CONF_DEFAULT  SYSCONFDIR "/mxkeep.conf"
+#define CTL_PAGE          1000          /* messages per read of the index */
+#define CTL_HEADER_MAX    (1024 * 1024) /* most header octets `show` prints */
+#define CTL_READ_CHUNK    (64 * 1024)   /* body file read size */
+#define CTL_BODY_TRIES    3             /* qdb_body_get grow-and-retry rounds */
+#define CTL_ISO_SIZE      32
+#define CTL_AGE_SIZE      32
+#define CTL_ERR_SIZE      512
+#define CTL_PATH_SIZE     4096
+#define CTL_QID_SUFFIX    2             /* msg/XX/: last two QID chars */
+
+#define SECS_MINUTE 60
+#define SECS_HOUR   (60 * SECS_MINUTE)
+#define SECS_DAY    (24 * SECS_HOUR)
+
+#define UNI_REPLACEMENT "\\ufffd"
+
+struct ctl {
+    struct conf *conf;
+    struct qdb *db;
+    FILE *out;
+    int json;
+    int64_t now;
+    struct qrcpt *rcpt;                 /* reused recipient buffer */
+    size_t rcpt_cap;
+};
+
+/* ------------------------------------------------------------------ */
+/* Output helpers: escaping                                            */
+/* ------------------------------------------------------------------ */
+
+/*
+ * Decode one UTF-8 sequence at s (n octets available).  Returns its length
+ * and the code point in *cp, or 0 when the octets are not well-formed
+ * UTF-8 (overlong forms, surrogates and values past U+10FFFF included).
+ */
+static size_t utf8_decode(const unsigned char *s, size_t n, uint32_t *cp)
+{
+    static const uint32_t min_cp[5] = { 0, 0, 0x80, 0x800, 0x10000 };
+    size_t len, i;
+    uint32_t v;
+
+    if (n == 0)
+        return 0;
+    if (s[0] < 0x80) {
+        *cp = s[0];
+        return 1;
+    }
+    if ((s[0] & 0xE0) == 0xC0) {
+        len = 2;
+        v = s[0] & 0x1F;
+    } else if ((s[0] & 0xF0) == 0xE0) {
+        len = 3;
+        v = s[0] & 0x0F;
+    } else if ((s[0] & 0xF8) == 0xF0) {
+        len = 4;
+        v = s[0] & 0x07;
+    } else {
+        return 0;
+    }
+    if (len > n)
+        return 0;
+    for (i = 1; i < len; i++) {
+        if ((s[i] & 0xC0) != 0x80)
+            return 0;
+        v = (v << 6) | (s[i] & 0x3F);
+    }
+    if (v < min_cp[len] || v > 0x10FFFF || (v >= 0xD800 && v <= 0xDFFF))
+        return 0;
+    *cp = v;
+    return len;
+}
+
+static void json_strn(FILE *f, const void *data, size_t n)
+{
+    const unsigned char *s = data;
+    size_t i = 0;
+
+    fputc('"', f);
+    while (i < n) {
+        unsigned char ch = s[i];
+        uint32_t cp;
+        size_t len;
+
+        if (ch == '"' || ch == '\\') {
+            fputc('\\', f);
+            fputc(ch, f);
+            i++;
+        } else if (ch == '\n') {
+            fputs("\\n", f);
+            i++;
+        } else if (ch == '\r') {
+            fputs("\\r", f);
+            i++;
+        } else if (ch == '\t') {
+            fputs("\\t", f);
+            i++;
+        } else if (ch < 0x20 || ch == 0x7F) {
+            fprintf(f, "\\u%04x", ch);
+            i++;
+        } else if (ch < 0x80) {
+            fputc(ch, f);
+            i++;
+        } else if ((len = utf8_decode(s + i, n - i, &cp)) != 0) {
+            fwrite(s + i, 1, len, f);
+            i += len;
+        } else {
+            fputs(UNI_REPLACEMENT, f);
+            i++;
+        }
+    }
+    fputc('"', f);
+}
+
+static void json_str(FILE *f, const char *s)
+{
+    json_strn(f, s, strlen(s));
+}
+
+/*
+ * Text for a terminal.  Valid UTF-8 passes except control characters
+ * (C0, DEL, C1), which become \xNN like invalid octets do.  With multiline,
+ * CRLF and LF end lines and TAB stays, for header blocks.
+ */
+static void text_strn(FILE *f, const void *data, size_t n, int multiline)
+{
+    const unsigned char *s = data;
+    size_t i = 0;
+
+    while (i < n) {
+        unsigned char ch = s[i];
+        uint32_t cp;
+        size_t len;
+
+        if (multiline && ch == '\r' && i + 1 < n && s[i + 1] == '\n') {
+            i++;
+            continue;
+        }
+        if (multiline && (ch == '\n' || ch == '\t')) {
+            fputc(ch, f);
+            i++;
+            continue;
+        }
+        if (ch == '\\') {
+            /* Doubled, so a peer's "\x1B" cannot pass for our escape. */
+            fputs("\\\\", f);
+            i++;
+            continue;
+        }
+        len = utf8_decode(s + i, n - i, &cp);
+        if (len == 0 || cp < 0x20 || (cp >= 0x7F && cp <= 0x9F)) {
+            /* For a valid C1 sequence, escaping its lead octet and then
+             * the continuation octet (invalid alone) shows both. */
+            fprintf(f, "\\x%02X", ch);
+            i++;
+        } else {
+            fwrite(s + i, 1, len, f);
+            i += len;
+        }
+    }
+}
+
+static void text_str(FILE *f, const char *s)
+{
+    text_strn(f, s, strlen(s), 0);
+}
+
+/* ------------------------------------------------------------------ */
+/* Output helpers: values                                              */
+/* ------------------------------------------------------------------ */
+
+static void fmt_iso(int64_t t, char buf[CTL_ISO_SIZE])
+{
+    time_t tt = (time_t)t;
+    struct tm tm;
+
+    if (gmtime_r(&tt, &tm) == NULL || strftime(buf, CTL_ISO_SIZE, "%Y-%m-%dT%H:%M:%SZ", &tm) == 0)
+        snprintf(buf, CTL_ISO_SIZE, "@%" PRId64, t);
+}
+
+/* Two units at most ("3d04h", "5m07s"): an age is read at a glance. */
+static void fmt_age(int64_t secs, char buf[CTL_AGE_SIZE])
+{
+    if (secs < 0)
+        secs = 0;
+    if (secs >= SECS_DAY)
+        snprintf(buf, CTL_AGE_SIZE, "%" PRId64 "d%02" PRId64 "h", secs / SECS_DAY,
+                 secs % SECS_DAY / SECS_HOUR);
+    else if (secs >= SECS_HOUR)
+        snprintf(buf, CTL_AGE_SIZE, "%" PRId64 "h%02" PRId64 "m", secs / SECS_HOUR,
+                 secs % SECS_HOUR / SECS_MINUTE);
+    else if (secs >= SECS_MINUTE)
+        snprintf(buf, CTL_AGE_SIZE, "%" PRId64 "m%02" PRId64 "s", secs / SECS_MINUTE,
+                 secs % SECS_MINUTE);
+    else
+        snprintf(buf, CTL_AGE_SIZE, "%" PRId64 "s", secs);
+}
+
+static const char *rcpt_state_name(int state)
+{
+    switch (state) {
+    case QRCPT_PENDING: return "pending";
+    case QRCPT_SENT: return "sent";
+    case QRCPT_BOUNCED: return "bounced";
+    case QRCPT_EXPIRED: return "expired";
+    case QRCPT_DELETED: return "deleted";
+    default: return "invalid";
+    }
+}
+
+static const char *dest_state_name(int state)
+{
+    switch (state) {
+    case QDEST_UNKNOWN: return "unknown";
+    case QDEST_UP: return "up";
+    case QDEST_DOWN: return "down";
+    case QDEST_HELD: return "held";
+    default: return "invalid";
+    }
+}
+
+static const char *body_name(int body)
+{
+    switch (body) {
+    case SMTP_BODY_7BIT: return "7bit";
+    case SMTP_BODY_8BITMIME: return "8bitmime";
+    case SMTP_BODY_BINARYMIME: return "binarymime";
+    default: return "invalid";
+    }
+}
+
+static const char *ret_name(int ret)
+{
+    switch (ret) {
+    case SMTP_RET_NONE: return "";
+    case SMTP_RET_FULL: return "full";
+    case SMTP_RET_HDRS: return "hdrs";
+    default: return "invalid";
+    }
+}
+
+struct ctl_flag_name {
+    unsigned bit;
+    const char *name;
+};
+
+/* QMSG_F_INLINE is a storage detail, not a property of the message. */
+static const struct ctl_flag_name msg_flag_names[] = {
+    { QMSG_F_8BIT, "8bit" },
+    { QMSG_F_SMTPUTF8, "smtputf8" },
+    { QMSG_F_DSN, "dsn" },
+};
+
+static const struct ctl_flag_name notify_names[] = {
+    { SMTP_NOTIFY_NEVER, "never" },
+    { SMTP_NOTIFY_SUCCESS, "success" },
+    { SMTP_NOTIFY_FAILURE, "failure" },
+    { SMTP_NOTIFY_DELAY, "delay" },
+};
+
+#define NELEM(a) (sizeof(a) / sizeof((a)[0]))
+
+/* JSON: ["a","b"]; text: "a,b" (nothing when no bit is set). */
+static void print_flags(FILE *f, int json, unsigned bits, const struct ctl_flag_name *names,
+                        size_t n)
+{
+    int first = 1;
+    size_t i;
+
+    if (json)
+        fputc('[', f);
+    for (i = 0; i < n; i++) {
+        if (!(bits & names[i].bit))
+            continue;
+        if (!first)
+            fputc(',', f);
+        first = 0;
+        if (json)
+            json_str(f, names[i].name);
+        else
+            fputs(names[i].name, f);
+    }
+    if (json)
+        fputc(']', f);
+}
+
+/* A unix time, or null when 0 (never / none planned). */
+static void json_time_or_null(FILE *f, int64_t t)
+{
+    if (t == 0)
+        fputs("null", f);
+    else
+        fprintf(f, "%" PRId64, t);
+}
+
+static void ctl_error(const char *what, const char *detail)
+{
+    if (detail != NULL)
+        fprintf(stderr, CTL_PROG ": %s: %s\n", what, detail);
+    else
+        fprintf(stderr, CTL_PROG ": %s\n", what);
+}
+
+/* ------------------------------------------------------------------ */
+/* Reading the index                                                   */
+/* ------------------------------------------------------------------ */
+
+/* Recipients of m into c->rcpt.  0, or an exit code after a message. */
+static int ctl_rcpts_load(struct ctl *c, const struct qmsg *m, size_t *n)
+{
+    size_t need = m->nrcpt;
+    int rc;
+
+    *n = 0;
+    if (need == 0)
+        return 0;
+    if (need > c->rcpt_cap) {
+        struct qrcpt *r = realloc(c->rcpt, need * sizeof *r);
+        if (r == NULL) {
+            ctl_error("out of memory", NULL);
+            return EX_OSERR;
+        }
+        c->rcpt = r;
+        c->rcpt_cap = need;
+    }
+    rc = qdb_rcpt_list(c->db, m->qid, c->rcpt, need, n);
+    if (rc == QDB_NOTFOUND) {
+        /* Delivered and removed between our reads: nothing to show. */
+        *n = 0;
+        return 0;
+    }
+    if (rc != 0) {
+        ctl_error("index read failed", m->qid);
+        return EX_IOERR;
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* Message blocks (queue, show)                                        */
+/* ------------------------------------------------------------------ */
+
+static void print_rcpt_json(FILE *f, const struct qrcpt *r)
+{
+    fputs("{\"addr\":", f);
+    json_str(f, r->addr);
+    fputs(",\"domain\":", f);
+    json_str(f, r->domain);
+    fputs(",\"state\":", f);
+    json_str(f, rcpt_state_name(r->state));
+    fprintf(f, ",\"attempts\":%" PRIu32 ",\"last_try\":", r->attempts);
+    json_time_or_null(f, r->last_try);
+    fprintf(f, ",\"expiry\":%" PRId64 ",\"last_reply\":", r->expiry);
+    json_str(f, r->last_reply);
+    fputs(",\"orcpt\":", f);
+    json_str(f, r->orcpt);
+    fputs(",\"notify\":", f);
+    print_flags(f, 1, (unsigned)r->notify, notify_names, NELEM(notify_names));
+    fputc('}', f);
+}
+
+/* Does r belong in a listing restricted to domain (NULL: no restriction)? */
+static int rcpt_selected(const struct qrcpt *r, const char *domain)
+{
+    return domain == NULL || strcasecmp(r->domain, domain) == 0;
+}
+
+/*
+ * The JSON object of one message.  extended adds the fields `show` gives
+ * (envelope details); the caller closes the object, so `show` can append
+ * "headers".
+ */
+static void print_msg_json_open(FILE *f, const struct qmsg *m, const struct qrcpt *r, size_t n,
+                                const char *domain, int extended)
+{
+    char iso[CTL_ISO_SIZE];
+    int first = 1;
+    size_t i;
+
+    fmt_iso(m->arrival, iso);
+    fputs("{\"qid\":", f);
+    json_str(f, m->qid);
+    fprintf(f, ",\"arrival\":%" PRId64 ",\"arrival_iso\":\"%s\",\"size\":%" PRIu64 ",\"sender\":",
+            m->arrival, iso, m->size);
+    json_str(f, m->sender);
+    fputs(",\"flags\":", f);
+    print_flags(f, 1, m->flags, msg_flag_names, NELEM(msg_flag_names));
+    if (extended) {
+        fputs(",\"body\":", f);
+        json_str(f, body_name(m->body));
+        fputs(",\"ret\":", f);
+        json_str(f, ret_name(m->ret));
+        fputs(",\"envid\":", f);
+        json_str(f, m->envid);
+        fputs(",\"client_addr\":", f);
+        json_str(f, m->client_addr);
+        fputs(",\"client_name\":", f);
+        json_str(f, m->client_name);
+        fputs(",\"helo\":", f);
+        json_str(f, m->helo);
+    }
+    fputs(",\"recipients\":[", f);
+    for (i = 0; i < n; i++) {
+        if (!rcpt_selected(&r[i], domain))
+            continue;
+        if (!first)
+            fputc(',', f);
+        first = 0;
+        print_rcpt_json(f, &r[i]);
+    }
+    fputc(']', f);
+}
+
+/*
+ * mailq-like block:
+ *   QID  ARRIVAL  SIZE  <sender>  flags
+ *       state  attempts  <rcpt>  (last reply)
+ */
+static void print_msg_text(FILE *f, const struct qmsg *m, const struct qrcpt *r, size_t n,
+                           const char *domain)
+{
+    char iso[CTL_ISO_SIZE];
+    size_t i;
+
+    fmt_iso(m->arrival, iso);
+    fprintf(f, "%-12s  %s  %10" PRIu64 "  <", m->qid, iso, m->size);
+    text_str(f, m->sender);
+    fputc('>', f);
+    if (m->flags & (QMSG_F_8BIT | QMSG_F_SMTPUTF8 | QMSG_F_DSN)) {
+        fputs("  ", f);
+        print_flags(f, 0, m->flags, msg_flag_names, NELEM(msg_flag_names));
+    }
+    fputc('\n', f);
+    for (i = 0; i < n; i++) {
+        if (!rcpt_selected(&r[i], domain))
+            continue;
+        fprintf(f, "    %-8s %4" PRIu32 "  <", rcpt_state_name(r[i].state), r[i].attempts);
+        text_str(f, r[i].addr);
+        fputc('>', f);
+        if (r[i].last_reply[0] != '\0') {
+            fputs("  (", f);
+            text_str(f, r[i].last_reply);
+            fputc(')', f);
+        }
+        fputc('\n', f);
+    }
+}
+
+/* ------------------------------------------------------------------ */
+/* queue [DOMAIN]                                                      */
+/* ------------------------------------------------------------------ */
+
+struct queue_listing {
+    struct ctl *c;
+    const char *domain;                 /* NULL: every message */
+    long count;
+    uint64_t bytes;
+};
+
+struct msg_page {
+    struct qmsg *m;
+    size_t n;
+};
+
+struct qid_page {
+    char (*qid)[QID_SIZE];
+    size_t n;
+};
+
+static int msg_page_add(void *arg, const struct qmsg *m)
+{
+    struct msg_page *p = arg;
+
+    if (p->n >= CTL_PAGE)
+        return 1;
+    p->m[p->n++] = *m;
+    return 0;
+}
+
+static int qid_page_add(void *arg, const char *qid)
+{
+    struct qid_page *p = arg;
+
+    if (p->n >= CTL_PAGE)
+        return 1;
+    snprintf(p->qid[p->n++], QID_SIZE, "%s", qid);
+    return 0;
+}
+
+static void queue_begin(struct queue_listing *q)
+{
+    if (q->c->json)
+        fputs("{\"messages\":[", q->c->out);
+}
+
+/* One message of the listing.  0, or an exit code. */
+static int queue_emit(struct queue_listing *q, const struct qmsg *m)
+{
+    struct ctl *c = q->c;
+    size_t n;
+    int rc;
+
+    rc = ctl_rcpts_load(c, m, &n);
+    if (rc != 0)
+        return rc;
+    if (c->json) {
+        fputs(q->count == 0 ? "\n " : ",\n ", c->out);
+        print_msg_json_open(c->out, m, c->rcpt, n, q->domain, 0);
+        fputc('}', c->out);
+    } else {
+        if (q->count > 0)
+            fputc('\n', c->out);
+        print_msg_text(c->out, m, c->rcpt, n, q->domain);
+    }
+    q->count++;
+    q->bytes += m->size;
+    return 0;
+}
+
+static void queue_end(struct queue_listing *q)
+{
+    FILE *f = q->c->out;
+
+    if (q->c->json)
+        fputs(q->count == 0 ? "]}\n" : "\n]}\n", f);
+    else if (q->count == 0)
+        fputs("queue is empty\n", f);
+    else
+        fprintf(f, "\n-- %ld message%s, %" PRIu64 " bytes\n", q->count, q->count == 1 ? "" : "s",
+                q->bytes);
+}
+
+static int queue_all(struct queue_listing *q)
+{
+    struct ctl *c = q->c;
+    struct msg_page page;
+    char after[QID_SIZE] = "";
+    int rc = 0;
+
+    page.m = calloc(CTL_PAGE, sizeof *page.m);
+    if (page.m == NULL) {
+        ctl_error("out of memory", NULL);
+        return EX_OSERR;
+    }
+    for (;;) {
+        long got;
+        size_t i;
+
+        page.n = 0;
+        got = qdb_msg_each(c->db, after, CTL_PAGE, msg_page_add, &page);
+        if (got < 0) {
+            ctl_error("index read failed", NULL);
+            rc = EX_IOERR;
+            break;
+        }
+        for (i = 0; i < page.n && rc == 0; i++)
+            rc = queue_emit(q, &page.m[i]);
+        if (rc != 0 || page.n < CTL_PAGE)
+            break;
+        snprintf(after, sizeof after, "%s", page.m[page.n - 1].qid);
+    }
+    free(page.m);
+    return rc;
+}
+
+static int queue_domain(struct queue_listing *q)
+{
+    struct ctl *c = q->c;
+    struct qid_page page;
+    char after[QID_SIZE] = "";
+    int rc = 0;
+
+    page.qid = calloc(CTL_PAGE, sizeof *page.qid);
+    if (page.qid == NULL) {
+        ctl_error("out of memory", NULL);
+        return EX_OSERR;
+    }
+    for (;;) {
+        long got;
+        size_t i;
+
+        page.n = 0;
+        got = qdb_dest_walk(c->db, q->domain, after, CTL_PAGE, qid_page_add, &page);
+        if (got < 0) {
+            ctl_error("index read failed", q->domain);
+            rc = EX_IOERR;
+            break;
+        }
+        for (i = 0; i < page.n && rc == 0; i++) {
+            struct qmsg m;
+            int r = qdb_msg_get(c->db, page.qid[i], &m);
+
+            if (r == QDB_NOTFOUND)
+                continue;       /* delivered since the walk */
+            if (r != 0) {
+                ctl_error("index read failed", page.qid[i]);
+                rc = EX_IOERR;
+                break;
+            }
+            rc = queue_emit(q, &m);
+        }
+        if (rc != 0 || page.n < CTL_PAGE)
+            break;
+        snprintf(after, sizeof after, "%s", page.qid[page.n - 1]);
+    }
+    free(page.qid);
+    return rc;
+}
+
+/* Destination keys are served-domain names: lower case, no trailing dot. */
+static void domain_normalize(char *d)
+{
+    size_t len = strlen(d);
+
+    if (len > 1 && d[len - 1] == '.')
+        d[len - 1] = '\0';
+    for (; *d != '\0'; d++)
+        *d = (char)tolower((unsigned char)*d);
+}
+
+static int cmd_queue(struct ctl *c, int argc, char **argv)
+{
+    struct queue_listing q = { .c = c };
+    char domain[SMTP_DOMAIN_MAX + 2];
+    int rc;
+
+    if (argc > 1) {
+        if (strlen(argv[1]) >= sizeof domain - 1 || argv[1][0] == '\0') {
+            ctl_error("not a domain", argv[1]);
+            return EX_USAGE;
+        }
+        snprintf(domain, sizeof domain, "%s", argv[1]);
+        domain_normalize(domain);
+        q.domain = domain;
+    }
+    queue_begin(&q);
+    rc = q.domain != NULL ? queue_domain(&q) : queue_all(&q);
+    if (rc == 0)
+        queue_end(&q);
+    return rc;
+}
+
+/* ------------------------------------------------------------------ */
+/* summary                                                             */
+/* ------------------------------------------------------------------ */
+
+struct dest_row {
+    struct qdest d;
+    int has_oldest;
+    int64_t oldest;
+};
+
+struct dest_list {
+    struct dest_row *row;
+    size_t n, cap;
+    int oom;
+};
+
+static int dest_list_add(void *arg, const struct qdest *d)
+{
+    struct dest_list *l = arg;
+
+    if (l->n == l->cap) {
+        size_t cap = l->cap ? l->cap * 2 : 16;
+        struct dest_row *r = realloc(l->row, cap * sizeof *r);
+        if (r == NULL) {
+            l->oom = 1;
+            return 1;
+        }
+        l->row = r;
+        l->cap = cap;
+    }
+    memset(&l->row[l->n], 0, sizeof l->row[l->n]);
+    l->row[l->n++].d = *d;
+    return 0;
+}
+
+static int first_qid(void *arg, const char *qid)
+{
+    snprintf(arg, QID_SIZE, "%s", qid);
+    return 1;
+}
+
+/* Oldest first; domains with nothing waiting last, by name. */
+static int dest_row_cmp(const void *a, const void *b)
+{
+    const struct dest_row *x = a, *y = b;
+
+    if (x->has_oldest != y->has_oldest)
+        return x->has_oldest ? -1 : 1;
+    if (x->has_oldest && x->oldest != y->oldest)
+        return x->oldest < y->oldest ? -1 : 1;
+    return strcmp(x->d.domain, y->d.domain);
+}
+
+/* The arrival of the first QID waiting for row's domain.  0, or exit code. */
+static int dest_row_oldest(struct ctl *c, struct dest_row *row)
+{
+    char qid[QID_SIZE] = "";
+    struct qmsg m;
+    long got;
+    int rc;
+
+    got = qdb_dest_walk(c->db, row->d.domain, "", 1, first_qid, qid);
+    if (got < 0) {
+        ctl_error("index read failed", row->d.domain);
+        return EX_IOERR;
+    }
+    if (got == 0 || qid[0] == '\0')
+        return 0;
+    rc = qdb_msg_get(c->db, qid, &m);
+    if (rc == 0)
+        row->oldest = m.arrival;
+    else if (rc == QDB_NOTFOUND)
+        row->oldest = (int64_t)qid_time(qid);   /* just delivered: close enough */
+    else {
+        ctl_error("index read failed", qid);
+        return EX_IOERR;
+    }
+    row->has_oldest = 1;
+    return 0;
+}
+
+static void summary_json(struct ctl *c, const struct dest_list *l)
+{
+    FILE *f = c->out;
+    size_t i;
+
+    fputs("{\"domains\":[", f);
+    for (i = 0; i < l->n; i++) {
+        const struct dest_row *r = &l->row[i];
+
+        fputs(i == 0 ? "\n {\"domain\":" : ",\n {\"domain\":", f);
+        json_str(f, r->d.domain);
+        fprintf(f, ",\"messages\":%" PRIu64 ",\"bytes\":%" PRIu64, r->d.nmsg, r->d.nbytes);
+        if (r->has_oldest)
+            fprintf(f, ",\"oldest_arrival\":%" PRId64 ",\"oldest_age\":%" PRId64, r->oldest,
+                    c->now > r->oldest ? c->now - r->oldest : 0);
+        else
+            fputs(",\"oldest_arrival\":null,\"oldest_age\":null", f);
+        fputs(",\"state\":", f);
+        json_str(f, dest_state_name(r->d.state));
+        fputs(",\"next_probe\":", f);
+        json_time_or_null(f, r->d.next_probe);
+        fputs(",\"last_error\":", f);
+        json_str(f, r->d.last_error);
+        fputc('}', f);
+    }
+    fputs(l->n == 0 ? "]}\n" : "\n]}\n", f);
+}
+
+static void summary_text(struct ctl *c, const struct dest_list *l)
+{
+    FILE *f = c->out;
+    size_t i;
+
+    if (l->n == 0) {
+        fputs("no destinations\n", f);
+        return;
+    }
+    fprintf(f, "%-30s %8s %12s %7s %-7s %-20s %s\n", "DOMAIN", "MSGS", "BYTES", "OLDEST",
+            "STATE", "NEXT PROBE", "LAST ERROR");
+    for (i = 0; i < l->n; i++) {
+        const struct dest_row *r = &l->row[i];
+        char age[CTL_AGE_SIZE] = "-";
+        char probe[CTL_ISO_SIZE] = "-";
+
+        if (r->has_oldest)
+            fmt_age(c->now - r->oldest, age);
+        if (r->d.next_probe != 0)
+            fmt_iso(r->d.next_probe, probe);
+        /* Pad by hand: text_str may widen the name with escapes. */
+        text_str(f, r->d.domain);
+        fprintf(f, "%*s", strlen(r->d.domain) < 30 ? (int)(30 - strlen(r->d.domain)) : 0, "");
+        fprintf(f, " %8" PRIu64 " %12" PRIu64 " %7s %-7s %-20s ", r->d.nmsg, r->d.nbytes, age,
+                dest_state_name(r->d.state), probe);
+        text_str(f, r->d.last_error[0] != '\0' ? r->d.last_error : "-");
+        fputc('\n', f);
+    }
+}
+
+static int cmd_summary(struct ctl *c, int argc, char **argv)
+{
+    struct dest_list l = { 0 };
+    long got;
+    int rc = 0;
+    size_t i;
+
+    /* The destinations are the served domains: few, so they fit in memory
+     * (and they must, to be sorted). */
+    got = qdb_dest_each(c->db, dest_list_add, &l);
+    if (l.oom) {
+        ctl_error("out of memory", NULL);
+        rc = EX_OSERR;
+    } else if (got < 0) {
+        ctl_error("index read failed", NULL);
+        rc = EX_IOERR;
+    }
+    for (i = 0; i < l.n && rc == 0; i++)
+        rc = dest_row_oldest(c, &l.row[i]);
+    if (rc == 0) {
+        if (l.n > 1)
+            qsort(l.row, l.n, sizeof *l.row, dest_row_cmp);
+        if (c->json)
+            summary_json(c, &l);
+        else
+            summary_text(c, &l);
+    }
+    free(l.row);
+    return rc;
+}
+
+/* ------------------------------------------------------------------ */
+/* Bodies: cat, show                                                   */
+/* ------------------------------------------------------------------ */
+
+/* Receives body octets in order; returns non-zero to stop reading. */
+typedef int (*body_sink_fn)(void *arg, const void *buf, size_t n);
+
+static int body_read_inline(struct ctl *c, const struct qmsg *m, body_sink_fn sink, void *arg)
+{
+    size_t cap = m->size > 0 ? (size_t)m->size : 1;
+    char *buf = NULL;
+    int tries, rc = EX_IOERR;
+
+    for (tries = 0; tries < CTL_BODY_TRIES; tries++) {
+        size_t len = cap;
+        char *nbuf = realloc(buf, cap);
+        int r;
+
+        if (nbuf == NULL) {
+            ctl_error("out of memory", NULL);
+            rc = EX_OSERR;
+            break;
+        }
+        buf = nbuf;
+        r = qdb_body_get(c->db, m->qid, buf, &len);
+        if (r == 0) {
+            sink(arg, buf, len);
+            rc = 0;
+            break;
+        }
+        if (r == QDB_NOTFOUND) {
+            ctl_error("body missing from the index", m->qid);
+            rc = EX_NOINPUT;
+            break;
+        }
+        if (len <= cap) {
+            ctl_error("index read failed", m->qid);
+            break;
+        }
+        cap = len;
+    }
+    if (tries == CTL_BODY_TRIES)
+        ctl_error("body keeps growing", m->qid);
+    free(buf);
+    return rc;
+}
+
+static int body_read_file(struct ctl *c, const struct qmsg *m, body_sink_fn sink, void *arg)
+{
+    char path[CTL_PATH_SIZE];
+    size_t qlen = strlen(m->qid);
+    char *buf;
+    int fd, rc = 0;
+
+    if (!qid_valid(m->qid) || qlen < CTL_QID_SUFFIX) {
+        ctl_error("malformed QID in the index", m->qid);
+        return EX_IOERR;
+    }
+    if ((size_t)snprintf(path, sizeof path, "%s/msg/%s/%s", c->conf->spool,
+                         m->qid + qlen - CTL_QID_SUFFIX, m->qid) >= sizeof path) {
+        ctl_error("spool path too long", c->conf->spool);
+        return EX_IOERR;
+    }
+    fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0) {
+        int e = errno;
+        fprintf(stderr, CTL_PROG ": %s: %s\n", path, strerror(e));
+        return e == ENOENT ? EX_NOINPUT : e == EACCES ? EX_NOPERM : EX_IOERR;
+    }
+    buf = malloc(CTL_READ_CHUNK);
+    if (buf == NULL) {
+        close(fd);
+        ctl_error("out of memory", NULL);
+        return EX_OSERR;
+    }
+    for (;;) {
+        ssize_t got = read(fd, buf, CTL_READ_CHUNK);
+
+        if (got < 0 && errno == EINTR)
+            continue;
+        if (got < 0) {
+            fprintf(stderr, CTL_PROG ": %s: %s\n", path, strerror(errno));
+            rc = EX_IOERR;
+            break;
+        }
+        if (got == 0 || sink(arg, buf, (size_t)got) != 0)
+            break;
+    }
+    free(buf);
+    close(fd);
+    return rc;
+}
+
+static int body_read(struct ctl *c, const struct qmsg *m, body_sink_fn sink, void *arg)
+{
+    if (m->flags & QMSG_F_INLINE)
+        return body_read_inline(c, m, sink, arg);
+    return body_read_file(c, m, sink, arg);
+}
+
+/* Look up the QID argument.  0 with *m filled, or an exit code. */
+static int ctl_msg_lookup(struct ctl *c, const char *arg, struct qmsg *m)
+{
+    char qid[QID_SIZE];
+    size_t i, len = strlen(arg);
+    int rc;
+
+    if (len != QID_LEN) {
+        ctl_error("not a queue ID", arg);
+        return EX_USAGE;
+    }
+    /* QIDs are upper-case base32; accept what a human retypes. */
+    for (i = 0; i < len; i++)
+        qid[i] = (char)toupper((unsigned char)arg[i]);
+    qid[len] = '\0';
+    if (!qid_valid(qid)) {
+        ctl_error("not a queue ID", arg);
+        return EX_USAGE;
+    }
+    rc = qdb_msg_get(c->db, qid, m);
+    if (rc == QDB_NOTFOUND) {
+        ctl_error("no such message", qid);
+        return EX_NOINPUT;
+    }
+    if (rc != 0) {
+        ctl_error("index read failed", qid);
+        return EX_IOERR;
+    }
+    return 0;
+}
+
+static int cat_sink(void *arg, const void *buf, size_t n)
+{
+    FILE *f = arg;
+
+    return fwrite(buf, 1, n, f) != n;
+}
+
+static int cmd_cat(struct ctl *c, int argc, char **argv)
+{
+    struct qmsg m;
+    int rc = ctl_msg_lookup(c, argv[1], &m);
+
+    if (rc != 0)
+        return rc;
+    return body_read(c, &m, cat_sink, c->out);
+}
+
+/*
+ * Where the header block of buf ends: 1 and *end = octets of header lines
+ * (the empty line excluded) when an empty line is found, else 0.  Lines may
+ * end in CRLF (as stored) or LF.  Pure.
+ */
+static int header_end(const char *buf, size_t len, size_t from, size_t *end)
+{
+    size_t i;
+
+    if (from == 0 && ((len >= 1 && buf[0] == '\n') ||
+                      (len >= 2 && buf[0] == '\r' && buf[1] == '\n'))) {
+        *end = 0;
+        return 1;
+    }
+    for (i = from; i < len; i++) {
+        if (buf[i] != '\n' || i + 1 >= len)
+            continue;
+        if (buf[i + 1] == '\n' || (buf[i + 1] == '\r' && i + 2 < len && buf[i + 2] == '\n')) {
+            *end = i + 1;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+struct header_buf {
+    char *buf;
+    size_t len;
+    int done;                           /* empty line seen */
+    int truncated;                      /* CTL_HEADER_MAX reached first */
+    int oom;
+};
+
+static int header_sink(void *arg, const void *data, size_t n)
+{
+    struct header_buf *h = arg;
+    size_t from = h->len > 2 ? h->len - 2 : 0, take = n, end;
+    char *nb;
+
+    if (h->len + take > CTL_HEADER_MAX)
+        take = CTL_HEADER_MAX - h->len;
+    nb = realloc(h->buf, h->len + take + 1);
+    if (nb == NULL) {
+        h->oom = 1;
+        return 1;
+    }
+    h->buf = nb;
+    memcpy(h->buf + h->len, data, take);
+    h->len += take;
+    if (header_end(h->buf, h->len, from, &end)) {
+        h->len = end;
+        h->done = 1;
+        return 1;
+    }
+    if (h->len >= CTL_HEADER_MAX) {
+        h->truncated = 1;
+        return 1;
+    }
+    return 0;
+}
+
+static void show_text(struct ctl *c, const struct qmsg *m, const struct qrcpt *r, size_t n,
+                      const struct header_buf *h)
+{
+    FILE *f = c->out;
+    char iso[CTL_ISO_SIZE];
+    size_t i;
+
+    fmt_iso(m->arrival, iso);
+    fprintf(f, "qid:          %s\n", m->qid);
+    fprintf(f, "arrival:      %s (%" PRId64 ")\n", iso, m->arrival);
+    fprintf(f, "size:         %" PRIu64 "\n", m->size);
+    fputs("sender:       <", f);
+    text_str(f, m->sender);
+    fputs(">\nflags:        ", f);
+    print_flags(f, 0, m->flags, msg_flag_names, NELEM(msg_flag_names));
+    fprintf(f, "\nbody:         %s\n", body_name(m->body));
+    if (m->ret != SMTP_RET_NONE)
+        fprintf(f, "ret:          %s\n", ret_name(m->ret));
+    if (m->envid[0] != '\0') {
+        fputs("envid:        ", f);
+        text_str(f, m->envid);
+        fputc('\n', f);
+    }
+    /* Notices we made ourselves have no client. */
+    if (m->client_addr[0] != '\0') {
+        fputs("client:       ", f);
+        text_str(f, m->client_name[0] != '\0' ? m->client_name : "unknown");
+        fputs(" [", f);
+        text_str(f, m->client_addr);
+        fputs("]\nhelo:         ", f);
+        text_str(f, m->helo);
+        fputc('\n', f);
+    }
+    for (i = 0; i < n; i++) {
+        char when[CTL_ISO_SIZE] = "never";
+
+        if (r[i].last_try != 0)
+            fmt_iso(r[i].last_try, when);
+        fputs("recipient:    <", f);
+        text_str(f, r[i].addr);
+        fputs(">\n  domain:     ", f);
+        text_str(f, r[i].domain);
+        fprintf(f, "\n  state:      %s\n  attempts:   %" PRIu32 "\n  last try:   %s\n",
+                rcpt_state_name(r[i].state), r[i].attempts, when);
+        fmt_iso(r[i].expiry, when);
+        fprintf(f, "  expiry:     %s\n", when);
+        if (r[i].orcpt[0] != '\0') {
+            fputs("  orcpt:      ", f);
+            text_str(f, r[i].orcpt);
+            fputc('\n', f);
+        }
+        if (r[i].notify != 0) {
+            fputs("  notify:     ", f);
+            print_flags(f, 0, (unsigned)r[i].notify, notify_names, NELEM(notify_names));
+            fputc('\n', f);
+        }
+        if (r[i].last_reply[0] != '\0') {
+            fputs("  last reply: ", f);
+            text_str(f, r[i].last_reply);
+            fputc('\n', f);
+        }
+    }
+    fputs("\n", f);
+    text_strn(f, h->buf, h->len, 1);
+    if (h->len > 0 && h->buf[h->len - 1] != '\n')
+        fputc('\n', f);
+    if (h->truncated)
+        fprintf(f, "[headers truncated at %d octets]\n", CTL_HEADER_MAX);
+}
+
+static int cmd_show(struct ctl *c, int argc, char **argv)
+{
+    struct header_buf h = { 0 };
+    struct qmsg m;
+    size_t n;
+    int rc;
+
+    rc = ctl_msg_lookup(c, argv[1], &m);
+    if (rc == 0)
+        rc = ctl_rcpts_load(c, &m, &n);
+    if (rc == 0)
+        rc = body_read(c, &m, header_sink, &h);
+    if (rc == 0 && h.oom) {
+        ctl_error("out of memory", NULL);
+        rc = EX_OSERR;
+    }
+    if (rc == 0) {
+        if (c->json) {
+            print_msg_json_open(c->out, &m, c->rcpt, n, NULL, 1);
+            fputs(",\"headers\":", c->out);
+            json_strn(c->out, h.buf != NULL ? h.buf : "", h.len);
+            fprintf(c->out, ",\"headers_truncated\":%s}\n", h.truncated ? "true" : "false");
+        } else {
+            show_text(c, &m, c->rcpt, n, &h);
+        }
+    }
+    free(h.buf);
+    return rc;
+}
+
+/* ------------------------------------------------------------------ */
+/* count                                                               */
+/* ------------------------------------------------------------------ */
+
+static int cmd_count(struct ctl *c, int argc, char **argv)
+{
+    long n = qdb_msg_count(c->db);
+
+    if (n < 0) {
+        ctl_error("index read failed", NULL);
+        return EX_IOERR;
+    }
+    if (c->json)
+        fprintf(c->out, "{\"count\":%ld}\n", n);
+    else
+        fprintf(c->out, "%ld\n", n);
+    return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* Command table and main                                              */
+/* ------------------------------------------------------------------ */
+
+struct ctl_cmd {
+    const char *name;
+    const char *args;                   /* for the usage text */
+    int min_args, max_args;             /* after the command name */
+    /* 1: acts through mxkeepd's control socket; 0: reads the index. */
+    int needs_daemon;
+    int (*run)(struct ctl *c, int argc, char **argv);   /* argv[0]: name */
+    const char *help;
+};
+
+static const struct ctl_cmd ctl_cmds[] = {
+    { "queue", "[DOMAIN]", 0, 1, 0, cmd_queue, "list queued messages (for DOMAIN only)" },
+    { "summary", "", 0, 0, 0, cmd_summary, "one line per destination domain" },
+    { "show", "QID", 1, 1, 0, cmd_show, "envelope, recipients and headers of a message" },
+    { "cat", "QID", 1, 1, 0, cmd_cat, "write the stored message to stdout" },
+    { "count", "", 0, 0, 0, cmd_count, "number of queued messages" },
+};
+
+static void usage(FILE *f)
+{
+    size_t i;
+
+    fprintf(f, "usage: " CTL_PROG " [-c FILE] [--json] COMMAND [ARGS]\n"
+               "  -c FILE   configuration file (default " CTL_CONF_DEFAULT ")\n"
+               "  --json    machine-readable output\n"
+               "commands:\n");
+    for (i = 0; i < NELEM(ctl_cmds); i++)
+        fprintf(f, "  %-8s %-9s %s\n", ctl_cmds[i].name, ctl_cmds[i].args, ctl_cmds[i].help);
+}
+
+static const struct ctl_cmd *ctl_cmd_find(const char *name)
+{
+    size_t i;
+
+    for (i = 0; i < NELEM(ctl_cmds); i++)
+        if (strcmp(ctl_cmds[i].name, name) == 0)
+            return &ctl_cmds[i];
+    return NULL;
+}
+
+/* Is path a directory?  1, or 0 with errno (ENOTDIR when it is not). */
+static int is_dir(const char *path)
+{
+    struct stat st;
+
+    if (stat(path, &st) != 0)
+        return 0;
+    if (!S_ISDIR(st.st_mode)) {
+        errno = ENOTDIR;
+        return 0;
+    }
+    return 1;
+}
+
+/* The exit code for a spool directory that is_dir() refused. */
+static int spool_missing(const char *spool, const char *path)
+{
+    if (errno == EACCES) {
+        fprintf(stderr, CTL_PROG ": %s: %s\n", path, strerror(errno));
+        return EX_NOPERM;
+    }
+    fprintf(stderr, CTL_PROG ": no spool at %s\n", spool);
+    return EX_NOINPUT;
+}
+
+/* Open the index of c->conf's spool; only read functions are used on it.
+ * 0 or an exit code. */
+static int ctl_db_open(struct ctl *c)
+{
+    char dir[CTL_PATH_SIZE], err[CTL_ERR_SIZE];
+    const char *spool = c->conf->spool;
+
+    if (!is_dir(spool))
+        return spool_missing(spool, spool);
+    if ((size_t)snprintf(dir, sizeof dir, "%s/index", spool) >= sizeof dir) {
+        ctl_error("spool path too long", spool);
+        return EX_USAGE;
+    }
+    /* qdb_open creates a missing environment; a spool the daemon never
+     * initialised is reported, not created behind its back. */
+    if (!is_dir(dir))
+        return spool_missing(spool, dir);
+    err[0] = '\0';
+    c->db = qdb_open(dir, (size_t)c->conf->lmdb_map_size, err, sizeof err);
+    if (c->db == NULL) {
+        fprintf(stderr, CTL_PROG ": %s: %s\n", dir, err);
+        return access(dir, R_OK | W_OK | X_OK) != 0 && errno == EACCES ? EX_NOPERM : EX_IOERR;
+    }
+    return 0;
+}
+
+enum { OPT_JSON = 256 };
+
+int main(int argc, char **argv)
+{
+    static const struct option longopts[] = {
+        { "json", no_argument, NULL, OPT_JSON },
+        { "help", no_argument, NULL, 'h' },
+        { "config", required_argument, NULL, 'c' },
+        { NULL, 0, NULL, 0 },
+    };
+    const char *conf_path = CTL_CONF_DEFAULT;
+    struct ctl c = { .out = stdout };
+    const struct ctl_cmd *cmd;
+    char err[CTL_ERR_SIZE];
+    int opt, nargs, rc;
+
+    /* Messages from queue_db/conf go to stderr with our name. */
+    log_open(CTL_PROG, 1);
+    /* '+': options stop at the command, so its arguments are left alone. */
+    while ((opt = getopt_long(argc, argv, "+c:h", longopts, NULL)) != -1) {
+        switch (opt) {
+        case 'c':
+            conf_path = optarg;
+            break;
+        case OPT_JSON:
+            c.json = 1;
+            break;
+        case 'h':
+            usage(stdout);
+            return EX_OK;
+        default:
+            usage(stderr);
+            return EX_USAGE;
+        }
+    }
+    if (optind >= argc) {
+        usage(stderr);
+        return EX_USAGE;
+    }
+    cmd = ctl_cmd_find(argv[optind]);
+    nargs = argc - optind - 1;
+    if (cmd == NULL) {
+        fprintf(stderr, CTL_PROG ": unknown command: %s\n", argv[optind]);
+        usage(stderr);
+        return EX_USAGE;
+    }
+    if (nargs < cmd->min_args || nargs > cmd->max_args) {
+        fprintf(stderr, "usage: " CTL_PROG " [-c FILE] [--json] %s %s\n", cmd->name, cmd->args);
+        return EX_USAGE;
+    }
+
+    c.conf = conf_load(conf_path, err, sizeof err);
+    if (c.conf == NULL) {
+        fprintf(stderr, CTL_PROG ": %s\n", err);
+        return EX_CONFIG;
+    }
+    if (cmd->needs_daemon) {
+        /* The control socket client goes here. */
+        fprintf(stderr, CTL_PROG ": %s needs the daemon's control socket, "
+                        "which this version cannot use yet\n", cmd->name);
+        rc = EX_UNAVAILABLE;
+    } else {
+        rc = ctl_db_open(&c);
+    }
+    if (rc == 0) {
+        c.now = (int64_t)time(NULL);
+        rc = cmd->run(&c, nargs + 1, argv + optind);
+    }
+    if (fflush(stdout) != 0 || ferror(stdout)) {
+        fprintf(stderr, CTL_PROG ": write error: %s\n", strerror(errno));
+        if (rc == 0)
+            rc = EX_IOERR;
+    }
+    free(c.rcpt);
+    qdb_close(c.db);
+    conf_free(c.conf);
+    return rc;
+}

@@ -1,0 +1,1292 @@
+/*
+ * queue_db.c - the LMDB index of the spool (see queue_db.h).
+ *
+ * Owns: the LMDB environment, its named databases and the record encoding.
+ * Every record starts with a version byte; integers are fixed-width
+ * big-endian, strings are a be16 length and the octets.  Decoders check
+ * every length and refuse unknown versions, so a damaged or newer record
+ * is reported (QDB_ERR, logged with its QID) instead of misread.
+ *
+ * Invariants kept inside each write transaction:
+ *   - by_dest holds (domain, QID) exactly when the message has a PENDING
+ *     recipient for that domain, and dest.nmsg / dest.nbytes count exactly
+ *     those pairs, so ETRN answers in O(1).
+ *   - a recipient's index is its position in the array given to
+ *     qdb_msg_put (the rcpt key), whatever r[i].index held.
+ * Domain keys (dest, by_dest) are folded to lower case.
+ *
+ * Never: opens the environment with MDB_NOSYNC, MDB_NOMETASYNC,
+ * MDB_MAPASYNC or MDB_WRITEMAP (a commit must be durable when it returns,
+ * and a stray write must not reach the map); holds a transaction across
+ * calls.
+ *
+ * Threads: reads run on any thread in their own read transaction, under a
+ * read lock; qdb_grow() remaps under the write lock of that same rwlock,
+ * because LMDB forbids resizing while any transaction of the process is
+ * open and readers on the loop thread cannot know when the writer grows.
+ */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE 1     /* pthread_rwlockattr_setkind_np */
+#endif
+#include "queue_db.h"
+
+#include <errno.h>
+#include <lmdb.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+
+#include "log.h"
+
+#define QDB_VERSION        1
+#define QDB_MAXDBS         8
+#define QDB_FILE_MODE      0600
+#define QDB_DIR_MODE       0700
+/* Growth stops here: past this the disk is the limit anyway. */
+#define QDB_MAP_CEILING    ((size_t)1 << 40)
+#define QDB_REC_MAX        4096            /* largest encoded record */
+#define QDB_STR_MAX        0xffffu         /* be16 length */
+#define QDB_RCPT_KEY_LEN   (QID_LEN + 1 + 4)
+#define QDB_DUE_KEY_LEN    (8 + QID_LEN)
+/* Fixed offsets in a v1 rcpt record, read without a full decode when only
+ * state and domain matter (the pending scans). */
+#define QDB_RCPT_OFF_STATE  (1 + 4)
+#define QDB_RCPT_OFF_EXPIRY (1 + 4 + 4 + 4 + 4)
+#define QDB_RCPT_OFF_DOMAIN (QDB_RCPT_OFF_EXPIRY + 8 + 8)
+
+struct qdb {
+    MDB_env *env;
+    MDB_dbi msg, rcpt, body, dest, by_dest, due;
+    pthread_rwlock_t maplock;
+};
+
+struct qdb_txn {
+    struct qdb *db;
+    MDB_txn *txn;
+};
+
+/* ---------- encoding ---------- */
+
+struct enc {
+    unsigned char *p;
+    size_t len, cap;
+    int bad;
+};
+
+static void enc_bytes(struct enc *e, const void *b, size_t n)
+{
+    if (e->bad || n > e->cap - e->len) {
+        e->bad = 1;
+        return;
+    }
+    memcpy(e->p + e->len, b, n);
+    e->len += n;
+}
+
+static void enc_u8(struct enc *e, unsigned v)
+{
+    unsigned char b = (unsigned char)v;
+    enc_bytes(e, &b, 1);
+}
+
+static void put_be32(unsigned char *b, uint32_t v)
+{
+    b[0] = (unsigned char)(v >> 24);
+    b[1] = (unsigned char)(v >> 16);
+    b[2] = (unsigned char)(v >> 8);
+    b[3] = (unsigned char)v;
+}
+
+static void put_be64(unsigned char *b, uint64_t v)
+{
+    put_be32(b, (uint32_t)(v >> 32));
+    put_be32(b + 4, (uint32_t)v);
+}
+
+static uint32_t get_be32(const unsigned char *b)
+{
+    return (uint32_t)b[0] << 24 | (uint32_t)b[1] << 16 | (uint32_t)b[2] << 8 | b[3];
+}
+
+static uint64_t get_be64(const unsigned char *b)
+{
+    return (uint64_t)get_be32(b) << 32 | get_be32(b + 4);
+}
+
+static void enc_u32(struct enc *e, uint32_t v)
+{
+    unsigned char b[4];
+    put_be32(b, v);
+    enc_bytes(e, b, sizeof b);
+}
+
+static void enc_u64(struct enc *e, uint64_t v)
+{
+    unsigned char b[8];
+    put_be64(b, v);
+    enc_bytes(e, b, sizeof b);
+}
+
+/* field is a char array: never read past it even when unterminated. */
+static void enc_str(struct enc *e, const char *s, size_t fieldsize)
+{
+    size_t n = strnlen(s, fieldsize);
+    if (n >= fieldsize || n > QDB_STR_MAX) {
+        e->bad = 1;
+        return;
+    }
+    unsigned char b[2] = { (unsigned char)(n >> 8), (unsigned char)n };
+    enc_bytes(e, b, sizeof b);
+    enc_bytes(e, s, n);
+}
+
+struct dec {
+    const unsigned char *p;
+    size_t left;
+    int bad;
+};
+
+static const unsigned char *dec_take(struct dec *d, size_t n)
+{
+    if (d->bad || n > d->left) {
+        d->bad = 1;
+        return NULL;
+    }
+    const unsigned char *r = d->p;
+    d->p += n;
+    d->left -= n;
+    return r;
+}
+
+static unsigned dec_u8(struct dec *d)
+{
+    const unsigned char *b = dec_take(d, 1);
+    return b ? b[0] : 0;
+}
+
+static uint32_t dec_u32(struct dec *d)
+{
+    const unsigned char *b = dec_take(d, 4);
+    return b ? get_be32(b) : 0;
+}
+
+static uint64_t dec_u64(struct dec *d)
+{
+    const unsigned char *b = dec_take(d, 8);
+    return b ? get_be64(b) : 0;
+}
+
+static void dec_str(struct dec *d, char *out, size_t outsize)
+{
+    out[0] = '\0';
+    const unsigned char *lb = dec_take(d, 2);
+    if (!lb)
+        return;
+    size_t n = (size_t)lb[0] << 8 | lb[1];
+    if (n >= outsize) {
+        d->bad = 1;
+        return;
+    }
+    const unsigned char *s = dec_take(d, n);
+    if (!s)
+        return;
+    memcpy(out, s, n);
+    out[n] = '\0';
+}
+
+/* Version check plus "all consumed, nothing left over". */
+static int dec_start(struct dec *d, const MDB_val *v)
+{
+    d->p = v->mv_data;
+    d->left = v->mv_size;
+    d->bad = 0;
+    return dec_u8(d) == QDB_VERSION && !d->bad ? 0 : -1;
+}
+
+static int dec_finish(const struct dec *d)
+{
+    return d->bad || d->left != 0 ? -1 : 0;
+}
+
+static int msg_encode(const struct qmsg *m, struct enc *e)
+{
+    enc_u8(e, QDB_VERSION);
+    enc_u64(e, (uint64_t)m->arrival);
+    enc_u64(e, m->size);
+    enc_u32(e, m->flags);
+    enc_u32(e, m->nrcpt);
+    enc_u32(e, (uint32_t)m->body);
+    enc_u32(e, (uint32_t)m->ret);
+    enc_str(e, m->envid, sizeof m->envid);
+    enc_str(e, m->sender, sizeof m->sender);
+    enc_str(e, m->client_addr, sizeof m->client_addr);
+    enc_str(e, m->client_name, sizeof m->client_name);
+    enc_str(e, m->helo, sizeof m->helo);
+    return e->bad ? -1 : 0;
+}
+
+static int msg_decode(const char *qid, const MDB_val *v, struct qmsg *m)
+{
+    struct dec d;
+    memset(m, 0, sizeof *m);
+    if (dec_start(&d, v) < 0) {
+        log_warn("%.*s: msg record: unknown version or empty", QID_LEN, qid);
+        return QDB_ERR;
+    }
+    m->arrival = (int64_t)dec_u64(&d);
+    m->size = dec_u64(&d);
+    m->flags = dec_u32(&d);
+    m->nrcpt = dec_u32(&d);
+    m->body = (int)dec_u32(&d);
+    m->ret = (int)dec_u32(&d);
+    dec_str(&d, m->envid, sizeof m->envid);
+    dec_str(&d, m->sender, sizeof m->sender);
+    dec_str(&d, m->client_addr, sizeof m->client_addr);
+    dec_str(&d, m->client_name, sizeof m->client_name);
+    dec_str(&d, m->helo, sizeof m->helo);
+    if (dec_finish(&d) < 0) {
+        log_warn("%.*s: msg record: malformed", QID_LEN, qid);
+        return QDB_ERR;
+    }
+    memcpy(m->qid, qid, QID_LEN);
+    m->qid[QID_LEN] = '\0';
+    return 0;
+}
+
+/* Field order matters: state and domain sit at fixed offsets (see
+ * QDB_RCPT_OFF_*) for rcpt_peek(). */
+static int rcpt_encode(const struct qrcpt *r, uint32_t index, struct enc *e)
+{
+    enc_u8(e, QDB_VERSION);
+    enc_u32(e, index);
+    enc_u32(e, (uint32_t)r->state);
+    enc_u32(e, (uint32_t)r->notify);
+    enc_u32(e, r->attempts);
+    enc_u64(e, (uint64_t)r->expiry);
+    enc_u64(e, (uint64_t)r->last_try);
+    enc_str(e, r->domain, sizeof r->domain);
+    enc_str(e, r->addr, sizeof r->addr);
+    enc_str(e, r->orcpt, sizeof r->orcpt);
+    enc_str(e, r->last_reply, sizeof r->last_reply);
+    return e->bad ? -1 : 0;
+}
+
+static int rcpt_decode(const char *qid, const MDB_val *v, struct qrcpt *r)
+{
+    struct dec d;
+    memset(r, 0, sizeof *r);
+    if (dec_start(&d, v) < 0) {
+        log_warn("%.*s: rcpt record: unknown version or empty", QID_LEN, qid);
+        return QDB_ERR;
+    }
+    r->index = dec_u32(&d);
+    r->state = (int)dec_u32(&d);
+    r->notify = (int)dec_u32(&d);
+    r->attempts = dec_u32(&d);
+    r->expiry = (int64_t)dec_u64(&d);
+    r->last_try = (int64_t)dec_u64(&d);
+    dec_str(&d, r->domain, sizeof r->domain);
+    dec_str(&d, r->addr, sizeof r->addr);
+    dec_str(&d, r->orcpt, sizeof r->orcpt);
+    dec_str(&d, r->last_reply, sizeof r->last_reply);
+    if (dec_finish(&d) < 0) {
+        log_warn("%.*s: rcpt record: malformed", QID_LEN, qid);
+        return QDB_ERR;
+    }
+    return 0;
+}
+
+/* State and domain of an rcpt record without decoding the rest. */
+static int rcpt_peek(const char *qid, const MDB_val *v, int *state, const char **dom,
+                     size_t *domlen)
+{
+    const unsigned char *p = v->mv_data;
+    if (v->mv_size < QDB_RCPT_OFF_DOMAIN + 2 || p[0] != QDB_VERSION)
+        goto bad;
+    *state = (int)get_be32(p + QDB_RCPT_OFF_STATE);
+    *domlen = (size_t)p[QDB_RCPT_OFF_DOMAIN] << 8 | p[QDB_RCPT_OFF_DOMAIN + 1];
+    if (*domlen > v->mv_size - QDB_RCPT_OFF_DOMAIN - 2)
+        goto bad;
+    *dom = (const char *)p + QDB_RCPT_OFF_DOMAIN + 2;
+    return 0;
+bad:
+    log_warn("%.*s: rcpt record: unknown version or malformed", QID_LEN, qid);
+    return QDB_ERR;
+}
+
+static int dest_encode(const struct qdest *x, struct enc *e)
+{
+    enc_u8(e, QDB_VERSION);
+    enc_u32(e, (uint32_t)x->state);
+    enc_u64(e, (uint64_t)x->state_since);
+    enc_u64(e, (uint64_t)x->next_probe);
+    enc_u32(e, x->backoff_step);
+    enc_u64(e, x->nmsg);
+    enc_u64(e, x->nbytes);
+    enc_str(e, x->last_error, sizeof x->last_error);
+    return e->bad ? -1 : 0;
+}
+
+static int dest_decode(const MDB_val *k, const MDB_val *v, struct qdest *x)
+{
+    struct dec d;
+    memset(x, 0, sizeof *x);
+    size_t kl = k->mv_size < sizeof x->domain ? k->mv_size : sizeof x->domain - 1;
+    memcpy(x->domain, k->mv_data, kl);
+    x->domain[kl] = '\0';
+    if (dec_start(&d, v) < 0) {
+        log_warn("dest %s: record: unknown version or empty", x->domain);
+        return QDB_ERR;
+    }
+    x->state = (int)dec_u32(&d);
+    x->state_since = (int64_t)dec_u64(&d);
+    x->next_probe = (int64_t)dec_u64(&d);
+    x->backoff_step = dec_u32(&d);
+    x->nmsg = dec_u64(&d);
+    x->nbytes = dec_u64(&d);
+    dec_str(&d, x->last_error, sizeof x->last_error);
+    if (dec_finish(&d) < 0) {
+        log_warn("dest %s: record: malformed", x->domain);
+        return QDB_ERR;
+    }
+    return 0;
+}
+
+/* ---------- keys ---------- */
+
+static MDB_val val_of(const void *p, size_t n)
+{
+    MDB_val v = { .mv_size = n, .mv_data = (void *)p };
+    return v;
+}
+
+static void rcpt_key(unsigned char k[QDB_RCPT_KEY_LEN], const char *qid, uint32_t index)
+{
+    memcpy(k, qid, QID_LEN);
+    k[QID_LEN] = '\0';
+    put_be32(k + QID_LEN + 1, index);
+}
+
+static void due_key(unsigned char k[QDB_DUE_KEY_LEN], int64_t when, const char *qid)
+{
+    put_be64(k, (uint64_t)when);
+    memcpy(k + 8, qid, QID_LEN);
+}
+
+/* Lower-cased copy of a domain for use as a key; 0 on an empty or
+ * over-long domain. */
+static size_t domain_key(char out[SMTP_DOMAIN_MAX + 1], const char *dom, size_t n)
+{
+    if (n == 0 || n > SMTP_DOMAIN_MAX)
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        char c = dom[i];
+        out[i] = (c >= 'A' && c <= 'Z') ? (char)(c - 'A' + 'a') : c;
+    }
+    out[n] = '\0';
+    return n;
+}
+
+static int rc_map(int rc)
+{
+    switch (rc) {
+    case MDB_SUCCESS: return 0;
+    case MDB_NOTFOUND: return QDB_NOTFOUND;
+    case MDB_MAP_FULL: return QDB_MAPFULL;
+    default: return QDB_ERR;
+    }
+}
+
+/* Map an LMDB failure for the caller, logging the ones that are faults. */
+static int rc_fail(int rc, const char *what, const char *qid)
+{
+    int r = rc_map(rc);
+    if (r == QDB_ERR)
+        log_warn("%s: %s: %s", qid ? qid : "queue", what, mdb_strerror(rc));
+    return r;
+}
+
+/* ---------- environment ---------- */
+
+static int open_dbis(struct qdb *db, char *err, size_t errlen)
+{
+    MDB_txn *txn;
+    int rc = mdb_txn_begin(db->env, NULL, 0, &txn);
+    if (rc) {
+        snprintf(err, errlen, "lmdb txn: %s", mdb_strerror(rc));
+        return -1;
+    }
+    struct { const char *name; unsigned flags; MDB_dbi *dbi; } t[] = {
+        { "msg", 0, &db->msg },         { "rcpt", 0, &db->rcpt },
+        { "body", 0, &db->body },       { "dest", 0, &db->dest },
+        { "by_dest", MDB_DUPSORT, &db->by_dest }, { "due", 0, &db->due },
+    };
+    for (size_t i = 0; i < sizeof t / sizeof t[0]; i++) {
+        rc = mdb_dbi_open(txn, t[i].name, t[i].flags | MDB_CREATE, t[i].dbi);
+        if (rc) {
+            snprintf(err, errlen, "lmdb database %s: %s", t[i].name, mdb_strerror(rc));
+            mdb_txn_abort(txn);
+            return -1;
+        }
+    }
+    rc = mdb_txn_commit(txn);
+    if (rc) {
+        snprintf(err, errlen, "lmdb commit: %s", mdb_strerror(rc));
+        return -1;
+    }
+    return 0;
+}
+
+struct qdb *qdb_open(const char *dir, size_t map_size, char *err, size_t errlen)
+{
+    struct qdb *db = calloc(1, sizeof *db);
+    if (!db) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    pthread_rwlockattr_t ra;
+    pthread_rwlockattr_init(&ra);
+    /* Readers may nest (a walk callback reading a record): a waiting
+     * grow must not block the inner read lock. */
+    pthread_rwlockattr_setkind_np(&ra, PTHREAD_RWLOCK_PREFER_READER_NP);
+    pthread_rwlock_init(&db->maplock, &ra);
+    pthread_rwlockattr_destroy(&ra);
+
+    if (mkdir(dir, QDB_DIR_MODE) < 0 && errno != EEXIST) {
+        snprintf(err, errlen, "%s: %s", dir, strerror(errno));
+        goto fail;
+    }
+    int rc = mdb_env_create(&db->env);
+    if (rc) {
+        snprintf(err, errlen, "lmdb: %s", mdb_strerror(rc));
+        goto fail;
+    }
+    mdb_env_set_maxdbs(db->env, QDB_MAXDBS);
+    /* No mapsize before open: LMDB then keeps the size the file was last
+     * grown to, and we only raise it to the configured size below. */
+    rc = mdb_env_open(db->env, dir, MDB_NOTLS, QDB_FILE_MODE);
+    if (rc) {
+        snprintf(err, errlen, "%s: %s", dir, mdb_strerror(rc));
+        goto fail;
+    }
+    MDB_envinfo info;
+    mdb_env_info(db->env, &info);
+    if (map_size > info.me_mapsize) {
+        rc = mdb_env_set_mapsize(db->env, map_size);
+        if (rc) {
+            snprintf(err, errlen, "lmdb map size %zu: %s", map_size, mdb_strerror(rc));
+            goto fail;
+        }
+    }
+    if (open_dbis(db, err, errlen) < 0)
+        goto fail;
+    return db;
+fail:
+    qdb_close(db);
+    return NULL;
+}
+
+void qdb_close(struct qdb *db)
+{
+    if (!db)
+        return;
+    if (db->env)
+        mdb_env_close(db->env);
+    pthread_rwlock_destroy(&db->maplock);
+    free(db);
+}
+
+/* Begin a read transaction under the read lock.  Another process (mxkeepctl
+ * never writes, but a second daemon instance could) may have grown the map:
+ * adopt its size and retry. */
+static int rd_begin(struct qdb *db, MDB_txn **txn)
+{
+    for (;;) {
+        pthread_rwlock_rdlock(&db->maplock);
+        int rc = mdb_txn_begin(db->env, NULL, MDB_RDONLY, txn);
+        if (rc == 0)
+            return 0;
+        pthread_rwlock_unlock(&db->maplock);
+        if (rc != MDB_MAP_RESIZED) {
+            log_warn("queue: read transaction: %s", mdb_strerror(rc));
+            return QDB_ERR;
+        }
+        pthread_rwlock_wrlock(&db->maplock);
+        rc = mdb_env_set_mapsize(db->env, 0);
+        pthread_rwlock_unlock(&db->maplock);
+        if (rc) {
+            log_warn("queue: adopt map size: %s", mdb_strerror(rc));
+            return QDB_ERR;
+        }
+    }
+}
+
+static void rd_end(struct qdb *db, MDB_txn *txn)
+{
+    mdb_txn_abort(txn);
+    pthread_rwlock_unlock(&db->maplock);
+}
+
+/* ---------- reads (any transaction) ---------- */
+
+static int msg_get_txn(struct qdb *db, MDB_txn *txn, const char *qid, struct qmsg *out)
+{
+    MDB_val k = val_of(qid, QID_LEN), v;
+    int rc = mdb_get(txn, db->msg, &k, &v);
+    if (rc)
+        return rc_fail(rc, "msg get", qid);
+    return msg_decode(qid, &v, out);
+}
+
+static int dest_get_txn(struct qdb *db, MDB_txn *txn, const char *key, size_t klen,
+                        struct qdest *out)
+{
+    MDB_val k = val_of(key, klen), v;
+    int rc = mdb_get(txn, db->dest, &k, &v);
+    if (rc)
+        return rc_fail(rc, "dest get", key);
+    return dest_decode(&k, &v, out);
+}
+
+int qdb_msg_get(struct qdb *db, const char *qid, struct qmsg *out)
+{
+    MDB_txn *txn;
+    if (!qid_valid(qid))
+        return QDB_NOTFOUND;
+    if (rd_begin(db, &txn))
+        return QDB_ERR;
+    int r = msg_get_txn(db, txn, qid, out);
+    rd_end(db, txn);
+    return r;
+}
+
+int qdb_rcpt_list(struct qdb *db, const char *qid, struct qrcpt *out, size_t max, size_t *n)
+{
+    MDB_txn *txn;
+    MDB_cursor *c;
+    unsigned char kb[QDB_RCPT_KEY_LEN];
+    *n = 0;
+    if (!qid_valid(qid))
+        return QDB_NOTFOUND;
+    if (rd_begin(db, &txn))
+        return QDB_ERR;
+    int r = 0, rc = mdb_cursor_open(txn, db->rcpt, &c);
+    if (rc) {
+        r = rc_fail(rc, "rcpt cursor", qid);
+        goto out;
+    }
+    rcpt_key(kb, qid, 0);
+    MDB_val k = val_of(kb, sizeof kb), v;
+    for (rc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE); rc == 0 && *n < max;
+         rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
+        if (k.mv_size != QDB_RCPT_KEY_LEN || memcmp(k.mv_data, kb, QID_LEN + 1) != 0)
+            break;
+        if ((r = rcpt_decode(qid, &v, &out[*n])) != 0)
+            break;
+        (*n)++;
+    }
+    if (r == 0 && rc != 0 && rc != MDB_NOTFOUND)
+        r = rc_fail(rc, "rcpt list", qid);
+    mdb_cursor_close(c);
+out:
+    rd_end(db, txn);
+    return r;
+}
+
+int qdb_dest_get(struct qdb *db, const char *domain, struct qdest *out)
+{
+    char key[SMTP_DOMAIN_MAX + 1];
+    MDB_txn *txn;
+    size_t kl = domain_key(key, domain, strlen(domain));
+    if (!kl)
+        return QDB_NOTFOUND;
+    if (rd_begin(db, &txn))
+        return QDB_ERR;
+    int r = dest_get_txn(db, txn, key, kl, out);
+    rd_end(db, txn);
+    return r;
+}
+
+int qdb_body_get(struct qdb *db, const char *qid, void *buf, size_t *len)
+{
+    MDB_txn *txn;
+    if (!qid_valid(qid))
+        return QDB_NOTFOUND;
+    if (rd_begin(db, &txn))
+        return QDB_ERR;
+    MDB_val k = val_of(qid, QID_LEN), v;
+    int r, rc = mdb_get(txn, db->body, &k, &v);
+    if (rc) {
+        r = rc_fail(rc, "body get", qid);
+    } else if (v.mv_size > *len) {
+        *len = v.mv_size;
+        r = QDB_ERR;
+    } else {
+        if (v.mv_size)
+            memcpy(buf, v.mv_data, v.mv_size);
+        *len = v.mv_size;
+        r = 0;
+    }
+    rd_end(db, txn);
+    return r;
+}
+
+long qdb_dest_walk(struct qdb *db, const char *domain, const char *after, long max,
+                   int (*fn)(void *arg, const char *qid), void *arg)
+{
+    char key[SMTP_DOMAIN_MAX + 1], qid[QID_SIZE];
+    MDB_txn *txn;
+    MDB_cursor *c;
+    size_t kl = domain_key(key, domain, strlen(domain));
+    if (!kl || max <= 0)
+        return 0;
+    if (rd_begin(db, &txn))
+        return -1;
+    long count = 0;
+    int rc = mdb_cursor_open(txn, db->by_dest, &c);
+    if (rc) {
+        rc_fail(rc, "by_dest cursor", domain);
+        count = -1;
+        goto out;
+    }
+    MDB_val k = val_of(key, kl), v;
+    if (after && *after) {
+        v = val_of(after, strnlen(after, QID_LEN));
+        rc = mdb_cursor_get(c, &k, &v, MDB_GET_BOTH_RANGE);
+        if (rc == 0 && v.mv_size == strnlen(after, QID_LEN) &&
+            memcmp(v.mv_data, after, v.mv_size) == 0)
+            rc = mdb_cursor_get(c, &k, &v, MDB_NEXT_DUP);
+    } else {
+        rc = mdb_cursor_get(c, &k, &v, MDB_SET_KEY);
+    }
+    for (; rc == 0 && count < max; rc = mdb_cursor_get(c, &k, &v, MDB_NEXT_DUP)) {
+        if (v.mv_size != QID_LEN)
+            continue;
+        memcpy(qid, v.mv_data, QID_LEN);
+        qid[QID_LEN] = '\0';
+        count++;
+        if (fn(arg, qid))
+            break;
+    }
+    mdb_cursor_close(c);
+out:
+    rd_end(db, txn);
+    return count;
+}
+
+long qdb_dest_each(struct qdb *db, int (*fn)(void *arg, const struct qdest *d), void *arg)
+{
+    MDB_txn *txn;
+    MDB_cursor *c;
+    struct qdest d;
+    if (rd_begin(db, &txn))
+        return -1;
+    long count = 0;
+    int rc = mdb_cursor_open(txn, db->dest, &c);
+    if (rc) {
+        rc_fail(rc, "dest cursor", NULL);
+        count = -1;
+        goto out;
+    }
+    MDB_val k, v;
+    for (rc = mdb_cursor_get(c, &k, &v, MDB_FIRST); rc == 0;
+         rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
+        if (dest_decode(&k, &v, &d) != 0)
+            continue;
+        count++;
+        if (fn(arg, &d))
+            break;
+    }
+    mdb_cursor_close(c);
+out:
+    rd_end(db, txn);
+    return count;
+}
+
+long qdb_msg_each(struct qdb *db, const char *after, long max,
+                  int (*fn)(void *arg, const struct qmsg *m), void *arg)
+{
+    MDB_txn *txn;
+    MDB_cursor *c;
+    struct qmsg *m = malloc(sizeof *m);
+    char qid[QID_SIZE];
+    if (!m)
+        return -1;
+    if (rd_begin(db, &txn)) {
+        free(m);
+        return -1;
+    }
+    long count = 0;
+    int rc = mdb_cursor_open(txn, db->msg, &c);
+    if (rc) {
+        rc_fail(rc, "msg cursor", NULL);
+        count = -1;
+        goto out;
+    }
+    MDB_val k, v;
+    if (after && *after) {
+        k = val_of(after, strnlen(after, QID_LEN));
+        rc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE);
+        if (rc == 0 && k.mv_size == strnlen(after, QID_LEN) &&
+            memcmp(k.mv_data, after, k.mv_size) == 0)
+            rc = mdb_cursor_get(c, &k, &v, MDB_NEXT);
+    } else {
+        rc = mdb_cursor_get(c, &k, &v, MDB_FIRST);
+    }
+    for (; rc == 0 && count < max; rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
+        if (k.mv_size != QID_LEN)
+            continue;
+        memcpy(qid, k.mv_data, QID_LEN);
+        qid[QID_LEN] = '\0';
+        /* A record we cannot read is skipped here (and logged by the
+         * decoder); it stays in the index for a newer version or a human. */
+        if (msg_decode(qid, &v, m) != 0)
+            continue;
+        count++;
+        if (fn(arg, m))
+            break;
+    }
+    mdb_cursor_close(c);
+out:
+    rd_end(db, txn);
+    free(m);
+    return count;
+}
+
+int qdb_due_first(struct qdb *db, int64_t *when, char qid[QID_SIZE])
+{
+    MDB_txn *txn;
+    MDB_cursor *c;
+    if (rd_begin(db, &txn))
+        return QDB_ERR;
+    int r, rc = mdb_cursor_open(txn, db->due, &c);
+    if (rc) {
+        r = rc_fail(rc, "due cursor", NULL);
+        goto out;
+    }
+    MDB_val k, v;
+    rc = mdb_cursor_get(c, &k, &v, MDB_FIRST);
+    if (rc == 0 && k.mv_size == QDB_DUE_KEY_LEN) {
+        *when = (int64_t)get_be64(k.mv_data);
+        memcpy(qid, (const char *)k.mv_data + 8, QID_LEN);
+        qid[QID_LEN] = '\0';
+        r = 0;
+    } else if (rc == 0) {
+        log_warn("queue: due entry with a bad key length %zu", k.mv_size);
+        r = QDB_ERR;
+    } else {
+        r = rc_fail(rc, "due first", NULL);
+    }
+    mdb_cursor_close(c);
+out:
+    rd_end(db, txn);
+    return r;
+}
+
+int qdb_newest_qid(struct qdb *db, char qid[QID_SIZE])
+{
+    MDB_txn *txn;
+    MDB_cursor *c;
+    qid[0] = '\0';
+    if (rd_begin(db, &txn))
+        return QDB_ERR;
+    int r = 0, rc = mdb_cursor_open(txn, db->msg, &c);
+    if (rc) {
+        r = rc_fail(rc, "msg cursor", NULL);
+        goto out;
+    }
+    MDB_val k, v;
+    rc = mdb_cursor_get(c, &k, &v, MDB_LAST);
+    if (rc == 0 && k.mv_size == QID_LEN) {
+        memcpy(qid, k.mv_data, QID_LEN);
+        qid[QID_LEN] = '\0';
+    } else if (rc != 0 && rc != MDB_NOTFOUND) {
+        r = rc_fail(rc, "msg last", NULL);
+    }
+    mdb_cursor_close(c);
+out:
+    rd_end(db, txn);
+    return r;
+}
+
+long qdb_msg_count(struct qdb *db)
+{
+    MDB_txn *txn;
+    MDB_stat st;
+    if (rd_begin(db, &txn))
+        return -1;
+    int rc = mdb_stat(txn, db->msg, &st);
+    rd_end(db, txn);
+    return rc ? -1 : (long)st.ms_entries;
+}
+
+/* ---------- writes ---------- */
+
+static int dest_put_raw(struct qdb *db, MDB_txn *txn, const char *key, size_t kl,
+                        const struct qdest *d)
+{
+    unsigned char buf[QDB_REC_MAX];
+    struct enc e = { buf, 0, sizeof buf, 0 };
+    if (dest_encode(d, &e) < 0) {
+        log_warn("dest %s: record does not encode", key);
+        return QDB_ERR;
+    }
+    MDB_val k = val_of(key, kl), v = val_of(buf, e.len);
+    int rc = mdb_put(txn, db->dest, &k, &v, 0);
+    return rc ? rc_fail(rc, "dest put", key) : 0;
+}
+
+/* The message starts counting for domain: by_dest entry and counters.
+ * An entry already there means it was counted already. */
+static int dest_attach(struct qdb *db, MDB_txn *txn, const char *dom, size_t dlen,
+                       const char *qid, uint64_t size, int64_t now)
+{
+    char key[SMTP_DOMAIN_MAX + 1];
+    struct qdest d;
+    size_t kl = domain_key(key, dom, dlen);
+    if (!kl) {
+        log_warn("%s: recipient without a valid destination domain", qid);
+        return QDB_ERR;
+    }
+    MDB_val k = val_of(key, kl), v = val_of(qid, QID_LEN);
+    int rc = mdb_put(txn, db->by_dest, &k, &v, MDB_NODUPDATA);
+    if (rc == MDB_KEYEXIST)
+        return 0;
+    if (rc)
+        return rc_fail(rc, "by_dest put", qid);
+    int r = dest_get_txn(db, txn, key, kl, &d);
+    if (r == QDB_NOTFOUND) {
+        memset(&d, 0, sizeof d);
+        d.state = QDEST_UNKNOWN;
+        d.state_since = now;
+    } else if (r != 0) {
+        return r;
+    }
+    d.nmsg++;
+    d.nbytes += size;
+    return dest_put_raw(db, txn, key, kl, &d);
+}
+
+static int dest_detach(struct qdb *db, MDB_txn *txn, const char *dom, size_t dlen,
+                       const char *qid, uint64_t size)
+{
+    char key[SMTP_DOMAIN_MAX + 1];
+    struct qdest d;
+    size_t kl = domain_key(key, dom, dlen);
+    if (!kl)
+        return 0;
+    MDB_val k = val_of(key, kl), v = val_of(qid, QID_LEN);
+    int rc = mdb_del(txn, db->by_dest, &k, &v);
+    if (rc == MDB_NOTFOUND)
+        return 0;
+    if (rc)
+        return rc_fail(rc, "by_dest del", qid);
+    int r = dest_get_txn(db, txn, key, kl, &d);
+    if (r == QDB_NOTFOUND) {
+        log_warn("%s: dest %s: counters missing", qid, key);
+        return 0;
+    }
+    if (r)
+        return r;
+    if (d.nmsg == 0 || d.nbytes < size)
+        log_warn("%s: dest %s: counters below zero, clamped", qid, key);
+    d.nmsg = d.nmsg ? d.nmsg - 1 : 0;
+    d.nbytes = d.nbytes >= size ? d.nbytes - size : 0;
+    return dest_put_raw(db, txn, key, kl, &d);
+}
+
+/* Does qid still have a PENDING recipient for domain? */
+static int domain_pending(struct qdb *db, MDB_txn *txn, const char *qid, const char *dom,
+                          size_t dlen, int *pending)
+{
+    MDB_cursor *c;
+    unsigned char kb[QDB_RCPT_KEY_LEN];
+    *pending = 0;
+    int r = 0, rc = mdb_cursor_open(txn, db->rcpt, &c);
+    if (rc)
+        return rc_fail(rc, "rcpt cursor", qid);
+    rcpt_key(kb, qid, 0);
+    MDB_val k = val_of(kb, sizeof kb), v;
+    for (rc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE); rc == 0;
+         rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
+        int st;
+        const char *d;
+        size_t dl;
+        if (k.mv_size != QDB_RCPT_KEY_LEN || memcmp(k.mv_data, kb, QID_LEN + 1) != 0)
+            break;
+        if ((r = rcpt_peek(qid, &v, &st, &d, &dl)) != 0)
+            break;
+        if (st == QRCPT_PENDING && dl == dlen && strncasecmp(d, dom, dl) == 0) {
+            *pending = 1;
+            break;
+        }
+    }
+    if (r == 0 && rc != 0 && rc != MDB_NOTFOUND)
+        r = rc_fail(rc, "rcpt scan", qid);
+    mdb_cursor_close(c);
+    return r;
+}
+
+static int64_t earliest_expiry(const struct qrcpt *r, size_t n)
+{
+    int64_t e = 0;
+    for (size_t i = 0; i < n; i++)
+        if (r[i].expiry > 0 && (e == 0 || r[i].expiry < e))
+            e = r[i].expiry;
+    return e;
+}
+
+static int due_op(struct qdb *db, MDB_txn *txn, int64_t when, const char *qid, int del)
+{
+    unsigned char kb[QDB_DUE_KEY_LEN];
+    if (!qid_valid(qid))
+        return QDB_ERR;
+    due_key(kb, when, qid);
+    MDB_val k = val_of(kb, sizeof kb), v = val_of("", 0);
+    int rc = del ? mdb_del(txn, db->due, &k, NULL) : mdb_put(txn, db->due, &k, &v, 0);
+    return rc ? rc_fail(rc, del ? "due del" : "due put", qid) : 0;
+}
+
+int qdb_msg_put(struct qdb_txn *t, const struct qmsg *m, const struct qrcpt *r, size_t n,
+                const void *body, size_t body_len)
+{
+    struct qdb *db = t->db;
+    unsigned char buf[QDB_REC_MAX], kb[QDB_RCPT_KEY_LEN];
+    struct enc e = { buf, 0, sizeof buf, 0 };
+    if (!qid_valid(m->qid) || n > UINT32_MAX) {
+        log_warn("queue: msg put with a malformed QID or recipient count");
+        return QDB_ERR;
+    }
+    if (msg_encode(m, &e) < 0) {
+        log_warn("%s: msg record does not encode", m->qid);
+        return QDB_ERR;
+    }
+    MDB_val k = val_of(m->qid, QID_LEN), v = val_of(buf, e.len);
+    int rc = mdb_put(t->txn, db->msg, &k, &v, MDB_NOOVERWRITE);
+    if (rc == MDB_KEYEXIST) {
+        log_warn("%s: msg put: QID already in the queue", m->qid);
+        return QDB_ERR;
+    }
+    if (rc)
+        return rc_fail(rc, "msg put", m->qid);
+    for (size_t i = 0; i < n; i++) {
+        e.len = 0;
+        if (rcpt_encode(&r[i], (uint32_t)i, &e) < 0) {
+            log_warn("%s: rcpt %zu does not encode", m->qid, i);
+            return QDB_ERR;
+        }
+        rcpt_key(kb, m->qid, (uint32_t)i);
+        k = val_of(kb, sizeof kb);
+        v = val_of(buf, e.len);
+        if ((rc = mdb_put(t->txn, db->rcpt, &k, &v, 0)) != 0)
+            return rc_fail(rc, "rcpt put", m->qid);
+        if (r[i].state != QRCPT_PENDING)
+            continue;
+        /* dest_attach ignores a domain already attached, so repeats of
+         * a domain among the recipients count once. */
+        int x = dest_attach(db, t->txn, r[i].domain, strnlen(r[i].domain, sizeof r[i].domain),
+                            m->qid, m->size, m->arrival);
+        if (x)
+            return x;
+    }
+    if (body) {
+        k = val_of(m->qid, QID_LEN);
+        v = val_of(body, body_len);
+        if ((rc = mdb_put(t->txn, db->body, &k, &v, 0)) != 0)
+            return rc_fail(rc, "body put", m->qid);
+    }
+    int64_t exp = earliest_expiry(r, n);
+    return exp ? due_op(db, t->txn, exp, m->qid, 0) : 0;
+}
+
+/* Re-balance by_dest and counters for one domain after a change. */
+static int dest_rebalance(struct qdb *db, MDB_txn *txn, const char *qid, const char *dom,
+                          int before, uint64_t *size, int *have_size)
+{
+    int after, r;
+    size_t dl = strlen(dom);
+    if ((r = domain_pending(db, txn, qid, dom, dl, &after)) != 0)
+        return r;
+    if (before == after)
+        return 0;
+    if (!*have_size) {
+        struct qmsg *m = malloc(sizeof *m);
+        if (!m)
+            return QDB_ERR;
+        r = msg_get_txn(db, txn, qid, m);
+        *size = m->size;
+        free(m);
+        if (r)
+            return r;
+        *have_size = 1;
+    }
+    return after ? dest_attach(db, txn, dom, dl, qid, *size, 0)
+                 : dest_detach(db, txn, dom, dl, qid, *size);
+}
+
+int qdb_rcpt_update(struct qdb_txn *t, const char *qid, const struct qrcpt *r)
+{
+    struct qdb *db = t->db;
+    unsigned char kb[QDB_RCPT_KEY_LEN], buf[QDB_REC_MAX];
+    struct enc e = { buf, 0, sizeof buf, 0 };
+    struct qrcpt *old = malloc(sizeof *old);
+    int rv;
+    if (!old)
+        return QDB_ERR;
+    if (!qid_valid(qid)) {
+        rv = QDB_NOTFOUND;
+        goto out;
+    }
+    rcpt_key(kb, qid, r->index);
+    MDB_val k = val_of(kb, sizeof kb), v;
+    int rc = mdb_get(t->txn, db->rcpt, &k, &v);
+    if (rc) {
+        rv = rc_fail(rc, "rcpt get", qid);
+        goto out;
+    }
+    if ((rv = rcpt_decode(qid, &v, old)) != 0)
+        goto out;
+    int same_dom = strcasecmp(old->domain, r->domain) == 0;
+    if (old->state == r->state && same_dom) {
+        /* No change in pending-ness: just the record. */
+        if (rcpt_encode(r, r->index, &e) < 0) {
+            rv = QDB_ERR;
+            goto out;
+        }
+        v = val_of(buf, e.len);
+        rc = mdb_put(t->txn, db->rcpt, &k, &v, 0);
+        rv = rc ? rc_fail(rc, "rcpt put", qid) : 0;
+        goto out;
+    }
+    int before_old, before_new = 0;
+    if ((rv = domain_pending(db, t->txn, qid, old->domain, strlen(old->domain), &before_old)))
+        goto out;
+    if (!same_dom && (rv = domain_pending(db, t->txn, qid, r->domain,
+                                          strnlen(r->domain, sizeof r->domain), &before_new)))
+        goto out;
+    if (rcpt_encode(r, r->index, &e) < 0) {
+        log_warn("%s: rcpt %u does not encode", qid, r->index);
+        rv = QDB_ERR;
+        goto out;
+    }
+    v = val_of(buf, e.len);
+    if ((rc = mdb_put(t->txn, db->rcpt, &k, &v, 0)) != 0) {
+        rv = rc_fail(rc, "rcpt put", qid);
+        goto out;
+    }
+    uint64_t size = 0;
+    int have_size = 0;
+    rv = dest_rebalance(db, t->txn, qid, old->domain, before_old, &size, &have_size);
+    if (rv == 0 && !same_dom)
+        rv = dest_rebalance(db, t->txn, qid, r->domain, before_new, &size, &have_size);
+out:
+    free(old);
+    return rv;
+}
+
+int qdb_msg_delete(struct qdb_txn *t, const char *qid)
+{
+    struct qdb *db = t->db;
+    struct qmsg *m = malloc(sizeof *m);
+    MDB_cursor *c = NULL;
+    unsigned char kb[QDB_RCPT_KEY_LEN];
+    /* Pending domains, collected before their rcpt records go. */
+    char (*doms)[SMTP_DOMAIN_MAX + 1] = NULL;
+    size_t ndoms = 0, capdoms = 0;
+    int64_t exp = 0;
+    int r;
+    if (!m)
+        return QDB_ERR;
+    if (!qid_valid(qid)) {
+        r = QDB_NOTFOUND;
+        goto out;
+    }
+    if ((r = msg_get_txn(db, t->txn, qid, m)) != 0)
+        goto out;
+    int rc = mdb_cursor_open(t->txn, db->rcpt, &c);
+    if (rc) {
+        r = rc_fail(rc, "rcpt cursor", qid);
+        goto out;
+    }
+    rcpt_key(kb, qid, 0);
+    MDB_val k = val_of(kb, sizeof kb), v;
+    for (rc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE); rc == 0;
+         rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
+        if (k.mv_size != QDB_RCPT_KEY_LEN || memcmp(k.mv_data, kb, QID_LEN + 1) != 0)
+            break;
+        int st;
+        const char *dom;
+        size_t dl;
+        if ((r = rcpt_peek(qid, &v, &st, &dom, &dl)) != 0)
+            goto out;
+        /* The expiry (for the due entry qdb_msg_put made) sits just before
+         * the domain; rcpt_peek checked the record is long enough. */
+        int64_t x = (int64_t)get_be64((const unsigned char *)v.mv_data + QDB_RCPT_OFF_EXPIRY);
+        if (x > 0 && (exp == 0 || x < exp))
+            exp = x;
+        if (st == QRCPT_PENDING && dl > 0 && dl <= SMTP_DOMAIN_MAX) {
+            size_t j;
+            for (j = 0; j < ndoms; j++)
+                if (strlen(doms[j]) == dl && strncasecmp(doms[j], dom, dl) == 0)
+                    break;
+            if (j == ndoms) {
+                if (ndoms == capdoms) {
+                    size_t nc = capdoms ? capdoms * 2 : 4;
+                    void *p = realloc(doms, nc * sizeof *doms);
+                    if (!p) {
+                        r = QDB_ERR;
+                        goto out;
+                    }
+                    doms = p;
+                    capdoms = nc;
+                }
+                memcpy(doms[ndoms], dom, dl);
+                doms[ndoms][dl] = '\0';
+                ndoms++;
+            }
+        }
+        if ((rc = mdb_cursor_del(c, 0)) != 0) {
+            r = rc_fail(rc, "rcpt del", qid);
+            goto out;
+        }
+    }
+    if (rc != 0 && rc != MDB_NOTFOUND) {
+        r = rc_fail(rc, "rcpt scan", qid);
+        goto out;
+    }
+    for (size_t j = 0; j < ndoms; j++)
+        if ((r = dest_detach(db, t->txn, doms[j], strlen(doms[j]), qid, m->size)) != 0)
+            goto out;
+    if (exp && (r = due_op(db, t->txn, exp, qid, 1)) != 0 && r != QDB_NOTFOUND)
+        goto out;
+    k = val_of(qid, QID_LEN);
+    rc = mdb_del(t->txn, db->body, &k, NULL);
+    if (rc && rc != MDB_NOTFOUND) {
+        r = rc_fail(rc, "body del", qid);
+        goto out;
+    }
+    rc = mdb_del(t->txn, db->msg, &k, NULL);
+    r = rc ? rc_fail(rc, "msg del", qid) : 0;
+out:
+    if (c)
+        mdb_cursor_close(c);
+    free(doms);
+    free(m);
+    return r;
+}
+
+int qdb_dest_put(struct qdb_txn *t, const struct qdest *d)
+{
+    char key[SMTP_DOMAIN_MAX + 1];
+    struct qdest cur;
+    size_t kl = domain_key(key, d->domain, strnlen(d->domain, sizeof d->domain));
+    if (!kl) {
+        log_warn("queue: dest put with an empty domain");
+        return QDB_ERR;
+    }
+    int r = dest_get_txn(t->db, t->txn, key, kl, &cur);
+    if (r != 0 && r != QDB_NOTFOUND)
+        return r;
+    uint64_t nmsg = r == 0 ? cur.nmsg : 0, nbytes = r == 0 ? cur.nbytes : 0;
+    cur = *d;
+    cur.nmsg = nmsg;
+    cur.nbytes = nbytes;
+    return dest_put_raw(t->db, t->txn, key, kl, &cur);
+}
+
+int qdb_due_put(struct qdb_txn *t, int64_t when, const char *qid)
+{
+    return due_op(t->db, t->txn, when, qid, 0);
+}
+
+int qdb_due_del(struct qdb_txn *t, int64_t when, const char *qid)
+{
+    return due_op(t->db, t->txn, when, qid, 1);
+}
+
+/* ---------- transactions (writer thread) ---------- */
+
+int qdb_txn_begin(struct qdb *db, struct qdb_txn **out)
+{
+    struct qdb_txn *t = malloc(sizeof *t);
+    if (!t)
+        return QDB_ERR;
+    t->db = db;
+    for (;;) {
+        int rc = mdb_txn_begin(db->env, NULL, 0, &t->txn);
+        if (rc == 0)
+            break;
+        if (rc == MDB_MAP_RESIZED) {
+            pthread_rwlock_wrlock(&db->maplock);
+            rc = mdb_env_set_mapsize(db->env, 0);
+            pthread_rwlock_unlock(&db->maplock);
+            if (rc == 0)
+                continue;
+        }
+        log_warn("queue: write transaction: %s", mdb_strerror(rc));
+        free(t);
+        return QDB_ERR;
+    }
+    *out = t;
+    return 0;
+}
+
+int qdb_txn_child(struct qdb_txn *parent, struct qdb_txn **child)
+{
+    struct qdb_txn *t = malloc(sizeof *t);
+    if (!t)
+        return QDB_ERR;
+    t->db = parent->db;
+    int rc = mdb_txn_begin(parent->db->env, parent->txn, 0, &t->txn);
+    if (rc) {
+        free(t);
+        return rc_fail(rc, "child transaction", NULL);
+    }
+    *child = t;
+    return 0;
+}
+
+int qdb_txn_commit(struct qdb_txn *t)
+{
+    int rc = mdb_txn_commit(t->txn);
+    free(t);
+    if (rc == 0)
+        return 0;
+    int r = rc_fail(rc, "commit", NULL);
+    /* errno tells the writer what to report: ENOSPC/EDQUOT from the disk
+     * becomes 452, anything else 451. */
+    errno = (rc == MDB_MAP_FULL || rc == ENOSPC || rc == EDQUOT) ? ENOSPC : EIO;
+    return r;
+}
+
+void qdb_txn_abort(struct qdb_txn *t)
+{
+    if (!t)
+        return;
+    mdb_txn_abort(t->txn);
+    free(t);
+}
+
+int qdb_grow(struct qdb *db)
+{
+    MDB_envinfo info;
+    mdb_env_info(db->env, &info);
+    size_t cur = info.me_mapsize;
+    if (cur >= QDB_MAP_CEILING) {
+        log_warn("queue: LMDB map at its ceiling (%zu octets); not growing", cur);
+        return QDB_ERR;
+    }
+    size_t next = cur > QDB_MAP_CEILING / 2 ? QDB_MAP_CEILING : cur * 2;
+    pthread_rwlock_wrlock(&db->maplock);
+    int rc = mdb_env_set_mapsize(db->env, next);
+    pthread_rwlock_unlock(&db->maplock);
+    if (rc) {
+        log_err("queue: LMDB map grow to %zu octets: %s", next, mdb_strerror(rc));
+        return QDB_ERR;
+    }
+    log_info("queue: LMDB map grown to %zu octets", next);
+    return 0;
+}

@@ -1,0 +1,153 @@
+/*
+ * queue_db.h - the LMDB index of the spool: versioned records for messages,
+ * recipients and destinations, plus the indexes that let every question
+ * ("all mail for D", "how many for D", "what is due next") be answered
+ * without a scan.
+ *
+ * Named databases (each record starts with a version byte; fields are
+ * encoded explicitly, never as raw structs):
+ *   msg      QID                         -> struct qmsg
+ *   rcpt     QID '\0' be32(index)        -> struct qrcpt
+ *   body     QID                         -> message octets (small bodies)
+ *   dest     domain                      -> struct qdest (state + counters)
+ *   by_dest  domain -> QID  (DUPSORT: oldest first, one entry per message
+ *                            and destination with a pending recipient)
+ *   due      be64(time) QID              -> "" (expiry / retry timers)
+ *
+ * Threads: reads may run on any thread (each call opens and closes its own
+ * short read transaction; MDB_NOTLS).  Writes happen only inside a write
+ * transaction handed out by spool.c's writer thread (struct qdb_txn);
+ * nothing here holds a transaction across calls.  The environment never
+ * uses MDB_NOSYNC, MDB_NOMETASYNC or MDB_MAPASYNC: a commit is durable
+ * when mdb_txn_commit returns.
+ *
+ * Errors: functions return 0 on success, QDB_NOTFOUND, QDB_MAPFULL (the
+ * writer grows the map and runs the batch again), or QDB_ERR (logged once
+ * by the function that saw it).
+ */
+#ifndef MXKEEP_QUEUE_DB_H
+#define MXKEEP_QUEUE_DB_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include "qid.h"
+#include "smtp_parse.h"
+
+#define QDB_NOTFOUND 1
+#define QDB_MAPFULL  2
+#define QDB_ERR     (-1)
+
+#define QMSG_F_8BIT      0x01u   /* body has octets >= 0x80 */
+#define QMSG_F_SMTPUTF8  0x02u   /* SMTPUTF8 given at MAIL */
+#define QMSG_F_INLINE    0x04u   /* body stored in the body database */
+#define QMSG_F_DSN       0x08u   /* a bounce or delay notice we made */
+
+struct qmsg {
+    char qid[QID_SIZE];
+    int64_t arrival;                    /* unix seconds */
+    uint64_t size;                      /* stored body octets, Received incl. */
+    uint32_t flags;                     /* QMSG_F_* */
+    uint32_t nrcpt;
+    int body;                           /* enum smtp_body */
+    int ret;                            /* enum smtp_ret */
+    char envid[SMTP_ENVID_MAX + 1];
+    char sender[SMTP_PATH_MAX + 1];     /* "" is the null sender */
+    char client_addr[64];
+    char client_name[256];
+    char helo[256];
+};
+
+enum qrcpt_state {
+    QRCPT_PENDING = 0,
+    QRCPT_SENT,        /* final: primary accepted */
+    QRCPT_BOUNCED,     /* final: primary refused for good, DSN queued */
+    QRCPT_EXPIRED,     /* final: retention over, DSN queued */
+    QRCPT_DELETED      /* final: admin removed it */
+};
+
+struct qrcpt {
+    uint32_t index;
+    int state;                          /* enum qrcpt_state */
+    int notify;                         /* SMTP_NOTIFY_* mask, 0 = default */
+    uint32_t attempts;
+    int64_t expiry;                     /* unix seconds: arrival + retention */
+    int64_t last_try;                   /* unix seconds, 0 = never */
+    char addr[SMTP_PATH_MAX + 1];       /* local@domain */
+    char domain[SMTP_DOMAIN_MAX + 1];   /* destination: the served domain */
+    char orcpt[SMTP_ORCPT_MAX + 40];    /* "rfc822;addr", "" when not given */
+    char last_reply[512];               /* last reply from the primary */
+};
+
+enum qdest_state { QDEST_UNKNOWN = 0, QDEST_UP, QDEST_DOWN, QDEST_HELD };
+
+struct qdest {
+    char domain[SMTP_DOMAIN_MAX + 1];
+    int state;                          /* enum qdest_state */
+    int64_t state_since;
+    int64_t next_probe;                 /* unix seconds, 0 = none planned */
+    uint32_t backoff_step;
+    uint64_t nmsg;                      /* messages with a pending recipient here */
+    uint64_t nbytes;                    /* their body octets */
+    char last_error[512];
+};
+
+struct qdb;
+struct qdb_txn;                         /* a write transaction (writer thread) */
+
+/* Open (create) the environment in dir with the initial map size.  On
+ * failure returns NULL and a one-line reason in err. */
+struct qdb *qdb_open(const char *dir, size_t map_size, char *err, size_t errlen);
+void qdb_close(struct qdb *db);                 /* accepts NULL */
+
+/* --- Reads: own short read transaction each, any thread. --- */
+int qdb_msg_get(struct qdb *db, const char *qid, struct qmsg *out);
+/* Up to max recipients of qid into out; *n gets how many. */
+int qdb_rcpt_list(struct qdb *db, const char *qid, struct qrcpt *out, size_t max, size_t *n);
+int qdb_dest_get(struct qdb *db, const char *domain, struct qdest *out);
+/* Copy an inline body; *len is in: buffer size, out: body length.
+ * QDB_ERR with *len set to the needed size when buf is too small. */
+int qdb_body_get(struct qdb *db, const char *qid, void *buf, size_t *len);
+/* QIDs waiting for domain, oldest first, starting after `after` ("" for
+ * the start); calls fn for each until fn returns non-zero or max reached.
+ * Returns the count visited. */
+long qdb_dest_walk(struct qdb *db, const char *domain, const char *after, long max,
+                   int (*fn)(void *arg, const char *qid), void *arg);
+/* Every destination record, in domain order. */
+long qdb_dest_each(struct qdb *db, int (*fn)(void *arg, const struct qdest *d), void *arg);
+/* Every message, QID order (arrival order), starting after `after`. */
+long qdb_msg_each(struct qdb *db, const char *after, long max,
+                  int (*fn)(void *arg, const struct qmsg *m), void *arg);
+/* First due entry at or before `now`: 0 and fills *when and qid, or QDB_NOTFOUND. */
+int qdb_due_first(struct qdb *db, int64_t *when, char qid[QID_SIZE]);
+/* The newest QID in msg ("" when empty), to seed qid_seed(). */
+int qdb_newest_qid(struct qdb *db, char qid[QID_SIZE]);
+/* Total messages in msg (O(1) from LMDB's stats). */
+long qdb_msg_count(struct qdb *db);
+
+/* --- Writes: only with a qdb_txn from the writer (spool.c). --- */
+/* Store a new message: msg record, its recipients, by_dest entries and the
+ * dest counters (one per distinct recipient domain), an inline body when
+ * body != NULL, and a due entry at the earliest recipient expiry. */
+int qdb_msg_put(struct qdb_txn *t, const struct qmsg *m, const struct qrcpt *r, size_t n,
+                const void *body, size_t body_len);
+/* Update one recipient; when it goes final and it was the last pending one
+ * for its domain, drops the by_dest entry and the dest counters. */
+int qdb_rcpt_update(struct qdb_txn *t, const char *qid, const struct qrcpt *r);
+/* Remove a message and everything that points to it (counters adjusted). */
+int qdb_msg_delete(struct qdb_txn *t, const char *qid);
+int qdb_dest_put(struct qdb_txn *t, const struct qdest *d);   /* state fields; counters kept */
+int qdb_due_put(struct qdb_txn *t, int64_t when, const char *qid);
+int qdb_due_del(struct qdb_txn *t, int64_t when, const char *qid);
+
+/* --- For spool.c's writer only. --- */
+int qdb_txn_begin(struct qdb *db, struct qdb_txn **t);
+int qdb_txn_commit(struct qdb_txn *t);          /* frees t */
+void qdb_txn_abort(struct qdb_txn *t);          /* frees t, accepts NULL */
+/* Nested transaction so one failing operation does not sink the batch. */
+int qdb_txn_child(struct qdb_txn *parent, struct qdb_txn **child);
+/* Double the map (no transaction may be open).  0 or QDB_ERR (at the
+ * configured ceiling or out of address space: the caller then fails the
+ * batch with 452 4.3.1). */
+int qdb_grow(struct qdb *db);
+
+#endif

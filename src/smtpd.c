@@ -1,0 +1,1199 @@
+/*
+ * smtpd.c - inbound SMTP sessions (RFC 5321, 1870, 2920, 3030, 3207, 3461,
+ * 6152, 6531, 1985).
+ *
+ * Each connection is a struct session whose life is an explicit state
+ * machine: session_drive() is the one loop that moves it (memcached's
+ * drive_machine), session_set_state() the one transition function, and
+ * smtpd_cmds[] the table of which command is allowed in which state.
+ *
+ * Owns: the sessions, their bufferevents, the transaction in progress (the
+ * body being received, its parser, its recipients).  Hands a finished
+ * message to spool_commit() and answers 250 only from the commit's done
+ * callback, i.e. after the message is on stable storage.
+ *
+ * Never: blocks on the disk (the spool's writer thread does the syncing);
+ * runs a command that arrived in cleartext before STARTTLS completed;
+ * treats anything but <CRLF>.<CRLF> as the end of DATA (data.c); frees a
+ * session anywhere but session_free(), which runs only at the very end of
+ * a libevent callback (the S_DEAD state marks it).
+ *
+ * Security: every peer-controlled quantity is bounded: line length,
+ * recipients, message and header size, errors, junk commands, time in each
+ * state (read/write timeouts), and buffered input/output (watermarks).
+ */
+#include "smtpd.h"
+#include "data.h"
+#include "listen.h"
+#include "log.h"
+#include "policy.h"
+#include "qid.h"
+#include "queue_db.h"
+#include "received.h"
+#include "smtp_parse.h"
+#include "spool.h"
+#include "tls.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/statvfs.h>
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
+#include <event2/event.h>
+#include <openssl/err.h>
+
+/* Buffered input beyond this stops reading from the socket (the client is
+ * ahead of us while a commit or handshake is in progress). */
+#define SMTPD_INPUT_MAX (256 * 1024)
+/* Unread replies beyond this stop command processing until the client
+ * reads: a pipelining client that never reads cannot grow our memory. */
+#define SMTPD_OUTPUT_MAX (64 * 1024)
+/* Commands that move no mail (NOOP, RSET, VRFY, HELP, ...) before 421;
+ * Postfix's smtpd_junk_command_limit is the same idea. */
+#define SMTPD_JUNK_MAX 100
+/* Free space the spool must keep beyond an announced SIZE, so the index
+ * can still grow and a message in flight can still commit. */
+#define SMTPD_DISK_RESERVE (4u * 1024 * 1024)
+/* Seconds a statvfs() answer is trusted. */
+#define SMTPD_DISK_CHECK_EVERY 1
+
+enum sstate {
+    S_INIT = 0,     /* greeted; no HELO/EHLO yet */
+    S_HELO,         /* HELO/EHLO done, no transaction */
+    S_MAIL,         /* MAIL accepted, no recipient yet */
+    S_RCPT,         /* at least one recipient */
+    S_DATA,         /* reading message text after 354 */
+    S_BDAT,         /* reading the octets of a BDAT chunk */
+    S_CHUNKING,     /* between BDAT chunks */
+    S_COMMIT,       /* end of data seen; waiting for the spool */
+    S_TLS,          /* TLS handshake in progress */
+    S_CLOSING,      /* last reply queued; free once it is written */
+    S_DEAD          /* free at the end of the current callback */
+};
+
+static const char *const sstate_names[] = {
+    "init", "helo", "mail", "rcpt", "data", "bdat", "chunking", "commit", "tls", "closing", "dead",
+};
+
+#define ST(s) (1u << (s))
+
+struct session {
+    struct smtpd *d;
+    struct session *prev, *next;
+    struct bufferevent *bev;
+    enum sstate state;
+    struct sockaddr_storage sa;
+    char addr[INET6_ADDRSTRLEN + 8];    /* "127.0.0.1" or "IPv6:::1" */
+    char helo[SMTP_DOMAIN_MAX + 1];
+    int esmtp;
+    int tls;
+    char tls_desc[160];
+    int errors;
+    int junk;
+    unsigned long ncmds;
+    unsigned long nmsgs;
+    char line[65536 + 1];               /* one command line, conf-bounded */
+    int discarding;                     /* skipping the rest of an over-long line */
+    int out_blocked;                    /* waiting for the client to read replies */
+    int tls_switch;                     /* 220 to STARTTLS queued; switch when written */
+
+    /* The transaction. */
+    char qid[QID_SIZE];
+    char sender[SMTP_PATH_MAX + 1];
+    struct smtp_mail_params mp;
+    struct qrcpt *rcpt;
+    size_t nrcpt, rcpt_cap;
+    struct spool_body *body;
+    struct data_parser *dp;
+    int body_errno;
+    long bdat_left;
+    int bdat_last;
+    const char *bdat_reply;             /* refusal to send once the chunk is read */
+    struct spool_ticket *ticket;
+    time_t started;
+};
+
+struct smtpd {
+    struct event_base *base;
+    struct listener *lst;
+    struct spool *spool;
+    SSL_CTX *tls;
+    const struct conf *conf;
+    const struct policy *policy;
+    smtpd_etrn_fn etrn;
+    smtpd_queued_fn queued;
+    void *hook_arg;
+    struct session *sessions;
+    size_t nsessions;
+    int draining;
+    time_t disk_checked;
+    unsigned long long disk_free;
+};
+
+struct smtpd_cmd {
+    enum smtp_cmd cmd;
+    unsigned allowed;                   /* ST() mask of states */
+    const char *refusal;                /* reply when not allowed */
+    void (*run)(struct session *s, const char *arg);
+};
+
+static void session_drive(struct session *s);
+static void session_free(struct session *s);
+static void session_on_read(struct bufferevent *bev, void *arg);
+static void session_on_write(struct bufferevent *bev, void *arg);
+static void session_on_event(struct bufferevent *bev, short what, void *arg);
+static void session_tls_switch(struct session *s);
+
+/* ------------------------------------------------------------------ */
+/* State, replies, closing                                            */
+
+static void session_set_state(struct session *s, enum sstate next)
+{
+    if (s->state != next)
+        log_debug("%s [%s]: %s -> %s", s->qid[0] ? s->qid : "-", s->addr,
+                  sstate_names[s->state], sstate_names[next]);
+    s->state = next;
+}
+
+static void session_reply(struct session *s, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+static void session_reply(struct session *s, const char *fmt, ...)
+{
+    va_list ap;
+    struct evbuffer *out = bufferevent_get_output(s->bev);
+    va_start(ap, fmt);
+    evbuffer_add_vprintf(out, fmt, ap);
+    va_end(ap);
+    evbuffer_add(out, "\r\n", 2);
+}
+
+/* An error reply that counts toward the bad-command limit. */
+static void session_error(struct session *s, const char *reply)
+{
+    session_reply(s, "%s", reply);
+    if (reply[0] == '5' && ++s->errors >= s->d->conf->limits.bad_commands) {
+        log_warn("[%s]: too many errors (%d), disconnecting", s->addr, s->errors);
+        session_reply(s, "421 4.7.0 %s Error: too many errors", s->d->conf->hostname);
+        session_set_state(s, S_CLOSING);
+    }
+}
+
+/* Queue a last reply and close once it is written. */
+static void session_close(struct session *s, const char *reply)
+{
+    session_reply(s, "%s", reply);
+    session_set_state(s, S_CLOSING);
+    bufferevent_disable(s->bev, EV_READ);
+}
+
+static void session_txn_reset(struct session *s)
+{
+    spool_body_free(s->body);
+    s->body = NULL;
+    data_free(s->dp);
+    s->dp = NULL;
+    s->qid[0] = '\0';
+    s->sender[0] = '\0';
+    s->nrcpt = 0;
+    s->body_errno = 0;
+    s->bdat_left = 0;
+    s->bdat_last = 0;
+    s->bdat_reply = NULL;
+    memset(&s->mp, 0, sizeof s->mp);
+}
+
+static void session_set_timeout(struct session *s, long read_seconds)
+{
+    struct timeval rtv = { read_seconds, 0 };
+    struct timeval wtv = { s->d->conf->limits.command_timeout, 0 };
+    bufferevent_set_timeouts(s->bev, read_seconds > 0 ? &rtv : NULL, &wtv);
+}
+
+/* ------------------------------------------------------------------ */
+/* Disk space                                                         */
+
+static int smtpd_disk_ok(struct smtpd *d, unsigned long long need)
+{
+    time_t now = time(NULL);
+    if (now - d->disk_checked >= SMTPD_DISK_CHECK_EVERY) {
+        struct statvfs sv;
+        if (statvfs(d->conf->spool, &sv) == 0) {
+            d->disk_free = (unsigned long long)sv.f_bavail * sv.f_frsize;
+        } else {
+            log_warn("statvfs %s: %s", d->conf->spool, strerror(errno));
+            d->disk_free = ~0ULL; /* cannot tell: let the write decide */
+        }
+        d->disk_checked = now;
+    }
+    return d->disk_free >= need + SMTPD_DISK_RESERVE;
+}
+
+/* ------------------------------------------------------------------ */
+/* Commands                                                           */
+
+static void cmd_helo_common(struct session *s, const char *arg, int esmtp)
+{
+    const char *err = smtp_parse_helo(arg, s->helo, sizeof s->helo);
+    if (err) {
+        session_error(s, err);
+        return;
+    }
+    session_txn_reset(s);
+    s->esmtp = esmtp;
+    session_set_state(s, S_HELO);
+    if (!esmtp) {
+        session_reply(s, "250 %s", s->d->conf->hostname);
+        return;
+    }
+    session_reply(s, "250-%s", s->d->conf->hostname);
+    session_reply(s, "250-PIPELINING");
+    session_reply(s, "250-SIZE %ld", s->d->conf->limits.message_size);
+    session_reply(s, "250-ETRN");
+    if (s->d->tls && !s->tls)
+        session_reply(s, "250-STARTTLS");
+    session_reply(s, "250-ENHANCEDSTATUSCODES");
+    session_reply(s, "250-8BITMIME");
+    session_reply(s, "250-DSN");
+    session_reply(s, "250-SMTPUTF8");
+    session_reply(s, "250 CHUNKING");
+}
+
+static void cmd_helo(struct session *s, const char *arg) { cmd_helo_common(s, arg, 0); }
+static void cmd_ehlo(struct session *s, const char *arg) { cmd_helo_common(s, arg, 1); }
+
+static void cmd_mail(struct session *s, const char *arg)
+{
+    struct smtp_addr a;
+    const char *rest, *err;
+    const struct conf *c = s->d->conf;
+
+    if (s->d->draining) {
+        session_close(s, "421 4.3.2 Error: server shutting down");
+        return;
+    }
+    if ((err = smtp_parse_path(arg, &rest, &a, 1, 1, 0)) != NULL ||
+        (err = smtp_parse_mail_params(rest, &s->mp)) != NULL) {
+        session_error(s, err);
+        return;
+    }
+    if (a.utf8 && !s->mp.smtputf8) {
+        session_error(s, "553 5.6.7 Error: non-ASCII address requires SMTPUTF8");
+        return;
+    }
+    if (s->mp.size > c->limits.message_size) {
+        session_error(s, "552 5.3.4 Error: message size exceeds fixed limit");
+        return;
+    }
+    if (!smtpd_disk_ok(s->d, s->mp.size > 0 ? (unsigned long long)s->mp.size : 0)) {
+        log_warn("[%s]: refusing mail: spool %s is short of space", s->addr, c->spool);
+        session_reply(s, "452 4.3.1 Error: insufficient system storage");
+        return;
+    }
+    if (smtp_addr_format(&a, s->sender, sizeof s->sender) < 0) {
+        session_error(s, "501 5.1.7 Error: sender address too long");
+        return;
+    }
+    qid_next(s->qid);
+    s->started = time(NULL);
+    log_info("%s: client=%s[%s], helo=%s", s->qid, "unknown", s->addr, s->helo);
+    session_set_state(s, S_MAIL);
+    session_reply(s, "250 2.1.0 Ok");
+}
+
+static void cmd_rcpt(struct session *s, const char *arg)
+{
+    struct smtp_addr a;
+    struct smtp_rcpt_params rp;
+    const char *rest, *err;
+    const struct conf_domain *dom = NULL;
+    char buf[SMTP_PATH_MAX + 128];
+    char addr[SMTP_PATH_MAX + 1];
+
+    if ((long)s->nrcpt >= s->d->conf->limits.recipients) {
+        session_reply(s, "452 4.5.3 Error: too many recipients");
+        return;
+    }
+    if ((err = smtp_parse_path(arg, &rest, &a, 0, 1, 1)) != NULL ||
+        (err = smtp_parse_rcpt_params(rest, &rp)) != NULL) {
+        session_error(s, err);
+        return;
+    }
+    if (a.utf8 && !s->mp.smtputf8) {
+        session_error(s, "553 5.6.7 Error: non-ASCII address requires SMTPUTF8");
+        return;
+    }
+    if ((err = policy_check_rcpt(s->d->policy, &a, &dom, buf, sizeof buf)) != NULL) {
+        log_info("%s: reject: RCPT from unknown[%s]: %s; from=<%s>", s->qid, s->addr, err,
+                 s->sender);
+        session_error(s, err);
+        return;
+    }
+    if (smtp_addr_format(&a, addr, sizeof addr) < 0) {
+        session_error(s, "501 5.1.3 Error: recipient address too long");
+        return;
+    }
+    for (size_t i = 0; i < s->nrcpt; i++) {
+        if (strcasecmp(s->rcpt[i].addr, addr) == 0) {
+            /* The same mailbox twice gets one copy, as every MTA does. */
+            session_reply(s, "250 2.1.5 Ok");
+            return;
+        }
+    }
+    if (s->nrcpt == s->rcpt_cap) {
+        size_t cap = s->rcpt_cap ? s->rcpt_cap * 2 : 4;
+        struct qrcpt *r = realloc(s->rcpt, cap * sizeof *r);
+        if (r == NULL) {
+            session_reply(s, "452 4.3.0 Error: out of memory");
+            return;
+        }
+        s->rcpt = r;
+        s->rcpt_cap = cap;
+    }
+    struct qrcpt *r = &s->rcpt[s->nrcpt];
+    memset(r, 0, sizeof *r);
+    r->index = (uint32_t)s->nrcpt;
+    r->state = QRCPT_PENDING;
+    r->notify = rp.notify;
+    r->expiry = (int64_t)time(NULL) + dom->retention;
+    snprintf(r->addr, sizeof r->addr, "%s", addr);
+    snprintf(r->domain, sizeof r->domain, "%s", dom->name);
+    if (rp.orcpt[0])
+        snprintf(r->orcpt, sizeof r->orcpt, "%s;%s", rp.orcpt_type, rp.orcpt);
+    s->nrcpt++;
+    session_set_state(s, S_RCPT);
+    session_reply(s, "250 2.1.5 Ok");
+}
+
+static int session_body_out(void *arg, const char *buf, size_t n)
+{
+    struct session *s = arg;
+    if (spool_body_write(s->body, buf, n) != 0) {
+        s->body_errno = errno ? errno : EIO;
+        return -1;
+    }
+    return 0;
+}
+
+/* Create the body, write our Received header first, make the parser. */
+static const char *session_body_begin(struct session *s, int bdat)
+{
+    const struct conf *c = s->d->conf;
+    char hdr[2048];
+    struct received_info ri = {
+        .helo = s->helo,
+        .client_name = NULL,
+        .client_addr = s->addr,
+        .hostname = c->hostname,
+        .protocol = received_protocol(s->esmtp, s->tls, s->mp.smtputf8),
+        .tls = s->tls ? s->tls_desc : NULL,
+        .qid = s->qid,
+        .rcpt = s->nrcpt == 1 ? s->rcpt[0].addr : NULL,
+        .when = time(NULL),
+    };
+    struct data_limits lim = {
+        .bare_newline = c->bare_newline,
+        .max_size = c->limits.message_size,
+        .header_size = c->limits.header_size,
+        .header_lines = c->limits.header_lines,
+        .received_max = c->limits.received_max,
+    };
+    int n = received_format(hdr, sizeof hdr, &ri);
+    if (n < 0)
+        log_panic("%s: Received header does not fit %zu octets", s->qid, sizeof hdr);
+    s->body = spool_body_new(s->d->spool, s->qid);
+    if (s->body == NULL) {
+        log_warn("%s: cannot create body: %s", s->qid, strerror(errno));
+        return errno == ENOSPC ? "452 4.3.1 Error: insufficient system storage"
+                               : "451 4.3.0 Error: queue file write error";
+    }
+    s->dp = data_new(&lim, bdat);
+    if (s->dp == NULL || spool_body_write(s->body, hdr, (size_t)n) != 0) {
+        int e = errno;
+        session_txn_reset(s);
+        return e == ENOSPC ? "452 4.3.1 Error: insufficient system storage"
+                           : "451 4.3.0 Error: queue file write error";
+    }
+    return NULL;
+}
+
+static void cmd_data(struct session *s, const char *arg)
+{
+    const char *err;
+    if (*arg) {
+        session_error(s, "501 5.5.4 Syntax: DATA");
+        return;
+    }
+    if (s->state == S_MAIL) {
+        session_error(s, "554 5.5.1 Error: no valid recipients");
+        return;
+    }
+    /* RFC 2920: DATA ends a command group.  Message text already here was
+     * sent before our 354 allowed it. */
+    if (evbuffer_get_length(bufferevent_get_input(s->bev)) > 0) {
+        log_warn("%s: [%s] sent message text before 354: pipelining abuse", s->qid, s->addr);
+        session_close(s, "554 5.5.0 Error: SMTP protocol synchronization");
+        return;
+    }
+    if ((err = session_body_begin(s, 0)) != NULL) {
+        session_reply(s, "%s", err);
+        return;
+    }
+    session_set_state(s, S_DATA);
+    session_set_timeout(s, s->d->conf->limits.data_timeout);
+    session_reply(s, "354 End data with <CR><LF>.<CR><LF>");
+}
+
+static void cmd_bdat(struct session *s, const char *arg)
+{
+    long size;
+    int last;
+    const char *err = smtp_parse_bdat(arg, LONG_MAX, &size, &last);
+    if (err) {
+        /* Without a valid size we cannot tell where the chunk ends: the
+         * session cannot be kept in step, so it ends here. */
+        session_close(s, err);
+        return;
+    }
+    const char *refusal = NULL;
+    if (size > s->d->conf->limits.message_size) {
+        session_txn_reset(s);
+        refusal = "552 5.3.4 Error: message size exceeds fixed limit";
+    } else if (s->state == S_HELO || s->state == S_INIT)
+        refusal = "503 5.5.1 Error: need MAIL command";
+    else if (s->state == S_MAIL)
+        refusal = "554 5.5.1 Error: no valid recipients";
+    else if (s->state == S_RCPT)
+        refusal = session_body_begin(s, 1);     /* NULL: the chunk is ours */
+    /* The chunk's octets are read (and dropped on refusal) either way:
+     * RFC 3030 keeps the session in step only if we consume them. */
+    s->bdat_left = size;
+    s->bdat_last = last;
+    s->bdat_reply = refusal;
+    session_set_state(s, S_BDAT);
+    session_set_timeout(s, s->d->conf->limits.data_timeout);
+}
+
+static void cmd_rset(struct session *s, const char *arg)
+{
+    session_txn_reset(s);
+    if (s->state != S_INIT)
+        session_set_state(s, S_HELO);
+    session_reply(s, "250 2.0.0 Ok");
+}
+
+static void cmd_noop(struct session *s, const char *arg) { session_reply(s, "250 2.0.0 Ok"); }
+
+static void cmd_quit(struct session *s, const char *arg)
+{
+    char buf[320];
+    snprintf(buf, sizeof buf, "221 2.0.0 %s closing connection", s->d->conf->hostname);
+    session_close(s, buf);
+}
+
+static void cmd_vrfy(struct session *s, const char *arg)
+{
+    /* RFC 5321 3.5.3: 252 neither confirms nor denies; a backup MX cannot
+     * know more than its recipient list, and must not leak that list. */
+    session_reply(s, "252 2.5.2 Cannot VRFY user, but will accept message and attempt delivery");
+}
+
+static void cmd_expn(struct session *s, const char *arg)
+{
+    session_error(s, "502 5.5.1 Error: command not implemented");
+}
+
+static void cmd_help(struct session *s, const char *arg)
+{
+    session_reply(s, "214 2.0.0 mxkeep backup MX: see RFC 5321");
+}
+
+static void cmd_auth(struct session *s, const char *arg)
+{
+    session_error(s, "503 5.5.1 Error: authentication not enabled");
+}
+
+static void cmd_http(struct session *s, const char *arg)
+{
+    log_warn("[%s]: HTTP command, not SMTP: closing", s->addr);
+    session_set_state(s, S_DEAD);
+}
+
+static void session_tls_start(struct session *s);
+
+static void cmd_starttls(struct session *s, const char *arg)
+{
+    if (*arg) {
+        session_error(s, "501 5.5.4 Syntax: STARTTLS");
+        return;
+    }
+    if (s->d->tls == NULL) {
+        session_error(s, "502 5.5.1 Error: command not implemented");
+        return;
+    }
+    if (s->tls) {
+        session_error(s, "503 5.5.1 Error: TLS already active");
+        return;
+    }
+    session_reply(s, "220 2.0.0 Ready to start TLS");
+    session_tls_start(s);
+}
+
+static void cmd_etrn(struct session *s, const char *arg)
+{
+    int kind;
+    char domain[SMTP_DOMAIN_MAX + 1], buf[512];
+    const struct conf_domain *doms[64];
+    size_t n = 0;
+    const char *err = smtp_parse_etrn(arg, &kind, domain, sizeof domain);
+    unsigned char a[16];
+    int family = s->sa.ss_family;
+
+    if (err) {
+        session_error(s, err);
+        return;
+    }
+    if (family == AF_INET)
+        memcpy(a, &((struct sockaddr_in *)&s->sa)->sin_addr, 4);
+    else
+        memcpy(a, &((struct sockaddr_in6 *)&s->sa)->sin6_addr, 16);
+    err = policy_check_etrn(s->d->policy, family, a, kind, domain, doms,
+                            sizeof doms / sizeof doms[0], &n, buf, sizeof buf);
+    if (err) {
+        log_info("ETRN %s from [%s]: %s", arg, s->addr, err);
+        session_reply(s, "%s", err);
+        return;
+    }
+    if (s->d->etrn == NULL) {
+        snprintf(buf, sizeof buf, "458 4.3.0 Unable to queue messages for node %s", domain);
+    } else {
+        s->d->etrn(s->d->hook_arg, arg, doms, n, buf, sizeof buf);
+    }
+    log_info("ETRN %s from [%s]: %s", arg, s->addr, buf);
+    session_reply(s, "%s", buf);
+}
+
+#define IN_TXN (ST(S_MAIL) | ST(S_RCPT))
+#define ANY_CMD (ST(S_INIT) | ST(S_HELO) | IN_TXN)
+
+static const struct smtpd_cmd smtpd_cmds[] = {
+    { SMTP_CMD_HELO, ANY_CMD, NULL, cmd_helo },
+    { SMTP_CMD_EHLO, ANY_CMD, NULL, cmd_ehlo },
+    { SMTP_CMD_MAIL, ST(S_HELO), NULL, cmd_mail },
+    { SMTP_CMD_RCPT, IN_TXN, "503 5.5.1 Error: need MAIL command", cmd_rcpt },
+    { SMTP_CMD_DATA, IN_TXN, "503 5.5.1 Error: need RCPT command", cmd_data },
+    { SMTP_CMD_BDAT, ANY_CMD | ST(S_CHUNKING), NULL, cmd_bdat },
+    { SMTP_CMD_RSET, ANY_CMD | ST(S_CHUNKING), NULL, cmd_rset },
+    { SMTP_CMD_NOOP, ANY_CMD | ST(S_CHUNKING), NULL, cmd_noop },
+    { SMTP_CMD_QUIT, ANY_CMD | ST(S_CHUNKING), NULL, cmd_quit },
+    { SMTP_CMD_VRFY, ANY_CMD, NULL, cmd_vrfy },
+    { SMTP_CMD_EXPN, ANY_CMD, NULL, cmd_expn },
+    { SMTP_CMD_HELP, ANY_CMD, NULL, cmd_help },
+    { SMTP_CMD_AUTH, ANY_CMD, NULL, cmd_auth },
+    { SMTP_CMD_STARTTLS, ST(S_INIT) | ST(S_HELO), "503 5.5.1 Error: STARTTLS not allowed in a mail transaction", cmd_starttls },
+    { SMTP_CMD_ETRN, ST(S_HELO), "503 5.5.1 Error: ETRN not allowed in a mail transaction", cmd_etrn },
+    { SMTP_CMD_HTTP, ANY_CMD | ST(S_CHUNKING), NULL, cmd_http },
+};
+
+static const struct smtpd_cmd *smtpd_cmd_find(enum smtp_cmd cmd)
+{
+    for (size_t i = 0; i < sizeof smtpd_cmds / sizeof smtpd_cmds[0]; i++)
+        if (smtpd_cmds[i].cmd == cmd)
+            return &smtpd_cmds[i];
+    return NULL;
+}
+
+/* Why a command is refused in a state the table does not allow it in. */
+static const char *smtpd_refusal(const struct session *s, const struct smtpd_cmd *c)
+{
+    if (s->state == S_CHUNKING)
+        return "503 5.5.1 Error: BDAT transaction in progress: send BDAT, RSET or QUIT";
+    if (s->state == S_INIT && (c->cmd == SMTP_CMD_MAIL || c->cmd == SMTP_CMD_ETRN))
+        return "503 5.5.1 Error: send HELO/EHLO first";
+    if (c->cmd == SMTP_CMD_MAIL)
+        return "503 5.5.1 Error: nested MAIL command";
+    if (c->refusal)
+        return c->refusal;
+    return "503 5.5.1 Error: bad sequence of commands";
+}
+
+static int smtpd_cmd_is_junk(enum smtp_cmd c)
+{
+    return c == SMTP_CMD_NOOP || c == SMTP_CMD_RSET || c == SMTP_CMD_VRFY ||
+           c == SMTP_CMD_EXPN || c == SMTP_CMD_HELP || c == SMTP_CMD_UNKNOWN;
+}
+
+static void session_command(struct session *s, const char *line, size_t len)
+{
+    struct smtp_command sc;
+    const char *err = smtp_parse_command(line, len, &sc);
+    const struct smtpd_cmd *c;
+
+    s->ncmds++;
+    if (smtpd_cmd_is_junk(sc.cmd) && ++s->junk > SMTPD_JUNK_MAX) {
+        log_warn("[%s]: too many junk commands, disconnecting", s->addr);
+        session_close(s, "421 4.7.0 Error: too many junk commands");
+        return;
+    }
+    if (err) {
+        session_error(s, err);
+        return;
+    }
+    c = smtpd_cmd_find(sc.cmd);
+    if (c == NULL) {
+        session_error(s, "500 5.5.1 Error: command unrecognized");
+        return;
+    }
+    if (!(c->allowed & ST(s->state))) {
+        session_error(s, smtpd_refusal(s, c));
+        return;
+    }
+    c->run(s, sc.arg);
+    /* A client that did not get PIPELINING (HELO), or a command that must
+     * end a group (RFC 2920 3.1: EHLO, HELO, QUIT...), may not have sent
+     * more before our reply. */
+    if ((s->state == S_HELO || s->state == S_MAIL || s->state == S_RCPT || s->state == S_INIT) &&
+        evbuffer_get_length(bufferevent_get_input(s->bev)) > 0 &&
+        (!s->esmtp || sc.cmd == SMTP_CMD_EHLO || sc.cmd == SMTP_CMD_HELO)) {
+        log_warn("[%s]: command sent before reply to %s: pipelining abuse", s->addr,
+                 smtp_cmd_name(sc.cmd));
+        evbuffer_drain(bufferevent_get_input(s->bev),
+                       evbuffer_get_length(bufferevent_get_input(s->bev)));
+        session_txn_reset(s);
+        session_close(s, "554 5.5.0 Error: SMTP protocol synchronization");
+    }
+}
+
+/* ------------------------------------------------------------------ */
+/* Commit                                                             */
+
+static void session_committed(void *arg, int err)
+{
+    struct session *s = arg;
+    s->ticket = NULL;
+    if (err == 0) {
+        log_info("%s: from=<%s>, size=%llu, nrcpt=%zu (queue active)", s->qid, s->sender,
+                 (unsigned long long)s->mp.size, s->nrcpt);
+        session_reply(s, "250 2.0.0 Ok: queued as %s", s->qid);
+        s->nmsgs++;
+        if (s->d->queued)
+            s->d->queued(s->d->hook_arg, s->qid);
+    } else if (err == ENOSPC) {
+        log_warn("%s: not queued: spool full", s->qid);
+        session_reply(s, "452 4.3.1 Error: insufficient system storage");
+    } else {
+        log_warn("%s: not queued: %s", s->qid, strerror(err));
+        session_reply(s, "451 4.3.0 Error: queue file write error");
+    }
+    session_txn_reset(s);
+    session_set_state(s, S_HELO);
+    session_set_timeout(s, s->d->conf->limits.command_timeout);
+    bufferevent_enable(s->bev, EV_READ);
+    session_drive(s);
+    if (s->state == S_DEAD)
+        session_free(s);
+}
+
+/* The message text is complete: refuse it, or hand it to the spool. */
+static void session_data_end(struct session *s)
+{
+    enum data_status st = data_finish(s->dp, session_body_out, s);
+    const char *reply = NULL;
+
+    switch (st) {
+    case DATA_OK:
+        break;
+    case DATA_BARE_NEWLINE:
+        reply = "550 5.5.2 Error: bare CR or LF in message text is not allowed here; use CRLF";
+        break;
+    case DATA_HEADER_TOO_BIG:
+        reply = "552 5.3.4 Error: message header size exceeds limit";
+        break;
+    case DATA_LOOP:
+        reply = "554 5.4.6 Error: too many hops: routing loop";
+        break;
+    case DATA_TOO_BIG:
+        reply = "552 5.3.4 Error: message file too big";
+        break;
+    case DATA_WRITE_ERROR:
+        reply = s->body_errno == ENOSPC ? "452 4.3.1 Error: insufficient system storage"
+                                        : "451 4.3.0 Error: queue file write error";
+        break;
+    }
+    if (reply) {
+        log_info("%s: reject: end of data from unknown[%s]: %s; from=<%s>", s->qid, s->addr,
+                 reply, s->sender);
+        session_reply(s, "%s", reply);
+        session_txn_reset(s);
+        session_set_state(s, S_HELO);
+        session_set_timeout(s, s->d->conf->limits.command_timeout);
+        return;
+    }
+
+    struct qmsg m;
+    memset(&m, 0, sizeof m);
+    snprintf(m.qid, sizeof m.qid, "%s", s->qid);
+    m.arrival = (int64_t)s->started;
+    m.size = spool_body_size(s->body);
+    m.nrcpt = (uint32_t)s->nrcpt;
+    m.flags = (data_has_8bit(s->dp) ? QMSG_F_8BIT : 0) | (s->mp.smtputf8 ? QMSG_F_SMTPUTF8 : 0);
+    m.body = s->mp.body;
+    m.ret = s->mp.ret;
+    snprintf(m.envid, sizeof m.envid, "%s", s->mp.envid);
+    snprintf(m.sender, sizeof m.sender, "%s", s->sender);
+    snprintf(m.client_addr, sizeof m.client_addr, "%s", s->addr);
+    snprintf(m.client_name, sizeof m.client_name, "unknown");
+    snprintf(m.helo, sizeof m.helo, "%s", s->helo);
+    s->mp.size = (long)m.size;          /* for the log line */
+
+    struct spool_body *b = s->body;
+    s->body = NULL;                     /* the spool owns it now */
+    data_free(s->dp);
+    s->dp = NULL;
+    session_set_state(s, S_COMMIT);
+    /* No read timeout while the disk works: the client is waiting on us. */
+    session_set_timeout(s, 0);
+    s->ticket = spool_commit(s->d->spool, b, &m, s->rcpt, s->nrcpt, session_committed, s);
+    if (s->ticket == NULL) {
+        log_warn("%s: cannot queue commit: %s", s->qid, strerror(errno));
+        session_reply(s, "451 4.3.0 Error: queue file write error");
+        session_txn_reset(s);
+        session_set_state(s, S_HELO);
+        session_set_timeout(s, s->d->conf->limits.command_timeout);
+    }
+}
+
+/* ------------------------------------------------------------------ */
+/* The drive loop                                                     */
+
+/* Feed DATA text to the parser.  Returns 1 when the state changed. */
+static int session_feed_data(struct session *s)
+{
+    struct evbuffer *in = bufferevent_get_input(s->bev);
+    struct evbuffer_iovec v[16];
+    size_t used = 0;
+    int n = evbuffer_peek(in, -1, NULL, v, 16);
+    if (n <= 0)
+        return 0;
+    if (n > 16)
+        n = 16;
+    for (int i = 0; i < n && !data_done(s->dp); i++) {
+        size_t k = data_feed(s->dp, v[i].iov_base, v[i].iov_len, session_body_out, s);
+        used += k;
+        if (k < v[i].iov_len)
+            break;
+    }
+    evbuffer_drain(in, used);
+    if (data_done(s->dp)) {
+        session_data_end(s);
+        return 1;
+    }
+    return used > 0;
+}
+
+/* Feed the octets of a BDAT chunk.  Returns 1 when progress was made. */
+static int session_feed_bdat(struct session *s)
+{
+    struct evbuffer *in = bufferevent_get_input(s->bev);
+    size_t avail = evbuffer_get_length(in);
+    size_t take = avail < (size_t)s->bdat_left ? avail : (size_t)s->bdat_left;
+
+    if (take > 0) {
+        if (s->bdat_reply || s->dp == NULL) {
+            evbuffer_drain(in, take);
+        } else {
+            struct evbuffer_iovec v[16];
+            int n = evbuffer_peek(in, (ev_ssize_t)take, NULL, v, 16);
+            size_t used = 0;
+            if (n > 16)
+                n = 16;
+            for (int i = 0; i < n && used < take; i++) {
+                size_t len = v[i].iov_len;
+                if (len > take - used)
+                    len = take - used;
+                data_feed(s->dp, v[i].iov_base, len, session_body_out, s);
+                used += len;
+            }
+            evbuffer_drain(in, used);
+            take = used;
+        }
+        s->bdat_left -= (long)take;
+    }
+    if (s->bdat_left > 0)
+        return take > 0;
+
+    if (s->bdat_reply) {
+        session_error(s, s->bdat_reply);
+        session_txn_reset(s);
+        if (s->state != S_CLOSING)
+            session_set_state(s, S_HELO);
+        session_set_timeout(s, s->d->conf->limits.command_timeout);
+        return 1;
+    }
+    if (s->bdat_last) {
+        session_data_end(s);
+        return 1;
+    }
+    if (data_status(s->dp) != DATA_OK) {
+        /* Fail now instead of reading chunks we will throw away. */
+        session_data_end(s);
+        return 1;
+    }
+    session_reply(s, "250 2.0.0 %ld octets received", data_size(s->dp));
+    session_set_state(s, S_CHUNKING);
+    session_set_timeout(s, s->d->conf->limits.command_timeout);
+    return 1;
+}
+
+/* Take one CRLF-terminated command line off the input.  Returns its length
+ * (line copied to s->line without CRLF), or -1 when none is complete. */
+static long session_read_line(struct session *s)
+{
+    struct evbuffer *in = bufferevent_get_input(s->bev);
+    size_t max = (size_t)s->d->conf->limits.line_length;
+    size_t avail = evbuffer_get_length(in);
+    struct evbuffer_ptr p;
+
+    if (avail == 0)
+        return -1;
+    p = evbuffer_search(in, "\r\n", 2, NULL);
+    if (p.pos < 0) {
+        if (avail <= max)
+            return -1;
+        /* Over-long: answer now, throw the line away up to its CRLF.  A
+         * trailing CR may start the CRLF, so keep it. */
+        if (!s->discarding) {
+            s->discarding = 1;
+            session_error(s, "500 5.5.2 Error: line too long");
+        }
+        evbuffer_drain(in, avail - 1);
+        return -1;
+    }
+    if (s->discarding || (size_t)p.pos + 2 > max) {
+        evbuffer_drain(in, (size_t)p.pos + 2);
+        if (!s->discarding)
+            session_error(s, "500 5.5.2 Error: line too long");
+        s->discarding = 0;
+        return -2;
+    }
+    evbuffer_remove(in, s->line, (size_t)p.pos);
+    s->line[p.pos] = '\0';
+    evbuffer_drain(in, 2);
+    return (long)p.pos;
+}
+
+static void session_drive(struct session *s)
+{
+    for (;;) {
+        if (s->state >= S_COMMIT)       /* commit, tls, closing, dead */
+            return;
+        if (evbuffer_get_length(bufferevent_get_output(s->bev)) > SMTPD_OUTPUT_MAX) {
+            s->out_blocked = 1;
+            bufferevent_disable(s->bev, EV_READ);
+            return;
+        }
+        switch (s->state) {
+        case S_DATA:
+            if (!session_feed_data(s))
+                return;
+            break;
+        case S_BDAT:
+            if (!session_feed_bdat(s))
+                return;
+            break;
+        default: {
+            long n = session_read_line(s);
+            if (n == -1)
+                return;
+            if (n >= 0)
+                session_command(s, s->line, (size_t)n);
+            break;
+        }
+        }
+    }
+}
+
+/* ------------------------------------------------------------------ */
+/* libevent callbacks                                                 */
+
+static void session_on_read(struct bufferevent *bev, void *arg)
+{
+    struct session *s = arg;
+    session_drive(s);
+    if (s->state == S_DEAD)
+        session_free(s);
+}
+
+static void session_on_write(struct bufferevent *bev, void *arg)
+{
+    struct session *s = arg;
+    if (s->state == S_CLOSING) {
+        session_free(s);
+        return;
+    }
+    if (s->tls_switch) {
+        session_tls_switch(s);
+        if (s->state == S_DEAD)
+            session_free(s);
+        return;
+    }
+    if (s->out_blocked) {
+        s->out_blocked = 0;
+        bufferevent_enable(s->bev, EV_READ);
+        session_drive(s);
+        if (s->state == S_DEAD)
+            session_free(s);
+    }
+}
+
+static void session_on_event(struct bufferevent *bev, short what, void *arg)
+{
+    struct session *s = arg;
+
+    if (what & BEV_EVENT_CONNECTED) {
+        /* The TLS handshake is done: the session starts over (RFC 3207 4.2). */
+        SSL *ssl = bufferevent_openssl_get_ssl(s->bev);
+        s->tls = 1;
+        tls_describe(ssl, s->tls_desc, sizeof s->tls_desc);
+        log_info("[%s]: TLS established: %s", s->addr, s->tls_desc);
+        s->helo[0] = '\0';
+        s->esmtp = 0;
+        session_set_state(s, S_INIT);
+        session_set_timeout(s, s->d->conf->limits.command_timeout);
+        bufferevent_enable(s->bev, EV_READ | EV_WRITE);
+        session_drive(s);
+        if (s->state == S_DEAD)
+            session_free(s);
+        return;
+    }
+    if (what & BEV_EVENT_TIMEOUT) {
+        if (s->state == S_CLOSING) {
+            session_free(s);
+            return;
+        }
+        log_info("%s: timeout after %s from unknown[%s]", s->qid[0] ? s->qid : "-",
+                 sstate_names[s->state], s->addr);
+        session_txn_reset(s);
+        bufferevent_enable(s->bev, EV_WRITE);
+        session_close(s, "421 4.4.2 Error: timeout exceeded");
+        return;
+    }
+    if (what & BEV_EVENT_ERROR) {
+        if (s->state == S_TLS || s->tls) {
+            char buf[256];
+            unsigned long e = bufferevent_get_openssl_error(s->bev);
+            if (e)
+                ERR_error_string_n(e, buf, sizeof buf);
+            else
+                snprintf(buf, sizeof buf, "%s", evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
+            log_info("[%s]: TLS error in state %s: %s", s->addr, sstate_names[s->state], buf);
+        }
+    }
+    if (s->state != S_CLOSING && s->state != S_COMMIT && s->qid[0])
+        log_info("%s: lost connection after %s from unknown[%s]", s->qid,
+                 sstate_names[s->state], s->addr);
+    session_free(s);
+}
+
+/* STARTTLS accepted: drop cleartext input, wait for the 220 to reach the
+ * kernel (session_on_write then calls session_tls_switch). */
+static void session_tls_start(struct session *s)
+{
+    struct evbuffer *in = bufferevent_get_input(s->bev);
+    size_t junk = evbuffer_get_length(in);
+
+    /* CVE-2011-0411 class: whatever followed STARTTLS in cleartext must
+     * never be read as if it came over TLS. */
+    if (junk) {
+        log_warn("[%s]: discarded %zu octets pipelined after STARTTLS", s->addr, junk);
+        evbuffer_drain(in, junk);
+    }
+    session_txn_reset(s);
+    bufferevent_disable(s->bev, EV_READ);
+    s->tls_switch = 1;
+    session_set_state(s, S_TLS);
+}
+
+/* Replace the cleartext bufferevent by an OpenSSL one on the same socket.
+ * A socket-based (not filter) bufferevent means "output written" really
+ * means written to the kernel, so a last reply is never lost on close. */
+static void session_tls_switch(struct session *s)
+{
+    evutil_socket_t fd = bufferevent_getfd(s->bev);
+    struct evbuffer *in = bufferevent_get_input(s->bev);
+    SSL *ssl;
+    struct bufferevent *tb;
+
+    s->tls_switch = 0;
+    if (evbuffer_get_length(in))
+        log_warn("[%s]: discarded %zu octets pipelined after STARTTLS", s->addr,
+                 evbuffer_get_length(in));
+    ssl = SSL_new(s->d->tls);
+    if (ssl == NULL) {
+        char buf[256];
+        log_warn("[%s]: SSL_new: %s", s->addr, tls_last_error(buf, sizeof buf));
+        session_set_state(s, S_DEAD);
+        return;
+    }
+    /* Detach the descriptor so freeing the old bufferevent keeps it open. */
+    bufferevent_setfd(s->bev, -1);
+    bufferevent_free(s->bev);
+    s->bev = NULL;
+    tb = bufferevent_openssl_socket_new(s->d->base, fd, ssl, BUFFEREVENT_SSL_ACCEPTING,
+                                        BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
+    if (tb == NULL) {
+        SSL_free(ssl);
+        evutil_closesocket(fd);
+        session_set_state(s, S_DEAD);
+        return;
+    }
+    s->bev = tb;
+    bufferevent_setcb(tb, session_on_read, session_on_write, session_on_event, s);
+    bufferevent_setwatermark(tb, EV_READ, 0, SMTPD_INPUT_MAX);
+    session_set_timeout(s, s->d->conf->limits.command_timeout);
+    bufferevent_enable(tb, EV_READ | EV_WRITE);
+}
+
+/* ------------------------------------------------------------------ */
+/* Session life                                                       */
+
+static void session_free(struct session *s)
+{
+    struct smtpd *d = s->d;
+    if (s->ticket)
+        spool_ticket_cancel(s->ticket);
+    session_txn_reset(s);
+    free(s->rcpt);
+    if (s->bev)
+        bufferevent_free(s->bev);
+    listen_release(d->lst, (struct sockaddr *)&s->sa);
+    if (s->prev)
+        s->prev->next = s->next;
+    else
+        d->sessions = s->next;
+    if (s->next)
+        s->next->prev = s->prev;
+    d->nsessions--;
+    log_info("disconnect from unknown[%s] commands=%lu messages=%lu", s->addr, s->ncmds, s->nmsgs);
+    free(s);
+}
+
+static void session_addr_text(struct session *s)
+{
+    char ip[INET6_ADDRSTRLEN] = "?";
+    if (s->sa.ss_family == AF_INET) {
+        inet_ntop(AF_INET, &((struct sockaddr_in *)&s->sa)->sin_addr, ip, sizeof ip);
+        snprintf(s->addr, sizeof s->addr, "%s", ip);
+    } else {
+        struct in6_addr *a6 = &((struct sockaddr_in6 *)&s->sa)->sin6_addr;
+        if (IN6_IS_ADDR_V4MAPPED(a6)) {
+            inet_ntop(AF_INET, a6->s6_addr + 12, ip, sizeof ip);
+            snprintf(s->addr, sizeof s->addr, "%s", ip);
+        } else {
+            inet_ntop(AF_INET6, a6, ip, sizeof ip);
+            snprintf(s->addr, sizeof s->addr, "IPv6:%s", ip);
+        }
+    }
+}
+
+void smtpd_accept(void *arg, evutil_socket_t fd, const struct sockaddr *sa, int salen)
+{
+    struct smtpd *d = arg;
+    struct session *s = calloc(1, sizeof *s);
+
+    if (s == NULL) {
+        log_warn("out of memory for a new session");
+        listen_release(d->lst, sa);
+        evutil_closesocket(fd);
+        return;
+    }
+    s->d = d;
+    memcpy(&s->sa, sa, (size_t)salen < sizeof s->sa ? (size_t)salen : sizeof s->sa);
+    session_addr_text(s);
+    s->bev = bufferevent_socket_new(d->base, fd, BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
+    if (s->bev == NULL) {
+        log_warn("[%s]: cannot create bufferevent", s->addr);
+        listen_release(d->lst, sa);
+        evutil_closesocket(fd);
+        free(s);
+        return;
+    }
+    s->next = d->sessions;
+    if (d->sessions)
+        d->sessions->prev = s;
+    d->sessions = s;
+    d->nsessions++;
+    log_info("connect from unknown[%s]", s->addr);
+    bufferevent_setcb(s->bev, session_on_read, session_on_write, session_on_event, s);
+    bufferevent_setwatermark(s->bev, EV_READ, 0, SMTPD_INPUT_MAX);
+    session_set_timeout(s, d->conf->limits.command_timeout);
+    bufferevent_enable(s->bev, EV_READ | EV_WRITE);
+    session_set_state(s, S_INIT);
+    if (d->draining) {
+        session_close(s, "421 4.3.2 Error: server shutting down");
+        return;
+    }
+    session_reply(s, "220 %s ESMTP mxkeep", d->conf->hostname);
+}
+
+/* ------------------------------------------------------------------ */
+/* The server object                                                  */
+
+struct smtpd *smtpd_new(struct event_base *base, struct listener *l, struct spool *sp,
+                        SSL_CTX *tls)
+{
+    struct smtpd *d = calloc(1, sizeof *d);
+    if (d == NULL)
+        return NULL;
+    d->base = base;
+    d->lst = l;
+    d->spool = sp;
+    d->tls = tls;
+    return d;
+}
+
+void smtpd_configure(struct smtpd *d, const struct conf *c, const struct policy *p)
+{
+    d->conf = c;
+    d->policy = p;
+    d->disk_checked = 0;
+    if (c->limits.line_length >= (long)sizeof(((struct session *)0)->line))
+        log_panic("line_length %ld exceeds the session buffer", c->limits.line_length);
+}
+
+void smtpd_set_hooks(struct smtpd *d, smtpd_etrn_fn etrn, smtpd_queued_fn queued, void *arg)
+{
+    d->etrn = etrn;
+    d->queued = queued;
+    d->hook_arg = arg;
+}
+
+void smtpd_drain(struct smtpd *d)
+{
+    struct session *s, *next;
+    d->draining = 1;
+    for (s = d->sessions; s; s = next) {
+        next = s->next;
+        if (s->state == S_INIT || s->state == S_HELO || s->state == S_TLS) {
+            session_close(s, "421 4.3.2 Error: server shutting down");
+        }
+    }
+}
+
+size_t smtpd_session_count(const struct smtpd *d) { return d->nsessions; }
+
+void smtpd_free(struct smtpd *d)
+{
+    if (d == NULL)
+        return;
+    while (d->sessions)
+        session_free(d->sessions);
+    free(d);
+}

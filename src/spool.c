@@ -1,0 +1,883 @@
+/*
+ * spool.c - the durable spool (see spool.h): message bodies on disk or
+ * inline, the LMDB index, and the writer thread that makes both durable in
+ * groups ("group commit").
+ *
+ * Owns: the spool directory tree, every body file descriptor, the writer
+ * thread and its request queue, and the completion event on the loop.
+ *
+ * The commit point is the LMDB record.  A done callback reports 0 only when
+ * the body file was fdatasync'ed, its directory fsync'ed, and the LMDB
+ * transaction holding the records committed, in that order; so after a
+ * crash at any instant a body without a record is an orphan (removed at
+ * open) and an acknowledged message always has its body.
+ *
+ * Never: calls a done callback on the writer thread; lets the loop wait on
+ * an fsync; unlinks a body whose record may still exist (deletes unlink
+ * only after their transaction committed; failed commits unlink because
+ * their record was never written).
+ *
+ * Security: every path is built from a QID checked with qid_valid(), under
+ * a directory descriptor opened once, so no peer data reaches a path.
+ * Files and directories are created 0600/0700.
+ */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE 1           /* sync_file_range */
+#endif
+#include "spool.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <event2/buffer.h>
+#include <event2/event.h>
+
+#include "conf.h"
+#include "log.h"
+
+/* Bodies up to this size live in memory while they arrive and go into the
+ * LMDB body database: no file, no fsync, no directory entry. */
+#define SPOOL_INLINE_MAX      65536
+#define SPOOL_DIR_MODE        0700
+#define SPOOL_FILE_MODE       0600
+#define SPOOL_ALPHABET        "0123456789ABCDEFGHIJKLMNOPQRSTUV"
+#define SPOOL_RADIX           32
+#define SPOOL_BUCKETS         (SPOOL_RADIX * SPOOL_RADIX)
+#define SPOOL_DEFAULT_BATCH   256
+#define SPOOL_DEFAULT_MAP     ((size_t)64 << 20)
+#define SPOOL_BUF_MIN         4096
+#define SPOOL_RELPATH_MAX     (sizeof "quarantine/" + QID_LEN + 8)
+#define SPOOL_INDEX_DIR       "index"
+#define SPOOL_MSG_DIR         "msg"
+#define SPOOL_QUARANTINE_DIR  "quarantine"
+
+enum spool_req_kind { REQ_COMMIT, REQ_WRITE, REQ_DELETE };
+
+struct spool_body {
+    struct spool *s;
+    char qid[QID_SIZE];
+    unsigned char *buf;         /* inline body while fd < 0 */
+    size_t len, cap;
+    int fd;                     /* spilled to msg/XX/QID */
+    uint64_t size;
+    int err;                    /* sticky: a failed write spoils the body */
+};
+
+struct spool_ticket {
+    struct spool_ticket *next;
+    enum spool_req_kind kind;
+    spool_done_fn done;         /* NULL once cancelled (loop thread only) */
+    void *done_arg;
+    int err;                    /* writer thread until handed back */
+    struct spool_body *body;    /* REQ_COMMIT */
+    struct qmsg msg;
+    struct qrcpt *rcpts;
+    size_t nrcpt;
+    spool_txn_fn fn;            /* REQ_WRITE */
+    void *fn_arg;
+    char qid[QID_SIZE];         /* REQ_DELETE */
+};
+
+struct spool {
+    int rootfd;
+    struct qdb *db;
+    struct event *done_ev;
+    size_t batch_max;
+    pthread_t writer;
+    int writer_started;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    /* Under mu: */
+    struct spool_ticket *q_head, **q_tail;      /* waiting for the writer */
+    struct spool_ticket *d_head, **d_tail;      /* done, for the loop */
+    int stopping;
+    /* Written by the writer, read with relaxed atomics anywhere. */
+    struct spool_stats stats;
+};
+
+/* ---------- paths ---------- */
+
+static int bucket_of(const char *qid)
+{
+    const char *a = strchr(SPOOL_ALPHABET, qid[QID_LEN - 2]);
+    const char *b = strchr(SPOOL_ALPHABET, qid[QID_LEN - 1]);
+    return (int)(a - SPOOL_ALPHABET) * SPOOL_RADIX + (int)(b - SPOOL_ALPHABET);
+}
+
+static void bucket_path(char *out, size_t n, int bucket)
+{
+    snprintf(out, n, SPOOL_MSG_DIR "/%c%c", SPOOL_ALPHABET[bucket / SPOOL_RADIX],
+             SPOOL_ALPHABET[bucket % SPOOL_RADIX]);
+}
+
+static void body_path(char *out, size_t n, const char *qid)
+{
+    snprintf(out, n, SPOOL_MSG_DIR "/%c%c/%s", qid[QID_LEN - 2], qid[QID_LEN - 1], qid);
+}
+
+static int write_full(int fd, const void *buf, size_t n)
+{
+    const unsigned char *p = buf;
+    while (n > 0) {
+        ssize_t w = write(fd, p, n);
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            return -1;
+        }
+        if (w == 0) {
+            errno = EIO;
+            return -1;
+        }
+        p += w;
+        n -= (size_t)w;
+    }
+    return 0;
+}
+
+static void stat_add(uint64_t *field, uint64_t n)
+{
+    __atomic_fetch_add(field, n, __ATOMIC_RELAXED);
+}
+
+/* ---------- bodies (loop thread) ---------- */
+
+struct spool_body *spool_body_new(struct spool *s, const char *qid)
+{
+    if (!qid_valid(qid)) {
+        errno = EINVAL;
+        return NULL;
+    }
+    struct spool_body *b = calloc(1, sizeof *b);
+    if (!b)
+        return NULL;
+    b->s = s;
+    memcpy(b->qid, qid, QID_SIZE);
+    b->fd = -1;
+    return b;
+}
+
+/* The body outgrew memory: move it to its file and keep writing there. */
+static int body_spill(struct spool_body *b)
+{
+    char path[SPOOL_RELPATH_MAX];
+    body_path(path, sizeof path, b->qid);
+    int fd = openat(b->s->rootfd, path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, SPOOL_FILE_MODE);
+    if (fd < 0)
+        return -1;
+    if (b->len && write_full(fd, b->buf, b->len) < 0) {
+        int e = errno;
+        close(fd);
+        unlinkat(b->s->rootfd, path, 0);
+        errno = e;
+        return -1;
+    }
+    b->fd = fd;
+    free(b->buf);
+    b->buf = NULL;
+    b->len = b->cap = 0;
+    return 0;
+}
+
+int spool_body_write(struct spool_body *b, const void *buf, size_t n)
+{
+    if (b->err) {
+        errno = b->err;
+        return -1;
+    }
+    if (n == 0)
+        return 0;
+    if (b->fd < 0 && b->len + n <= SPOOL_INLINE_MAX) {
+        if (b->len + n > b->cap) {
+            size_t nc = b->cap ? b->cap : SPOOL_BUF_MIN;
+            while (nc < b->len + n)
+                nc *= 2;
+            if (nc > SPOOL_INLINE_MAX)
+                nc = SPOOL_INLINE_MAX;
+            unsigned char *p = realloc(b->buf, nc);
+            if (!p) {
+                b->err = ENOMEM;
+                errno = ENOMEM;
+                return -1;
+            }
+            b->buf = p;
+            b->cap = nc;
+        }
+        memcpy(b->buf + b->len, buf, n);
+        b->len += n;
+        b->size += n;
+        return 0;
+    }
+    if ((b->fd < 0 && body_spill(b) < 0) || write_full(b->fd, buf, n) < 0) {
+        b->err = errno;
+        return -1;
+    }
+    b->size += n;
+    return 0;
+}
+
+uint64_t spool_body_size(const struct spool_body *b)
+{
+    return b->size;
+}
+
+/* Close and forget; unlink the file too when unlink_file (never-committed
+ * or failed bodies).  Safe on either thread: the body belongs to whoever
+ * holds it. */
+static void body_discard(struct spool_body *b, int unlink_file)
+{
+    if (!b)
+        return;
+    if (b->fd >= 0) {
+        close(b->fd);
+        if (unlink_file) {
+            char path[SPOOL_RELPATH_MAX];
+            body_path(path, sizeof path, b->qid);
+            if (unlinkat(b->s->rootfd, path, 0) < 0 && errno != ENOENT)
+                log_warn("%s: unlink body: %s", b->qid, strerror(errno));
+        }
+    }
+    free(b->buf);
+    free(b);
+}
+
+void spool_body_free(struct spool_body *b)
+{
+    body_discard(b, 1);
+}
+
+/* ---------- requests ---------- */
+
+static void ticket_free(struct spool_ticket *t)
+{
+    if (!t)
+        return;
+    free(t->rcpts);
+    free(t);
+}
+
+static struct spool_ticket *ticket_enqueue(struct spool *s, struct spool_ticket *t)
+{
+    pthread_mutex_lock(&s->mu);
+    if (s->stopping) {
+        pthread_mutex_unlock(&s->mu);
+        errno = ESHUTDOWN;
+        return NULL;
+    }
+    t->next = NULL;
+    *s->q_tail = t;
+    s->q_tail = &t->next;
+    pthread_cond_signal(&s->cv);
+    pthread_mutex_unlock(&s->mu);
+    return t;
+}
+
+struct spool_ticket *spool_commit(struct spool *s, struct spool_body *b,
+                                  const struct qmsg *m, const struct qrcpt *r, size_t n,
+                                  spool_done_fn done, void *arg)
+{
+    if (strcmp(m->qid, b->qid) != 0)
+        log_panic("%s: spool_commit with the body of %s", m->qid, b->qid);
+    struct spool_ticket *t = calloc(1, sizeof *t);
+    if (!t || (n && !(t->rcpts = malloc(n * sizeof *r)))) {
+        free(t);
+        body_discard(b, 1);
+        errno = ENOMEM;
+        return NULL;
+    }
+    t->kind = REQ_COMMIT;
+    t->done = done;
+    t->done_arg = arg;
+    t->body = b;
+    t->msg = *m;
+    /* The spool knows the stored size and where the body lives. */
+    t->msg.size = b->size;
+    if (b->fd < 0)
+        t->msg.flags |= QMSG_F_INLINE;
+    else
+        t->msg.flags &= ~QMSG_F_INLINE;
+    if (n)
+        memcpy(t->rcpts, r, n * sizeof *r);
+    t->nrcpt = n;
+    /* A body that failed to write is still handed to the writer, which
+     * fails it in order with the rest and cleans up. */
+    t->err = b->err;
+    if (!ticket_enqueue(s, t)) {
+        body_discard(b, 1);
+        ticket_free(t);
+        return NULL;
+    }
+    return t;
+}
+
+struct spool_ticket *spool_write(struct spool *s, spool_txn_fn fn, void *arg,
+                                 spool_done_fn done, void *done_arg)
+{
+    struct spool_ticket *t = calloc(1, sizeof *t);
+    if (!t)
+        return NULL;
+    t->kind = REQ_WRITE;
+    t->fn = fn;
+    t->fn_arg = arg;
+    t->done = done;
+    t->done_arg = done_arg;
+    if (!ticket_enqueue(s, t)) {
+        free(t);
+        return NULL;
+    }
+    return t;
+}
+
+struct spool_ticket *spool_delete(struct spool *s, const char *qid,
+                                  spool_done_fn done, void *arg)
+{
+    if (!qid_valid(qid)) {
+        errno = EINVAL;
+        return NULL;
+    }
+    struct spool_ticket *t = calloc(1, sizeof *t);
+    if (!t)
+        return NULL;
+    t->kind = REQ_DELETE;
+    memcpy(t->qid, qid, QID_SIZE);
+    t->done = done;
+    t->done_arg = arg;
+    if (!ticket_enqueue(s, t)) {
+        free(t);
+        return NULL;
+    }
+    return t;
+}
+
+void spool_ticket_cancel(struct spool_ticket *t)
+{
+    if (t)
+        t->done = NULL;
+}
+
+/* ---------- the writer thread ---------- */
+
+static void fail_all(struct spool_ticket **req, size_t n, int err)
+{
+    for (size_t i = 0; i < n; i++)
+        if (!req[i]->err)
+            req[i]->err = err;
+}
+
+/* Phase 1: file bodies and their directory entries reach the disk. */
+static void batch_sync_files(struct spool *s, struct spool_ticket **req, size_t n)
+{
+    unsigned char dirty[SPOOL_BUCKETS] = { 0 };
+    int any = 0;
+    /* Start writeback of every body first, so the fdatasyncs below wait on
+     * I/O that is already in flight instead of issuing it one by one. */
+    for (size_t i = 0; i < n; i++)
+        if (req[i]->kind == REQ_COMMIT && !req[i]->err && req[i]->body->fd >= 0)
+            sync_file_range(req[i]->body->fd, 0, 0, SYNC_FILE_RANGE_WRITE);
+    for (size_t i = 0; i < n; i++) {
+        struct spool_ticket *t = req[i];
+        if (t->kind != REQ_COMMIT || t->err || t->body->fd < 0)
+            continue;
+        if (fdatasync(t->body->fd) < 0) {
+            t->err = errno;
+            log_warn("%s: fdatasync body: %s", t->msg.qid, strerror(errno));
+            continue;
+        }
+        dirty[bucket_of(t->msg.qid)] = 1;
+        any = 1;
+    }
+    if (!any)
+        return;
+    for (int bkt = 0; bkt < SPOOL_BUCKETS; bkt++) {
+        if (!dirty[bkt])
+            continue;
+        char path[SPOOL_RELPATH_MAX];
+        bucket_path(path, sizeof path, bkt);
+        int fd = openat(s->rootfd, path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        int err = 0;
+        if (fd < 0 || fsync(fd) < 0)
+            err = errno;
+        if (fd >= 0)
+            close(fd);
+        if (!err)
+            continue;
+        log_warn("spool: fsync %s: %s", path, strerror(err));
+        for (size_t i = 0; i < n; i++)
+            if (req[i]->kind == REQ_COMMIT && !req[i]->err && req[i]->body->fd >= 0 &&
+                bucket_of(req[i]->msg.qid) == bkt)
+                req[i]->err = err;
+    }
+}
+
+static int req_run(struct qdb_txn *c, struct spool_ticket *t)
+{
+    switch (t->kind) {
+    case REQ_COMMIT: {
+        struct spool_body *b = t->body;
+        const void *inl = b->fd < 0 ? (b->buf ? (const void *)b->buf : "") : NULL;
+        return qdb_msg_put(c, &t->msg, t->rcpts, t->nrcpt, inl, b->fd < 0 ? b->len : 0);
+    }
+    case REQ_WRITE:
+        return t->fn(c, t->fn_arg);
+    case REQ_DELETE:
+        return qdb_msg_delete(c, t->qid);
+    }
+    return QDB_ERR;
+}
+
+/* Phase 2: one LMDB transaction for the batch, a child per request so a
+ * bad request fails alone.  A full map grows and reruns the batch. */
+static void batch_txn(struct spool *s, struct spool_ticket **req, size_t n)
+{
+    for (;;) {
+        struct qdb_txn *t;
+        int mapfull = 0, live = 0;
+        for (size_t i = 0; i < n; i++)
+            live += !req[i]->err;
+        if (!live)
+            return;
+        if (qdb_txn_begin(s->db, &t) != 0) {
+            fail_all(req, n, EIO);
+            return;
+        }
+        for (size_t i = 0; i < n && !mapfull; i++) {
+            struct qdb_txn *c;
+            if (req[i]->err)
+                continue;
+            int r = qdb_txn_child(t, &c);
+            if (r == 0) {
+                r = req_run(c, req[i]);
+                if (r == 0)
+                    r = qdb_txn_commit(c);
+                else
+                    qdb_txn_abort(c);
+            }
+            if (r == QDB_MAPFULL)
+                mapfull = 1;
+            else if (r == QDB_NOTFOUND)
+                req[i]->err = ENOENT;
+            else if (r != 0)
+                req[i]->err = EIO;
+        }
+        if (!mapfull) {
+            int r = qdb_txn_commit(t);
+            if (r == 0) {
+                stat_add(&s->stats.batches, 1);
+                return;
+            }
+            if (r != QDB_MAPFULL) {
+                fail_all(req, n, errno == ENOSPC ? ENOSPC : EIO);
+                return;
+            }
+        } else {
+            qdb_txn_abort(t);
+        }
+        if (qdb_grow(s->db) != 0) {
+            fail_all(req, n, ENOSPC);
+            return;
+        }
+        stat_add(&s->stats.map_grows, 1);
+    }
+}
+
+/* Phase 3: after the commit, files follow the records. */
+static void batch_finish(struct spool *s, struct spool_ticket **req, size_t n)
+{
+    uint64_t ok = 0, bad = 0;
+    for (size_t i = 0; i < n; i++) {
+        struct spool_ticket *t = req[i];
+        if (t->kind == REQ_COMMIT) {
+            body_discard(t->body, t->err != 0);
+            t->body = NULL;
+            if (t->err)
+                log_warn("%s: commit failed: %s", t->msg.qid, strerror(t->err));
+            else
+                ok++;
+        } else if (t->kind == REQ_DELETE && !t->err) {
+            char path[SPOOL_RELPATH_MAX];
+            body_path(path, sizeof path, t->qid);
+            /* Inline bodies have no file: ENOENT is the common case. */
+            if (unlinkat(s->rootfd, path, 0) < 0 && errno != ENOENT)
+                log_warn("%s: unlink body: %s", t->qid, strerror(errno));
+        }
+        bad += t->err != 0;
+    }
+    stat_add(&s->stats.commits, ok);
+    stat_add(&s->stats.failures, bad);
+}
+
+static void *writer_main(void *arg)
+{
+    struct spool *s = arg;
+    struct spool_ticket **req = calloc(s->batch_max, sizeof *req);
+    if (!req)
+        log_panic("spool: writer: out of memory");
+    pthread_mutex_lock(&s->mu);
+    for (;;) {
+        while (!s->q_head && !s->stopping)
+            pthread_cond_wait(&s->cv, &s->mu);
+        if (!s->q_head)
+            break;
+        /* Everything that piled up while the last batch ran goes in this
+         * one: that is the group commit. */
+        size_t n = 0;
+        while (s->q_head && n < s->batch_max) {
+            req[n++] = s->q_head;
+            s->q_head = s->q_head->next;
+        }
+        if (!s->q_head)
+            s->q_tail = &s->q_head;
+        pthread_mutex_unlock(&s->mu);
+
+        batch_sync_files(s, req, n);
+        batch_txn(s, req, n);
+        batch_finish(s, req, n);
+
+        pthread_mutex_lock(&s->mu);
+        for (size_t i = 0; i < n; i++) {
+            req[i]->next = NULL;
+            *s->d_tail = req[i];
+            s->d_tail = &req[i]->next;
+        }
+        event_active(s->done_ev, EV_READ, 0);
+    }
+    pthread_mutex_unlock(&s->mu);
+    free(req);
+    return NULL;
+}
+
+static struct spool_ticket *take_done(struct spool *s)
+{
+    pthread_mutex_lock(&s->mu);
+    struct spool_ticket *list = s->d_head;
+    s->d_head = NULL;
+    s->d_tail = &s->d_head;
+    pthread_mutex_unlock(&s->mu);
+    return list;
+}
+
+/* Loop thread: run the callbacks.  A callback may cancel a ticket later in
+ * this list; done is read just before the call, so that holds. */
+static void spool_done_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct spool_ticket *t = take_done(arg);
+    while (t) {
+        struct spool_ticket *next = t->next;
+        if (t->done)
+            t->done(t->done_arg, t->err);
+        ticket_free(t);
+        t = next;
+    }
+}
+
+/* ---------- open, recovery, close ---------- */
+
+static int mkdir_at(int dirfd, const char *path, int *created)
+{
+    if (mkdirat(dirfd, path, SPOOL_DIR_MODE) == 0) {
+        *created = 1;
+        return 0;
+    }
+    return errno == EEXIST ? 0 : -1;
+}
+
+static int fsync_at(int dirfd, const char *path)
+{
+    int fd = openat(dirfd, path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    int r = fsync(fd);
+    int e = errno;
+    close(fd);
+    errno = e;
+    return r;
+}
+
+/* Make the tree; new directory entries are made durable here, once, so
+ * the writer only has to sync the bucket of each new body. */
+static int spool_mkdirs(struct spool *s, char *err, size_t errlen)
+{
+    int root_new = 0, msg_new = 0;
+    char path[SPOOL_RELPATH_MAX];
+    if (mkdir_at(s->rootfd, SPOOL_INDEX_DIR, &root_new) < 0 ||
+        mkdir_at(s->rootfd, SPOOL_MSG_DIR, &root_new) < 0 ||
+        mkdir_at(s->rootfd, SPOOL_QUARANTINE_DIR, &root_new) < 0) {
+        snprintf(err, errlen, "spool: mkdir: %s", strerror(errno));
+        return -1;
+    }
+    for (int bkt = 0; bkt < SPOOL_BUCKETS; bkt++) {
+        bucket_path(path, sizeof path, bkt);
+        if (mkdir_at(s->rootfd, path, &msg_new) < 0) {
+            snprintf(err, errlen, "spool: mkdir %s: %s", path, strerror(errno));
+            return -1;
+        }
+    }
+    if ((msg_new && fsync_at(s->rootfd, SPOOL_MSG_DIR) < 0) ||
+        ((root_new || msg_new) && fsync(s->rootfd) < 0)) {
+        snprintf(err, errlen, "spool: fsync directories: %s", strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
+/* Bodies with no record: the crash came between file and commit. */
+static void recover_orphans(struct spool *s)
+{
+    char path[SPOOL_RELPATH_MAX];
+    struct qmsg *m = malloc(sizeof *m);
+    if (!m)
+        return;
+    for (int bkt = 0; bkt < SPOOL_BUCKETS; bkt++) {
+        bucket_path(path, sizeof path, bkt);
+        int fd = openat(s->rootfd, path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
+        if (!d) {
+            log_warn("spool: %s: %s", path, strerror(errno));
+            if (fd >= 0)
+                close(fd);
+            continue;
+        }
+        struct dirent *de;
+        while ((de = readdir(d)) != NULL) {
+            if (de->d_name[0] == '.')
+                continue;
+            if (!qid_valid(de->d_name) || bucket_of(de->d_name) != bkt) {
+                log_warn("spool: %s/%s: not a body file, left alone", path, de->d_name);
+                continue;
+            }
+            int r = qdb_msg_get(s->db, de->d_name, m);
+            if (r == QDB_ERR)
+                continue;       /* unreadable record: keep its body */
+            if (r == 0 && !(m->flags & QMSG_F_INLINE))
+                continue;
+            if (unlinkat(dirfd(d), de->d_name, 0) == 0)
+                log_info("%s: removed orphan body", de->d_name);
+            else
+                log_warn("%s: remove orphan body: %s", de->d_name, strerror(errno));
+        }
+        closedir(d);
+    }
+    free(m);
+}
+
+/* A record whose body is gone: keep the record, tell a human, and leave a
+ * readable dump in quarantine/QID. */
+static void quarantine_note(struct spool *s, const struct qmsg *m)
+{
+    char path[SPOOL_RELPATH_MAX];
+    log_warn("%s: body missing, quarantined", m->qid);
+    snprintf(path, sizeof path, SPOOL_QUARANTINE_DIR "/%s", m->qid);
+    int fd = openat(s->rootfd, path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, SPOOL_FILE_MODE);
+    FILE *f = fd >= 0 ? fdopen(fd, "w") : NULL;
+    if (!f) {
+        log_warn("%s: quarantine note: %s", m->qid, strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        return;
+    }
+    fprintf(f, "qid: %s\nproblem: body file missing\narrival: %lld\nsize: %llu\n"
+               "flags: %#x\nsender: <%s>\nclient: %s [%s]\nhelo: %s\nenvid: %s\n",
+            m->qid, (long long)m->arrival, (unsigned long long)m->size, m->flags,
+            m->sender, m->client_name, m->client_addr, m->helo, m->envid);
+    size_t n = 0;
+    struct qrcpt *r = m->nrcpt ? calloc(m->nrcpt, sizeof *r) : NULL;
+    if (r && qdb_rcpt_list(s->db, m->qid, r, m->nrcpt, &n) == 0)
+        for (size_t i = 0; i < n; i++)
+            fprintf(f, "rcpt %u: <%s> domain %s state %d attempts %u\n", r[i].index,
+                    r[i].addr, r[i].domain, r[i].state, r[i].attempts);
+    free(r);
+    if (fclose(f) != 0)
+        log_warn("%s: quarantine note: %s", m->qid, strerror(errno));
+}
+
+static int recover_missing_cb(void *arg, const struct qmsg *m)
+{
+    struct spool *s = arg;
+    char path[SPOOL_RELPATH_MAX];
+    struct stat st;
+    if (m->flags & QMSG_F_INLINE)
+        return 0;
+    body_path(path, sizeof path, m->qid);
+    if (fstatat(s->rootfd, path, &st, 0) < 0 && errno == ENOENT)
+        quarantine_note(s, m);
+    return 0;
+}
+
+struct qdb *spool_db(struct spool *s)
+{
+    return s->db;
+}
+
+struct spool *spool_open(const struct conf *c, struct event_base *base, char *err, size_t errlen)
+{
+    char path[PATH_MAX];
+    struct spool *s = calloc(1, sizeof *s);
+    if (!s) {
+        snprintf(err, errlen, "spool: out of memory");
+        return NULL;
+    }
+    s->rootfd = -1;
+    s->q_tail = &s->q_head;
+    s->d_tail = &s->d_head;
+    s->batch_max = c->commit_batch > 0 ? (size_t)c->commit_batch : SPOOL_DEFAULT_BATCH;
+    pthread_mutex_init(&s->mu, NULL);
+    pthread_cond_init(&s->cv, NULL);
+
+    if (mkdir(c->spool, SPOOL_DIR_MODE) < 0 && errno != EEXIST) {
+        snprintf(err, errlen, "spool %s: %s", c->spool, strerror(errno));
+        goto fail;
+    }
+    s->rootfd = open(c->spool, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (s->rootfd < 0) {
+        snprintf(err, errlen, "spool %s: %s", c->spool, strerror(errno));
+        goto fail;
+    }
+    if (spool_mkdirs(s, err, errlen) < 0)
+        goto fail;
+    if ((size_t)snprintf(path, sizeof path, "%s/" SPOOL_INDEX_DIR, c->spool) >= sizeof path) {
+        snprintf(err, errlen, "spool: path too long");
+        goto fail;
+    }
+    size_t map = c->lmdb_map_size > 0 ? (size_t)c->lmdb_map_size : SPOOL_DEFAULT_MAP;
+    if (!(s->db = qdb_open(path, map, err, errlen)))
+        goto fail;
+
+    recover_orphans(s);
+    if (qdb_msg_each(s->db, "", LONG_MAX, recover_missing_cb, s) < 0) {
+        snprintf(err, errlen, "spool: cannot read the index");
+        goto fail;
+    }
+    char newest[QID_SIZE];
+    if (qdb_newest_qid(s->db, newest) == 0 && newest[0])
+        qid_seed(newest);
+
+    s->done_ev = event_new(base, -1, 0, spool_done_cb, s);
+    if (!s->done_ev) {
+        snprintf(err, errlen, "spool: event_new failed");
+        goto fail;
+    }
+    int e = pthread_create(&s->writer, NULL, writer_main, s);
+    if (e) {
+        snprintf(err, errlen, "spool: writer thread: %s", strerror(e));
+        goto fail;
+    }
+    s->writer_started = 1;
+    return s;
+fail:
+    spool_close(s);
+    return NULL;
+}
+
+void spool_close(struct spool *s)
+{
+    if (!s)
+        return;
+    if (s->writer_started) {
+        pthread_mutex_lock(&s->mu);
+        s->stopping = 1;
+        pthread_cond_signal(&s->cv);
+        pthread_mutex_unlock(&s->mu);
+        pthread_join(s->writer, NULL);
+    }
+    /* Completions nobody will hear: the callers are going away with us. */
+    struct spool_ticket *t = take_done(s);
+    while (t) {
+        struct spool_ticket *next = t->next;
+        ticket_free(t);
+        t = next;
+    }
+    if (s->done_ev)
+        event_free(s->done_ev);
+    qdb_close(s->db);
+    if (s->rootfd >= 0)
+        close(s->rootfd);
+    pthread_cond_destroy(&s->cv);
+    pthread_mutex_destroy(&s->mu);
+    free(s);
+}
+
+/* ---------- reads ---------- */
+
+int spool_body_read(struct spool *s, const struct qmsg *m, struct evbuffer *out)
+{
+    if (!qid_valid(m->qid)) {
+        errno = EINVAL;
+        return -1;
+    }
+    if (m->flags & QMSG_F_INLINE) {
+        size_t cap = m->size ? (size_t)m->size : 1, len = cap;
+        void *buf = malloc(cap);
+        if (!buf)
+            return -1;
+        int r = qdb_body_get(s->db, m->qid, buf, &len);
+        if (r == QDB_ERR && len > cap) {
+            /* The record says a size the body does not have: trust the body. */
+            void *p = realloc(buf, len);
+            if (!p) {
+                free(buf);
+                return -1;
+            }
+            buf = p;
+            r = qdb_body_get(s->db, m->qid, buf, &len);
+        }
+        if (r == 0 && evbuffer_add(out, buf, len) < 0) {
+            r = QDB_ERR;
+            errno = ENOMEM;
+        } else if (r == QDB_NOTFOUND) {
+            errno = ENOENT;
+        } else if (r != 0) {
+            errno = EIO;
+        }
+        free(buf);
+        return r == 0 ? 0 : -1;
+    }
+    char path[SPOOL_RELPATH_MAX];
+    struct stat st;
+    body_path(path, sizeof path, m->qid);
+    int fd = openat(s->rootfd, path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    if (fstat(fd, &st) < 0) {
+        int e = errno;
+        close(fd);
+        errno = e;
+        return -1;
+    }
+    if (st.st_size == 0) {
+        close(fd);
+        return 0;
+    }
+    /* Our own segment, because evbuffer_add_file leaves it unclear who
+     * closes fd on failure; the segment closes it when the last reference
+     * (ours, or the buffer's) goes. */
+    struct evbuffer_file_segment *seg =
+        evbuffer_file_segment_new(fd, 0, st.st_size, EVBUF_FS_CLOSE_ON_FREE);
+    if (!seg) {
+        close(fd);
+        errno = ENOMEM;
+        return -1;
+    }
+    int r = evbuffer_add_file_segment(out, seg, 0, st.st_size);
+    evbuffer_file_segment_free(seg);
+    if (r < 0) {
+        errno = ENOMEM;
+        return -1;
+    }
+    return 0;
+}
+
+void spool_stats_get(const struct spool *s, struct spool_stats *out)
+{
+    out->commits = __atomic_load_n(&s->stats.commits, __ATOMIC_RELAXED);
+    out->batches = __atomic_load_n(&s->stats.batches, __ATOMIC_RELAXED);
+    out->map_grows = __atomic_load_n(&s->stats.map_grows, __ATOMIC_RELAXED);
+    out->failures = __atomic_load_n(&s->stats.failures, __ATOMIC_RELAXED);
+}

@@ -1,0 +1,102 @@
+/*
+ * spool.h - the durable spool: message bodies plus the LMDB index, and the
+ * writer thread that makes them durable in groups.
+ *
+ * Layout under the spool directory (created 0700 on open):
+ *   index/        LMDB environment (queue_db.h)
+ *   msg/XX/QID    bodies larger than the inline limit; XX = last 2 QID chars
+ * Bodies up to `inline_max` octets are kept in memory while they arrive and
+ * stored in the LMDB body database in the commit transaction, so a small
+ * message costs no file, no fsync and no directory entry of its own.
+ *
+ * Durability contract (DEVELOPERS.md "Durable means durable"): the done
+ * callback of spool_commit() reports 0 only after (1) a file body has been
+ * written, fdatasync'ed, and its directory fsync'ed, and (2) the LMDB
+ * transaction holding its records has committed (LMDB syncs on commit).
+ * The record is the commit point: after a crash, a body file with no msg
+ * record is an orphan and is removed at open; a msg record whose file is
+ * missing is logged and moved to quarantine, never silently dropped.
+ *
+ * Threads: every function here is called on the loop thread.  The writer
+ * thread runs batches and hands completions back to the loop through an
+ * event made active with event_active(), never touching sessions itself.
+ * The loop never waits on the disk except in spool_open/spool_close.
+ *
+ * Ownership: spool_open() -> spool_close() (accepts NULL; drains pending
+ * work first).  spool_body_new() -> either spool_commit() (which takes the
+ * body) or spool_body_free() (which discards the partial file).
+ */
+#ifndef MXKEEP_SPOOL_H
+#define MXKEEP_SPOOL_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include "queue_db.h"
+
+struct event_base;
+struct evbuffer;
+struct conf;
+
+struct spool;
+struct spool_body;
+struct spool_ticket;
+
+/* Completion of a commit or write, on the loop thread.  err: 0 durable,
+ * ENOSPC (disk or map full: 452 4.3.1), or another errno (451 4.3.0). */
+typedef void (*spool_done_fn)(void *arg, int err);
+
+/* Open or create the spool at c->spool, run recovery, start the writer.
+ * Fatal problems return NULL with a one-line reason in err. */
+struct spool *spool_open(const struct conf *c, struct event_base *base, char *err, size_t errlen);
+void spool_close(struct spool *s);
+/* The index, for reads (queue_db.h read functions). */
+struct qdb *spool_db(struct spool *s);
+
+/* A body being received for qid.  Returns NULL with errno on failure. */
+struct spool_body *spool_body_new(struct spool *s, const char *qid);
+/* Append octets.  0, or -1 with errno (ENOSPC, EIO...). */
+int spool_body_write(struct spool_body *b, const void *buf, size_t n);
+uint64_t spool_body_size(const struct spool_body *b);
+/* Discard an uncommitted body (unlinks its file).  Accepts NULL. */
+void spool_body_free(struct spool_body *b);
+
+/*
+ * Make a message durable: body b (taken over, whatever the outcome), the
+ * message record m and its n recipients.  done(arg, err) runs later on the
+ * loop thread, exactly once, unless spool_ticket_cancel() came first (the
+ * message is still committed; only the callback is dropped).  The returned
+ * ticket is valid until done runs or it is cancelled.
+ */
+struct spool_ticket *spool_commit(struct spool *s, struct spool_body *b,
+                                  const struct qmsg *m, const struct qrcpt *r, size_t n,
+                                  spool_done_fn done, void *arg);
+
+/* A generic write in the next batch: fn runs on the WRITER thread inside a
+ * child transaction and must only call qdb_* write functions on t and read
+ * what arg holds (owned by the caller until done runs).  fn may run more
+ * than once (map growth retries the batch): it must be idempotent. */
+typedef int (*spool_txn_fn)(struct qdb_txn *t, void *arg);
+struct spool_ticket *spool_write(struct spool *s, spool_txn_fn fn, void *arg,
+                                 spool_done_fn done, void *done_arg);
+
+/* Remove a message (records and body) in the next batch. */
+struct spool_ticket *spool_delete(struct spool *s, const char *qid,
+                                  spool_done_fn done, void *arg);
+
+void spool_ticket_cancel(struct spool_ticket *t);
+
+/* Read a stored body for delivery: an inline body is appended to out; a
+ * file body is appended with evbuffer_add_file (no copy in memory).
+ * 0, or -1 with errno (ENOENT: body missing). */
+int spool_body_read(struct spool *s, const struct qmsg *m, struct evbuffer *out);
+
+/* Figures for logs and metrics. */
+struct spool_stats {
+    uint64_t commits;         /* messages committed */
+    uint64_t batches;         /* LMDB write transactions */
+    uint64_t map_grows;
+    uint64_t failures;
+};
+void spool_stats_get(const struct spool *s, struct spool_stats *out);
+
+#endif

@@ -1,0 +1,27 @@
+/*
+ * tls.h - OpenSSL contexts for the server side (STARTTLS) and, later, the
+ * client side, with one policy: TLS 1.2 or newer, no compression, no
+ * renegotiation, server cipher preference.
+ *
+ * Ownership: contexts are returned with one reference; release with
+ * SSL_CTX_free (NULL is fine).  Keys are loaded while still root, before the
+ * privilege drop.
+ */
+#ifndef MXKEEP_TLS_H
+#define MXKEEP_TLS_H
+
+#include <stddef.h>
+#include <openssl/ssl.h>
+
+/* Server context from PEM certificate chain and key.  NULL with a one-line
+ * reason in err on failure (unreadable file, key does not match). */
+SSL_CTX *tls_server_ctx_new(const char *cert, const char *key, char *err, size_t errlen);
+
+/* "TLSv1.3 with cipher TLS_AES_256_GCM_SHA384 (256/256 bits)" for logs and
+ * the Received header.  Returns buf. */
+const char *tls_describe(SSL *ssl, char *buf, size_t len);
+
+/* The last OpenSSL error as text (drains the error queue). */
+const char *tls_last_error(char *buf, size_t len);
+
+#endif
