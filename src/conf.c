@@ -166,6 +166,9 @@ static const struct conf_setting delivery_table[] = {
     { "delay_warning",    CK_DURATION, DLV(delay_warning),    0, 0, 365 * DAY, 0, 0, 0, 0 },
     { "bounce_retention", CK_DURATION, DLV(bounce_retention), 5 * DAY, HOUR, 365 * DAY, 0, 0, 0, 0 },
     { "messages_per_connection", CK_INT, DLV(messages_per_connection), 1000, 1, 1000000, 0, 0, 0, 0 },
+    /* Port for MX-routed destinations (bounces, domains without a
+     * primary).  25 in production; tests point it at a loopback sink. */
+    { "mx_port", CK_INT, DLV(mx_port), 25, 1, 65535, 0, 0, 0, 0 },
     { NULL, 0, 0, 0, 0, 0, 0, 0, 0, 0 },
 };
 #undef DLV

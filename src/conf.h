@@ -74,6 +74,7 @@ struct conf_delivery {
     long delay_warning;         /* seconds; 0 = off */
     long bounce_retention;      /* seconds; default 5d */
     long messages_per_connection;
+    long mx_port;               /* port for MX-routed destinations (25) */
 };
 
 struct conf {

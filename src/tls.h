@@ -17,6 +17,15 @@
  * reason in err on failure (unreadable file, key does not match). */
 SSL_CTX *tls_server_ctx_new(const char *cert, const char *key, char *err, size_t errlen);
 
+/* Client context: TLS 1.2+, peer verification against ca_file or (NULL)
+ * the system CA store; whether a failed verification is fatal is the
+ * caller's per-connection policy (smtpc.c).  NULL with a reason in err. */
+SSL_CTX *tls_client_ctx_new(const char *ca_file, char *err, size_t errlen);
+
+/* "sha256:<64 lower-case hex>" of the peer certificate's DER into buf
+ * (at least 72 octets).  Returns 0, or -1 when there is no certificate. */
+int tls_peer_fingerprint(SSL *ssl, char *buf, size_t len);
+
 /* "TLSv1.3 with cipher TLS_AES_256_GCM_SHA384 (256/256 bits)" for logs and
  * the Received header.  Returns buf. */
 const char *tls_describe(SSL *ssl, char *buf, size_t len);

@@ -319,6 +319,8 @@ class Server:
             "spool = %s;" % cfg_str(self.spool),
             "control = { socket = %s; };" % cfg_str(self.ctl_socket),
         ]
+        if "etrn" not in self.settings:
+            lines.append('etrn = { allow = ( "127.0.0.0/8" ); };')
         user = mxkeep_user()
         if user and "user" not in self.settings:
             lines.append("user = %s;" % cfg_str(user))
@@ -490,6 +492,17 @@ class Server:
     def queue_by_qid(self):
         return {m["qid"]: m for m in self.queue()}
 
+    def show(self, qid):
+        """mxkeepctl --json show QID: the extended record (envid, ret,
+        body, client, helo, recipients), or None."""
+        r = self.ctl("--json", "show", qid)
+        if r.returncode != 0:
+            return None
+        data = json.loads(r.stdout.decode("utf-8"))
+        if isinstance(data, dict) and "messages" in data:
+            data = (data["messages"] or [None])[0]
+        return data
+
     def qids(self):
         return sorted(m["qid"] for m in self.queue())
 
@@ -592,7 +605,7 @@ class Reply:
         return "<Reply %r>" % self.text
 
     def __str__(self):
-        return self.text if self.code is not None else repr(self)
+        return self.text.rstrip("\r\n").replace("\r\n", " | ") if self.code is not None else repr(self)
 
 
 class Raw:

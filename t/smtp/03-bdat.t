@@ -16,7 +16,7 @@ def begin(c, sender="b@example.com"):
 
 def main():
     require_binaries()
-    srv = Server(limits={"message_size": MAX})
+    srv = Server(limits={"message_size": MAX, "header_size": MAX // 2})
     srv.start()
     c = srv.raw()
     r = c.ehlo()

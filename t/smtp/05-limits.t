@@ -130,6 +130,7 @@ def sizes_and_content(srv):
     c = srv.raw()
     c.ehlo()
     seen = []
+    last421 = None
     for i in range(12):
         try:
             r = c.cmd("BOGUS%d" % i, timeout=5)
@@ -137,8 +138,10 @@ def sizes_and_content(srv):
             break
         seen.append(r.code)
         if r.code in (421, None):
+            last421 = r
             break
     ok(421 in seen and len(seen) <= 11, "bad commands: 421 by the eleventh (%s)" % seen)
+    like(last421.last if last421 else "", r"^4\.7\.0 ", "too many bad commands: 4.7.0")
     ok(c.closed(5), "closed after too many bad commands")
     c.close()
 

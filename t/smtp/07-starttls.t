@@ -6,6 +6,7 @@ import socket
 import ssl
 import sys
 import time
+import warnings
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
 from mxtest import *  # noqa: F401,F403
 
@@ -49,6 +50,7 @@ def main():
     r = c.cmd("STARTTLS")
     is_(r.code, 220, "STARTTLS 220 (for the TLS 1.1 probe)")
     ctx = insecure_context()
+    warnings.simplefilter("ignore", DeprecationWarning)
     ctx.minimum_version = ssl.TLSVersion.TLSv1
     ctx.maximum_version = ssl.TLSVersion.TLSv1_1
     try:

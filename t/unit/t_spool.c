@@ -101,14 +101,14 @@ static struct spool_body *make_body(struct spool *s, const char *qid, int seed, 
 static void make_msg(struct qmsg *m, const char *qid, int64_t now)
 {
     memset(m, 0, sizeof *m);
-    snprintf(m->qid, sizeof m->qid, "%s", qid);
+    snprintf(m->qid, sizeof m->qid, "%.*s", QID_LEN, qid);
     m->arrival = now;
     m->size = 1;        /* the spool must replace this with the real size */
     snprintf(m->sender, sizeof m->sender, "sender@example.net");
     snprintf(m->client_addr, sizeof m->client_addr, "192.0.2.1");
     snprintf(m->client_name, sizeof m->client_name, "client.example.net");
     snprintf(m->helo, sizeof m->helo, "client.example.net");
-    snprintf(m->envid, sizeof m->envid, "env-%s", qid);
+    snprintf(m->envid, sizeof m->envid, "env-%.*s", QID_LEN, qid);
     m->body = 1;
     m->ret = 2;
 }
@@ -159,7 +159,7 @@ static int file_exists(const char *rel)
 
 static void body_rel(char *out, size_t n, const char *qid)
 {
-    snprintf(out, n, "spool/msg/%c%c/%s", qid[10], qid[11], qid);
+    snprintf(out, n, "spool/msg/%c%c/%.*s", qid[10], qid[11], QID_LEN, qid);
 }
 
 struct walk {
@@ -175,7 +175,7 @@ static int walk_cb(void *arg, const char *qid)
     struct walk *w = arg;
     if (w->n && strcmp(w->last, qid) >= 0)
         w->ordered = 0;
-    snprintf(w->last, sizeof w->last, "%s", qid);
+    snprintf(w->last, sizeof w->last, "%.*s", QID_LEN, qid);
     if (w->find && strcmp(w->find, qid) == 0)
         w->found = 1;
     w->n++;
@@ -215,7 +215,7 @@ static int rcpt_set(struct spool *s, const char *qid, uint32_t index, int state)
     struct upd u;
     if (qdb_rcpt_list(spool_db(s), qid, r, MAXR, &n) != 0 || index >= n)
         return -1;
-    snprintf(u.qid, sizeof u.qid, "%s", qid);
+    snprintf(u.qid, sizeof u.qid, "%.*s", QID_LEN, qid);
     u.r = r[index];
     u.r.state = state;
     u.r.attempts++;
@@ -383,7 +383,8 @@ int main(void)
     is_int(bad_body, 0, "bodies read back byte for byte (inline and file)");
 
     struct qdest d;
-    ok(qdb_dest_get(db, "example.org", &d) == 0 && d.nmsg == NMSG && d.nbytes == org_bytes,
+    int dg = qdb_dest_get(db, "example.org", &d);
+    ok(dg == 0 && d.nmsg == NMSG && d.nbytes == org_bytes,
        "example.org counters: %llu msgs %llu bytes", (unsigned long long)d.nmsg,
        (unsigned long long)d.nbytes);
     is_int(d.state, QDEST_UNKNOWN, "dest created in state UNKNOWN");
@@ -433,7 +434,6 @@ int main(void)
     is_int(rcpt_set(s, qids[x], 1, QRCPT_PENDING), 0, "rcpt back to PENDING");
     qdb_dest_get(db, "example.org", &d);
     ok(d.nmsg == NMSG, "back to pending: counted again");
-    org_bytes -= 0;
 
     /* --- delete --- */
     int del = 10;   /* file body */
@@ -528,7 +528,7 @@ int main(void)
         return done_testing();
     db = spool_db(s);
     ok(!file_exists(orel), "orphan body removed at open");
-    snprintf(qrel, sizeof qrel, "spool/quarantine/%s", qids[missing]);
+    snprintf(qrel, sizeof qrel, "spool/quarantine/%.*s", QID_LEN, qids[missing]);
     ok(file_exists(qrel), "missing body: quarantine marker written");
     ok(qdb_msg_get(db, qids[missing], &m) == 0, "missing body: record kept");
     {
@@ -569,7 +569,6 @@ int main(void)
     body_rel(rel, sizeof rel, qids[vq]);
     ok(file_exists(rel), "body of an unreadable record is not treated as an orphan");
     is_int(do_delete(s, qids[vq]), EIO, "delete of an unreadable record fails, nothing lost");
-    ok(poke_version(qids[vq], 1) == 0 || 1, "");
     spool_close(s);
 
     /* --- map growth from a tiny map --- */
