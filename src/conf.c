@@ -149,6 +149,11 @@ static const struct conf_setting limits_table[] = {
     { "header_lines",    CK_INT,      LIM(header_lines),   1000, 1, 100000, 0, 0, 0, 0 },
     { "received_max",    CK_INT,      LIM(received_max),   100, 1, 1000, 0, 0, 0, 0 },
     { "bad_commands",    CK_INT,      LIM(bad_commands),   10, 1, 1000, 0, 0, 0, 0 },
+    /* NOOP, RSET, VRFY, HELP and the like before 421 (Postfix: junk_command_limit). */
+    { "junk_commands",   CK_INT,      LIM(junk_commands),  100, 1, 100000, 0, 0, 0, 0 },
+    /* Free spool space kept beyond an announced SIZE, so commits in flight
+     * and the index can still grow; below it MAIL gets 452 4.3.1. */
+    { "disk_reserve",    CK_SIZE,     LIM(disk_reserve),   4 * MIB, 0, 1024 * GIB, 0, 0, 0, 0 },
     { NULL, 0, 0, 0, 0, 0, 0, 0, 0, 0 },
 };
 #undef LIM

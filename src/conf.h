@@ -60,6 +60,8 @@ struct conf_limits {
     long header_lines;          /* header lines */
     long received_max;          /* Received headers before we call it a loop */
     long bad_commands;          /* errors before 421 */
+    long junk_commands;         /* NOOP/RSET/VRFY/HELP/unknown before 421 */
+    long disk_reserve;          /* free spool octets kept beyond SIZE */
 };
 
 struct conf_delivery {

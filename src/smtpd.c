@@ -55,12 +55,6 @@
 /* Unread replies beyond this stop command processing until the client
  * reads: a pipelining client that never reads cannot grow our memory. */
 #define SMTPD_OUTPUT_MAX (64 * 1024)
-/* Commands that move no mail (NOOP, RSET, VRFY, HELP, ...) before 421;
- * Postfix's smtpd_junk_command_limit is the same idea. */
-#define SMTPD_JUNK_MAX 100
-/* Free space the spool must keep beyond an announced SIZE, so the index
- * can still grow and a message in flight can still commit. */
-#define SMTPD_DISK_RESERVE (4u * 1024 * 1024)
 /* Seconds a statvfs() answer is trusted. */
 #define SMTPD_DISK_CHECK_EVERY 1
 
@@ -233,7 +227,7 @@ static int smtpd_disk_ok(struct smtpd *d, unsigned long long need)
         }
         d->disk_checked = now;
     }
-    return d->disk_free >= need + SMTPD_DISK_RESERVE;
+    return d->disk_free >= need + (unsigned long long)d->conf->limits.disk_reserve;
 }
 
 /* ------------------------------------------------------------------ */
@@ -637,7 +631,7 @@ static void session_command(struct session *s, const char *line, size_t len)
     const struct smtpd_cmd *c;
 
     s->ncmds++;
-    if (smtpd_cmd_is_junk(sc.cmd) && ++s->junk > SMTPD_JUNK_MAX) {
+    if (smtpd_cmd_is_junk(sc.cmd) && ++s->junk > s->d->conf->limits.junk_commands) {
         log_warn("[%s]: too many junk commands, disconnecting", s->addr);
         session_close(s, "421 4.7.0 Error: too many junk commands");
         return;
