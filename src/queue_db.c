@@ -1290,3 +1290,37 @@ int qdb_grow(struct qdb *db)
     log_info("queue: LMDB map grown to %zu octets", next);
     return 0;
 }
+
+int qdb_msg_settle(struct qdb_txn *t, const char *qid)
+{
+    struct qdb *db = t->db;
+    MDB_cursor *c;
+    unsigned char kb[QDB_RCPT_KEY_LEN];
+    int pending = 0, r = 0;
+
+    if (!qid_valid(qid))
+        return QDB_NOTFOUND;
+    int rc = mdb_cursor_open(t->txn, db->rcpt, &c);
+    if (rc)
+        return rc_fail(rc, "rcpt cursor", qid);
+    rcpt_key(kb, qid, 0);
+    MDB_val k = val_of(kb, sizeof kb), v;
+    for (rc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE); rc == 0 && !pending;
+         rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
+        if (k.mv_size != QDB_RCPT_KEY_LEN || memcmp(k.mv_data, kb, QID_LEN + 1) != 0)
+            break;
+        int st;
+        const char *dom;
+        size_t dl;
+        if ((r = rcpt_peek(qid, &v, &st, &dom, &dl)) != 0)
+            break;
+        pending = st == QRCPT_PENDING;
+    }
+    mdb_cursor_close(c);
+    if (r != 0)
+        return r;
+    if (pending)
+        return 0;
+    r = qdb_msg_delete(t, qid);
+    return r == QDB_NOTFOUND ? 0 : r;
+}

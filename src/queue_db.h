@@ -21,6 +21,16 @@
  * uses MDB_NOSYNC, MDB_NOMETASYNC or MDB_MAPASYNC: a commit is durable
  * when mdb_txn_commit returns.
  *
+ * Details of the implementation callers may rely on:
+ *   - a recipient's index (rcpt key, qrcpt.index) is its position in the
+ *     array given to qdb_msg_put; qdb_rcpt_update finds it by r->index;
+ *   - dest and by_dest keys are the domain folded to ASCII lower case, and
+ *     every domain argument is folded the same way;
+ *   - qdb_msg_delete removes the due entry qdb_msg_put made (at the
+ *     earliest recipient expiry); other due entries are their owner's to
+ *     delete, and a due entry whose message is gone is stale (drop it);
+ *   - on a failed qdb_txn_commit errno is ENOSPC (disk or map full) or EIO.
+ *
  * Errors: functions return 0 on success, QDB_NOTFOUND, QDB_MAPFULL (the
  * writer grows the map and runs the batch again), or QDB_ERR (logged once
  * by the function that saw it).
@@ -133,6 +143,11 @@ int qdb_msg_put(struct qdb_txn *t, const struct qmsg *m, const struct qrcpt *r, 
 /* Update one recipient; when it goes final and it was the last pending one
  * for its domain, drops the by_dest entry and the dest counters. */
 int qdb_rcpt_update(struct qdb_txn *t, const char *qid, const struct qrcpt *r);
+/* Remove the message when no recipient is pending any more (the outcome
+ * of its last delivery or expiry); a message already gone is fine.  Run
+ * it in the same transaction as the recipient updates, so two
+ * destinations finishing one message at once cannot both miss it. */
+int qdb_msg_settle(struct qdb_txn *t, const char *qid);
 /* Remove a message and everything that points to it (counters adjusted). */
 int qdb_msg_delete(struct qdb_txn *t, const char *qid);
 int qdb_dest_put(struct qdb_txn *t, const struct qdest *d);   /* state fields; counters kept */

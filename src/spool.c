@@ -12,6 +12,11 @@
  * crash at any instant a body without a record is an orphan (removed at
  * open) and an acknowledged message always has its body.
  *
+ * Batching: sessions' commits made in one loop pass are handed to the
+ * writer together (kick event), and the writer starts its next batch only
+ * after the loop has run the previous batch's callbacks, so under steady
+ * load every waiting message rides in one transaction.
+ *
  * Never: calls a done callback on the writer thread; lets the loop wait on
  * an fsync; unlinks a body whose record may still exist (deletes unlink
  * only after their transaction committed; failed commits unlink because
@@ -89,7 +94,9 @@ struct spool_ticket {
 struct spool {
     int rootfd;
     struct qdb *db;
-    struct event *done_ev;
+    struct event *done_ev;      /* writer -> loop: completions ready */
+    struct event *kick_ev;      /* loop -> writer, once per loop pass */
+    int kick_armed;             /* loop thread only */
     size_t batch_max;
     pthread_t writer;
     int writer_started;
@@ -99,6 +106,12 @@ struct spool {
     struct spool_ticket *q_head, **q_tail;      /* waiting for the writer */
     struct spool_ticket *d_head, **d_tail;      /* done, for the loop */
     int stopping;
+    /* Completions handed to the loop and not yet run.  The writer waits
+     * for them before its next batch: their callbacks are what submit the
+     * next messages, and taking those in the same batch as the ones that
+     * piled up meanwhile doubles the batch size under steady load (with
+     * two alternating half-groups the disk would sync twice as often). */
+    int awaiting_loop;
     /* Written by the writer, read with relaxed atomics anywhere. */
     struct spool_stats stats;
 };
@@ -275,8 +288,14 @@ static struct spool_ticket *ticket_enqueue(struct spool *s, struct spool_ticket 
     t->next = NULL;
     *s->q_tail = t;
     s->q_tail = &t->next;
-    pthread_cond_signal(&s->cv);
     pthread_mutex_unlock(&s->mu);
+    /* Wake the writer when this loop pass is over, not now: every commit
+     * made in this pass (sessions finishing DATA together) then goes into
+     * one batch instead of the first going alone. */
+    if (!s->kick_armed) {
+        s->kick_armed = 1;
+        event_active(s->kick_ev, EV_READ, 0);
+    }
     return t;
 }
 
@@ -307,6 +326,7 @@ struct spool_ticket *spool_commit(struct spool *s, struct spool_body *b,
     if (n)
         memcpy(t->rcpts, r, n * sizeof *r);
     t->nrcpt = n;
+    t->msg.nrcpt = (uint32_t)n;
     /* A body that failed to write is still handed to the writer, which
      * fails it in order with the rest and cleans up. */
     t->err = b->err;
@@ -522,7 +542,7 @@ static void *writer_main(void *arg)
         log_panic("spool: writer: out of memory");
     pthread_mutex_lock(&s->mu);
     for (;;) {
-        while (!s->q_head && !s->stopping)
+        while ((!s->q_head || s->awaiting_loop) && !s->stopping)
             pthread_cond_wait(&s->cv, &s->mu);
         if (!s->q_head)
             break;
@@ -547,6 +567,7 @@ static void *writer_main(void *arg)
             *s->d_tail = req[i];
             s->d_tail = &req[i]->next;
         }
+        s->awaiting_loop = 1;
         event_active(s->done_ev, EV_READ, 0);
     }
     pthread_mutex_unlock(&s->mu);
@@ -576,6 +597,20 @@ static void spool_done_cb(evutil_socket_t fd, short what, void *arg)
         ticket_free(t);
         t = next;
     }
+    struct spool *s = arg;
+    pthread_mutex_lock(&s->mu);
+    s->awaiting_loop = 0;
+    pthread_cond_signal(&s->cv);
+    pthread_mutex_unlock(&s->mu);
+}
+
+static void spool_kick_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct spool *s = arg;
+    s->kick_armed = 0;
+    pthread_mutex_lock(&s->mu);
+    pthread_cond_signal(&s->cv);
+    pthread_mutex_unlock(&s->mu);
 }
 
 /* ---------- open, recovery, close ---------- */
@@ -749,6 +784,12 @@ struct spool *spool_open(const struct conf *c, struct event_base *base, char *er
     size_t map = c->lmdb_map_size > 0 ? (size_t)c->lmdb_map_size : SPOOL_DEFAULT_MAP;
     if (!(s->db = qdb_open(path, map, err, errlen)))
         goto fail;
+    /* LMDB syncs its files but not the directory holding them: make the
+     * entries of a new environment durable before anything is promised. */
+    if (fsync_at(s->rootfd, SPOOL_INDEX_DIR) < 0) {
+        snprintf(err, errlen, "spool: fsync index: %s", strerror(errno));
+        goto fail;
+    }
 
     recover_orphans(s);
     if (qdb_msg_each(s->db, "", LONG_MAX, recover_missing_cb, s) < 0) {
@@ -760,7 +801,8 @@ struct spool *spool_open(const struct conf *c, struct event_base *base, char *er
         qid_seed(newest);
 
     s->done_ev = event_new(base, -1, 0, spool_done_cb, s);
-    if (!s->done_ev) {
+    s->kick_ev = event_new(base, -1, 0, spool_kick_cb, s);
+    if (!s->done_ev || !s->kick_ev) {
         snprintf(err, errlen, "spool: event_new failed");
         goto fail;
     }
@@ -796,6 +838,8 @@ void spool_close(struct spool *s)
     }
     if (s->done_ev)
         event_free(s->done_ev);
+    if (s->kick_ev)
+        event_free(s->kick_ev);
     qdb_close(s->db);
     if (s->rootfd >= 0)
         close(s->rootfd);
@@ -880,4 +924,18 @@ void spool_stats_get(const struct spool *s, struct spool_stats *out)
     out->batches = __atomic_load_n(&s->stats.batches, __ATOMIC_RELAXED);
     out->map_grows = __atomic_load_n(&s->stats.map_grows, __ATOMIC_RELAXED);
     out->failures = __atomic_load_n(&s->stats.failures, __ATOMIC_RELAXED);
+}
+
+void spool_body_unlink_if_gone(struct spool *s, const char *qid)
+{
+    struct qmsg m;
+    char path[64];
+    if (!qid_valid(qid) || qdb_msg_get(s->db, qid, &m) != QDB_NOTFOUND)
+        return;
+    body_path(path, sizeof path, qid);
+    /* The record is gone and committed: the file is now an orphan.  An
+     * unlink is a metadata change, not a sync; a crash before it only
+     * leaves an orphan that the next open removes. */
+    if (unlinkat(s->rootfd, path, 0) < 0 && errno != ENOENT)
+        log_warn("%s: unlink body: %s", qid, strerror(errno));
 }

@@ -66,6 +66,10 @@ void spool_body_free(struct spool_body *b);
  * loop thread, exactly once, unless spool_ticket_cancel() came first (the
  * message is still committed; only the callback is dropped).  The returned
  * ticket is valid until done runs or it is cancelled.
+ * NULL (errno ENOMEM, or ESHUTDOWN while closing) means nothing was queued
+ * and done will not run; b has been discarded.  The spool sets the stored
+ * m->size, m->nrcpt and QMSG_F_INLINE itself from b and n.
+ * Do not call spool_close() from a done callback.
  */
 struct spool_ticket *spool_commit(struct spool *s, struct spool_body *b,
                                   const struct qmsg *m, const struct qrcpt *r, size_t n,
@@ -79,11 +83,18 @@ typedef int (*spool_txn_fn)(struct qdb_txn *t, void *arg);
 struct spool_ticket *spool_write(struct spool *s, spool_txn_fn fn, void *arg,
                                  spool_done_fn done, void *done_arg);
 
+/* spool_write/spool_delete return NULL (errno set) when nothing was
+ * queued; done then never runs.  A delete of an unknown QID completes with
+ * ENOENT; a generic fn returning QDB_NOTFOUND likewise, QDB_ERR with EIO. */
 /* Remove a message (records and body) in the next batch. */
 struct spool_ticket *spool_delete(struct spool *s, const char *qid,
                                   spool_done_fn done, void *arg);
 
 void spool_ticket_cancel(struct spool_ticket *t);
+
+/* After a spool_write() that may have removed a message (qdb_msg_settle):
+ * if its record is gone, unlink its body file.  Loop thread. */
+void spool_body_unlink_if_gone(struct spool *s, const char *qid);
 
 /* Read a stored body for delivery: an inline body is appended to out; a
  * file body is appended with evbuffer_add_file (no copy in memory).
