@@ -72,6 +72,19 @@ bench_init() {
 }
 
 bench_track() { BENCH_PIDS+=("$1"); }
+
+# bench_run CMD...: run a long step in the background and wait for it, so
+# ^C or TERM reaches the clean-up at once instead of after the step.
+bench_run() {
+    local pid rc
+    "$@" <&0 &
+    pid=$!
+    bench_track "$pid"
+    wait "$pid"
+    rc=$?
+    unset 'BENCH_PIDS[${#BENCH_PIDS[@]}-1]'
+    return "$rc"
+}
 bench_track_postfix() { BENCH_POSTFIX_DIRS+=("$1"); }
 
 # bench_wait_gone PID SECONDS: 0 when the process is gone in time.
@@ -169,7 +182,7 @@ bench_sink_messages() {
 bench_source() {
     local port=$1 n=$2 s=$3 len=$4 log=$5
     shift 5
-    timeout "$STEP_TIMEOUT" "$SMTP_SOURCE" "$@" -s "$s" -m "$n" -l "$len" \
+    bench_run timeout "$STEP_TIMEOUT" "$SMTP_SOURCE" "$@" -s "$s" -m "$n" -l "$len" \
         -M bench.example.net -f sender@example.net -t rcpt@example.org \
         "127.0.0.1:$port" >"$log" 2>&1
 }

@@ -18,6 +18,8 @@
  */
 #include "config.h"
 #include "conf.h"
+#include "delivery.h"
+#include "dns.h"
 #include "listen.h"
 #include "log.h"
 #include "policy.h"
@@ -55,6 +57,8 @@ struct daemon {
     struct listener *lst;
     struct spool *spool;
     struct smtpd *smtpd;
+    struct dns *dns;
+    struct delivery *delivery;
     SSL_CTX *tls;
     struct event *ev_term, *ev_int, *ev_hup, *ev_drain;
     int stopping;
@@ -119,6 +123,8 @@ static void main_on_reload(evutil_socket_t sig, short what, void *arg)
         return;
     }
     smtpd_configure(dm->smtpd, nc, np);
+    if (delivery_configure(dm->delivery, nc, err, sizeof err) != 0)
+        log_warn("reload: %s", err);
     listen_set_limits(dm->lst, nc->limits.connections, nc->limits.per_client);
     policy_free(dm->policy);
     conf_free(dm->conf);
@@ -131,7 +137,9 @@ static void main_on_reload(evutil_socket_t sig, short what, void *arg)
 static void main_on_drain_tick(evutil_socket_t fd, short what, void *arg)
 {
     struct daemon *dm = arg;
-    size_t n = smtpd_session_count(dm->smtpd);
+    /* Sessions finishing their transactions, and deliveries whose
+     * outcomes are still being written, both end before we exit. */
+    size_t n = smtpd_session_count(dm->smtpd) + delivery_active_connections(dm->delivery);
     if (n == 0 || time(NULL) >= dm->stop_deadline) {
         if (n)
             log_warn("shutdown: %zu sessions still open after %d s; closing them", n,
@@ -156,6 +164,7 @@ static void main_on_stop(evutil_socket_t sig, short what, void *arg)
     log_info("stopping: no new connections, finishing transactions");
     listen_stop(dm->lst);
     smtpd_drain(dm->smtpd);
+    delivery_stop(dm->delivery);
     dm->ev_drain = event_new(dm->base, -1, EV_PERSIST, main_on_drain_tick, dm);
     event_add(dm->ev_drain, &tick);
 }
@@ -290,6 +299,14 @@ int main(int argc, char **argv)
     if (dm.smtpd == NULL)
         log_fatal(EX_OSERR_CODE, "out of memory");
     smtpd_configure(dm.smtpd, dm.conf, dm.policy);
+    dm.dns = dns_new(dm.base, dm.conf->resolver, err, sizeof err);
+    if (dm.dns == NULL)
+        log_fatal(EX_CONFIG_CODE, "%s: resolver: %s", dm.conf->path, err);
+    dm.delivery = delivery_new(dm.base, dm.spool, dm.dns, err, sizeof err);
+    if (dm.delivery == NULL || delivery_configure(dm.delivery, dm.conf, err, sizeof err) != 0)
+        log_fatal(EX_OSERR_CODE, "delivery: %s", err);
+    smtpd_set_hooks(dm.smtpd, delivery_etrn, delivery_queued, dm.delivery);
+    delivery_start(dm.delivery);
 
     dm.ev_term = evsignal_new(dm.base, SIGTERM, main_on_stop, &dm);
     dm.ev_int = evsignal_new(dm.base, SIGINT, main_on_stop, &dm);
@@ -306,6 +323,8 @@ int main(int argc, char **argv)
     event_base_dispatch(dm.base);
 
     smtpd_free(dm.smtpd);
+    delivery_free(dm.delivery);
+    dns_free(dm.dns);
     listen_free(dm.lst);
     spool_close(dm.spool);
     if (dm.ev_drain)

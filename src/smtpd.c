@@ -93,7 +93,8 @@ struct session {
     int junk;
     unsigned long ncmds;
     unsigned long nmsgs;
-    char line[65536 + 1];               /* one command line, conf-bounded */
+    char *line;                         /* one command line */
+    size_t linecap;                     /* its size: line_length at accept + 1 */
     int discarding;                     /* skipping the rest of an over-long line */
     int out_blocked;                    /* waiting for the client to read replies */
     int tls_switch;                     /* 220 to STARTTLS queued; switch when written */
@@ -851,7 +852,10 @@ static int session_feed_bdat(struct session *s)
 static long session_read_line(struct session *s)
 {
     struct evbuffer *in = bufferevent_get_input(s->bev);
+    /* A reload may raise line_length; this session keeps its buffer. */
     size_t max = (size_t)s->d->conf->limits.line_length;
+    if (max > s->linecap - 1)
+        max = s->linecap - 1;
     size_t avail = evbuffer_get_length(in);
     struct evbuffer_ptr p;
 
@@ -1065,6 +1069,7 @@ static void session_free(struct session *s)
         spool_ticket_cancel(s->ticket);
     session_txn_reset(s);
     free(s->rcpt);
+    free(s->line);
     if (s->bev)
         bufferevent_free(s->bev);
     listen_release(d->lst, (struct sockaddr *)&s->sa);
@@ -1109,6 +1114,15 @@ void smtpd_accept(void *arg, evutil_socket_t fd, const struct sockaddr *sa, int 
         return;
     }
     s->d = d;
+    s->linecap = (size_t)d->conf->limits.line_length + 1;
+    s->line = malloc(s->linecap);
+    if (s->line == NULL) {
+        log_warn("out of memory for a new session");
+        listen_release(d->lst, sa);
+        evutil_closesocket(fd);
+        free(s);
+        return;
+    }
     memcpy(&s->sa, sa, (size_t)salen < sizeof s->sa ? (size_t)salen : sizeof s->sa);
     session_addr_text(s);
     s->bev = bufferevent_socket_new(d->base, fd, BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
@@ -1116,6 +1130,7 @@ void smtpd_accept(void *arg, evutil_socket_t fd, const struct sockaddr *sa, int 
         log_warn("[%s]: cannot create bufferevent", s->addr);
         listen_release(d->lst, sa);
         evutil_closesocket(fd);
+        free(s->line);
         free(s);
         return;
     }
@@ -1158,8 +1173,6 @@ void smtpd_configure(struct smtpd *d, const struct conf *c, const struct policy 
     d->conf = c;
     d->policy = p;
     d->disk_checked = 0;
-    if (c->limits.line_length >= (long)sizeof(((struct session *)0)->line))
-        log_panic("line_length %ld exceeds the session buffer", c->limits.line_length);
 }
 
 void smtpd_set_hooks(struct smtpd *d, smtpd_etrn_fn etrn, smtpd_queued_fn queued, void *arg)

@@ -63,3 +63,53 @@ const char *tls_describe(SSL *ssl, char *buf, size_t len)
              c ? SSL_CIPHER_get_name(c) : "none", bits, alg);
     return buf;
 }
+
+SSL_CTX *tls_client_ctx_new(const char *ca_file, char *err, size_t errlen)
+{
+    char why[256];
+    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+    if (ctx == NULL) {
+        snprintf(err, errlen, "cannot create TLS client context: %s",
+                 tls_last_error(why, sizeof why));
+        return NULL;
+    }
+    SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+    SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION);
+    SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
+    /* The chain is always checked and the result recorded; whether it
+     * matters is smtpc's per-connection policy (SSL_get_verify_result). */
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, NULL);
+    if (ca_file != NULL) {
+        if (SSL_CTX_load_verify_locations(ctx, ca_file, NULL) != 1) {
+            snprintf(err, errlen, "%s: cannot load CA certificates: %s", ca_file,
+                     tls_last_error(why, sizeof why));
+            SSL_CTX_free(ctx);
+            return NULL;
+        }
+    } else if (SSL_CTX_set_default_verify_paths(ctx) != 1) {
+        snprintf(err, errlen, "cannot load the system CA store: %s", tls_last_error(why, sizeof why));
+        SSL_CTX_free(ctx);
+        return NULL;
+    }
+    return ctx;
+}
+
+int tls_peer_fingerprint(SSL *ssl, char *buf, size_t len)
+{
+    static const char hex[] = "0123456789abcdef";
+    static const char prefix[] = "sha256:";
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int n = 0;
+    X509 *cert = SSL_get0_peer_certificate(ssl);
+
+    if (cert == NULL || X509_digest(cert, EVP_sha256(), md, &n) != 1 ||
+        len < sizeof prefix + 2 * (size_t)n)
+        return -1;
+    memcpy(buf, prefix, sizeof prefix - 1);
+    for (unsigned int i = 0; i < n; i++) {
+        buf[sizeof prefix - 1 + 2 * i] = hex[md[i] >> 4];
+        buf[sizeof prefix + 2 * i] = hex[md[i] & 0xf];
+    }
+    buf[sizeof prefix - 1 + 2 * n] = '\0';
+    return 0;
+}

@@ -35,6 +35,7 @@ import ssl
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
 
@@ -190,12 +191,20 @@ def require_binaries(ctl=True):
 # --- processes and ports -----------------------------------------------
 
 _servers = []
+_peers = []
 
 
 def _cleanup_all():
     for s in list(_servers):
         try:
             s.cleanup()
+        except Exception as e:  # noqa: B902 - cleanup must go on
+            diag("cleanup: %s" % e)
+    # Peers (sinks, fake primaries, dnsmasq, Postfix) after the daemons,
+    # so no daemon sees its primary vanish while it is being stopped.
+    for p in list(_peers):
+        try:
+            p.cleanup()
         except Exception as e:  # noqa: B902 - cleanup must go on
             diag("cleanup: %s" % e)
 
@@ -357,7 +366,10 @@ class Server:
         return self.conf
 
     # -- life cycle --
-    def start(self, port=None, expect_fail=False):
+    def start(self, port=None, expect_fail=False, env=None, prefix=None):
+        """env: variables added to the daemon's environment (e.g. the
+        faketime_env() of a clock offset); prefix: argv put before mxkeepd
+        (e.g. ["faketime", "+8d"]).  Both apply to this start only."""
         if self.proc and self.proc.poll() is None:
             raise RuntimeError("server already running")
         if self.port is None or port is not None:
@@ -366,8 +378,13 @@ class Server:
         log = open(self.logfile, "ab")
         log.write(("=== start %d ===\n" % self._starts).encode())
         log.flush()
-        self.proc = subprocess.Popen([MXKEEPD, "-f", "-c", self.conf], stdin=subprocess.DEVNULL,
-                                     stdout=log, stderr=log, cwd=self.dir)
+        penv = None
+        if env:
+            penv = dict(os.environ)
+            penv.update(env)
+        self.proc = subprocess.Popen(list(prefix or []) + [MXKEEPD, "-f", "-c", self.conf],
+                                     stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                     cwd=self.dir, env=penv)
         log.close()
         if expect_fail:
             return self
@@ -757,3 +774,743 @@ def send_smtplib(server, sender, rcpts, msg, **kw):
             s.quit()
         except Exception:  # noqa: B902 - best effort
             s.close()
+
+
+# --- delivery peers (t/integration) --------------------------------------
+#
+# Every peer lives in its own temp dir (or in-process), listens on loopback
+# only, and is registered in _peers so _cleanup_all() stops it even when a
+# test dies.  Every wait has a bound.
+
+SMTP_SINK = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
+DNSMASQ = shutil.which("dnsmasq") or "/usr/sbin/dnsmasq"
+FAKETIME = shutil.which("faketime") or "/usr/bin/faketime"
+POSTFIX = "/usr/sbin/postfix"
+POSTQUEUE = "/usr/sbin/postqueue"
+POSTCAT = "/usr/sbin/postcat"
+PEER_START_TIMEOUT = 10.0   # seconds for a peer to listen
+PEER_IO_TIMEOUT = 30.0      # bound on one read in the fake primary
+MSGID_RE = re.compile(rb"(?im)^Message-ID:\s*(<[^>\r\n]*>)")
+
+# Delivery settings that keep the integration tests fast: probe every 1-4 s.
+FAST_DELIVERY = {"probe_min": "1s", "probe_max": "4s", "max_connections": 4,
+                 "connect_timeout": "2s"}
+
+
+def fast_delivery(**over):
+    d = dict(FAST_DELIVERY)
+    d.update(over)
+    return d
+
+
+def message_id(body):
+    """The Message-ID (with <>) of a message, or None."""
+    m = MSGID_RE.search(body or b"")
+    return m.group(1).decode("latin-1") if m else None
+
+
+def free_port_on(host):
+    """A TCP port free on host that is also free for UDP (for dnsmasq)."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((host, 0))
+            port = s.getsockname()[1]
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+                u.bind((host, port))
+            return port
+        except OSError:
+            continue
+    raise RuntimeError("no free port on %s" % host)
+
+
+def port_open(host, port, timeout=0.5):
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def cert_fingerprint(cert_path):
+    """'sha256:<hex>' of the DER certificate, as tls_fingerprint wants it."""
+    import hashlib
+    with open(cert_path) as f:
+        der = ssl.PEM_cert_to_DER_cert(f.read())
+    return "sha256:" + hashlib.sha256(der).hexdigest()
+
+
+def faketime_env(offset):
+    """Environment that runs a program with its clock moved by offset
+    ("+8d", "+31d"): libfaketime, the thread-safe flavour (mxkeepd has a
+    writer thread)."""
+    lib = None
+    for cand in ("/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1",
+                 "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
+                 "/usr/lib/faketime/libfaketimeMT.so.1"):
+        if os.path.exists(cand):
+            lib = cand
+            break
+    if lib is None:
+        return None
+    return {"LD_PRELOAD": lib, "FAKETIME": offset, "FAKETIME_NO_CACHE": "1",
+            "DONT_FAKE_MONOTONIC": "1", "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
+
+
+def wait_empty(srv, timeout=20.0):
+    """True when mxkeepctl shows an empty queue within timeout."""
+    return bool(wait_for(lambda: len(srv.queue()) == 0, timeout, 0.2))
+
+
+def wait_log(srv, pattern, timeout=10.0, since=0):
+    """The first match of pattern in the daemon log after offset since
+    (a re.Match), or None after timeout."""
+    rx = re.compile(pattern)
+
+    def look():
+        return rx.search(srv.log(), since)
+    return wait_for(look, timeout, 0.1)
+
+
+def rcpt_states(srv):
+    """{address: state} over the whole queue (last one wins)."""
+    out = {}
+    for m in srv.queue():
+        for r in m.get("recipients", []):
+            out[r.get("addr")] = r.get("state")
+    return out
+
+
+def send_batch(srv, n, sender="sender@example.com", rcpt="user@example.org", tag="m",
+               per_connection=10, size=None):
+    """Queue n messages over a few connections; returns [(qid, msg)]."""
+    out = []
+    i = 0
+    while i < n:
+        c = srv.raw()
+        c.ehlo()
+        for _ in range(min(per_connection, n - i)):
+            msg = make_message("%s%03d" % (tag, i), size=size)
+            rs = c.transaction(sender, [rcpt] if isinstance(rcpt, str) else rcpt, msg)
+            if rs[-1].code != 250:
+                raise RuntimeError("message %d refused: %s" % (i, rs[-1]))
+            out.append((qid_of(rs[-1].text), msg))
+            i += 1
+        c.cmd("QUIT")
+        c.close()
+    return out
+
+
+def etrn(srv, arg, source=None, in_transaction=False):
+    """EHLO + ETRN arg on a fresh connection; returns the Reply."""
+    c = srv.raw(source=source)
+    try:
+        c.ehlo()
+        if in_transaction:
+            c.cmd("MAIL FROM:<a@example.com>")
+        return c.cmd("ETRN" + ("" if arg is None else " " + arg))
+    finally:
+        try:
+            c.cmd("QUIT", timeout=2)
+        except OSError:
+            pass
+        c.close()
+
+
+class _Peer:
+    def __init__(self, name):
+        self.dir = tempfile.mkdtemp(prefix=name + ".")
+        os.chmod(self.dir, 0o755)
+        self.proc = None
+        _peers.append(self)
+
+    def _popen(self, cmd, logname):
+        log = open(os.path.join(self.dir, logname), "ab")
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                     cwd=self.dir)
+        log.close()
+
+    def plog(self, logname):
+        try:
+            with open(os.path.join(self.dir, logname), "rb") as f:
+                return f.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(STOP_TIMEOUT)
+        self.proc = None
+
+    def cleanup(self):
+        try:
+            self.stop()
+        finally:
+            if self in _peers:
+                _peers.remove(self)
+            if os.environ.get("MXTEST_KEEP"):
+                diag("kept %s" % self.dir)
+            else:
+                shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class SmtpSink(_Peer):
+    """Postfix's smtp-sink on host:port, dumping every transaction into a
+    file (-d).  smtp-sink writes what came after DATA as is (still
+    dot-stuffed, CRLF turned into LF) after its own X-* and Received
+    lines; messages() undoes none of that but splits it off."""
+
+    def __init__(self, host="127.0.0.1", port=None, options=()):
+        super().__init__("sink")
+        self.host = host
+        self.port = port or free_port_on(host)
+        self.dump = os.path.join(self.dir, "dump")
+        os.makedirs(self.dump)
+        os.chmod(self.dump, 0o777)   # smtp-sink runs as nobody when we are root
+        self.options = list(options)
+
+    def start(self):
+        cmd = [SMTP_SINK]
+        if IS_ROOT:
+            cmd += ["-u", "nobody"]
+        cmd += ["-d", os.path.join(self.dump, "m.")] + self.options + \
+            ["%s:%d" % (self.host, self.port), "256"]
+        self._popen(cmd, "sink.log")
+        if not wait_for(lambda: port_open(self.host, self.port), PEER_START_TIMEOUT, 0.05):
+            raise RuntimeError("smtp-sink did not listen on %s:%d: %s" %
+                               (self.host, self.port, self.plog("sink.log")))
+        return self
+
+    def files(self):
+        try:
+            return sorted(os.path.join(self.dump, f) for f in os.listdir(self.dump))
+        except OSError:
+            return []
+
+    def count(self):
+        return len(self.files())
+
+    @staticmethod
+    def parse(data):
+        """One dump file -> dict(mail, rcpts, helo, client, data): data is
+        the DATA stream as smtp-sink saw it (LF line ends, dot-stuffed)."""
+        out = {"mail": None, "rcpts": [], "helo": None, "client": None, "data": b""}
+        lines = data.split(b"\n")
+        i = 0
+        while i < len(lines):
+            ln = lines[i]
+            if ln.startswith(b"X-Client-Addr: "):
+                out["client"] = ln[15:].decode("latin-1")
+            elif ln.startswith(b"X-Helo-Args: "):
+                out["helo"] = ln[13:].decode("latin-1")
+            elif ln.startswith(b"X-Mail-Args: "):
+                out["mail"] = ln[13:].decode("latin-1")
+            elif ln.startswith(b"X-Rcpt-Args: "):
+                out["rcpts"].append(ln[13:].decode("latin-1"))
+            elif ln.startswith(b"Received: ") and b"(smtp-sink)" in lines[i + 1]:
+                i += 3
+                break
+            i += 1
+        rest = b"\n".join(lines[i:])
+        # smtp-sink ends each dump with one empty line of its own.
+        if rest.endswith(b"\n\n"):
+            rest = rest[:-1]
+        out["data"] = rest
+        return out
+
+    def messages(self):
+        out = []
+        for path in self.files():
+            with open(path, "rb") as f:
+                out.append(self.parse(f.read()))
+        return out
+
+    @staticmethod
+    def as_dumped(msg):
+        """What smtp-sink's dump holds for a message sent byte-exact."""
+        stuffed = dot_stuff(msg)[:-3]            # without the ".\r\n" end
+        return stuffed.replace(CRLF, b"\n")
+
+
+class FakeSMTP:
+    """
+    A scriptable SMTP primary in this process (threads), on host:port.
+
+    Records every accepted message byte-exact (dot-unstuffed, CRLF kept) in
+    .messages (dicts: sender, mail_args, rcpts, body, tls, cipher, helo,
+    conn, time), every RCPT answer in .rcpt_log, and connection counts
+    (.nconn, .active, .max_active).  Behaviour can be changed while it runs:
+      rcpt:   fn(address) -> None (250) or a full reply line ("450 4.2.0 x")
+      delay:  seconds to sleep before answering the end of data
+      tls:    (cert, key) to offer STARTTLS; bad_tls: answer 220 to STARTTLS
+              and then send garbage instead of a ServerHello
+      overload(after, seconds): once `after` messages have been accepted in
+              all, every MAIL and every new connection for `seconds` gets
+              "421 4.3.2" and the connection is closed
+    """
+
+    def __init__(self, host="127.0.0.1", port=None, tls=None, bad_tls=False, name="fake.test",
+                 rcpt=None, delay=0.0, pipelining=True, dsn=True, size=0):
+        self.host = host
+        self.port = port or free_port_on(host)
+        self.tls = tls
+        self.bad_tls = bad_tls
+        self.name = name
+        self.rcpt = rcpt
+        self.delay = delay
+        self.pipelining = pipelining
+        self.dsn = dsn
+        self.size = size
+        self.greeting = None            # None: "220 name ESMTP"
+        self.lock = threading.Lock()
+        self.messages = []
+        self.rcpt_log = []
+        self.commands = []
+        self.nconn = 0
+        self.active = 0
+        self.max_active = 0
+        self.n421 = 0
+        self.t421 = []                  # monotonic times of the 421s sent
+        self.active_log = []            # (monotonic time, active) at each change
+        self._over_after = None
+        self._over_secs = 0.0
+        self._over_until = None
+        self._lsock = None
+        self._thread = None
+        self._socks = set()
+        self._stopping = False
+        _peers.append(self)
+
+    def overload(self, after, seconds):
+        with self.lock:
+            self._over_after = after
+            self._over_secs = seconds
+            self._over_until = None
+
+    def _overloaded(self):
+        with self.lock:
+            now = time.monotonic()
+            if self._over_until is None and self._over_after is not None and \
+                    len(self.messages) >= self._over_after:
+                self._over_until = now + self._over_secs
+            return self._over_until is not None and now < self._over_until
+
+    def start(self):
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind((self.host, self.port))
+        s.listen(128)
+        s.settimeout(0.2)
+        self._lsock = s
+        self._stopping = False
+        self._thread = threading.Thread(target=self._accept_loop, daemon=True)
+        self._thread.start()
+        return self
+
+    def running(self):
+        return self._lsock is not None
+
+    def _accept_loop(self):
+        lsock = self._lsock
+        while not self._stopping:
+            try:
+                sock, addr = lsock.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            with self.lock:
+                self._socks.add(sock)
+            threading.Thread(target=self._serve, args=(sock, addr), daemon=True).start()
+
+    def stop(self):
+        """Stop listening and drop every connection."""
+        self._stopping = True
+        if self._lsock:
+            try:
+                self._lsock.close()
+            except OSError:
+                pass
+            self._lsock = None
+        if self._thread:
+            self._thread.join(5)
+            self._thread = None
+        with self.lock:
+            socks = list(self._socks)
+        for s in socks:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            try:
+                s.close()
+            except OSError:
+                pass
+
+    def cleanup(self):
+        self.stop()
+        if self in _peers:
+            _peers.remove(self)
+
+    def _count(self, delta):
+        with self.lock:
+            if delta > 0:
+                self.nconn += 1
+            self.active += delta
+            self.max_active = max(self.max_active, self.active)
+            self.active_log.append((time.monotonic(), self.active))
+
+    def _send421(self, sock):
+        with self.lock:
+            self.n421 += 1
+            self.t421.append(time.monotonic())
+        sock.sendall(b"421 4.3.2 " + self.name.encode() + b" overloaded, closing\r\n")
+
+    def _serve(self, sock, addr):
+        self._count(1)
+        sock.settimeout(PEER_IO_TIMEOUT)
+        try:
+            self._session(sock, addr)
+        except (OSError, ValueError, ssl.SSLError):
+            pass
+        finally:
+            self._count(-1)
+            with self.lock:
+                self._socks.discard(sock)
+            try:
+                sock.close()
+            except OSError:
+                pass
+
+    def _session(self, sock, addr):
+        conn = addr
+        if self._overloaded():
+            self._send421(sock)
+            return
+        greeting = self.greeting or ("220 %s ESMTP fake" % self.name)
+        sock.sendall(greeting.encode() + CRLF)
+        if not greeting.startswith("220"):
+            return
+        f = sock.makefile("rb")
+        tls = False
+        cipher = None
+        helo = None
+        sender = None
+        mail_args = None
+        rcpts = []
+        rcpt_args = []
+
+        def send(line):
+            sock.sendall(line.encode() + CRLF)
+
+        while True:
+            ln = f.readline(65536)
+            if not ln:
+                return
+            ln = ln.rstrip(b"\r\n")
+            with self.lock:
+                self.commands.append(ln)
+            word = ln.split(b" ", 1)[0].upper()
+            if word == b"EHLO":
+                helo = ln[5:].decode("latin-1")
+                caps = ["8BITMIME", "ENHANCEDSTATUSCODES",
+                        "SIZE %d" % self.size if self.size else "SIZE"]
+                if self.pipelining:
+                    caps.append("PIPELINING")
+                if self.dsn:
+                    caps.append("DSN")
+                if (self.tls or self.bad_tls) and not tls:
+                    caps.append("STARTTLS")
+                out = ["250-" + self.name] + ["250-" + c for c in caps[:-1]] + ["250 " + caps[-1]]
+                sock.sendall(("\r\n".join(out) + "\r\n").encode())
+            elif word == b"HELO":
+                helo = ln[5:].decode("latin-1")
+                send("250 " + self.name)
+            elif word == b"STARTTLS" and (self.tls or self.bad_tls) and not tls:
+                send("220 2.0.0 Ready to start TLS")
+                if self.bad_tls:
+                    time.sleep(0.2)
+                    sock.sendall(b"this is not a TLS ServerHello\r\n" * 8)
+                    return
+                ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+                ctx.load_cert_chain(*self.tls)
+                sock = ctx.wrap_socket(sock, server_side=True)
+                f = sock.makefile("rb")
+                tls = True
+                cipher = sock.cipher()
+                helo = sender = None
+                rcpts = []
+            elif word == b"MAIL":
+                if self._overloaded():
+                    self._send421(sock)
+                    return
+                sender = ln[10:].decode("latin-1")
+                mail_args = sender
+                m = re.match(r"\s*<([^>]*)>", sender)
+                sender = m.group(1) if m else sender
+                rcpts = []
+                rcpt_args = []
+                send("250 2.1.0 Ok")
+            elif word == b"RCPT":
+                arg = ln[8:].decode("latin-1")
+                m = re.match(r"\s*<([^>]*)>", arg)
+                addr_ = m.group(1) if m else arg
+                if sender is None:
+                    send("503 5.5.1 need MAIL")
+                    continue
+                fn = self.rcpt
+                reply = fn(addr_) if fn else None
+                with self.lock:
+                    self.rcpt_log.append((addr_, int(reply[:3]) if reply else 250))
+                if reply:
+                    send(reply)
+                else:
+                    rcpts.append(addr_)
+                    rcpt_args.append(arg)
+                    send("250 2.1.5 Ok")
+            elif word == b"DATA":
+                if not rcpts:
+                    send("554 5.5.1 no valid recipients")
+                    continue
+                send("354 End data with <CR><LF>.<CR><LF>")
+                body = bytearray()
+                while True:
+                    dl = f.readline(1 << 20)
+                    if not dl:
+                        return
+                    if dl == b".\r\n":
+                        break
+                    if dl.startswith(b"."):
+                        dl = dl[1:]
+                    body += dl
+                if self.delay:
+                    time.sleep(self.delay)
+                with self.lock:
+                    self.messages.append({"sender": sender, "mail_args": mail_args,
+                                          "rcpts": list(rcpts), "rcpt_args": list(rcpt_args),
+                                          "body": bytes(body), "tls": tls, "cipher": cipher,
+                                          "helo": helo, "conn": id(sock), "peer": conn,
+                                          "time": time.monotonic()})
+                    n = len(self.messages)
+                send("250 2.0.0 Ok: queued as FAKE%06d" % n)
+                sender = None
+                rcpts = []
+            elif word == b"RSET":
+                sender = None
+                rcpts = []
+                send("250 2.0.0 Ok")
+            elif word == b"NOOP":
+                send("250 2.0.0 Ok")
+            elif word == b"QUIT":
+                send("221 2.0.0 Bye")
+                return
+            else:
+                send("502 5.5.2 Error: command not recognized")
+
+    # -- views --
+    def bodies(self):
+        with self.lock:
+            return [m["body"] for m in self.messages]
+
+    def count(self):
+        with self.lock:
+            return len(self.messages)
+
+    def message_ids(self):
+        return [message_id(b) for b in self.bodies()]
+
+
+class Dnsmasq(_Peer):
+    """dnsmasq answering MX and A records on 127.0.0.1:port and nothing
+    else: no upstream, no /etc/hosts, no system config.  Names under
+    `local` domains that it does not know get NXDOMAIN."""
+
+    def __init__(self, mx=(), hosts=(), local=("test",), port=None, extra=()):
+        super().__init__("dnsmasq")
+        self.port = port or free_port_on("127.0.0.1")
+        self.mx = list(mx)          # (domain, host, preference)
+        self.hosts = list(hosts)    # (name, ip)
+        self.local = list(local)
+        self.extra = list(extra)
+
+    @property
+    def address(self):
+        return "127.0.0.1:%d" % self.port
+
+    def start(self):
+        cmd = [DNSMASQ, "--keep-in-foreground", "--conf-file=/dev/null", "--port=%d" % self.port,
+               "--listen-address=127.0.0.1", "--bind-interfaces", "--no-resolv", "--no-hosts",
+               "--no-negcache", "--log-facility=-", "--log-queries",
+               "--pid-file=" + os.path.join(self.dir, "pid")]
+        cmd += ["--local=/%s/" % d for d in self.local]
+        cmd += ["--mx-host=%s,%s,%d" % m for m in self.mx]
+        cmd += ["--host-record=%s,%s" % h for h in self.hosts]
+        cmd += self.extra
+        self._popen(cmd, "dnsmasq.log")
+        probe = self.hosts[0][0] if self.hosts else "probe.test"
+        if not wait_for(lambda: dns_query(self.port, probe, 1) is not None, PEER_START_TIMEOUT, 0.1):
+            raise RuntimeError("dnsmasq did not answer on port %d: %s" %
+                               (self.port, self.plog("dnsmasq.log")))
+        return self
+
+    def log(self):
+        return self.plog("dnsmasq.log")
+
+
+def dns_query(port, name, qtype, timeout=1.0):
+    """A bare DNS query to 127.0.0.1:port; returns (rcode, ancount) or None
+    when nothing answered.  qtype: 1 A, 15 MX, 28 AAAA."""
+    import random
+    import struct
+    qid = random.randrange(65536)
+    q = struct.pack(">HHHHHH", qid, 0x0100, 1, 0, 0, 0)
+    for label in name.rstrip(".").split("."):
+        q += bytes([len(label)]) + label.encode()
+    q += b"\0" + struct.pack(">HH", qtype, 1)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(timeout)
+        try:
+            s.sendto(q, ("127.0.0.1", port))
+            data, _ = s.recvfrom(4096)
+        except OSError:
+            return None
+    if len(data) < 12:
+        return None
+    rid, flags, _, an, _, _ = struct.unpack(">HHHHHH", data[:12])
+    if rid != qid:
+        return None
+    return flags & 0xF, an
+
+
+class Postfix(_Peer):
+    """A private Postfix instance (own config, queue and data dirs, as in
+    bench/postfix-backup-mx.sh) whose smtpd listens on 127.0.0.1:port and
+    accepts mail for `domains` from strangers.  Nothing leaves it:
+    defer_transports holds every message in its deferred queue, where
+    count() and message_ids() find it.  Needs root (master does)."""
+
+    QUEUES = ("maildrop", "incoming", "active", "deferred", "hold")
+
+    def __init__(self, port=None, domains=("example.org",)):
+        super().__init__("postfix")
+        self.port = port or free_port_on("127.0.0.1")
+        self.domains = list(domains)
+        self.etc = os.path.join(self.dir, "etc")
+        self.queue_dir = os.path.join(self.dir, "queue")
+        self.started = False
+
+    def start(self):
+        if not IS_ROOT:
+            raise RuntimeError("a private Postfix instance needs root")
+        data = os.path.join(self.dir, "data")
+        for d in (self.etc, self.queue_dir, data):
+            os.makedirs(d, exist_ok=True)
+        for d in (self.dir, self.etc, self.queue_dir):
+            os.chmod(d, 0o755)
+        shutil.chown(data, "postfix")
+        maillog = os.path.join(self.dir, "maillog")
+        open(maillog, "a").close()
+        shutil.chown(maillog, "postfix")
+        doms = " ".join(self.domains)
+        with open(os.path.join(self.etc, "main.cf"), "w") as f:
+            f.write("""# written by t/lib/mxtest.py: a primary that keeps what it gets
+compatibility_level = 3.6
+config_directory = {etc}
+queue_directory = {queue}
+data_directory = {data}
+myhostname = primary.example.org
+mydomain = example.org
+myorigin = $myhostname
+mydestination =
+local_recipient_maps =
+local_transport = error:local delivery is disabled
+alias_maps =
+alias_database =
+inet_interfaces = loopback-only
+inet_protocols = ipv4
+mynetworks = 192.0.2.0/24
+relay_domains = {doms}
+relay_recipient_maps = inline:{{ {maps} }}
+transport_maps = inline:{{ {tmaps} }}
+defer_transports = smtp
+smtp_dns_support_level = disabled
+smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination
+smtpd_recipient_restrictions =
+smtpd_banner = $myhostname ESMTP
+biff = no
+syslog_name = postfix-mxtest
+maillog_file = {maillog}
+maillog_file_prefixes = {dir}
+""".format(dir=self.dir, etc=self.etc, queue=self.queue_dir, data=data, doms=doms, maillog=maillog,
+                maps=", ".join("@%s=ok" % d for d in self.domains),
+                tmaps=", ".join("%s=smtp:[127.0.0.1]:9" % d for d in self.domains)))
+        with open(os.path.join(self.etc, "master.cf"), "w") as f:
+            f.write("""# written by t/lib/mxtest.py; no chroot
+127.0.0.1:{port} inet n - n - - smtpd
+pickup    unix  n       -       n       60      1       pickup
+cleanup   unix  n       -       n       -       0       cleanup
+qmgr      unix  n       -       n       300     1       qmgr
+tlsmgr    unix  -       -       n       1000?   1       tlsmgr
+rewrite   unix  -       -       n       -       -       trivial-rewrite
+bounce    unix  -       -       n       -       0       bounce
+defer     unix  -       -       n       -       0       bounce
+trace     unix  -       -       n       -       0       bounce
+verify    unix  -       -       n       -       1       verify
+flush     unix  n       -       n       1000?   0       flush
+proxymap  unix  -       -       n       -       -       proxymap
+proxywrite unix -       -       n       -       1       proxymap
+smtp      unix  -       -       n       -       -       smtp
+relay     unix  -       -       n       -       -       smtp
+showq     unix  n       -       n       -       -       showq
+error     unix  -       -       n       -       -       error
+retry     unix  -       -       n       -       -       error
+discard   unix  -       -       n       -       -       discard
+anvil     unix  -       -       n       -       1       anvil
+scache    unix  -       -       n       -       1       scache
+postlog   unix-dgram n  -       n       -       1       postlogd
+""".format(port=self.port))
+        run([POSTFIX, "-c", self.etc, "check"], timeout=60)
+        r = run([POSTFIX, "-c", self.etc, "start"], timeout=60)
+        if r.returncode != 0:
+            raise RuntimeError("postfix start: %s%s" % (r.stdout.decode("latin-1"),
+                                                         r.stderr.decode("latin-1")))
+        self.started = True
+        if not wait_for(lambda: port_open("127.0.0.1", self.port), PEER_START_TIMEOUT, 0.1):
+            raise RuntimeError("postfix smtpd did not listen on %d: %s" %
+                               (self.port, self.plog("maillog")))
+        return self
+
+    def stop(self):
+        if self.started:
+            run([POSTFIX, "-c", self.etc, "stop"], timeout=60)
+            # master waits for its children; give it a moment to let go of the port
+            wait_for(lambda: not port_open("127.0.0.1", self.port), 10, 0.1)
+            self.started = False
+
+    def queue_ids(self):
+        ids = []
+        for q in self.QUEUES:
+            d = os.path.join(self.queue_dir, q)
+            for root, _, files in os.walk(d):
+                for fn in files:
+                    ids.append((q, fn))
+        return ids
+
+    def count(self):
+        return len(self.queue_ids())
+
+    def message_ids(self):
+        """Message-IDs of every message in the instance's queue."""
+        out = []
+        for _, qid in self.queue_ids():
+            r = run([POSTCAT, "-c", self.etc, "-h", "-q", qid], timeout=30)
+            out.append(message_id(r.stdout))
+        return out
+
+    def log(self):
+        return self.plog("maillog")

@@ -16,6 +16,9 @@
 
 /* Longest input for which every 3-way split is also tried. */
 #define SPLIT3_MAX 96
+/* A line longer than the parser's high-bit scan block, 8-bit near its end. */
+#define LONG_8BIT_LEN 4100
+#define LONG_8BIT_AT 3001
 
 struct sink {
     char *buf;
@@ -422,6 +425,7 @@ static void test_size_and_errors(void)
 static void test_8bit(void)
 {
     struct result r;
+    char big[LONG_8BIT_LEN];
 
     check_splits("8bit", S("caf\xc3\xa9\r\n.\r\n"), &lim_norm, 0, &r);
     is_int(r.has_8bit, 1, "8bit: seen");
@@ -431,6 +435,19 @@ static void test_8bit(void)
     result_clear(&r);
     check_splits("8bit after end", S("cafe\r\n.\r\n\xff\xfe"), &lim_norm, 0, &r);
     is_int(r.has_8bit, 0, "8bit after the end is not content");
+    result_clear(&r);
+
+    /* Long enough for the word-at-a-time scan, 8-bit octet deep inside. */
+    memset(big, 'x', sizeof big);
+    memcpy(big + sizeof big - 5, "\r\n.\r\n", 5);
+    big[LONG_8BIT_AT] = (char)0xe9;
+    run_cuts(big, sizeof big, &lim_norm, 0, NULL, 0, 0, &r);
+    is_int(r.has_8bit, 1, "8bit deep in a long line");
+    is_int(r.out.len, sizeof big - 3, "long line passed on whole");
+    result_clear(&r);
+    big[LONG_8BIT_AT] = 'x';
+    run_cuts(big, sizeof big, &lim_norm, 0, NULL, 0, 0, &r);
+    is_int(r.has_8bit, 0, "long 7bit line");
     result_clear(&r);
 }
 

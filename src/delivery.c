@@ -1,0 +1,1348 @@
+/*
+ * delivery.c - the delivery scheduler (see delivery.h).
+ *
+ * Owns: one struct dest per destination with mail or config, its timers,
+ * its connections (struct conn wrapping a struct smtpc), its in-flight
+ * list, and the jobs (struct job) that carry a message from the spool to a
+ * connection and its outcome back into the spool.
+ *
+ * How a destination moves (dest_set_state logs every change):
+ *   unknown --probe ok--> up --connect/greeting/TLS failure--> down
+ *   down --probe timer (back-off probe_min..probe_max, jitter)--> probe
+ *   any --ETRN / flush--> unknown (probe now); held <--> config / control
+ * While down, messages are not tried one by one: one probe per interval,
+ * and the probe is the delivery of the oldest waiting message.
+ *
+ * Never: sends a message twice at once (the in-flight list holds a QID
+ * from next() until its outcome is committed); marks a recipient done
+ * before the primary's 2xx; bounces mail because the primary is down or
+ * DNS failed for a served domain (only a 5xx or the retention ends it);
+ * sends a notice to the null sender or about a notice.
+ *
+ * At-least-once: outcomes are committed after the primary answered; a
+ * crash in between sends that message again after restart.
+ */
+#include "delivery.h"
+#include "bounce.h"
+#include "dns.h"
+#include "log.h"
+#include "qid.h"
+#include "queue_db.h"
+#include "smtpc.h"
+#include "spool.h"
+#include "tls.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+#include <unistd.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/time.h>
+#include <event2/buffer.h>
+#include <event2/event.h>
+
+/* How long a resolved route is reused before asking DNS again. */
+#define DELIVERY_ROUTE_TTL 300
+/* Consecutive 4xx replies (to MAIL/RCPT/data) that count as "the primary
+ * is struggling" and halve the concurrency. */
+#define DELIVERY_4XX_RUN 5
+/* After the last connection of a pass ends with deferred messages, the
+ * next pass waits this many times probe_min. */
+#define DELIVERY_RETRY_FACTOR 2
+/* Jitter: +-1/JITTER_DIV of the back-off interval. */
+#define DELIVERY_JITTER_DIV 5
+/* A TLS failure under "may" makes the next connections go in clear for. */
+#define DELIVERY_TLS_CLEAR_SECONDS 3600
+/* Cap for returning the whole original in a RET=FULL bounce. */
+#define DELIVERY_BOUNCE_FULL_MAX (1024 * 1024)
+/* Most recipients of one message we hand to one connection. */
+#define DELIVERY_RCPT_MAX 1000
+/* Expiry work per timer tick, so a huge backlog expiring at once does not
+ * stall the loop. */
+#define DELIVERY_EXPIRE_BATCH 200
+
+struct delivery;
+struct dest;
+
+struct conn {
+    struct conn *next;
+    struct dest *d;
+    struct smtpc *c;
+    int probe;          /* the one connection of a probe */
+    int ready;          /* greeted */
+    int waiting;        /* SMTPC_NEXT_WAIT (rate limit) */
+    int sent_any;
+    char peer[300];
+};
+
+struct dest {
+    struct dest *next;
+    struct delivery *s;
+    char name[SMTP_DOMAIN_MAX + 1];
+    int served;                 /* a domain of ours (else a bounce destination) */
+    int state;                  /* enum qdest_state */
+    int held;
+    uint32_t backoff_step;
+    time_t next_probe;
+    char last_error[512];
+    struct event *timer;        /* probe / retry / rate timer */
+    /* Route. */
+    char host[SMTP_DOMAIN_MAX + 1];
+    int port, fixed;
+    enum tls_policy tls;
+    char fingerprint[80];
+    SSL_CTX *tls_ctx;           /* own context when tls_ca is set */
+    int resolving;
+    struct dns_route route;
+    time_t route_time;
+    size_t try_host, try_addr;  /* next address to connect to */
+    time_t tls_clear_until;
+    /* Work. */
+    struct conn *conns;
+    int nconns;
+    int conn_limit;
+    int run_4xx;
+    char cursor[QID_SIZE];      /* last QID handed out in this pass */
+    int pass_end;               /* the walk found nothing more */
+    int pass_deferred;          /* a message got a 4xx in this pass */
+    char (*inflight)[QID_SIZE];
+    size_t ninflight, capinflight;
+    double tokens;
+    struct timeval refill;
+};
+
+struct job {
+    struct delivery *s;
+    struct dest *d;
+    struct smtpc_msg msg;
+    struct qmsg m;
+    struct qrcpt *rcpt;         /* copies, updated with the outcome */
+    int *code;
+    char (*text)[512];
+    size_t nrcpt;
+    struct evbuffer *body;
+    char peer[300];
+    int peer_dsn;
+    /* Notices to queue before the outcome is committed. */
+    size_t nbounce;
+    struct spool_ticket *ticket;
+};
+
+struct delivery {
+    struct event_base *base;
+    struct spool *spool;
+    struct qdb *db;
+    struct dns *dns;
+    const struct conf *conf;
+    SSL_CTX *tls_ctx;
+    struct dest *dests;
+    struct event *expire_timer;
+    int stopping;
+    size_t nconns;
+    struct dns_self self;
+    struct sockaddr_storage self_addrs[16];
+    const char *self_names[32];
+};
+
+static void dest_kick(struct dest *d);
+static void dest_arm(struct dest *d, time_t when);
+static void delivery_expire_arm(struct delivery *s);
+
+/* ------------------------------------------------------------------ */
+/* Destinations                                                       */
+
+static const char *const dest_state_names[] = { "unknown", "up", "down", "held" };
+
+static struct dest *dest_find(struct delivery *s, const char *name)
+{
+    for (struct dest *d = s->dests; d; d = d->next)
+        if (strcasecmp(d->name, name) == 0)
+            return d;
+    return NULL;
+}
+
+static void dest_on_timer(evutil_socket_t fd, short what, void *arg);
+
+/* Route and policy from the config: a served domain's primary, or MX
+ * lookup with defaults for a bounce destination. */
+static void dest_apply_conf(struct dest *d)
+{
+    const struct conf *c = d->s->conf;
+    const struct conf_domain *cd = conf_domain_find(c, d->name);
+    SSL_CTX_free(d->tls_ctx);
+    d->tls_ctx = NULL;
+    d->served = cd != NULL;
+    d->fingerprint[0] = '\0';
+    if (cd) {
+        snprintf(d->host, sizeof d->host, "%s", cd->primary_host);
+        /* No primary given: MX lookup on the MX port, like a bounce. */
+        d->port = cd->primary ? cd->primary_port : (int)c->delivery.mx_port;
+        d->fixed = cd->primary_fixed;
+        d->tls = cd->tls;
+        d->held = cd->hold;
+        if (cd->tls_fingerprint)
+            snprintf(d->fingerprint, sizeof d->fingerprint, "%s", cd->tls_fingerprint);
+        if (cd->tls_ca) {
+            char err[256];
+            d->tls_ctx = tls_client_ctx_new(cd->tls_ca, err, sizeof err);
+            if (d->tls_ctx == NULL)
+                log_warn("destination %s: %s; using the system CA store", d->name, err);
+        }
+    } else {
+        snprintf(d->host, sizeof d->host, "%s", d->name);
+        d->port = c->delivery.mx_port;
+        d->fixed = 0;
+        d->tls = TLS_POLICY_MAY;
+        d->held = 0;
+    }
+    d->route_time = 0;      /* the route may have changed */
+    if (d->conn_limit <= 0 || d->conn_limit > c->delivery.max_connections)
+        d->conn_limit = (int)c->delivery.max_connections;
+}
+
+static struct dest *dest_get(struct delivery *s, const char *name)
+{
+    struct dest *d = dest_find(s, name);
+    if (d)
+        return d;
+    d = calloc(1, sizeof *d);
+    if (d == NULL)
+        return NULL;
+    d->s = s;
+    snprintf(d->name, sizeof d->name, "%s", name);
+    d->timer = evtimer_new(s->base, dest_on_timer, d);
+    if (d->timer == NULL) {
+        free(d);
+        return NULL;
+    }
+    d->state = QDEST_UNKNOWN;
+    dest_apply_conf(d);
+    gettimeofday(&d->refill, NULL);
+    d->tokens = 1;
+    d->next = s->dests;
+    s->dests = d;
+    return d;
+}
+
+static int dest_save_fn(struct qdb_txn *t, void *arg)
+{
+    return qdb_dest_put(t, (const struct qdest *)arg);
+}
+
+static void dest_save_done(void *arg, int err)
+{
+    if (err)
+        log_warn("destination state not saved: %s", strerror(err));
+    free(arg);
+}
+
+/* Persist state, back-off and last error (the counters are the spool's). */
+static void dest_save(struct dest *d)
+{
+    struct qdest *q = calloc(1, sizeof *q);
+    if (q == NULL)
+        return;
+    snprintf(q->domain, sizeof q->domain, "%s", d->name);
+    q->state = d->held ? QDEST_HELD : d->state;
+    q->state_since = time(NULL);
+    q->next_probe = d->next_probe;
+    q->backoff_step = d->backoff_step;
+    snprintf(q->last_error, sizeof q->last_error, "%s", d->last_error);
+    if (spool_write(d->s->spool, dest_save_fn, q, dest_save_done, q) == NULL)
+        free(q);
+}
+
+static void dest_set_state(struct dest *d, int state, const char *why)
+{
+    if (d->state != state)
+        log_info("destination %s: %s -> %s%s%s", d->name, dest_state_names[d->state],
+                 dest_state_names[state], why ? ": " : "", why ? why : "");
+    d->state = state;
+    if (state == QDEST_UP) {
+        d->backoff_step = 0;
+        d->next_probe = 0;
+        d->last_error[0] = '\0';
+    }
+    dest_save(d);
+}
+
+/* Down: one probe after the back-off interval, with jitter so thousands
+ * of destinations that failed together do not probe together. */
+static void dest_down(struct dest *d, const char *why)
+{
+    const struct conf_delivery *dl = &d->s->conf->delivery;
+    long iv = dl->probe_min;
+    for (uint32_t i = 0; i < d->backoff_step && iv < dl->probe_max; i++)
+        iv *= 2;
+    if (iv > dl->probe_max)
+        iv = dl->probe_max;
+    long jit = iv / DELIVERY_JITTER_DIV;
+    if (jit > 0)
+        iv += (long)(random() % (2 * jit + 1)) - jit;
+    if (iv < 1)
+        iv = 1;
+    d->backoff_step++;
+    d->next_probe = time(NULL) + iv;
+    snprintf(d->last_error, sizeof d->last_error, "%s", why);
+    if (d->state != QDEST_DOWN)
+        log_info("destination %s: %s -> down: %s; next probe in %lds", d->name,
+                 dest_state_names[d->state], why, iv);
+    else
+        log_info("destination %s: still down: %s; next probe in %lds", d->name, why, iv);
+    d->state = QDEST_DOWN;
+    d->pass_end = 0;
+    d->cursor[0] = '\0';
+    dest_save(d);
+    dest_arm(d, d->next_probe);
+}
+
+static void dest_arm(struct dest *d, time_t when)
+{
+    time_t now = time(NULL);
+    struct timeval tv = { when > now ? when - now : 0, 0 };
+    evtimer_add(d->timer, &tv);
+}
+
+static void dest_on_timer(evutil_socket_t fd, short what, void *arg)
+{
+    struct dest *d = arg;
+    /* A retry or probe: start the walk from the oldest message again. */
+    if (d->nconns == 0) {
+        d->cursor[0] = '\0';
+        d->pass_end = 0;
+        d->pass_deferred = 0;
+    }
+    for (struct conn *c = d->conns; c; c = c->next) {
+        if (c->waiting) {
+            c->waiting = 0;
+            smtpc_resume(c->c);
+        }
+    }
+    dest_kick(d);
+}
+
+static long dest_pending(struct dest *d)
+{
+    struct qdest q;
+    if (qdb_dest_get(d->s->db, d->name, &q) != 0)
+        return 0;
+    return (long)q.nmsg;
+}
+
+static int dest_inflight(const struct dest *d, const char *qid)
+{
+    for (size_t i = 0; i < d->ninflight; i++)
+        if (strcmp(d->inflight[i], qid) == 0)
+            return 1;
+    return 0;
+}
+
+static int dest_inflight_add(struct dest *d, const char *qid)
+{
+    if (d->ninflight == d->capinflight) {
+        size_t cap = d->capinflight ? d->capinflight * 2 : 8;
+        void *p = realloc(d->inflight, cap * sizeof *d->inflight);
+        if (p == NULL)
+            return -1;
+        d->inflight = p;
+        d->capinflight = cap;
+    }
+    snprintf(d->inflight[d->ninflight++], QID_SIZE, "%s", qid);
+    return 0;
+}
+
+static void dest_inflight_del(struct dest *d, const char *qid)
+{
+    for (size_t i = 0; i < d->ninflight; i++) {
+        if (strcmp(d->inflight[i], qid) == 0) {
+            memmove(d->inflight[i], d->inflight[d->ninflight - 1], QID_SIZE);
+            d->ninflight--;
+            return;
+        }
+    }
+}
+
+/* ------------------------------------------------------------------ */
+/* Jobs: one message on its way                                       */
+
+static void job_free(struct job *j)
+{
+    if (j == NULL)
+        return;
+    if (j->body)
+        evbuffer_free(j->body);
+    free(j->rcpt);
+    free(j->code);
+    free(j->text);
+    free(j);
+}
+
+struct pick {
+    struct dest *d;
+    char qid[QID_SIZE];
+    char last[QID_SIZE];
+};
+
+static int pick_fn(void *arg, const char *qid)
+{
+    struct pick *p = arg;
+    snprintf(p->last, sizeof p->last, "%s", qid);
+    if (dest_inflight(p->d, qid))
+        return 0;
+    snprintf(p->qid, sizeof p->qid, "%s", qid);
+    return 1;
+}
+
+/* Load the next message of d's walk into a new job, or NULL at the end. */
+static struct job *job_next(struct dest *d)
+{
+    struct delivery *s = d->s;
+    for (;;) {
+        struct pick p = { .d = d };
+        long n = qdb_dest_walk(s->db, d->name, d->cursor, 64, pick_fn, &p);
+        if (n <= 0 || p.qid[0] == '\0') {
+            if (n > 0 && p.last[0])
+                snprintf(d->cursor, sizeof d->cursor, "%s", p.last);
+            if (n > 0 && p.qid[0] == '\0' && n == 64)
+                continue;   /* a page of in-flight messages: look further */
+            return NULL;
+        }
+        snprintf(d->cursor, sizeof d->cursor, "%s", p.qid);
+
+        struct job *j = calloc(1, sizeof *j);
+        struct qrcpt *all = calloc(DELIVERY_RCPT_MAX, sizeof *all);
+        size_t nall = 0;
+        if (j == NULL || all == NULL) {
+            free(j);
+            free(all);
+            return NULL;
+        }
+        j->s = s;
+        j->d = d;
+        if (qdb_msg_get(s->db, p.qid, &j->m) != 0 ||
+            qdb_rcpt_list(s->db, p.qid, all, DELIVERY_RCPT_MAX, &nall) != 0) {
+            log_warn("%s: listed for %s but unreadable; skipped", p.qid, d->name);
+            free(all);
+            job_free(j);
+            continue;
+        }
+        /* Only this destination's pending recipients travel here. */
+        size_t k = 0;
+        for (size_t i = 0; i < nall; i++)
+            if (all[i].state == QRCPT_PENDING && strcasecmp(all[i].domain, d->name) == 0)
+                all[k++] = all[i];
+        if (k == 0) {
+            free(all);
+            job_free(j);
+            continue;
+        }
+        j->rcpt = all;
+        j->nrcpt = k;
+        j->code = calloc(k, sizeof *j->code);
+        j->text = calloc(k, sizeof *j->text);
+        j->body = evbuffer_new();
+        if (j->code == NULL || j->text == NULL || j->body == NULL) {
+            job_free(j);
+            return NULL;
+        }
+        if (spool_body_read(s->spool, &j->m, j->body) != 0) {
+            log_warn("%s: body unreadable (%s); skipped", p.qid, strerror(errno));
+            job_free(j);
+            continue;
+        }
+        if (dest_inflight_add(d, p.qid) != 0) {
+            job_free(j);
+            return NULL;
+        }
+        j->msg.m = &j->m;
+        j->msg.rcpt = j->rcpt;
+        j->msg.nrcpt = j->nrcpt;
+        j->msg.code = j->code;
+        j->msg.text = j->text;
+        j->msg.body = j->body;
+        j->msg.owner = j;
+        return j;
+    }
+}
+
+/* The enhanced status code in a reply text, or one made from the code. */
+static void job_dsn_code(int code, const char *text, char *out, size_t len)
+{
+    int a, b, c;
+    if (sscanf(text, "%*d %d.%d.%d", &a, &b, &c) == 3 && a >= 2 && a <= 5)
+        snprintf(out, len, "%d.%d.%d", a, b, c);
+    else
+        snprintf(out, len, "%d.0.0", code / 100);
+}
+
+struct job_update {
+    struct job *j;
+};
+
+static int job_commit_fn(struct qdb_txn *t, void *arg)
+{
+    struct job *j = arg;
+    for (size_t i = 0; i < j->nrcpt; i++) {
+        int r = qdb_rcpt_update(t, j->m.qid, &j->rcpt[i]);
+        if (r != 0)
+            return r;
+    }
+    return qdb_msg_settle(t, j->m.qid);
+}
+
+static void job_committed(void *arg, int err)
+{
+    struct job *j = arg;
+    struct dest *d = j->d;
+    if (err)
+        log_warn("%s: outcome not saved (%s): it will be sent again", j->m.qid, strerror(err));
+    else if (!(j->m.flags & QMSG_F_INLINE))
+        spool_body_unlink_if_gone(j->s->spool, j->m.qid);
+    dest_inflight_del(d, j->m.qid);
+    job_free(j);
+    if (d->nconns == 0)
+        dest_kick(d);
+}
+
+static void job_save(struct job *j)
+{
+    if (spool_write(j->s->spool, job_commit_fn, j, job_committed, j) == NULL) {
+        log_warn("%s: cannot save the outcome: it will be sent again", j->m.qid);
+        dest_inflight_del(j->d, j->m.qid);
+        job_free(j);
+    }
+}
+
+struct notice {
+    struct delivery *s;
+    char qid[QID_SIZE];
+    spool_done_fn done;
+    void *arg;
+};
+
+/* A notice is mail like any other: once durable, it is scheduled. */
+static void notice_committed(void *arg, int err)
+{
+    struct notice *nt = arg;
+    if (err == 0)
+        delivery_queued(nt->s, nt->qid);
+    if (nt->done)
+        nt->done(nt->arg, err);
+    free(nt);
+}
+
+/* A notice (failure, expiry, relayed) about some recipients of a message.
+ * Queued as a message of its own: null sender, to the original sender.
+ * Returns 0 when queued (done will run), 1 when no notice is due (done
+ * will not run), -1 on failure (done will not run). */
+static int delivery_notice(struct delivery *s, const struct qmsg *m, struct bounce_rcpt *br, size_t n,
+                        spool_done_fn done, void *arg)
+{
+    const struct conf *c = s->conf;
+    struct evbuffer *orig = evbuffer_new(), *out = evbuffer_new();
+    struct qmsg nm;
+    struct qrcpt nr;
+    struct bounce_info bi;
+    char qid[QID_SIZE];
+    const char *at = strrchr(m->sender, '@');
+    int rc = -1;
+
+    if (orig == NULL || out == NULL || at == NULL || at[1] == '\0')
+        goto out;
+    if (spool_body_read(s->spool, m, orig) != 0)
+        log_warn("%s: original unreadable for the notice; sending it without", m->qid);
+    qid_next(qid);
+    memset(&bi, 0, sizeof bi);
+    bi.hostname = c->hostname;
+    bi.new_qid = qid;
+    bi.m = m;
+    bi.rcpts = br;
+    bi.nrcpt = n;
+    bi.original = orig;
+    bi.full_max = DELIVERY_BOUNCE_FULL_MAX;
+    bi.now = time(NULL);
+    int built = bounce_build(out, &bi);
+    if (built == BOUNCE_NONE) {
+        rc = 1;
+        goto out;
+    }
+    if (built != 0)
+        goto out;
+
+    memset(&nm, 0, sizeof nm);
+    snprintf(nm.qid, sizeof nm.qid, "%s", qid);
+    nm.arrival = (int64_t)time(NULL);
+    /* The notice carries the original's header (or whole text): it needs
+     * what the original needed of the next hop. */
+    nm.flags = QMSG_F_DSN | (m->flags & (QMSG_F_8BIT | QMSG_F_SMTPUTF8));
+    nm.body = m->body;
+    nm.nrcpt = 1;
+    snprintf(nm.client_addr, sizeof nm.client_addr, "local");
+    snprintf(nm.client_name, sizeof nm.client_name, "localhost");
+    snprintf(nm.helo, sizeof nm.helo, "%s", c->hostname);
+    memset(&nr, 0, sizeof nr);
+    nr.state = QRCPT_PENDING;
+    nr.notify = SMTP_NOTIFY_NEVER;
+    nr.expiry = (int64_t)time(NULL) + c->delivery.bounce_retention;
+    snprintf(nr.addr, sizeof nr.addr, "%s", m->sender);
+    snprintf(nr.domain, sizeof nr.domain, "%s", at + 1);
+    for (char *p = nr.domain; *p; p++)
+        if (*p >= 'A' && *p <= 'Z')
+            *p = (char)(*p - 'A' + 'a');
+
+    struct spool_body *b = spool_body_new(s->spool, qid);
+    if (b == NULL)
+        goto out;
+    size_t len = evbuffer_get_length(out);
+    unsigned char *p = evbuffer_pullup(out, -1);
+    if (spool_body_write(b, p, len) != 0) {
+        spool_body_free(b);
+        goto out;
+    }
+    nm.size = len;
+    struct notice *nt = calloc(1, sizeof *nt);
+    if (nt == NULL) {
+        spool_body_free(b);
+        goto out;
+    }
+    nt->s = s;
+    snprintf(nt->qid, sizeof nt->qid, "%s", qid);
+    nt->done = done;
+    nt->arg = arg;
+    if (spool_commit(s->spool, b, &nm, &nr, 1, notice_committed, nt) == NULL) {
+        free(nt);
+        goto out;
+    }
+    log_info("%s: sender non-delivery notification: %s", m->qid, qid);
+    rc = 0;
+out:
+    if (orig)
+        evbuffer_free(orig);
+    if (out)
+        evbuffer_free(out);
+    return rc;
+}
+
+static void job_notice_done(void *arg, int err)
+{
+    struct job *j = arg;
+    if (err) {
+        /* The notice is not safe: keep the recipients pending, so the
+         * failure is reported on a later attempt rather than lost. */
+        log_warn("%s: notice not queued (%s); recipients stay queued", j->m.qid, strerror(err));
+        for (size_t i = 0; i < j->nrcpt; i++)
+            if (j->rcpt[i].state == QRCPT_BOUNCED)
+                j->rcpt[i].state = QRCPT_PENDING;
+    }
+    if (--j->nbounce == 0)
+        job_save(j);
+}
+
+static void job_relayed_done(void *arg, int err)
+{
+    if (err)
+        log_warn("relayed notice not queued: %s", strerror(err));
+}
+
+/* ------------------------------------------------------------------ */
+/* Connections                                                        */
+
+static void conn_unlink(struct conn *cn)
+{
+    struct dest *d = cn->d;
+    for (struct conn **pp = &d->conns; *pp; pp = &(*pp)->next) {
+        if (*pp == cn) {
+            *pp = cn->next;
+            break;
+        }
+    }
+    d->nconns--;
+    d->s->nconns--;
+}
+
+static void conn_on_ready(void *arg, struct smtpc *c)
+{
+    struct conn *cn = arg;
+    struct dest *d = cn->d;
+    cn->ready = 1;
+    snprintf(cn->peer, sizeof cn->peer, "%s", smtpc_peer(c));
+    if (d->state != QDEST_UP) {
+        char why[400];
+        snprintf(why, sizeof why, "%s answers", cn->peer);
+        dest_set_state(d, QDEST_UP, why);
+        dest_kick(d);           /* open the rest of the connections */
+    }
+}
+
+static int dest_rate_ok(struct dest *d)
+{
+    long rate = d->s->conf->delivery.max_rate;
+    struct timeval now;
+    if (rate <= 0)
+        return 1;
+    gettimeofday(&now, NULL);
+    double dt = (double)(now.tv_sec - d->refill.tv_sec) +
+                (double)(now.tv_usec - d->refill.tv_usec) / 1e6;
+    d->refill = now;
+    d->tokens += dt * (double)rate;
+    if (d->tokens > (double)rate)
+        d->tokens = (double)rate;
+    if (d->tokens >= 1.0) {
+        d->tokens -= 1.0;
+        return 1;
+    }
+    return 0;
+}
+
+static enum smtpc_next conn_on_next(void *arg, struct smtpc *c, struct smtpc_msg **msg)
+{
+    struct conn *cn = arg;
+    struct dest *d = cn->d;
+    const struct conf *conf = d->s->conf;
+
+    if (d->s->stopping || d->held || d->pass_end)
+        return SMTPC_NEXT_NONE;
+    if (cn->probe && cn->sent_any)
+        return SMTPC_NEXT_NONE;     /* a probe delivers one message */
+    if ((long)cn->sent_any >= conf->delivery.messages_per_connection)
+        return SMTPC_NEXT_NONE;
+    if (!dest_rate_ok(d)) {
+        struct timeval tv = { 0, 1000000 / (conf->delivery.max_rate > 0 ? conf->delivery.max_rate : 1) };
+        cn->waiting = 1;
+        evtimer_add(d->timer, &tv);
+        return SMTPC_NEXT_WAIT;
+    }
+    struct job *j = job_next(d);
+    if (j == NULL) {
+        d->pass_end = 1;
+        return SMTPC_NEXT_NONE;
+    }
+    snprintf(j->peer, sizeof j->peer, "%s", smtpc_peer(c));
+    j->peer_dsn = smtpc_has_dsn(c);
+    cn->sent_any++;
+    *msg = &j->msg;
+    return SMTPC_NEXT_MSG;
+}
+
+static void conn_on_done(void *arg, struct smtpc *c, struct smtpc_msg *msg)
+{
+    struct conn *cn = arg;
+    struct dest *d = cn->d;
+    struct job *j = msg->owner;
+    time_t now = time(NULL);
+    struct bounce_rcpt br[DELIVERY_RCPT_MAX];
+    size_t nb = 0, nrel = 0;
+    struct bounce_rcpt rel[DELIVERY_RCPT_MAX];
+    int any4 = 0;
+
+    for (size_t i = 0; i < j->nrcpt; i++) {
+        struct qrcpt *r = &j->rcpt[i];
+        int code = j->code[i];
+        char dsn[16];
+        const char *status;
+        job_dsn_code(code, j->text[i], dsn, sizeof dsn);
+        r->attempts++;
+        r->last_try = (int64_t)now;
+        snprintf(r->last_reply, sizeof r->last_reply, "%s", j->text[i]);
+        if (code >= 200 && code < 300) {
+            r->state = QRCPT_SENT;
+            status = "sent";
+            if ((r->notify & SMTP_NOTIFY_SUCCESS) && !j->peer_dsn &&
+                bounce_wanted(&j->m, r, BOUNCE_RELAYED)) {
+                rel[nrel].r = r;
+                rel[nrel].action = BOUNCE_RELAYED;
+                rel[nrel].status = "2.0.0";
+                rel[nrel].remote_mta = j->peer;
+                rel[nrel].diagnostic = NULL;
+                nrel++;
+            }
+        } else if (code >= 500) {
+            r->state = QRCPT_BOUNCED;
+            status = "bounced";
+        } else {
+            status = "deferred";
+            any4 = 1;
+        }
+        log_info("%s: to=<%s>, relay=%s, delay=%lld, dsn=%s, status=%s (%s)", j->m.qid, r->addr,
+                 j->peer, (long long)(now - j->m.arrival), dsn, status, j->text[i]);
+    }
+    /* Notices need stable strings: a second pass now that states are set. */
+    char diag[DELIVERY_RCPT_MAX > 64 ? 64 : DELIVERY_RCPT_MAX][600];
+    char dsns[64][16];
+    for (size_t i = 0; i < j->nrcpt && nb < 64; i++) {
+        struct qrcpt *r = &j->rcpt[i];
+        if (r->state != QRCPT_BOUNCED || !bounce_wanted(&j->m, r, BOUNCE_FAILED))
+            continue;
+        job_dsn_code(j->code[i], j->text[i], dsns[nb], sizeof dsns[nb]);
+        snprintf(diag[nb], sizeof diag[nb], "smtp; %s", j->text[i]);
+        br[nb].r = r;
+        br[nb].action = BOUNCE_FAILED;
+        br[nb].status = dsns[nb];
+        br[nb].remote_mta = j->peer;
+        br[nb].diagnostic = diag[nb];
+        nb++;
+    }
+    if (any4) {
+        d->pass_deferred = 1;
+        if (++d->run_4xx >= DELIVERY_4XX_RUN && d->conn_limit > 1) {
+            d->conn_limit /= 2;
+            d->run_4xx = 0;
+            log_info("destination %s: %d deferrals in a row: concurrency down to %d", d->name,
+                     DELIVERY_4XX_RUN, d->conn_limit);
+        }
+    } else {
+        d->run_4xx = 0;
+    }
+    j->nbounce = 1;     /* held until the notices are queued */
+    int nr = nb ? delivery_notice(d->s, &j->m, br, nb, job_notice_done, j) : 1;
+    if (nr == 0)
+        j->nbounce++;
+    else if (nr < 0) {
+        for (size_t i = 0; i < nb; i++)
+            ((struct qrcpt *)br[i].r)->state = QRCPT_PENDING;
+        log_warn("%s: notice could not be built; recipients stay queued", j->m.qid);
+    }
+    if (nrel && delivery_notice(d->s, &j->m, rel, nrel, job_relayed_done, NULL) < 0)
+        log_warn("%s: relayed notice could not be queued", j->m.qid);
+    job_notice_done(j, 0);
+}
+
+static void conn_on_closed(void *arg, struct smtpc *c, enum smtpc_end how, const char *why)
+{
+    struct conn *cn = arg;
+    struct dest *d = cn->d;
+    int was_ready = cn->ready;
+
+    conn_unlink(cn);
+    free(cn);
+    if (d->s->stopping)
+        return;
+    switch (how) {
+    case SMTPC_END_OK:
+        break;
+    case SMTPC_END_TLS_RETRY:
+        log_info("destination %s: TLS failed (%s); next connections in clear", d->name, why);
+        d->tls_clear_until = time(NULL) + DELIVERY_TLS_CLEAR_SECONDS;
+        break;
+    case SMTPC_END_421:
+        if (d->conn_limit > 1) {
+            d->conn_limit /= 2;
+            log_info("destination %s: %s; concurrency down to %d", d->name, why, d->conn_limit);
+        } else if (d->nconns == 0) {
+            dest_down(d, why);
+            return;
+        }
+        break;
+    case SMTPC_END_LOST:
+        if (d->conn_limit > 1)
+            d->conn_limit /= 2;
+        if (!was_ready && d->nconns == 0) {
+            dest_down(d, why);
+            return;
+        }
+        break;
+    case SMTPC_END_CONNECT:
+    case SMTPC_END_GREETING:
+    case SMTPC_END_TLS:
+        /* Another address of the route may answer; when every address
+         * failed and nothing else is open, the destination is down. */
+        d->try_addr++;
+        if (d->try_host < d->route.nhosts && d->try_addr >= d->route.hosts[d->try_host].naddr) {
+            d->try_host++;
+            d->try_addr = 0;
+        }
+        if (d->try_host >= d->route.nhosts) {
+            d->try_host = d->try_addr = 0;
+            if (d->nconns == 0) {
+                dest_down(d, why);
+                return;
+            }
+        }
+        break;
+    }
+    if (d->nconns == 0 && d->pass_end) {
+        /* The pass is over.  pass_end stays set until something new
+         * arrives (delivery_queued), ETRN, or the retry timer, which walks
+         * from the oldest message again: a 4xx'd message waits for that
+         * timer instead of being retried in a tight loop. */
+        if (d->pass_deferred) {
+            long wait = d->s->conf->delivery.probe_min * DELIVERY_RETRY_FACTOR;
+            d->pass_deferred = 0;
+            dest_arm(d, time(NULL) + wait);
+        }
+        d->conn_limit = (int)d->s->conf->delivery.max_connections;
+        return;
+    }
+    dest_kick(d);
+}
+
+static const struct smtpc_ops conn_ops = {
+    .ready = conn_on_ready,
+    .next = conn_on_next,
+    .done = conn_on_done,
+    .closed = conn_on_closed,
+};
+
+static int dest_connect(struct dest *d, int probe)
+{
+    const struct conf *c = d->s->conf;
+    struct smtpc_config cfg;
+    struct conn *cn;
+    struct dns_host *h;
+
+    if (d->route.nhosts == 0)
+        return -1;
+    if (d->try_host >= d->route.nhosts)
+        d->try_host = d->try_addr = 0;
+    h = &d->route.hosts[d->try_host];
+    if (d->try_addr >= h->naddr)
+        d->try_addr = 0;
+    cn = calloc(1, sizeof *cn);
+    if (cn == NULL)
+        return -1;
+    cn->d = d;
+    cn->probe = probe;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.helo = c->hostname;
+    cfg.peer_name = h->name;
+    cfg.addr = (const struct sockaddr *)&h->addr[d->try_addr];
+    cfg.addrlen = h->addrlen[d->try_addr];
+    cfg.tls = d->tls;
+    if (d->tls == TLS_POLICY_MAY && time(NULL) < d->tls_clear_until)
+        cfg.tls = TLS_POLICY_NONE;
+    cfg.tls_ctx = d->tls_ctx ? d->tls_ctx : d->s->tls_ctx;
+    cfg.tls_fingerprint = d->fingerprint[0] ? d->fingerprint : NULL;
+    cfg.connect_timeout = c->delivery.connect_timeout;
+    cfg.greeting_timeout = c->delivery.greeting_timeout;
+    cfg.command_timeout = c->delivery.command_timeout;
+    cfg.data_timeout = c->delivery.data_timeout;
+    cn->next = d->conns;
+    d->conns = cn;
+    d->nconns++;
+    d->s->nconns++;
+    cn->c = smtpc_new(d->s->base, &cfg, &conn_ops, cn);
+    if (cn->c == NULL) {
+        conn_unlink(cn);
+        free(cn);
+        return -1;
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* Driving a destination                                              */
+
+static void dest_on_route(void *arg, const struct dns_route *r)
+{
+    struct dest *d = arg;
+    d->resolving = 0;
+    if (d->s->stopping)
+        return;
+    if (r->status != DNS_OK) {
+        char why[400];
+        snprintf(why, sizeof why, "%s%s", r->status == DNS_LOOP ? "4.4.6 " : "", r->why);
+        if (r->status == DNS_PERM && !d->served) {
+            /* A bounce to a domain that cannot receive mail: nothing more
+             * can be done for it; retention ends it without a notice. */
+            log_warn("destination %s: %s; notices wait for their retention", d->name, r->why);
+        }
+        dest_down(d, why);
+        return;
+    }
+    d->route = *r;
+    d->route_time = time(NULL);
+    d->try_host = d->try_addr = 0;
+    dest_kick(d);
+}
+
+/* Decide what d should do now: resolve, probe, open connections, wait. */
+static void dest_kick(struct dest *d)
+{
+    struct delivery *s = d->s;
+    time_t now = time(NULL);
+
+    if (s->stopping || d->held || d->resolving)
+        return;
+    if (d->state == QDEST_DOWN && now < d->next_probe) {
+        dest_arm(d, d->next_probe);
+        return;
+    }
+    if (d->nconns == 0 && dest_pending(d) == 0)
+        return;
+    if (d->route.nhosts == 0 || now - d->route_time > DELIVERY_ROUTE_TTL) {
+        if (d->nconns == 0) {
+            d->resolving = 1;
+            if (dns_route(s->dns, d->host, d->port, d->fixed, &s->self, dest_on_route, d) != 0) {
+                d->resolving = 0;
+                dest_down(d, "4.3.0 out of memory resolving");
+            }
+            return;
+        }
+    }
+    if (d->state != QDEST_UP) {
+        /* Unknown or down and due: one probe, which delivers the oldest. */
+        if (d->nconns == 0) {
+            d->pass_end = 0;
+            d->cursor[0] = '\0';
+            if (dest_connect(d, 1) != 0)
+                dest_down(d, "4.3.0 cannot start a connection");
+        }
+        return;
+    }
+    if (d->pass_end)
+        return;
+    while (d->nconns < d->conn_limit) {
+        long pending = dest_pending(d) - (long)d->ninflight;
+        if (pending <= d->nconns - 1 + 0 && d->nconns > 0)
+            break;
+        if (pending <= 0 && d->nconns == 0)
+            break;
+        if (dest_connect(d, 0) != 0)
+            break;
+    }
+}
+
+/* ------------------------------------------------------------------ */
+/* Expiry                                                             */
+
+struct expire_job {
+    struct delivery *s;
+    struct qmsg m;
+    struct qrcpt *rcpt;
+    size_t nrcpt;
+    int64_t due;
+    int64_t next_due;
+    int nbounce;
+};
+
+static int expire_commit_fn(struct qdb_txn *t, void *arg)
+{
+    struct expire_job *e = arg;
+    int r = qdb_due_del(t, e->due, e->m.qid);
+    if (r != 0 && r != QDB_NOTFOUND)
+        return r;
+    for (size_t i = 0; i < e->nrcpt; i++)
+        if ((r = qdb_rcpt_update(t, e->m.qid, &e->rcpt[i])) != 0)
+            return r;
+    if (e->next_due && (r = qdb_due_put(t, e->next_due, e->m.qid)) != 0)
+        return r;
+    return qdb_msg_settle(t, e->m.qid);
+}
+
+static void expire_committed(void *arg, int err)
+{
+    struct expire_job *e = arg;
+    struct delivery *s = e->s;
+    if (err)
+        log_warn("%s: expiry not saved: %s", e->m.qid, strerror(err));
+    else if (!(e->m.flags & QMSG_F_INLINE))
+        spool_body_unlink_if_gone(s->spool, e->m.qid);
+    free(e->rcpt);
+    free(e);
+    delivery_expire_arm(s);
+}
+
+static void expire_notice_done(void *arg, int err)
+{
+    struct expire_job *e = arg;
+    if (err) {
+        /* Without its notice an expiry would be a silent loss: keep the
+         * recipients and try again a little later. */
+        log_warn("%s: expiry notice not queued (%s); trying again later", e->m.qid,
+                 strerror(err));
+        for (size_t i = 0; i < e->nrcpt; i++)
+            if (e->rcpt[i].state == QRCPT_EXPIRED)
+                e->rcpt[i].state = QRCPT_PENDING;
+        e->next_due = (int64_t)time(NULL) + e->s->conf->delivery.probe_min;
+    }
+    if (--e->nbounce == 0 &&
+        spool_write(e->s->spool, expire_commit_fn, e, expire_committed, e) == NULL) {
+        free(e->rcpt);
+        free(e);
+    }
+}
+
+/* Expire what is due: recipients past their retention fail with 4.4.7. */
+static void delivery_on_expire(evutil_socket_t fd, short what, void *arg)
+{
+    struct delivery *s = arg;
+    int64_t when;
+    char qid[QID_SIZE];
+    time_t now = time(NULL);
+
+    if (s->stopping)
+        return;
+    if (qdb_due_first(s->db, &when, qid) != 0 || when > (int64_t)now) {
+        delivery_expire_arm(s);
+        return;
+    }
+    struct expire_job *e = calloc(1, sizeof *e);
+    if (e == NULL || (e->rcpt = calloc(DELIVERY_RCPT_MAX, sizeof *e->rcpt)) == NULL) {
+        free(e);
+        delivery_expire_arm(s);
+        return;
+    }
+    e->s = s;
+    e->due = when;
+    snprintf(e->m.qid, sizeof e->m.qid, "%s", qid);
+    if (qdb_msg_get(s->db, qid, &e->m) != 0 ||
+        qdb_rcpt_list(s->db, qid, e->rcpt, DELIVERY_RCPT_MAX, &e->nrcpt) != 0) {
+        /* A due entry for a message that is gone: just drop the entry. */
+        e->nrcpt = 0;
+        e->nbounce = 1;
+        expire_notice_done(e, 0);
+        return;
+    }
+    struct bounce_rcpt br[64];
+    char diag[64][600];
+    size_t nb = 0;
+    for (size_t i = 0; i < e->nrcpt; i++) {
+        struct qrcpt *r = &e->rcpt[i];
+        if (r->state != QRCPT_PENDING)
+            continue;
+        if (r->expiry > (int64_t)now) {
+            if (e->next_due == 0 || r->expiry < e->next_due)
+                e->next_due = r->expiry;
+            continue;
+        }
+        struct dest *d = dest_find(s, r->domain);
+        if (d && dest_inflight(d, qid)) {
+            /* Being delivered right now: look again shortly. */
+            e->next_due = (int64_t)now + 1;
+            continue;
+        }
+        r->state = QRCPT_EXPIRED;
+        log_info("%s: to=<%s>, relay=none, delay=%lld, dsn=4.4.7, status=expired (%s)", qid,
+                 r->addr, (long long)(now - e->m.arrival),
+                 r->last_reply[0] ? r->last_reply : "retention period ran out");
+        if (nb < 64 && bounce_wanted(&e->m, r, BOUNCE_FAILED)) {
+            snprintf(diag[nb], sizeof diag[nb], "X-mxkeep; message kept too long: %s",
+                     r->last_reply[0] ? r->last_reply : "primary unreachable");
+            br[nb].r = r;
+            br[nb].action = BOUNCE_FAILED;
+            br[nb].status = "4.4.7";
+            br[nb].remote_mta = NULL;
+            br[nb].diagnostic = diag[nb];
+            nb++;
+        }
+    }
+    e->nbounce = 1;
+    int nr = nb ? delivery_notice(s, &e->m, br, nb, expire_notice_done, e) : 1;
+    if (nr == 0)
+        e->nbounce++;
+    expire_notice_done(e, nr < 0 ? EIO : 0);
+}
+
+static void delivery_expire_arm(struct delivery *s)
+{
+    int64_t when;
+    char qid[QID_SIZE];
+    struct timeval tv = { 0, 0 };
+    time_t now = time(NULL);
+    if (s->stopping)
+        return;
+    if (qdb_due_first(s->db, &when, qid) != 0)
+        tv.tv_sec = 3600;       /* nothing due: look again now and then */
+    else if (when > (int64_t)now)
+        tv.tv_sec = (time_t)(when - (int64_t)now);
+    evtimer_add(s->expire_timer, &tv);
+}
+
+/* ------------------------------------------------------------------ */
+/* Public                                                             */
+
+struct delivery *delivery_new(struct event_base *base, struct spool *sp, struct dns *dns, char *err,
+                        size_t errlen)
+{
+    struct delivery *s = calloc(1, sizeof *s);
+    if (s == NULL) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    s->base = base;
+    s->spool = sp;
+    s->db = spool_db(sp);
+    s->dns = dns;
+    s->tls_ctx = tls_client_ctx_new(NULL, err, errlen);
+    s->expire_timer = evtimer_new(base, delivery_on_expire, s);
+    if (s->tls_ctx == NULL || s->expire_timer == NULL) {
+        delivery_free(s);
+        return NULL;
+    }
+    srandom((unsigned)time(NULL) ^ (unsigned)getpid());
+    return s;
+}
+
+int delivery_configure(struct delivery *s, const struct conf *c, char *err, size_t errlen)
+{
+    s->conf = c;
+    /* Who we are, for MX self-detection. */
+    size_t nn = 0;
+    s->self_names[nn++] = c->hostname;
+    for (size_t i = 0; i < c->naliases && nn < sizeof s->self_names / sizeof s->self_names[0]; i++)
+        s->self_names[nn++] = c->aliases[i];
+    s->self.names = s->self_names;
+    s->self.nnames = nn;
+    size_t na = 0;
+    for (size_t i = 0; i < c->nlisten && na < sizeof s->self_addrs / sizeof s->self_addrs[0]; i++) {
+        struct sockaddr_storage *ss = &s->self_addrs[na];
+        memset(ss, 0, sizeof *ss);
+        if (inet_pton(AF_INET, c->listen[i].address, &((struct sockaddr_in *)ss)->sin_addr) == 1) {
+            ss->ss_family = AF_INET;
+            na++;
+        } else if (inet_pton(AF_INET6, c->listen[i].address,
+                             &((struct sockaddr_in6 *)ss)->sin6_addr) == 1) {
+            ss->ss_family = AF_INET6;
+            na++;
+        }
+    }
+    s->self.addrs = s->self_addrs;
+    s->self.naddrs = na;
+    for (size_t i = 0; i < c->ndomains; i++)
+        dest_get(s, c->domains[i].name);
+    for (struct dest *d = s->dests; d; d = d->next) {
+        int was_held = d->held;
+        dest_apply_conf(d);
+        if (was_held != d->held) {
+            log_info("destination %s: %s", d->name, d->held ? "held" : "released");
+            dest_save(d);
+            if (!d->held)
+                dest_kick(d);
+        }
+    }
+    return 0;
+}
+
+static int delivery_load_fn(void *arg, const struct qdest *q)
+{
+    struct delivery *s = arg;
+    if (q->nmsg == 0 && conf_domain_find(s->conf, q->domain) == NULL)
+        return 0;
+    struct dest *d = dest_get(s, q->domain);
+    if (d == NULL)
+        return 0;
+    d->backoff_step = q->backoff_step;
+    snprintf(d->last_error, sizeof d->last_error, "%s", q->last_error);
+    if (q->state == QDEST_DOWN && q->next_probe > 0) {
+        d->state = QDEST_DOWN;
+        d->next_probe = (time_t)q->next_probe;
+    } else {
+        d->state = QDEST_UNKNOWN;
+    }
+    return 0;
+}
+
+void delivery_start(struct delivery *s)
+{
+    qdb_dest_each(s->db, delivery_load_fn, s);
+    for (struct dest *d = s->dests; d; d = d->next)
+        dest_kick(d);
+    delivery_expire_arm(s);
+}
+
+long delivery_flush(struct delivery *s, const char *domain)
+{
+    struct dest *d = dest_get(s, domain);
+    if (d == NULL)
+        return 0;
+    if (d->held)
+        return -1;
+    long n = dest_pending(d);
+    if (d->state != QDEST_UP) {
+        d->state = QDEST_UNKNOWN;
+        d->next_probe = 0;
+        d->backoff_step = 0;
+        evtimer_del(d->timer);
+    }
+    if (d->nconns == 0) {
+        d->cursor[0] = '\0';
+        d->pass_end = 0;
+        d->pass_deferred = 0;
+    }
+    d->route_time = 0;          /* ask DNS again: the primary may have moved */
+    if (d->nconns == 0)
+        d->route.nhosts = 0;
+    dest_kick(d);
+    return n;
+}
+
+void delivery_etrn(void *arg, const char *node, const struct conf_domain **doms, size_t n,
+                char *buf, size_t len)
+{
+    struct delivery *s = arg;
+    long total = 0;
+    for (size_t i = 0; i < n; i++) {
+        long k = delivery_flush(s, doms[i]->name);
+        if (k > 0)
+            total += k;
+    }
+    if (total > 0)
+        snprintf(buf, len, "253 2.0.0 OK, %ld pending message%s for node %s started", total,
+                 total == 1 ? "" : "s", node);
+    else
+        snprintf(buf, len, "251 2.0.0 OK, no messages waiting for node %s", node);
+}
+
+void delivery_queued(void *arg, const char *qid)
+{
+    struct delivery *s = arg;
+    struct qrcpt *r = calloc(DELIVERY_RCPT_MAX, sizeof *r);
+    size_t n = 0;
+    if (r == NULL)
+        return;
+    if (qdb_rcpt_list(s->db, qid, r, DELIVERY_RCPT_MAX, &n) == 0) {
+        for (size_t i = 0; i < n; i++) {
+            if (i > 0 && strcasecmp(r[i].domain, r[i - 1].domain) == 0)
+                continue;
+            struct dest *d = dest_get(s, r[i].domain);
+            if (d == NULL)
+                continue;
+            /* New mail goes out at once to an up destination; an unknown
+             * one is probed now; a down one waits for its probe. */
+            /* New QIDs sort after the cursor: the walk goes on from
+             * where it stopped, without revisiting deferred mail. */
+            d->pass_end = 0;
+            if (d->state != QDEST_DOWN)
+                dest_kick(d);
+        }
+    }
+    free(r);
+    delivery_expire_arm(s);
+}
+
+void delivery_stop(struct delivery *s)
+{
+    s->stopping = 1;
+    for (struct dest *d = s->dests; d; d = d->next) {
+        evtimer_del(d->timer);
+        for (struct conn *c = d->conns; c; c = c->next)
+            smtpc_abort(c->c);
+    }
+    if (s->expire_timer)
+        evtimer_del(s->expire_timer);
+}
+
+size_t delivery_active_connections(const struct delivery *s) { return s->nconns; }
+
+void delivery_free(struct delivery *s)
+{
+    if (s == NULL)
+        return;
+    while (s->dests) {
+        struct dest *d = s->dests;
+        s->dests = d->next;
+        if (d->timer)
+            event_free(d->timer);
+        SSL_CTX_free(d->tls_ctx);
+        free(d->inflight);
+        free(d);
+    }
+    if (s->expire_timer)
+        event_free(s->expire_timer);
+    SSL_CTX_free(s->tls_ctx);
+    free(s);
+}

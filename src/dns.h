@@ -1,0 +1,78 @@
+/*
+ * dns.h - asynchronous next-hop resolution with c-ares inside the libevent
+ * loop: MX lookup (RFC 5321 5.1) with self-detection, then A and AAAA.
+ *
+ * For a destination domain, dns_route() produces the ordered list of hosts
+ * to try, each with its addresses:
+ *   - fixed ("[host]:port"): host is an IP literal (no DNS) or a name
+ *     resolved with A/AAAA only; no MX lookup.
+ *   - otherwise: MX lookup of the domain; sort by preference and shuffle
+ *     equal preferences; find our own preference: the lowest preference of
+ *     any MX whose name is ours (hostname or alias, case-insensitive, no
+ *     trailing dot) or that resolves to an address we listen on; drop
+ *     every MX at or above it.  No MX records at all (NODATA): the domain
+ *     itself as the only host (RFC 5321 5.1 implicit MX).
+ * Outcomes (struct dns_route.status):
+ *   DNS_OK      hosts[] holds at least one host with at least one address
+ *   DNS_TEMP    SERVFAIL, timeout, refused, or no MX host resolved: retry
+ *   DNS_PERM    NXDOMAIN, or null MX (RFC 7505: one MX "." pref 0)
+ *   DNS_LOOP    every usable MX is us or worse: "mail for D loops back to
+ *               myself" (4.4.6); the mail stays, never bounced early
+ * why holds a one-line reason for logs and last_error.
+ *
+ * Ownership: dns_new() -> dns_free() (accepts NULL); dns_free() cancels
+ * pending lookups WITHOUT calling their callbacks.  The route passed to a
+ * callback is valid only during the call.  Callbacks always run from the
+ * event loop, never from inside dns_route().
+ */
+#ifndef MXKEEP_DNS_H
+#define MXKEEP_DNS_H
+
+#include <stddef.h>
+#include <sys/socket.h>
+
+struct event_base;
+struct dns;
+
+#define DNS_MAX_HOSTS 10
+#define DNS_MAX_ADDRS 8
+
+enum dns_status { DNS_OK = 0, DNS_TEMP, DNS_PERM, DNS_LOOP };
+
+struct dns_host {
+    char name[256];
+    int pref;                       /* MX preference; 0 for fixed/implicit */
+    size_t naddr;
+    struct sockaddr_storage addr[DNS_MAX_ADDRS];   /* port already set */
+    socklen_t addrlen[DNS_MAX_ADDRS];
+};
+
+struct dns_route {
+    enum dns_status status;
+    char why[256];
+    size_t nhosts;
+    struct dns_host hosts[DNS_MAX_HOSTS];
+};
+
+/* Who we are, for MX self-detection. */
+struct dns_self {
+    const char *const *names;       /* hostname and aliases */
+    size_t nnames;
+    const struct sockaddr_storage *addrs;   /* addresses we listen on (port ignored) */
+    size_t naddrs;
+};
+
+typedef void (*dns_route_fn)(void *arg, const struct dns_route *r);
+
+/* resolver: NULL for the system's (/etc/resolv.conf), or "ip", "ip:port",
+ * "[ipv6]:port".  NULL with a reason in err on failure. */
+struct dns *dns_new(struct event_base *base, const char *resolver, char *err, size_t errlen);
+void dns_free(struct dns *d);
+
+/* Resolve the next hops of domain.  host/port/fixed come from
+ * conf_parse_primary (or host = domain, port = 25, fixed = 0).  self is
+ * copied.  Returns 0, or -1 (out of memory: fn is not called). */
+int dns_route(struct dns *d, const char *host, int port, int fixed, const struct dns_self *self,
+              dns_route_fn fn, void *arg);
+
+#endif

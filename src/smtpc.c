@@ -1,0 +1,1211 @@
+/*
+ * smtpc.c - one outbound SMTP connection (see smtpc.h): a single explicit
+ * state machine driven by libevent bufferevents.
+ *
+ * Owns: its socket / bufferevent (plain, then TLS on the same descriptor
+ * after STARTTLS), one timer, two deferred events, copies of the config
+ * strings.  It borrows the scheduler's struct smtpc_msg from next() until
+ * done() and moves body octets out of msg->body into the socket (no copy of
+ * whole bodies; dot-stuffing works chunk by chunk as the socket drains).
+ *
+ * Never: calls ops->closed() synchronously from smtpc_new() / smtpc_abort();
+ * touches the struct after closed() returns (it frees itself right after);
+ * reads past the STARTTLS 220 in clear (anything buffered after it is a
+ * command-injection attempt, CVE-2011-0411 class: the session is dropped);
+ * follows a peer reply line longer than REPLY_LINE_MAX.
+ *
+ * Security: TLS policy "verify" accepts a peer only by pin (sha256 of the
+ * certificate DER) or by chain + host name (SSL_set1_host); "encrypt" and
+ * "may" do not authenticate the peer.  Peer text is copied bounded and only
+ * ever logged / stored, never interpreted beyond the reply code and EHLO
+ * keywords.
+ */
+#include "smtpc.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
+#include <event2/event.h>
+#include <event2/util.h>
+#include <openssl/err.h>
+#include <openssl/x509v3.h>
+
+#include "log.h"
+#include "smtp_parse.h"
+#include "tls.h"
+
+#define REPLY_LINE_MAX   4096          /* longest reply line we accept */
+#define REPLY_TEXT_MAX   512           /* stored reply text (smtpc_msg.text) */
+#define PEER_MAX         320
+#define WHY_MAX          768
+#define FP_MAX           80            /* "sha256:" + 64 hex + NUL, with room */
+#define PUMP_CHUNK       (64 * 1024)   /* body octets stuffed per pump */
+#define PUMP_LOWAT       (PUMP_CHUNK / 2)  /* refill when output drains below */
+#define QUIT_TIMEOUT_MAX 10L           /* seconds we wait for 221 at most */
+#define XTEXT_BUF        (SMTP_ORCPT_MAX * 3 + 64)
+
+#define EXT_PIPELINING  0x01u
+#define EXT_SIZE        0x02u
+#define EXT_8BITMIME    0x04u
+#define EXT_SMTPUTF8    0x08u
+#define EXT_DSN         0x10u
+#define EXT_CHUNKING    0x20u
+#define EXT_STARTTLS    0x40u
+
+enum state {
+    S_CONNECT = 0,      /* TCP connect in progress */
+    S_GREETING,         /* waiting for 220 */
+    S_EHLO,
+    S_HELO,
+    S_STARTTLS,         /* waiting for 220 to STARTTLS */
+    S_HANDSHAKE,        /* TLS handshake on the same socket */
+    S_NEXT,             /* inside ops->ready / ops->next */
+    S_IDLE,             /* SMTPC_NEXT_WAIT: until smtpc_resume() */
+    S_RSET,
+    S_MAIL,
+    S_RCPT,
+    S_DATA,             /* waiting for 354 */
+    S_BODY,             /* streaming the dot-stuffed body */
+    S_DOT,              /* waiting for the end-of-data reply */
+    S_BDAT,             /* waiting for the BDAT LAST reply */
+    S_DOT_DISCARD,      /* 354 with no recipient accepted: sent "." alone */
+    S_QUIT,
+    S_DEAD              /* closed() is scheduled */
+};
+
+static const char *const state_name[] = {
+    "connect", "greeting", "ehlo", "helo", "starttls", "handshake", "next",
+    "idle", "rset", "mail", "rcpt", "data", "body", "dot", "bdat",
+    "dot-discard", "quit", "dead"
+};
+
+/* "... while <what>" in lost-connection texts, Postfix's wording. */
+static const char *const state_while[] = {
+    "connecting", "receiving the initial server greeting",
+    "performing the EHLO handshake", "performing the HELO handshake",
+    "sending STARTTLS", "performing the TLS handshake", "idle", "idle",
+    "sending RSET", "sending MAIL FROM", "sending RCPT TO",
+    "sending DATA command", "sending message body",
+    "sending end of data -- message may be sent more than once",
+    "sending end of data -- message may be sent more than once",
+    "sending end of data", "sending QUIT", "closing"
+};
+
+struct smtpc {
+    struct event_base *base;
+    struct bufferevent *bev;
+    struct event *ev_timer;             /* the one time-out of the state */
+    struct event *ev_finish;            /* closed() from the loop */
+    struct event *ev_resume;            /* next() from the loop */
+    const struct smtpc_ops *ops;
+    void *arg;
+    enum state st;
+
+    char *helo, *peer_name;
+    struct sockaddr_storage addr;
+    socklen_t addrlen;
+    enum tls_policy tls;
+    SSL_CTX *tls_ctx;
+    char fingerprint[FP_MAX];
+    long t_connect, t_greeting, t_command, t_data;
+    char peer[PEER_MAX];
+
+    unsigned ext;                       /* EXT_* of the current EHLO */
+    uint64_t size_max;                  /* 0: no limit announced */
+    int is_tls;
+
+    /* reply being read */
+    int rcode;
+    int multiline;
+    int rlines;
+    size_t rtext_len;
+    char rtext[REPLY_TEXT_MAX];
+    char line[REPLY_LINE_MAX + 1];
+
+    /* transaction */
+    struct smtpc_msg *msg;
+    size_t ri;                          /* next RCPT reply expected */
+    size_t naccepted;
+    int mail_failed;
+    int need_rset;                      /* a transaction failed midway */
+    int pipelined;                      /* this transaction's commands went together */
+    int at_bol;                         /* body pump: next octet starts a line */
+    int need_crlf;                      /* body does not end in CRLF */
+    int abort_pending;                  /* smtpc_abort() inside a callback */
+    int resume_pending;                 /* smtpc_resume() inside next() */
+
+    /* the end */
+    enum smtpc_end end_how;
+    int fail_code;                      /* for undecided recipients */
+    char fail_text[REPLY_TEXT_MAX];
+    char end_why[WHY_MAX];
+};
+
+static void on_read(struct bufferevent *bev, void *arg);
+static void on_write(struct bufferevent *bev, void *arg);
+static void on_event(struct bufferevent *bev, short what, void *arg);
+static void pull_next(struct smtpc *c);
+
+/* ---- small helpers ------------------------------------------------------ */
+
+static void set_state(struct smtpc *c, enum state st)
+{
+    if (c->st != st)
+        log_debug("smtpc %s: %s -> %s", c->peer, state_name[c->st], state_name[st]);
+    c->st = st;
+}
+
+static void arm(struct smtpc *c, long secs)
+{
+    struct timeval tv = { secs > 0 ? secs : 1, 0 };
+    event_add(c->ev_timer, &tv);
+}
+
+static struct evbuffer *out(struct smtpc *c)
+{
+    return bufferevent_get_output(c->bev);
+}
+
+static int is_ip_literal(const char *s)
+{
+    unsigned char b[sizeof(struct in6_addr)];
+    return s[0] == '[' || inet_pton(AF_INET, s, b) == 1 || inet_pton(AF_INET6, s, b) == 1;
+}
+
+static void set_text(char *dst, const char *src)
+{
+    snprintf(dst, REPLY_TEXT_MAX, "%s", src);
+}
+
+/*
+ * End the session: remember how, stop all I/O now, and let the loop run
+ * done() for a message in flight and then closed().  Idempotent: the first
+ * reason wins.  The bufferevent stays allocated (callbacks cleared) until
+ * the finish event, so a caller up the stack may still hold its pointer.
+ */
+static void __attribute__((format(printf, 5, 6)))
+finish(struct smtpc *c, enum smtpc_end how, int code, const char *text, const char *fmt, ...)
+{
+    va_list ap;
+
+    if (c->st == S_DEAD)
+        return;
+    c->end_how = how;
+    c->fail_code = code;
+    set_text(c->fail_text, text ? text : "");
+    va_start(ap, fmt);
+    vsnprintf(c->end_why, sizeof c->end_why, fmt, ap);
+    va_end(ap);
+    set_state(c, S_DEAD);
+    event_del(c->ev_timer);
+    event_del(c->ev_resume);
+    if (c->bev) {
+        bufferevent_setcb(c->bev, NULL, NULL, NULL, NULL);
+        bufferevent_disable(c->bev, EV_READ | EV_WRITE);
+    }
+    event_active(c->ev_finish, EV_TIMEOUT, 0);
+}
+
+/* Connection lost / timed out / garbled mid-session. */
+static void lost(struct smtpc *c, const char *what)
+{
+    char text[REPLY_TEXT_MAX];
+    enum smtpc_end how = SMTPC_END_LOST;
+
+    snprintf(text, sizeof text, "451 4.4.2 %s with %s while %s", what, c->peer,
+             state_while[c->st]);
+    if (c->st == S_CONNECT)
+        how = SMTPC_END_CONNECT;
+    else if (c->st == S_GREETING)
+        how = SMTPC_END_GREETING;
+    else if (c->st == S_QUIT)
+        how = SMTPC_END_OK;
+    finish(c, how, 451, text, "%s", text + 10);
+}
+
+static void __attribute__((format(printf, 2, 3))) protocol_error(struct smtpc *c, const char *fmt, ...)
+{
+    char why[WHY_MAX], what[WHY_MAX + 32];
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(why, sizeof why, fmt, ap);
+    va_end(ap);
+    log_warn("smtpc %s: protocol error: %s", c->peer, why);
+    snprintf(what, sizeof what, "protocol error (%s)", why);
+    lost(c, what);
+}
+
+static void msg_fill(struct smtpc_msg *m, int code, const char *text, int only_undecided)
+{
+    for (size_t i = 0; i < m->nrcpt; i++) {
+        if (only_undecided && m->code[i] != 0 && m->code[i] / 100 != 2)
+            continue;
+        m->code[i] = code;
+        set_text(m->text[i], text);
+    }
+}
+
+/* The reply decides every recipient RCPT accepted. */
+static void msg_fill_accepted(struct smtpc_msg *m, int code, const char *text)
+{
+    for (size_t i = 0; i < m->nrcpt; i++)
+        if (m->code[i] / 100 == 2) {
+            m->code[i] = code;
+            set_text(m->text[i], text);
+        }
+}
+
+static void msg_done(struct smtpc *c)
+{
+    struct smtpc_msg *m = c->msg;
+    c->msg = NULL;
+    set_state(c, S_NEXT);
+    c->ops->done(c->arg, c, m);
+}
+
+/* ---- commands ----------------------------------------------------------- */
+
+static void send_ehlo(struct smtpc *c)
+{
+    c->ext = 0;
+    c->size_max = 0;
+    evbuffer_add_printf(out(c), "EHLO %s\r\n", c->helo);
+    set_state(c, S_EHLO);
+    arm(c, c->t_command);
+}
+
+static int msg_is_8bit(const struct qmsg *m)
+{
+    return (m->flags & QMSG_F_8BIT) || m->body != SMTP_BODY_7BIT;
+}
+
+static void write_mail(struct smtpc *c)
+{
+    const struct qmsg *m = c->msg->m;
+    struct evbuffer *o = out(c);
+
+    evbuffer_add_printf(o, "MAIL FROM:<%s>", m->sender);
+    if (c->ext & EXT_SIZE)
+        evbuffer_add_printf(o, " SIZE=%llu", (unsigned long long)m->size);
+    if (msg_is_8bit(m))
+        evbuffer_add(o, " BODY=8BITMIME", 14);
+    if (m->flags & QMSG_F_SMTPUTF8)
+        evbuffer_add(o, " SMTPUTF8", 9);
+    if (c->ext & EXT_DSN) {
+        char x[XTEXT_BUF];
+        if (m->ret == SMTP_RET_FULL)
+            evbuffer_add(o, " RET=FULL", 9);
+        else if (m->ret == SMTP_RET_HDRS)
+            evbuffer_add(o, " RET=HDRS", 9);
+        if (m->envid[0] && smtp_xtext_encode(m->envid, x, sizeof x) >= 0)
+            evbuffer_add_printf(o, " ENVID=%s", x);
+    }
+    evbuffer_add(o, "\r\n", 2);
+}
+
+static void write_rcpt(struct smtpc *c, size_t i)
+{
+    const struct qrcpt *r = &c->msg->rcpt[i];
+    struct evbuffer *o = out(c);
+
+    evbuffer_add_printf(o, "RCPT TO:<%s>", r->addr);
+    if (c->ext & EXT_DSN) {
+        if (r->notify & SMTP_NOTIFY_NEVER) {
+            evbuffer_add(o, " NOTIFY=NEVER", 13);
+        } else if (r->notify) {
+            const char *sep = " NOTIFY=";
+            static const struct { int bit; const char *name; } kw[] = {
+                { SMTP_NOTIFY_SUCCESS, "SUCCESS" }, { SMTP_NOTIFY_FAILURE, "FAILURE" },
+                { SMTP_NOTIFY_DELAY, "DELAY" } };
+            for (size_t k = 0; k < sizeof kw / sizeof kw[0]; k++)
+                if (r->notify & kw[k].bit) {
+                    evbuffer_add_printf(o, "%s%s", sep, kw[k].name);
+                    sep = ",";
+                }
+        }
+        const char *semi = strchr(r->orcpt, ';');
+        if (semi && semi != r->orcpt) {
+            char x[XTEXT_BUF];
+            if (smtp_xtext_encode(semi + 1, x, sizeof x) >= 0)
+                evbuffer_add_printf(o, " ORCPT=%.*s;%s", (int)(semi - r->orcpt), r->orcpt, x);
+        }
+    }
+    evbuffer_add(o, "\r\n", 2);
+}
+
+static void send_bdat(struct smtpc *c)
+{
+    struct evbuffer *o = out(c);
+    evbuffer_add_printf(o, "BDAT %zu LAST\r\n", evbuffer_get_length(c->msg->body));
+    /* Moves the chains (file segments included); nothing is copied. */
+    evbuffer_add_buffer(o, c->msg->body);
+    set_state(c, S_BDAT);
+    arm(c, c->t_data);
+}
+
+static void send_data(struct smtpc *c)
+{
+    evbuffer_add(out(c), "DATA\r\n", 6);
+    set_state(c, S_DATA);
+    arm(c, c->t_data);
+}
+
+/* ---- body streaming (DATA) ---------------------------------------------- */
+
+/*
+ * Move up to PUMP_CHUNK body octets into the output, adding a '.' before
+ * every line that starts with one.  Whole lines are moved with
+ * evbuffer_remove_buffer, so body chains go over without a copy.
+ */
+static void pump(struct smtpc *c)
+{
+    struct evbuffer *body = c->msg->body, *o = out(c);
+    size_t budget = PUMP_CHUNK;
+
+    while (budget > 0) {
+        size_t len = evbuffer_get_length(body), n, take;
+        struct evbuffer_ptr end, hit;
+        char ch;
+
+        if (len == 0) {
+            if (c->need_crlf)
+                evbuffer_add(o, "\r\n", 2);
+            evbuffer_add(o, ".\r\n", 3);
+            set_state(c, S_DOT);
+            arm(c, c->t_data);
+            return;
+        }
+        if (c->at_bol && evbuffer_copyout(body, &ch, 1) == 1 && ch == '.')
+            evbuffer_add(o, ".", 1);
+        n = len < budget ? len : budget;
+        if (n == len) {
+            hit = evbuffer_search(body, "\n.", 2, NULL);
+        } else {
+            evbuffer_ptr_set(body, &end, n, EVBUFFER_PTR_SET);
+            hit = evbuffer_search_range(body, "\n.", 2, NULL, &end);
+        }
+        if (hit.pos >= 0) {
+            take = (size_t)hit.pos + 1;
+            c->at_bol = 1;
+        } else {
+            struct evbuffer_ptr last;
+            take = n;
+            evbuffer_ptr_set(body, &last, n - 1, EVBUFFER_PTR_SET);
+            c->at_bol = evbuffer_copyout_from(body, &last, &ch, 1) == 1 && ch == '\n';
+        }
+        evbuffer_remove_buffer(body, o, take);
+        budget = take < budget ? budget - take : 0;
+    }
+    arm(c, c->t_data);
+}
+
+static void start_body(struct smtpc *c)
+{
+    struct evbuffer *body = c->msg->body;
+    size_t len = evbuffer_get_length(body);
+    char tail[2] = { 0, 0 };
+
+    c->at_bol = 1;
+    c->need_crlf = 0;
+    if (len > 0) {
+        struct evbuffer_ptr p;
+        if (len == 1) {
+            c->need_crlf = 1;
+        } else {
+            evbuffer_ptr_set(body, &p, len - 2, EVBUFFER_PTR_SET);
+            evbuffer_copyout_from(body, &p, tail, 2);
+            c->need_crlf = !(tail[0] == '\r' && tail[1] == '\n');
+        }
+    }
+    set_state(c, S_BODY);
+    pump(c);
+}
+
+/* ---- transactions -------------------------------------------------------- */
+
+/* Local refusals the peer's EHLO makes certain; 1 when the message is decided. */
+static int precheck(struct smtpc *c, struct smtpc_msg *sm)
+{
+    const struct qmsg *m = sm->m;
+    char text[REPLY_TEXT_MAX];
+
+    if ((c->ext & EXT_SIZE) && c->size_max > 0 && m->size > c->size_max) {
+        snprintf(text, sizeof text, "552 5.3.4 message size %llu exceeds size limit %llu of %s",
+                 (unsigned long long)m->size, (unsigned long long)c->size_max, c->peer);
+        msg_fill(sm, 552, text, 0);
+        return 1;
+    }
+    if (msg_is_8bit(m) && !(c->ext & EXT_8BITMIME)) {
+        snprintf(text, sizeof text, "554 5.6.3 8-bit message and %s does not support 8BITMIME",
+                 c->peer);
+        msg_fill(sm, 554, text, 0);
+        return 1;
+    }
+    if ((m->flags & QMSG_F_SMTPUTF8) && !(c->ext & EXT_SMTPUTF8)) {
+        snprintf(text, sizeof text, "553 5.6.7 SMTPUTF8 is required and %s does not support it",
+                 c->peer);
+        msg_fill(sm, 553, text, 0);
+        return 1;
+    }
+    return 0;
+}
+
+static void start_txn(struct smtpc *c, struct smtpc_msg *m)
+{
+    struct evbuffer *o = out(c);
+
+    c->msg = m;
+    for (size_t i = 0; i < m->nrcpt; i++) {
+        m->code[i] = 0;
+        m->text[i][0] = '\0';
+    }
+    c->ri = 0;
+    c->naccepted = 0;
+    c->mail_failed = 0;
+    c->pipelined = (c->ext & EXT_PIPELINING) != 0;
+    if (c->need_rset) {
+        evbuffer_add(o, "RSET\r\n", 6);
+        c->need_rset = 0;
+        set_state(c, S_RSET);
+        if (!c->pipelined) {
+            arm(c, c->t_command);
+            return;
+        }
+    }
+    write_mail(c);
+    if (c->pipelined) {
+        for (size_t i = 0; i < m->nrcpt; i++)
+            write_rcpt(c, i);
+        if (!(c->ext & EXT_CHUNKING))
+            evbuffer_add(o, "DATA\r\n", 6);
+    }
+    if (c->st != S_RSET)
+        set_state(c, S_MAIL);
+    arm(c, c->t_command);
+}
+
+static void send_quit(struct smtpc *c)
+{
+    evbuffer_add(out(c), "QUIT\r\n", 6);
+    set_state(c, S_QUIT);
+    arm(c, c->t_command < QUIT_TIMEOUT_MAX ? c->t_command : QUIT_TIMEOUT_MAX);
+}
+
+/* Between messages: ask the scheduler for work until a transaction starts,
+ * the session idles or QUITs.  Every callback may call smtpc_abort() or
+ * smtpc_resume(); those only set flags here (S_NEXT), looked at below. */
+static void pull_next(struct smtpc *c)
+{
+    for (;;) {
+        struct smtpc_msg *m = NULL;
+        enum smtpc_next r;
+
+        if (c->abort_pending) {
+            send_quit(c);
+            return;
+        }
+        set_state(c, S_NEXT);
+        c->resume_pending = 0;
+        r = c->ops->next(c->arg, c, &m);
+        if (c->st == S_DEAD) {
+            if (r == SMTPC_NEXT_MSG && m)
+                c->msg = m;     /* goes back through done() from on_finish */
+            return;
+        }
+        if (c->abort_pending && r == SMTPC_NEXT_MSG && m) {
+            msg_fill(m, 451, "451 4.4.2 delivery aborted by mxkeep", 0);
+            c->ops->done(c->arg, c, m);
+            if (c->st == S_DEAD)
+                return;
+            continue;
+        }
+        if (r == SMTPC_NEXT_WAIT && !c->abort_pending) {
+            set_state(c, S_IDLE);
+            event_del(c->ev_timer);
+            if (c->resume_pending)
+                event_active(c->ev_resume, EV_TIMEOUT, 0);
+            return;
+        }
+        if (r != SMTPC_NEXT_MSG || m == NULL) {
+            send_quit(c);
+            return;
+        }
+        if (m->nrcpt == 0) {
+            c->ops->done(c->arg, c, m);
+            if (c->st == S_DEAD)
+                return;
+            continue;
+        }
+        if (!precheck(c, m)) {
+            start_txn(c, m);
+            return;
+        }
+        c->ops->done(c->arg, c, m);
+        if (c->st == S_DEAD)
+            return;
+    }
+}
+
+static void session_ready(struct smtpc *c)
+{
+    set_state(c, S_NEXT);
+    event_del(c->ev_timer);
+    if (c->ops->ready)
+        c->ops->ready(c->arg, c);
+    if (c->st == S_DEAD)
+        return;
+    pull_next(c);
+}
+
+/* A decided message, then the next one. */
+static void txn_end(struct smtpc *c)
+{
+    msg_done(c);
+    if (c->st == S_DEAD)
+        return;
+    pull_next(c);
+}
+
+/* ---- TLS ---------------------------------------------------------------- */
+
+static enum smtpc_end tls_fail_how(const struct smtpc *c)
+{
+    return c->tls == TLS_POLICY_MAY ? SMTPC_END_TLS_RETRY : SMTPC_END_TLS;
+}
+
+static void start_tls(struct smtpc *c)
+{
+    struct bufferevent *old = c->bev, *nb;
+    evutil_socket_t fd = bufferevent_getfd(old);
+    SSL *ssl;
+
+    if (evbuffer_get_length(bufferevent_get_input(old)) > 0) {
+        protocol_error(c, "data after the STARTTLS reply (command injection?)");
+        return;
+    }
+    ssl = SSL_new(c->tls_ctx);
+    if (ssl == NULL) {
+        char e[256];
+        finish(c, tls_fail_how(c), 451, "451 4.7.5 TLS set-up failed", "TLS set-up failed: %s",
+               tls_last_error(e, sizeof e));
+        return;
+    }
+    if (c->peer_name[0] && !is_ip_literal(c->peer_name))
+        SSL_set_tlsext_host_name(ssl, c->peer_name);
+    if (c->tls == TLS_POLICY_VERIFY && !c->fingerprint[0]) {
+        /* The result is checked after the handshake for a clear reason. */
+        SSL_set_hostflags(ssl, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
+        if (c->peer_name[0] && !is_ip_literal(c->peer_name))
+            SSL_set1_host(ssl, c->peer_name);
+    }
+    SSL_set_verify(ssl, SSL_VERIFY_NONE, NULL);
+    /* Same socket: detach it from the clear bufferevent first, so freeing
+     * that one does not close it. */
+    bufferevent_setcb(old, NULL, NULL, NULL, NULL);
+    bufferevent_setfd(old, -1);
+    nb = bufferevent_openssl_socket_new(c->base, fd, ssl, BUFFEREVENT_SSL_CONNECTING,
+                                        BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
+    if (nb == NULL) {
+        SSL_free(ssl);
+        evutil_closesocket(fd);
+        finish(c, tls_fail_how(c), 451, "451 4.7.5 TLS set-up failed",
+               "TLS set-up failed: out of memory");
+        return;
+    }
+    bufferevent_free(old);
+    c->bev = nb;
+    bufferevent_openssl_set_allow_dirty_shutdown(nb, 1);
+    bufferevent_setcb(nb, on_read, on_write, on_event, c);
+    bufferevent_setwatermark(nb, EV_WRITE, PUMP_LOWAT, 0);
+    bufferevent_enable(nb, EV_READ | EV_WRITE);
+    set_state(c, S_HANDSHAKE);
+    arm(c, c->t_command);
+}
+
+static void tls_established(struct smtpc *c)
+{
+    SSL *ssl = bufferevent_openssl_get_ssl(c->bev);
+    char fp[FP_MAX], desc[256];
+
+    if (c->tls == TLS_POLICY_VERIFY) {
+        if (c->fingerprint[0]) {
+            if (tls_peer_fingerprint(ssl, fp, sizeof fp) < 0) {
+                finish(c, SMTPC_END_TLS, 0, NULL, "TLS: %s presented no certificate", c->peer);
+                return;
+            }
+            if (strcasecmp(fp, c->fingerprint) != 0) {
+                finish(c, SMTPC_END_TLS, 0, NULL,
+                       "TLS: certificate of %s has fingerprint %s, not the pinned %s", c->peer,
+                       fp, c->fingerprint);
+                return;
+            }
+        } else {
+            long v = SSL_get_verify_result(ssl);
+            if (SSL_get0_peer_certificate(ssl) == NULL) {
+                finish(c, SMTPC_END_TLS, 0, NULL, "TLS: %s presented no certificate", c->peer);
+                return;
+            }
+            if (is_ip_literal(c->peer_name) || !c->peer_name[0]) {
+                finish(c, SMTPC_END_TLS, 0, NULL,
+                       "TLS: cannot verify %s: no host name to match the certificate", c->peer);
+                return;
+            }
+            if (v != X509_V_OK) {
+                finish(c, SMTPC_END_TLS, 0, NULL, "TLS: certificate verification failed for %s: %s",
+                       c->peer, X509_verify_cert_error_string(v));
+                return;
+            }
+        }
+    }
+    c->is_tls = 1;
+    log_debug("smtpc %s: TLS established: %s", c->peer, tls_describe(ssl, desc, sizeof desc));
+    send_ehlo(c);
+}
+
+static void tls_handshake_failed(struct smtpc *c)
+{
+    char e[256] = "handshake failed";
+    unsigned long err = bufferevent_get_openssl_error(c->bev);
+
+    if (err)
+        ERR_error_string_n(err, e, sizeof e);
+    while (bufferevent_get_openssl_error(c->bev))
+        ;
+    ERR_clear_error();
+    log_warn("smtpc %s: TLS handshake failed: %s", c->peer, e);
+    finish(c, tls_fail_how(c), 0, NULL, "TLS handshake with %s failed: %s", c->peer, e);
+}
+
+/* After a successful EHLO or HELO: TLS per policy, else ready. */
+static void after_hello(struct smtpc *c)
+{
+    if (!c->is_tls && c->tls != TLS_POLICY_NONE) {
+        if ((c->ext & EXT_STARTTLS) && c->tls_ctx) {
+            evbuffer_add(out(c), "STARTTLS\r\n", 10);
+            set_state(c, S_STARTTLS);
+            arm(c, c->t_command);
+            return;
+        }
+        if (c->tls != TLS_POLICY_MAY) {
+            finish(c, SMTPC_END_TLS, 0, NULL, "TLS is required, but %s", !(c->ext & EXT_STARTTLS)
+                   ? "the peer does not offer STARTTLS" : "there is no TLS client context");
+            return;
+        }
+    }
+    session_ready(c);
+}
+
+/* ---- replies ------------------------------------------------------------ */
+
+static void ehlo_keyword(struct smtpc *c, const char *kw)
+{
+    size_t n = strcspn(kw, " =");
+    const char *arg = kw[n] ? kw + n + 1 : "";
+
+#define KW(s) (n == sizeof(s) - 1 && strncasecmp(kw, s, n) == 0)
+    if (KW("PIPELINING"))
+        c->ext |= EXT_PIPELINING;
+    else if (KW("SIZE")) {
+        c->ext |= EXT_SIZE;
+        c->size_max = strtoull(arg, NULL, 10);
+    } else if (KW("8BITMIME"))
+        c->ext |= EXT_8BITMIME;
+    else if (KW("SMTPUTF8"))
+        c->ext |= EXT_SMTPUTF8;
+    else if (KW("DSN"))
+        c->ext |= EXT_DSN;
+    else if (KW("CHUNKING"))
+        c->ext |= EXT_CHUNKING;
+    else if (KW("STARTTLS"))
+        c->ext |= EXT_STARTTLS;
+#undef KW
+}
+
+static void on_421(struct smtpc *c)
+{
+    if (c->msg)
+        msg_fill(c->msg, 421, c->rtext, 1);
+    finish(c, SMTPC_END_421, 421, c->rtext, "host %s said: %s (in %s)", c->peer, c->rtext,
+           state_while[c->st]);
+}
+
+static void on_reply(struct smtpc *c)
+{
+    int code = c->rcode, cls = code / 100;
+
+    event_del(c->ev_timer);
+    if (code == 421 && c->st != S_GREETING && c->st != S_QUIT) {
+        on_421(c);
+        return;
+    }
+    switch (c->st) {
+    case S_GREETING:
+        if (cls != 2) {
+            finish(c, SMTPC_END_GREETING, 0, NULL, "host %s said: %s", c->peer, c->rtext);
+            return;
+        }
+        send_ehlo(c);
+        return;
+    case S_EHLO:
+        if (cls == 2) {
+            after_hello(c);
+        } else if (cls == 5) {
+            c->ext = 0;
+            c->size_max = 0;
+            evbuffer_add_printf(out(c), "HELO %s\r\n", c->helo);
+            set_state(c, S_HELO);
+            arm(c, c->t_command);
+        } else {
+            finish(c, SMTPC_END_GREETING, 0, NULL, "host %s refused EHLO: %s", c->peer, c->rtext);
+        }
+        return;
+    case S_HELO:
+        if (cls != 2) {
+            finish(c, SMTPC_END_GREETING, 0, NULL, "host %s refused HELO: %s", c->peer, c->rtext);
+            return;
+        }
+        after_hello(c);
+        return;
+    case S_STARTTLS:
+        if (code == 220) {
+            start_tls(c);
+        } else if (c->tls == TLS_POLICY_MAY) {
+            log_info("smtpc %s: STARTTLS refused (%s), going on in clear", c->peer, c->rtext);
+            session_ready(c);
+        } else {
+            finish(c, SMTPC_END_TLS, 0, NULL, "host %s refused STARTTLS: %s", c->peer, c->rtext);
+        }
+        return;
+    case S_RSET:
+        if (cls != 2) {
+            protocol_error(c, "RSET refused: %s", c->rtext);
+            return;
+        }
+        if (!c->pipelined)
+            write_mail(c);
+        set_state(c, S_MAIL);
+        arm(c, c->t_command);
+        return;
+    case S_MAIL:
+        set_state(c, S_RCPT);
+        if (cls != 2) {
+            msg_fill(c->msg, code, c->rtext, 0);
+            c->mail_failed = 1;
+            c->need_rset = 1;
+            if (!c->pipelined) {
+                txn_end(c);
+                return;
+            }
+        } else if (!c->pipelined) {
+            write_rcpt(c, 0);
+        }
+        arm(c, c->t_command);
+        return;
+    case S_RCPT:
+        if (!c->mail_failed) {
+            c->msg->code[c->ri] = code;
+            set_text(c->msg->text[c->ri], c->rtext);
+            if (cls == 2)
+                c->naccepted++;
+        }
+        if (++c->ri < c->msg->nrcpt) {
+            if (!c->pipelined)
+                write_rcpt(c, c->ri);
+            arm(c, c->t_command);
+            return;
+        }
+        if (c->pipelined && !(c->ext & EXT_CHUNKING)) {
+            set_state(c, S_DATA);       /* DATA went with the group */
+            arm(c, c->t_data);
+            return;
+        }
+        if (c->naccepted == 0) {
+            c->need_rset = 1;
+            txn_end(c);
+            return;
+        }
+        if (c->ext & EXT_CHUNKING)
+            send_bdat(c);
+        else
+            send_data(c);
+        return;
+    case S_DATA:
+        if (code == 354) {
+            if (c->mail_failed || c->naccepted == 0) {
+                /* RFC 2920 3.1: the server took DATA though nothing was
+                 * accepted; an empty message ends it. */
+                evbuffer_add(out(c), ".\r\n", 3);
+                set_state(c, S_DOT_DISCARD);
+                arm(c, c->t_data);
+                return;
+            }
+            start_body(c);
+            return;
+        }
+        if (!c->mail_failed)
+            msg_fill_accepted(c->msg, code, c->rtext);
+        c->need_rset = 1;
+        txn_end(c);
+        return;
+    case S_DOT:
+    case S_BDAT:
+        msg_fill_accepted(c->msg, code, c->rtext);
+        txn_end(c);
+        return;
+    case S_DOT_DISCARD:
+        txn_end(c);
+        return;
+    case S_QUIT:
+        finish(c, SMTPC_END_OK, 0, NULL, "QUIT: %s", c->rtext);
+        return;
+    case S_BODY:
+        /* A reply in mid-body: the peer gave up on the message. */
+        if (cls != 2) {
+            msg_fill_accepted(c->msg, code, c->rtext);
+            finish(c, SMTPC_END_LOST, 451, c->rtext, "host %s said in mid-body: %s", c->peer,
+                   c->rtext);
+            return;
+        }
+        protocol_error(c, "unexpected reply during the message body: %s", c->rtext);
+        return;
+    default:
+        protocol_error(c, "unexpected reply while %s: %s", state_while[c->st], c->rtext);
+        return;
+    }
+}
+
+/* One reply line (CRLF removed).  Multi-line replies are joined into
+ * c->rtext with single spaces; the state machine sees whole replies. */
+static void on_line(struct smtpc *c, const char *line, size_t len)
+{
+    int code;
+    const char *text;
+
+    if (len < 3 || line[0] < '2' || line[0] > '5' || line[1] < '0' || line[1] > '9' ||
+        line[2] < '0' || line[2] > '9' || (len > 3 && line[3] != ' ' && line[3] != '-')) {
+        protocol_error(c, "malformed reply line \"%.80s\"", line);
+        return;
+    }
+    code = (line[0] - '0') * 100 + (line[1] - '0') * 10 + (line[2] - '0');
+    text = len > 4 ? line + 4 : "";
+    if (!c->multiline) {
+        c->rcode = code;
+        c->rlines = 0;
+        c->rtext_len = (size_t)snprintf(c->rtext, sizeof c->rtext, "%.*s", (int)len, line);
+        if (c->rtext_len >= sizeof c->rtext)
+            c->rtext_len = sizeof c->rtext - 1;
+    } else {
+        if (code != c->rcode) {
+            protocol_error(c, "reply code changed inside a multi-line reply (%d, %d)", c->rcode, code);
+            return;
+        }
+        if (c->rtext_len + 2 < sizeof c->rtext) {
+            int n = snprintf(c->rtext + c->rtext_len, sizeof c->rtext - c->rtext_len, " %s", text);
+            c->rtext_len += (size_t)n;
+            if (c->rtext_len >= sizeof c->rtext)
+                c->rtext_len = sizeof c->rtext - 1;
+        }
+    }
+    if (c->st == S_EHLO && c->rlines > 0 && code / 100 == 2)
+        ehlo_keyword(c, text);
+    c->rlines++;
+    c->multiline = len > 3 && line[3] == '-';
+    if (!c->multiline)
+        on_reply(c);
+}
+
+static void on_read(struct bufferevent *bev, void *arg)
+{
+    struct smtpc *c = arg;
+    struct evbuffer *in = bufferevent_get_input(bev);
+
+    /* on_line may switch to TLS (new bufferevent) or end the session. */
+    while (c->st != S_DEAD && c->bev == bev) {
+        size_t eol_len = 0;
+        struct evbuffer_ptr p = evbuffer_search_eol(in, NULL, &eol_len, EVBUFFER_EOL_CRLF);
+
+        if (p.pos < 0) {
+            if (evbuffer_get_length(in) > REPLY_LINE_MAX)
+                protocol_error(c, "reply line longer than %d octets", REPLY_LINE_MAX);
+            return;
+        }
+        if ((size_t)p.pos > REPLY_LINE_MAX) {
+            protocol_error(c, "reply line longer than %d octets", REPLY_LINE_MAX);
+            return;
+        }
+        evbuffer_remove(in, c->line, (size_t)p.pos);
+        c->line[p.pos] = '\0';
+        evbuffer_drain(in, eol_len);
+        if (c->st == S_IDLE || c->st == S_NEXT) {
+            /* Nothing asked: only a 421 (idle time-out) makes sense. */
+            if (p.pos >= 3 && strncmp(c->line, "421", 3) == 0) {
+                on_line(c, c->line, (size_t)p.pos);
+                if (c->st == S_DEAD)
+                    return;
+                /* multi-line 421: keep reading */
+                continue;
+            }
+            protocol_error(c, "unexpected reply while idle: %.80s", c->line);
+            return;
+        }
+        on_line(c, c->line, (size_t)p.pos);
+    }
+}
+
+static void on_write(struct bufferevent *bev, void *arg)
+{
+    struct smtpc *c = arg;
+
+    if (c->st == S_BODY)
+        pump(c);
+    else if (c->st == S_BDAT && evbuffer_get_length(bufferevent_get_output(bev)) > 0)
+        arm(c, c->t_data);      /* still making progress */
+}
+
+static void on_event(struct bufferevent *bev, short what, void *arg)
+{
+    struct smtpc *c = arg;
+    char why[WHY_MAX];
+
+    if (what & BEV_EVENT_CONNECTED) {
+        if (c->st == S_CONNECT) {
+            set_state(c, S_GREETING);
+            arm(c, c->t_greeting);
+        } else if (c->st == S_HANDSHAKE) {
+            event_del(c->ev_timer);
+            tls_established(c);
+        }
+        return;
+    }
+    if (!(what & (BEV_EVENT_EOF | BEV_EVENT_ERROR)))
+        return;
+    switch (c->st) {
+    case S_CONNECT:
+        finish(c, SMTPC_END_CONNECT, 0, NULL, "connect to %s: %s", c->peer,
+               evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
+        return;
+    case S_HANDSHAKE:
+        tls_handshake_failed(c);
+        return;
+    case S_QUIT:
+        finish(c, SMTPC_END_OK, 0, NULL, "connection closed after QUIT");
+        return;
+    default:
+        if (what & BEV_EVENT_ERROR)
+            snprintf(why, sizeof why, "lost connection (%s)",
+                     evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
+        else
+            snprintf(why, sizeof why, "lost connection");
+        lost(c, why);
+        return;
+    }
+}
+
+static void on_timer(evutil_socket_t fd, short what, void *arg)
+{
+    struct smtpc *c = arg;
+
+    switch (c->st) {
+    case S_CONNECT:
+        finish(c, SMTPC_END_CONNECT, 0, NULL, "connect to %s: timed out", c->peer);
+        return;
+    case S_HANDSHAKE:
+        finish(c, tls_fail_how(c), 0, NULL, "TLS handshake with %s timed out", c->peer);
+        return;
+    case S_QUIT:
+        finish(c, SMTPC_END_OK, 0, NULL, "no reply to QUIT");
+        return;
+    default:
+        lost(c, "conversation timed out");
+        return;
+    }
+}
+
+static void smtpc_free(struct smtpc *c)
+{
+    if (c == NULL)
+        return;
+    if (c->bev)
+        bufferevent_free(c->bev);
+    if (c->ev_timer)
+        event_free(c->ev_timer);
+    if (c->ev_finish)
+        event_free(c->ev_finish);
+    if (c->ev_resume)
+        event_free(c->ev_resume);
+    free(c->helo);
+    free(c->peer_name);
+    free(c);
+}
+
+static void on_finish(evutil_socket_t fd, short what, void *arg)
+{
+    struct smtpc *c = arg;
+
+    if (c->bev) {
+        bufferevent_free(c->bev);
+        c->bev = NULL;
+    }
+    if (c->msg) {
+        struct smtpc_msg *m = c->msg;
+        msg_fill(m, c->fail_code ? c->fail_code : 451,
+                 c->fail_text[0] ? c->fail_text : "451 4.4.2 connection closed", 1);
+        c->msg = NULL;
+        c->ops->done(c->arg, c, m);
+    }
+    log_debug("smtpc %s: closed: %s", c->peer, c->end_why);
+    c->ops->closed(c->arg, c, c->end_how, c->end_why);
+    smtpc_free(c);
+}
+
+static void on_resume(evutil_socket_t fd, short what, void *arg)
+{
+    struct smtpc *c = arg;
+
+    if (c->st == S_IDLE)
+        pull_next(c);
+}
+
+/* ---- public ------------------------------------------------------------- */
+
+static void format_peer(struct smtpc *c)
+{
+    char ip[INET6_ADDRSTRLEN] = "?";
+    unsigned port = 0;
+
+    if (c->addr.ss_family == AF_INET) {
+        const struct sockaddr_in *s = (const struct sockaddr_in *)&c->addr;
+        inet_ntop(AF_INET, &s->sin_addr, ip, sizeof ip);
+        port = ntohs(s->sin_port);
+    } else if (c->addr.ss_family == AF_INET6) {
+        const struct sockaddr_in6 *s = (const struct sockaddr_in6 *)&c->addr;
+        inet_ntop(AF_INET6, &s->sin6_addr, ip, sizeof ip);
+        port = ntohs(s->sin6_port);
+    }
+    snprintf(c->peer, sizeof c->peer, "%.255s[%s]:%u", c->peer_name[0] ? c->peer_name : ip, ip,
+             port);
+}
+
+struct smtpc *smtpc_new(struct event_base *base, const struct smtpc_config *cfg,
+                        const struct smtpc_ops *ops, void *arg)
+{
+    struct smtpc *c;
+    evutil_socket_t fd;
+    int one = 1;
+
+    if (cfg->addrlen > sizeof c->addr || cfg->addr == NULL)
+        log_panic("smtpc_new: bad address length %u", (unsigned)cfg->addrlen);
+    c = calloc(1, sizeof *c);
+    if (c == NULL)
+        return NULL;
+    c->base = base;
+    c->ops = ops;
+    c->arg = arg;
+    c->st = S_CONNECT;
+    c->helo = strdup(cfg->helo ? cfg->helo : "localhost");
+    c->peer_name = strdup(cfg->peer_name ? cfg->peer_name : "");
+    memcpy(&c->addr, cfg->addr, cfg->addrlen);
+    c->addrlen = cfg->addrlen;
+    c->tls = cfg->tls;
+    c->tls_ctx = cfg->tls_ctx;
+    if (cfg->tls_fingerprint)
+        snprintf(c->fingerprint, sizeof c->fingerprint, "%s", cfg->tls_fingerprint);
+    c->t_connect = cfg->connect_timeout;
+    c->t_greeting = cfg->greeting_timeout;
+    c->t_command = cfg->command_timeout;
+    c->t_data = cfg->data_timeout;
+    c->ev_timer = evtimer_new(base, on_timer, c);
+    c->ev_finish = event_new(base, -1, 0, on_finish, c);
+    c->ev_resume = event_new(base, -1, 0, on_resume, c);
+    if (!c->helo || !c->peer_name || !c->ev_timer || !c->ev_finish || !c->ev_resume)
+        goto fail;
+    format_peer(c);
+
+    fd = socket(c->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        /* Out of descriptors and the like: a connect failure, from the loop. */
+        finish(c, SMTPC_END_CONNECT, 0, NULL, "connect to %s: socket: %s", c->peer,
+               strerror(errno));
+        return c;
+    }
+    /* Pipelined commands and the final "." are small writes waiting for a
+     * reply: Nagle plus delayed ACK would stall every message. */
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    c->bev = bufferevent_socket_new(base, fd, BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
+    if (c->bev == NULL) {
+        evutil_closesocket(fd);
+        goto fail;
+    }
+    bufferevent_setcb(c->bev, on_read, on_write, on_event, c);
+    bufferevent_setwatermark(c->bev, EV_WRITE, PUMP_LOWAT, 0);
+    bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+    arm(c, c->t_connect);
+    if (bufferevent_socket_connect(c->bev, (struct sockaddr *)&c->addr, (int)c->addrlen) < 0)
+        finish(c, SMTPC_END_CONNECT, 0, NULL, "connect to %s: %s", c->peer,
+               evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
+    return c;
+
+fail:
+    smtpc_free(c);
+    return NULL;
+}
+
+void smtpc_resume(struct smtpc *c)
+{
+    if (c->st == S_IDLE)
+        event_active(c->ev_resume, EV_TIMEOUT, 0);
+    else if (c->st == S_NEXT)
+        c->resume_pending = 1;
+}
+
+void smtpc_abort(struct smtpc *c)
+{
+    switch (c->st) {
+    case S_DEAD:
+    case S_QUIT:
+        return;
+    case S_IDLE:
+        send_quit(c);
+        return;
+    case S_NEXT:
+        /* Inside one of our callbacks: pull_next() QUITs on its way out. */
+        if (c->msg == NULL) {
+            c->abort_pending = 1;
+            return;
+        }
+        /* fall through */
+    default:
+        finish(c, SMTPC_END_LOST, 451, "451 4.4.2 delivery aborted by mxkeep (shutdown)",
+               "aborted by us while %s", state_while[c->st]);
+        return;
+    }
+}
+
+const char *smtpc_peer(const struct smtpc *c)
+{
+    return c->peer;
+}
+
+int smtpc_has_dsn(const struct smtpc *c)
+{
+    return (c->ext & EXT_DSN) != 0;
+}
+
+int smtpc_is_tls(const struct smtpc *c)
+{
+    return c->is_tls;
+}
