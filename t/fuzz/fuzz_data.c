@@ -1,3 +1,4 @@
+// fuzz-sources: src/data.c
 /*
  * fuzz_data.c - libFuzzer target for the DATA / BDAT parser (src/data.c).
  *
