@@ -141,6 +141,8 @@ struct delivery {
     SSL_CTX *tls_ctx;
     struct dest *dests;
     struct event *expire_timer;
+    int expire_busy;            /* one expiry job at a time: the next must
+                                   see the previous one's commit */
     int stopping;
     size_t nconns;
     struct dns_self self;
@@ -1043,6 +1045,7 @@ static void expire_committed(void *arg, int err)
         spool_body_unlink_if_gone(s->spool, e->m.qid);
     free(e->rcpt);
     free(e);
+    s->expire_busy = 0;
     delivery_expire_arm(s);
 }
 
@@ -1061,8 +1064,11 @@ static void expire_notice_done(void *arg, int err)
     }
     if (--e->nbounce == 0 &&
         spool_write(e->s->spool, expire_commit_fn, e, expire_committed, e) == NULL) {
+        struct delivery *s = e->s;
         free(e->rcpt);
         free(e);
+        s->expire_busy = 0;
+        delivery_expire_arm(s);
     }
 }
 
@@ -1074,7 +1080,7 @@ static void delivery_on_expire(evutil_socket_t fd, short what, void *arg)
     char qid[QID_SIZE];
     time_t now = time(NULL);
 
-    if (s->stopping)
+    if (s->stopping || s->expire_busy)
         return;
     if (qdb_due_first(s->db, &when, qid) != 0 || when > (int64_t)now) {
         delivery_expire_arm(s);
@@ -1088,6 +1094,7 @@ static void delivery_on_expire(evutil_socket_t fd, short what, void *arg)
     }
     e->s = s;
     e->due = when;
+    s->expire_busy = 1;
     snprintf(e->m.qid, sizeof e->m.qid, "%s", qid);
     if (qdb_msg_get(s->db, qid, &e->m) != 0 ||
         qdb_rcpt_list(s->db, qid, e->rcpt, DELIVERY_RCPT_MAX, &e->nrcpt) != 0) {
@@ -1143,7 +1150,7 @@ static void delivery_expire_arm(struct delivery *s)
     char qid[QID_SIZE];
     struct timeval tv = { 0, 0 };
     time_t now = time(NULL);
-    if (s->stopping)
+    if (s->stopping || s->expire_busy)
         return;
     if (qdb_due_first(s->db, &when, qid) != 0)
         tv.tv_sec = 3600;       /* nothing due: look again now and then */
