@@ -29,6 +29,7 @@
 #include "qid.h"
 #include "queue_db.h"
 #include "smtpc.h"
+#include "stats.h"
 #include "spool.h"
 #include "tls.h"
 
@@ -86,6 +87,7 @@ struct dest {
     int served;                 /* a domain of ours (else a bounce destination) */
     int state;                  /* enum qdest_state */
     int held;
+    int hold_override;          /* -1: config decides; 0/1: mxkeepctl said */
     uint32_t backoff_step;
     time_t next_probe;
     char last_error[512];
@@ -109,6 +111,7 @@ struct dest {
     char cursor[QID_SIZE];      /* last QID handed out in this pass */
     int pass_end;               /* the walk found nothing more */
     int pass_deferred;          /* a message got a 4xx in this pass */
+    time_t pass_started;        /* first connection of this pass, 0 = none */
     char (*inflight)[QID_SIZE];
     size_t ninflight, capinflight;
     double tokens;
@@ -185,7 +188,7 @@ static void dest_apply_conf(struct dest *d)
         d->port = cd->primary ? cd->primary_port : (int)c->delivery.mx_port;
         d->fixed = cd->primary_fixed;
         d->tls = cd->tls;
-        d->held = cd->hold;
+        d->held = d->hold_override >= 0 ? d->hold_override : cd->hold;
         if (cd->tls_fingerprint)
             snprintf(d->fingerprint, sizeof d->fingerprint, "%s", cd->tls_fingerprint);
         if (cd->tls_ca) {
@@ -199,7 +202,7 @@ static void dest_apply_conf(struct dest *d)
         d->port = c->delivery.mx_port;
         d->fixed = 0;
         d->tls = TLS_POLICY_MAY;
-        d->held = 0;
+        d->held = d->hold_override > 0;
     }
     d->route_time = 0;      /* the route may have changed */
     if (d->conn_limit <= 0 || d->conn_limit > c->delivery.max_connections)
@@ -222,6 +225,7 @@ static struct dest *dest_get(struct delivery *s, const char *name)
         return NULL;
     }
     d->state = QDEST_UNKNOWN;
+    d->hold_override = -1;
     dest_apply_conf(d);
     gettimeofday(&d->refill, NULL);
     d->tokens = 1;
@@ -620,6 +624,7 @@ static int delivery_notice(struct delivery *s, const struct qmsg *m, struct boun
         goto out;
     }
     log_info("%s: sender non-delivery notification: %s", m->qid, qid);
+    stats_inc(STAT_DSN_QUEUED);
     rc = 0;
 out:
     if (orig)
@@ -753,6 +758,7 @@ static void conn_on_done(void *arg, struct smtpc *c, struct smtpc_msg *msg)
         if (code >= 200 && code < 300) {
             r->state = QRCPT_SENT;
             status = "sent";
+            stats_inc(STAT_DELIVERED);
             if ((r->notify & SMTP_NOTIFY_SUCCESS) && !j->peer_dsn &&
                 bounce_wanted(&j->m, r, BOUNCE_RELAYED)) {
                 rel[nrel].r = r;
@@ -765,9 +771,11 @@ static void conn_on_done(void *arg, struct smtpc *c, struct smtpc_msg *msg)
         } else if (code >= 500) {
             r->state = QRCPT_BOUNCED;
             status = "bounced";
+            stats_inc(STAT_BOUNCED);
         } else {
             status = "deferred";
             any4 = 1;
+            stats_inc(STAT_DEFERRED);
         }
         log_info("%s: to=<%s>, relay=%s, delay=%lld, dsn=%s, status=%s (%s)", j->m.qid, r->addr,
                  j->peer, (long long)(now - j->m.arrival), dsn, status, j->text[i]);
@@ -850,6 +858,7 @@ static void conn_on_closed(void *arg, struct smtpc *c, enum smtpc_end how, const
     case SMTPC_END_CONNECT:
     case SMTPC_END_GREETING:
     case SMTPC_END_TLS:
+        stats_inc(STAT_CONN_OUT_FAILED);
         /* Another address of the route may answer; when every address
          * failed and nothing else is open, the destination is down. */
         d->try_addr++;
@@ -867,6 +876,11 @@ static void conn_on_closed(void *arg, struct smtpc *c, enum smtpc_end how, const
         break;
     }
     if (d->nconns == 0 && d->pass_end) {
+        if (d->pass_started) {
+            stats_inc(STAT_FLUSHES);
+            stats_add(STAT_FLUSH_SECONDS, (uint64_t)(time(NULL) - d->pass_started));
+            d->pass_started = 0;
+        }
         /* The pass is over.  pass_end stays set until something new
          * arrives (delivery_queued), ETRN, or the retry timer, which walks
          * from the oldest message again: a 4xx'd message waits for that
@@ -922,10 +936,13 @@ static int dest_connect(struct dest *d, int probe)
     cfg.greeting_timeout = c->delivery.greeting_timeout;
     cfg.command_timeout = c->delivery.command_timeout;
     cfg.data_timeout = c->delivery.data_timeout;
+    if (d->nconns == 0 && d->pass_started == 0)
+        d->pass_started = time(NULL);
     cn->next = d->conns;
     d->conns = cn;
     d->nconns++;
     d->s->nconns++;
+    stats_inc(STAT_CONN_OUT);
     cn->c = smtpc_new(d->s->base, &cfg, &conn_ops, cn);
     if (cn->c == NULL) {
         conn_unlink(cn);
@@ -1123,6 +1140,7 @@ static void delivery_on_expire(evutil_socket_t fd, short what, void *arg)
             continue;
         }
         r->state = QRCPT_EXPIRED;
+        stats_inc(STAT_EXPIRED);
         log_info("%s: to=<%s>, relay=none, delay=%lld, dsn=4.4.7, status=expired (%s)", qid,
                  r->addr, (long long)(now - e->m.arrival),
                  r->last_reply[0] ? r->last_reply : "retention period ran out");
@@ -1213,6 +1231,7 @@ int delivery_configure(struct delivery *s, const struct conf *c, char *err, size
         dest_get(s, c->domains[i].name);
     for (struct dest *d = s->dests; d; d = d->next) {
         int was_held = d->held;
+        d->hold_override = -1;      /* a reload hands hold back to the config */
         dest_apply_conf(d);
         if (was_held != d->held) {
             log_info("destination %s: %s", d->name, d->held ? "held" : "released");
@@ -1287,6 +1306,7 @@ void delivery_etrn(void *arg, const char *node, const struct conf_domain **doms,
         if (k > 0)
             total += k;
     }
+    stats_inc(STAT_ETRN);
     if (total > 0)
         snprintf(buf, len, "253 2.0.0 OK, %ld pending message%s for node %s started", total,
                  total == 1 ? "" : "s", node);
@@ -1319,6 +1339,217 @@ void delivery_queued(void *arg, const char *qid)
     }
     free(r);
     delivery_expire_arm(s);
+}
+
+int delivery_hold(struct delivery *s, const char *domain, int hold)
+{
+    struct dest *d = dest_find(s, domain);
+    if (d == NULL) {
+        if (conf_domain_find(s->conf, domain) == NULL)
+            return -1;
+        if ((d = dest_get(s, domain)) == NULL)
+            return -1;
+    }
+    d->hold_override = hold ? 1 : 0;
+    if (d->held == (hold ? 1 : 0))
+        return 0;
+    d->held = hold ? 1 : 0;
+    log_info("destination %s: %s by the administrator", d->name, hold ? "held" : "released");
+    dest_save(d);
+    if (hold) {
+        for (struct conn *c = d->conns; c; c = c->next)
+            smtpc_abort(c->c);      /* finishes the message in hand, then QUIT */
+    } else {
+        d->state = QDEST_UNKNOWN;
+        d->next_probe = 0;
+        d->cursor[0] = '\0';
+        d->pass_end = 0;
+        dest_kick(d);
+    }
+    return 0;
+}
+
+static void dest_info_fill(const struct dest *d, struct delivery_dest_info *o)
+{
+    memset(o, 0, sizeof *o);
+    snprintf(o->domain, sizeof o->domain, "%s", d->name);
+    o->served = d->served;
+    o->state = d->held ? QDEST_HELD : d->state;
+    o->held = d->held;
+    o->next_probe = d->state == QDEST_DOWN ? (int64_t)d->next_probe : 0;
+    o->connections = d->nconns;
+    o->concurrency = d->conn_limit;
+    snprintf(o->last_error, sizeof o->last_error, "%s", d->last_error);
+}
+
+int delivery_dest_info(struct delivery *s, const char *domain, struct delivery_dest_info *out)
+{
+    struct dest *d = dest_find(s, domain);
+    if (d == NULL)
+        return -1;
+    dest_info_fill(d, out);
+    return 0;
+}
+
+void delivery_dest_each(struct delivery *s,
+                        int (*fn)(void *arg, const struct delivery_dest_info *i), void *arg)
+{
+    struct delivery_dest_info info;
+    for (struct dest *d = s->dests; d; d = d->next) {
+        dest_info_fill(d, &info);
+        if (fn(arg, &info))
+            return;
+    }
+}
+
+/* Is qid in some destination's hands right now? */
+static int delivery_busy(struct delivery *s, const char *qid)
+{
+    for (struct dest *d = s->dests; d; d = d->next)
+        if (dest_inflight(d, qid))
+            return 1;
+    return 0;
+}
+
+struct admin_job {
+    struct delivery *s;
+    char qid[QID_SIZE];
+    struct qmsg m;
+    struct qrcpt *rcpt;
+    size_t nrcpt;
+    int nbounce;
+    delivery_done_fn done;
+    void *arg;
+};
+
+static void admin_job_free(struct admin_job *a)
+{
+    free(a->rcpt);
+    free(a);
+}
+
+static void admin_deleted(void *arg, int err)
+{
+    struct admin_job *a = arg;
+    if (err == 0)
+        log_info("%s: removed by the administrator", a->qid);
+    a->done(a->arg, err);
+    admin_job_free(a);
+}
+
+int delivery_delete(struct delivery *s, const char *qid, delivery_done_fn done, void *arg)
+{
+    struct admin_job *a;
+    struct qmsg m;
+    if (!qid_valid(qid) || qdb_msg_get(s->db, qid, &m) != 0)
+        return ENOENT;
+    if (delivery_busy(s, qid))
+        return EBUSY;
+    if ((a = calloc(1, sizeof *a)) == NULL)
+        return ENOMEM;
+    a->s = s;
+    snprintf(a->qid, sizeof a->qid, "%s", qid);
+    a->done = done;
+    a->arg = arg;
+    if (spool_delete(s->spool, qid, admin_deleted, a) == NULL) {
+        admin_job_free(a);
+        return EIO;
+    }
+    return 0;
+}
+
+static int admin_bounce_fn(struct qdb_txn *t, void *arg)
+{
+    struct admin_job *a = arg;
+    for (size_t i = 0; i < a->nrcpt; i++) {
+        int r = qdb_rcpt_update(t, a->qid, &a->rcpt[i]);
+        if (r != 0)
+            return r;
+    }
+    return qdb_msg_settle(t, a->qid);
+}
+
+static void admin_bounced(void *arg, int err)
+{
+    struct admin_job *a = arg;
+    if (err == 0 && !(a->m.flags & QMSG_F_INLINE))
+        spool_body_unlink_if_gone(a->s->spool, a->qid);
+    a->done(a->arg, err);
+    admin_job_free(a);
+}
+
+static void admin_notice_done(void *arg, int err)
+{
+    struct admin_job *a = arg;
+    if (err) {
+        a->done(a->arg, err);
+        admin_job_free(a);
+        return;
+    }
+    if (--a->nbounce > 0)
+        return;
+    if (spool_write(a->s->spool, admin_bounce_fn, a, admin_bounced, a) == NULL) {
+        a->done(a->arg, EIO);
+        admin_job_free(a);
+    }
+}
+
+int delivery_bounce(struct delivery *s, const char *qid, delivery_done_fn done, void *arg)
+{
+    struct admin_job *a;
+    struct bounce_rcpt br[64];
+    size_t nb = 0, npend = 0;
+    if (!qid_valid(qid))
+        return ENOENT;
+    if (delivery_busy(s, qid))
+        return EBUSY;
+    if ((a = calloc(1, sizeof *a)) == NULL ||
+        (a->rcpt = calloc(DELIVERY_RCPT_MAX, sizeof *a->rcpt)) == NULL) {
+        free(a);
+        return ENOMEM;
+    }
+    a->s = s;
+    snprintf(a->qid, sizeof a->qid, "%s", qid);
+    a->done = done;
+    a->arg = arg;
+    if (qdb_msg_get(s->db, qid, &a->m) != 0 ||
+        qdb_rcpt_list(s->db, qid, a->rcpt, DELIVERY_RCPT_MAX, &a->nrcpt) != 0) {
+        admin_job_free(a);
+        return ENOENT;
+    }
+    for (size_t i = 0; i < a->nrcpt; i++) {
+        struct qrcpt *r = &a->rcpt[i];
+        if (r->state != QRCPT_PENDING)
+            continue;
+        npend++;
+        r->state = QRCPT_BOUNCED;
+        snprintf(r->last_reply, sizeof r->last_reply, "5.0.0 message returned by the administrator");
+        stats_inc(STAT_BOUNCED);
+        log_info("%s: to=<%s>, relay=none, delay=%lld, dsn=5.0.0, status=bounced (returned by "
+                 "the administrator)", qid, r->addr, (long long)(time(NULL) - a->m.arrival));
+        if (nb < 64 && bounce_wanted(&a->m, r, BOUNCE_FAILED)) {
+            br[nb].r = r;
+            br[nb].action = BOUNCE_FAILED;
+            br[nb].status = "5.0.0";
+            br[nb].remote_mta = NULL;
+            br[nb].diagnostic = "X-mxkeep; message returned by the administrator";
+            nb++;
+        }
+    }
+    if (npend == 0) {
+        admin_job_free(a);
+        return ENOENT;
+    }
+    a->nbounce = 1;
+    int nr = nb ? delivery_notice(s, &a->m, br, nb, admin_notice_done, a) : 1;
+    if (nr == 0)
+        a->nbounce++;
+    else if (nr < 0) {
+        admin_job_free(a);
+        return EIO;
+    }
+    admin_notice_done(a, 0);
+    return 0;
 }
 
 void delivery_stop(struct delivery *s)

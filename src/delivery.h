@@ -18,6 +18,7 @@
 
 #include <stddef.h>
 #include "conf.h"
+#include "queue_db.h"
 
 struct event_base;
 struct spool;
@@ -38,6 +39,38 @@ void delivery_queued(void *arg, const char *qid);
 /* Flush a destination now (ETRN without the reply).  Returns the number of
  * messages waiting, or -1 when the domain is held. */
 long delivery_flush(struct delivery *s, const char *domain);
+/* Hold or release a destination at run time (mxkeepctl hold/release).
+ * Lasts until the next reload or restart, where the config's `hold`
+ * decides again.  0, or -1 when the domain is unknown here. */
+int delivery_hold(struct delivery *s, const char *domain, int hold);
+
+/* What the scheduler knows of a destination right now. */
+struct delivery_dest_info {
+    char domain[SMTP_DOMAIN_MAX + 1];
+    int served;                 /* a configured domain (else bounces) */
+    int state;                  /* enum qdest_state */
+    int held;
+    int64_t next_probe;         /* unix seconds, 0 = none */
+    int connections;            /* open outbound connections */
+    int concurrency;            /* current cap */
+    char last_error[512];
+};
+/* 0, or -1 when the scheduler has no such destination. */
+int delivery_dest_info(struct delivery *s, const char *domain, struct delivery_dest_info *out);
+/* Every destination the scheduler knows; stops when fn returns non-zero. */
+void delivery_dest_each(struct delivery *s,
+                        int (*fn)(void *arg, const struct delivery_dest_info *i), void *arg);
+
+/* Completion of an admin action, on the loop thread: err 0, ENOENT (no
+ * such message), EBUSY (being delivered right now: try again), or the
+ * spool's error. */
+typedef void (*delivery_done_fn)(void *arg, int err);
+/* Remove a message without notice (mxkeepctl delete). */
+int delivery_delete(struct delivery *s, const char *qid, delivery_done_fn done, void *arg);
+/* Fail every pending recipient now, with a notice to the sender
+ * (mxkeepctl bounce): status 5.0.0 "returned by the administrator". */
+int delivery_bounce(struct delivery *s, const char *qid, delivery_done_fn done, void *arg);
+
 /* Stop starting work; abort connections (shutdown). */
 void delivery_stop(struct delivery *s);
 size_t delivery_active_connections(const struct delivery *s);

@@ -9,6 +9,7 @@
 #include "listen.h"
 #include "conf.h"
 #include "log.h"
+#include "stats.h"
 
 #include <errno.h>
 #include <stdint.h>
@@ -82,6 +83,7 @@ static struct client_count **listen_find(struct listener *l, int family, const u
 
 static void listen_refuse(evutil_socket_t fd, const char *msg)
 {
+    stats_inc(STAT_CONN_REFUSED);
     /* A fresh socket's send buffer is empty: a short write cannot block and
      * a failure only means the client is already gone. */
     ssize_t r = write(fd, msg, strlen(msg));

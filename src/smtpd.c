@@ -32,6 +32,7 @@
 #include "received.h"
 #include "smtp_parse.h"
 #include "spool.h"
+#include "stats.h"
 #include "tls.h"
 
 #include <errno.h>
@@ -171,8 +172,36 @@ static void session_reply(struct session *s, const char *fmt, ...)
 }
 
 /* An error reply that counts toward the bad-command limit. */
+/* Which counter a refusal goes to, from its enhanced status code. */
+static enum stat smtpd_reject_stat(const char *reply)
+{
+    if (strncmp(reply + 4, "5.7.1", 5) == 0)
+        return STAT_REJ_RELAY;
+    if (strncmp(reply + 4, "5.1.1", 5) == 0)
+        return STAT_REJ_UNKNOWN_USER;
+    if (strncmp(reply + 4, "5.3.4", 5) == 0)
+        return STAT_REJ_SIZE;
+    if (strncmp(reply + 4, "4.3.", 4) == 0)
+        return STAT_REJ_STORAGE;
+    if (strncmp(reply + 4, "5.5.2", 5) == 0 && strstr(reply, "bare") != NULL)
+        return STAT_REJ_CONTENT;
+    if (strncmp(reply + 4, "5.4.6", 5) == 0)
+        return STAT_REJ_CONTENT;
+    if (strncmp(reply + 4, "4.5.3", 5) == 0 || strncmp(reply + 4, "4.7.0", 5) == 0 ||
+        strncmp(reply + 4, "4.4.2", 5) == 0)
+        return STAT_REJ_LIMIT;
+    return STAT_REJ_PROTOCOL;
+}
+
+static void session_count_reject(const char *reply)
+{
+    if (strlen(reply) > 9 && (reply[0] == '4' || reply[0] == '5'))
+        stats_inc(smtpd_reject_stat(reply));
+}
+
 static void session_error(struct session *s, const char *reply)
 {
+    session_count_reject(reply);
     session_reply(s, "%s", reply);
     if (reply[0] == '5' && ++s->errors >= s->d->conf->limits.bad_commands) {
         log_warn("[%s]: too many errors (%d), disconnecting", s->addr, s->errors);
@@ -289,6 +318,7 @@ static void cmd_mail(struct session *s, const char *arg)
     }
     if (!smtpd_disk_ok(s->d, s->mp.size > 0 ? (unsigned long long)s->mp.size : 0)) {
         log_warn("[%s]: refusing mail: spool %s is short of space", s->addr, c->spool);
+        stats_inc(STAT_REJ_STORAGE);
         session_reply(s, "452 4.3.1 Error: insufficient system storage");
         return;
     }
@@ -313,6 +343,7 @@ static void cmd_rcpt(struct session *s, const char *arg)
     char addr[SMTP_PATH_MAX + 1];
 
     if ((long)s->nrcpt >= s->d->conf->limits.recipients) {
+        stats_inc(STAT_REJ_LIMIT);
         session_reply(s, "452 4.5.3 Error: too many recipients");
         return;
     }
@@ -678,12 +709,16 @@ static void session_committed(void *arg, int err)
                  (unsigned long long)s->mp.size, s->nrcpt);
         session_reply(s, "250 2.0.0 Ok: queued as %s", s->qid);
         s->nmsgs++;
+        stats_inc(STAT_ACCEPTED);
+        stats_add(STAT_ACCEPTED_BYTES, (uint64_t)s->mp.size);
         if (s->d->queued)
             s->d->queued(s->d->hook_arg, s->qid);
     } else if (err == ENOSPC) {
+        stats_inc(STAT_REJ_STORAGE);
         log_warn("%s: not queued: spool full", s->qid);
         session_reply(s, "452 4.3.1 Error: insufficient system storage");
     } else {
+        stats_inc(STAT_REJ_STORAGE);
         log_warn("%s: not queued: %s", s->qid, strerror(err));
         session_reply(s, "451 4.3.0 Error: queue file write error");
     }
@@ -723,6 +758,7 @@ static void session_data_end(struct session *s)
         break;
     }
     if (reply) {
+        session_count_reject(reply);
         log_info("%s: reject: end of data from unknown[%s]: %s; from=<%s>", s->qid, s->addr,
                  reply, s->sender);
         session_reply(s, "%s", reply);
@@ -1140,6 +1176,7 @@ void smtpd_accept(void *arg, evutil_socket_t fd, const struct sockaddr *sa, int 
     d->sessions = s;
     d->nsessions++;
     log_info("connect from unknown[%s]", s->addr);
+    stats_inc(STAT_CONN_IN);
     bufferevent_setcb(s->bev, session_on_read, session_on_write, session_on_event, s);
     bufferevent_setwatermark(s->bev, EV_READ, 0, SMTPD_INPUT_MAX);
     session_set_timeout(s, d->conf->limits.command_timeout);

@@ -1,0 +1,50 @@
+/*
+ * stats.h - process-wide event counters for logs, mxkeepctl stats and the
+ * Prometheus endpoint.
+ *
+ * Counters are plain uint64_t in one table indexed by enum stat; only the
+ * loop thread changes or reads them (the spool writer never does), so no
+ * locking.  Gauges that other modules own (open sessions, queue sizes) are
+ * not here: the reader asks the owner.
+ */
+#ifndef MXKEEP_STATS_H
+#define MXKEEP_STATS_H
+
+#include <stdint.h>
+
+enum stat {
+    STAT_CONN_IN = 0,           /* inbound connections accepted */
+    STAT_CONN_REFUSED,          /* refused at connect (limits) */
+    STAT_ACCEPTED,              /* messages queued (250 after DATA/BDAT) */
+    STAT_ACCEPTED_BYTES,
+    STAT_REJ_RELAY,             /* RCPT refused: relay access denied */
+    STAT_REJ_UNKNOWN_USER,      /* RCPT refused: not in the recipient list */
+    STAT_REJ_SIZE,              /* message or SIZE over the limit */
+    STAT_REJ_PROTOCOL,          /* syntax errors, pipelining abuse, bad sequence */
+    STAT_REJ_CONTENT,           /* bare newline, header limits, loops */
+    STAT_REJ_STORAGE,           /* 452/451: disk or map full, write errors */
+    STAT_REJ_LIMIT,             /* too many recipients/errors, timeouts */
+    STAT_DELIVERED,             /* recipients accepted by a primary */
+    STAT_DEFERRED,              /* recipient attempts answered 4xx */
+    STAT_BOUNCED,               /* recipients refused 5xx by a primary */
+    STAT_EXPIRED,               /* recipients past their retention */
+    STAT_DSN_QUEUED,            /* notices we queued */
+    STAT_CONN_OUT,              /* outbound connections started */
+    STAT_CONN_OUT_FAILED,       /* outbound connections that failed to greet */
+    STAT_ETRN,                  /* ETRN requests answered 25x */
+    STAT_FLUSHES,               /* flush passes completed */
+    STAT_FLUSH_SECONDS,         /* total seconds spent in flush passes */
+    STAT_COUNT_
+};
+
+void stats_add(enum stat s, uint64_t n);
+static inline void stats_inc(enum stat s) { stats_add(s, 1); }
+uint64_t stats_get(enum stat s);
+/* Prometheus metric name (without the mxkeep_ prefix), help text, and
+ * type ("counter"). */
+const char *stats_name(enum stat s);
+const char *stats_help(enum stat s);
+/* Process start, unix seconds. */
+int64_t stats_started(void);
+
+#endif
