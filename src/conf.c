@@ -258,8 +258,8 @@ static void conf_err_sanitize(char *s)
             *s = '?';
 }
 
-static void conf_err_at(struct conf_loader *L, const char *file, unsigned line,
-                        const char *fmt, va_list ap)
+static void __attribute__((format(printf, 4, 0)))
+conf_err_at(struct conf_loader *L, const char *file, unsigned line, const char *fmt, va_list ap)
 {
     int n;
     if (L->errlen == 0)

@@ -62,9 +62,9 @@
 #define DELIVERY_BOUNCE_FULL_MAX (1024 * 1024)
 /* Most recipients of one message we hand to one connection. */
 #define DELIVERY_RCPT_MAX 1000
-/* Expiry work per timer tick, so a huge backlog expiring at once does not
- * stall the loop. */
-#define DELIVERY_EXPIRE_BATCH 200
+/* Destinations probed per second at start-up before the first probes are
+ * spread out. */
+#define DELIVERY_START_PER_SECOND 200
 
 struct delivery;
 struct dest;
@@ -1264,9 +1264,23 @@ static int delivery_load_fn(void *arg, const struct qdest *q)
 
 void delivery_start(struct delivery *s)
 {
+    size_t n = 0;
     qdb_dest_each(s->db, delivery_load_fn, s);
     for (struct dest *d = s->dests; d; d = d->next)
-        dest_kick(d);
+        n++;
+    /* After a restart with thousands of destinations waiting, probing them
+     * all in the same second is a thundering herd (and a burst of DNS):
+     * spread the first probes over up to probe_min, more the more there
+     * are.  A handful of destinations still go at once. */
+    long spread = (long)(n / DELIVERY_START_PER_SECOND);
+    if (spread > s->conf->delivery.probe_min)
+        spread = s->conf->delivery.probe_min;
+    for (struct dest *d = s->dests; d; d = d->next) {
+        if (spread > 0 && d->state == QDEST_UNKNOWN)
+            dest_arm(d, time(NULL) + random() % (spread + 1));
+        else
+            dest_kick(d);
+    }
     delivery_expire_arm(s);
 }
 

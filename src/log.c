@@ -31,7 +31,8 @@ void log_open(const char *ident, int foreground)
 void log_set_debug(int level) { log_level = level; }
 int log_debug_level(void) { return log_level; }
 
-static void log_vline(int prio, const char *tag, const char *fmt, va_list ap)
+static void __attribute__((format(printf, 3, 0)))
+log_vline(int prio, const char *tag, const char *fmt, va_list ap)
 {
     char line[2048];
     vsnprintf(line, sizeof line, fmt, ap);

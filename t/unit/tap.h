@@ -13,7 +13,7 @@
 
 static int tap_n, tap_failed;
 
-static void tap_vresult(int pass, const char *fmt, va_list ap)
+static void __attribute__((format(printf, 2, 0))) tap_vresult(int pass, const char *fmt, va_list ap)
 {
     tap_n++;
     if (!pass)
@@ -33,7 +33,7 @@ static int __attribute__((format(printf, 2, 3), unused)) ok(int pass, const char
     return pass;
 }
 
-static void __attribute__((unused)) diag(const char *fmt, ...)
+static void __attribute__((unused, format(printf, 1, 2))) diag(const char *fmt, ...)
 {
     va_list ap;
     printf("# ");
