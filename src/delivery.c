@@ -1155,11 +1155,67 @@ static void delivery_on_expire(evutil_socket_t fd, short what, void *arg)
             nb++;
         }
     }
+    /* The delay warning's own due entry (delivery_queued): tell the sender
+     * the message is still waiting, and until when we keep trying. */
+    long dw = s->conf->delivery.delay_warning;
+    int warning = nb == 0 && dw > 0 && when == e->m.arrival + dw;
+    for (size_t i = 0; warning && i < e->nrcpt && nb < 64; i++) {
+        struct qrcpt *r = &e->rcpt[i];
+        if (r->state != QRCPT_PENDING || !bounce_wanted(&e->m, r, BOUNCE_DELAYED))
+            continue;
+        snprintf(diag[nb], sizeof diag[nb], "X-mxkeep; %s",
+                 r->last_reply[0] ? r->last_reply : "primary unreachable; still trying");
+        br[nb].r = r;
+        br[nb].action = BOUNCE_DELAYED;
+        br[nb].status = "4.4.1";
+        br[nb].remote_mta = NULL;
+        br[nb].diagnostic = diag[nb];
+        nb++;
+    }
+    if (warning && nb)
+        log_info("%s: delay warning to <%s> for %zu recipient%s", qid, e->m.sender, nb,
+                 nb == 1 ? "" : "s");
     e->nbounce = 1;
     int nr = nb ? delivery_notice(s, &e->m, br, nb, expire_notice_done, e) : 1;
     if (nr == 0)
         e->nbounce++;
     expire_notice_done(e, nr < 0 ? EIO : 0);
+}
+
+struct warn_due {
+    int64_t when;
+    char qid[QID_SIZE];
+};
+
+static int warn_due_fn(struct qdb_txn *t, void *arg)
+{
+    const struct warn_due *w = arg;
+    return qdb_due_put(t, w->when, w->qid);
+}
+
+static void warn_due_done(void *arg, int err)
+{
+    if (err)
+        log_warn("%s: delay warning not scheduled: %s", ((struct warn_due *)arg)->qid,
+                 strerror(err));
+    free(arg);
+}
+
+/* With delay_warning on, a due entry at arrival + delay_warning. */
+static void delivery_warn_schedule(struct delivery *s, const char *qid)
+{
+    struct qmsg m;
+    struct warn_due *w;
+    long dw = s->conf->delivery.delay_warning;
+    if (dw <= 0 || qdb_msg_get(s->db, qid, &m) != 0 || m.sender[0] == '\0' ||
+        (m.flags & QMSG_F_DSN))
+        return;
+    if ((w = calloc(1, sizeof *w)) == NULL)
+        return;
+    w->when = m.arrival + dw;
+    snprintf(w->qid, sizeof w->qid, "%s", qid);
+    if (spool_write(s->spool, warn_due_fn, w, warn_due_done, w) == NULL)
+        free(w);
 }
 
 static void delivery_expire_arm(struct delivery *s)
@@ -1352,6 +1408,7 @@ void delivery_queued(void *arg, const char *qid)
         }
     }
     free(r);
+    delivery_warn_schedule(s, qid);
     delivery_expire_arm(s);
 }
 
