@@ -105,6 +105,7 @@ struct spool {
     /* Under mu: */
     struct spool_ticket *q_head, **q_tail;      /* waiting for the writer */
     struct spool_ticket *d_head, **d_tail;      /* done, for the loop */
+    size_t outstanding;     /* enqueued, callback not yet run (loop thread) */
     int stopping;
     /* Completions handed to the loop and not yet run.  The writer waits
      * for them before its next batch: their callbacks are what submit the
@@ -289,6 +290,7 @@ static struct spool_ticket *ticket_enqueue(struct spool *s, struct spool_ticket 
     *s->q_tail = t;
     s->q_tail = &t->next;
     pthread_mutex_unlock(&s->mu);
+    s->outstanding++;
     /* Wake the writer when this loop pass is over, not now: every commit
      * made in this pass (sessions finishing DATA together) then goes into
      * one batch instead of the first going alone. */
@@ -589,9 +591,11 @@ static struct spool_ticket *take_done(struct spool *s)
  * this list; done is read just before the call, so that holds. */
 static void spool_done_cb(evutil_socket_t fd, short what, void *arg)
 {
+    struct spool *s0 = arg;
     struct spool_ticket *t = take_done(arg);
     while (t) {
         struct spool_ticket *next = t->next;
+        s0->outstanding--;
         if (t->done)
             t->done(t->done_arg, t->err);
         ticket_free(t);
@@ -938,4 +942,9 @@ void spool_body_unlink_if_gone(struct spool *s, const char *qid)
      * leaves an orphan that the next open removes. */
     if (unlinkat(s->rootfd, path, 0) < 0 && errno != ENOENT)
         log_warn("%s: unlink body: %s", qid, strerror(errno));
+}
+
+size_t spool_outstanding(const struct spool *s)
+{
+    return s->outstanding;
 }

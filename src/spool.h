@@ -101,6 +101,10 @@ void spool_body_unlink_if_gone(struct spool *s, const char *qid);
  * 0, or -1 with errno (ENOENT: body missing). */
 int spool_body_read(struct spool *s, const struct qmsg *m, struct evbuffer *out);
 
+/* Requests queued whose completion has not run yet (shutdown waits for
+ * them so no outcome is dropped).  Loop thread. */
+size_t spool_outstanding(const struct spool *s);
+
 /* Figures for logs and metrics. */
 struct spool_stats {
     uint64_t commits;         /* messages committed */
