@@ -2,14 +2,14 @@
 # build.sh - install what mxkeep needs on Debian 12, build it, and prepare
 # the sample configuration (test certificate, mail user, var/).
 # Safe to run again: each step is skipped when already done.
-#   BUILD_DIR=dir EXTRA_CONFIGURE="--enable-sanitizers" ./build.sh   # out-of-tree build
+#   EXTRA_CONFIGURE="--enable-sanitizers CC=clang" ./build.sh   # sanitizer build
 set -euo pipefail
 cd "$(dirname "$0")"
 top=$(pwd)
 
 PKGS="build-essential autoconf automake libtool pkg-config libevent-dev libssl-dev liblmdb-dev
 lmdb-utils libconfig-dev libc-ares-dev openssl python3 swaks postfix dnsmasq-base clang
-libclang-rt-14-dev libnet-ssleay-perl faketime procps iproute2 ca-certificates"
+libclang-rt-14-dev libnet-ssleay-perl faketime procps iproute2 ca-certificates chromium"
 
 missing=""
 for p in $PKGS; do
@@ -41,11 +41,8 @@ fi
 mkdir -p var/run
 
 [ -x configure ] && [ configure -nt configure.ac ] && [ Makefile.in -nt Makefile.am ] || autoreconf -fi >/dev/null 2>&1
-bdir=${BUILD_DIR:-.}
-mkdir -p "$bdir"
-cd "$bdir"
-if [ ! -f Makefile ] || [ "$top/configure" -nt Makefile ]; then
-    "$top/configure" -q ${EXTRA_CONFIGURE:-}
+if [ ! -f Makefile ] || [ configure -nt Makefile ]; then
+    ./configure -q ${EXTRA_CONFIGURE:-}
 fi
 make -s -j"$(nproc)" all
 make -s -j"$(nproc)" check TESTS= >/dev/null   # build the unit test programs too

@@ -13,7 +13,8 @@
  * being "OK" or "ERR <sysexits code> <message>", then any payload (JSON
  * for stats), and closes.  Commands: flush DOMAIN | flush --all,
  * hold DOMAIN, release DOMAIN, delete QID, delete-domain DOMAIN,
- * bounce QID, reload, stats, status DOMAIN.
+ * bounce QID, reload, stats, status DOMAIN, and status with no argument
+ * (one JSON object per line, every destination: mxkeepctl summary).
  *
  * Ownership: control_new() -> control_free() (accepts NULL; unlinks the
  * socket).  The delivery and spool are borrowed.

@@ -18,10 +18,12 @@
  */
 #include "config.h"
 #include "conf.h"
+#include "control.h"
 #include "delivery.h"
 #include "dns.h"
 #include "listen.h"
 #include "log.h"
+#include "metrics.h"
 #include "policy.h"
 #include "smtpd.h"
 #include "spool.h"
@@ -59,6 +61,8 @@ struct daemon {
     struct smtpd *smtpd;
     struct dns *dns;
     struct delivery *delivery;
+    struct control *control;
+    struct metrics *metrics;
     SSL_CTX *tls;
     struct event *ev_term, *ev_int, *ev_hup, *ev_drain;
     int stopping;
@@ -105,33 +109,62 @@ static void main_drop_privileges(const struct conf *c, uid_t uid, gid_t gid)
     log_info("running as user %s (uid %ld, gid %ld)", c->user, (long)uid, (long)gid);
 }
 
-static void main_on_reload(evutil_socket_t sig, short what, void *arg)
+/* Re-read config and lists (SIGHUP, mxkeepctl reload).  0 done, -1 kept
+ * the old ones; msg gets a one-line account either way. */
+static int main_reload(struct daemon *dm, char *msg, size_t len)
 {
-    struct daemon *dm = arg;
     char err[1024];
     struct conf *nc = conf_load(dm->conf->path, err, sizeof err);
     struct policy *np;
 
     if (nc == NULL) {
         log_warn("reload: %s; keeping the old configuration", err);
-        return;
+        snprintf(msg, len, "%s; keeping the old configuration", err);
+        return -1;
     }
     np = policy_new(nc, err, sizeof err);
     if (np == NULL) {
         log_warn("reload: %s; keeping the old configuration", err);
+        snprintf(msg, len, "%s; keeping the old configuration", err);
         conf_free(nc);
-        return;
+        return -1;
     }
     smtpd_configure(dm->smtpd, nc, np);
     if (delivery_configure(dm->delivery, nc, err, sizeof err) != 0)
         log_warn("reload: %s", err);
     listen_set_limits(dm->lst, nc->limits.connections, nc->limits.per_client);
+    if (dm->control)
+        control_set_conf(dm->control, nc);
+    metrics_set_conf(dm->metrics, nc);
     policy_free(dm->policy);
     conf_free(dm->conf);
     dm->conf = nc;
     dm->policy = np;
     log_info("reloaded %s: %zu domains, %zu recipient entries", nc->path, nc->ndomains,
              policy_entry_count(np));
+    snprintf(msg, len, "reloaded %s: %zu domains, %zu recipient entries", nc->path,
+             nc->ndomains, policy_entry_count(np));
+    return 0;
+}
+
+static void main_on_reload(evutil_socket_t sig, short what, void *arg)
+{
+    char msg[1024];
+
+    main_reload(arg, msg, sizeof msg);
+}
+
+static int main_control_reload(void *arg, char *msg, size_t len)
+{
+    return main_reload(arg, msg, len);
+}
+
+static void main_control_gauges(void *arg, size_t *in_sessions, size_t *out_connections)
+{
+    struct daemon *dm = arg;
+
+    *in_sessions = smtpd_session_count(dm->smtpd);
+    *out_connections = delivery_active_connections(dm->delivery);
 }
 
 static void main_on_drain_tick(evutil_socket_t fd, short what, void *arg)
@@ -139,7 +172,8 @@ static void main_on_drain_tick(evutil_socket_t fd, short what, void *arg)
     struct daemon *dm = arg;
     /* Sessions finishing their transactions, and deliveries whose
      * outcomes are still being written, both end before we exit. */
-    size_t n = smtpd_session_count(dm->smtpd) + delivery_active_connections(dm->delivery);
+    size_t n = smtpd_session_count(dm->smtpd) + delivery_active_connections(dm->delivery) +
+               spool_outstanding(dm->spool);
     if (n == 0 || time(NULL) >= dm->stop_deadline) {
         if (n)
             log_warn("shutdown: %zu sessions still open after %d s; closing them", n,
@@ -235,18 +269,18 @@ int main(int argc, char **argv)
     dm.policy = policy_new(dm.conf, err, sizeof err);
     if (dm.policy == NULL) {
         fprintf(stderr, "%s\n", err);
-        return EX_CONFIG_CODE;
+        goto config_fail;
     }
     if (geteuid() == 0) {
         struct passwd *pw;
         if (dm.conf->user == NULL) {
             fprintf(stderr, "%s: refusing to run as root: set `user`\n", dm.conf->path);
-            return EX_CONFIG_CODE;
+            goto config_fail;
         }
         pw = getpwnam(dm.conf->user);
         if (pw == NULL) {
             fprintf(stderr, "%s: user %s does not exist\n", dm.conf->path, dm.conf->user);
-            return EX_CONFIG_CODE;
+            goto config_fail;
         }
         uid = pw->pw_uid;
         gid = pw->pw_gid;
@@ -254,19 +288,21 @@ int main(int argc, char **argv)
             struct group *gr = getgrnam(dm.conf->group);
             if (gr == NULL) {
                 fprintf(stderr, "%s: group %s does not exist\n", dm.conf->path, dm.conf->group);
-                return EX_CONFIG_CODE;
+                goto config_fail;
             }
             gid = gr->gr_gid;
         }
         if (uid == 0) {
             fprintf(stderr, "%s: user %s is root: pick an unprivileged user\n", dm.conf->path,
                     dm.conf->user);
-            return EX_CONFIG_CODE;
+            goto config_fail;
         }
     }
     if (check) {
         printf("%s: configuration OK: %zu domains, %zu recipient entries\n", dm.conf->path,
                dm.conf->ndomains, policy_entry_count(dm.policy));
+        policy_free(dm.policy);
+        conf_free(dm.conf);
         return 0;
     }
 
@@ -283,6 +319,15 @@ int main(int argc, char **argv)
     dm.lst = listen_new(dm.base, dm.conf, err, sizeof err);
     if (dm.lst == NULL)
         log_fatal(EX_OSERR_CODE, "%s", err);
+    /* NULL with no reason: no metrics listener configured. */
+    dm.metrics = metrics_new(dm.base, dm.conf, err, sizeof err);
+    if (dm.metrics == NULL && err[0] != '\0')
+        log_fatal(EX_OSERR_CODE, "%s", err);
+    if (dm.conf->control_socket) {
+        dm.control = control_new(dm.base, dm.conf, uid, gid, err, sizeof err);
+        if (dm.control == NULL)
+            log_fatal(EX_OSERR_CODE, "%s", err);
+    }
     if (dm.conf->tls_certificate) {
         dm.tls = tls_server_ctx_new(dm.conf->tls_certificate, dm.conf->tls_key, err, sizeof err);
         if (dm.tls == NULL)
@@ -307,6 +352,10 @@ int main(int argc, char **argv)
         log_fatal(EX_OSERR_CODE, "delivery: %s", err);
     smtpd_set_hooks(dm.smtpd, delivery_etrn, delivery_queued, dm.delivery);
     delivery_start(dm.delivery);
+    metrics_start(dm.metrics, dm.spool, dm.delivery, main_control_gauges, &dm);
+    if (dm.control)
+        control_start(dm.control, dm.spool, dm.delivery, main_control_reload,
+                      main_control_gauges, &dm);
 
     dm.ev_term = evsignal_new(dm.base, SIGTERM, main_on_stop, &dm);
     dm.ev_int = evsignal_new(dm.base, SIGINT, main_on_stop, &dm);
@@ -322,11 +371,14 @@ int main(int argc, char **argv)
 
     event_base_dispatch(dm.base);
 
+    metrics_free(dm.metrics);
     smtpd_free(dm.smtpd);
     delivery_free(dm.delivery);
     dns_free(dm.dns);
     listen_free(dm.lst);
     spool_close(dm.spool);
+    /* After the spool: its last completions may still answer a client. */
+    control_free(dm.control);
     if (dm.ev_drain)
         event_free(dm.ev_drain);
     event_free(dm.ev_term);
@@ -340,4 +392,10 @@ int main(int argc, char **argv)
     event_base_free(dm.base);
     log_info("mxkeepd stopped");
     return 0;
+
+config_fail:
+    /* Bad configuration: one line went to stderr; leave nothing behind. */
+    policy_free(dm.policy);
+    conf_free(dm.conf);
+    return EX_CONFIG_CODE;
 }

@@ -6,17 +6,18 @@
  * What it does: answers questions about the queue (queue, summary, show,
  * cat, count) by reading the LMDB index of the spool directly.  LMDB lets
  * this second process read while mxkeepd writes, so these commands work
- * whether the daemon is running or not.  Commands that must act through the
- * daemon (flush, hold, ...) will go over the control socket; the command
- * table already carries a needs_daemon flag so they slot in beside the
- * readers without touching them.
+ * whether the daemon is running or not.  Commands that act (flush, hold,
+ * release, delete, bounce, reload, stats) send one line over the daemon's
+ * control socket (control.h) and print its answer; summary also asks the
+ * daemon, when it answers, for the live state of each destination.
  *
  * Owns: its struct conf, its read-only use of the index (struct qdb) and
  * the page buffers below.  Output goes to stdout, diagnostics to stderr.
  *
- * Must never: write to the index or the spool (only qdb_* read functions
- * are called, and bodies are opened O_RDONLY); load the whole queue into
- * memory (messages are read in pages of CTL_PAGE, resuming after the last
+ * Must never: write to the index or the spool itself (only qdb_* read
+ * functions are called, bodies are opened O_RDONLY, and every change is
+ * asked of the daemon); load the whole queue into memory (messages are
+ * read in pages of CTL_PAGE, resuming after the last
  * QID, and written out as they come, JSON included); hold an LMDB read
  * transaction while writing output (a slow reader of our stdout would pin
  * old pages and make the daemon's map grow), so each page is copied out of
@@ -27,17 +28,23 @@
  * characters (C0, DEL, C1) and invalid UTF-8 as \xNN (and doubles a
  * backslash) so a message cannot drive the administrator's terminal; JSON output escapes per RFC 8259 and
  * turns invalid UTF-8 into U+FFFD.  A QID from the command line is checked
- * with qid_valid() before it becomes part of a path.
+ * with qid_valid() before it becomes part of a path or a request, a domain
+ * is checked to be one printable word; the daemon's replies are bounded
+ * (CTL_REPLY_MAX, CTL_DAEMON_TIMEOUT) and printed escaped like the rest.
  *
  * Exit codes (sysexits.h):
  *   0   EX_OK           success
  *   64  EX_USAGE        bad command line, unknown command, malformed QID
  *   66  EX_NOINPUT      no spool at the configured path; no such message
- *   69  EX_UNAVAILABLE  the command needs the daemon (control socket)
+ *   67  EX_NOUSER       unknown domain (daemon commands)
+ *   69  EX_UNAVAILABLE  daemon not running (nothing on the control socket)
  *   71  EX_OSERR        out of memory
  *   74  EX_IOERR        index or body read failed, stdout write failed
- *   77  EX_NOPERM       the spool is not accessible to this user
- *   78  EX_CONFIG       the configuration file does not load
+ *   75  EX_TEMPFAIL     domain held; message being delivered; daemon too slow
+ *   76  EX_PROTOCOL     malformed reply from the daemon
+ *   77  EX_NOPERM       the spool or the control socket refuses this user
+ *   78  EX_CONFIG       the configuration file does not load; no socket set
+ * For daemon commands, the daemon's "ERR <code>" is the exit code.
  * On an error in the middle of a JSON listing the document is left
  * unterminated on purpose, so a consumer's parser fails too.
  */
@@ -45,13 +52,16 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <poll.h>
 #include <inttypes.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <sysexits.h>
 #include <time.h>
 #include <unistd.h>
@@ -77,6 +87,11 @@
 #define CTL_ERR_SIZE      512
 #define CTL_PATH_SIZE     4096
 #define CTL_QID_SUFFIX    2             /* msg/XX/: last two QID chars */
+#define CTL_DAEMON_TIMEOUT 120          /* seconds for the daemon's whole answer */
+#define CTL_REPLY_MAX     (64 * 1024 * 1024)  /* most reply octets we take */
+#define CTL_LINE_MAX      1024          /* the daemon's CONTROL_LINE_MAX */
+#define CTL_JSON_KEY      64
+#define CTL_STATS_COL     32
 
 #define SECS_MINUTE 60
 #define SECS_HOUR   (60 * SECS_MINUTE)
@@ -368,6 +383,360 @@ static void ctl_error(const char *what, const char *detail)
         fprintf(stderr, CTL_PROG ": %s: %s\n", what, detail);
     else
         fprintf(stderr, CTL_PROG ": %s\n", what);
+}
+
+/* ------------------------------------------------------------------ */
+/* The daemon's control socket                                         */
+/* ------------------------------------------------------------------ */
+
+/*
+ * One request per connection: send "COMMAND ARGS\n", read until the daemon
+ * closes.  The first line is "OK[ text]" or "ERR <sysexits code> <text>";
+ * the rest is payload (JSON).  Everything received is bounded.
+ */
+struct daemon_reply {
+    char *buf;                          /* whole reply, NUL-terminated */
+    size_t len;
+    const char *text;                   /* after "OK " ("" when none) */
+    const char *payload;                /* after the first line */
+};
+
+static void daemon_reply_free(struct daemon_reply *r)
+{
+    free(r->buf);
+    memset(r, 0, sizeof *r);
+}
+
+/* Connect to the control socket.  fd >= 0, or -(exit code) after a one-line
+ * message (none when quiet). */
+static int daemon_connect(const struct ctl *c, int quiet)
+{
+    const char *path = c->conf->control_socket;
+    struct sockaddr_un sun;
+    int fd, e;
+
+    if (path == NULL) {
+        if (!quiet)
+            ctl_error("no control socket configured (control.socket)", NULL);
+        return -EX_CONFIG;
+    }
+    if (strlen(path) >= sizeof sun.sun_path) {
+        if (!quiet)
+            ctl_error("control socket path too long", path);
+        return -EX_CONFIG;
+    }
+    memset(&sun, 0, sizeof sun);
+    sun.sun_family = AF_UNIX;
+    snprintf(sun.sun_path, sizeof sun.sun_path, "%s", path);
+    fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        if (!quiet)
+            ctl_error("socket", strerror(errno));
+        return -EX_OSERR;
+    }
+    if (connect(fd, (struct sockaddr *)&sun, sizeof sun) == 0)
+        return fd;
+    e = errno;
+    close(fd);
+    if (!quiet) {
+        if (e == ECONNREFUSED || e == ENOENT)
+            fprintf(stderr, CTL_PROG ": daemon not running (socket %s)\n", path);
+        else if (e == EACCES || e == EPERM)
+            fprintf(stderr, CTL_PROG ": permission denied (socket %s)\n", path);
+        else
+            fprintf(stderr, CTL_PROG ": control socket %s: %s\n", path, strerror(e));
+    }
+    return e == EACCES || e == EPERM ? -EX_NOPERM : -EX_UNAVAILABLE;
+}
+
+/* Wait for fd to be ready for ev within the reply deadline.  0 or -1. */
+static int daemon_wait(int fd, short ev, int64_t deadline_ms)
+{
+    for (;;) {
+        struct pollfd p = { .fd = fd, .events = ev };
+        struct timespec ts;
+        int64_t now_ms, left;
+        int n;
+
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        now_ms = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+        left = deadline_ms - now_ms;
+        if (left <= 0)
+            return -1;
+        n = poll(&p, 1, (int)(left > INT32_MAX ? INT32_MAX : left));
+        if (n > 0)
+            return 0;
+        if (n < 0 && errno != EINTR)
+            return -1;
+    }
+}
+
+/* Send line, take the reply.  0 with r filled (OK), or an exit code after
+ * a one-line message (the daemon's ERR code, or one of ours). */
+static int daemon_request(const struct ctl *c, const char *line, struct daemon_reply *r, int quiet)
+{
+    struct timespec ts;
+    int64_t deadline;
+    size_t cap = CTL_READ_CHUNK, off = 0, len = strlen(line);
+    char *nl;
+    int fd, code;
+
+    memset(r, 0, sizeof *r);
+    fd = daemon_connect(c, quiet);
+    if (fd < 0)
+        return -fd;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    deadline = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000 + CTL_DAEMON_TIMEOUT * 1000;
+    while (off < len) {
+        ssize_t n;
+
+        if (daemon_wait(fd, POLLOUT, deadline) != 0)
+            goto timeout;
+        n = send(fd, line + off, len - off, MSG_NOSIGNAL);
+        if (n < 0 && errno == EINTR)
+            continue;
+        /* The daemon may answer and close before reading (a refused
+         * peer): its reply is still there to read. */
+        if (n < 0 && (errno == EPIPE || errno == ECONNRESET))
+            break;
+        if (n < 0)
+            goto broken;
+        off += (size_t)n;
+    }
+    r->buf = malloc(cap + 1);
+    if (r->buf == NULL)
+        goto oom;
+    for (;;) {
+        ssize_t n;
+
+        if (r->len == cap) {
+            char *nb;
+            if (cap >= CTL_REPLY_MAX) {
+                if (!quiet)
+                    ctl_error("reply from the daemon too long", NULL);
+                close(fd);
+                daemon_reply_free(r);
+                return EX_PROTOCOL;
+            }
+            cap *= 2;
+            nb = realloc(r->buf, cap + 1);
+            if (nb == NULL)
+                goto oom;
+            r->buf = nb;
+        }
+        if (daemon_wait(fd, POLLIN, deadline) != 0)
+            goto timeout;
+        n = recv(fd, r->buf + r->len, cap - r->len, 0);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            goto broken;
+        if (n == 0)
+            break;
+        r->len += (size_t)n;
+    }
+    close(fd);
+    r->buf[r->len] = '\0';
+    nl = memchr(r->buf, '\n', r->len);
+    if (nl == NULL || memchr(r->buf, '\0', r->len) != NULL) {
+        if (!quiet)
+            ctl_error("malformed reply from the daemon", NULL);
+        daemon_reply_free(r);
+        return EX_PROTOCOL;
+    }
+    *nl = '\0';
+    r->payload = nl + 1;
+    if (strcmp(r->buf, "OK") == 0 || strncmp(r->buf, "OK ", 3) == 0) {
+        r->text = r->buf[2] == ' ' ? r->buf + 3 : "";
+        return 0;
+    }
+    if (strncmp(r->buf, "ERR ", 4) == 0) {
+        char *end;
+        long v = strtol(r->buf + 4, &end, 10);
+
+        code = v >= EX__BASE && v <= EX__MAX ? (int)v : EX_SOFTWARE;
+        if (!quiet) {
+            fputs(CTL_PROG ": ", stderr);
+            text_str(stderr, *end == ' ' ? end + 1 : end);
+            fputc('\n', stderr);
+        }
+        daemon_reply_free(r);
+        return code;
+    }
+    if (!quiet)
+        ctl_error("malformed reply from the daemon", NULL);
+    daemon_reply_free(r);
+    return EX_PROTOCOL;
+
+timeout:
+    if (!quiet)
+        fprintf(stderr, CTL_PROG ": no answer from the daemon within %d s\n", CTL_DAEMON_TIMEOUT);
+    close(fd);
+    daemon_reply_free(r);
+    return EX_TEMPFAIL;
+broken:
+    if (!quiet)
+        fprintf(stderr, CTL_PROG ": control socket: %s\n", strerror(errno));
+    close(fd);
+    daemon_reply_free(r);
+    return EX_IOERR;
+oom:
+    if (!quiet)
+        ctl_error("out of memory", NULL);
+    close(fd);
+    daemon_reply_free(r);
+    return EX_OSERR;
+}
+
+/*
+ * A flat JSON object as the daemon writes it: string, number, true, false
+ * and null values, no nesting.  fn(arg, key, value, is_string) for each
+ * member; numbers and literals arrive as their text.  The key and value
+ * buffers are reused.  0, or -1 when the text is not such an object.
+ */
+typedef void (*json_member_fn)(void *arg, const char *key, const char *value, int is_string);
+
+static const char *json_skip_ws(const char *p)
+{
+    while (*p == ' ' || *p == '\t' || *p == '\r' || *p == '\n')
+        p++;
+    return p;
+}
+
+/* A JSON string at p (after the quote) into out (size outlen, truncated);
+ * \u escapes become UTF-8.  Returns the position after the closing quote,
+ * or NULL. */
+static const char *json_parse_str(const char *p, char *out, size_t outlen)
+{
+    size_t o = 0;
+
+    while (*p != '"') {
+        uint32_t cp;
+        char tmp[4];
+        size_t n, i;
+
+        if (*p == '\0')
+            return NULL;
+        if (*p != '\\') {
+            tmp[0] = *p++;
+            n = 1;
+        } else {
+            p++;
+            switch (*p) {
+            case '"': case '\\': case '/': tmp[0] = *p; n = 1; break;
+            case 'b': tmp[0] = '\b'; n = 1; break;
+            case 'f': tmp[0] = '\f'; n = 1; break;
+            case 'n': tmp[0] = '\n'; n = 1; break;
+            case 'r': tmp[0] = '\r'; n = 1; break;
+            case 't': tmp[0] = '\t'; n = 1; break;
+            case 'u':
+                cp = 0;
+                for (i = 1; i <= 4; i++) {
+                    if (!isxdigit((unsigned char)p[i]))
+                        return NULL;
+                    cp = cp * 16 + (uint32_t)(isdigit((unsigned char)p[i]) ? p[i] - '0'
+                                                    : (tolower((unsigned char)p[i]) - 'a' + 10));
+                }
+                p += 4;
+                /* Surrogates never come from the daemon: U+FFFD. */
+                if (cp >= 0xD800 && cp <= 0xDFFF)
+                    cp = 0xFFFD;
+                if (cp < 0x80) {
+                    tmp[0] = (char)cp;
+                    n = 1;
+                } else if (cp < 0x800) {
+                    tmp[0] = (char)(0xC0 | (cp >> 6));
+                    tmp[1] = (char)(0x80 | (cp & 0x3F));
+                    n = 2;
+                } else {
+                    tmp[0] = (char)(0xE0 | (cp >> 12));
+                    tmp[1] = (char)(0x80 | ((cp >> 6) & 0x3F));
+                    tmp[2] = (char)(0x80 | (cp & 0x3F));
+                    n = 3;
+                }
+                break;
+            default:
+                return NULL;
+            }
+            p++;
+        }
+        for (i = 0; i < n; i++)
+            if (o + 1 < outlen)
+                out[o++] = tmp[i];
+    }
+    out[o] = '\0';
+    return p + 1;
+}
+
+static int json_flat_object(const char *p, json_member_fn fn, void *arg)
+{
+    char key[CTL_JSON_KEY], value[CTL_ERR_SIZE + CTL_JSON_KEY];
+
+    p = json_skip_ws(p);
+    if (*p++ != '{')
+        return -1;
+    p = json_skip_ws(p);
+    if (*p == '}')
+        return 0;
+    for (;;) {
+        p = json_skip_ws(p);
+        if (*p != '"' || (p = json_parse_str(p + 1, key, sizeof key)) == NULL)
+            return -1;
+        p = json_skip_ws(p);
+        if (*p++ != ':')
+            return -1;
+        p = json_skip_ws(p);
+        if (*p == '"') {
+            if ((p = json_parse_str(p + 1, value, sizeof value)) == NULL)
+                return -1;
+            fn(arg, key, value, 1);
+        } else {
+            size_t n = strcspn(p, ",} \t\r\n");
+            if (n == 0 || n >= sizeof value)
+                return -1;
+            memcpy(value, p, n);
+            value[n] = '\0';
+            p += n;
+            fn(arg, key, value, 0);
+        }
+        p = json_skip_ws(p);
+        if (*p == '}')
+            return 0;
+        if (*p++ != ',')
+            return -1;
+    }
+}
+
+/* A daemon command's "OK text": text, or {"reply":"text"} with --json. */
+static void print_ok(struct ctl *c, const struct daemon_reply *r)
+{
+    if (c->json) {
+        fputs("{\"reply\":", c->out);
+        json_str(c->out, r->text);
+        fputs("}\n", c->out);
+    } else {
+        text_str(c->out, r->text[0] != '\0' ? r->text : "OK");
+        fputc('\n', c->out);
+    }
+}
+
+/* Send "verb arg" and print the OK line.  0 or an exit code. */
+static int daemon_simple(struct ctl *c, const char *verb, const char *arg)
+{
+    char line[CTL_LINE_MAX];
+    struct daemon_reply r;
+    int rc;
+
+    if ((size_t)snprintf(line, sizeof line, "%s%s%s\n", verb, arg ? " " : "", arg ? arg : "") >=
+        sizeof line) {
+        ctl_error("argument too long", arg);
+        return EX_USAGE;
+    }
+    rc = daemon_request(c, line, &r, 0);
+    if (rc == 0)
+        print_ok(c, &r);
+    daemon_reply_free(&r);
+    return rc;
 }
 
 /* ------------------------------------------------------------------ */
@@ -717,6 +1086,8 @@ struct dest_row {
     struct qdest d;
     int has_oldest;
     int64_t oldest;
+    int live;                           /* state from the running daemon */
+    int connections;                    /* its open connections (live only) */
 };
 
 struct dest_list {
@@ -790,6 +1161,92 @@ static int dest_row_oldest(struct ctl *c, struct dest_row *row)
     return 0;
 }
 
+/*
+ * With the daemon up, its view of each destination (state, next probe,
+ * last error, open connections) is newer than the stored record; the
+ * counters still come from the index.  No daemon: the stored record.
+ */
+struct live_dest {
+    struct qdest d;
+    int connections;
+    int has_domain;
+};
+
+static int dest_state_parse(const char *s)
+{
+    if (strcmp(s, "up") == 0)
+        return QDEST_UP;
+    if (strcmp(s, "down") == 0)
+        return QDEST_DOWN;
+    if (strcmp(s, "held") == 0)
+        return QDEST_HELD;
+    return QDEST_UNKNOWN;
+}
+
+static void live_member(void *arg, const char *key, const char *value, int is_string)
+{
+    struct live_dest *l = arg;
+
+    if (strcmp(key, "domain") == 0 && is_string) {
+        snprintf(l->d.domain, sizeof l->d.domain, "%s", value);
+        domain_normalize(l->d.domain);
+        l->has_domain = 1;
+    } else if (strcmp(key, "state") == 0 && is_string) {
+        l->d.state = dest_state_parse(value);
+    } else if (strcmp(key, "next_probe") == 0 && !is_string) {
+        l->d.next_probe = strcmp(value, "null") == 0 ? 0 : strtoll(value, NULL, 10);
+    } else if (strcmp(key, "last_error") == 0 && is_string) {
+        snprintf(l->d.last_error, sizeof l->d.last_error, "%s", value);
+    } else if (strcmp(key, "connections") == 0 && !is_string) {
+        l->connections = (int)strtol(value, NULL, 10);
+    }
+}
+
+static void summary_merge_live(struct ctl *c, struct dest_list *l)
+{
+    struct daemon_reply r;
+    const char *p;
+
+    if (c->conf->control_socket == NULL || daemon_request(c, "status\n", &r, 1) != 0)
+        return;
+    for (p = r.payload; *p != '\0';) {
+        const char *nl = strchr(p, '\n');
+        struct live_dest ld;
+        struct dest_row *row = NULL;
+        char *line;
+        size_t i, n = nl ? (size_t)(nl - p) : strlen(p);
+
+        memset(&ld, 0, sizeof ld);
+        line = strndup(p, n);
+        p += n + (nl ? 1 : 0);
+        if (line == NULL)
+            break;
+        if (n == 0 || json_flat_object(line, live_member, &ld) != 0 || !ld.has_domain) {
+            free(line);
+            continue;
+        }
+        free(line);
+        for (i = 0; i < l->n && row == NULL; i++)
+            if (strcmp(l->row[i].d.domain, ld.d.domain) == 0)
+                row = &l->row[i];
+        if (row == NULL) {
+            /* Known to the daemon, nothing stored yet: nothing waits. */
+            struct qdest empty;
+            memset(&empty, 0, sizeof empty);
+            snprintf(empty.domain, sizeof empty.domain, "%s", ld.d.domain);
+            if (dest_list_add(l, &empty) != 0)
+                break;
+            row = &l->row[l->n - 1];
+        }
+        row->live = 1;
+        row->connections = ld.connections;
+        row->d.state = ld.d.state;
+        row->d.next_probe = ld.d.next_probe;
+        snprintf(row->d.last_error, sizeof row->d.last_error, "%s", ld.d.last_error);
+    }
+    daemon_reply_free(&r);
+}
+
 static void summary_json(struct ctl *c, const struct dest_list *l)
 {
     FILE *f = c->out;
@@ -813,7 +1270,10 @@ static void summary_json(struct ctl *c, const struct dest_list *l)
         json_time_or_null(f, r->d.next_probe);
         fputs(",\"last_error\":", f);
         json_str(f, r->d.last_error);
-        fputc('}', f);
+        if (r->live)
+            fprintf(f, ",\"source\":\"daemon\",\"connections\":%d}", r->connections);
+        else
+            fputs(",\"source\":\"index\",\"connections\":null}", f);
     }
     fputs(l->n == 0 ? "]}\n" : "\n]}\n", f);
 }
@@ -867,6 +1327,13 @@ static int cmd_summary(struct ctl *c, int argc, char **argv)
     }
     for (i = 0; i < l.n && rc == 0; i++)
         rc = dest_row_oldest(c, &l.row[i]);
+    if (rc == 0) {
+        summary_merge_live(c, &l);
+        if (l.oom) {
+            ctl_error("out of memory", NULL);
+            rc = EX_OSERR;
+        }
+    }
     if (rc == 0) {
         if (l.n > 1)
             qsort(l.row, l.n, sizeof *l.row, dest_row_cmp);
@@ -979,22 +1446,27 @@ static int body_read(struct ctl *c, const struct qmsg *m, body_sink_fn sink, voi
     return body_read_file(c, m, sink, arg);
 }
 
+/* QIDs are upper-case base32; accept what a human retypes.  0, or -1
+ * when arg is no QID. */
+static int qid_normalize(const char *arg, char qid[QID_SIZE])
+{
+    size_t i, len = strlen(arg);
+
+    if (len != QID_LEN)
+        return -1;
+    for (i = 0; i < len; i++)
+        qid[i] = (char)toupper((unsigned char)arg[i]);
+    qid[len] = '\0';
+    return qid_valid(qid) ? 0 : -1;
+}
+
 /* Look up the QID argument.  0 with *m filled, or an exit code. */
 static int ctl_msg_lookup(struct ctl *c, const char *arg, struct qmsg *m)
 {
     char qid[QID_SIZE];
-    size_t i, len = strlen(arg);
     int rc;
 
-    if (len != QID_LEN) {
-        ctl_error("not a queue ID", arg);
-        return EX_USAGE;
-    }
-    /* QIDs are upper-case base32; accept what a human retypes. */
-    for (i = 0; i < len; i++)
-        qid[i] = (char)toupper((unsigned char)arg[i]);
-    qid[len] = '\0';
-    if (!qid_valid(qid)) {
+    if (qid_normalize(arg, qid) != 0) {
         ctl_error("not a queue ID", arg);
         return EX_USAGE;
     }
@@ -1208,6 +1680,128 @@ static int cmd_count(struct ctl *c, int argc, char **argv)
 }
 
 /* ------------------------------------------------------------------ */
+/* Commands through the daemon                                         */
+/* ------------------------------------------------------------------ */
+
+/* A domain argument as the daemon will see it: one word, printable. */
+static int arg_domain_ok(const char *arg)
+{
+    size_t i, len = strlen(arg);
+
+    if (len == 0 || len > SMTP_DOMAIN_MAX + 1)
+        return 0;
+    for (i = 0; i < len; i++)
+        if ((unsigned char)arg[i] <= ' ' || (unsigned char)arg[i] >= 0x7F)
+            return 0;
+    return 1;
+}
+
+static int cmd_domain_verb(struct ctl *c, const char *verb, const char *domain)
+{
+    if (!arg_domain_ok(domain)) {
+        ctl_error("not a domain", domain);
+        return EX_USAGE;
+    }
+    return daemon_simple(c, verb, domain);
+}
+
+static int cmd_flush(struct ctl *c, int argc, char **argv)
+{
+    if (strcmp(argv[1], "--all") == 0)
+        return daemon_simple(c, "flush", "--all");
+    return cmd_domain_verb(c, "flush", argv[1]);
+}
+
+static int cmd_hold(struct ctl *c, int argc, char **argv)
+{
+    return cmd_domain_verb(c, argv[0], argv[1]);
+}
+
+static int cmd_delete(struct ctl *c, int argc, char **argv)
+{
+    const char *domain = NULL;
+    char qid[QID_SIZE];
+    int yes = 0, i;
+
+    if (argc == 2 && argv[1][0] != '-') {
+        if (qid_normalize(argv[1], qid) != 0) {
+            ctl_error("not a queue ID", argv[1]);
+            return EX_USAGE;
+        }
+        return daemon_simple(c, "delete", qid);
+    }
+    for (i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--yes") == 0) {
+            yes = 1;
+        } else if (strcmp(argv[i], "--domain") == 0 && i + 1 < argc && domain == NULL) {
+            domain = argv[++i];
+        } else {
+            domain = NULL;
+            break;
+        }
+    }
+    if (domain == NULL) {
+        fprintf(stderr, "usage: " CTL_PROG " delete QID | delete --domain DOMAIN --yes\n");
+        return EX_USAGE;
+    }
+    if (!yes) {
+        fprintf(stderr, CTL_PROG ": delete --domain removes every message waiting for %s "
+                        "without notice; add --yes to do it\n", domain);
+        return EX_USAGE;
+    }
+    return cmd_domain_verb(c, "delete-domain", domain);
+}
+
+static int cmd_bounce(struct ctl *c, int argc, char **argv)
+{
+    char qid[QID_SIZE];
+
+    if (qid_normalize(argv[1], qid) != 0) {
+        ctl_error("not a queue ID", argv[1]);
+        return EX_USAGE;
+    }
+    return daemon_simple(c, "bounce", qid);
+}
+
+static int cmd_reload(struct ctl *c, int argc, char **argv)
+{
+    return daemon_simple(c, "reload", NULL);
+}
+
+struct stats_text {
+    FILE *f;
+};
+
+static void stats_member(void *arg, const char *key, const char *value, int is_string)
+{
+    struct stats_text *s = arg;
+
+    text_str(s->f, key);
+    fprintf(s->f, "%*s ", strlen(key) < CTL_STATS_COL ? (int)(CTL_STATS_COL - strlen(key)) : 0, "");
+    text_str(s->f, value);
+    fputc('\n', s->f);
+}
+
+static int cmd_stats(struct ctl *c, int argc, char **argv)
+{
+    struct daemon_reply r;
+    struct stats_text s = { c->out };
+    int rc = daemon_request(c, "stats\n", &r, 0);
+
+    if (rc != 0)
+        return rc;
+    if (c->json) {
+        /* The daemon's object, as sent: one line. */
+        fputs(r.payload, c->out);
+    } else if (json_flat_object(r.payload, stats_member, &s) != 0) {
+        ctl_error("malformed stats from the daemon", NULL);
+        rc = EX_PROTOCOL;
+    }
+    daemon_reply_free(&r);
+    return rc;
+}
+
+/* ------------------------------------------------------------------ */
 /* Command table and main                                              */
 /* ------------------------------------------------------------------ */
 
@@ -1227,6 +1821,14 @@ static const struct ctl_cmd ctl_cmds[] = {
     { "show", "QID", 1, 1, 0, cmd_show, "envelope, recipients and headers of a message" },
     { "cat", "QID", 1, 1, 0, cmd_cat, "write the stored message to stdout" },
     { "count", "", 0, 0, 0, cmd_count, "number of queued messages" },
+    { "flush", "DOMAIN|--all", 1, 1, 1, cmd_flush, "deliver now (every destination with --all)" },
+    { "hold", "DOMAIN", 1, 1, 1, cmd_hold, "stop delivering to DOMAIN (until release or reload)" },
+    { "release", "DOMAIN", 1, 1, 1, cmd_hold, "resume delivering to DOMAIN" },
+    { "delete", "QID|--domain D --yes", 1, 3, 1, cmd_delete,
+      "remove a message, or all waiting for D, without notice" },
+    { "bounce", "QID", 1, 1, 1, cmd_bounce, "return a message to its sender now" },
+    { "reload", "", 0, 0, 1, cmd_reload, "re-read the configuration and recipient lists" },
+    { "stats", "", 0, 0, 1, cmd_stats, "the daemon's counters" },
 };
 
 static void usage(FILE *f)
@@ -1238,7 +1840,7 @@ static void usage(FILE *f)
                "  --json    machine-readable output\n"
                "commands:\n");
     for (i = 0; i < NELEM(ctl_cmds); i++)
-        fprintf(f, "  %-8s %-9s %s\n", ctl_cmds[i].name, ctl_cmds[i].args, ctl_cmds[i].help);
+        fprintf(f, "  %-8s %-12s %s\n", ctl_cmds[i].name, ctl_cmds[i].args, ctl_cmds[i].help);
 }
 
 static const struct ctl_cmd *ctl_cmd_find(const char *name)
@@ -1358,14 +1960,8 @@ int main(int argc, char **argv)
         fprintf(stderr, CTL_PROG ": %s\n", err);
         return EX_CONFIG;
     }
-    if (cmd->needs_daemon) {
-        /* The control socket client goes here. */
-        fprintf(stderr, CTL_PROG ": %s needs the daemon's control socket, "
-                        "which this version cannot use yet\n", cmd->name);
-        rc = EX_UNAVAILABLE;
-    } else {
-        rc = ctl_db_open(&c);
-    }
+    /* Daemon commands open nothing here: the daemon checks who asks. */
+    rc = cmd->needs_daemon ? 0 : ctl_db_open(&c);
     if (rc == 0) {
         c.now = (int64_t)time(NULL);
         rc = cmd->run(&c, nargs + 1, argv + optind);

@@ -173,7 +173,7 @@ static void session_reply(struct session *s, const char *fmt, ...)
 
 /* An error reply that counts toward the bad-command limit. */
 /* Which counter a refusal goes to, from its enhanced status code. */
-static enum stat smtpd_reject_stat(const char *reply)
+static enum stat_id smtpd_reject_stat(const char *reply)
 {
     if (strncmp(reply + 4, "5.7.1", 5) == 0)
         return STAT_REJ_RELAY;

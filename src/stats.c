@@ -38,7 +38,7 @@ static const struct {
     [STAT_FLUSH_SECONDS] = { "flush_seconds_total", "Seconds spent in flush passes" },
 };
 
-void stats_add(enum stat s, uint64_t n)
+void stats_add(enum stat_id s, uint64_t n)
 {
     if (stats_t0 == 0)
         stats_t0 = (int64_t)time(NULL);
@@ -46,9 +46,9 @@ void stats_add(enum stat s, uint64_t n)
         stats_v[s] += n;
 }
 
-uint64_t stats_get(enum stat s) { return (unsigned)s < STAT_COUNT_ ? stats_v[s] : 0; }
-const char *stats_name(enum stat s) { return (unsigned)s < STAT_COUNT_ ? stats_meta[s].name : "?"; }
-const char *stats_help(enum stat s) { return (unsigned)s < STAT_COUNT_ ? stats_meta[s].help : "?"; }
+uint64_t stats_get(enum stat_id s) { return (unsigned)s < STAT_COUNT_ ? stats_v[s] : 0; }
+const char *stats_name(enum stat_id s) { return (unsigned)s < STAT_COUNT_ ? stats_meta[s].name : "?"; }
+const char *stats_help(enum stat_id s) { return (unsigned)s < STAT_COUNT_ ? stats_meta[s].help : "?"; }
 
 int64_t stats_started(void)
 {

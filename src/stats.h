@@ -2,7 +2,7 @@
  * stats.h - process-wide event counters for logs, mxkeepctl stats and the
  * Prometheus endpoint.
  *
- * Counters are plain uint64_t in one table indexed by enum stat; only the
+ * Counters are plain uint64_t in one table indexed by enum stat_id; only the
  * loop thread changes or reads them (the spool writer never does), so no
  * locking.  Gauges that other modules own (open sessions, queue sizes) are
  * not here: the reader asks the owner.
@@ -12,7 +12,7 @@
 
 #include <stdint.h>
 
-enum stat {
+enum stat_id {
     STAT_CONN_IN = 0,           /* inbound connections accepted */
     STAT_CONN_REFUSED,          /* refused at connect (limits) */
     STAT_ACCEPTED,              /* messages queued (250 after DATA/BDAT) */
@@ -37,13 +37,13 @@ enum stat {
     STAT_COUNT_
 };
 
-void stats_add(enum stat s, uint64_t n);
-static inline void stats_inc(enum stat s) { stats_add(s, 1); }
-uint64_t stats_get(enum stat s);
+void stats_add(enum stat_id s, uint64_t n);
+static inline void stats_inc(enum stat_id s) { stats_add(s, 1); }
+uint64_t stats_get(enum stat_id s);
 /* Prometheus metric name (without the mxkeep_ prefix), help text, and
  * type ("counter"). */
-const char *stats_name(enum stat s);
-const char *stats_help(enum stat s);
+const char *stats_name(enum stat_id s);
+const char *stats_help(enum stat_id s);
 /* Process start, unix seconds. */
 int64_t stats_started(void);
 
