@@ -28,6 +28,7 @@
 #include <string.h>
 
 #include "log.h"
+#include "utf8.h"
 
 #define CRLF                "\r\n"
 #define LINE_SOFT           78      /* RFC 5322 2.1.1 "SHOULD" */
@@ -88,33 +89,6 @@ static void __attribute__((format(printf, 2, 3))) w_printf(struct w *w, const ch
     va_end(ap);
 }
 
-/* Length of the valid UTF-8 sequence (2-4 octets) at p, or 0 (overlongs,
- * surrogates and values past U+10FFFF are invalid, RFC 3629). */
-static size_t utf8_len(const unsigned char *p)
-{
-    unsigned char c = p[0];
-    size_t n;
-    uint32_t cp, min;
-
-    if (c >= 0xC2 && c <= 0xDF) {
-        n = 2; cp = c & 0x1Fu; min = 0x80;
-    } else if (c >= 0xE0 && c <= 0xEF) {
-        n = 3; cp = c & 0x0Fu; min = 0x800;
-    } else if (c >= 0xF0 && c <= 0xF4) {
-        n = 4; cp = c & 0x07u; min = 0x10000;
-    } else {
-        return 0;
-    }
-    for (size_t i = 1; i < n; i++) {
-        if ((p[i] & 0xC0u) != 0x80u)    /* also stops at the NUL */
-            return 0;
-        cp = (cp << 6) | (p[i] & 0x3Fu);
-    }
-    if (cp < min || cp > 0x10FFFFu || (cp >= 0xD800u && cp <= 0xDFFFu))
-        return 0;
-    return n;
-}
-
 static int is_ctl(unsigned char c)
 {
     return c < 0x20 || c == 0x7F;
@@ -137,7 +111,7 @@ static char *clean_dup(const char *s, enum clean_mode mode, int utf8)
         int bad;
 
         if (*p >= 0x80) {
-            n = utf8 ? utf8_len(p) : 0;
+            n = utf8 ? utf8_decode(p, len - i, NULL) : 0;
             bad = n == 0;
             if (bad)
                 n = 1;

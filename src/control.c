@@ -33,6 +33,7 @@
 
 #include "conf.h"
 #include "delivery.h"
+#include "json.h"
 #include "log.h"
 #include "qid.h"
 #include "queue_db.h"
@@ -112,65 +113,17 @@ static void req_maybe_free(struct ctl_req *r);
 /* Output                                                              */
 /* ------------------------------------------------------------------ */
 
-/* Length of one well-formed UTF-8 sequence at s, 0 when it is not one. */
-static size_t utf8_len(const unsigned char *s, size_t n)
+/* Unchecked like every other add to a reply: out of memory truncates it,
+ * and the client reports a malformed reply. */
+static void json_emit_evbuffer(void *arg, const char *p, size_t len)
 {
-    size_t len, i;
-    uint32_t v;
-
-    if (s[0] < 0x80)
-        return 1;
-    if ((s[0] & 0xE0) == 0xC0) {
-        len = 2;
-        v = s[0] & 0x1F;
-    } else if ((s[0] & 0xF0) == 0xE0) {
-        len = 3;
-        v = s[0] & 0x0F;
-    } else if ((s[0] & 0xF8) == 0xF0) {
-        len = 4;
-        v = s[0] & 0x07;
-    } else {
-        return 0;
-    }
-    if (len > n)
-        return 0;
-    for (i = 1; i < len; i++) {
-        if ((s[i] & 0xC0) != 0x80)
-            return 0;
-        v = (v << 6) | (s[i] & 0x3F);
-    }
-    if ((len == 2 && v < 0x80) || (len == 3 && v < 0x800) || (len == 4 && v < 0x10000) ||
-        v > 0x10FFFF || (v >= 0xD800 && v <= 0xDFFF))
-        return 0;
-    return len;
+    evbuffer_add(arg, p, len);
 }
 
 /* RFC 8259 string; invalid UTF-8 becomes U+FFFD so the reply stays JSON. */
 static void json_str(struct evbuffer *b, const char *str)
 {
-    const unsigned char *s = (const unsigned char *)str;
-    size_t n = strlen(str), i = 0;
-
-    evbuffer_add(b, "\"", 1);
-    while (i < n) {
-        unsigned char ch = s[i];
-        size_t len;
-
-        if (ch == '"' || ch == '\\') {
-            evbuffer_add_printf(b, "\\%c", ch);
-            i++;
-        } else if (ch < 0x20 || ch == 0x7F) {
-            evbuffer_add_printf(b, "\\u%04x", ch);
-            i++;
-        } else if ((len = utf8_len(s + i, n - i)) != 0) {
-            evbuffer_add(b, s + i, len);
-            i += len;
-        } else {
-            evbuffer_add(b, "\\ufffd", 6);
-            i++;
-        }
-    }
-    evbuffer_add(b, "\"", 1);
+    json_escape(str, strlen(str), json_emit_evbuffer, b);
 }
 
 static const char *dest_state_name(int state)

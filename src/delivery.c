@@ -489,15 +489,31 @@ struct job_update {
     struct job *j;
 };
 
+/* Writer thread: record recipients' outcomes and drop the message when
+ * none is pending any more, in one transaction.  Shared by deliveries,
+ * expiry and mxkeepctl bounce. */
+static int outcome_write(struct qdb_txn *t, const char *qid, const struct qrcpt *r, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        int rc = qdb_rcpt_update(t, qid, &r[i]);
+        if (rc != 0)
+            return rc;
+    }
+    return qdb_msg_settle(t, qid);
+}
+
+/* Loop thread, after outcome_write committed: a settled message's body
+ * file goes too. */
+static void outcome_written(struct delivery *s, const struct qmsg *m)
+{
+    if (!(m->flags & QMSG_F_INLINE))
+        spool_body_unlink_if_gone(s->spool, m->qid);
+}
+
 static int job_commit_fn(struct qdb_txn *t, void *arg)
 {
     struct job *j = arg;
-    for (size_t i = 0; i < j->nrcpt; i++) {
-        int r = qdb_rcpt_update(t, j->m.qid, &j->rcpt[i]);
-        if (r != 0)
-            return r;
-    }
-    return qdb_msg_settle(t, j->m.qid);
+    return outcome_write(t, j->m.qid, j->rcpt, j->nrcpt);
 }
 
 static void job_committed(void *arg, int err)
@@ -506,8 +522,8 @@ static void job_committed(void *arg, int err)
     struct dest *d = j->d;
     if (err)
         log_warn("%s: outcome not saved (%s): it will be sent again", j->m.qid, strerror(err));
-    else if (!(j->m.flags & QMSG_F_INLINE))
-        spool_body_unlink_if_gone(j->s->spool, j->m.qid);
+    else
+        outcome_written(j->s, &j->m);
     dest_inflight_del(d, j->m.qid);
     job_free(j);
     if (d->nconns == 0)
@@ -1044,12 +1060,9 @@ static int expire_commit_fn(struct qdb_txn *t, void *arg)
     int r = qdb_due_del(t, e->due, e->m.qid);
     if (r != 0 && r != QDB_NOTFOUND)
         return r;
-    for (size_t i = 0; i < e->nrcpt; i++)
-        if ((r = qdb_rcpt_update(t, e->m.qid, &e->rcpt[i])) != 0)
-            return r;
     if (e->next_due && (r = qdb_due_put(t, e->next_due, e->m.qid)) != 0)
         return r;
-    return qdb_msg_settle(t, e->m.qid);
+    return outcome_write(t, e->m.qid, e->rcpt, e->nrcpt);
 }
 
 static void expire_committed(void *arg, int err)
@@ -1058,8 +1071,8 @@ static void expire_committed(void *arg, int err)
     struct delivery *s = e->s;
     if (err)
         log_warn("%s: expiry not saved: %s", e->m.qid, strerror(err));
-    else if (!(e->m.flags & QMSG_F_INLINE))
-        spool_body_unlink_if_gone(s->spool, e->m.qid);
+    else
+        outcome_written(s, &e->m);
     free(e->rcpt);
     free(e);
     s->expire_busy = 0;
@@ -1532,19 +1545,14 @@ int delivery_delete(struct delivery *s, const char *qid, delivery_done_fn done, 
 static int admin_bounce_fn(struct qdb_txn *t, void *arg)
 {
     struct admin_job *a = arg;
-    for (size_t i = 0; i < a->nrcpt; i++) {
-        int r = qdb_rcpt_update(t, a->qid, &a->rcpt[i]);
-        if (r != 0)
-            return r;
-    }
-    return qdb_msg_settle(t, a->qid);
+    return outcome_write(t, a->qid, a->rcpt, a->nrcpt);
 }
 
 static void admin_bounced(void *arg, int err)
 {
     struct admin_job *a = arg;
-    if (err == 0 && !(a->m.flags & QMSG_F_INLINE))
-        spool_body_unlink_if_gone(a->s->spool, a->qid);
+    if (err == 0)
+        outcome_written(a->s, &a->m);
     a->done(a->arg, err);
     admin_job_free(a);
 }

@@ -37,6 +37,7 @@
 #include "queue_db.h"
 #include "spool.h"
 #include "stats.h"
+#include "utf8.h"
 
 #include <ctype.h>
 #include <inttypes.h>
@@ -327,39 +328,12 @@ static int64_t row_age(const struct snapshot *s, const struct row *r)
 /* escaping                                                            */
 /* ------------------------------------------------------------------ */
 
-/* Length of the well-formed UTF-8 sequence at p (0: not well formed). */
-static size_t utf8_len(const unsigned char *p)
-{
-    size_t n, i;
-    uint32_t cp;
-
-    if (p[0] < 0x80)
-        return 1;
-    if (p[0] >= 0xc2 && p[0] <= 0xdf)
-        n = 2, cp = p[0] & 0x1fu;
-    else if (p[0] >= 0xe0 && p[0] <= 0xef)
-        n = 3, cp = p[0] & 0x0fu;
-    else if (p[0] >= 0xf0 && p[0] <= 0xf4)
-        n = 4, cp = p[0] & 0x07u;
-    else
-        return 0;
-    for (i = 1; i < n; i++) {
-        if ((p[i] & 0xc0) != 0x80)
-            return 0;
-        cp = (cp << 6) | (p[i] & 0x3fu);
-    }
-    if ((n == 3 && cp < 0x800) || (n == 4 && (cp < 0x10000 || cp > 0x10ffff)) ||
-        (cp >= 0xd800 && cp <= 0xdfff))
-        return 0;
-    return n;
-}
-
 /* Text for HTML/SVG content and quoted attributes. */
 static void out_html(struct evbuffer *b, const char *s)
 {
-    const unsigned char *p = (const unsigned char *)s;
-    while (*p) {
-        size_t n = utf8_len(p);
+    const unsigned char *p = (const unsigned char *)s, *end = p + strlen(s);
+    while (p < end) {
+        size_t n = utf8_decode(p, (size_t)(end - p), NULL);
         if (n == 0 || *p < 0x20 || *p == 0x7f) {
             ADD(b, "&#xfffd;");
             p += n ? n : 1;
@@ -380,9 +354,9 @@ static void out_html(struct evbuffer *b, const char *s)
 /* A Prometheus label value (between the quotes). */
 static void out_label(struct evbuffer *b, const char *s)
 {
-    const unsigned char *p = (const unsigned char *)s;
-    while (*p) {
-        size_t n = utf8_len(p);
+    const unsigned char *p = (const unsigned char *)s, *end = p + strlen(s);
+    while (p < end) {
+        size_t n = utf8_decode(p, (size_t)(end - p), NULL);
         if (n == 0 || (*p < 0x20 && *p != '\n') || *p == 0x7f) {
             ADD(b, "?");
             p += n ? n : 1;

@@ -67,10 +67,12 @@
 #include <unistd.h>
 
 #include "conf.h"
+#include "json.h"
 #include "log.h"
 #include "qid.h"
 #include "queue_db.h"
 #include "smtp_parse.h"
+#include "utf8.h"
 
 #ifndef SYSCONFDIR
 #define SYSCONFDIR "/etc"
@@ -97,8 +99,6 @@
 #define SECS_HOUR   (60 * SECS_MINUTE)
 #define SECS_DAY    (24 * SECS_HOUR)
 
-#define UNI_REPLACEMENT "\\ufffd"
-
 struct ctl {
     struct conf *conf;
     struct qdb *db;
@@ -113,87 +113,15 @@ struct ctl {
 /* Output helpers: escaping                                            */
 /* ------------------------------------------------------------------ */
 
-/*
- * Decode one UTF-8 sequence at s (n octets available).  Returns its length
- * and the code point in *cp, or 0 when the octets are not well-formed
- * UTF-8 (overlong forms, surrogates and values past U+10FFFF included).
- */
-static size_t utf8_decode(const unsigned char *s, size_t n, uint32_t *cp)
+/* Write errors show in ferror(), checked before exiting. */
+static void json_emit_file(void *arg, const char *p, size_t len)
 {
-    static const uint32_t min_cp[5] = { 0, 0, 0x80, 0x800, 0x10000 };
-    size_t len, i;
-    uint32_t v;
-
-    if (n == 0)
-        return 0;
-    if (s[0] < 0x80) {
-        *cp = s[0];
-        return 1;
-    }
-    if ((s[0] & 0xE0) == 0xC0) {
-        len = 2;
-        v = s[0] & 0x1F;
-    } else if ((s[0] & 0xF0) == 0xE0) {
-        len = 3;
-        v = s[0] & 0x0F;
-    } else if ((s[0] & 0xF8) == 0xF0) {
-        len = 4;
-        v = s[0] & 0x07;
-    } else {
-        return 0;
-    }
-    if (len > n)
-        return 0;
-    for (i = 1; i < len; i++) {
-        if ((s[i] & 0xC0) != 0x80)
-            return 0;
-        v = (v << 6) | (s[i] & 0x3F);
-    }
-    if (v < min_cp[len] || v > 0x10FFFF || (v >= 0xD800 && v <= 0xDFFF))
-        return 0;
-    *cp = v;
-    return len;
+    fwrite(p, 1, len, arg);
 }
 
 static void json_strn(FILE *f, const void *data, size_t n)
 {
-    const unsigned char *s = data;
-    size_t i = 0;
-
-    fputc('"', f);
-    while (i < n) {
-        unsigned char ch = s[i];
-        uint32_t cp;
-        size_t len;
-
-        if (ch == '"' || ch == '\\') {
-            fputc('\\', f);
-            fputc(ch, f);
-            i++;
-        } else if (ch == '\n') {
-            fputs("\\n", f);
-            i++;
-        } else if (ch == '\r') {
-            fputs("\\r", f);
-            i++;
-        } else if (ch == '\t') {
-            fputs("\\t", f);
-            i++;
-        } else if (ch < 0x20 || ch == 0x7F) {
-            fprintf(f, "\\u%04x", ch);
-            i++;
-        } else if (ch < 0x80) {
-            fputc(ch, f);
-            i++;
-        } else if ((len = utf8_decode(s + i, n - i, &cp)) != 0) {
-            fwrite(s + i, 1, len, f);
-            i += len;
-        } else {
-            fputs(UNI_REPLACEMENT, f);
-            i++;
-        }
-    }
-    fputc('"', f);
+    json_escape(data, n, json_emit_file, f);
 }
 
 static void json_str(FILE *f, const char *s)

@@ -14,6 +14,7 @@
  * surrogates) so that later layers never see malformed sequences.
  */
 #include "smtp_parse.h"
+#include "utf8.h"
 
 #include <arpa/inet.h>
 #include <limits.h>
@@ -93,39 +94,6 @@ static int is_atext(unsigned char c)
     return is_alnum(c) || (c && strchr("!#$%&'*+-/=?^_`{|}~", c) != NULL);
 }
 
-/*
- * Length of the well-formed non-ASCII UTF-8 sequence at p (RFC 3629 table),
- * or 0.  Continuation octets are never NUL, so this stops at the string end.
- */
-static size_t utf8_len(const unsigned char *p)
-{
-    unsigned char c = p[0], lo = 0x80, hi = 0xbf;
-    size_t n;
-
-    if (c >= 0xc2 && c <= 0xdf)
-        n = 2;
-    else if (c >= 0xe0 && c <= 0xef) {
-        n = 3;
-        if (c == 0xe0)
-            lo = 0xa0;                  /* overlong */
-        else if (c == 0xed)
-            hi = 0x9f;                  /* surrogates */
-    } else if (c >= 0xf0 && c <= 0xf4) {
-        n = 4;
-        if (c == 0xf0)
-            lo = 0x90;                  /* overlong */
-        else if (c == 0xf4)
-            hi = 0x8f;                  /* beyond U+10FFFF */
-    } else
-        return 0;
-    if (p[1] < lo || p[1] > hi)
-        return 0;
-    for (size_t i = 2; i < n; i++)
-        if (p[i] < 0x80 || p[i] > 0xbf)
-            return 0;
-    return n;
-}
-
 /* Result of scanning a span for octets >= 0x80. */
 enum eight { EIGHT_NONE = 0, EIGHT_OK, EIGHT_FORBIDDEN, EIGHT_INVALID };
 
@@ -142,8 +110,8 @@ static enum eight span_8bit(const char *s, size_t n, int allow_utf8)
         }
         if (!allow_utf8)
             return EIGHT_FORBIDDEN;
-        k = utf8_len(p);
-        if (k == 0 || k > (size_t)(end - p))
+        k = utf8_decode(p, (size_t)(end - p), NULL);
+        if (k == 0)
             return EIGHT_INVALID;
         p += k;
         r = EIGHT_OK;
@@ -171,8 +139,8 @@ static int hostname_ok(const char *d, size_t n, int allow_utf8, int allow_unders
         int all_digits = 1;
         while (p < end && *p != '.') {
             if (*p >= 0x80) {
-                size_t k = allow_utf8 ? utf8_len(p) : 0;
-                if (k == 0 || k > (size_t)(end - p))
+                size_t k = allow_utf8 ? utf8_decode(p, (size_t)(end - p), NULL) : 0;
+                if (k == 0)
                     return 0;
                 p += k;
                 all_digits = 0;
@@ -426,7 +394,7 @@ const char *smtp_parse_path(const char *s, const char **rest, struct smtp_addr *
             if (c >= 0x80) {
                 if (!allow_utf8)
                     return R_NEED_UTF8;
-                n = utf8_len((const unsigned char *)p);
+                n = utf8_decode((const unsigned char *)p, strnlen(p, UTF8_SEQ_MAX), NULL);
                 if (n == 0)
                     return e_syntax;
                 p += n;
@@ -446,7 +414,7 @@ const char *smtp_parse_path(const char *s, const char **rest, struct smtp_addr *
                 } else if (c >= 0x80) {
                     if (!allow_utf8)
                         return R_NEED_UTF8;
-                    n = utf8_len((const unsigned char *)p);
+                    n = utf8_decode((const unsigned char *)p, strnlen(p, UTF8_SEQ_MAX), NULL);
                     if (n == 0)
                         return e_syntax;
                     p += n;

@@ -1,4 +1,4 @@
-// fuzz-sources: src/smtp_parse.c
+// fuzz-sources: src/smtp_parse.c src/utf8.c
 /*
  * fuzz_address.c - libFuzzer target for addresses: smtp_parse_path under all
  * eight flag combinations, then smtp_addr_format, smtp_local_is_route and

@@ -1,4 +1,4 @@
-// fuzz-sources: src/smtp_parse.c
+// fuzz-sources: src/smtp_parse.c src/utf8.c
 /*
  * fuzz_command.c - libFuzzer target for the SMTP command layer: the line
  * splitter, then whatever the verb leads to (path + MAIL/RCPT parameters,
