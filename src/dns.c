@@ -547,7 +547,8 @@ static size_t dns_mx_select(struct dns_req *r, struct ares_mx_reply **v, size_t 
 {
     size_t kept = 0;
 
-    qsort(v, n, sizeof *v, dns_mx_cmp);
+    if (n > 1)      /* qsort of an empty (NULL) array is undefined */
+        qsort(v, n, sizeof *v, dns_mx_cmp);
     for (size_t lo = 0; lo < n;) {
         size_t hi = lo + 1;
         while (hi < n && v[hi]->priority == v[lo]->priority)

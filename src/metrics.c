@@ -276,14 +276,16 @@ static int snap_take(struct metrics *m, struct snapshot *s, int errors)
     s->now = (int64_t)time(NULL);
     if (qdb_dest_each(db, snap_add_qdest, s) < 0 || s->oom)
         goto fail;
-    qsort(s->row, s->n, sizeof *s->row, row_cmp_domain);
+    if (s->n > 1)
+        qsort(s->row, s->n, sizeof *s->row, row_cmp_domain);
     lp.s = s;
     lp.sorted = s->n;
     if (m->dl)
         delivery_dest_each(m->dl, snap_add_live, &lp);
     if (s->oom)
         goto fail;
-    qsort(s->row, s->n, sizeof *s->row, row_cmp_domain);
+    if (s->n > 1)
+        qsort(s->row, s->n, sizeof *s->row, row_cmp_domain);
     n = s->n;
     for (i = 0; m->conf && i < m->conf->ndomains; i++) {
         struct row *r = snap_find(s, n, m->conf->domains[i].name);
@@ -291,7 +293,8 @@ static int snap_take(struct metrics *m, struct snapshot *s, int errors)
             goto fail;
         r->configured = 1;
     }
-    qsort(s->row, s->n, sizeof *s->row, row_cmp_domain);
+    if (s->n > 1)
+        qsort(s->row, s->n, sizeof *s->row, row_cmp_domain);
     for (i = 0; i < s->n; i++) {
         char qid[QID_SIZE] = "";
         if (s->row[i].nmsg == 0)
@@ -894,7 +897,8 @@ static void errors_poll(struct metrics *m)
         m->seen[j++] = m->seen[i];
     }
     m->nseen = j;
-    qsort(m->seen, m->nseen, sizeof *m->seen, seen_cmp);
+    if (m->nseen > 1)
+        qsort(m->seen, m->nseen, sizeof *m->seen, seen_cmp);
 }
 
 /* ------------------------------------------------------------------ */
@@ -959,7 +963,8 @@ static void render_status(struct metrics *m, struct snapshot *s, struct evbuffer
     }
     if (m->gauges)
         m->gauges(m->gauges_arg, &in, &out);
-    qsort(s->row, s->n, sizeof *s->row, row_cmp_age);
+    if (s->n > 1)
+        qsort(s->row, s->n, sizeof *s->row, row_cmp_age);
 
     evbuffer_add_printf(b, "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\n"
                            "<meta http-equiv=\"refresh\" content=\"%d\">\n"
