@@ -832,6 +832,11 @@ void spool_close(struct spool *s)
         pthread_cond_signal(&s->cv);
         pthread_mutex_unlock(&s->mu);
         pthread_join(s->writer, NULL);
+        struct spool_stats st;
+        spool_stats_get(s, &st);
+        log_info("spool: %llu messages committed in %llu transactions, %llu map grows, "
+                 "%llu failures", (unsigned long long)st.commits, (unsigned long long)st.batches,
+                 (unsigned long long)st.map_grows, (unsigned long long)st.failures);
     }
     /* Completions nobody will hear: the callers are going away with us. */
     struct spool_ticket *t = take_done(s);
