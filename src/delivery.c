@@ -60,8 +60,6 @@
 #define DELIVERY_TLS_CLEAR_SECONDS 3600
 /* Cap for returning the whole original in a RET=FULL bounce. */
 #define DELIVERY_BOUNCE_FULL_MAX (1024 * 1024)
-/* Most recipients of one message we hand to one connection. */
-#define DELIVERY_RCPT_MAX 1000
 /* Destinations probed per second at start-up before the first probes are
  * spread out. */
 #define DELIVERY_START_PER_SECOND 200
@@ -387,6 +385,23 @@ static void job_free(struct job *j)
     free(j);
 }
 
+/* Every recipient of m, in a new array sized by m->nrcpt (the caller
+ * frees it).  NULL when unreadable (logged by queue_db) or out of memory.
+ * Sizing by the record matters: a fixed worst-case array here cost a
+ * megabyte of memset per message. */
+static struct qrcpt *rcpts_load(struct delivery *s, const struct qmsg *m, size_t *n)
+{
+    size_t cap = m->nrcpt ? m->nrcpt : 1;
+    struct qrcpt *r = calloc(cap, sizeof *r);
+    if (r == NULL)
+        return NULL;
+    if (qdb_rcpt_list(s->db, m->qid, r, cap, n) != 0) {
+        free(r);
+        return NULL;
+    }
+    return r;
+}
+
 struct pick {
     struct dest *d;
     char qid[QID_SIZE];
@@ -420,19 +435,15 @@ static struct job *job_next(struct dest *d)
         snprintf(d->cursor, sizeof d->cursor, "%s", p.qid);
 
         struct job *j = calloc(1, sizeof *j);
-        struct qrcpt *all = calloc(DELIVERY_RCPT_MAX, sizeof *all);
+        struct qrcpt *all = NULL;
         size_t nall = 0;
-        if (j == NULL || all == NULL) {
-            free(j);
-            free(all);
+        if (j == NULL)
             return NULL;
-        }
         j->s = s;
         j->d = d;
         if (qdb_msg_get(s->db, p.qid, &j->m) != 0 ||
-            qdb_rcpt_list(s->db, p.qid, all, DELIVERY_RCPT_MAX, &nall) != 0) {
+            (all = rcpts_load(s, &j->m, &nall)) == NULL) {
             log_warn("%s: listed for %s but unreadable; skipped", p.qid, d->name);
-            free(all);
             job_free(j);
             continue;
         }
@@ -757,10 +768,13 @@ static void conn_on_done(void *arg, struct smtpc *c, struct smtpc_msg *msg)
     struct dest *d = cn->d;
     struct job *j = msg->owner;
     time_t now = time(NULL);
-    struct bounce_rcpt br[DELIVERY_RCPT_MAX];
+    /* Sized by this message: every failed or relayed recipient is named. */
+    struct bounce_rcpt *br = calloc(j->nrcpt, sizeof *br);
+    struct bounce_rcpt *rel = calloc(j->nrcpt, sizeof *rel);
+    char (*diag)[600] = calloc(j->nrcpt, sizeof *diag);
+    char (*dsns)[16] = calloc(j->nrcpt, sizeof *dsns);
     size_t nb = 0, nrel = 0;
-    struct bounce_rcpt rel[DELIVERY_RCPT_MAX];
-    int any4 = 0;
+    int any4 = 0, oom = br == NULL || rel == NULL || diag == NULL || dsns == NULL;
 
     for (size_t i = 0; i < j->nrcpt; i++) {
         struct qrcpt *r = &j->rcpt[i];
@@ -775,7 +789,7 @@ static void conn_on_done(void *arg, struct smtpc *c, struct smtpc_msg *msg)
             r->state = QRCPT_SENT;
             status = "sent";
             stats_inc(STAT_DELIVERED);
-            if ((r->notify & SMTP_NOTIFY_SUCCESS) && !j->peer_dsn &&
+            if (!oom && (r->notify & SMTP_NOTIFY_SUCCESS) && !j->peer_dsn &&
                 bounce_wanted(&j->m, r, BOUNCE_RELAYED)) {
                 rel[nrel].r = r;
                 rel[nrel].action = BOUNCE_RELAYED;
@@ -784,10 +798,14 @@ static void conn_on_done(void *arg, struct smtpc *c, struct smtpc_msg *msg)
                 rel[nrel].diagnostic = NULL;
                 nrel++;
             }
-        } else if (code >= 500) {
+        } else if (code >= 500 && !oom) {
             r->state = QRCPT_BOUNCED;
             status = "bounced";
             stats_inc(STAT_BOUNCED);
+        } else if (code >= 500) {
+            /* No memory for the notice: keep it; the next attempt bounces. */
+            status = "deferred";
+            stats_inc(STAT_DEFERRED);
         } else {
             status = "deferred";
             any4 = 1;
@@ -797,9 +815,7 @@ static void conn_on_done(void *arg, struct smtpc *c, struct smtpc_msg *msg)
                  j->peer, (long long)(now - j->m.arrival), dsn, status, j->text[i]);
     }
     /* Notices need stable strings: a second pass now that states are set. */
-    char diag[DELIVERY_RCPT_MAX > 64 ? 64 : DELIVERY_RCPT_MAX][600];
-    char dsns[64][16];
-    for (size_t i = 0; i < j->nrcpt && nb < 64; i++) {
+    for (size_t i = 0; !oom && i < j->nrcpt; i++) {
         struct qrcpt *r = &j->rcpt[i];
         if (r->state != QRCPT_BOUNCED || !bounce_wanted(&j->m, r, BOUNCE_FAILED))
             continue;
@@ -834,6 +850,11 @@ static void conn_on_done(void *arg, struct smtpc *c, struct smtpc_msg *msg)
     }
     if (nrel && delivery_notice(d->s, &j->m, rel, nrel, job_relayed_done, NULL) < 0)
         log_warn("%s: relayed notice could not be queued", j->m.qid);
+    /* bounce_build copied what it needed: the arrays can go. */
+    free(br);
+    free(rel);
+    free(diag);
+    free(dsns);
     job_notice_done(j, 0);
 }
 
@@ -1117,8 +1138,7 @@ static void delivery_on_expire(evutil_socket_t fd, short what, void *arg)
         return;
     }
     struct expire_job *e = calloc(1, sizeof *e);
-    if (e == NULL || (e->rcpt = calloc(DELIVERY_RCPT_MAX, sizeof *e->rcpt)) == NULL) {
-        free(e);
+    if (e == NULL) {
         delivery_expire_arm(s);
         return;
     }
@@ -1126,17 +1146,27 @@ static void delivery_on_expire(evutil_socket_t fd, short what, void *arg)
     e->due = when;
     s->expire_busy = 1;
     snprintf(e->m.qid, sizeof e->m.qid, "%s", qid);
-    if (qdb_msg_get(s->db, qid, &e->m) != 0 ||
-        qdb_rcpt_list(s->db, qid, e->rcpt, DELIVERY_RCPT_MAX, &e->nrcpt) != 0) {
+    if (qdb_msg_get(s->db, qid, &e->m) != 0 || (e->rcpt = rcpts_load(s, &e->m, &e->nrcpt)) == NULL) {
         /* A due entry for a message that is gone: just drop the entry. */
         e->nrcpt = 0;
         e->nbounce = 1;
         expire_notice_done(e, 0);
         return;
     }
-    struct bounce_rcpt br[64];
-    char diag[64][600];
+    struct bounce_rcpt *br = calloc(e->nrcpt ? e->nrcpt : 1, sizeof *br);
+    char (*diag)[600] = calloc(e->nrcpt ? e->nrcpt : 1, sizeof *diag);
     size_t nb = 0;
+    if (br == NULL || diag == NULL) {
+        /* Out of memory: leave the entry due and look again shortly. */
+        free(br);
+        free(diag);
+        free(e->rcpt);
+        free(e);
+        s->expire_busy = 0;
+        struct timeval tv = { 1, 0 };
+        evtimer_add(s->expire_timer, &tv);
+        return;
+    }
     for (size_t i = 0; i < e->nrcpt; i++) {
         struct qrcpt *r = &e->rcpt[i];
         if (r->state != QRCPT_PENDING)
@@ -1157,7 +1187,7 @@ static void delivery_on_expire(evutil_socket_t fd, short what, void *arg)
         log_info("%s: to=<%s>, relay=none, delay=%lld, dsn=4.4.7, status=expired (%s)", qid,
                  r->addr, (long long)(now - e->m.arrival),
                  r->last_reply[0] ? r->last_reply : "retention period ran out");
-        if (nb < 64 && bounce_wanted(&e->m, r, BOUNCE_FAILED)) {
+        if (bounce_wanted(&e->m, r, BOUNCE_FAILED)) {
             snprintf(diag[nb], sizeof diag[nb], "X-mxkeep; message kept too long: %s",
                      r->last_reply[0] ? r->last_reply : "primary unreachable");
             br[nb].r = r;
@@ -1172,7 +1202,7 @@ static void delivery_on_expire(evutil_socket_t fd, short what, void *arg)
      * the message is still waiting, and until when we keep trying. */
     long dw = s->conf->delivery.delay_warning;
     int warning = nb == 0 && dw > 0 && when == e->m.arrival + dw;
-    for (size_t i = 0; warning && i < e->nrcpt && nb < 64; i++) {
+    for (size_t i = 0; warning && i < e->nrcpt; i++) {
         struct qrcpt *r = &e->rcpt[i];
         if (r->state != QRCPT_PENDING || !bounce_wanted(&e->m, r, BOUNCE_DELAYED))
             continue;
@@ -1190,6 +1220,8 @@ static void delivery_on_expire(evutil_socket_t fd, short what, void *arg)
                  nb == 1 ? "" : "s");
     e->nbounce = 1;
     int nr = nb ? delivery_notice(s, &e->m, br, nb, expire_notice_done, e) : 1;
+    free(br);
+    free(diag);
     if (nr == 0)
         e->nbounce++;
     expire_notice_done(e, nr < 0 ? EIO : 0);
@@ -1400,11 +1432,10 @@ void delivery_etrn(void *arg, const char *node, const struct conf_domain **doms,
 void delivery_queued(void *arg, const char *qid)
 {
     struct delivery *s = arg;
-    struct qrcpt *r = calloc(DELIVERY_RCPT_MAX, sizeof *r);
+    struct qmsg m;
+    struct qrcpt *r = NULL;
     size_t n = 0;
-    if (r == NULL)
-        return;
-    if (qdb_rcpt_list(s->db, qid, r, DELIVERY_RCPT_MAX, &n) == 0) {
+    if (qdb_msg_get(s->db, qid, &m) == 0 && (r = rcpts_load(s, &m, &n)) != NULL) {
         for (size_t i = 0; i < n; i++) {
             if (i > 0 && strcasecmp(r[i].domain, r[i - 1].domain) == 0)
                 continue;
@@ -1576,25 +1607,26 @@ static void admin_notice_done(void *arg, int err)
 int delivery_bounce(struct delivery *s, const char *qid, delivery_done_fn done, void *arg)
 {
     struct admin_job *a;
-    struct bounce_rcpt br[64];
+    struct bounce_rcpt *br;
     size_t nb = 0, npend = 0;
     if (!qid_valid(qid))
         return ENOENT;
     if (delivery_busy(s, qid))
         return EBUSY;
-    if ((a = calloc(1, sizeof *a)) == NULL ||
-        (a->rcpt = calloc(DELIVERY_RCPT_MAX, sizeof *a->rcpt)) == NULL) {
-        free(a);
+    if ((a = calloc(1, sizeof *a)) == NULL)
         return ENOMEM;
-    }
     a->s = s;
     snprintf(a->qid, sizeof a->qid, "%s", qid);
     a->done = done;
     a->arg = arg;
-    if (qdb_msg_get(s->db, qid, &a->m) != 0 ||
-        qdb_rcpt_list(s->db, qid, a->rcpt, DELIVERY_RCPT_MAX, &a->nrcpt) != 0) {
+    if (qdb_msg_get(s->db, qid, &a->m) != 0 || (a->rcpt = rcpts_load(s, &a->m, &a->nrcpt)) == NULL) {
         admin_job_free(a);
         return ENOENT;
+    }
+    br = calloc(a->nrcpt, sizeof *br);
+    if (br == NULL) {
+        admin_job_free(a);
+        return ENOMEM;
     }
     for (size_t i = 0; i < a->nrcpt; i++) {
         struct qrcpt *r = &a->rcpt[i];
@@ -1606,7 +1638,7 @@ int delivery_bounce(struct delivery *s, const char *qid, delivery_done_fn done, 
         stats_inc(STAT_BOUNCED);
         log_info("%s: to=<%s>, relay=none, delay=%lld, dsn=5.0.0, status=bounced (returned by "
                  "the administrator)", qid, r->addr, (long long)(time(NULL) - a->m.arrival));
-        if (nb < 64 && bounce_wanted(&a->m, r, BOUNCE_FAILED)) {
+        if (bounce_wanted(&a->m, r, BOUNCE_FAILED)) {
             br[nb].r = r;
             br[nb].action = BOUNCE_FAILED;
             br[nb].status = "5.0.0";
@@ -1616,11 +1648,13 @@ int delivery_bounce(struct delivery *s, const char *qid, delivery_done_fn done, 
         }
     }
     if (npend == 0) {
+        free(br);
         admin_job_free(a);
         return ENOENT;
     }
     a->nbounce = 1;
     int nr = nb ? delivery_notice(s, &a->m, br, nb, admin_notice_done, a) : 1;
+    free(br);
     if (nr == 0)
         a->nbounce++;
     else if (nr < 0) {
