@@ -786,7 +786,6 @@ bad:
 static int conf_domain_finish(struct conf_loader *L, const config_setting_t *e,
                               struct conf_domain *d, size_t idx)
 {
-    const config_setting_t *nm = config_setting_get_member((config_setting_t *)e, "name");
     if (d->primary) {
         const config_setting_t *ps = config_setting_get_member((config_setting_t *)e, "primary");
         if (conf_parse_primary(d->primary, &d->primary_host, &d->primary_port,
@@ -802,10 +801,13 @@ static int conf_domain_finish(struct conf_loader *L, const config_setting_t *e,
     if (d->tls == TLS_POLICY_NONE && (d->tls_ca || d->tls_fingerprint))
         return conf_fail(L, e, "domain \"%s\": tls = \"none\" contradicts tls_ca / "
                          "tls_fingerprint", d->name);
-    for (size_t j = 0; j < idx; j++)
-        if (strcmp(L->c->domains[j].name, d->name) == 0)
-            return conf_fail(L, nm, "domain \"%s\" is listed twice", d->name);
     return 0;
+}
+
+static int conf_domain_cmp(const void *a, const void *b)
+{
+    const struct conf_domain *const *x = a, *const *y = b;
+    return strcmp((*x)->name, (*y)->name);
 }
 
 static int conf_domains_parse(struct conf_loader *L, const config_setting_t *s, void *base)
@@ -826,6 +828,25 @@ static int conf_domains_parse(struct conf_loader *L, const config_setting_t *s, 
         if (conf_group_load(L, e, domain_table, d, "domains") < 0 ||
             conf_domain_finish(L, e, d, (size_t)i) < 0)
             return -1;
+    }
+    /* A sorted index: conf_domain_find is a binary search, and a hosting
+     * provider's 10,000 domains cost no quadratic work at start or reload. */
+    c->domain_index = calloc((size_t)n + 1, sizeof *c->domain_index);
+    if (!c->domain_index)
+        return conf_fail(L, s, "out of memory");
+    for (int i = 0; i < n; i++)
+        c->domain_index[i] = &c->domains[i];
+    if (n > 1)
+        qsort(c->domain_index, (size_t)n, sizeof *c->domain_index, conf_domain_cmp);
+    for (int i = 1; i < n; i++) {
+        if (strcmp(c->domain_index[i - 1]->name, c->domain_index[i]->name) == 0) {
+            /* Report the later of the two, as a reader scanning down would. */
+            const struct conf_domain *a = c->domain_index[i - 1], *b = c->domain_index[i];
+            const struct conf_domain *dup = a > b ? a : b;
+            const config_setting_t *e = config_setting_get_elem(s, (unsigned)(dup - c->domains));
+            const config_setting_t *nm = e ? config_setting_get_member(e, "name") : NULL;
+            return conf_fail(L, nm ? nm : e, "domain \"%s\" is listed twice", dup->name);
+        }
     }
     return 0;
 }
@@ -942,6 +963,7 @@ void conf_free(struct conf *c)
 {
     if (!c)
         return;
+    free(c->domain_index);
     free(c->path);
     free(c->hostname);
     for (size_t i = 0; i < c->naliases; i++)
@@ -979,15 +1001,22 @@ const struct conf_domain *conf_domain_find(const struct conf *c, const char *dom
     size_t len;
     if (!c || !domain)
         return NULL;
+    char key[256];
+    struct conf_domain kd;
+    const struct conf_domain *kp = &kd, *const *hit;
     len = strlen(domain);
     if (len > 1 && domain[len - 1] == '.')
         len--;
-    for (size_t i = 0; i < c->ndomains; i++) {
-        const char *name = c->domains[i].name;
-        if (strlen(name) == len && strncasecmp(name, domain, len) == 0)
-            return &c->domains[i];
-    }
-    return NULL;
+    if (len >= sizeof key || c->ndomains == 0 || !c->domain_index)
+        return NULL;
+    /* Names are stored lower-cased: fold the key the same way. */
+    for (size_t i = 0; i < len; i++)
+        key[i] = (char)tolower((unsigned char)domain[i]);
+    key[len] = '\0';
+    memset(&kd, 0, sizeof kd);
+    kd.name = key;
+    hit = bsearch(&kp, c->domain_index, c->ndomains, sizeof *c->domain_index, conf_domain_cmp);
+    return hit ? *hit : NULL;
 }
 
 /* ---- pure value parsers ------------------------------------------------- */

@@ -99,6 +99,7 @@ struct conf {
     struct conf_delivery delivery;
     struct conf_domain *domains;
     size_t ndomains;
+    const struct conf_domain **domain_index;   /* sorted by name; conf.c's own */
     char *control_socket;       /* absolute, or NULL */
     char *control_group;        /* group of the socket, or NULL */
     char *metrics_address;      /* NULL: no metrics listener */

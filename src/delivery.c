@@ -60,6 +60,8 @@
 #define DELIVERY_TLS_CLEAR_SECONDS 3600
 /* Cap for returning the whole original in a RET=FULL bounce. */
 #define DELIVERY_BOUNCE_FULL_MAX (1024 * 1024)
+/* First size of the destination hash (a power of two). */
+#define DELIVERY_HASH_INITIAL 64
 /* Destinations probed per second at start-up before the first probes are
  * spread out. */
 #define DELIVERY_START_PER_SECOND 200
@@ -79,7 +81,8 @@ struct conn {
 };
 
 struct dest {
-    struct dest *next;
+    struct dest *next;          /* every destination, for walks */
+    struct dest *hnext;         /* hash chain, for lookups by name */
     struct delivery *s;
     char name[SMTP_DOMAIN_MAX + 1];
     int served;                 /* a domain of ours (else a bounce destination) */
@@ -141,6 +144,8 @@ struct delivery {
     const struct conf *conf;
     SSL_CTX *tls_ctx;
     struct dest *dests;
+    struct dest **bucket;       /* hash of dests by lower-cased name */
+    size_t nbuckets, ndests;
     struct event *expire_timer;
     int expire_busy;            /* one expiry job at a time: the next must
                                    see the previous one's commit */
@@ -160,12 +165,48 @@ static void delivery_expire_arm(struct delivery *s);
 
 static const char *const dest_state_names[] = { "unknown", "up", "down", "held" };
 
+static size_t dest_hash(const char *name)
+{
+    uint32_t h = 2166136261u;
+    for (const unsigned char *p = (const unsigned char *)name; *p; p++) {
+        unsigned char c = *p >= 'A' && *p <= 'Z' ? (unsigned char)(*p - 'A' + 'a') : *p;
+        h = (h ^ c) * 16777619u;
+    }
+    return h;
+}
+
 static struct dest *dest_find(struct delivery *s, const char *name)
 {
-    for (struct dest *d = s->dests; d; d = d->next)
+    if (s->nbuckets == 0)
+        return NULL;
+    for (struct dest *d = s->bucket[dest_hash(name) & (s->nbuckets - 1)]; d; d = d->hnext)
         if (strcasecmp(d->name, name) == 0)
             return d;
     return NULL;
+}
+
+/* Keep chains short: double the table when it is as full as it is wide. */
+static int dest_index(struct delivery *s, struct dest *d)
+{
+    if (s->ndests + 1 > s->nbuckets) {
+        size_t nb = s->nbuckets ? s->nbuckets * 2 : DELIVERY_HASH_INITIAL;
+        struct dest **b = calloc(nb, sizeof *b);
+        if (b == NULL)
+            return -1;
+        for (struct dest *x = s->dests; x; x = x->next) {
+            size_t i = dest_hash(x->name) & (nb - 1);
+            x->hnext = b[i];
+            b[i] = x;
+        }
+        free(s->bucket);
+        s->bucket = b;
+        s->nbuckets = nb;
+    }
+    size_t i = dest_hash(d->name) & (s->nbuckets - 1);
+    d->hnext = s->bucket[i];
+    s->bucket[i] = d;
+    s->ndests++;
+    return 0;
 }
 
 static void dest_on_timer(evutil_socket_t fd, short what, void *arg);
@@ -227,6 +268,11 @@ static struct dest *dest_get(struct delivery *s, const char *name)
     dest_apply_conf(d);
     gettimeofday(&d->refill, NULL);
     d->tokens = 1;
+    if (dest_index(s, d) != 0) {
+        event_free(d->timer);
+        free(d);
+        return NULL;
+    }
     d->next = s->dests;
     s->dests = d;
     return d;
@@ -1695,5 +1741,6 @@ void delivery_free(struct delivery *s)
     if (s->expire_timer)
         event_free(s->expire_timer);
     SSL_CTX_free(s->tls_ctx);
+    free(s->bucket);
     free(s);
 }
