@@ -60,6 +60,8 @@
 #define DELIVERY_TLS_CLEAR_SECONDS 3600
 /* Cap for returning the whole original in a RET=FULL bounce. */
 #define DELIVERY_BOUNCE_FULL_MAX (1024 * 1024)
+/* Hosts in a destination's last route (none before it was resolved). */
+#define ROUTE_HOSTS(d) ((d)->route ? (d)->route->nhosts : 0)
 /* First size of the destination hash (a power of two). */
 #define DELIVERY_HASH_INITIAL 64
 /* Destinations probed per second at start-up before the first probes are
@@ -100,7 +102,8 @@ struct dest {
     char fingerprint[80];
     SSL_CTX *tls_ctx;           /* own context when tls_ca is set */
     int resolving;
-    struct dns_route route;
+    struct dns_route *route;    /* the last resolution (13 KiB): only for
+                                   destinations that have been tried */
     time_t route_time;
     size_t try_host, try_addr;  /* next address to connect to */
     time_t tls_clear_until;
@@ -945,11 +948,11 @@ static void conn_on_closed(void *arg, struct smtpc *c, enum smtpc_end how, const
         /* Another address of the route may answer; when every address
          * failed and nothing else is open, the destination is down. */
         d->try_addr++;
-        if (d->try_host < d->route.nhosts && d->try_addr >= d->route.hosts[d->try_host].naddr) {
+        if (d->try_host < ROUTE_HOSTS(d) && d->try_addr >= d->route->hosts[d->try_host].naddr) {
             d->try_host++;
             d->try_addr = 0;
         }
-        if (d->try_host >= d->route.nhosts) {
+        if (d->try_host >= ROUTE_HOSTS(d)) {
             d->try_host = d->try_addr = 0;
             if (d->nconns == 0) {
                 dest_down(d, why);
@@ -993,11 +996,11 @@ static int dest_connect(struct dest *d, int probe)
     struct conn *cn;
     struct dns_host *h;
 
-    if (d->route.nhosts == 0)
+    if (ROUTE_HOSTS(d) == 0)
         return -1;
-    if (d->try_host >= d->route.nhosts)
+    if (d->try_host >= ROUTE_HOSTS(d))
         d->try_host = d->try_addr = 0;
-    h = &d->route.hosts[d->try_host];
+    h = &d->route->hosts[d->try_host];
     if (d->try_addr >= h->naddr)
         d->try_addr = 0;
     cn = calloc(1, sizeof *cn);
@@ -1055,7 +1058,11 @@ static void dest_on_route(void *arg, const struct dns_route *r)
         dest_down(d, why);
         return;
     }
-    d->route = *r;
+    if (d->route == NULL && (d->route = malloc(sizeof *d->route)) == NULL) {
+        dest_down(d, "4.3.0 out of memory");
+        return;
+    }
+    *d->route = *r;
     d->route_time = time(NULL);
     d->try_host = d->try_addr = 0;
     dest_kick(d);
@@ -1075,7 +1082,7 @@ static void dest_kick(struct dest *d)
     }
     if (d->nconns == 0 && dest_pending(d) == 0)
         return;
-    if (d->route.nhosts == 0 || now - d->route_time > DELIVERY_ROUTE_TTL) {
+    if (ROUTE_HOSTS(d) == 0 || now - d->route_time > DELIVERY_ROUTE_TTL) {
         if (d->nconns == 0) {
             d->resolving = 1;
             if (dns_route(s->dns, d->host, d->port, d->fixed, &s->self, dest_on_route, d) != 0) {
@@ -1451,8 +1458,10 @@ long delivery_flush(struct delivery *s, const char *domain)
         d->pass_deferred = 0;
     }
     d->route_time = 0;          /* ask DNS again: the primary may have moved */
-    if (d->nconns == 0)
-        d->route.nhosts = 0;
+    if (d->nconns == 0) {
+        free(d->route);
+        d->route = NULL;
+    }
     dest_kick(d);
     return n;
 }
@@ -1736,6 +1745,7 @@ void delivery_free(struct delivery *s)
             event_free(d->timer);
         SSL_CTX_free(d->tls_ctx);
         free(d->inflight);
+        free(d->route);
         free(d);
     }
     if (s->expire_timer)
