@@ -16,6 +16,12 @@
  *     memory, which is still alive), then frees every request without
  *     calling the caller.
  *
+ *   - dns_ptr() names a client (FCrDNS): PTR, then A or AAAA of each
+ *     well-formed PTR target (at most DNS_PTR_MAX_NAMES) in parallel; the
+ *     first target, in answer order, whose addresses hold the client's
+ *     wins.  A cancelled request stays alive, silent, until c-ares has
+ *     answered each of its queries (a single query cannot be withdrawn).
+ *
  * Must never: block (no getaddrinfo, no /etc/hosts reads per query: only
  * DNS via ares_query), bounce on a temporary fault (every doubtful case is
  * DNS_TEMP: the mail stays and is retried), or choose an MX at or worse
@@ -25,7 +31,9 @@
  * we bound what we keep (DNS_MX_MAX candidates, DNS_MAX_ADDRS addresses per
  * family, names that fit struct dns_host.name) and copy nothing unbounded.
  * Equal MX preferences are shuffled with arc4random so that an attacker
- * cannot predict which of them we try first.
+ * cannot predict which of them we try first.  PTR answers are the
+ * client's own claim: a name is kept only if it is hostname characters
+ * and its forward lookup leads back to the client's address.
  */
 #include <arpa/inet.h>
 #include <ares.h>
@@ -57,6 +65,9 @@
 #ifndef T_AAAA
 #define T_AAAA 28
 #endif
+#ifndef T_PTR
+#define T_PTR 12
+#endif
 
 /* Per try; c-ares doubles it on later tries.  Two tries keep a dead
  * resolver from stalling a destination for long: the scheduler retries. */
@@ -71,6 +82,12 @@
 #define DNS_NO_PREF INT_MAX
 #define DNS_IP_MAX 16             /* bytes of an IPv6 address */
 #define DNS_IPV4_LEN 4
+#define DNS_LABEL_MAX 63          /* RFC 1035 2.3.4 */
+#define DNS_HOSTNAME_MAX 253      /* presentation form, no trailing dot */
+/* "f.f.(x32)ip6.arpa" with room to spare */
+#define DNS_REV_NAME_MAX 80
+#define DNS_NIBBLE_MASK 0x0f
+#define DNS_NIBBLE_BITS 4
 
 struct dns_sock {
     struct dns *d;
@@ -118,6 +135,30 @@ struct dns_req {
     struct dns_route route;
 };
 
+/* One PTR target being forward-confirmed. */
+struct dns_ptr_name {
+    struct dns_ptr_req *r;
+    char name[DNS_NAME_MAX];
+    int confirmed;
+};
+
+/* Lifetime: linked in d->ptrs from dns_ptr() until freed.  A cancelled
+ * request whose queries are still out stays linked (fn cleared) until the
+ * last answer: c-ares cannot withdraw one query, and its callbacks point
+ * into this memory. */
+struct dns_ptr_req {
+    struct dns *d;
+    struct dns_ptr_req *prev, *next;
+    struct dns_ip ip;
+    dns_ptr_fn fn;                /* NULL once cancelled */
+    void *arg;
+    int pending;                  /* c-ares queries not yet answered */
+    int in_cb;                    /* fn is running: cancel is a no-op */
+    struct event *done_ev;
+    size_t nnames;
+    struct dns_ptr_name names[DNS_PTR_MAX_NAMES];
+};
+
 struct dns {
     struct event_base *base;
     ares_channel ch;
@@ -127,6 +168,7 @@ struct dns {
     struct event *timer;
     struct dns_sock *socks;
     struct dns_req *reqs;
+    struct dns_ptr_req *ptrs;
 };
 
 static void dns_req_resolve(struct dns_req *r);
@@ -791,6 +833,225 @@ int dns_route(struct dns *d, const char *host, int port, int fixed, const struct
     return 0;
 }
 
+/* ---------- client names: forward-confirmed reverse DNS ---------- */
+
+/* What Postfix's valid_hostname() takes: letters, digits, hyphens
+ * (underscores tolerated, common in the wild), no empty label nor one over
+ * 63 bytes.  Anything else in a PTR answer is attacker-chosen text that
+ * must not reach logs or headers. */
+static int dns_hostname_ok(const char *s, size_t n)
+{
+    size_t label = 0;
+    if (n == 0 || n > DNS_HOSTNAME_MAX)
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c == '.') {
+            if (label == 0)
+                return 0;
+            label = 0;
+            continue;
+        }
+        if (!isalnum(c) && c != '-' && c != '_')
+            return 0;
+        if (++label > DNS_LABEL_MAX)
+            return 0;
+    }
+    return label > 0;
+}
+
+static void dns_ptr_free(struct dns_ptr_req *r)
+{
+    if (!r)
+        return;
+    if (r->done_ev)
+        event_free(r->done_ev);
+    free(r);
+}
+
+static void dns_ptr_unlink(struct dns_ptr_req *r)
+{
+    if (r->prev)
+        r->prev->next = r->next;
+    else if (r->d->ptrs == r)
+        r->d->ptrs = r->next;
+    if (r->next)
+        r->next->prev = r->prev;
+    r->prev = r->next = NULL;
+}
+
+static void dns_ptr_done_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct dns_ptr_req *r = arg;
+    const char *name = NULL;
+
+    for (size_t i = 0; i < r->nnames && !name; i++)
+        if (r->names[i].confirmed)
+            name = r->names[i].name;
+    /* unlinked first: fn may call dns_free(), which must not see r */
+    dns_ptr_unlink(r);
+    r->in_cb = 1;
+    r->fn(r->arg, name);
+    dns_ptr_free(r);
+}
+
+/* Every answer is in: hand the result over from the loop, or, when the
+ * caller has gone, just drop the request. */
+static void dns_ptr_settle(struct dns_ptr_req *r)
+{
+    if (--r->pending > 0)
+        return;
+    if (!r->fn) {
+        dns_ptr_unlink(r);
+        dns_ptr_free(r);
+        return;
+    }
+    event_active(r->done_ev, EV_TIMEOUT, 1);
+}
+
+static int dns_ptr_gone(const struct dns_ptr_req *r, int status)
+{
+    return status == ARES_EDESTRUCTION || status == ARES_ECANCELLED || r->d->dying;
+}
+
+static void dns_on_fwd(void *arg, int status, int timeouts, unsigned char *abuf, int alen)
+{
+    struct dns_ptr_name *pn = arg;
+    struct dns_ptr_req *r = pn->r;
+    struct hostent *he = NULL;
+    size_t len = r->ip.family == AF_INET ? DNS_IPV4_LEN : DNS_IP_MAX;
+
+    if (dns_ptr_gone(r, status))
+        return;
+    if (r->fn && status == ARES_SUCCESS) {
+        /* the hostent form keeps every address: a cap could hide the
+         * client's among many */
+        int rc = r->ip.family == AF_INET ? ares_parse_a_reply(abuf, alen, &he, NULL, NULL)
+                                         : ares_parse_aaaa_reply(abuf, alen, &he, NULL, NULL);
+        if (rc == ARES_SUCCESS && he && he->h_addrtype == r->ip.family &&
+            (size_t)he->h_length == len)
+            for (char **a = he->h_addr_list; a && *a && !pn->confirmed; a++)
+                pn->confirmed = memcmp(*a, r->ip.b, len) == 0;
+        if (he)
+            ares_free_hostent(he);
+    }
+    dns_ptr_settle(r);
+}
+
+/* Keep a PTR target worth confirming: well-formed, not seen yet. */
+static void dns_ptr_add_name(struct dns_ptr_req *r, const char *name)
+{
+    size_t n = dns_name_len(name);
+    struct dns_ptr_name *pn;
+
+    if (r->nnames == DNS_PTR_MAX_NAMES || n >= DNS_NAME_MAX || !dns_hostname_ok(name, n))
+        return;
+    for (size_t i = 0; i < r->nnames; i++)
+        if (dns_name_eq(r->names[i].name, name))
+            return;
+    pn = &r->names[r->nnames++];
+    pn->r = r;
+    memcpy(pn->name, name, n);
+    pn->name[n] = '\0';
+}
+
+static void dns_on_ptr(void *arg, int status, int timeouts, unsigned char *abuf, int alen)
+{
+    struct dns_ptr_req *r = arg;
+    struct hostent *he = NULL;
+
+    if (dns_ptr_gone(r, status))
+        return;
+    if (r->fn && status == ARES_SUCCESS &&
+        ares_parse_ptr_reply(abuf, alen, r->ip.b,
+                             r->ip.family == AF_INET ? DNS_IPV4_LEN : DNS_IP_MAX, r->ip.family,
+                             &he) == ARES_SUCCESS && he) {
+        if (he->h_name)
+            dns_ptr_add_name(r, he->h_name);
+        for (char **p = he->h_aliases; p && *p; p++)
+            dns_ptr_add_name(r, *p);
+    }
+    if (he)
+        ares_free_hostent(he);
+    /* the PTR query is still counted while the forward ones start:
+     * c-ares may answer some of them synchronously */
+    for (size_t i = 0; i < r->nnames; i++) {
+        r->pending++;
+        ares_query(r->d->ch, r->names[i].name, C_IN, r->ip.family == AF_INET ? T_A : T_AAAA,
+                   dns_on_fwd, &r->names[i]);
+    }
+    dns_ptr_settle(r);
+}
+
+/* in-addr.arpa / ip6.arpa name of ip (RFC 1035 3.5, RFC 3596 2.5). */
+static void dns_ptr_rev_name(const struct dns_ip *ip, char *buf, size_t len)
+{
+    size_t off = 0;
+    if (ip->family == AF_INET) {
+        snprintf(buf, len, "%u.%u.%u.%u.in-addr.arpa", ip->b[3], ip->b[2], ip->b[1], ip->b[0]);
+        return;
+    }
+    for (int i = DNS_IP_MAX - 1; i >= 0 && off < len; i--) {
+        int w = snprintf(buf + off, len - off, "%x.%x.", ip->b[i] & DNS_NIBBLE_MASK,
+                         ip->b[i] >> DNS_NIBBLE_BITS);
+        if (w < 0)
+            break;
+        off += (size_t)w;
+    }
+    if (off < len)
+        snprintf(buf + off, len - off, "ip6.arpa");
+}
+
+struct dns_ptr_req *dns_ptr(struct dns *d, const struct sockaddr *sa, dns_ptr_fn fn, void *arg)
+{
+    struct sockaddr_storage ss;
+    struct dns_ptr_req *r;
+    char rev[DNS_REV_NAME_MAX];
+
+    if (!d || !sa || !fn)
+        log_panic("dns_ptr: called without resolver, address or callback");
+    memset(&ss, 0, sizeof ss);
+    if (sa->sa_family == AF_INET)
+        memcpy(&ss, sa, sizeof(struct sockaddr_in));
+    else if (sa->sa_family == AF_INET6)
+        memcpy(&ss, sa, sizeof(struct sockaddr_in6));
+    else
+        return NULL;
+    if (!(r = calloc(1, sizeof *r)))
+        return NULL;
+    r->d = d;
+    r->fn = fn;
+    r->arg = arg;
+    dns_ip_from_sa(&ss, &r->ip);
+    if (!(r->done_ev = event_new(d->base, -1, 0, dns_ptr_done_cb, r))) {
+        dns_ptr_free(r);
+        return NULL;
+    }
+    r->next = d->ptrs;
+    if (d->ptrs)
+        d->ptrs->prev = r;
+    d->ptrs = r;
+
+    dns_ptr_rev_name(&r->ip, rev, sizeof rev);
+    r->pending++;
+    ares_query(d->ch, rev, C_IN, T_PTR, dns_on_ptr, r);
+    dns_timer_update(d);
+    return r;
+}
+
+void dns_ptr_cancel(struct dns_ptr_req *r)
+{
+    /* inside its own callback the request is already on its way out */
+    if (!r || r->in_cb)
+        return;
+    r->fn = NULL;
+    if (r->pending == 0) {
+        /* finished, callback due: event_free() withdraws it */
+        dns_ptr_unlink(r);
+        dns_ptr_free(r);
+    }
+}
+
 /* ---------- lifetime ---------- */
 
 struct dns *dns_new(struct event_base *base, const char *resolver, char *err, size_t errlen)
@@ -867,6 +1128,11 @@ void dns_free(struct dns *d)
         struct dns_req *r = d->reqs;
         dns_req_unlink(r);
         dns_req_free(r);
+    }
+    while (d->ptrs) {
+        struct dns_ptr_req *r = d->ptrs;
+        dns_ptr_unlink(r);
+        dns_ptr_free(r);
     }
     if (d->timer)
         event_free(d->timer);

@@ -24,6 +24,14 @@
  * pending lookups WITHOUT calling their callbacks.  The route passed to a
  * callback is valid only during the call.  Callbacks always run from the
  * event loop, never from inside dns_route().
+ *
+ * dns_ptr() names an SMTP client: forward-confirmed reverse DNS (FCrDNS).
+ * PTR lookup of the address, then A (IPv4) or AAAA (IPv6) of at most
+ * DNS_PTR_MAX_NAMES of the names; the first name, in answer order, whose
+ * addresses include the client's is the result.  No PTR, no confirmation,
+ * a malformed name or any failure: NULL.  The handle stays valid until the
+ * callback has returned or dns_ptr_cancel() was called, whichever is first;
+ * after dns_ptr_cancel() the callback never runs.
  */
 #ifndef MXKEEP_DNS_H
 #define MXKEEP_DNS_H
@@ -74,5 +82,19 @@ void dns_free(struct dns *d);
  * copied.  Returns 0, or -1 (out of memory: fn is not called). */
 int dns_route(struct dns *d, const char *host, int port, int fixed, const struct dns_self *self,
               dns_route_fn fn, void *arg);
+
+#define DNS_PTR_MAX_NAMES 4
+
+struct dns_ptr_req;
+/* name: the confirmed host name (no trailing dot, hostname characters
+ * only) valid only during the call, or NULL. */
+typedef void (*dns_ptr_fn)(void *arg, const char *name);
+
+/* sa: AF_INET or AF_INET6 (IPv4-mapped counts as IPv4); port ignored.
+ * Returns the handle, or NULL (out of memory or bad family: fn is not
+ * called). */
+struct dns_ptr_req *dns_ptr(struct dns *d, const struct sockaddr *sa, dns_ptr_fn fn, void *arg);
+/* Accepts NULL. */
+void dns_ptr_cancel(struct dns_ptr_req *h);
 
 #endif

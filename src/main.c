@@ -347,6 +347,7 @@ int main(int argc, char **argv)
     dm.dns = dns_new(dm.base, dm.conf->resolver, err, sizeof err);
     if (dm.dns == NULL)
         log_fatal(EX_CONFIG_CODE, "%s: resolver: %s", dm.conf->path, err);
+    smtpd_set_dns(dm.smtpd, dm.dns);
     dm.delivery = delivery_new(dm.base, dm.spool, dm.dns, err, sizeof err);
     if (dm.delivery == NULL || delivery_configure(dm.delivery, dm.conf, err, sizeof err) != 0)
         log_fatal(EX_OSERR_CODE, "delivery: %s", err);

@@ -8,7 +8,8 @@
  * smtpd_cmds[] the table of which command is allowed in which state.
  *
  * Owns: the sessions, their bufferevents, the transaction in progress (the
- * body being received, its parser, its recipients).  Hands a finished
+ * body being received, its parser, its recipients), and each session's
+ * reverse lookup of its client (cancelled in session_free()).  Hands a finished
  * message to spool_commit() and answers 250 only from the commit's done
  * callback, i.e. after the message is on stable storage.
  *
@@ -24,6 +25,7 @@
  */
 #include "smtpd.h"
 #include "data.h"
+#include "dns.h"
 #include "listen.h"
 #include "log.h"
 #include "policy.h"
@@ -35,6 +37,7 @@
 #include "stats.h"
 #include "tls.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <limits.h>
 #include <stdio.h>
@@ -78,6 +81,9 @@ static const char *const sstate_names[] = {
 };
 
 #define ST(s) (1u << (s))
+/* RFC 1035 limit on a name's presentation form */
+#define SMTPD_NAME_MAX 253
+#define SMTPD_NAME_UNKNOWN "unknown"
 
 struct session {
     struct smtpd *d;
@@ -87,6 +93,10 @@ struct session {
     struct sockaddr_storage sa;
     char addr[INET6_ADDRSTRLEN + 8];    /* "127.0.0.1" or "IPv6:::1" */
     char helo[SMTP_DOMAIN_MAX + 1];
+    /* FCrDNS name, "unknown" until (unless) it is confirmed; the lookup
+     * runs beside the dialogue, so lines before its answer say unknown */
+    char name[SMTPD_NAME_MAX + 1];
+    struct dns_ptr_req *ptr;            /* the lookup in flight */
     int esmtp;
     int tls;
     char tls_desc[160];
@@ -121,6 +131,7 @@ struct smtpd {
     struct listener *lst;
     struct spool *spool;
     SSL_CTX *tls;
+    struct dns *dns;                    /* borrowed; NULL: no client names */
     const struct conf *conf;
     const struct policy *policy;
     smtpd_etrn_fn etrn;
@@ -328,7 +339,7 @@ static void cmd_mail(struct session *s, const char *arg)
     }
     qid_next(s->qid);
     s->started = time(NULL);
-    log_info("%s: client=%s[%s], helo=%s", s->qid, "unknown", s->addr, s->helo);
+    log_info("%s: client=%s[%s], helo=%s", s->qid, s->name, s->addr, s->helo);
     session_set_state(s, S_MAIL);
     session_reply(s, "250 2.1.0 Ok");
 }
@@ -357,7 +368,7 @@ static void cmd_rcpt(struct session *s, const char *arg)
         return;
     }
     if ((err = policy_check_rcpt(s->d->policy, &a, &dom, buf, sizeof buf)) != NULL) {
-        log_info("%s: reject: RCPT from unknown[%s]: %s; from=<%s>", s->qid, s->addr, err,
+        log_info("%s: reject: RCPT from %s[%s]: %s; from=<%s>", s->qid, s->name, s->addr, err,
                  s->sender);
         session_error(s, err);
         return;
@@ -415,7 +426,7 @@ static const char *session_body_begin(struct session *s, int bdat)
     char hdr[2048];
     struct received_info ri = {
         .helo = s->helo,
-        .client_name = NULL,
+        .client_name = s->name,
         .client_addr = s->addr,
         .hostname = c->hostname,
         .protocol = received_protocol(s->esmtp, s->tls, s->mp.smtputf8),
@@ -759,7 +770,7 @@ static void session_data_end(struct session *s)
     }
     if (reply) {
         session_count_reject(reply);
-        log_info("%s: reject: end of data from unknown[%s]: %s; from=<%s>", s->qid, s->addr,
+        log_info("%s: reject: end of data from %s[%s]: %s; from=<%s>", s->qid, s->name, s->addr,
                  reply, s->sender);
         session_reply(s, "%s", reply);
         session_txn_reset(s);
@@ -780,7 +791,7 @@ static void session_data_end(struct session *s)
     snprintf(m.envid, sizeof m.envid, "%s", s->mp.envid);
     snprintf(m.sender, sizeof m.sender, "%s", s->sender);
     snprintf(m.client_addr, sizeof m.client_addr, "%s", s->addr);
-    snprintf(m.client_name, sizeof m.client_name, "unknown");
+    snprintf(m.client_name, sizeof m.client_name, "%s", s->name);
     snprintf(m.helo, sizeof m.helo, "%s", s->helo);
     s->mp.size = (long)m.size;          /* for the log line */
 
@@ -1012,8 +1023,8 @@ static void session_on_event(struct bufferevent *bev, short what, void *arg)
             session_free(s);
             return;
         }
-        log_info("%s: timeout after %s from unknown[%s]", s->qid[0] ? s->qid : "-",
-                 sstate_names[s->state], s->addr);
+        log_info("%s: timeout after %s from %s[%s]", s->qid[0] ? s->qid : "-",
+                 sstate_names[s->state], s->name, s->addr);
         session_txn_reset(s);
         bufferevent_enable(s->bev, EV_WRITE);
         session_close(s, "421 4.4.2 Error: timeout exceeded");
@@ -1031,8 +1042,8 @@ static void session_on_event(struct bufferevent *bev, short what, void *arg)
         }
     }
     if (s->state != S_CLOSING && s->state != S_COMMIT && s->qid[0])
-        log_info("%s: lost connection after %s from unknown[%s]", s->qid,
-                 sstate_names[s->state], s->addr);
+        log_info("%s: lost connection after %s from %s[%s]", s->qid,
+                 sstate_names[s->state], s->name, s->addr);
     session_free(s);
 }
 
@@ -1103,6 +1114,7 @@ static void session_free(struct session *s)
     struct smtpd *d = s->d;
     if (s->ticket)
         spool_ticket_cancel(s->ticket);
+    dns_ptr_cancel(s->ptr);
     session_txn_reset(s);
     free(s->rcpt);
     free(s->line);
@@ -1116,7 +1128,8 @@ static void session_free(struct session *s)
     if (s->next)
         s->next->prev = s->prev;
     d->nsessions--;
-    log_info("disconnect from unknown[%s] commands=%lu messages=%lu", s->addr, s->ncmds, s->nmsgs);
+    log_info("disconnect from %s[%s] commands=%lu messages=%lu", s->name, s->addr, s->ncmds,
+             s->nmsgs);
     free(s);
 }
 
@@ -1136,6 +1149,38 @@ static void session_addr_text(struct session *s)
             snprintf(s->addr, sizeof s->addr, "IPv6:%s", ip);
         }
     }
+}
+
+/* The name goes into logs, the Received header and the queue: even
+ * though dns.c vets it, keep only hostname characters here too, so that
+ * this module's output never depends on another's checks. */
+static void session_on_ptr(void *arg, const char *name)
+{
+    struct session *s = arg;
+    size_t n;
+
+    s->ptr = NULL;                      /* the handle is gone after this call */
+    if (!name)
+        return;
+    n = strlen(name);
+    if (n == 0 || n > SMTPD_NAME_MAX)
+        return;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)name[i];
+        if (!isalnum(c) && c != '-' && c != '.' && c != '_')
+            return;
+    }
+    memcpy(s->name, name, n + 1);
+}
+
+static int session_is_loopback(const struct session *s)
+{
+    if (s->sa.ss_family == AF_INET)
+        return (ntohl(((const struct sockaddr_in *)&s->sa)->sin_addr.s_addr) >> 24) == 127;
+    const struct in6_addr *a6 = &((const struct sockaddr_in6 *)&s->sa)->sin6_addr;
+    if (IN6_IS_ADDR_V4MAPPED(a6))
+        return a6->s6_addr[12] == 127;
+    return IN6_IS_ADDR_LOOPBACK(a6);
 }
 
 void smtpd_accept(void *arg, evutil_socket_t fd, const struct sockaddr *sa, int salen)
@@ -1161,6 +1206,7 @@ void smtpd_accept(void *arg, evutil_socket_t fd, const struct sockaddr *sa, int 
     }
     memcpy(&s->sa, sa, (size_t)salen < sizeof s->sa ? (size_t)salen : sizeof s->sa);
     session_addr_text(s);
+    snprintf(s->name, sizeof s->name, "%s", SMTPD_NAME_UNKNOWN);
     s->bev = bufferevent_socket_new(d->base, fd, BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
     if (s->bev == NULL) {
         log_warn("[%s]: cannot create bufferevent", s->addr);
@@ -1175,7 +1221,7 @@ void smtpd_accept(void *arg, evutil_socket_t fd, const struct sockaddr *sa, int 
         d->sessions->prev = s;
     d->sessions = s;
     d->nsessions++;
-    log_info("connect from unknown[%s]", s->addr);
+    log_info("connect from %s[%s]", s->name, s->addr);
     stats_inc(STAT_CONN_IN);
     bufferevent_setcb(s->bev, session_on_read, session_on_write, session_on_event, s);
     bufferevent_setwatermark(s->bev, EV_READ, 0, SMTPD_INPUT_MAX);
@@ -1186,6 +1232,15 @@ void smtpd_accept(void *arg, evutil_socket_t fd, const struct sockaddr *sa, int 
         session_close(s, "421 4.3.2 Error: server shutting down");
         return;
     }
+    /* Not awaited: a slow or dead resolver must not delay the greeting.
+     * A loopback client is this machine: with the system resolver it is
+     * "localhost" without a query (a burst of local connections must not
+     * become a burst of queries to a shared resolver); with an explicit
+     * `resolver` it is looked up like anyone (tests rely on that). */
+    if (d->dns && d->conf->resolver == NULL && session_is_loopback(s))
+        snprintf(s->name, sizeof s->name, "localhost");
+    else if (d->dns && !(s->ptr = dns_ptr(d->dns, (struct sockaddr *)&s->sa, session_on_ptr, s)))
+        log_warn("[%s]: cannot start the reverse lookup; client stays unknown", s->addr);
     session_reply(s, "220 %s ESMTP mxkeep", d->conf->hostname);
 }
 
@@ -1210,6 +1265,11 @@ void smtpd_configure(struct smtpd *d, const struct conf *c, const struct policy 
     d->conf = c;
     d->policy = p;
     d->disk_checked = 0;
+}
+
+void smtpd_set_dns(struct smtpd *d, struct dns *dns)
+{
+    d->dns = dns;
 }
 
 void smtpd_set_hooks(struct smtpd *d, smtpd_etrn_fn etrn, smtpd_queued_fn queued, void *arg)

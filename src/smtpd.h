@@ -26,6 +26,7 @@ struct listener;
 struct spool;
 struct policy;
 struct smtpd;
+struct dns;
 
 /*
  * ETRN hook: start delivery for the n covered domains.  Writes the full
@@ -41,6 +42,12 @@ struct smtpd *smtpd_new(struct event_base *base, struct listener *l, struct spoo
                         SSL_CTX *tls);
 void smtpd_configure(struct smtpd *d, const struct conf *c, const struct policy *p);
 void smtpd_set_hooks(struct smtpd *d, smtpd_etrn_fn etrn, smtpd_queued_fn queued, void *arg);
+/* Client names: each new session looks up the forward-confirmed reverse
+ * DNS name of its client (in the background; the greeting does not wait)
+ * and uses it in logs and the Received header once known.  dns is
+ * borrowed and must outlive the smtpd; NULL (the default): every client
+ * is "unknown". */
+void smtpd_set_dns(struct smtpd *d, struct dns *dns);
 /* listen_accept_fn: arg is the struct smtpd. */
 void smtpd_accept(void *arg, evutil_socket_t fd, const struct sockaddr *sa, int salen);
 /* Shutdown: close idle sessions now (421), let transactions finish. */

@@ -4,7 +4,8 @@
  * for the failure paths (one answering SERVFAIL, one never answering, a
  * closed port).  Covers MX ordering and shuffling, self-detection by name
  * and by address, loops, NXDOMAIN, null MX, implicit MX, fixed next hops,
- * bounds, temporary failures and cancellation by dns_free().
+ * bounds, temporary failures and cancellation by dns_free(); client names
+ * (FCrDNS): confirmed, unconfirmed, absent, several PTRs, IPv6, cancel.
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -159,6 +160,16 @@ static int dnsmasq_start(void)
         "--mx-host=lit.test,127.0.0.80,10",
         "--host-record=fixed.test,127.0.0.1",
         "--host-record=selfhost.test,127.0.0.90",
+        /* client names (FCrDNS); --local keeps unlisted reverse names
+         * answered here (NXDOMAIN) instead of refused */
+        "--local=/127.in-addr.arpa/", "--local=/ip6.arpa/",
+        "--host-record=good.rdns.test,127.0.0.101",
+        "--host-record=liar.rdns.test,127.0.0.103",
+        "--ptr-record=102.0.0.127.in-addr.arpa,liar.rdns.test",
+        "--ptr-record=105.0.0.127.in-addr.arpa,ghost.rdns.test",
+        "--ptr-record=105.0.0.127.in-addr.arpa,second.rdns.test",
+        "--address=/second.rdns.test/127.0.0.105",
+        "--host-record=v6.rdns.test,fd00::101",
         NULL };
     pid_t pid;
 
@@ -298,6 +309,72 @@ static void self_addr6(struct sockaddr_storage *ss, const char *ip)
     inet_pton(AF_INET6, ip, &s6->sin6_addr);
 }
 
+/* ---------- client names ---------- */
+
+struct ptr_result {
+    int fired;
+    int inside_call;
+    char name[256];
+    int null_name;
+};
+
+static int in_ptr_call;
+
+static void on_ptr(void *arg, const char *name)
+{
+    struct ptr_result *res = arg;
+    res->fired++;
+    res->inside_call |= in_ptr_call;
+    res->null_name = name == NULL;
+    snprintf(res->name, sizeof res->name, "%s", name ? name : "");
+    event_base_loopbreak(base);
+}
+
+struct canceller {
+    int fired;
+    struct dns_ptr_req *victim;
+};
+
+static void on_ptr_cancel_other(void *arg, const char *name)
+{
+    struct canceller *c = arg;
+    c->fired++;
+    dns_ptr_cancel(c->victim);
+}
+
+static void sa_of(struct sockaddr_storage *ss, const char *ip)
+{
+    if (strchr(ip, ':'))
+        self_addr6(ss, ip);
+    else
+        self_addr4(ss, ip);
+}
+
+/* Name of ip, "" when none; fired is checked by the caller. */
+static void run_ptr(struct dns *d, const char *ip, struct ptr_result *res)
+{
+    struct timeval tv = { WATCHDOG_SEC, 0 };
+    struct event *wd = evtimer_new(base, on_watchdog, NULL);
+    struct sockaddr_storage ss;
+    struct dns_ptr_req *h;
+
+    memset(res, 0, sizeof *res);
+    sa_of(&ss, ip);
+    watchdog_fired = 0;
+    in_ptr_call = 1;
+    h = dns_ptr(d, (struct sockaddr *)&ss, on_ptr, res);
+    in_ptr_call = 0;
+    if (h) {
+        evtimer_add(wd, &tv);
+        event_base_dispatch(base);
+    }
+    event_free(wd);
+    if (watchdog_fired)
+        diag("ptr %s: no answer within %d s", ip, WATCHDOG_SEC);
+    if (res->fired)
+        diag("ptr %s: %s", ip, res->null_name ? "(null)" : res->name);
+}
+
 /* ---------- fake servers for the failure paths ---------- */
 
 static int servfail_queries;
@@ -414,6 +491,27 @@ static void test_servfail_and_timeout(void)
 
     /* cancellation: pending work vanishes without a callback */
     {
+        struct ptr_result p1, p2;
+        struct sockaddr_storage ss;
+        struct dns_ptr_req *h;
+        memset(&p1, 0, sizeof p1);
+        memset(&p2, 0, sizeof p2);
+        self_addr4(&ss, "127.0.0.101");
+        ok((h = dns_ptr(d, (struct sockaddr *)&ss, on_ptr, &p1)) != NULL,
+           "queued a PTR lookup to the silent server, then cancelled it");
+        dns_ptr_cancel(h);
+        ok(dns_ptr(d, (struct sockaddr *)&ss, on_ptr, &p2) != NULL,
+           "queued a PTR lookup to the silent server, left pending");
+        dns_free(d);
+        {
+            struct timeval tv = { 0, 200000 };
+            event_base_loopexit(base, &tv);
+            event_base_dispatch(base);
+        }
+        is_int(p1.fired + p2.fired, 0, "dns_free: no callback for PTR lookups");
+        d = dns_new(base, resolver, err, sizeof err);
+    }
+    {
         struct result r2;
         struct timeval tv = { 0, 200000 };
         memset(&r2, 0, sizeof r2);
@@ -427,6 +525,78 @@ static void test_servfail_and_timeout(void)
         is_int(r2.fired, 0, "dns_free: no callback for cancelled work");
     }
     close(silent);
+}
+
+static void test_ptr(struct dns *d)
+{
+    struct ptr_result res;
+    struct sockaddr_storage ss;
+
+    run_ptr(d, "127.0.0.101", &res);
+    is_int(res.fired, 1, "PTR confirmed: callback ran once");
+    is_int(res.inside_call, 0, "PTR: callback not run from inside dns_ptr()");
+    is_str(res.name, "good.rdns.test", "PTR confirmed: the name");
+
+    run_ptr(d, "127.0.0.102", &res);
+    is_int(res.fired, 1, "PTR not confirmed: callback ran");
+    ok(res.null_name, "PTR to a name with another address: NULL");
+
+    run_ptr(d, "127.0.0.104", &res);
+    is_int(res.fired, 1, "no PTR: callback ran");
+    ok(res.null_name, "no PTR: NULL");
+
+    run_ptr(d, "127.0.0.105", &res);
+    ok(res.fired == 1 && !res.null_name, "two PTRs, first unresolvable: a name");
+    is_str(res.name, "second.rdns.test", "two PTRs: the one that confirms");
+
+    run_ptr(d, "fd00::101", &res);
+    is_str(res.name, "v6.rdns.test", "IPv6 PTR (ip6.arpa) confirmed by AAAA");
+
+    run_ptr(d, "::ffff:127.0.0.101", &res);
+    is_str(res.name, "good.rdns.test", "IPv4-mapped IPv6 is looked up as IPv4");
+
+    {
+        struct sockaddr_un_like { sa_family_t f; char pad[32]; } bad = { AF_UNIX, { 0 } };
+        memset(&res, 0, sizeof res);
+        ok(dns_ptr(d, (struct sockaddr *)&bad, on_ptr, &res) == NULL,
+           "non-IP address: NULL handle, no callback");
+    }
+
+    /* cancel: the answers still arrive, the callback must not run */
+    {
+        struct timeval tv = { 1, 0 };
+        struct dns_ptr_req *h;
+        memset(&res, 0, sizeof res);
+        sa_of(&ss, "127.0.0.101");
+        h = dns_ptr(d, (struct sockaddr *)&ss, on_ptr, &res);
+        ok(h != NULL, "cancel: lookup started");
+        dns_ptr_cancel(h);
+        event_base_loopexit(base, &tv);
+        event_base_dispatch(base);
+        is_int(res.fired, 0, "cancel: no callback");
+        /* and the resolver still works afterwards */
+        run_ptr(d, "127.0.0.101", &res);
+        is_str(res.name, "good.rdns.test", "after cancel: next lookup answered");
+    }
+    /* cancel from another callback: the second answer (same server, same
+     * question) is usually in by then, its callback due but not yet run */
+    {
+        struct timeval tv = { 1, 0 };
+        struct ptr_result second;
+        struct canceller c;
+        memset(&second, 0, sizeof second);
+        memset(&c, 0, sizeof c);
+        sa_of(&ss, "127.0.0.104");
+        ok(dns_ptr(d, (struct sockaddr *)&ss, on_ptr_cancel_other, &c) != NULL &&
+               (c.victim = dns_ptr(d, (struct sockaddr *)&ss, on_ptr, &second)) != NULL,
+           "cancel racing completion: two lookups started");
+        event_base_loopexit(base, &tv);
+        event_base_dispatch(base);
+        is_int(c.fired, 1, "cancel racing completion: first callback ran");
+        is_int(second.fired, 0, "cancel racing completion: cancelled callback did not");
+    }
+    dns_ptr_cancel(NULL);
+    ok(1, "dns_ptr_cancel(NULL) is harmless");
 }
 
 static int host_is(const struct dns_route *r, size_t i, const char *name, const char *ip)
@@ -595,8 +765,10 @@ int main(void)
     snprintf(resolver, sizeof resolver, "127.0.0.1:%d", dm_port);
     d = dns_new(base, resolver, err, sizeof err);
     ok(d != NULL, "dns_new(%s): %s", resolver, d ? "ok" : err);
-    if (d)
+    if (d) {
         test_mx(d);
+        test_ptr(d);
+    }
     dns_free(d);
     dnsmasq_stop();
     event_base_free(base);
