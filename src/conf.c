@@ -399,6 +399,16 @@ static void conf_fmt_value(enum conf_kind kind, long v, char *buf, size_t len)
 
 /* ---- paths -------------------------------------------------------------- */
 
+/* Where relative paths start: the directory mxkeepd was started in, even
+ * after it has moved into its spool (a reload must read the same paths). */
+static char *conf_basedir;
+
+void conf_set_basedir(const char *dir)
+{
+    free(conf_basedir);
+    conf_basedir = dir ? strdup(dir) : NULL;
+}
+
 static char *conf_abspath(struct conf_loader *L, const config_setting_t *s, const char *p)
 {
     char *out;
@@ -406,7 +416,7 @@ static char *conf_abspath(struct conf_loader *L, const config_setting_t *s, cons
     if (p[0] == '/')
         return strdup(p);
     if (!L->cwd) {
-        L->cwd = getcwd(NULL, 0);
+        L->cwd = conf_basedir ? strdup(conf_basedir) : getcwd(NULL, 0);
         if (!L->cwd) {
             conf_fail(L, s, "cannot make \"%s\" absolute: getcwd: %s", p, strerror(errno));
             return NULL;

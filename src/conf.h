@@ -116,6 +116,11 @@ struct conf {
  */
 struct conf *conf_load(const char *path, char *err, size_t errlen);
 
+/* Make later conf_load() calls resolve relative paths against dir instead
+ * of the working directory (mxkeepd calls it before entering its spool, so
+ * a reload means what the first load meant).  NULL: back to getcwd(). */
+void conf_set_basedir(const char *dir);
+
 /* Free a conf from conf_load().  Accepts NULL. */
 void conf_free(struct conf *c);
 

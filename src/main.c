@@ -32,6 +32,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
+#include <limits.h>
 #include <pwd.h>
 #include <signal.h>
 #include <stdio.h>
@@ -261,6 +262,13 @@ int main(int argc, char **argv)
 
     log_open("mxkeepd", 1);
     log_set_debug(debug);
+    /* mxkeepd later works inside its spool: pin the config file and the
+     * base of its relative paths to where it was started, for reloads. */
+    char startdir[PATH_MAX], abspath[PATH_MAX];
+    if (getcwd(startdir, sizeof startdir) != NULL)
+        conf_set_basedir(startdir);
+    if (path[0] != '/' && realpath(path, abspath) != NULL)
+        path = abspath;
     dm.conf = conf_load(path, err, sizeof err);
     if (dm.conf == NULL) {
         fprintf(stderr, "%s\n", err);
@@ -316,6 +324,11 @@ int main(int argc, char **argv)
         log_fatal(EX_OSERR_CODE, "cannot create event base");
 
     main_spool_dir(dm.conf, uid, gid);
+    /* Enter the spool while root: after the drop the mail user reaches it
+     * through the working directory, even below a 0700 /root. */
+    if (chdir(dm.conf->spool) != 0)
+        log_fatal(EX_OSERR_CODE, "cannot enter spool %s: %s", dm.conf->spool, strerror(errno));
+    spool_open_from_cwd();
     dm.lst = listen_new(dm.base, dm.conf, err, sizeof err);
     if (dm.lst == NULL)
         log_fatal(EX_OSERR_CODE, "%s", err);

@@ -46,7 +46,6 @@
 #include <time.h>
 #include <arpa/inet.h>
 #include <netinet/in.h>
-#include <sys/statvfs.h>
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
 #include <event2/bufferevent_ssl.h>
@@ -259,11 +258,8 @@ static int smtpd_disk_ok(struct smtpd *d, unsigned long long need)
 {
     time_t now = time(NULL);
     if (now - d->disk_checked >= SMTPD_DISK_CHECK_EVERY) {
-        struct statvfs sv;
-        if (statvfs(d->conf->spool, &sv) == 0) {
-            d->disk_free = (unsigned long long)sv.f_bavail * sv.f_frsize;
-        } else {
-            log_warn("statvfs %s: %s", d->conf->spool, strerror(errno));
+        if (spool_free_space(d->spool, &d->disk_free) != 0) {
+            log_warn("free space of %s: %s", d->conf->spool, strerror(errno));
             d->disk_free = ~0ULL; /* cannot tell: let the write decide */
         }
         d->disk_checked = now;

@@ -40,6 +40,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include <event2/buffer.h>
@@ -750,6 +751,13 @@ static int recover_missing_cb(void *arg, const struct qmsg *m)
     return 0;
 }
 
+static int spool_from_cwd;
+
+void spool_open_from_cwd(void)
+{
+    spool_from_cwd = 1;
+}
+
 struct qdb *spool_db(struct spool *s)
 {
     return s->db;
@@ -770,18 +778,22 @@ struct spool *spool_open(const struct conf *c, struct event_base *base, char *er
     pthread_mutex_init(&s->mu, NULL);
     pthread_cond_init(&s->cv, NULL);
 
-    if (mkdir(c->spool, SPOOL_DIR_MODE) < 0 && errno != EEXIST) {
+    /* mxkeepd enters its spool while still root (spool_open_from_cwd):
+     * relative paths then reach it after the privilege drop whatever the
+     * modes of its parent directories. */
+    const char *root = spool_from_cwd ? "." : c->spool;
+    if (mkdir(root, SPOOL_DIR_MODE) < 0 && errno != EEXIST) {
         snprintf(err, errlen, "spool %s: %s", c->spool, strerror(errno));
         goto fail;
     }
-    s->rootfd = open(c->spool, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    s->rootfd = open(root, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (s->rootfd < 0) {
         snprintf(err, errlen, "spool %s: %s", c->spool, strerror(errno));
         goto fail;
     }
     if (spool_mkdirs(s, err, errlen) < 0)
         goto fail;
-    if ((size_t)snprintf(path, sizeof path, "%s/" SPOOL_INDEX_DIR, c->spool) >= sizeof path) {
+    if ((size_t)snprintf(path, sizeof path, "%s/" SPOOL_INDEX_DIR, root) >= sizeof path) {
         snprintf(err, errlen, "spool: path too long");
         goto fail;
     }
@@ -952,4 +964,15 @@ void spool_body_unlink_if_gone(struct spool *s, const char *qid)
 size_t spool_outstanding(const struct spool *s)
 {
     return s->outstanding;
+}
+
+int spool_free_space(const struct spool *s, unsigned long long *octets)
+{
+    struct statvfs sv;
+    /* Through the open directory: the path may be out of the mail user's
+     * reach after the privilege drop. */
+    if (fstatvfs(s->rootfd, &sv) != 0)
+        return -1;
+    *octets = (unsigned long long)sv.f_bavail * sv.f_frsize;
+    return 0;
 }

@@ -49,6 +49,10 @@ typedef void (*spool_done_fn)(void *arg, int err);
  * Fatal problems return NULL with a one-line reason in err. */
 struct spool *spool_open(const struct conf *c, struct event_base *base, char *err, size_t errlen);
 void spool_close(struct spool *s);
+/* The process's working directory is the spool (mxkeepd chdirs there as
+ * root before dropping privileges): spool_open then uses relative paths,
+ * which need no search permission on the spool's parent directories. */
+void spool_open_from_cwd(void);
 /* The index, for reads (queue_db.h read functions). */
 struct qdb *spool_db(struct spool *s);
 
@@ -104,6 +108,10 @@ int spool_body_read(struct spool *s, const struct qmsg *m, struct evbuffer *out)
 /* Requests queued whose completion has not run yet (shutdown waits for
  * them so no outcome is dropped).  Loop thread. */
 size_t spool_outstanding(const struct spool *s);
+
+/* Free octets for unprivileged use on the spool's file system.  0, or -1
+ * with errno. */
+int spool_free_space(const struct spool *s, unsigned long long *octets);
 
 /* Figures for logs and metrics. */
 struct spool_stats {
