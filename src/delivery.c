@@ -1300,18 +1300,16 @@ static void warn_due_done(void *arg, int err)
 }
 
 /* With delay_warning on, a due entry at arrival + delay_warning. */
-static void delivery_warn_schedule(struct delivery *s, const char *qid)
+static void delivery_warn_schedule(struct delivery *s, const struct qmsg *m)
 {
-    struct qmsg m;
     struct warn_due *w;
     long dw = s->conf->delivery.delay_warning;
-    if (dw <= 0 || qdb_msg_get(s->db, qid, &m) != 0 || m.sender[0] == '\0' ||
-        (m.flags & QMSG_F_DSN))
+    if (dw <= 0 || m->sender[0] == '\0' || (m->flags & QMSG_F_DSN))
         return;
     if ((w = calloc(1, sizeof *w)) == NULL)
         return;
-    w->when = m.arrival + dw;
-    snprintf(w->qid, sizeof w->qid, "%s", qid);
+    w->when = m->arrival + dw;
+    snprintf(w->qid, sizeof w->qid, "%s", m->qid);
     if (spool_write(s->spool, warn_due_fn, w, warn_due_done, w) == NULL)
         free(w);
 }
@@ -1490,7 +1488,12 @@ void delivery_queued(void *arg, const char *qid)
     struct qmsg m;
     struct qrcpt *r = NULL;
     size_t n = 0;
-    if (qdb_msg_get(s->db, qid, &m) == 0 && (r = rcpts_load(s, &m, &n)) != NULL) {
+    if (qdb_msg_get(s->db, qid, &m) != 0) {
+        log_warn("%s: queued but unreadable; the scheduler will find it on its next pass", qid);
+        delivery_expire_arm(s);
+        return;
+    }
+    if ((r = rcpts_load(s, &m, &n)) != NULL) {
         for (size_t i = 0; i < n; i++) {
             if (i > 0 && strcasecmp(r[i].domain, r[i - 1].domain) == 0)
                 continue;
@@ -1498,16 +1501,16 @@ void delivery_queued(void *arg, const char *qid)
             if (d == NULL)
                 continue;
             /* New mail goes out at once to an up destination; an unknown
-             * one is probed now; a down one waits for its probe. */
-            /* New QIDs sort after the cursor: the walk goes on from
-             * where it stopped, without revisiting deferred mail. */
+             * one is probed now; a down one waits for its probe.  New QIDs
+             * sort after the cursor: the walk goes on from where it
+             * stopped, without revisiting deferred mail. */
             d->pass_end = 0;
             if (d->state != QDEST_DOWN)
                 dest_kick(d);
         }
     }
     free(r);
-    delivery_warn_schedule(s, qid);
+    delivery_warn_schedule(s, &m);
     delivery_expire_arm(s);
 }
 
