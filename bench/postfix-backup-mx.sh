@@ -18,6 +18,7 @@
 # listens anywhere but loopback.
 # Needs root (Postfix's master does); the daemons run as "postfix".
 
+PFBMX_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 PFBMX_POSTFIX=${PFBMX_POSTFIX:-/usr/sbin/postfix}
 PFBMX_POSTQUEUE=${PFBMX_POSTQUEUE:-/usr/sbin/postqueue}
 PFBMX_POSTCONF=${PFBMX_POSTCONF:-/usr/sbin/postconf}
@@ -65,32 +66,7 @@ syslog_name = postfix-bench
 maillog_file = $dir/maillog
 EOF
 
-    cat >"$dir/etc/master.cf" <<EOF
-# Written by bench/postfix-backup-mx.sh.  No chroot: the queue lives in a
-# scratch directory without the files a chroot needs.
-127.0.0.1:$port inet n - n - - smtpd
-pickup    unix  n       -       n       60      1       pickup
-cleanup   unix  n       -       n       -       0       cleanup
-qmgr      unix  n       -       n       300     1       qmgr
-tlsmgr    unix  -       -       n       1000?   1       tlsmgr
-rewrite   unix  -       -       n       -       -       trivial-rewrite
-bounce    unix  -       -       n       -       0       bounce
-defer     unix  -       -       n       -       0       bounce
-trace     unix  -       -       n       -       0       bounce
-verify    unix  -       -       n       -       1       verify
-flush     unix  n       -       n       1000?   0       flush
-proxymap  unix  -       -       n       -       -       proxymap
-proxywrite unix -       -       n       -       1       proxymap
-smtp      unix  -       -       n       -       -       smtp
-relay     unix  -       -       n       -       -       smtp
-showq     unix  n       -       n       -       -       showq
-error     unix  -       -       n       -       -       error
-retry     unix  -       -       n       -       -       error
-discard   unix  -       -       n       -       -       discard
-anvil     unix  -       -       n       -       1       anvil
-scache    unix  -       -       n       -       1       scache
-postlog   unix-dgram n  -       n       -       1       postlogd
-EOF
+    sed "s/@PORT@/$port/" "$PFBMX_DIR/postfix-master.cf" >"$dir/etc/master.cf"
 
     "$PFBMX_POSTFIX" -c "$dir/etc" check >>"$dir/maillog.start" 2>&1 || true
     if ! "$PFBMX_POSTFIX" -c "$dir/etc" start >>"$dir/maillog.start" 2>&1; then

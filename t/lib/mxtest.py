@@ -1454,31 +1454,11 @@ maillog_file_prefixes = {dir}
 """.format(dir=self.dir, etc=self.etc, queue=self.queue_dir, data=data, doms=doms, maillog=maillog,
                 maps=", ".join("@%s=ok" % d for d in self.domains),
                 tmaps=", ".join("%s=smtp:[127.0.0.1]:9" % d for d in self.domains)))
+        # One master.cf for the bench and test instances.
+        with open(os.path.join(ROOT, "bench", "postfix-master.cf")) as f:
+            master = f.read().replace("@PORT@", str(self.port))
         with open(os.path.join(self.etc, "master.cf"), "w") as f:
-            f.write("""# written by t/lib/mxtest.py; no chroot
-127.0.0.1:{port} inet n - n - - smtpd
-pickup    unix  n       -       n       60      1       pickup
-cleanup   unix  n       -       n       -       0       cleanup
-qmgr      unix  n       -       n       300     1       qmgr
-tlsmgr    unix  -       -       n       1000?   1       tlsmgr
-rewrite   unix  -       -       n       -       -       trivial-rewrite
-bounce    unix  -       -       n       -       0       bounce
-defer     unix  -       -       n       -       0       bounce
-trace     unix  -       -       n       -       0       bounce
-verify    unix  -       -       n       -       1       verify
-flush     unix  n       -       n       1000?   0       flush
-proxymap  unix  -       -       n       -       -       proxymap
-proxywrite unix -       -       n       -       1       proxymap
-smtp      unix  -       -       n       -       -       smtp
-relay     unix  -       -       n       -       -       smtp
-showq     unix  n       -       n       -       -       showq
-error     unix  -       -       n       -       -       error
-retry     unix  -       -       n       -       -       error
-discard   unix  -       -       n       -       -       discard
-anvil     unix  -       -       n       -       1       anvil
-scache    unix  -       -       n       -       1       scache
-postlog   unix-dgram n  -       n       -       1       postlogd
-""".format(port=self.port))
+            f.write(master)
         run([POSTFIX, "-c", self.etc, "check"], timeout=60)
         r = run([POSTFIX, "-c", self.etc, "start"], timeout=60)
         if r.returncode != 0:
