@@ -9,6 +9,7 @@
  * are filled round-robin, so every domain holds MESSAGES/DOMAINS messages.
  * A benchmark tool, not part of mxkeepd.
  */
+#include "config.h"
 #include "queue_db.h"
 #include "qid.h"
 

@@ -18,6 +18,7 @@
  * part by guessing it.  The original's own lines are returned as received:
  * they are what we accepted (a line over 998 octets stays one).
  */
+#include "config.h"
 #include "bounce.h"
 
 #include <event2/buffer.h>

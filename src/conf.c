@@ -29,6 +29,7 @@
  * inside libconfig before we see it; large sizes must be written as size
  * strings ("4G") or with libconfig's L suffix.  The sample config says so.
  */
+#include "config.h"
 #include "conf.h"
 
 #include <arpa/inet.h>

@@ -26,9 +26,7 @@
  * carry peer-supplied text (primaries' errors) only inside JSON strings,
  * escaped per RFC 8259.
  */
-#ifndef _GNU_SOURCE
-#define _GNU_SOURCE 1           /* struct ucred (SO_PEERCRED) */
-#endif
+#include "config.h"
 #include "control.h"
 
 #include "conf.h"

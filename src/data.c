@@ -27,6 +27,7 @@
  * passed on in runs that span many lines and are only broken where octets
  * are dropped (a stuffing dot) or added (a normalized bare newline).
  */
+#include "config.h"
 #include "data.h"
 
 #include <limits.h>

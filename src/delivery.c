@@ -22,6 +22,7 @@
  * At-least-once: outcomes are committed after the primary answered; a
  * crash in between sends that message again after restart.
  */
+#include "config.h"
 #include "delivery.h"
 #include "bounce.h"
 #include "dns.h"

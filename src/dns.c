@@ -35,6 +35,7 @@
  * client's own claim: a name is kept only if it is hostname characters
  * and its forward lookup leads back to the client's address.
  */
+#include "config.h"
 #include <arpa/inet.h>
 #include <ares.h>
 #include <ctype.h>

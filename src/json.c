@@ -11,6 +11,7 @@
  * malformed sequence becomes U+FFFD one octet at a time, so no decoder
  * downstream has to guess where it ends.
  */
+#include "config.h"
 #include "json.h"
 
 #include <stdint.h>

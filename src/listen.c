@@ -6,6 +6,7 @@
  * Security: the per-client table is bounded by the total connection limit,
  * so a flood of distinct addresses cannot grow it without bound.
  */
+#include "config.h"
 #include "listen.h"
 #include "conf.h"
 #include "log.h"

@@ -7,6 +7,7 @@
  * only ever appears as %s arguments, and callers pass it through
  * log_sanitize-like escaping (smtpd does) so a peer cannot forge lines.
  */
+#include "config.h"
 #include "log.h"
 
 #include <stdio.h>

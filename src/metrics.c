@@ -28,6 +28,7 @@
  * neither a browser nor a Prometheus parser can be confused.  The page is
  * sent with a Content-Security-Policy that forbids scripts and fetches.
  */
+#include "config.h"
 #include "metrics.h"
 
 #include "conf.h"

@@ -48,6 +48,7 @@
  * On an error in the middle of a JSON listing the document is left
  * unterminated on purpose, so a consumer's parser fails too.
  */
+#include "config.h"
 #include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>

@@ -19,6 +19,7 @@
  * with bounds on every line; peer addresses are only ever copied into
  * fixed buffers sized from smtp_parse.h.
  */
+#include "config.h"
 #include "policy.h"
 
 #include <errno.h>

@@ -8,6 +8,7 @@
  * admits exactly QID_LEN characters of the base32 alphabet, so no '/', no
  * "..", no NUL tricks).
  */
+#include "config.h"
 #include "qid.h"
 
 #include <string.h>

@@ -25,9 +25,7 @@
  * because LMDB forbids resizing while any transaction of the process is
  * open and readers on the loop thread cannot know when the writer grows.
  */
-#ifndef _GNU_SOURCE
-#define _GNU_SOURCE 1     /* pthread_rwlockattr_setkind_np */
-#endif
+#include "config.h"
 #include "queue_db.h"
 
 #include <errno.h>

@@ -16,6 +16,7 @@
  * comment.  Our own strings get the same treatment, as a PTR name is
  * peer-controlled too and a bug elsewhere must not become header injection.
  */
+#include "config.h"
 #include "received.h"
 
 #include <stdio.h>

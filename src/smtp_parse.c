@@ -13,6 +13,7 @@
  * given, and is then required to be well-formed UTF-8 (no overlongs, no
  * surrogates) so that later layers never see malformed sequences.
  */
+#include "config.h"
 #include "smtp_parse.h"
 #include "utf8.h"
 

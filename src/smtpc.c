@@ -20,6 +20,7 @@
  * ever logged / stored, never interpreted beyond the reply code and EHLO
  * keywords.
  */
+#include "config.h"
 #include "smtpc.h"
 
 #include <arpa/inet.h>

@@ -23,6 +23,7 @@
  * recipients, message and header size, errors, junk commands, time in each
  * state (read/write timeouts), and buffered input/output (watermarks).
  */
+#include "config.h"
 #include "smtpd.h"
 #include "data.h"
 #include "dns.h"

@@ -26,9 +26,7 @@
  * a directory descriptor opened once, so no peer data reaches a path.
  * Files and directories are created 0600/0700.
  */
-#ifndef _GNU_SOURCE
-#define _GNU_SOURCE 1           /* sync_file_range */
-#endif
+#include "config.h"
 #include "spool.h"
 
 #include <dirent.h>

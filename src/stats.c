@@ -4,6 +4,7 @@
  * Owns: one static array of counters and their names.  Never: locks, or
  * is touched from the spool writer thread.
  */
+#include "config.h"
 #include "stats.h"
 
 #include <time.h>

@@ -5,6 +5,7 @@
  * Never: enables SSLv3/TLS 1.0/1.1, compression or renegotiation (the
  * renegotiation DoS and CRIME classes); never logs key material.
  */
+#include "config.h"
 #include "tls.h"
 
 #include <stdio.h>

@@ -10,6 +10,7 @@
  * section 4 table, which rules out overlongs, surrogates and values past
  * U+10FFFF without decoding first and checking after.
  */
+#include "config.h"
 #include "utf8.h"
 
 #define UTF8_ASCII_END  0x80u   /* octets below are one-octet sequences */

@@ -11,6 +11,7 @@
  * xtext decode(encode(s)) == s for control-free s, and a decoded value
  * re-encodes to something that decodes to the same value.
  */
+#include "config.h"
 #include "smtp_parse.h"
 
 #include <stdint.h>

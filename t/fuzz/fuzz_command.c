@@ -9,6 +9,7 @@
  * reply is "ddd d.d.d text" with no CR/LF; outputs are NUL-terminated
  * inside their buffers; accepted sizes respect the limit.
  */
+#include "config.h"
 #include "smtp_parse.h"
 
 #include <stdint.h>

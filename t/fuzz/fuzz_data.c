@@ -13,6 +13,7 @@
  * Build: clang -g -O1 -fsanitize=fuzzer,address,undefined -Isrc \
  *          t/fuzz/fuzz_data.c src/data.c -o fuzz_data
  */
+#include "config.h"
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>

@@ -4,6 +4,7 @@
  * MIME structure and line ends; one notice is also parsed by Python's
  * email package when python3 is installed.
  */
+#include "config.h"
 #include <event2/buffer.h>
 #include <stdio.h>
 #include <stdlib.h>

@@ -7,6 +7,7 @@
  * works from inside it (so relative paths have a known base), and removes
  * it at the end.
  */
+#include "config.h"
 #include "conf.h"
 #include "tap.h"
 

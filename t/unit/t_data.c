@@ -7,6 +7,7 @@
  * SMTP smuggling payloads check that no fake end of data ends a message
  * and that smuggled commands stay content.
  */
+#include "config.h"
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>

@@ -7,6 +7,7 @@
  * bounds, temporary failures and cancellation by dns_free(); client names
  * (FCrDNS): confirmed, unconfirmed, absent, several PTRs, IPv6, cancel.
  */
+#include "config.h"
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>

@@ -10,6 +10,7 @@
  * (conf_cidr_match), -DPOLICY_TEST_STUBS for both.  Normal builds link the
  * real modules.
  */
+#include "config.h"
 #include <arpa/inet.h>
 #include <errno.h>
 #include <stdio.h>

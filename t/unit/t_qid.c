@@ -1,6 +1,7 @@
 /*
  * t_qid.c - queue IDs: form, uniqueness, order, time, seeding.
  */
+#include "config.h"
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>

@@ -3,6 +3,7 @@
  * folding at 78 columns, hostile HELO sanitizing, buffer limits, RFC 3848
  * protocol names.
  */
+#include "config.h"
 #include "received.h"
 #include "tap.h"
 

@@ -3,6 +3,7 @@
  * (every relay trick we know), length limits at their exact boundaries,
  * UTF-8, MAIL/RCPT parameters, xtext, ETRN, HELO, BDAT.
  */
+#include "config.h"
 #include "smtp_parse.h"
 #include "tap.h"
 

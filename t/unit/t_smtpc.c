@@ -6,6 +6,7 @@
  * SIZE, SMTPUTF8, DSN parameters, greeting 421, lost connection, time-outs).
  * Every wait is bounded by a watchdog.
  */
+#include "config.h"
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>

@@ -3,6 +3,7 @@
  * counters, walks, deletes, cancellation, recovery, map growth, and the
  * record decoder's refusal of unknown versions.
  */
+#include "config.h"
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>

@@ -3,6 +3,7 @@
  * bound, an exhaustive cross-check against a decode-then-check reference)
  * and json_escape (each escape class, invalid UTF-8, the length bound).
  */
+#include "config.h"
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
