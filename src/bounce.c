@@ -30,12 +30,13 @@
 
 #include "log.h"
 #include "utf8.h"
+#include "util.h"
 
 #define CRLF                "\r\n"
 #define LINE_SOFT           78      /* RFC 5322 2.1.1 "SHOULD" */
 #define LINE_HARD           900     /* split a single word here: well under 998 */
 #define TEXT_INDENT         "    "  /* continuation of a recipient line in part 1 */
-#define DATE_MAX            40
+#define DATE_MAX            UTIL_DATE_MAX
 #define BOUNDARY_MAX        70      /* RFC 2046 5.1.1 */
 #define BOUNDARY_TRIES      64
 #define STATUS_MAX          16      /* "5.999.999" with room */
@@ -141,24 +142,6 @@ static int has_8bit(const char *s)
         if ((unsigned char)*s >= 0x80)
             return 1;
     return 0;
-}
-
-/* RFC 5322 3.3 date in UTC, locale-independent. */
-static void format_date(char *out, size_t len, int64_t when)
-{
-    static const char *const days[] = { "Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat" };
-    static const char *const months[] = { "Jan", "Feb", "Mar", "Apr", "May", "Jun",
-                                          "Jul", "Aug", "Sep", "Oct", "Nov", "Dec" };
-    time_t t = (time_t)when;
-    struct tm tm;
-
-    if (gmtime_r(&t, &tm) == NULL) {
-        /* Unrepresentable: keep the field well-formed at the epoch. */
-        t = 0;
-        gmtime_r(&t, &tm);
-    }
-    snprintf(out, len, "%s, %d %s %d %02d:%02d:%02d +0000", days[tm.tm_wday % 7], tm.tm_mday,
-             months[tm.tm_mon % 12], tm.tm_year + 1900, tm.tm_hour, tm.tm_min, tm.tm_sec);
 }
 
 /*
@@ -360,7 +343,7 @@ static int text_rcpt(struct w *w, const struct ctx *c, const struct bounce_rcpt 
         if (diag)
             w_printf(&line, " (last error: %s)", diag);
     } else if (br->action == BOUNCE_DELAYED) {
-        format_date(date, sizeof date, br->r->expiry);
+        util_rfc5322_date(date, sizeof date, br->r->expiry);
         w_printf(&line, "delivery delayed; this server will keep trying until %s", date);
         if (diag)
             w_printf(&line, " (last error: %s)", diag);
@@ -442,7 +425,7 @@ static void part_text(struct w *w, const struct ctx *c)
     {
         char line[DATE_MAX + QID_SIZE + 64];
 
-        format_date(date, sizeof date, c->m->arrival);
+        util_rfc5322_date(date, sizeof date, c->m->arrival);
         snprintf(line, sizeof line, "The message arrived here on %s (queue ID %s).", date,
                  c->m->qid);
         w_fold(w, "", line, 0);
@@ -511,7 +494,7 @@ static void part_dsn(struct w *w, const struct ctx *c)
     }
     snprintf(val, sizeof val, "dns; %s", bi->hostname);
     w_field(w, "Reporting-MTA", val);
-    format_date(date, sizeof date, m->arrival);
+    util_rfc5322_date(date, sizeof date, m->arrival);
     w_field(w, "Arrival-Date", date);
     w_field(w, QUEUE_ID_FIELD, m->qid);
     dsn_addr(w, SENDER_FIELD, m->sender, c->utf8);
@@ -531,11 +514,11 @@ static void part_dsn(struct w *w, const struct ctx *c)
         if (br->diagnostic && br->diagnostic[0])
             dsn_typed(w, "Diagnostic-Code", "smtp", br->diagnostic, CLEAN_TEXT, c->utf8);
         if (r->last_try != 0) {
-            format_date(date, sizeof date, r->last_try);
+            util_rfc5322_date(date, sizeof date, r->last_try);
             w_field(w, "Last-Attempt-Date", date);
         }
         if (br->action == BOUNCE_DELAYED && r->expiry != 0) {
-            format_date(date, sizeof date, r->expiry);
+            util_rfc5322_date(date, sizeof date, r->expiry);
             w_field(w, "Will-Retry-Until", date);
         }
     }
@@ -621,10 +604,8 @@ static int contains(struct evbuffer *b, const char *needle)
 static int choose_boundary(char *out, size_t len, const struct ctx *c, struct evbuffer **parts,
                            size_t nparts)
 {
-    uint64_t h = 1469598103934665603ull;    /* FNV-1a 64 offset basis */
+    uint64_t h = util_hash(UTIL_HASH_INIT, c->m->qid, strlen(c->m->qid));
 
-    for (const char *s = c->m->qid; *s; s++)
-        h = (h ^ (unsigned char)*s) * 1099511628211ull;
     for (int t = 0; t < BOUNDARY_TRIES; t++) {
         char delim[BOUNDARY_MAX + 3];
         int clash = 0;
@@ -718,7 +699,7 @@ static int assemble(struct evbuffer *out, struct ctx *c)
     to = clean_dup(c->m->sender, CLEAN_ADDR, c->utf8);
     if (to == NULL)
         goto out;
-    format_date(date, sizeof date, bi->now);
+    util_rfc5322_date(date, sizeof date, bi->now);
     w_field(&notice, "Date", date);
     snprintf(val, sizeof val, MAILER_DAEMON "@%s " FROM_COMMENT, bi->hostname);
     w_field(&notice, "From", val);

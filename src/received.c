@@ -18,6 +18,7 @@
  */
 #include "config.h"
 #include "received.h"
+#include "util.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -25,7 +26,7 @@
 #define RECEIVED_LINE_MAX   78      /* RFC 5322 2.1.1 "SHOULD" */
 #define RECEIVED_FIELD_MAX  255     /* longest piece of peer text we copy */
 #define RECEIVED_UNIT_MAX   (RECEIVED_FIELD_MAX + 16)  /* + brackets, parens, ';' */
-#define RECEIVED_DATE_MAX   40
+#define RECEIVED_DATE_MAX   UTIL_DATE_MAX
 #define RECEIVED_SOFTWARE   "(mxkeep)"
 #define RECEIVED_UNKNOWN    "unknown"
 #define FOLD                "\r\n\t"
@@ -98,22 +99,6 @@ static void sanitize(char *dst, size_t dstlen, const char *src, int keep_space, 
             dst[o++] = '?';
     }
     dst[o] = '\0';
-}
-
-static void format_date(char *out, size_t len, time_t when)
-{
-    static const char *const days[] = { "Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat" };
-    static const char *const months[] = { "Jan", "Feb", "Mar", "Apr", "May", "Jun",
-                                          "Jul", "Aug", "Sep", "Oct", "Nov", "Dec" };
-    struct tm tm;
-
-    if (gmtime_r(&when, &tm) == NULL) {
-        /* Unrepresentable time: keep the header well-formed at the epoch. */
-        when = 0;
-        gmtime_r(&when, &tm);
-    }
-    snprintf(out, len, "%s, %d %s %d %02d:%02d:%02d +0000", days[tm.tm_wday % 7], tm.tm_mday,
-             months[tm.tm_mon % 12], tm.tm_year + 1900, tm.tm_hour, tm.tm_min, tm.tm_sec);
 }
 
 int received_format(char *buf, size_t len, const struct received_info *ri)
@@ -192,7 +177,7 @@ int received_format(char *buf, size_t len, const struct received_info *ri)
         snprintf(u, sizeof u, "<%s>;", a);
         unit(&w, u);
     }
-    format_date(date, sizeof date, ri->when);
+    util_rfc5322_date(date, sizeof date, ri->when);
     unit(&w, date);
     put(&w, "\r\n", 2);
 
