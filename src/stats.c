@@ -1,8 +1,9 @@
 /*
  * stats.c - the counter table (see stats.h).
  *
- * Owns: one static array of counters and their names.  Never: locks, or
- * is touched from the spool writer thread.
+ * Owns: one static array of counters, their flat names (mxkeepctl stats
+ * keys) and the map from each counter to its Prometheus family and label.
+ * Never: locks, or is touched from the spool writer thread.
  */
 #include "config.h"
 #include "stats.h"
