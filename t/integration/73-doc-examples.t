@@ -183,6 +183,16 @@ def main():
             new_log = srv.log()[mark:]
             unlike(new_log, r"pipelining|ETRN .*: 5\d\d ", "%s: no refusal in the log" % where)
 
+    # 0.1.0's one-liner wrote EHLO, ETRN and QUIT at once.  EHLO ends a
+    # pipelining group (RFC 2920 3.1), so an ETRN behind it in the same
+    # segment is refused: why the example now waits for each reply.
+    c = srv.raw()
+    c.send(b"EHLO mx1.example.org\r\nETRN example.org\r\nQUIT\r\n")
+    rs = [c.reply() for _ in range(3)]
+    c.close()
+    codes = [x.code for x in rs if x is not None]
+    ok(554 in codes and not any(x in (250, 251, 252, 253) for x in codes[1:]),
+       "ETRN pipelined behind EHLO: 554 5.5.0, no flush (%s)" % codes)
     ok(ran >= 12, "ran %d shell blocks (12 when this test was written)" % ran)
     # What the examples did, seen from the daemon.
     log = srv.log()
