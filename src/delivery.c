@@ -1485,6 +1485,8 @@ long delivery_flush(struct delivery *s, const char *domain, struct delivery_dest
  * doms may include held domains: whether a domain is held is the
  * scheduler's to say (config hold or mxkeepctl hold), not the policy's.
  */
+#define ETRN_HELD_NOTE_SIZE 128    /* " (N held domains: M messages waiting)" */
+
 void delivery_etrn(void *arg, const char *node, const struct conf_domain **doms, size_t n,
                 char *buf, size_t len)
 {
@@ -1492,7 +1494,7 @@ void delivery_etrn(void *arg, const char *node, const struct conf_domain **doms,
     struct delivery_dest_info info;
     unsigned long long started = 0, waiting_held = 0;
     size_t held = 0;
-    char extra[128] = "";
+    char extra[ETRN_HELD_NOTE_SIZE] = "";
 
     for (size_t i = 0; i < n; i++) {
         if (delivery_flush(s, doms[i]->name, &info) < 0) {
