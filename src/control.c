@@ -146,8 +146,9 @@ static void dest_info_json(struct evbuffer *b, const struct delivery_dest_info *
         evbuffer_add_printf(b, "%" PRId64, i->next_probe);
     else
         evbuffer_add_printf(b, "null");
-    evbuffer_add_printf(b, ",\"connections\":%d,\"concurrency\":%d,\"last_error\":",
-                        i->connections, i->concurrency);
+    evbuffer_add_printf(b, ",\"connections\":%d,\"concurrency\":%d,\"messages\":%" PRIu64
+                        ",\"bytes\":%" PRIu64 ",\"last_error\":",
+                        i->connections, i->concurrency, i->nmsg, i->nbytes);
     json_str(b, i->last_error);
     evbuffer_add_printf(b, "}");
 }
@@ -402,7 +403,7 @@ static void flush_all(struct ctl_req *r)
         return;
     }
     for (i = 0; i < l.n; i++) {
-        long k = delivery_flush(ctl->dl, l.name[i]);
+        long k = delivery_flush(ctl->dl, l.name[i], NULL);
         if (k < 0)
             held++;
         else
@@ -418,6 +419,7 @@ static void flush_all(struct ctl_req *r)
 static void cmd_flush(struct ctl_req *r, int argc, char **argv)
 {
     char domain[SMTP_DOMAIN_MAX + 1];
+    struct delivery_dest_info info;
     long n;
 
     if (strcmp(argv[1], "--all") == 0) {
@@ -432,29 +434,34 @@ static void cmd_flush(struct ctl_req *r, int argc, char **argv)
         req_err(r, EX_NOUSER, "unknown domain %s", domain);
         return;
     }
-    n = delivery_flush(r->ctl->dl, domain);
+    /* Count and state from the scheduler's record, as summary shows. */
+    n = delivery_flush(r->ctl->dl, domain, &info);
     if (n < 0) {
-        req_err(r, EX_TEMPFAIL, "%s is held", domain);
+        req_err(r, EX_TEMPFAIL, "%s is held: %" PRIu64 " message%s waiting", domain, info.nmsg,
+                info.nmsg == 1 ? "" : "s");
         return;
     }
-    log_info("control: flush %s: %ld messages", domain, n);
-    req_reply(r, NULL, "OK %ld message%s", n, n == 1 ? "" : "s");
+    log_info("control: flush %s: %" PRIu64 " messages", domain, info.nmsg);
+    req_reply(r, NULL, "OK %" PRIu64 " message%s", info.nmsg, info.nmsg == 1 ? "" : "s");
 }
 
 static void cmd_hold(struct ctl_req *r, int argc, char **argv)
 {
     char domain[SMTP_DOMAIN_MAX + 1];
+    struct delivery_dest_info info;
     int hold = strcmp(argv[0], "hold") == 0;
 
     if (arg_domain(argv[1], domain) != 0) {
         req_err(r, EX_USAGE, "not a domain");
         return;
     }
-    if (delivery_hold(r->ctl->dl, domain, hold) != 0) {
+    if (delivery_hold(r->ctl->dl, domain, hold) != 0 ||
+        delivery_dest_info(r->ctl->dl, domain, &info) != 0) {
         req_err(r, EX_NOUSER, "unknown domain %s", domain);
         return;
     }
-    req_reply(r, NULL, "OK %s %s", hold ? "held" : "released", domain);
+    req_reply(r, NULL, "OK %s %s: %" PRIu64 " message%s waiting", hold ? "held" : "released",
+              domain, info.nmsg, info.nmsg == 1 ? "" : "s");
 }
 
 static void delete_done(void *arg, int err)

@@ -1437,13 +1437,23 @@ void delivery_start(struct delivery *s)
     delivery_expire_arm(s);
 }
 
-long delivery_flush(struct delivery *s, const char *domain)
+static void dest_info_fill(const struct dest *d, struct delivery_dest_info *o);
+
+long delivery_flush(struct delivery *s, const char *domain, struct delivery_dest_info *out)
 {
     struct dest *d = dest_get(s, domain);
-    if (d == NULL)
+    if (d == NULL) {
+        if (out != NULL) {
+            memset(out, 0, sizeof *out);
+            snprintf(out->domain, sizeof out->domain, "%s", domain);
+        }
         return 0;
-    if (d->held)
+    }
+    if (d->held) {
+        if (out != NULL)
+            dest_info_fill(d, out);
         return -1;
+    }
     long n = dest_pending(d);
     if (d->state != QDEST_UP) {
         d->state = QDEST_UNKNOWN;
@@ -1462,25 +1472,53 @@ long delivery_flush(struct delivery *s, const char *domain)
         d->route = NULL;
     }
     dest_kick(d);
+    if (out != NULL)
+        dest_info_fill(d, out);
     return n;
 }
+
+/*
+ * The ETRN reply (RFC 1985) from the same per-destination record every
+ * listing shows: 253 with the count started, 251 when nothing waits, and
+ * 458 when every node covered is held, saying so and how many messages
+ * wait.  Held nodes among others are named in the 25x text by count.
+ * doms may include held domains: whether a domain is held is the
+ * scheduler's to say (config hold or mxkeepctl hold), not the policy's.
+ */
+#define ETRN_HELD_NOTE_SIZE 128    /* " (N held domains: M messages waiting)" */
 
 void delivery_etrn(void *arg, const char *node, const struct conf_domain **doms, size_t n,
                 char *buf, size_t len)
 {
     struct delivery *s = arg;
-    long total = 0;
+    struct delivery_dest_info info;
+    unsigned long long started = 0, waiting_held = 0;
+    size_t held = 0;
+    char extra[ETRN_HELD_NOTE_SIZE] = "";
+
     for (size_t i = 0; i < n; i++) {
-        long k = delivery_flush(s, doms[i]->name);
-        if (k > 0)
-            total += k;
+        if (delivery_flush(s, doms[i]->name, &info) < 0) {
+            held++;
+            waiting_held += info.nmsg;
+        } else {
+            started += info.nmsg;
+        }
+    }
+    if (n > 0 && held == n) {
+        snprintf(buf, len, "458 4.3.0 Unable to queue messages for node %s: held by the "
+                 "administrator, %llu message%s waiting", node, waiting_held,
+                 waiting_held == 1 ? "" : "s");
+        return;
     }
     stats_inc(STAT_ETRN);
-    if (total > 0)
-        snprintf(buf, len, "253 2.0.0 OK, %ld pending message%s for node %s started", total,
-                 total == 1 ? "" : "s", node);
+    if (held > 0)
+        snprintf(extra, sizeof extra, " (%zu held domain%s: %llu message%s waiting)",
+                 held, held == 1 ? "" : "s", waiting_held, waiting_held == 1 ? "" : "s");
+    if (started > 0)
+        snprintf(buf, len, "253 2.0.0 OK, %llu pending message%s for node %s started%s",
+                 started, started == 1 ? "" : "s", node, extra);
     else
-        snprintf(buf, len, "251 2.0.0 OK, no messages waiting for node %s", node);
+        snprintf(buf, len, "251 2.0.0 OK, no messages waiting for node %s%s", node, extra);
 }
 
 void delivery_queued(void *arg, const char *qid)
@@ -1554,6 +1592,15 @@ static void dest_info_fill(const struct dest *d, struct delivery_dest_info *o)
     o->connections = d->nconns;
     o->concurrency = d->conn_limit;
     snprintf(o->last_error, sizeof o->last_error, "%s", d->last_error);
+    {
+        /* The counts every listing shows: the index's record (a read
+         * transaction of its own, not held across anything). */
+        struct qdest q;
+        if (qdb_dest_get(d->s->db, d->name, &q) == 0) {
+            o->nmsg = q.nmsg;
+            o->nbytes = q.nbytes;
+        }
+    }
 }
 
 int delivery_dest_info(struct delivery *s, const char *domain, struct delivery_dest_info *out)

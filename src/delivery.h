@@ -17,6 +17,7 @@
 #define MXKEEP_DELIVERY_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include "conf.h"
 #include "queue_db.h"
 
@@ -24,6 +25,7 @@ struct event_base;
 struct spool;
 struct dns;
 struct delivery;
+struct delivery_dest_info;
 
 struct delivery *delivery_new(struct event_base *base, struct spool *sp, struct dns *dns,
                         char *err, size_t errlen);
@@ -37,14 +39,24 @@ void delivery_etrn(void *arg, const char *node, const struct conf_domain **doms,
                 char *buf, size_t len);
 void delivery_queued(void *arg, const char *qid);
 /* Flush a destination now (ETRN without the reply).  Returns the number of
- * messages waiting, or -1 when the domain is held. */
-long delivery_flush(struct delivery *s, const char *domain);
+ * messages waiting, or -1 when the domain is held (nothing is started).
+ * With out non-NULL, fills it as delivery_dest_info does (after the flush
+ * started), so the caller's reply tells the count and state every listing
+ * shows. */
+long delivery_flush(struct delivery *s, const char *domain, struct delivery_dest_info *out);
 /* Hold or release a destination at run time (mxkeepctl hold/release).
  * Lasts until the next reload or restart, where the config's `hold`
  * decides again.  0, or -1 when the domain is unknown here. */
 int delivery_hold(struct delivery *s, const char *domain, int hold);
 
-/* What the scheduler knows of a destination right now. */
+/*
+ * What the scheduler knows of a destination right now: the one source of a
+ * destination's count and state for every reply and listing of the daemon
+ * (ETRN, control flush/hold/status, /metrics, /status).  nmsg and nbytes
+ * are the index's per-destination counters (what mxkeepctl summary reads
+ * when the daemon is down), state is the scheduler's live one, held
+ * folded in.
+ */
 struct delivery_dest_info {
     char domain[SMTP_DOMAIN_MAX + 1];
     int served;                 /* a configured domain (else bounces) */
@@ -53,6 +65,8 @@ struct delivery_dest_info {
     int64_t next_probe;         /* unix seconds, 0 = none */
     int connections;            /* open outbound connections */
     int concurrency;            /* current cap */
+    uint64_t nmsg;              /* messages with a pending recipient here */
+    uint64_t nbytes;            /* their body octets */
     char last_error[512];
 };
 /* 0, or -1 when the scheduler has no such destination. */

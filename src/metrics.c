@@ -243,6 +243,10 @@ static int snap_add_live(void *arg, const struct delivery_dest_info *i)
         return 1;
     /* The scheduler's view is live; the index's is as of the last write. */
     r->live = 1;
+    /* Count and state from the one source the daemon's replies use
+     * (ETRN, control flush/hold/status): delivery_dest_info. */
+    r->nmsg = i->nmsg;
+    r->nbytes = i->nbytes;
     r->state = i->state;
     r->next_probe = i->next_probe;
     r->connections = i->connections;
@@ -395,6 +399,40 @@ static void prom_u64(struct evbuffer *b, const char *name, const char *type, con
     evbuffer_add_printf(b, "mxkeep_%s %" PRIu64 "\n", name, v);
 }
 
+/*
+ * The stats counters, one family at a time: HELP and TYPE once, then one
+ * line per member (stats_series maps each id to its family and label), in
+ * the order of the first member's id.
+ */
+static void prom_counters(struct evbuffer *b)
+{
+    struct stats_series si, sj;
+    size_t i, j;
+
+    for (i = 0; i < STAT_COUNT_; i++) {
+        int seen = 0;
+        stats_series((enum stat_id)i, &si);
+        for (j = 0; j < i && !seen; j++) {
+            stats_series((enum stat_id)j, &sj);
+            seen = strcmp(si.family, sj.family) == 0;
+        }
+        if (seen)
+            continue;
+        prom_head(b, si.family, "counter", si.family_help);
+        for (j = i; j < STAT_COUNT_; j++) {
+            stats_series((enum stat_id)j, &sj);
+            if (strcmp(si.family, sj.family) != 0)
+                continue;
+            if (sj.label_name != NULL)
+                evbuffer_add_printf(b, "mxkeep_%s{%s=\"%s\"} %" PRIu64 "\n", sj.family,
+                                    sj.label_name, sj.label_value, stats_get((enum stat_id)j));
+            else
+                evbuffer_add_printf(b, "mxkeep_%s %" PRIu64 "\n", sj.family,
+                                    stats_get((enum stat_id)j));
+        }
+    }
+}
+
 enum dom_field { DF_MESSAGES, DF_BYTES, DF_OLDEST, DF_CONNECTIONS, DF_NEXT_PROBE };
 
 static void prom_domains(struct evbuffer *b, const struct snapshot *s, const char *name,
@@ -426,9 +464,7 @@ static void render_metrics(struct metrics *m, const struct snapshot *s, struct e
     size_t in = 0, out = 0, i, k;
     struct spool_stats ss;
 
-    for (i = 0; i < STAT_COUNT_; i++)
-        prom_u64(b, stats_name((enum stat_id)i), "counter", stats_help((enum stat_id)i),
-                 stats_get((enum stat_id)i));
+    prom_counters(b);
     spool_stats_get(m->sp, &ss);
     prom_u64(b, "spool_commits_total", "counter", "Messages committed to the spool", ss.commits);
     prom_u64(b, "spool_batches_total", "counter", "Spool group-commit write transactions",
@@ -441,8 +477,10 @@ static void render_metrics(struct metrics *m, const struct snapshot *s, struct e
     prom_u64(b, "inbound_sessions", "gauge", "Open inbound SMTP sessions", in);
     prom_u64(b, "outbound_connections", "gauge", "Open outbound SMTP connections", out);
     {
+        /* Each message once; sum(mxkeep_queue_messages) counts a message
+         * once per destination it waits for. */
         long nq = qdb_msg_count(spool_db(m->sp));
-        prom_u64(b, "queue_messages_total", "gauge", "Messages in the queue (all destinations)",
+        prom_u64(b, "spool_messages", "gauge", "Messages in the spool, each counted once",
                  nq > 0 ? (uint64_t)nq : 0);
     }
     prom_u64(b, "destinations", "gauge", "Destinations with mail, known or configured", s->n);

@@ -3,6 +3,11 @@
  *
  *   mxkeepctl [-c FILE] [--json] COMMAND [ARGS]
  *
+ * Options may come anywhere on the line, before or after the command and
+ * its operands (getopt_long with permutation); `--` ends them, so an
+ * operand may start with '-'.  Command options (--all, --domain, --yes)
+ * are parsed the same way and refused by commands that do not take them.
+ *
  * What it does: answers questions about the queue (queue, summary, show,
  * cat, count) by reading the LMDB index of the spool directly.  LMDB lets
  * this second process read while mxkeepd writes, so these commands work
@@ -35,7 +40,8 @@
  * Exit codes (sysexits.h):
  *   0   EX_OK           success
  *   64  EX_USAGE        bad command line, unknown command, malformed QID
- *   66  EX_NOINPUT      no spool at the configured path; no such message
+ *   66  EX_NOINPUT      no spool at the configured path; no such message;
+ *                       queue DOMAIN for a domain neither served nor queued
  *   67  EX_NOUSER       unknown domain (daemon commands)
  *   69  EX_UNAVAILABLE  daemon not running (nothing on the control socket)
  *   71  EX_OSERR        out of memory
@@ -105,6 +111,9 @@ struct ctl {
     struct qdb *db;
     FILE *out;
     int json;
+    int all;                            /* --all (flush) */
+    int yes;                            /* --yes (delete --domain) */
+    const char *domain;                 /* --domain D (delete) */
     int64_t now;
     struct qrcpt *rcpt;                 /* reused recipient buffer */
     size_t rcpt_cap;
@@ -985,6 +994,32 @@ static void domain_normalize(char *d)
         *d = (char)tolower((unsigned char)*d);
 }
 
+/*
+ * A destination the listing can name: a served domain, or one the index
+ * has a record for (a sender's domain with notices waiting).  Anything else
+ * is an error, not an empty queue: a typo must not read as "nothing
+ * waits".  0, or an exit code after a message.
+ */
+static int domain_listable(struct ctl *c, const char *domain)
+{
+    struct qdest d;
+    int rc;
+
+    if (conf_domain_find(c->conf, domain) != NULL)
+        return 0;
+    rc = qdb_dest_get(c->db, domain, &d);
+    if (rc == 0)
+        return 0;
+    if (rc != QDB_NOTFOUND) {
+        ctl_error("index read failed", domain);
+        return EX_IOERR;
+    }
+    fprintf(stderr, CTL_PROG ": unknown domain: ");
+    text_str(stderr, domain);
+    fprintf(stderr, " (not served here, nothing queued for it)\n");
+    return EX_NOINPUT;
+}
+
 static int cmd_queue(struct ctl *c, int argc, char **argv)
 {
     struct queue_listing q = { .c = c };
@@ -999,6 +1034,9 @@ static int cmd_queue(struct ctl *c, int argc, char **argv)
         snprintf(domain, sizeof domain, "%s", argv[1]);
         domain_normalize(domain);
         q.domain = domain;
+        rc = domain_listable(c, domain);
+        if (rc != 0)
+            return rc;
     }
     queue_begin(&q);
     rc = q.domain != NULL ? queue_domain(&q) : queue_all(&q);
@@ -1099,6 +1137,7 @@ struct live_dest {
     struct qdest d;
     int connections;
     int has_domain;
+    int has_counts;                     /* the daemon sent messages/bytes */
 };
 
 static int dest_state_parse(const char *s)
@@ -1128,6 +1167,11 @@ static void live_member(void *arg, const char *key, const char *value, int is_st
         snprintf(l->d.last_error, sizeof l->d.last_error, "%s", value);
     } else if (strcmp(key, "connections") == 0 && !is_string) {
         l->connections = (int)strtol(value, NULL, 10);
+    } else if (strcmp(key, "messages") == 0 && !is_string) {
+        l->d.nmsg = strtoull(value, NULL, 10);
+        l->has_counts = 1;
+    } else if (strcmp(key, "bytes") == 0 && !is_string) {
+        l->d.nbytes = strtoull(value, NULL, 10);
     }
 }
 
@@ -1168,6 +1212,13 @@ static void summary_merge_live(struct ctl *c, struct dest_list *l)
             row = &l->row[l->n - 1];
         }
         row->live = 1;
+        /* The daemon's counts come from the same index record, read
+         * through the one function all its replies use; take them so
+         * summary, ETRN, flush and /metrics agree to the message. */
+        if (ld.has_counts) {
+            row->d.nmsg = ld.d.nmsg;
+            row->d.nbytes = ld.d.nbytes;
+        }
         row->connections = ld.connections;
         row->d.state = ld.d.state;
         row->d.next_probe = ld.d.next_probe;
@@ -1636,7 +1687,11 @@ static int cmd_domain_verb(struct ctl *c, const char *verb, const char *domain)
 
 static int cmd_flush(struct ctl *c, int argc, char **argv)
 {
-    if (strcmp(argv[1], "--all") == 0)
+    if (c->all != (argc == 1)) {
+        fprintf(stderr, "usage: " CTL_PROG " flush DOMAIN | flush --all\n");
+        return EX_USAGE;
+    }
+    if (c->all)
         return daemon_simple(c, "flush", "--all");
     return cmd_domain_verb(c, "flush", argv[1]);
 }
@@ -1648,32 +1703,21 @@ static int cmd_hold(struct ctl *c, int argc, char **argv)
 
 static int cmd_delete(struct ctl *c, int argc, char **argv)
 {
-    const char *domain = NULL;
+    const char *domain = c->domain;
     char qid[QID_SIZE];
-    int yes = 0, i;
 
-    if (argc == 2 && argv[1][0] != '-') {
+    if (argc == 2 && domain == NULL && !c->yes) {
         if (qid_normalize(argv[1], qid) != 0) {
             ctl_error("not a queue ID", argv[1]);
             return EX_USAGE;
         }
         return daemon_simple(c, "delete", qid);
     }
-    for (i = 1; i < argc; i++) {
-        if (strcmp(argv[i], "--yes") == 0) {
-            yes = 1;
-        } else if (strcmp(argv[i], "--domain") == 0 && i + 1 < argc && domain == NULL) {
-            domain = argv[++i];
-        } else {
-            domain = NULL;
-            break;
-        }
-    }
-    if (domain == NULL) {
+    if (domain == NULL || argc != 1) {
         fprintf(stderr, "usage: " CTL_PROG " delete QID | delete --domain DOMAIN --yes\n");
         return EX_USAGE;
     }
-    if (!yes) {
+    if (!c->yes) {
         fprintf(stderr, CTL_PROG ": delete --domain removes every message waiting for %s "
                         "without notice; add --yes to do it\n", domain);
         return EX_USAGE;
@@ -1734,10 +1778,16 @@ static int cmd_stats(struct ctl *c, int argc, char **argv)
 /* Command table and main                                              */
 /* ------------------------------------------------------------------ */
 
+/* Command options a command takes (struct ctl_cmd.opts). */
+#define CTL_OPT_ALL    0x1u
+#define CTL_OPT_DOMAIN 0x2u
+#define CTL_OPT_YES    0x4u
+
 struct ctl_cmd {
     const char *name;
     const char *args;                   /* for the usage text */
-    int min_args, max_args;             /* after the command name */
+    int min_args, max_args;             /* operands after the command name */
+    unsigned opts;                      /* CTL_OPT_* it takes */
     /* 1: acts through mxkeepd's control socket; 0: reads the index. */
     int needs_daemon;
     int (*run)(struct ctl *c, int argc, char **argv);   /* argv[0]: name */
@@ -1745,19 +1795,20 @@ struct ctl_cmd {
 };
 
 static const struct ctl_cmd ctl_cmds[] = {
-    { "queue", "[DOMAIN]", 0, 1, 0, cmd_queue, "list queued messages (for DOMAIN only)" },
-    { "summary", "", 0, 0, 0, cmd_summary, "one line per destination domain" },
-    { "show", "QID", 1, 1, 0, cmd_show, "envelope, recipients and headers of a message" },
-    { "cat", "QID", 1, 1, 0, cmd_cat, "write the stored message to stdout" },
-    { "count", "", 0, 0, 0, cmd_count, "number of queued messages" },
-    { "flush", "DOMAIN|--all", 1, 1, 1, cmd_flush, "deliver now (every destination with --all)" },
-    { "hold", "DOMAIN", 1, 1, 1, cmd_hold, "stop delivering to DOMAIN (until release or reload)" },
-    { "release", "DOMAIN", 1, 1, 1, cmd_hold, "resume delivering to DOMAIN" },
-    { "delete", "QID|--domain D --yes", 1, 3, 1, cmd_delete,
+    { "queue", "[DOMAIN]", 0, 1, 0, 0, cmd_queue, "list queued messages (for DOMAIN only)" },
+    { "summary", "", 0, 0, 0, 0, cmd_summary, "one line per destination domain" },
+    { "show", "QID", 1, 1, 0, 0, cmd_show, "envelope, recipients and headers of a message" },
+    { "cat", "QID", 1, 1, 0, 0, cmd_cat, "write the stored message to stdout" },
+    { "count", "", 0, 0, 0, 0, cmd_count, "number of queued messages" },
+    { "flush", "DOMAIN|--all", 0, 1, CTL_OPT_ALL, 1, cmd_flush,
+      "deliver now (every destination with --all)" },
+    { "hold", "DOMAIN", 1, 1, 0, 1, cmd_hold, "stop delivering to DOMAIN (until release or reload)" },
+    { "release", "DOMAIN", 1, 1, 0, 1, cmd_hold, "resume delivering to DOMAIN" },
+    { "delete", "QID|--domain D --yes", 0, 1, CTL_OPT_DOMAIN | CTL_OPT_YES, 1, cmd_delete,
       "remove a message, or all waiting for D, without notice" },
-    { "bounce", "QID", 1, 1, 1, cmd_bounce, "return a message to its sender now" },
-    { "reload", "", 0, 0, 1, cmd_reload, "re-read the configuration and recipient lists" },
-    { "stats", "", 0, 0, 1, cmd_stats, "the daemon's counters" },
+    { "bounce", "QID", 1, 1, 0, 1, cmd_bounce, "return a message to its sender now" },
+    { "reload", "", 0, 0, 0, 1, cmd_reload, "re-read the configuration and recipient lists" },
+    { "stats", "", 0, 0, 0, 1, cmd_stats, "the daemon's counters" },
 };
 
 static void usage(FILE *f)
@@ -1765,8 +1816,10 @@ static void usage(FILE *f)
     size_t i;
 
     fprintf(f, "usage: " CTL_PROG " [-c FILE] [--json] COMMAND [ARGS]\n"
-               "  -c FILE   configuration file (default " CTL_CONF_DEFAULT ")\n"
-               "  --json    machine-readable output\n"
+               "  -c FILE, --config FILE  configuration file (default " CTL_CONF_DEFAULT ")\n"
+               "  --json                  machine-readable output\n"
+               "  -h, --help              this text\n"
+               "Options may also follow the command and its arguments; -- ends them.\n"
                "commands:\n");
     for (i = 0; i < NELEM(ctl_cmds); i++)
         fprintf(f, "  %-8s %-12s %s\n", ctl_cmds[i].name, ctl_cmds[i].args, ctl_cmds[i].help);
@@ -1833,7 +1886,26 @@ static int ctl_db_open(struct ctl *c)
     return 0;
 }
 
-enum { OPT_JSON = 256 };
+enum { OPT_JSON = 256, OPT_ALL, OPT_DOMAIN, OPT_YES };
+
+/* A command option the command does not take: name it. */
+static int opt_refused(const struct ctl_cmd *cmd, unsigned given)
+{
+    static const struct { unsigned bit; const char *name; } names[] = {
+        { CTL_OPT_ALL, "--all" }, { CTL_OPT_DOMAIN, "--domain" }, { CTL_OPT_YES, "--yes" },
+    };
+    size_t i;
+
+    for (i = 0; i < NELEM(names); i++)
+        if ((given & names[i].bit) && !(cmd->opts & names[i].bit)) {
+            fprintf(stderr, CTL_PROG ": %s: option %s is not for this command\n", cmd->name,
+                    names[i].name);
+            fprintf(stderr, "usage: " CTL_PROG " [-c FILE] [--json] %s %s\n", cmd->name,
+                    cmd->args);
+            return EX_USAGE;
+        }
+    return 0;
+}
 
 int main(int argc, char **argv)
 {
@@ -1841,24 +1913,46 @@ int main(int argc, char **argv)
         { "json", no_argument, NULL, OPT_JSON },
         { "help", no_argument, NULL, 'h' },
         { "config", required_argument, NULL, 'c' },
+        { "all", no_argument, NULL, OPT_ALL },
+        { "domain", required_argument, NULL, OPT_DOMAIN },
+        { "yes", no_argument, NULL, OPT_YES },
         { NULL, 0, NULL, 0 },
     };
     const char *conf_path = CTL_CONF_DEFAULT;
     struct ctl c = { .out = stdout };
     const struct ctl_cmd *cmd;
     char err[CTL_ERR_SIZE];
+    unsigned given = 0;
     int opt, nargs, rc;
 
     /* Messages from queue_db/conf go to stderr with our name. */
     log_open(CTL_PROG, 1);
-    /* '+': options stop at the command, so its arguments are left alone. */
-    while ((opt = getopt_long(argc, argv, "+c:h", longopts, NULL)) != -1) {
+    /* No '+': options are taken anywhere (GNU permutation), so
+     * `mxkeepctl queue --json` and `mxkeepctl --json queue` are the same;
+     * `--` ends the options. */
+    while ((opt = getopt_long(argc, argv, "c:h", longopts, NULL)) != -1) {
         switch (opt) {
         case 'c':
             conf_path = optarg;
             break;
         case OPT_JSON:
             c.json = 1;
+            break;
+        case OPT_ALL:
+            c.all = 1;
+            given |= CTL_OPT_ALL;
+            break;
+        case OPT_DOMAIN:
+            if (c.domain != NULL) {
+                fprintf(stderr, CTL_PROG ": --domain given twice\n");
+                return EX_USAGE;
+            }
+            c.domain = optarg;
+            given |= CTL_OPT_DOMAIN;
+            break;
+        case OPT_YES:
+            c.yes = 1;
+            given |= CTL_OPT_YES;
             break;
         case 'h':
             usage(stdout);
@@ -1875,10 +1969,14 @@ int main(int argc, char **argv)
     cmd = ctl_cmd_find(argv[optind]);
     nargs = argc - optind - 1;
     if (cmd == NULL) {
-        fprintf(stderr, CTL_PROG ": unknown command: %s\n", argv[optind]);
+        fprintf(stderr, CTL_PROG ": unknown command: ");
+        text_str(stderr, argv[optind]);
+        fputc('\n', stderr);
         usage(stderr);
         return EX_USAGE;
     }
+    if ((rc = opt_refused(cmd, given)) != 0)
+        return rc;
     if (nargs < cmd->min_args || nargs > cmd->max_args) {
         fprintf(stderr, "usage: " CTL_PROG " [-c FILE] [--json] %s %s\n", cmd->name, cmd->args);
         return EX_USAGE;

@@ -634,7 +634,7 @@ const char *policy_check_etrn(const struct policy *p, int family, const void *ad
 {
     const struct conf *c = p->c;
     char shown[ETRN_TEXT_MAX];
-    size_t covered = 0, held = 0, stored = 0;
+    size_t covered = 0, stored = 0;
 
     *n = 0;
     if (domain == NULL)
@@ -660,9 +660,7 @@ const char *policy_check_etrn(const struct policy *p, int family, const void *ad
         long k = dom_find(p, domain, dn);
         if (k >= 0) {
             covered = 1;
-            if (c->domains[k].hold)
-                held = 1;
-            else if (max > 0)
+            if (max > 0)
                 doms[stored++] = &c->domains[k];
         }
     } else {
@@ -673,16 +671,14 @@ const char *policy_check_etrn(const struct policy *p, int family, const void *ad
             if (!covers(name, domain_len(name, strlen(name)), domain, dn))
                 continue;
             covered++;
-            if (c->domains[k].hold)
-                held++;
-            else if (stored < max)
+            /* Held ones too: hold is the scheduler's state (config or
+             * mxkeepctl hold), and its ETRN reply says so with the count. */
+            if (stored < max)
                 doms[stored++] = &c->domains[k];
         }
     }
     if (covered == 0)
         return reply(buf, len, "459 5.7.1 <%s>: not a domain we serve", shown);
-    if (held == covered)
-        return reply(buf, len, "458 4.3.0 <%s>: queue is held", shown);
     *n = stored;
     return NULL;
 }

@@ -1,8 +1,9 @@
 /*
  * stats.c - the counter table (see stats.h).
  *
- * Owns: one static array of counters and their names.  Never: locks, or
- * is touched from the spool writer thread.
+ * Owns: one static array of counters, their flat names (mxkeepctl stats
+ * keys) and the map from each counter to its Prometheus family and label.
+ * Never: locks, or is touched from the spool writer thread.
  */
 #include "config.h"
 #include "stats.h"
@@ -38,6 +39,50 @@ static const struct {
     [STAT_FLUSHES] = { "flushes_total", "Flush passes completed" },
     [STAT_FLUSH_SECONDS] = { "flush_seconds_total", "Seconds spent in flush passes" },
 };
+
+/*
+ * Family and label of each counter, for /metrics (Prometheus naming:
+ * a counter ends in _total, units in the name, one family per thing
+ * counted with a label for the reason or outcome).  The enum order and the
+ * flat names above stay as they are (mxkeepctl stats keys); an id without
+ * an entry here is a family of its own, named by its flat name.
+ */
+#define REJ_HELP "Recipients, messages or commands refused, by reason"
+#define RCPT_HELP "Recipient outcomes of delivery attempts (deferred counts attempts)"
+#define CONN_IN_HELP "Inbound SMTP connections, accepted or refused at connect (limits)"
+
+static const struct stats_series stats_family_map[STAT_COUNT_] = {
+    [STAT_CONN_IN] = { "smtpd_connections_total", CONN_IN_HELP, "result", "accepted" },
+    [STAT_CONN_REFUSED] = { "smtpd_connections_total", CONN_IN_HELP, "result", "refused" },
+    [STAT_REJ_RELAY] = { "rejected_total", REJ_HELP, "reason", "relay" },
+    [STAT_REJ_UNKNOWN_USER] = { "rejected_total", REJ_HELP, "reason", "unknown_user" },
+    [STAT_REJ_SIZE] = { "rejected_total", REJ_HELP, "reason", "size" },
+    [STAT_REJ_PROTOCOL] = { "rejected_total", REJ_HELP, "reason", "protocol" },
+    [STAT_REJ_CONTENT] = { "rejected_total", REJ_HELP, "reason", "content" },
+    [STAT_REJ_STORAGE] = { "rejected_total", REJ_HELP, "reason", "storage" },
+    [STAT_REJ_LIMIT] = { "rejected_total", REJ_HELP, "reason", "limit" },
+    [STAT_DELIVERED] = { "recipients_total", RCPT_HELP, "outcome", "delivered" },
+    [STAT_DEFERRED] = { "recipients_total", RCPT_HELP, "outcome", "deferred" },
+    [STAT_BOUNCED] = { "recipients_total", RCPT_HELP, "outcome", "bounced" },
+    [STAT_EXPIRED] = { "recipients_total", RCPT_HELP, "outcome", "expired" },
+    [STAT_CONN_OUT_FAILED] = { "smtp_connection_failures_total",
+                               "Outbound connections that failed before the greeting", NULL,
+                               NULL },
+    [STAT_ETRN] = { "etrn_started_total", "ETRN requests answered 25x (a flush started)", NULL,
+                    NULL },
+};
+
+void stats_series(enum stat_id s, struct stats_series *out)
+{
+    if ((unsigned)s < STAT_COUNT_ && stats_family_map[s].family != NULL) {
+        *out = stats_family_map[s];
+        return;
+    }
+    out->family = stats_name(s);
+    out->family_help = stats_help(s);
+    out->label_name = NULL;
+    out->label_value = NULL;
+}
 
 void stats_add(enum stat_id s, uint64_t n)
 {

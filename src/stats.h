@@ -40,10 +40,27 @@ enum stat_id {
 void stats_add(enum stat_id s, uint64_t n);
 static inline void stats_inc(enum stat_id s) { stats_add(s, 1); }
 uint64_t stats_get(enum stat_id s);
-/* Prometheus metric name (without the mxkeep_ prefix), help text, and
- * type ("counter"). */
+/* The counter's flat key (mxkeepctl stats, the control socket's `stats`):
+ * its family with the label value folded in, e.g. rejected_relay_total. */
 const char *stats_name(enum stat_id s);
 const char *stats_help(enum stat_id s);
+
+/*
+ * Prometheus exposition: each counter belongs to one metric family (name
+ * without the mxkeep_ prefix, ending in _total) and is one series of it,
+ * told apart by at most one label.  Several ids share a family when they
+ * count the same thing for different reasons or outcomes, e.g.
+ *   STAT_REJ_RELAY -> rejected_total{reason="relay"}
+ * The family's HELP is the same for all its ids.  label_name and
+ * label_value are NULL for a family of one unlabelled series.
+ */
+struct stats_series {
+    const char *family;
+    const char *family_help;
+    const char *label_name;
+    const char *label_value;
+};
+void stats_series(enum stat_id s, struct stats_series *out);
 /* Process start, unix seconds. */
 int64_t stats_started(void);
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 # 02-etrn: every ETRN reply (253 with the count, 251, 459 client, 459
-# domain, 458 held, 500, 501, 503), and that ETRN flushes a destination at
+# domain, 458 held by config or by mxkeepctl hold, with the count waiting,
+# 500, 501, 503), and that ETRN flushes a destination at
 # once although its next probe is minutes away.  ETRN @domain covers the
 # served subdomains.
 import os
@@ -78,10 +79,24 @@ def main():
     is_(r.code, 459, "unserved domain: 459")
     like(r.last, r"^5\.7\.1 ", "459 5.7.1 for an unserved domain")
     r = etrn(srv, "held.test")
-    is_(r.code, 458, "held domain: 458")
-    like(r.last, r"^4\.3\.0 ", "458 4.3.0")
+    is_(r.code, 458, "held domain (config hold): 458")
+    like(r.last, r"^4\.3\.0 Unable to queue messages for node held\.test: held by the "
+         r"administrator, 1 message waiting$", "458 4.3.0 says held and the count (1)")
     time.sleep(1)
     is_(f3.count(), 0, "nothing delivered to the held domain")
+    # Held at run time (mxkeepctl hold), with mail waiting: RFC 1985 458,
+    # never "251 no messages waiting" (issue 7, item 9).
+    f1.stop()
+    send_batch(srv, 2, rcpt="u@example.org", tag="rt")
+    is_(srv.ctl("hold", "example.org").returncode, 0, "mxkeepctl hold example.org")
+    r = etrn(srv, "example.org")
+    is_(r.code, 458, "ETRN for a node held by mxkeepctl, 2 waiting: 458, not 251")
+    like(r.last, r"^4\.3\.0 .*node example\.org: held by the administrator, 2 messages waiting$",
+         "458 text names the node, the hold and the count")
+    r = etrn(srv, "@example.org")
+    is_(r.code, 251, "ETRN @example.org: sub.example.org not held, nothing there: 251")
+    like(r.last, r"\(1 held domain: 2 messages waiting\)$", "... and names the held one's count")
+    is_(srv.ctl("release", "example.org").returncode, 0, "mxkeepctl release example.org")
     r = etrn(srv, None)
     is_(r.code, 500, "ETRN without argument: 500")
     like(r.last, r"^5\.5\.2 ", "500 5.5.2")

@@ -2,6 +2,7 @@
 # 09-hold: a held domain delivers nothing (not even with its primary up);
 # removing hold and SIGHUP releases it; holding again by reload stops new
 # deliveries.
+import json
 import os
 import sys
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
@@ -26,6 +27,14 @@ def main():
     q = srv.queue()
     is_(len(q), 5, "the 5 held messages stay queued")
     is_({r["state"] for m in q for r in m["recipients"]}, {"pending"}, "all pending")
+    # Every view of the held domain tells the same count and state.
+    rs = srv.ctl("--json", "summary")
+    row = {d["domain"]: d for d in json.loads(rs.stdout.decode()).get("domains", [])}.get(
+        "example.org", {})
+    is_((row.get("state"), row.get("messages")), ("held", 5), "summary: held, 5 messages")
+    r = srv.ctl("flush", "example.org")
+    is_(r.returncode, 75, "mxkeepctl flush of the held domain: exit 75")
+    like(r.stderr.decode(), r"example\.org is held: 5 messages waiting", "... held, 5 waiting")
 
     mark = len(srv.log())
     srv.domains[0].pop("hold")

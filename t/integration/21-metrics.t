@@ -7,6 +7,8 @@
 # the redirect and 404, and /status showing every domain and its state with
 # peer text escaped.
 import http.client
+import shutil
+import subprocess
 import os
 import sys
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
@@ -72,6 +74,58 @@ def parse_prom(text):
             problems.append("duplicate sample: " + ln)
         samples[key] = float(val)
     return samples, types, problems
+
+
+NAME_RE = re.compile(r'^[a-zA-Z_:][a-zA-Z0-9_:]*$')
+
+
+def strict_problems(text):
+    """What promtool check metrics would reject, or our own naming rules:
+    HELP and TYPE exactly once per family and before its samples, valid
+    names, counters ending _total and no gauge ending _total, every sample
+    of a family together."""
+    problems, helps, types, closed = [], {}, {}, set()
+    current = None
+    for ln in text.split("\n"):
+        if ln == "":
+            continue
+        if ln.startswith("# HELP ") or ln.startswith("# TYPE "):
+            parts = ln.split(" ", 3)
+            if len(parts) < 4:
+                problems.append("short comment: " + ln)
+                continue
+            kind, name = parts[1], parts[2]
+            if not NAME_RE.match(name):
+                problems.append("bad family name: " + name)
+            seen = helps if kind == "HELP" else types
+            if name in seen:
+                problems.append("%s twice for %s" % (kind, name))
+            seen[name] = parts[3]
+            if current != name:
+                if name in closed:
+                    problems.append("family %s split" % name)
+                if current is not None:
+                    closed.add(current)
+                current = name
+            continue
+        if ln.startswith("#"):
+            continue
+        m = LINE_RE.match(ln)
+        if not m:
+            problems.append("bad line: " + ln)
+            continue
+        if m.group(1) != current:
+            problems.append("sample outside its family block: " + ln)
+    for name, typ in types.items():
+        if typ not in ("counter", "gauge", "histogram", "summary", "untyped"):
+            problems.append("bad type %s for %s" % (typ, name))
+        if typ == "counter" and not name.endswith("_total"):
+            problems.append("counter without _total: " + name)
+        if typ == "gauge" and name.endswith("_total"):
+            problems.append("gauge ending _total: " + name)
+        if name not in helps:
+            problems.append("TYPE without HELP: " + name)
+    return problems
 
 
 def main():
@@ -168,35 +222,52 @@ def main():
     log = srv.log()
     sizes = [int(x) for x in re.findall(r"from=<[^>]*>, size=(\d+), nrcpt=\d+ \(queue active\)", log)]
     is_(len(sizes), n_accepted, "log: %d queue active lines" % n_accepted)
-    expect = {
-        "messages_accepted_total": n_accepted,
-        "messages_accepted_bytes_total": sum(sizes),
-        "rejected_relay_total": N_RELAY,
-        "rejected_unknown_user_total": N_UNKNOWN,
-        "rejected_protocol_total": 0,
-        "rejected_size_total": 0,
-        "rejected_content_total": 0,
-        "rejected_storage_total": 0,
-        "recipients_delivered_total": N_OK,
-        "recipients_bounced_total": 1,
-        "recipients_deferred_total": 0,
-        "recipients_expired_total": 0,
-        "dsn_queued_total": 1,
-        "etrn_total": 0,
-        "smtpd_connections_total": nconn + 1,       # + the harness's start probe
-        "smtpd_connections_refused_total": 0,
-    }
-    for name, want in expect.items():
-        is_(v(name), float(want), "mxkeep_%s %d" % (name, want))
-        is_(types.get("mxkeep_" + name), "counter", "mxkeep_%s is a counter" % name)
+    # One family per thing counted, the reason or outcome as a label
+    # (Prometheus naming: counters end in _total, units in the name).
+    expect = [
+        ("messages_accepted_total", {}, n_accepted),
+        ("messages_accepted_bytes_total", {}, sum(sizes)),
+        ("rejected_total", {"reason": "relay"}, N_RELAY),
+        ("rejected_total", {"reason": "unknown_user"}, N_UNKNOWN),
+        ("rejected_total", {"reason": "protocol"}, 0),
+        ("rejected_total", {"reason": "size"}, 0),
+        ("rejected_total", {"reason": "content"}, 0),
+        ("rejected_total", {"reason": "storage"}, 0),
+        ("rejected_total", {"reason": "limit"}, 0),
+        ("recipients_total", {"outcome": "delivered"}, N_OK),
+        ("recipients_total", {"outcome": "bounced"}, 1),
+        ("recipients_total", {"outcome": "deferred"}, 0),
+        ("recipients_total", {"outcome": "expired"}, 0),
+        ("dsn_queued_total", {}, 1),
+        ("etrn_started_total", {}, 0),
+        ("smtpd_connections_total", {"result": "accepted"}, nconn + 1),  # + the start probe
+        ("smtpd_connections_total", {"result": "refused"}, 0),
+    ]
+    for name, labels, want in expect:
+        shown = "mxkeep_%s%s" % (name, "{%s}" % ",".join('%s="%s"' % kv for kv in labels.items())
+                                 if labels else "")
+        is_(v(name, **labels), float(want), "%s %d" % (shown, want))
+        is_(types.get("mxkeep_" + name), "counter", "%s is a counter" % shown)
+    for old in ("rejected_relay_total", "rejected_size_total", "recipients_delivered_total",
+                "smtpd_connections_refused_total", "queue_messages_total"):
+        ok(("mxkeep_" + old) not in types, "no old per-reason family mxkeep_%s" % old)
     ok(v("flush_seconds_total") is not None and v("flushes_total") is not None,
        "flush counters exported")
     ok((v("smtp_connections_total") or 0) >= 3, "outbound connections counted (%s)" %
        v("smtp_connections_total"))
     is_(v("inbound_sessions"), 1.0, "mxkeep_inbound_sessions 1 (one session held open)")
     is_(types.get("mxkeep_inbound_sessions"), "gauge", "inbound_sessions is a gauge")
-    is_(v("queue_messages_total"), float(N_DOWN + 2),
-        "mxkeep_queue_messages_total %d (down.test, the DSN, evil.test)" % (N_DOWN + 2))
+    is_(v("spool_messages"), float(N_DOWN + 2),
+        "mxkeep_spool_messages %d (down.test, the DSN, evil.test)" % (N_DOWN + 2))
+    is_(types.get("mxkeep_spool_messages"), "gauge", "spool_messages is a gauge")
+    if shutil.which("promtool"):
+        r = subprocess.run(["promtool", "check", "metrics"], input=body, capture_output=True,
+                           timeout=30)
+        is_((r.returncode, r.stdout + r.stderr), (0, b""), "promtool check metrics: clean")
+    else:
+        skip("promtool not installed (the strict check below stands in)")
+    is_(strict_problems(text), [], "strict exposition check: HELP/TYPE once per family, "
+        "names match [a-zA-Z_:][a-zA-Z0-9_:]*, counters end _total, gauges do not")
     up = v("uptime_seconds")
     ok(up is not None and 0 <= up <= time.time() - t_start + 2, "uptime_seconds plausible (%s)" % up)
     conns = sum(val for (n, _), val in samples.items() if n == "mxkeep_destination_connections")
