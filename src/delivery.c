@@ -155,9 +155,8 @@ struct delivery {
                                    see the previous one's commit */
     int stopping;
     size_t nconns;
-    struct dns_self self;
-    struct sockaddr_storage self_addrs[16];
-    const char *self_names[32];
+    struct dns_self *self;      /* who we are, for MX self-detection:
+                                   every alias and listen address */
 };
 
 static void dest_kick(struct dest *d);
@@ -1086,7 +1085,7 @@ static void dest_kick(struct dest *d)
     if (ROUTE_HOSTS(d) == 0 || now - d->route_time > DELIVERY_ROUTE_TTL) {
         if (d->nconns == 0) {
             d->resolving = 1;
-            if (dns_route(s->dns, d->host, d->port, d->fixed, &s->self, dest_on_route, d) != 0) {
+            if (dns_route(s->dns, d->host, d->port, d->fixed, s->self, dest_on_route, d) != 0) {
                 d->resolving = 0;
                 dest_down(d, "4.3.0 out of memory resolving");
             }
@@ -1357,29 +1356,20 @@ struct delivery *delivery_new(struct event_base *base, struct spool *sp, struct 
 
 int delivery_configure(struct delivery *s, const struct conf *c, char *err, size_t errlen)
 {
-    s->conf = c;
-    /* Who we are, for MX self-detection. */
-    size_t nn = 0;
-    s->self_names[nn++] = c->hostname;
-    for (size_t i = 0; i < c->naliases && nn < sizeof s->self_names / sizeof s->self_names[0]; i++)
-        s->self_names[nn++] = c->aliases[i];
-    s->self.names = s->self_names;
-    s->self.nnames = nn;
-    size_t na = 0;
-    for (size_t i = 0; i < c->nlisten && na < sizeof s->self_addrs / sizeof s->self_addrs[0]; i++) {
-        struct sockaddr_storage *ss = &s->self_addrs[na];
-        memset(ss, 0, sizeof *ss);
-        if (inet_pton(AF_INET, c->listen[i].address, &((struct sockaddr_in *)ss)->sin_addr) == 1) {
-            ss->ss_family = AF_INET;
-            na++;
-        } else if (inet_pton(AF_INET6, c->listen[i].address,
-                             &((struct sockaddr_in6 *)ss)->sin6_addr) == 1) {
-            ss->ss_family = AF_INET6;
-            na++;
-        }
+    /* Who we are, sized by the config: a cut list misses an alias an MX
+     * may name, and the mail loops. */
+    struct dns_self *self = dns_self_new(c);
+    if (self == NULL) {
+        snprintf(err, errlen, "out of memory; keeping the previous configuration");
+        return -1;
     }
-    s->self.addrs = s->self_addrs;
-    s->self.naddrs = na;
+    dns_self_free(s->self);
+    s->self = self;
+    /* Our own reference: the conf (its strings, its domains) stays valid
+     * for us whatever order the reload drops the old one in. */
+    conf_ref(c);
+    conf_free(s->conf);
+    s->conf = c;
     for (size_t i = 0; i < c->ndomains; i++)
         dest_get(s, c->domains[i].name);
     for (struct dest *d = s->dests; d; d = d->next) {
@@ -1755,6 +1745,8 @@ void delivery_free(struct delivery *s)
     if (s->expire_timer)
         event_free(s->expire_timer);
     SSL_CTX_free(s->tls_ctx);
+    dns_self_free(s->self);
+    conf_free(s->conf);
     free(s->bucket);
     free(s);
 }

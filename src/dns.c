@@ -51,6 +51,7 @@
 
 #include <event2/event.h>
 
+#include "conf.h"
 #include "dns.h"
 #include "log.h"
 
@@ -780,6 +781,59 @@ static int dns_req_copy_self(struct dns_req *r, const struct dns_self *self)
     }
     freeifaddrs(ifa);
     return 0;
+}
+
+struct dns_self *dns_self_new(const struct conf *c)
+{
+    struct dns_self *s = calloc(1, sizeof *s);
+    char **names = calloc(1 + c->naliases, sizeof *names);
+    struct sockaddr_storage *addrs = calloc(c->nlisten ? c->nlisten : 1, sizeof *addrs);
+
+    if (!s || !names || !addrs) {
+        free(s);
+        free(names);
+        free(addrs);
+        return NULL;
+    }
+    s->names = (const char *const *)names;
+    s->addrs = addrs;
+    for (size_t i = 0; i <= c->naliases; i++) {
+        const char *n = i == 0 ? c->hostname : c->aliases[i - 1];
+        if (!n)
+            continue;
+        if (!(names[s->nnames] = strdup(n))) {
+            dns_self_free(s);
+            return NULL;
+        }
+        s->nnames++;
+    }
+    /* conf_load vetted every listen address: one that does not parse
+     * here is skipped rather than guessed at */
+    for (size_t i = 0; i < c->nlisten; i++) {
+        struct sockaddr_storage *ss = &addrs[s->naddrs];
+        memset(ss, 0, sizeof *ss);
+        if (inet_pton(AF_INET, c->listen[i].address, &((struct sockaddr_in *)ss)->sin_addr) == 1) {
+            ss->ss_family = AF_INET;
+            s->naddrs++;
+        } else if (inet_pton(AF_INET6, c->listen[i].address,
+                             &((struct sockaddr_in6 *)ss)->sin6_addr) == 1) {
+            ss->ss_family = AF_INET6;
+            s->naddrs++;
+        }
+    }
+    return s;
+}
+
+void dns_self_free(struct dns_self *s)
+{
+    if (!s)
+        return;
+    /* dns_self_new allocated the names writable */
+    for (size_t i = 0; i < s->nnames; i++)
+        free((char *)s->names[i]);
+    free((void *)s->names);
+    free((void *)s->addrs);
+    free(s);
 }
 
 int dns_route(struct dns *d, const char *host, int port, int fixed, const struct dns_self *self,
