@@ -35,7 +35,10 @@
 #define POLL_MS         20
 #define SHUFFLE_ROUNDS  40
 #define MANY_MX         25
-#define MAX_ARGS        (64 + 2 * MANY_MX)
+/* A host with more addresses than a route keeps (DNS_MAX_ADDRS), one of
+ * them ours: self-detection must see it wherever dnsmasq rotates it. */
+#define MANY_ADDRS      (2 * DNS_MAX_ADDRS)
+#define MAX_ARGS        (64 + 2 * MANY_MX + MANY_ADDRS + 1)
 #define PKT_MAX         512
 #define DNS_FLAGS_QR    0x80
 #define DNS_FLAGS_RA    0x80
@@ -189,6 +192,10 @@ static int dnsmasq_start(void)
         snprintf(args[n++], sizeof args[0], "--mx-host=many.test,h%d.many.test,%d", i, 100 - i);
         snprintf(args[n++], sizeof args[0], "--host-record=h%d.many.test,127.0.1.%d", i, i + 1);
     }
+    snprintf(args[n++], sizeof args[0], "--mx-host=manyaddr.test,multi.manyaddr.test,10");
+    for (int i = 0; i < MANY_ADDRS - 1; i++)
+        snprintf(args[n++], sizeof args[0], "--host-record=multi.manyaddr.test,127.0.2.%d", i + 1);
+    snprintf(args[n++], sizeof args[0], "--host-record=multi.manyaddr.test,127.0.0.1");
     for (int i = 0; i < n; i++)
         argv[i] = args[i];
     argv[n] = NULL;
@@ -684,6 +691,19 @@ static void test_mx(struct dns *d)
         self_addr4(&me[1], "0.0.0.0");
         run_route(d, "loopaddr.test", SMTP_PORT, 0, &wild, &res);
         is_int(res.r.status, DNS_LOOP, "wildcard listen address matches 127.0.0.1: DNS_LOOP");
+    }
+
+    {
+        /* our address among MANY_ADDRS of the only MX host; dnsmasq
+         * rotates the answer, so over MANY_ADDRS rounds it sits beyond
+         * the DNS_MAX_ADDRS a route keeps about half the time */
+        int loops = 0;
+        for (int i = 0; i < MANY_ADDRS; i++) {
+            run_route(d, "manyaddr.test", SMTP_PORT, 0, &self, &res);
+            loops += res.r.status == DNS_LOOP;
+        }
+        is_int(loops, MANY_ADDRS, "our address beyond the kept %d of %d: DNS_LOOP every time",
+               DNS_MAX_ADDRS, MANY_ADDRS);
     }
 
     run_route(d, "nx.test", SMTP_PORT, 0, &self, &res);
