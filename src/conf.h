@@ -127,7 +127,8 @@ struct conf *conf_load(const char *path, char *err, size_t errlen);
  * a reload means what the first load meant).  NULL: back to getcwd(). */
 void conf_set_basedir(const char *dir);
 
-/* One more reference to c (returns c; NULL gives NULL). */
+/* One more reference to c (returns c; NULL gives NULL).  A struct conf
+ * not made by conf_load (refs 0: built by hand in tests) is not counted. */
 const struct conf *conf_ref(const struct conf *c);
 /* Drop one reference to a conf from conf_load() or conf_ref(); the last one
  * frees it.  Accepts NULL. */
