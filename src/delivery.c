@@ -116,6 +116,7 @@ struct dest {
     char cursor[QID_SIZE];      /* last QID handed out in this pass */
     int pass_end;               /* the walk found nothing more */
     int pass_deferred;          /* a message got a 4xx in this pass */
+    int passed_expiring;        /* the walk skipped a message the expiry held */
     time_t pass_started;        /* first connection of this pass, 0 = none */
     char (*inflight)[QID_SIZE];
     size_t ninflight, capinflight;
@@ -486,8 +487,15 @@ static int pick_fn(void *arg, const char *qid)
 {
     struct pick *p = arg;
     snprintf(p->last, sizeof p->last, "%s", qid);
-    if (msg_owner(p->d->s, p->d, qid) != MSG_FREE)
-        return 0;       /* in flight here, or being expired */
+    switch (msg_owner(p->d->s, p->d, qid)) {
+    case MSG_FREE:
+        break;
+    case MSG_EXPIRING:
+        p->d->passed_expiring = 1;  /* expire_end sends the walk back */
+        return 0;
+    case MSG_DELIVERING:
+        return 0;
+    }
     snprintf(p->qid, sizeof p->qid, "%s", qid);
     return 1;
 }
@@ -1187,6 +1195,20 @@ static int expire_commit_fn(struct qdb_txn *t, void *arg)
 static void expire_end(struct expire_job *e)
 {
     struct delivery *s = e->s;
+    /* Recipients still pending (not due yet, or the notice failed) whose
+     * destination walked past the message while we held it: without a new
+     * walk they would wait for new mail or their retention. */
+    for (size_t i = 0; i < e->nrcpt; i++) {
+        struct dest *d;
+        if (e->rcpt[i].state != QRCPT_PENDING || (d = dest_find(s, e->rcpt[i].domain)) == NULL ||
+            !d->passed_expiring)
+            continue;
+        d->passed_expiring = 0;
+        if (d->nconns == 0)
+            dest_arm(d, time(NULL));    /* dest_on_timer walks from the oldest */
+        else
+            d->pass_deferred = 1;       /* the retry at the end of this pass does */
+    }
     free(e->rcpt);
     free(e);
     s->expire_busy = 0;
