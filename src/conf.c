@@ -934,6 +934,7 @@ struct conf *conf_load(const char *path, char *err, size_t errlen)
             snprintf(err, errlen, "%s: out of memory", path);
         return NULL;
     }
+    c->refs = 1;
     L.c = c;
     conf_defaults(top_table, c);
 
@@ -970,10 +971,28 @@ out:
     return c;
 }
 
-void conf_free(struct conf *c)
+/* refs == 0 marks a conf that did not come from conf_load (the unit tests
+ * build them by hand, on the stack): its owner frees it, so it is never
+ * counted and never freed here. */
+const struct conf *conf_ref(const struct conf *cc)
 {
-    if (!c)
+    /* The count is the one field a holder changes: the conf was allocated
+     * writable by conf_load, so casting the const away is sound. */
+    struct conf *c = (struct conf *)cc;
+    if (c && c->refs > 0)
+        c->refs++;
+    return cc;
+}
+
+void conf_free(const struct conf *cc)
+{
+    struct conf *c = (struct conf *)cc;
+    if (!c || c->refs == 0)
         return;
+    if (c->refs > 1) {
+        c->refs--;
+        return;
+    }
     free(c->domain_index);
     free(c->path);
     free(c->hostname);

@@ -7,9 +7,14 @@
  * absolute against the working directory at load time, so a later chdir
  * (daemon mode) changes nothing.
  *
- * Ownership: conf_load() returns a struct conf the caller owns; conf_free()
- * releases it and everything it points to (accepts NULL).  Other modules
- * read a struct conf but never change it; reload builds a new one.
+ * Ownership: conf_load() returns a struct conf with one reference, the
+ * caller's.  It is reference-counted because a reload replaces it while
+ * modules, connections and timers may still hold it: whoever keeps a conf
+ * (or a pointer into it: strings, conf_domain entries) beyond the call that
+ * handed it over takes conf_ref() and drops it with conf_free(), which
+ * releases everything when the last reference goes (accepts NULL).  Other
+ * modules read a struct conf but never change it; reload builds a new one.
+ * References are taken and dropped on the loop thread only.
  */
 #ifndef MXKEEP_CONF_H
 #define MXKEEP_CONF_H
@@ -107,6 +112,7 @@ struct conf {
     char *pid_file;             /* absolute, or NULL */
     long lmdb_map_size;         /* initial map size, octets */
     long commit_batch;          /* most messages in one group commit */
+    unsigned long refs;         /* conf.c's own: conf_ref / conf_free */
 };
 
 /*
@@ -121,8 +127,12 @@ struct conf *conf_load(const char *path, char *err, size_t errlen);
  * a reload means what the first load meant).  NULL: back to getcwd(). */
 void conf_set_basedir(const char *dir);
 
-/* Free a conf from conf_load().  Accepts NULL. */
-void conf_free(struct conf *c);
+/* One more reference to c (returns c; NULL gives NULL).  A struct conf
+ * not made by conf_load (refs 0: built by hand in tests) is not counted. */
+const struct conf *conf_ref(const struct conf *c);
+/* Drop one reference to a conf from conf_load() or conf_ref(); the last one
+ * frees it.  Accepts NULL. */
+void conf_free(const struct conf *c);
 
 /* Find a served domain, case-insensitively, ignoring one trailing dot.
  * Returns NULL when the domain is not served.  Pure. */

@@ -116,6 +116,7 @@ struct dest {
     char cursor[QID_SIZE];      /* last QID handed out in this pass */
     int pass_end;               /* the walk found nothing more */
     int pass_deferred;          /* a message got a 4xx in this pass */
+    int passed_expiring;        /* the walk skipped a message the expiry held */
     time_t pass_started;        /* first connection of this pass, 0 = none */
     char (*inflight)[QID_SIZE];
     size_t ninflight, capinflight;
@@ -153,11 +154,11 @@ struct delivery {
     struct event *expire_timer;
     int expire_busy;            /* one expiry job at a time: the next must
                                    see the previous one's commit */
+    char expiring[QID_SIZE];    /* the message that job owns, "" = none */
     int stopping;
     size_t nconns;
-    struct dns_self self;
-    struct sockaddr_storage self_addrs[16];
-    const char *self_names[32];
+    struct dns_self *self;      /* who we are, for MX self-detection:
+                                   every alias and listen address */
 };
 
 static void dest_kick(struct dest *d);
@@ -420,6 +421,30 @@ static void dest_inflight_del(struct dest *d, const char *qid)
     }
 }
 
+/*
+ * One owner of a message's recipient states at a time.  A delivery owns a
+ * message from next() until its outcome is committed (the destination's
+ * in-flight list); the expiry owns the one message it is expiring from its
+ * scan until its commit (s->expiring), two writer rounds later.  Neither
+ * takes a message the other holds, and both ask here: before, the expiry
+ * marked recipients expired in memory while the scheduler could still hand
+ * the message out, and a delivery in that window was followed by a 4.4.7
+ * notice.  (Different destinations of one message deliver side by side:
+ * each owns only its own recipients.)
+ */
+enum msg_owner { MSG_FREE = 0, MSG_DELIVERING, MSG_EXPIRING };
+
+static enum msg_owner msg_owner(const struct delivery *s, const struct dest *d, const char *qid)
+{
+    /* In flight first: the expiry asks this about the message it has
+     * just claimed. */
+    if (d != NULL && dest_inflight(d, qid))
+        return MSG_DELIVERING;
+    if (s->expiring[0] != '\0' && strcmp(s->expiring, qid) == 0)
+        return MSG_EXPIRING;
+    return MSG_FREE;
+}
+
 /* ------------------------------------------------------------------ */
 /* Jobs: one message on its way                                       */
 
@@ -462,8 +487,15 @@ static int pick_fn(void *arg, const char *qid)
 {
     struct pick *p = arg;
     snprintf(p->last, sizeof p->last, "%s", qid);
-    if (dest_inflight(p->d, qid))
+    switch (msg_owner(p->d->s, p->d, qid)) {
+    case MSG_FREE:
+        break;
+    case MSG_EXPIRING:
+        p->d->passed_expiring = 1;  /* expire_end sends the walk back */
         return 0;
+    case MSG_DELIVERING:
+        return 0;
+    }
     snprintf(p->qid, sizeof p->qid, "%s", qid);
     return 1;
 }
@@ -1086,7 +1118,7 @@ static void dest_kick(struct dest *d)
     if (ROUTE_HOSTS(d) == 0 || now - d->route_time > DELIVERY_ROUTE_TTL) {
         if (d->nconns == 0) {
             d->resolving = 1;
-            if (dns_route(s->dns, d->host, d->port, d->fixed, &s->self, dest_on_route, d) != 0) {
+            if (dns_route(s->dns, d->host, d->port, d->fixed, s->self, dest_on_route, d) != 0) {
                 d->resolving = 0;
                 dest_down(d, "4.3.0 out of memory resolving");
             }
@@ -1127,8 +1159,13 @@ struct expire_job {
     int64_t due;
     int64_t next_due;
     int nbounce;
+    size_t nlate;               /* expired here but settled in the spool */
 };
 
+/* Writer thread.  Only the recipients this job expired are written, and
+ * only those the spool still has pending, read inside this transaction:
+ * the copy taken at the scan is two writer rounds old, and writing it back
+ * whole would undo an outcome committed meanwhile. */
 static int expire_commit_fn(struct qdb_txn *t, void *arg)
 {
     struct expire_job *e = arg;
@@ -1137,21 +1174,61 @@ static int expire_commit_fn(struct qdb_txn *t, void *arg)
         return r;
     if (e->next_due && (r = qdb_due_put(t, e->next_due, e->m.qid)) != 0)
         return r;
-    return outcome_write(t, e->m.qid, e->rcpt, e->nrcpt);
+    e->nlate = 0;
+    for (size_t i = 0; i < e->nrcpt; i++) {
+        struct qrcpt cur;
+        if (e->rcpt[i].state != QRCPT_EXPIRED)
+            continue;
+        r = qdb_rcpt_get(t, e->m.qid, e->rcpt[i].index, &cur);
+        if (r == QDB_NOTFOUND || (r == 0 && cur.state != QRCPT_PENDING)) {
+            e->nlate++;     /* settled by someone else: not ours to expire */
+            continue;
+        }
+        if (r != 0 || (r = qdb_rcpt_update(t, e->m.qid, &e->rcpt[i])) != 0)
+            return r;
+    }
+    return qdb_msg_settle(t, e->m.qid);
+}
+
+/* The end of an expiry job, whatever became of it: the message has no
+ * owner on the expiry side any more; look for the next due entry. */
+static void expire_end(struct expire_job *e)
+{
+    struct delivery *s = e->s;
+    /* Recipients still pending (not due yet, or the notice failed) whose
+     * destination walked past the message while we held it: without a new
+     * walk they would wait for new mail or their retention. */
+    for (size_t i = 0; i < e->nrcpt; i++) {
+        struct dest *d;
+        if (e->rcpt[i].state != QRCPT_PENDING || (d = dest_find(s, e->rcpt[i].domain)) == NULL ||
+            !d->passed_expiring)
+            continue;
+        d->passed_expiring = 0;
+        if (d->nconns == 0)
+            dest_arm(d, time(NULL));    /* dest_on_timer walks from the oldest */
+        else
+            d->pass_deferred = 1;       /* the retry at the end of this pass does */
+    }
+    free(e->rcpt);
+    free(e);
+    s->expire_busy = 0;
+    s->expiring[0] = '\0';
+    delivery_expire_arm(s);
 }
 
 static void expire_committed(void *arg, int err)
 {
     struct expire_job *e = arg;
-    struct delivery *s = e->s;
     if (err)
         log_warn("%s: expiry not saved: %s", e->m.qid, strerror(err));
     else
-        outcome_written(s, &e->m);
-    free(e->rcpt);
-    free(e);
-    s->expire_busy = 0;
-    delivery_expire_arm(s);
+        outcome_written(e->s, &e->m);
+    /* msg_owner makes this impossible; if it happens anyway, the spool
+     * kept the other outcome and this says so once. */
+    if (err == 0 && e->nlate)
+        log_warn("%s: %zu recipient%s settled while the expiry owned the message; "
+                 "not expired", e->m.qid, e->nlate, e->nlate == 1 ? "" : "s");
+    expire_end(e);
 }
 
 static void expire_notice_done(void *arg, int err)
@@ -1168,13 +1245,8 @@ static void expire_notice_done(void *arg, int err)
         e->next_due = (int64_t)time(NULL) + e->s->conf->delivery.probe_min;
     }
     if (--e->nbounce == 0 &&
-        spool_write(e->s->spool, expire_commit_fn, e, expire_committed, e) == NULL) {
-        struct delivery *s = e->s;
-        free(e->rcpt);
-        free(e);
-        s->expire_busy = 0;
-        delivery_expire_arm(s);
-    }
+        spool_write(e->s->spool, expire_commit_fn, e, expire_committed, e) == NULL)
+        expire_end(e);
 }
 
 /* Expire what is due: recipients past their retention fail with 4.4.7. */
@@ -1199,6 +1271,9 @@ static void delivery_on_expire(evutil_socket_t fd, short what, void *arg)
     e->s = s;
     e->due = when;
     s->expire_busy = 1;
+    /* From here to expire_end the message is the expiry's: the scheduler
+     * will not hand it out (msg_owner). */
+    snprintf(s->expiring, sizeof s->expiring, "%s", qid);
     snprintf(e->m.qid, sizeof e->m.qid, "%s", qid);
     if (qdb_msg_get(s->db, qid, &e->m) != 0 || (e->rcpt = rcpts_load(s, &e->m, &e->nrcpt)) == NULL) {
         /* A due entry for a message that is gone: just drop the entry. */
@@ -1217,6 +1292,7 @@ static void delivery_on_expire(evutil_socket_t fd, short what, void *arg)
         free(e->rcpt);
         free(e);
         s->expire_busy = 0;
+        s->expiring[0] = '\0';
         struct timeval tv = { 1, 0 };
         evtimer_add(s->expire_timer, &tv);
         return;
@@ -1230,8 +1306,7 @@ static void delivery_on_expire(evutil_socket_t fd, short what, void *arg)
                 e->next_due = r->expiry;
             continue;
         }
-        struct dest *d = dest_find(s, r->domain);
-        if (d && dest_inflight(d, qid)) {
+        if (msg_owner(s, dest_find(s, r->domain), qid) == MSG_DELIVERING) {
             /* Being delivered right now: look again shortly. */
             e->next_due = (int64_t)now + 1;
             continue;
@@ -1357,29 +1432,20 @@ struct delivery *delivery_new(struct event_base *base, struct spool *sp, struct 
 
 int delivery_configure(struct delivery *s, const struct conf *c, char *err, size_t errlen)
 {
-    s->conf = c;
-    /* Who we are, for MX self-detection. */
-    size_t nn = 0;
-    s->self_names[nn++] = c->hostname;
-    for (size_t i = 0; i < c->naliases && nn < sizeof s->self_names / sizeof s->self_names[0]; i++)
-        s->self_names[nn++] = c->aliases[i];
-    s->self.names = s->self_names;
-    s->self.nnames = nn;
-    size_t na = 0;
-    for (size_t i = 0; i < c->nlisten && na < sizeof s->self_addrs / sizeof s->self_addrs[0]; i++) {
-        struct sockaddr_storage *ss = &s->self_addrs[na];
-        memset(ss, 0, sizeof *ss);
-        if (inet_pton(AF_INET, c->listen[i].address, &((struct sockaddr_in *)ss)->sin_addr) == 1) {
-            ss->ss_family = AF_INET;
-            na++;
-        } else if (inet_pton(AF_INET6, c->listen[i].address,
-                             &((struct sockaddr_in6 *)ss)->sin6_addr) == 1) {
-            ss->ss_family = AF_INET6;
-            na++;
-        }
+    /* Who we are, sized by the config: a cut list misses an alias an MX
+     * may name, and the mail loops. */
+    struct dns_self *self = dns_self_new(c);
+    if (self == NULL) {
+        snprintf(err, errlen, "out of memory; keeping the previous configuration");
+        return -1;
     }
-    s->self.addrs = s->self_addrs;
-    s->self.naddrs = na;
+    dns_self_free(s->self);
+    s->self = self;
+    /* Our own reference: the conf (its strings, its domains) stays valid
+     * for us whatever order the reload drops the old one in. */
+    conf_ref(c);
+    conf_free(s->conf);
+    s->conf = c;
     for (size_t i = 0; i < c->ndomains; i++)
         dest_get(s, c->domains[i].name);
     for (struct dest *d = s->dests; d; d = d->next) {
@@ -1626,6 +1692,8 @@ void delivery_dest_each(struct delivery *s,
 /* Is qid in some destination's hands right now? */
 static int delivery_busy(struct delivery *s, const char *qid)
 {
+    if (msg_owner(s, NULL, qid) == MSG_EXPIRING)
+        return 1;
     for (struct dest *d = s->dests; d; d = d->next)
         if (dest_inflight(d, qid))
             return 1;
@@ -1802,6 +1870,8 @@ void delivery_free(struct delivery *s)
     if (s->expire_timer)
         event_free(s->expire_timer);
     SSL_CTX_free(s->tls_ctx);
+    dns_self_free(s->self);
+    conf_free(s->conf);
     free(s->bucket);
     free(s);
 }

@@ -30,6 +30,9 @@
  * Security: all answers come from the network.  c-ares parses the packets;
  * we bound what we keep (DNS_MX_MAX candidates, DNS_MAX_ADDRS addresses per
  * family, names that fit struct dns_host.name) and copy nothing unbounded.
+ * Self-detection is never cut by those bounds: every MX name is compared
+ * before the candidates are cut (a cut through a group gives the group
+ * back) and every address of an answer before the addresses are.
  * Equal MX preferences are shuffled with arc4random so that an attacker
  * cannot predict which of them we try first.  PTR answers are the
  * client's own claim: a name is kept only if it is hostname characters
@@ -51,6 +54,7 @@
 
 #include <event2/event.h>
 
+#include "conf.h"
 #include "dns.h"
 #include "log.h"
 
@@ -104,6 +108,7 @@ struct dns_mx {
     char name[DNS_NAME_MAX];
     int pref;
     int st4, st6;                 /* ares status of the A / AAAA query */
+    int self_addr;                /* one of its addresses, kept or not, is ours */
     size_t n4, n6;
     struct in_addr a4[DNS_MAX_ADDRS];
     struct in6_addr a6[DNS_MAX_ADDRS];
@@ -410,6 +415,8 @@ static int dns_is_self_ip(const struct dns_req *r, const struct dns_ip *ip)
 static int dns_mx_is_self_addr(const struct dns_req *r, const struct dns_mx *m)
 {
     struct dns_ip ip;
+    if (m->self_addr)
+        return 1;
     for (size_t i = 0; i < m->n4; i++) {
         memset(&ip, 0, sizeof ip);
         ip.family = AF_INET;
@@ -515,15 +522,42 @@ static void dns_req_settle(struct dns_req *r)
         dns_req_assemble(r);
 }
 
+/* Self-detection looks at every address in the answer, not only the
+ * DNS_MAX_ADDRS kept for connecting: an address of ours beyond that cut
+ * would otherwise go unseen and the mail would loop. */
+static void dns_mx_check_all(struct dns_mx *m, const struct hostent *he)
+{
+    if (!he || !he->h_addr_list)
+        return;
+    for (char **a = he->h_addr_list; *a && !m->self_addr; a++) {
+        struct sockaddr_storage ss;
+        struct dns_ip ip;
+        memset(&ss, 0, sizeof ss);
+        if (he->h_addrtype == AF_INET && he->h_length == DNS_IPV4_LEN) {
+            ss.ss_family = AF_INET;
+            memcpy(&((struct sockaddr_in *)&ss)->sin_addr, *a, DNS_IPV4_LEN);
+        } else if (he->h_addrtype == AF_INET6 && he->h_length == DNS_IP_MAX) {
+            ss.ss_family = AF_INET6;
+            memcpy(&((struct sockaddr_in6 *)&ss)->sin6_addr, *a, DNS_IP_MAX);
+        } else {
+            continue;
+        }
+        dns_ip_from_sa(&ss, &ip);
+        if (ip.family && dns_is_self_ip(m->r, &ip))
+            m->self_addr = 1;
+    }
+}
+
 static void dns_on_addr(struct dns_mx *m, int family, int status, unsigned char *abuf, int alen)
 {
     struct dns_req *r = m->r;
+    struct hostent *he = NULL;
     if (dns_req_gone(r, status))
         return;
     if (family == AF_INET) {
         struct ares_addrttl t[DNS_MAX_ADDRS];
         int n = DNS_MAX_ADDRS;
-        if (status == ARES_SUCCESS && (status = ares_parse_a_reply(abuf, alen, NULL, t, &n)) ==
+        if (status == ARES_SUCCESS && (status = ares_parse_a_reply(abuf, alen, &he, t, &n)) ==
                                           ARES_SUCCESS)
             for (int i = 0; i < n; i++)
                 m->a4[m->n4++] = t[i].ipaddr;
@@ -531,12 +565,15 @@ static void dns_on_addr(struct dns_mx *m, int family, int status, unsigned char 
     } else {
         struct ares_addr6ttl t[DNS_MAX_ADDRS];
         int n = DNS_MAX_ADDRS;
-        if (status == ARES_SUCCESS && (status = ares_parse_aaaa_reply(abuf, alen, NULL, t, &n)) ==
+        if (status == ARES_SUCCESS && (status = ares_parse_aaaa_reply(abuf, alen, &he, t, &n)) ==
                                           ARES_SUCCESS)
             for (int i = 0; i < n; i++)
                 memcpy(&m->a6[m->n6++], &t[i].ip6addr, sizeof m->a6[0]);
         m->st6 = status;
     }
+    dns_mx_check_all(m, he);
+    if (he)
+        ares_free_hostent(he);
     dns_req_settle(r);
 }
 
@@ -780,6 +817,59 @@ static int dns_req_copy_self(struct dns_req *r, const struct dns_self *self)
     }
     freeifaddrs(ifa);
     return 0;
+}
+
+struct dns_self *dns_self_new(const struct conf *c)
+{
+    struct dns_self *s = calloc(1, sizeof *s);
+    char **names = calloc(1 + c->naliases, sizeof *names);
+    struct sockaddr_storage *addrs = calloc(c->nlisten ? c->nlisten : 1, sizeof *addrs);
+
+    if (!s || !names || !addrs) {
+        free(s);
+        free(names);
+        free(addrs);
+        return NULL;
+    }
+    s->names = (const char *const *)names;
+    s->addrs = addrs;
+    for (size_t i = 0; i <= c->naliases; i++) {
+        const char *n = i == 0 ? c->hostname : c->aliases[i - 1];
+        if (!n)
+            continue;
+        if (!(names[s->nnames] = strdup(n))) {
+            dns_self_free(s);
+            return NULL;
+        }
+        s->nnames++;
+    }
+    /* conf_load vetted every listen address: one that does not parse
+     * here is skipped rather than guessed at */
+    for (size_t i = 0; i < c->nlisten; i++) {
+        struct sockaddr_storage *ss = &addrs[s->naddrs];
+        memset(ss, 0, sizeof *ss);
+        if (inet_pton(AF_INET, c->listen[i].address, &((struct sockaddr_in *)ss)->sin_addr) == 1) {
+            ss->ss_family = AF_INET;
+            s->naddrs++;
+        } else if (inet_pton(AF_INET6, c->listen[i].address,
+                             &((struct sockaddr_in6 *)ss)->sin6_addr) == 1) {
+            ss->ss_family = AF_INET6;
+            s->naddrs++;
+        }
+    }
+    return s;
+}
+
+void dns_self_free(struct dns_self *s)
+{
+    if (!s)
+        return;
+    /* dns_self_new allocated the names writable */
+    for (size_t i = 0; i < s->nnames; i++)
+        free((char *)s->names[i]);
+    free((void *)s->names);
+    free((void *)s->addrs);
+    free(s);
 }
 
 int dns_route(struct dns *d, const char *host, int port, int fixed, const struct dns_self *self,

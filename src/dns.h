@@ -70,6 +70,14 @@ struct dns_self {
     size_t naddrs;
 };
 
+struct conf;
+/* Who we are, from the config: its hostname, every alias and every listen
+ * address, sized by the config so that nothing is cut (a name or address
+ * left out is a mail loop waiting to happen).  Strings are copied: the
+ * result outlives a reload of c.  Pure (no I/O); NULL on out of memory. */
+struct dns_self *dns_self_new(const struct conf *c);
+void dns_self_free(struct dns_self *s);     /* accepts NULL */
+
 typedef void (*dns_route_fn)(void *arg, const struct dns_route *r);
 
 /* resolver: NULL for the system's (/etc/resolv.conf), or "ip", "ip:port",

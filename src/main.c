@@ -137,6 +137,8 @@ static int main_reload(struct daemon *dm, char *msg, size_t len)
     if (dm->control)
         control_set_conf(dm->control, nc);
     metrics_set_conf(dm->metrics, nc);
+    /* Drop our references only: whoever still holds the old policy or
+     * conf (the scheduler, a policy, a connection's SSL_CTX) keeps it. */
     policy_free(dm->policy);
     conf_free(dm->conf);
     dm->conf = nc;

@@ -92,6 +92,7 @@ struct policy {
     char *arena;
     size_t arena_len, arena_cap;
     size_t entries;             /* list entries loaded, wildcards included */
+    unsigned long refs;         /* policy_ref / policy_free */
 };
 
 static const char *reply(char *buf, size_t len, const char *fmt, ...)
@@ -532,7 +533,8 @@ struct policy *policy_new(const struct conf *c, char *err, size_t errlen)
         seterr(err, errlen, "policy: out of memory");
         return NULL;
     }
-    p->c = c;
+    p->refs = 1;
+    p->c = conf_ref(c);
     p->slots = calloc(SET_MIN_SLOTS, sizeof *p->slots);
     p->arena = malloc(ARENA_MIN);
     if (p->slots == NULL || p->arena == NULL) {
@@ -559,10 +561,30 @@ struct policy *policy_new(const struct conf *c, char *err, size_t errlen)
     return p;
 }
 
-void policy_free(struct policy *p)
+const struct policy *policy_ref(const struct policy *cp)
 {
+    /* Only the count changes: the policy is immutable otherwise, and was
+     * allocated writable by policy_new. */
+    struct policy *p = (struct policy *)cp;
+    if (p != NULL) {
+        if (p->refs == 0)
+            log_panic("policy: reference to a freed policy");
+        p->refs++;
+    }
+    return cp;
+}
+
+void policy_free(const struct policy *cp)
+{
+    struct policy *p = (struct policy *)cp;
     if (p == NULL)
         return;
+    if (p->refs > 1) {
+        p->refs--;
+        return;
+    }
+    p->refs = 0;
+    conf_free(p->c);
     free(p->dom_slots);
     free(p->dinfo);
     free(p->slots);

@@ -17,8 +17,12 @@
  * address literal, and its local part carries no routing (%, !, or an @
  * inside a quoted local part), and, with a list, the list has it.
  *
- * Ownership: policy_new() -> policy_free() (accepts NULL).  The policy
- * keeps a pointer to c: c must outlive it.
+ * Ownership: policy_new() returns a policy with one reference; a holder
+ * that keeps it across a reload (a session, a request) takes policy_ref()
+ * and drops it with policy_free(); the last reference frees it (accepts
+ * NULL).  The policy holds a reference to its conf (conf_ref), so the
+ * conf_domain pointers it hands out live as long as the policy.
+ * References are taken and dropped on the loop thread only.
  */
 #ifndef MXKEEP_POLICY_H
 #define MXKEEP_POLICY_H
@@ -32,7 +36,10 @@ struct policy;
 /* Build a policy.  On failure (unreadable list, bad line) returns NULL and
  * writes "file:line: what is wrong" into err. */
 struct policy *policy_new(const struct conf *c, char *err, size_t errlen);
-void policy_free(struct policy *p);
+/* One more reference (returns p; NULL gives NULL). */
+const struct policy *policy_ref(const struct policy *p);
+/* Drop one reference; the last frees the policy.  Accepts NULL. */
+void policy_free(const struct policy *p);
 
 /*
  * May we accept this recipient?  Returns NULL and sets *dom to the served

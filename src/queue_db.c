@@ -1025,6 +1025,19 @@ static int dest_rebalance(struct qdb *db, MDB_txn *txn, const char *qid, const c
                  : dest_detach(db, txn, dom, dl, qid, *size);
 }
 
+int qdb_rcpt_get(struct qdb_txn *t, const char *qid, uint32_t index, struct qrcpt *out)
+{
+    unsigned char kb[QDB_RCPT_KEY_LEN];
+    if (!qid_valid(qid))
+        return QDB_NOTFOUND;
+    rcpt_key(kb, qid, index);
+    MDB_val k = val_of(kb, sizeof kb), v;
+    int rc = mdb_get(t->txn, t->db->rcpt, &k, &v);
+    if (rc)
+        return rc_fail(rc, "rcpt get", qid);
+    return rcpt_decode(qid, &v, out);
+}
+
 int qdb_rcpt_update(struct qdb_txn *t, const char *qid, const struct qrcpt *r)
 {
     struct qdb *db = t->db;

@@ -143,6 +143,9 @@ int qdb_msg_put(struct qdb_txn *t, const struct qmsg *m, const struct qrcpt *r, 
 /* Update one recipient; when it goes final and it was the last pending one
  * for its domain, drops the by_dest entry and the dest counters. */
 int qdb_rcpt_update(struct qdb_txn *t, const char *qid, const struct qrcpt *r);
+/* One recipient as this write transaction sees it (a writer that must
+ * decide on the current state, not on a copy read earlier). */
+int qdb_rcpt_get(struct qdb_txn *t, const char *qid, uint32_t index, struct qrcpt *out);
 /* Remove the message when no recipient is pending any more (the outcome
  * of its last delivery or expiry); a message already gone is fine.  Run
  * it in the same transaction as the recipient updates, so two

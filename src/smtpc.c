@@ -1048,6 +1048,7 @@ static void smtpc_free(struct smtpc *c)
         event_free(c->ev_finish);
     if (c->ev_resume)
         event_free(c->ev_resume);
+    SSL_CTX_free(c->tls_ctx);
     free(c->helo);
     free(c->peer_name);
     free(c);
@@ -1122,7 +1123,10 @@ struct smtpc *smtpc_new(struct event_base *base, const struct smtpc_config *cfg,
     memcpy(&c->addr, cfg->addr, cfg->addrlen);
     c->addrlen = cfg->addrlen;
     c->tls = cfg->tls;
-    c->tls_ctx = cfg->tls_ctx;
+    /* Our own reference: a reload may replace the destination's context
+     * while this connection waits for the greeting or EHLO reply. */
+    if ((c->tls_ctx = cfg->tls_ctx) != NULL)
+        SSL_CTX_up_ref(c->tls_ctx);
     if (cfg->tls_fingerprint)
         snprintf(c->fingerprint, sizeof c->fingerprint, "%s", cfg->tls_fingerprint);
     c->t_connect = cfg->connect_timeout;

@@ -47,7 +47,8 @@ struct smtpc_config {
     const struct sockaddr *addr;        /* copied */
     socklen_t addrlen;
     enum tls_policy tls;
-    SSL_CTX *tls_ctx;                   /* client context (tls_client_ctx_new); borrowed */
+    SSL_CTX *tls_ctx;                   /* client context (tls_client_ctx_new); smtpc
+                                           takes its own reference (SSL_CTX_up_ref) */
     const char *tls_fingerprint;        /* "sha256:<64 hex>" or NULL; copied */
     long connect_timeout, greeting_timeout, command_timeout, data_timeout;   /* seconds */
 };

@@ -584,7 +584,7 @@ static void cmd_etrn(struct session *s, const char *arg)
 {
     int kind;
     char domain[SMTP_DOMAIN_MAX + 1], buf[512];
-    const struct conf_domain *doms[64];
+    const struct conf_domain **doms = NULL;
     size_t n = 0;
     const char *err = smtp_parse_etrn(arg, &kind, domain, sizeof domain);
     unsigned char a[16];
@@ -598,9 +598,16 @@ static void cmd_etrn(struct session *s, const char *arg)
         memcpy(a, &((struct sockaddr_in *)&s->sa)->sin_addr, 4);
     else
         memcpy(a, &((struct sockaddr_in6 *)&s->sa)->sin6_addr, 16);
+    /* "@domain" may cover every served domain: sized by the config, so
+     * none is silently left out of the flush. */
+    if (!(doms = calloc(s->d->conf->ndomains + 1, sizeof *doms))) {
+        session_reply(s, "452 4.3.0 Error: out of memory");
+        return;
+    }
     err = policy_check_etrn(s->d->policy, family, a, kind, domain, doms,
-                            sizeof doms / sizeof doms[0], &n, buf, sizeof buf);
+                            s->d->conf->ndomains + 1, &n, buf, sizeof buf);
     if (err) {
+        free(doms);
         log_info("ETRN %s from [%s]: %s", arg, s->addr, err);
         session_reply(s, "%s", err);
         return;
@@ -610,6 +617,7 @@ static void cmd_etrn(struct session *s, const char *arg)
     } else {
         s->d->etrn(s->d->hook_arg, arg, doms, n, buf, sizeof buf);
     }
+    free(doms);
     log_info("ETRN %s from [%s]: %s", arg, s->addr, buf);
     session_reply(s, "%s", buf);
 }

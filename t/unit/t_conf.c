@@ -218,6 +218,51 @@ static void test_defaults(void)
     conf_free(c);
 }
 
+/* A reload drops its reference while a holder keeps its own: the conf
+ * lives until the last one goes (ASan would see a use after free). */
+static void test_refcount(void)
+{
+    struct conf *c = load_text(BASE "hostname = \"mx.example.net\";\n"
+                                    "aliases = ( \"a.example.net\" );\n");
+    if (!ok(c != NULL, "refcount: config loads"))
+        return;
+    const struct conf *held = conf_ref(c);
+    ok(held == c, "conf_ref returns the conf");
+    conf_free(c);                   /* the loader's reference */
+    is_str(held->hostname, "mx.example.net", "still readable through the other reference");
+    is_str(held->aliases[0], "a.example.net", "its strings too");
+    conf_free(held);                /* the last one frees it */
+    ok(conf_ref(NULL) == NULL, "conf_ref(NULL) is NULL");
+    conf_free(NULL);
+}
+
+/* A long alias list and many listen addresses load whole: nothing is
+ * cut to a fixed size on the way in. */
+static void test_long_lists(void)
+{
+    char text[8192];
+    size_t n = 0;
+    n += (size_t)snprintf(text + n, sizeof text - n, "spool = \"spool\";\nlisten = (");
+    for (int i = 1; i <= 20; i++)
+        n += (size_t)snprintf(text + n, sizeof text - n,
+                              "%s{ address = \"127.0.1.%d\"; port = 2525; }", i > 1 ? ", " : " ", i);
+    n += (size_t)snprintf(text + n, sizeof text - n, " );\naliases = (");
+    for (int i = 1; i <= 40; i++)
+        n += (size_t)snprintf(text + n, sizeof text - n, "%s\"alias%02d.example.net\"",
+                              i > 1 ? ", " : " ", i);
+    snprintf(text + n, sizeof text - n, " );\n");
+    struct conf *c = load_text(text);
+    if (!ok(c != NULL, "40 aliases and 20 listen addresses load"))
+        diag("  %s", errbuf);
+    if (!c)
+        return;
+    is_int(c->naliases, 40, "40 aliases kept");
+    is_str(c->aliases[39], "alias40.example.net", "the 40th alias");
+    is_int(c->nlisten, 20, "20 listen addresses kept");
+    is_str(c->listen[19].address, "127.0.1.20", "the 20th listen address");
+    conf_free(c);
+}
+
 static void test_errors(void)
 {
     char text[1024];
@@ -527,6 +572,8 @@ int main(void)
 
     test_sample();
     test_defaults();
+    test_refcount();
+    test_long_lists();
     test_errors();
     test_duration();
     test_size();

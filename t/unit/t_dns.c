@@ -24,6 +24,7 @@
 
 #include <event2/event.h>
 
+#include "conf.h"
 #include "dns.h"
 #include "tap.h"
 
@@ -34,7 +35,10 @@
 #define POLL_MS         20
 #define SHUFFLE_ROUNDS  40
 #define MANY_MX         25
-#define MAX_ARGS        (64 + 2 * MANY_MX)
+/* A host with more addresses than a route keeps (DNS_MAX_ADDRS), one of
+ * them ours: self-detection must see it wherever dnsmasq rotates it. */
+#define MANY_ADDRS      (2 * DNS_MAX_ADDRS)
+#define MAX_ARGS        (64 + 2 * MANY_MX + MANY_ADDRS + 1)
 #define PKT_MAX         512
 #define DNS_FLAGS_QR    0x80
 #define DNS_FLAGS_RA    0x80
@@ -188,6 +192,10 @@ static int dnsmasq_start(void)
         snprintf(args[n++], sizeof args[0], "--mx-host=many.test,h%d.many.test,%d", i, 100 - i);
         snprintf(args[n++], sizeof args[0], "--host-record=h%d.many.test,127.0.1.%d", i, i + 1);
     }
+    snprintf(args[n++], sizeof args[0], "--mx-host=manyaddr.test,multi.manyaddr.test,10");
+    for (int i = 0; i < MANY_ADDRS - 1; i++)
+        snprintf(args[n++], sizeof args[0], "--host-record=multi.manyaddr.test,127.0.2.%d", i + 1);
+    snprintf(args[n++], sizeof args[0], "--host-record=multi.manyaddr.test,127.0.0.1");
     for (int i = 0; i < n; i++)
         argv[i] = args[i];
     argv[n] = NULL;
@@ -685,6 +693,19 @@ static void test_mx(struct dns *d)
         is_int(res.r.status, DNS_LOOP, "wildcard listen address matches 127.0.0.1: DNS_LOOP");
     }
 
+    {
+        /* our address among MANY_ADDRS of the only MX host; dnsmasq
+         * rotates the answer, so over MANY_ADDRS rounds it sits beyond
+         * the DNS_MAX_ADDRS a route keeps about half the time */
+        int loops = 0;
+        for (int i = 0; i < MANY_ADDRS; i++) {
+            run_route(d, "manyaddr.test", SMTP_PORT, 0, &self, &res);
+            loops += res.r.status == DNS_LOOP;
+        }
+        is_int(loops, MANY_ADDRS, "our address beyond the kept %d of %d: DNS_LOOP every time",
+               DNS_MAX_ADDRS, MANY_ADDRS);
+    }
+
     run_route(d, "nx.test", SMTP_PORT, 0, &self, &res);
     is_int(res.r.status, DNS_PERM, "NXDOMAIN: DNS_PERM");
     ok(strstr(res.r.why, "NXDOMAIN") != NULL, "NXDOMAIN: why says so");
@@ -746,6 +767,65 @@ static void test_mx(struct dns *d)
     }
 }
 
+/* dns_self_new: who we are, sized by the config.  0.1.0's scheduler kept
+ * 32 names and 16 addresses; the 40th alias and the 20th address must be
+ * there, copied (a reload frees the conf they came from). */
+static void test_self_new(void)
+{
+    enum { NAL = 40, NLS = 20 };
+    char *aliases[NAL];
+    struct conf_listen listen[NLS];
+    char hostname[] = "mx2.example.net";
+    struct conf c;
+
+    memset(&c, 0, sizeof c);
+    c.hostname = hostname;
+    for (int i = 0; i < NAL; i++) {
+        aliases[i] = malloc(32);
+        snprintf(aliases[i], 32, "alias%02d.example.net", i + 1);
+    }
+    for (int i = 0; i < NLS; i++) {
+        listen[i].address = malloc(48);
+        listen[i].port = SMTP_PORT;
+        if (i == NLS - 1)
+            snprintf(listen[i].address, 48, "2001:db8::%d", i + 1);
+        else
+            snprintf(listen[i].address, 48, "127.0.1.%d", i + 1);
+    }
+    c.aliases = aliases;
+    c.naliases = NAL;
+    c.listen = listen;
+    c.nlisten = NLS;
+
+    struct dns_self *s = dns_self_new(&c);
+    if (!ok(s != NULL, "dns_self_new: built"))
+        return;
+    is_int(s->nnames, NAL + 1, "hostname and all %d aliases", NAL);
+    is_str(s->names[0], "mx2.example.net", "the hostname first");
+    is_str(s->names[NAL], "alias40.example.net", "the 40th alias");
+    is_int(s->naddrs, NLS, "all %d listen addresses", NLS);
+    struct in_addr a4;
+    inet_pton(AF_INET, "127.0.1.17", &a4);
+    ok(s->addrs[16].ss_family == AF_INET &&
+       memcmp(&((const struct sockaddr_in *)&s->addrs[16])->sin_addr, &a4, sizeof a4) == 0,
+       "the 17th address (beyond the old 16) is 127.0.1.17");
+    struct in6_addr a6;
+    inet_pton(AF_INET6, "2001:db8::20", &a6);
+    ok(s->addrs[NLS - 1].ss_family == AF_INET6 &&
+       memcmp(&((const struct sockaddr_in6 *)&s->addrs[NLS - 1])->sin6_addr, &a6, sizeof a6) == 0,
+       "the 20th address, IPv6");
+    /* the conf goes (a reload): the self stays intact */
+    for (int i = 0; i < NAL; i++) {
+        memset(aliases[i], 'x', 8);
+        free(aliases[i]);
+    }
+    for (int i = 0; i < NLS; i++)
+        free(listen[i].address);
+    is_str(s->names[NAL], "alias40.example.net", "names are copies, not borrowed");
+    dns_self_free(s);
+    dns_self_free(NULL);
+}
+
 int main(void)
 {
     char err[256], resolver[64];
@@ -753,6 +833,7 @@ int main(void)
 
     signal(SIGPIPE, SIG_IGN);
     base = event_base_new();
+    test_self_new();
     test_resolver_syntax();
     test_literal_fixed();
     test_servfail_and_timeout();
