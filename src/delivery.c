@@ -1043,7 +1043,7 @@ static void conn_on_closed(void *arg, struct smtpc *c, enum smtpc_end how, enum 
 {
     struct conn *cn = arg;
     struct dest *d = cn->d;
-    int was_ready = cn->ready;
+    int was_ready = cn->ready, refused = 0;
 
     conn_unlink(cn);
     free(cn);
@@ -1077,8 +1077,9 @@ static void conn_on_closed(void *arg, struct smtpc *c, enum smtpc_end how, enum 
     case SMTPC_END_GREETING:
     case SMTPC_END_TLS:
         stats_inc(STAT_CONN_OUT_FAILED);
-        if (stage <= SMTPC_STAGE_GREETING && dest_refused(d, why))
-            break;
+        /* Refused before the greeting while the primary works: fewer,
+         * spaced connections rather than "down" (dest_refused). */
+        refused = stage <= SMTPC_STAGE_GREETING && dest_refused(d, why);
         /* Another address of the route may answer; when every address
          * failed and nothing else is open, the destination is down. */
         d->try_addr++;
@@ -1088,7 +1089,7 @@ static void conn_on_closed(void *arg, struct smtpc *c, enum smtpc_end how, enum 
         }
         if (d->try_host >= ROUTE_HOSTS(d)) {
             d->try_host = d->try_addr = 0;
-            if (d->nconns == 0) {
+            if (d->nconns == 0 && !refused) {
                 dest_down(d, why);
                 return;
             }

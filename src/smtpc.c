@@ -1414,6 +1414,7 @@ void smtpc_abort(struct smtpc *c)
         }
         /* fall through */
     default:
+        c->tls_step = 0;        /* our own abort is no failure of the TLS step */
         finish(c, SMTPC_END_LOST, 451, "451 4.4.2 delivery aborted by mxkeep (shutdown)",
                "aborted by us while %s", state_while[c->st]);
         return;

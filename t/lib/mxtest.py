@@ -1064,11 +1064,13 @@ class FakeSMTP:
       inject_tls: offer STARTTLS, answer it with 220 and a clear-text line
               in the same segment, then close
       eightbit: advertise 8BITMIME (default True)
+      close_after_data: close the connection right after the 250 to the
+              end of data (nothing else sent)
     """
 
     def __init__(self, host="127.0.0.1", port=None, tls=None, bad_tls=False, name="fake.test",
                  rcpt=None, delay=0.0, pipelining=True, dsn=True, size=0, max_sessions=0,
-                 rcpt_max=0, inject_tls=False, eightbit=True):
+                 rcpt_max=0, inject_tls=False, eightbit=True, close_after_data=False):
         self.host = host
         self.port = port or free_port_on(host)
         self.tls = tls
@@ -1083,6 +1085,7 @@ class FakeSMTP:
         self.rcpt_max = rcpt_max
         self.inject_tls = inject_tls
         self.eightbit = eightbit
+        self.close_after_data = close_after_data
         self.sessions = 0               # greeted sessions now (max_sessions)
         self.greeting = None            # None: "220 name ESMTP"
         self.lock = threading.Lock()
@@ -1345,6 +1348,8 @@ class FakeSMTP:
                                           "time": time.monotonic()})
                     n = len(self.messages)
                 send("250 2.0.0 Ok: queued as FAKE%06d" % n)
+                if self.close_after_data:
+                    return
                 sender = None
                 rcpts = []
             elif word == b"RSET":
