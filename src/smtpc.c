@@ -11,8 +11,15 @@
  * Never: calls ops->closed() synchronously from smtpc_new() / smtpc_abort();
  * touches the struct after closed() returns (it frees itself right after);
  * reads past the STARTTLS 220 in clear (anything buffered after it is a
- * command-injection attempt, CVE-2011-0411 class: the session is dropped);
- * follows a peer reply line longer than REPLY_LINE_MAX.
+ * command-injection attempt, CVE-2011-0411 class: the session is dropped,
+ * as a failure of the TLS step, which under "may" means "again in clear");
+ * follows a peer reply line longer than REPLY_LINE_MAX; decides on what was
+ * declared about a message (BODY=, SMTPUTF8) instead of what it holds.
+ *
+ * Also holds the pure reply parser (smtpc_reply_line, smtpc_reply_status:
+ * no I/O, unit-tested in t/unit/t_smtpc.c) for every client that reads SMTP
+ * replies.  Every failure reaches closed() with its stage, so the scheduler
+ * classifies by where it happened, never by the error's wording.
  *
  * Security: TLS policy "verify" accepts a peer only by pin (sha256 of the
  * certificate DER) or by chain + host name (SSL_set1_host); "encrypt" and

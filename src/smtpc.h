@@ -15,8 +15,11 @@
  * every recipient the earlier stage accepted).  Codes the peer never sent:
  *   552 5.3.4  message larger than the peer's SIZE (never sent)
  *   554 5.6.3  8-bit message, peer lacks 8BITMIME (no downgrade: bounced)
- *   553 5.6.7  SMTPUTF8 needed, peer lacks it
+ *   553 5.6.7  SMTPUTF8 needed (an address or a header holds non-ASCII), peer lacks it
  *   451 4.4.2  connection lost or timed out mid-transaction
+ * and one it rewrote: a 552 to RCPT becomes 452 4.x.y (RFC 5321 4.5.3.1.10).
+ * A declared SMTPUTF8 or BODY=8BITMIME whose content does not need it is
+ * not sent to a peer without the extension (the message goes without it).
  *
  * Body: the stored message (CRLF line ends, not dot-stuffed).  With
  * CHUNKING it goes as one BDAT LAST (file bodies via sendfile); without,
