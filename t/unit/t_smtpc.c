@@ -694,7 +694,8 @@ static void test_fake_protocol(void)
     m[1] = tmsg_new("a@b.test", one_rcpt, 1, body1, sizeof body1 - 1, 0);
     /* SMTPUTF8 declared: decided on what the message holds (issue 7, 14) */
     static const char utf8_hdr[] = "Subject: gr\xc3\xbc\xc3\x9f" "e\r\n\r\nascii body\r\n";
-    m[2] = tmsg_new("u8@b.test", one_rcpt, 1, "Subject: plain\r\n\r\nx\r\n", 23, QMSG_F_SMTPUTF8);
+    static const char plain_msg[] = "Subject: plain\r\n\r\nx\r\n";
+    m[2] = tmsg_new("u8@b.test", one_rcpt, 1, plain_msg, sizeof plain_msg - 1, QMSG_F_SMTPUTF8);
     m[3] = tmsg_new("a@b.test", one_rcpt, 1, utf8_hdr, sizeof utf8_hdr - 1,
                     QMSG_F_SMTPUTF8 | QMSG_F_8BIT);
     run_keep(&r, &p, m, 4);
@@ -713,8 +714,9 @@ static void test_fake_protocol(void)
     char bdat[64];
     snprintf(bdat, sizeof bdat, "BDAT %zu LAST\n", sizeof body1 - 1);
     ok(log && strstr(log, bdat), "%.*s", (int)strlen(bdat) - 1, bdat);
-    ok(log && strstr(log, "MAIL FROM:<u8@b.test> SIZE=23\n"),
-       "declared SMTPUTF8 not passed to a peer without it");
+    char mail_u8[64];
+    snprintf(mail_u8, sizeof mail_u8, "MAIL FROM:<u8@b.test> SIZE=%zu\n", sizeof plain_msg - 1);
+    ok(log && strstr(log, mail_u8), "declared SMTPUTF8 not passed to a peer without it");
     free(log);
     for (int i = 0; i < 4; i++)
         tmsg_free(m[i]);
