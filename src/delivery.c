@@ -11,7 +11,12 @@
  *   down --probe timer (back-off probe_min..probe_max, jitter)--> probe
  *   any --ETRN / flush--> unknown (probe now); held <--> config / control
  * While down, messages are not tried one by one: one probe per interval,
- * and the probe is the delivery of the oldest waiting message.
+ * and the probe is the delivery of the oldest waiting message.  While up,
+ * a refusal at connect or greeting with other sessions working means
+ * "fewer connections" (dest_refused), not "down"; failures are classified
+ * by the stage smtpc reports, never by their wording.  A primary's
+ * per-transaction recipient limit (452/552 to RCPT) is learned for the
+ * pass and what it left goes out at once in further transactions.
  *
  * Never: sends a message twice at once (the in-flight list holds a QID
  * from next() until its outcome is committed); marks a recipient done

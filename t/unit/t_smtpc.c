@@ -455,6 +455,7 @@ static void test_probe(void)
     p.tls = TLS_POLICY_MAY;
     run_keep(&r, &p, NULL, 0);
     ok(r.ready == 1 && r.how == SMTPC_END_OK && !r.is_tls, "may without STARTTLS: clear");
+    is_int(r.stage, SMTPC_STAGE_QUIT, "a probe ends at the QUIT stage");
 
     /* tls=encrypt against a peer without STARTTLS: refused */
     memset(&r, 0, sizeof r);
@@ -599,6 +600,7 @@ static void test_sink_faults(void)
     run_keep(&r, &p, NULL, 0);
     ok(r.ready == 0 && r.closed == 1 && r.how == SMTPC_END_CONNECT,
        "connect refused: SMTPC_END_CONNECT (%s)", r.why);
+    is_int(r.stage, SMTPC_STAGE_CONNECT, "connect refused: stage connect");
 }
 
 /* ---- tests against fake_smtpd.py ------------------------------------------ */
@@ -776,6 +778,7 @@ static void test_fake_protocol(void)
     run_keep(&r, &p, NULL, 0);
     ok(r.ready == 0 && r.how == SMTPC_END_GREETING && strstr(r.why, "said: 421 4.3.2 busy"),
        "421 greeting: SMTPC_END_GREETING (%s)", r.why);
+    is_int(r.stage, SMTPC_STAGE_GREETING, "421 greeting: stage greeting");
     stop(pid);
 
     /* silent peer: greeting time-out */
@@ -899,6 +902,7 @@ static void test_tls(void)
     p.tls = TLS_POLICY_MAY;
     run_keep(&r, &p, NULL, 0);
     ok(r.how == SMTPC_END_TLS_RETRY, "may, handshake fails: SMTPC_END_TLS_RETRY (%s)", r.why);
+    is_int(r.stage, SMTPC_STAGE_TLS, "handshake failure: stage TLS");
     memset(&r, 0, sizeof r);
     p.tls = TLS_POLICY_ENCRYPT;
     run_keep(&r, &p, NULL, 0);
