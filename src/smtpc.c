@@ -657,8 +657,9 @@ static void start_body(struct smtpc *c)
 /* ---- transactions -------------------------------------------------------- */
 
 /* A 452 / 552 to RCPT: the peer's per-transaction recipient limit, when it
- * took at least one RCPT of this transaction first.  The reply becomes a
- * 452 with a 4.x.y status (Postfix does the same). */
+ * accepted at least one RCPT of this transaction first (servers count
+ * accepted recipients, as Postfix's smtpd_recipient_limit does).  The reply
+ * becomes a 452 with a 4.x.y status (Postfix's client does the same). */
 static void rcpt_limited(struct smtpc *c)
 {
     if (c->rep.code == 552) {
@@ -672,9 +673,9 @@ static void rcpt_limited(struct smtpc *c)
     }
     /* Learn a limit only from a reply that says so: status X.5.3 ("too
      * many recipients", RFC 3463), or a bare 452 / 552 without status. */
-    if (c->msg->rcpt_limit == 0 && c->ri > 0 &&
+    if (c->msg->rcpt_limit == 0 && c->naccepted > 0 &&
         (c->rep.status[0] == '\0' || strncmp(c->rep.status + 1, ".5.3", 5) == 0))
-        c->msg->rcpt_limit = c->ri;
+        c->msg->rcpt_limit = c->naccepted;
 }
 
 /* Local refusals the peer's EHLO makes certain; 1 when the message is decided. */

@@ -64,8 +64,8 @@ struct smtpc_msg {
                                            "NNN x.y.z text" (smtpc_reply_line) */
     size_t rcpt_limit;                  /* out: >0 when the peer refused RCPTs for
                                            too many recipients (452, or 552 taken
-                                           as 452: RFC 5321 4.5.3.1.10) after this
-                                           many; those recipients got 452 */
+                                           as 452: RFC 5321 4.5.3.1.10) after
+                                           accepting this many; those got 452 */
     struct evbuffer *body;              /* the stored message; smtpc drains it */
     void *owner;                        /* the scheduler's */
 };
