@@ -26,7 +26,7 @@ def main():
 
     ok(wait_for(lambda: may.count() >= 3, 10), "may: all 3 delivered after the failed STARTTLS")
     is_([m["tls"] for m in may.messages], [False] * len(may.messages), "may: in clear")
-    n_inj = getattr(may, "n_inject", 0)
+    n_inj = may.n_inject
     ok(1 <= n_inj <= 2, "may: the broken STARTTLS tried once, not forever (%d)" % n_inj)
     log = srv.log()
     like(log, r"destination may\.test: TLS failed \(.*\); next connections in clear",
@@ -35,10 +35,10 @@ def main():
 
     ok(wait_log(srv, r"destination enc\.test: \w+ -> down: .*STARTTLS", 10) is not None,
        "encrypt: deferred, the reason names the STARTTLS failure")
-    n0 = getattr(enc, "n_inject", 0)
+    n0 = enc.n_inject
     time.sleep(4)
     is_(enc.count(), 0, "encrypt: nothing delivered in clear")
-    n_enc = getattr(enc, "n_inject", 0) - n0
+    n_enc = enc.n_inject - n0
     ok(n_enc <= 4, "encrypt: retried with back-off (probe_max 2 s), not in a loop "
                    "(%d STARTTLS in 4 s)" % n_enc)
     st = rcpt_states(srv)

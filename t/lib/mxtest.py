@@ -1087,6 +1087,7 @@ class FakeSMTP:
         self.eightbit = eightbit
         self.close_after_data = close_after_data
         self.sessions = 0               # greeted sessions now (max_sessions)
+        self.n_inject = 0               # STARTTLS answered with injected text
         self.greeting = None            # None: "220 name ESMTP"
         self.lock = threading.Lock()
         self.messages = []
@@ -1274,7 +1275,7 @@ class FakeSMTP:
                 send("250 " + self.name)
             elif word == b"STARTTLS" and self.inject_tls and not tls:
                 with self.lock:
-                    self.n_inject = getattr(self, "n_inject", 0) + 1
+                    self.n_inject += 1
                 sock.sendall(b"220 Ready to start TLS\r\n250 injected in clear\r\n")
                 return
             elif word == b"STARTTLS" and (self.tls or self.bad_tls) and not tls:
