@@ -258,6 +258,16 @@ bench_mxkeepctl_count() {
     [ -n "$out" ] && echo "$out"
 }
 
+# bench_mxkeepctl_stat CONF NAME: one counter of `mxkeepctl stats` (the
+# first line whose name contains NAME), or fails printing nothing.
+bench_mxkeepctl_stat() {
+    local out
+    [ -x "$MXKEEPCTL" ] || return 1
+    out=$("$MXKEEPCTL" -c "$1" stats 2>/dev/null) || return 1
+    out=$(printf '%s\n' "$out" | awk -v n="$2" 'index($1, n) && $NF ~ /^[0-9]+$/ { print $NF; exit }')
+    [ -n "$out" ] && echo "$out"
+}
+
 bench_mxkeepd_count() {
     local spool
     bench_mxkeepctl_count "$1" && return 0

@@ -11,7 +11,12 @@
  *   down --probe timer (back-off probe_min..probe_max, jitter)--> probe
  *   any --ETRN / flush--> unknown (probe now); held <--> config / control
  * While down, messages are not tried one by one: one probe per interval,
- * and the probe is the delivery of the oldest waiting message.
+ * and the probe is the delivery of the oldest waiting message.  While up,
+ * a refusal at connect or greeting with other sessions working means
+ * "fewer connections" (dest_refused), not "down"; failures are classified
+ * by the stage smtpc reports, never by their wording.  A primary's
+ * per-transaction recipient limit (452/552 to RCPT) is learned for the
+ * pass and what it left goes out at once in further transactions.
  *
  * Never: sends a message twice at once (the in-flight list holds a QID
  * from next() until its outcome is committed); marks a recipient done
@@ -59,6 +64,13 @@
 #define DELIVERY_JITTER_DIV 5
 /* A TLS failure under "may" makes the next connections go in clear for. */
 #define DELIVERY_TLS_CLEAR_SECONDS 3600
+/* After a refusal at connect or greeting while the primary works (a
+ * connection limit: "421 4.3.2 too many connections"), no new connection
+ * for this many seconds, doubled per refusal in a row. */
+#define DELIVERY_CONN_SPACING 1
+/* Refusals in a row with no session working before the destination is
+ * taken as down after all. */
+#define DELIVERY_REFUSED_MAX 3
 /* Cap for returning the whole original in a RET=FULL bounce. */
 #define DELIVERY_BOUNCE_FULL_MAX (1024 * 1024)
 /* Hosts in a destination's last route (none before it was resolved). */
@@ -113,6 +125,13 @@ struct dest {
     int nconns;
     int conn_limit;
     int run_4xx;
+    time_t conn_next;           /* no new connection before this (spacing) */
+    int conn_refused;           /* refusals in a row with no session working */
+    size_t rcpt_limit;          /* the primary's recipients per transaction,
+                                   learned in this pass; 0 = none seen */
+    char (*redo)[QID_SIZE];     /* messages with recipients left by that
+                                   limit: sent next, in further transactions */
+    size_t nredo, capredo;
     char cursor[QID_SIZE];      /* last QID handed out in this pass */
     int pass_end;               /* the walk found nothing more */
     int pass_deferred;          /* a message got a 4xx in this pass */
@@ -136,6 +155,8 @@ struct job {
     struct evbuffer *body;
     char peer[300];
     int peer_dsn;
+    int more;                   /* pending recipients left out (rcpt_limit) */
+    int redo;                   /* send the rest again at once, not after a back-off */
     /* Notices to queue before the outcome is committed. */
     size_t nbounce;
     struct spool_ticket *ticket;
@@ -500,10 +521,110 @@ static int pick_fn(void *arg, const char *qid)
     return 1;
 }
 
-/* Load the next message of d's walk into a new job, or NULL at the end. */
+/* A message left with pending recipients by the primary's recipient
+ * limit goes first in line (the walk's cursor is past it). */
+static int dest_redo_add(struct dest *d, const char *qid)
+{
+    for (size_t i = 0; i < d->nredo; i++)
+        if (strcmp(d->redo[i], qid) == 0)
+            return 0;
+    if (d->nredo == d->capredo) {
+        size_t cap = d->capredo ? d->capredo * 2 : 8;
+        void *p = realloc(d->redo, cap * sizeof *d->redo);
+        if (p == NULL)
+            return -1;
+        d->redo = p;
+        d->capredo = cap;
+    }
+    snprintf(d->redo[d->nredo++], QID_SIZE, "%s", qid);
+    return 0;
+}
+
+/* Load qid into a new job for d: its pending recipients here, at most
+ * rcpt_limit of them.  NULL with *fatal 0 when there is nothing to send
+ * (skip it), with *fatal 1 on out of memory. */
+static struct job *job_load(struct dest *d, const char *qid, int *fatal)
+{
+    struct delivery *s = d->s;
+    struct job *j = calloc(1, sizeof *j);
+    struct qrcpt *all = NULL;
+    size_t nall = 0;
+
+    *fatal = 0;
+    if (j == NULL) {
+        *fatal = 1;
+        return NULL;
+    }
+    j->s = s;
+    j->d = d;
+    if (qdb_msg_get(s->db, qid, &j->m) != 0 || (all = rcpts_load(s, &j->m, &nall)) == NULL) {
+        log_warn("%s: listed for %s but unreadable; skipped", qid, d->name);
+        job_free(j);
+        return NULL;
+    }
+    /* Only this destination's pending recipients travel here. */
+    size_t k = 0;
+    for (size_t i = 0; i < nall; i++)
+        if (all[i].state == QRCPT_PENDING && strcasecmp(all[i].domain, d->name) == 0)
+            all[k++] = all[i];
+    if (k == 0) {
+        free(all);
+        job_free(j);
+        return NULL;
+    }
+    /* No more RCPTs per transaction than the primary took. */
+    if (d->rcpt_limit > 0 && k > d->rcpt_limit) {
+        k = d->rcpt_limit;
+        j->more = 1;
+    }
+    j->rcpt = all;
+    j->nrcpt = k;
+    j->code = calloc(k, sizeof *j->code);
+    j->text = calloc(k, sizeof *j->text);
+    j->body = evbuffer_new();
+    if (j->code == NULL || j->text == NULL || j->body == NULL) {
+        job_free(j);
+        *fatal = 1;
+        return NULL;
+    }
+    if (spool_body_read(s->spool, &j->m, j->body) != 0) {
+        log_warn("%s: body unreadable (%s); skipped", qid, strerror(errno));
+        job_free(j);
+        return NULL;
+    }
+    if (dest_inflight_add(d, qid) != 0) {
+        job_free(j);
+        *fatal = 1;
+        return NULL;
+    }
+    j->msg.m = &j->m;
+    j->msg.rcpt = j->rcpt;
+    j->msg.nrcpt = j->nrcpt;
+    j->msg.code = j->code;
+    j->msg.text = j->text;
+    j->msg.body = j->body;
+    j->msg.owner = j;
+    return j;
+}
+
+/* Load the next message for d into a new job, or NULL at the end: first
+ * what the recipient limit left over, then the walk. */
 static struct job *job_next(struct dest *d)
 {
     struct delivery *s = d->s;
+    int fatal = 0;
+
+    while (d->nredo > 0) {
+        char qid[QID_SIZE];
+        snprintf(qid, sizeof qid, "%s", d->redo[0]);
+        if (dest_inflight(d, qid))
+            break;
+        memmove(d->redo[0], d->redo[1], (d->nredo - 1) * sizeof *d->redo);
+        d->nredo--;
+        struct job *j = job_load(d, qid, &fatal);
+        if (j || fatal)
+            return j;
+    }
     for (;;) {
         struct pick p = { .d = d };
         long n = qdb_dest_walk(s->db, d->name, d->cursor, 64, pick_fn, &p);
@@ -515,67 +636,17 @@ static struct job *job_next(struct dest *d)
             return NULL;
         }
         snprintf(d->cursor, sizeof d->cursor, "%s", p.qid);
-
-        struct job *j = calloc(1, sizeof *j);
-        struct qrcpt *all = NULL;
-        size_t nall = 0;
-        if (j == NULL)
-            return NULL;
-        j->s = s;
-        j->d = d;
-        if (qdb_msg_get(s->db, p.qid, &j->m) != 0 ||
-            (all = rcpts_load(s, &j->m, &nall)) == NULL) {
-            log_warn("%s: listed for %s but unreadable; skipped", p.qid, d->name);
-            job_free(j);
-            continue;
-        }
-        /* Only this destination's pending recipients travel here. */
-        size_t k = 0;
-        for (size_t i = 0; i < nall; i++)
-            if (all[i].state == QRCPT_PENDING && strcasecmp(all[i].domain, d->name) == 0)
-                all[k++] = all[i];
-        if (k == 0) {
-            free(all);
-            job_free(j);
-            continue;
-        }
-        j->rcpt = all;
-        j->nrcpt = k;
-        j->code = calloc(k, sizeof *j->code);
-        j->text = calloc(k, sizeof *j->text);
-        j->body = evbuffer_new();
-        if (j->code == NULL || j->text == NULL || j->body == NULL) {
-            job_free(j);
-            return NULL;
-        }
-        if (spool_body_read(s->spool, &j->m, j->body) != 0) {
-            log_warn("%s: body unreadable (%s); skipped", p.qid, strerror(errno));
-            job_free(j);
-            continue;
-        }
-        if (dest_inflight_add(d, p.qid) != 0) {
-            job_free(j);
-            return NULL;
-        }
-        j->msg.m = &j->m;
-        j->msg.rcpt = j->rcpt;
-        j->msg.nrcpt = j->nrcpt;
-        j->msg.code = j->code;
-        j->msg.text = j->text;
-        j->msg.body = j->body;
-        j->msg.owner = j;
-        return j;
+        struct job *j = job_load(d, p.qid, &fatal);
+        if (j || fatal)
+            return j;
     }
 }
 
-/* The enhanced status code in a reply text, or one made from the code. */
+/* The enhanced status code of a reply smtpc stored (multi-line replies
+ * included), or one made from the code. */
 static void job_dsn_code(int code, const char *text, char *out, size_t len)
 {
-    int a, b, c;
-    if (sscanf(text, "%*d %d.%d.%d", &a, &b, &c) == 3 && a >= 2 && a <= 5)
-        snprintf(out, len, "%d.%d.%d", a, b, c);
-    else
-        snprintf(out, len, "%d.0.0", code / 100);
+    smtpc_reply_status(code, text, out, len);
 }
 
 struct job_update {
@@ -618,6 +689,14 @@ static void job_committed(void *arg, int err)
     else
         outcome_written(j->s, &j->m);
     dest_inflight_del(d, j->m.qid);
+    if (err == 0 && j->redo && dest_redo_add(d, j->m.qid) == 0) {
+        /* Recipients the primary's limit left over go out now, in a
+         * further transaction (RFC 5321 4.5.3.1.10), not after a retry. */
+        d->pass_end = 0;
+        job_free(j);
+        dest_kick(d);
+        return;
+    }
     job_free(j);
     if (d->nconns == 0)
         dest_kick(d);
@@ -785,6 +864,7 @@ static void conn_on_ready(void *arg, struct smtpc *c)
     struct conn *cn = arg;
     struct dest *d = cn->d;
     cn->ready = 1;
+    d->conn_refused = 0;
     snprintf(cn->peer, sizeof cn->peer, "%s", smtpc_peer(c));
     if (d->state != QDEST_UP) {
         char why[400];
@@ -822,8 +902,8 @@ static enum smtpc_next conn_on_next(void *arg, struct smtpc *c, struct smtpc_msg
 
     if (d->s->stopping || d->held || d->pass_end)
         return SMTPC_NEXT_NONE;
-    if (cn->probe && cn->sent_any)
-        return SMTPC_NEXT_NONE;     /* a probe delivers one message */
+    if (cn->probe && cn->sent_any && d->run_4xx > 0)
+        return SMTPC_NEXT_NONE;     /* a probe whose message was deferred ends */
     if ((long)cn->sent_any >= conf->delivery.messages_per_connection)
         return SMTPC_NEXT_NONE;
     if (!dest_rate_ok(d)) {
@@ -855,8 +935,24 @@ static void conn_on_done(void *arg, struct smtpc *c, struct smtpc_msg *msg)
     struct bounce_rcpt *rel = calloc(j->nrcpt, sizeof *rel);
     char (*diag)[600] = calloc(j->nrcpt, sizeof *diag);
     char (*dsns)[16] = calloc(j->nrcpt, sizeof *dsns);
-    size_t nb = 0, nrel = 0;
+    size_t nb = 0, nrel = 0, lim = msg->rcpt_limit;
     int any4 = 0, oom = br == NULL || rel == NULL || diag == NULL || dsns == NULL;
+    int progress = 0, left = 0;
+
+    /* The primary's recipient limit: learn it for the rest of the pass,
+     * and when this transaction got somewhere, send what is left at once. */
+    for (size_t i = 0; i < j->nrcpt; i++) {
+        if (j->code[i] >= 200 && j->code[i] < 300)
+            progress = 1;
+        else if (j->code[i] < 500)
+            left = 1;
+    }
+    if (lim > 0 && (d->rcpt_limit == 0 || lim < d->rcpt_limit)) {
+        d->rcpt_limit = lim;
+        log_info("destination %s: %s takes %zu recipient%s per transaction", d->name, j->peer,
+                 lim, lim == 1 ? "" : "s");
+    }
+    j->redo = (lim > 0 || j->more) && progress && (left || j->more);
 
     for (size_t i = 0; i < j->nrcpt; i++) {
         struct qrcpt *r = &j->rcpt[i];
@@ -890,7 +986,10 @@ static void conn_on_done(void *arg, struct smtpc *c, struct smtpc_msg *msg)
             stats_inc(STAT_DEFERRED);
         } else {
             status = "deferred";
-            any4 = 1;
+            /* Left over by the recipient limit and sent again at once:
+             * not a sign of a struggling primary. */
+            if (!(j->redo && lim > 0 && i >= lim && code == 452))
+                any4 = 1;
             stats_inc(STAT_DEFERRED);
         }
         log_info("%s: to=<%s>, relay=%s, delay=%lld, dsn=%s, status=%s (%s)", j->m.qid, r->addr,
@@ -940,11 +1039,48 @@ static void conn_on_done(void *arg, struct smtpc *c, struct smtpc_msg *msg)
     job_notice_done(j, 0);
 }
 
-static void conn_on_closed(void *arg, struct smtpc *c, enum smtpc_end how, const char *why)
+/* Sessions of d that are greeted and working. */
+static int dest_working(const struct dest *d)
+{
+    int n = 0;
+    for (const struct conn *c = d->conns; c; c = c->next)
+        n += c->ready;
+    return n;
+}
+
+/*
+ * A connection refused at connect or greeting ("421 4.3.2 too many
+ * connections") while the primary works: it wants fewer connections, not
+ * a retry storm.  Keep to the sessions that work and space new attempts;
+ * with none working (ours just ended), a few spaced attempts before the
+ * destination counts as down.  1 when handled.
+ */
+static int dest_refused(struct dest *d, const char *why)
+{
+    int working = dest_working(d);
+    time_t now = time(NULL);
+
+    if (d->state != QDEST_UP)
+        return 0;
+    if (working == 0 && d->conn_refused >= DELIVERY_REFUSED_MAX)
+        return 0;
+    int step = working > 0 ? 0 : d->conn_refused++;
+    int limit = working > 0 ? working : 1;
+    if (d->conn_limit > limit) {
+        d->conn_limit = limit;
+        log_info("destination %s: %s while %d session%s work%s: concurrency down to %d", d->name,
+                 why, working, working == 1 ? "" : "s", working == 1 ? "s" : "", limit);
+    }
+    d->conn_next = now + ((time_t)DELIVERY_CONN_SPACING << step);
+    return 1;
+}
+
+static void conn_on_closed(void *arg, struct smtpc *c, enum smtpc_end how, enum smtpc_stage stage,
+                           const char *why)
 {
     struct conn *cn = arg;
     struct dest *d = cn->d;
-    int was_ready = cn->ready;
+    int was_ready = cn->ready, refused = 0;
 
     conn_unlink(cn);
     free(cn);
@@ -978,6 +1114,9 @@ static void conn_on_closed(void *arg, struct smtpc *c, enum smtpc_end how, const
     case SMTPC_END_GREETING:
     case SMTPC_END_TLS:
         stats_inc(STAT_CONN_OUT_FAILED);
+        /* Refused before the greeting while the primary works: fewer,
+         * spaced connections rather than "down" (dest_refused). */
+        refused = stage <= SMTPC_STAGE_GREETING && dest_refused(d, why);
         /* Another address of the route may answer; when every address
          * failed and nothing else is open, the destination is down. */
         d->try_addr++;
@@ -987,7 +1126,7 @@ static void conn_on_closed(void *arg, struct smtpc *c, enum smtpc_end how, const
         }
         if (d->try_host >= ROUTE_HOSTS(d)) {
             d->try_host = d->try_addr = 0;
-            if (d->nconns == 0) {
+            if (d->nconns == 0 && !refused) {
                 dest_down(d, why);
                 return;
             }
@@ -1010,6 +1149,9 @@ static void conn_on_closed(void *arg, struct smtpc *c, enum smtpc_end how, const
             dest_arm(d, time(NULL) + wait);
         }
         d->conn_limit = (int)d->s->conf->delivery.max_connections;
+        d->conn_next = 0;
+        if (d->nredo == 0 && d->ninflight == 0)
+            d->rcpt_limit = 0;      /* learned again in the next pass */
         return;
     }
     dest_kick(d);
@@ -1137,6 +1279,10 @@ static void dest_kick(struct dest *d)
     }
     if (d->pass_end)
         return;
+    if (d->nconns < d->conn_limit && now < d->conn_next) {
+        dest_arm(d, d->conn_next);      /* spaced after a refusal */
+        return;
+    }
     while (d->nconns < d->conn_limit) {
         long pending = dest_pending(d) - (long)d->ninflight;
         if (pending <= d->nconns - 1 + 0 && d->nconns > 0)
@@ -1864,6 +2010,7 @@ void delivery_free(struct delivery *s)
             event_free(d->timer);
         SSL_CTX_free(d->tls_ctx);
         free(d->inflight);
+        free(d->redo);
         free(d->route);
         free(d);
     }

@@ -11,8 +11,15 @@
  * Never: calls ops->closed() synchronously from smtpc_new() / smtpc_abort();
  * touches the struct after closed() returns (it frees itself right after);
  * reads past the STARTTLS 220 in clear (anything buffered after it is a
- * command-injection attempt, CVE-2011-0411 class: the session is dropped);
- * follows a peer reply line longer than REPLY_LINE_MAX.
+ * command-injection attempt, CVE-2011-0411 class: the session is dropped,
+ * as a failure of the TLS step, which under "may" means "again in clear");
+ * follows a peer reply line longer than REPLY_LINE_MAX; decides on what was
+ * declared about a message (BODY=, SMTPUTF8) instead of what it holds.
+ *
+ * Also holds the pure reply parser (smtpc_reply_line, smtpc_reply_status:
+ * no I/O, unit-tested in t/unit/t_smtpc.c) for every client that reads SMTP
+ * replies.  Every failure reaches closed() with its stage, so the scheduler
+ * classifies by where it happened, never by the error's wording.
  *
  * Security: TLS policy "verify" accepts a peer only by pin (sha256 of the
  * certificate DER) or by chain + host name (SSL_set1_host); "encrypt" and
@@ -49,7 +56,7 @@
 #include "tls.h"
 
 #define REPLY_LINE_MAX   4096          /* longest reply line we accept */
-#define REPLY_TEXT_MAX   512           /* stored reply text (smtpc_msg.text) */
+#define REPLY_TEXT_MAX   SMTPC_REPLY_TEXT_MAX  /* stored reply text (smtpc_msg.text) */
 #define PEER_MAX         320
 #define WHY_MAX          768
 #define FP_MAX           80            /* "sha256:" + 64 hex + NUL, with room */
@@ -127,13 +134,10 @@ struct smtpc {
     unsigned ext;                       /* EXT_* of the current EHLO */
     uint64_t size_max;                  /* 0: no limit announced */
     int is_tls;
+    int tls_step;                       /* STARTTLS sent, session not ready yet */
 
     /* reply being read */
-    int rcode;
-    int multiline;
-    int rlines;
-    size_t rtext_len;
-    char rtext[REPLY_TEXT_MAX];
+    struct smtpc_reply rep;
     char line[REPLY_LINE_MAX + 1];
 
     /* transaction */
@@ -150,6 +154,7 @@ struct smtpc {
 
     /* the end */
     enum smtpc_end end_how;
+    enum smtpc_stage end_stage;
     int fail_code;                      /* for undecided recipients */
     char fail_text[REPLY_TEXT_MAX];
     char end_why[WHY_MAX];
@@ -159,6 +164,122 @@ static void on_read(struct bufferevent *bev, void *arg);
 static void on_write(struct bufferevent *bev, void *arg);
 static void on_event(struct bufferevent *bev, short what, void *arg);
 static void pull_next(struct smtpc *c);
+
+/* ---- reply parser (pure: no I/O, unit-tested) ---------------------------- */
+
+/* Length of an enhanced status code at s (RFC 3463: class "." 1*3digit "."
+ * 1*3digit, then a space or the end), 0 when there is none. */
+static size_t status_len(const char *s, size_t len)
+{
+    size_t i = 0;
+
+    if (len < 5 || (s[0] != '2' && s[0] != '4' && s[0] != '5') || s[1] != '.')
+        return 0;
+    i = 2;
+    for (int part = 0; part < 2; part++) {
+        size_t d = 0;
+        while (i < len && s[i] >= '0' && s[i] <= '9' && d < 4) {
+            i++;
+            d++;
+        }
+        if (d == 0 || d > 3)
+            return 0;
+        if (part == 0) {
+            if (i >= len || s[i] != '.')
+                return 0;
+            i++;
+        }
+    }
+    if (i < len && s[i] != ' ')
+        return 0;
+    return i;
+}
+
+static void reply_append(struct smtpc_reply *r, const char *p, size_t n)
+{
+    size_t room = sizeof r->text - 1 - r->len;
+
+    if (n > room)
+        n = room;
+    memcpy(r->text + r->len, p, n);
+    r->len += n;
+    r->text[r->len] = '\0';
+}
+
+void smtpc_reply_init(struct smtpc_reply *r)
+{
+    r->code = 0;
+    r->status[0] = '\0';
+    r->lines = 0;
+    r->more = 0;
+    r->len = 0;
+    r->text[0] = '\0';
+}
+
+enum smtpc_reply_result smtpc_reply_line(struct smtpc_reply *r, const char *line, size_t len,
+                                         const char **line_text)
+{
+    const char *text;
+    size_t tlen, sl;
+    int code;
+
+    if (len < 3 || line[0] < '2' || line[0] > '5' || line[1] < '0' || line[1] > '9' ||
+        line[2] < '0' || line[2] > '9' || (len > 3 && line[3] != ' ' && line[3] != '-')) {
+        r->more = 0;
+        return SMTPC_REPLY_BAD;
+    }
+    code = (line[0] - '0') * 100 + (line[1] - '0') * 10 + (line[2] - '0');
+    text = len > 4 ? line + 4 : "";
+    tlen = len > 4 ? len - 4 : 0;
+    if (line_text)
+        *line_text = text;
+    if (r->lines > 0 && code != r->code) {
+        r->more = 0;
+        return SMTPC_REPLY_MIXED;
+    }
+    sl = status_len(text, tlen);
+    if (r->lines == 0) {
+        r->code = code;
+        reply_append(r, line, 3);
+        if (sl > 0 && sl < sizeof r->status) {
+            memcpy(r->status, text, sl);
+            r->status[sl] = '\0';
+            /* RFC 3463 2: the class must match the reply; the code wins. */
+            r->status[0] = line[0];
+            reply_append(r, " ", 1);
+            reply_append(r, r->status, sl);
+        }
+    }
+    /* Each line's text once, without its repeated code and status. */
+    if (sl > 0) {
+        text += sl;
+        tlen -= sl;
+    }
+    while (tlen > 0 && *text == ' ') {
+        text++;
+        tlen--;
+    }
+    if (tlen > 0) {
+        reply_append(r, " ", 1);
+        reply_append(r, text, tlen);
+    }
+    r->lines++;
+    r->more = len > 3 && line[3] == '-';
+    return r->more ? SMTPC_REPLY_MORE : SMTPC_REPLY_DONE;
+}
+
+void smtpc_reply_status(int code, const char *text, char *out, size_t len)
+{
+    size_t tl = strlen(text), sl;
+
+    /* "NNN x.y.z ...", as smtpc_reply_line stores it. */
+    if (tl > 4 && text[3] == ' ' && (sl = status_len(text + 4, tl - 4)) > 0 &&
+        sl < SMTPC_STATUS_MAX && code >= 200 && code < 600) {
+        snprintf(out, len, "%c%.*s", '0' + code / 100, (int)sl - 1, text + 5);
+        return;
+    }
+    snprintf(out, len, "%d.0.0", code / 100);
+}
 
 /* ---- small helpers ------------------------------------------------------ */
 
@@ -191,6 +312,31 @@ static void set_text(char *dst, const char *src)
     snprintf(dst, REPLY_TEXT_MAX, "%s", src);
 }
 
+static enum smtpc_end tls_fail_how(const struct smtpc *c)
+{
+    return c->tls == TLS_POLICY_MAY ? SMTPC_END_TLS_RETRY : SMTPC_END_TLS;
+}
+
+static enum smtpc_stage stage_of(const struct smtpc *c)
+{
+    switch (c->st) {
+    case S_CONNECT:
+        return SMTPC_STAGE_CONNECT;
+    case S_GREETING:
+        return SMTPC_STAGE_GREETING;
+    case S_QUIT:
+    case S_DEAD:
+        return SMTPC_STAGE_QUIT;
+    default:
+        break;
+    }
+    if (c->tls_step)
+        return SMTPC_STAGE_TLS;
+    if (c->st == S_EHLO || c->st == S_HELO)
+        return SMTPC_STAGE_HELLO;
+    return SMTPC_STAGE_SESSION;
+}
+
 /*
  * End the session: remember how, stop all I/O now, and let the loop run
  * done() for a message in flight and then closed().  Idempotent: the first
@@ -204,6 +350,12 @@ finish(struct smtpc *c, enum smtpc_end how, int code, const char *text, const ch
 
     if (c->st == S_DEAD)
         return;
+    c->end_stage = stage_of(c);
+    /* Classified by where it happened: under "may" any failure of the TLS
+     * step (refusal after 220, stray data, handshake, lost) means "go on in
+     * clear"; under encrypt/verify it is a TLS failure with its reason. */
+    if (c->end_stage == SMTPC_STAGE_TLS && how != SMTPC_END_OK)
+        how = tls_fail_how(c);
     c->end_how = how;
     c->fail_code = code;
     set_text(c->fail_text, text ? text : "");
@@ -289,9 +441,73 @@ static void send_ehlo(struct smtpc *c)
     arm(c, c->t_command);
 }
 
+/* Decide on what the message holds, not on what was declared about it:
+ * QMSG_F_8BIT is what the receiving side saw in the octets. */
 static int msg_is_8bit(const struct qmsg *m)
 {
-    return (m->flags & QMSG_F_8BIT) || m->body != SMTP_BODY_7BIT;
+    return (m->flags & QMSG_F_8BIT) != 0;
+}
+
+/* BODY=8BITMIME goes out when the peer takes it and the message is 8-bit
+ * or was declared so; to a peer without 8BITMIME a 7-bit message goes
+ * without BODY= (precheck refuses a real 8-bit one). */
+static int want_body_8bit(const struct smtpc *c, const struct qmsg *m)
+{
+    return (c->ext & EXT_8BITMIME) && (msg_is_8bit(m) || m->body != SMTP_BODY_7BIT);
+}
+
+static int has_non_ascii(const char *s)
+{
+    for (; *s; s++)
+        if ((unsigned char)*s >= 0x80)
+            return 1;
+    return 0;
+}
+
+/* Does the header section of the stored message (up to the first empty
+ * line) hold an octet >= 0x80?  Looked at only when it matters (SMTPUTF8
+ * declared, peer without it), so the common path reads nothing. */
+static int header_non_ascii(struct evbuffer *body)
+{
+    struct evbuffer_ptr end = evbuffer_search(body, "\r\n\r\n", 4, NULL);
+    size_t hlen = end.pos >= 0 ? (size_t)end.pos : evbuffer_get_length(body);
+    struct evbuffer_ptr at;
+    struct evbuffer_iovec v[8];
+
+    if (hlen == 0 || evbuffer_ptr_set(body, &at, 0, EVBUFFER_PTR_SET) != 0)
+        return 0;
+    while (hlen > 0) {
+        int n = evbuffer_peek(body, (ev_ssize_t)hlen, &at, v, 8);
+        size_t seen = 0;
+        if (n <= 0)
+            return 0;
+        for (int i = 0; i < n && i < 8 && seen < hlen; i++) {
+            const unsigned char *p = v[i].iov_base;
+            size_t k = v[i].iov_len < hlen - seen ? v[i].iov_len : hlen - seen;
+            for (size_t x = 0; x < k; x++)
+                if (p[x] >= 0x80)
+                    return 1;
+            seen += k;
+        }
+        if (seen == 0)
+            return 0;
+        hlen -= seen;
+        if (evbuffer_ptr_set(body, &at, seen, EVBUFFER_PTR_ADD) != 0)
+            return 0;
+    }
+    return 0;
+}
+
+/* SMTPUTF8 is needed when an address of this transaction or a header
+ * really holds non-ASCII (RFC 6531 3.4), whatever MAIL declared. */
+static int msg_needs_utf8(const struct smtpc_msg *sm)
+{
+    if (has_non_ascii(sm->m->sender))
+        return 1;
+    for (size_t i = 0; i < sm->nrcpt; i++)
+        if (has_non_ascii(sm->rcpt[i].addr))
+            return 1;
+    return header_non_ascii(sm->body);
 }
 
 static void write_mail(struct smtpc *c)
@@ -302,9 +518,11 @@ static void write_mail(struct smtpc *c)
     evbuffer_add_printf(o, "MAIL FROM:<%s>", m->sender);
     if (c->ext & EXT_SIZE)
         evbuffer_add_printf(o, " SIZE=%llu", (unsigned long long)m->size);
-    if (msg_is_8bit(m))
+    if (want_body_8bit(c, m))
         evbuffer_add(o, " BODY=8BITMIME", 14);
-    if (m->flags & QMSG_F_SMTPUTF8)
+    /* Declared and the peer takes it: passed on.  Declared but the peer
+     * lacks it: precheck let it through only when nothing needs it. */
+    if ((m->flags & QMSG_F_SMTPUTF8) && (c->ext & EXT_SMTPUTF8))
         evbuffer_add(o, " SMTPUTF8", 9);
     if (c->ext & EXT_DSN) {
         char x[XTEXT_BUF];
@@ -438,6 +656,28 @@ static void start_body(struct smtpc *c)
 
 /* ---- transactions -------------------------------------------------------- */
 
+/* A 452 / 552 to RCPT: the peer's per-transaction recipient limit, when it
+ * accepted at least one RCPT of this transaction first (servers count
+ * accepted recipients, as Postfix's smtpd_recipient_limit does).  The reply
+ * becomes a 452 with a 4.x.y status (Postfix's client does the same). */
+static void rcpt_limited(struct smtpc *c)
+{
+    if (c->rep.code == 552) {
+        c->rep.code = 452;
+        c->rep.text[0] = '4';
+        if (c->rep.status[0]) {
+            c->rep.status[0] = '4';
+            if (c->rep.len > 4)
+                c->rep.text[4] = '4';
+        }
+    }
+    /* Learn a limit only from a reply that says so: status X.5.3 ("too
+     * many recipients", RFC 3463), or a bare 452 / 552 without status. */
+    if (c->msg->rcpt_limit == 0 && c->naccepted > 0 &&
+        (c->rep.status[0] == '\0' || strncmp(c->rep.status + 1, ".5.3", 5) == 0))
+        c->msg->rcpt_limit = c->naccepted;
+}
+
 /* Local refusals the peer's EHLO makes certain; 1 when the message is decided. */
 static int precheck(struct smtpc *c, struct smtpc_msg *sm)
 {
@@ -456,7 +696,7 @@ static int precheck(struct smtpc *c, struct smtpc_msg *sm)
         msg_fill(sm, 554, text, 0);
         return 1;
     }
-    if ((m->flags & QMSG_F_SMTPUTF8) && !(c->ext & EXT_SMTPUTF8)) {
+    if ((m->flags & QMSG_F_SMTPUTF8) && !(c->ext & EXT_SMTPUTF8) && msg_needs_utf8(sm)) {
         snprintf(text, sizeof text, "553 5.6.7 SMTPUTF8 is required and %s does not support it",
                  c->peer);
         msg_fill(sm, 553, text, 0);
@@ -470,6 +710,7 @@ static void start_txn(struct smtpc *c, struct smtpc_msg *m)
     struct evbuffer *o = out(c);
 
     c->msg = m;
+    m->rcpt_limit = 0;
     for (size_t i = 0; i < m->nrcpt; i++) {
         m->code[i] = 0;
         m->text[i][0] = '\0';
@@ -563,6 +804,7 @@ static void pull_next(struct smtpc *c)
 
 static void session_ready(struct smtpc *c)
 {
+    c->tls_step = 0;
     set_state(c, S_NEXT);
     event_del(c->ev_timer);
     if (c->ops->ready)
@@ -582,11 +824,6 @@ static void txn_end(struct smtpc *c)
 }
 
 /* ---- TLS ---------------------------------------------------------------- */
-
-static enum smtpc_end tls_fail_how(const struct smtpc *c)
-{
-    return c->tls == TLS_POLICY_MAY ? SMTPC_END_TLS_RETRY : SMTPC_END_TLS;
-}
 
 static void start_tls(struct smtpc *c)
 {
@@ -697,6 +934,7 @@ static void after_hello(struct smtpc *c)
     if (!c->is_tls && c->tls != TLS_POLICY_NONE) {
         if ((c->ext & EXT_STARTTLS) && c->tls_ctx) {
             evbuffer_add(out(c), "STARTTLS\r\n", 10);
+            c->tls_step = 1;
             set_state(c, S_STARTTLS);
             arm(c, c->t_command);
             return;
@@ -739,14 +977,14 @@ static void ehlo_keyword(struct smtpc *c, const char *kw)
 static void on_421(struct smtpc *c)
 {
     if (c->msg)
-        msg_fill(c->msg, 421, c->rtext, 1);
-    finish(c, SMTPC_END_421, 421, c->rtext, "host %s said: %s (in %s)", c->peer, c->rtext,
+        msg_fill(c->msg, 421, c->rep.text, 1);
+    finish(c, SMTPC_END_421, 421, c->rep.text, "host %s said: %s (in %s)", c->peer, c->rep.text,
            state_while[c->st]);
 }
 
 static void on_reply(struct smtpc *c)
 {
-    int code = c->rcode, cls = code / 100;
+    int code = c->rep.code, cls = code / 100;
 
     event_del(c->ev_timer);
     if (code == 421 && c->st != S_GREETING && c->st != S_QUIT) {
@@ -756,7 +994,7 @@ static void on_reply(struct smtpc *c)
     switch (c->st) {
     case S_GREETING:
         if (cls != 2) {
-            finish(c, SMTPC_END_GREETING, 0, NULL, "host %s said: %s", c->peer, c->rtext);
+            finish(c, SMTPC_END_GREETING, 0, NULL, "host %s said: %s", c->peer, c->rep.text);
             return;
         }
         send_ehlo(c);
@@ -771,12 +1009,12 @@ static void on_reply(struct smtpc *c)
             set_state(c, S_HELO);
             arm(c, c->t_command);
         } else {
-            finish(c, SMTPC_END_GREETING, 0, NULL, "host %s refused EHLO: %s", c->peer, c->rtext);
+            finish(c, SMTPC_END_GREETING, 0, NULL, "host %s refused EHLO: %s", c->peer, c->rep.text);
         }
         return;
     case S_HELO:
         if (cls != 2) {
-            finish(c, SMTPC_END_GREETING, 0, NULL, "host %s refused HELO: %s", c->peer, c->rtext);
+            finish(c, SMTPC_END_GREETING, 0, NULL, "host %s refused HELO: %s", c->peer, c->rep.text);
             return;
         }
         after_hello(c);
@@ -785,15 +1023,15 @@ static void on_reply(struct smtpc *c)
         if (code == 220) {
             start_tls(c);
         } else if (c->tls == TLS_POLICY_MAY) {
-            log_info("smtpc %s: STARTTLS refused (%s), going on in clear", c->peer, c->rtext);
+            log_info("smtpc %s: STARTTLS refused (%s), going on in clear", c->peer, c->rep.text);
             session_ready(c);
         } else {
-            finish(c, SMTPC_END_TLS, 0, NULL, "host %s refused STARTTLS: %s", c->peer, c->rtext);
+            finish(c, SMTPC_END_TLS, 0, NULL, "host %s refused STARTTLS: %s", c->peer, c->rep.text);
         }
         return;
     case S_RSET:
         if (cls != 2) {
-            protocol_error(c, "RSET refused: %s", c->rtext);
+            protocol_error(c, "RSET refused: %s", c->rep.text);
             return;
         }
         if (!c->pipelined)
@@ -804,7 +1042,7 @@ static void on_reply(struct smtpc *c)
     case S_MAIL:
         set_state(c, S_RCPT);
         if (cls != 2) {
-            msg_fill(c->msg, code, c->rtext, 0);
+            msg_fill(c->msg, code, c->rep.text, 0);
             c->mail_failed = 1;
             c->need_rset = 1;
             if (!c->pipelined) {
@@ -818,8 +1056,15 @@ static void on_reply(struct smtpc *c)
         return;
     case S_RCPT:
         if (!c->mail_failed) {
+            if (code == 552 || code == 452) {
+                /* RFC 5321 4.5.3.1.10: too many recipients is 452, and a
+                 * client takes 552 to RCPT the same way: this recipient
+                 * waits for another transaction, it is not refused. */
+                rcpt_limited(c);
+                code = 452;
+            }
             c->msg->code[c->ri] = code;
-            set_text(c->msg->text[c->ri], c->rtext);
+            set_text(c->msg->text[c->ri], c->rep.text);
             if (cls == 2)
                 c->naccepted++;
         }
@@ -858,75 +1103,62 @@ static void on_reply(struct smtpc *c)
             return;
         }
         if (!c->mail_failed)
-            msg_fill_accepted(c->msg, code, c->rtext);
+            msg_fill_accepted(c->msg, code, c->rep.text);
         c->need_rset = 1;
         txn_end(c);
         return;
     case S_DOT:
     case S_BDAT:
-        msg_fill_accepted(c->msg, code, c->rtext);
+        msg_fill_accepted(c->msg, code, c->rep.text);
         txn_end(c);
         return;
     case S_DOT_DISCARD:
         txn_end(c);
         return;
     case S_QUIT:
-        finish(c, SMTPC_END_OK, 0, NULL, "QUIT: %s", c->rtext);
+        finish(c, SMTPC_END_OK, 0, NULL, "QUIT: %s", c->rep.text);
         return;
     case S_BODY:
         /* A reply in mid-body: the peer gave up on the message. */
         if (cls != 2) {
-            msg_fill_accepted(c->msg, code, c->rtext);
-            finish(c, SMTPC_END_LOST, 451, c->rtext, "host %s said in mid-body: %s", c->peer,
-                   c->rtext);
+            msg_fill_accepted(c->msg, code, c->rep.text);
+            finish(c, SMTPC_END_LOST, 451, c->rep.text, "host %s said in mid-body: %s", c->peer,
+                   c->rep.text);
             return;
         }
-        protocol_error(c, "unexpected reply during the message body: %s", c->rtext);
+        protocol_error(c, "unexpected reply during the message body: %s", c->rep.text);
         return;
     default:
-        protocol_error(c, "unexpected reply while %s: %s", state_while[c->st], c->rtext);
+        protocol_error(c, "unexpected reply while %s: %s", state_while[c->st], c->rep.text);
         return;
     }
 }
 
-/* One reply line (CRLF removed).  Multi-line replies are joined into
- * c->rtext with single spaces; the state machine sees whole replies. */
+/* One reply line (CRLF removed); the state machine sees whole replies. */
 static void on_line(struct smtpc *c, const char *line, size_t len)
 {
-    int code;
-    const char *text;
+    const char *text = "";
 
-    if (len < 3 || line[0] < '2' || line[0] > '5' || line[1] < '0' || line[1] > '9' ||
-        line[2] < '0' || line[2] > '9' || (len > 3 && line[3] != ' ' && line[3] != '-')) {
+    if (!c->rep.more)
+        smtpc_reply_init(&c->rep);
+    switch (smtpc_reply_line(&c->rep, line, len, &text)) {
+    case SMTPC_REPLY_BAD:
         protocol_error(c, "malformed reply line \"%.80s\"", line);
         return;
-    }
-    code = (line[0] - '0') * 100 + (line[1] - '0') * 10 + (line[2] - '0');
-    text = len > 4 ? line + 4 : "";
-    if (!c->multiline) {
-        c->rcode = code;
-        c->rlines = 0;
-        c->rtext_len = (size_t)snprintf(c->rtext, sizeof c->rtext, "%.*s", (int)len, line);
-        if (c->rtext_len >= sizeof c->rtext)
-            c->rtext_len = sizeof c->rtext - 1;
-    } else {
-        if (code != c->rcode) {
-            protocol_error(c, "reply code changed inside a multi-line reply (%d, %d)", c->rcode, code);
-            return;
-        }
-        if (c->rtext_len + 2 < sizeof c->rtext) {
-            int n = snprintf(c->rtext + c->rtext_len, sizeof c->rtext - c->rtext_len, " %s", text);
-            c->rtext_len += (size_t)n;
-            if (c->rtext_len >= sizeof c->rtext)
-                c->rtext_len = sizeof c->rtext - 1;
-        }
-    }
-    if (c->st == S_EHLO && c->rlines > 0 && code / 100 == 2)
-        ehlo_keyword(c, text);
-    c->rlines++;
-    c->multiline = len > 3 && line[3] == '-';
-    if (!c->multiline)
+    case SMTPC_REPLY_MIXED:
+        protocol_error(c, "reply code changed inside a multi-line reply (%d, %.3s)", c->rep.code,
+                       line);
+        return;
+    case SMTPC_REPLY_MORE:
+        if (c->st == S_EHLO && c->rep.lines > 1 && c->rep.code / 100 == 2)
+            ehlo_keyword(c, text);
+        return;
+    case SMTPC_REPLY_DONE:
+        if (c->st == S_EHLO && c->rep.lines > 1 && c->rep.code / 100 == 2)
+            ehlo_keyword(c, text);
         on_reply(c);
+        return;
+    }
 }
 
 static void on_read(struct bufferevent *bev, void *arg)
@@ -1070,7 +1302,7 @@ static void on_finish(evutil_socket_t fd, short what, void *arg)
         c->ops->done(c->arg, c, m);
     }
     log_debug("smtpc %s: closed: %s", c->peer, c->end_why);
-    c->ops->closed(c->arg, c, c->end_how, c->end_why);
+    c->ops->closed(c->arg, c, c->end_how, c->end_stage, c->end_why);
     smtpc_free(c);
 }
 
@@ -1194,6 +1426,7 @@ void smtpc_abort(struct smtpc *c)
         }
         /* fall through */
     default:
+        c->tls_step = 0;        /* our own abort is no failure of the TLS step */
         finish(c, SMTPC_END_LOST, 451, "451 4.4.2 delivery aborted by mxkeep (shutdown)",
                "aborted by us while %s", state_while[c->st]);
         return;

@@ -15,8 +15,11 @@
  * every recipient the earlier stage accepted).  Codes the peer never sent:
  *   552 5.3.4  message larger than the peer's SIZE (never sent)
  *   554 5.6.3  8-bit message, peer lacks 8BITMIME (no downgrade: bounced)
- *   553 5.6.7  SMTPUTF8 needed, peer lacks it
+ *   553 5.6.7  SMTPUTF8 needed (an address or a header holds non-ASCII), peer lacks it
  *   451 4.4.2  connection lost or timed out mid-transaction
+ * and one it rewrote: a 552 to RCPT becomes 452 4.x.y (RFC 5321 4.5.3.1.10).
+ * A declared SMTPUTF8 or BODY=8BITMIME whose content does not need it is
+ * not sent to a peer without the extension (the message goes without it).
  *
  * Body: the stored message (CRLF line ends, not dot-stuffed).  With
  * CHUNKING it goes as one BDAT LAST (file bodies via sendfile); without,
@@ -58,19 +61,79 @@ struct smtpc_msg {
     struct qrcpt *rcpt;                 /* recipients to send to here */
     size_t nrcpt;
     int *code;                          /* out: [nrcpt] reply code per recipient */
-    char (*text)[512];                  /* out: [nrcpt] reply text per recipient */
+    char (*text)[512];                  /* out: [nrcpt] reply text per recipient,
+                                           "NNN x.y.z text" (smtpc_reply_line) */
+    size_t rcpt_limit;                  /* out: >0 when the peer refused RCPTs for
+                                           too many recipients (452, or 552 taken
+                                           as 452: RFC 5321 4.5.3.1.10) after
+                                           accepting this many; those got 452 */
     struct evbuffer *body;              /* the stored message; smtpc drains it */
     void *owner;                        /* the scheduler's */
 };
 
 enum smtpc_next { SMTPC_NEXT_MSG = 0, SMTPC_NEXT_NONE, SMTPC_NEXT_WAIT };
 
+/*
+ * Peer replies (RFC 5321 4.2, RFC 2034/3463 enhanced status codes), a pure
+ * parser fed one line at a time (CRLF removed), for every client of ours
+ * that reads SMTP replies (outbound delivery, callouts).  A multi-line
+ * reply becomes one text: "NNN x.y.z first line text second line text"
+ * with the code and the enhanced status once, at the front, so a stored
+ * reply always tells its status; status is "" when the peer gave none.
+ * An enhanced code whose class disagrees with the reply code's first digit
+ * takes the reply code's class (RFC 3463 2: the class must match).
+ */
+#define SMTPC_REPLY_TEXT_MAX 512
+#define SMTPC_STATUS_MAX     16         /* "5.123.123" and NUL, with room */
+
+struct smtpc_reply {
+    int code;                           /* 200..599, 0 before the first line */
+    char status[SMTPC_STATUS_MAX];      /* enhanced status code, "" when none */
+    int lines;                          /* lines read so far */
+    int more;                           /* the last line was a continuation */
+    size_t len;
+    char text[SMTPC_REPLY_TEXT_MAX];
+};
+
+enum smtpc_reply_result {
+    SMTPC_REPLY_MORE = 0,               /* a continuation line: feed the next */
+    SMTPC_REPLY_DONE,                   /* the last line: r holds the reply */
+    SMTPC_REPLY_BAD,                    /* not a reply line */
+    SMTPC_REPLY_MIXED                   /* a different code inside one reply */
+};
+
+/* Start a new reply. */
+void smtpc_reply_init(struct smtpc_reply *r);
+/* Feed one line (without CRLF).  *line_text, when not NULL, is set to the
+ * line's text after "NNN-" / "NNN " (EHLO keywords).  After DONE, BAD or
+ * MIXED, call smtpc_reply_init before the next reply. */
+enum smtpc_reply_result smtpc_reply_line(struct smtpc_reply *r, const char *line, size_t len,
+                                         const char **line_text);
+/* The enhanced status code of a stored reply text ("NNN x.y.z ..."), or
+ * "C.0.0" from the reply code when it has none.  out gets
+ * SMTPC_STATUS_MAX octets at most. */
+void smtpc_reply_status(int code, const char *text, char *out, size_t len);
+
+/* Where a session ended: which step of the conversation failed.  The
+ * scheduler decides on this, never on the wording of an error. */
+enum smtpc_stage {
+    SMTPC_STAGE_CONNECT = 0,            /* TCP connect */
+    SMTPC_STAGE_GREETING,               /* waiting for the 220 greeting */
+    SMTPC_STAGE_HELLO,                  /* EHLO / HELO */
+    SMTPC_STAGE_TLS,                    /* STARTTLS, handshake, verification,
+                                           the EHLO after it */
+    SMTPC_STAGE_SESSION,                /* greeted: idle or in a transaction */
+    SMTPC_STAGE_QUIT
+};
+
 enum smtpc_end {
     SMTPC_END_OK = 0,       /* QUIT after the work was done */
     SMTPC_END_CONNECT,      /* could not connect (refused, unreachable, timeout) */
     SMTPC_END_GREETING,     /* 421 or 5xx greeting, or EHLO and HELO refused */
     SMTPC_END_TLS,          /* TLS required by policy and not offered, or failed */
-    SMTPC_END_TLS_RETRY,    /* TLS failed under "may": try again in clear */
+    SMTPC_END_TLS_RETRY,    /* the TLS step failed under "may" (refused
+                               after 220, stray data after the 220, handshake,
+                               lost during it): try again in clear */
     SMTPC_END_LOST,         /* connection lost or timed out after the greeting */
     SMTPC_END_421           /* 421 in mid-session: the peer is struggling */
 };
@@ -84,8 +147,10 @@ struct smtpc_ops {
     enum smtpc_next (*next)(void *arg, struct smtpc *c, struct smtpc_msg **msg);
     /* A message's outcome is in msg->code/text. */
     void (*done)(void *arg, struct smtpc *c, struct smtpc_msg *msg);
-    /* The end.  why: one line for logs / last_error.  c is freed after. */
-    void (*closed)(void *arg, struct smtpc *c, enum smtpc_end how, const char *why);
+    /* The end.  stage: the step that ended it.  why: one line for logs /
+     * last_error.  c is freed after. */
+    void (*closed)(void *arg, struct smtpc *c, enum smtpc_end how, enum smtpc_stage stage,
+                   const char *why);
 };
 
 /* Start connecting.  NULL on out of memory (no callback runs). */

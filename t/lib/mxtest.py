@@ -1057,10 +1057,20 @@ class FakeSMTP:
       overload(after, seconds): once `after` messages have been accepted in
               all, every MAIL and every new connection for `seconds` gets
               "421 4.3.2" and the connection is closed
+      max_sessions: more sessions than this at once are greeted with
+              "421 4.3.2 Too many connections" (counted in .n421)
+      rcpt_max: RCPTs of a transaction after the first rcpt_max get
+              "552 5.5.3 Too many recipients"
+      inject_tls: offer STARTTLS, answer it with 220 and a clear-text line
+              in the same segment, then close
+      eightbit: advertise 8BITMIME (default True)
+      close_after_data: close the connection right after the 250 to the
+              end of data (nothing else sent)
     """
 
     def __init__(self, host="127.0.0.1", port=None, tls=None, bad_tls=False, name="fake.test",
-                 rcpt=None, delay=0.0, pipelining=True, dsn=True, size=0):
+                 rcpt=None, delay=0.0, pipelining=True, dsn=True, size=0, max_sessions=0,
+                 rcpt_max=0, inject_tls=False, eightbit=True, close_after_data=False):
         self.host = host
         self.port = port or free_port_on(host)
         self.tls = tls
@@ -1071,6 +1081,13 @@ class FakeSMTP:
         self.pipelining = pipelining
         self.dsn = dsn
         self.size = size
+        self.max_sessions = max_sessions
+        self.rcpt_max = rcpt_max
+        self.inject_tls = inject_tls
+        self.eightbit = eightbit
+        self.close_after_data = close_after_data
+        self.sessions = 0               # greeted sessions now (max_sessions)
+        self.n_inject = 0               # STARTTLS answered with injected text
         self.greeting = None            # None: "220 name ESMTP"
         self.lock = threading.Lock()
         self.messages = []
@@ -1193,6 +1210,25 @@ class FakeSMTP:
                 pass
 
     def _session(self, sock, addr):
+        if self.max_sessions:
+            with self.lock:
+                busy = self.sessions >= self.max_sessions
+                if not busy:
+                    self.sessions += 1
+            if busy:
+                with self.lock:
+                    self.n421 += 1
+                    self.t421.append(time.monotonic())
+                sock.sendall(b"421 4.3.2 Too many connections\r\n")
+                return
+            try:
+                return self._session1(sock, addr)
+            finally:
+                with self.lock:
+                    self.sessions -= 1
+        return self._session1(sock, addr)
+
+    def _session1(self, sock, addr):
         conn = addr
         if self._overloaded():
             self._send421(sock)
@@ -1209,6 +1245,7 @@ class FakeSMTP:
         mail_args = None
         rcpts = []
         rcpt_args = []
+        ntxn = 0                        # RCPTs in this transaction (rcpt_max)
 
         def send(line):
             sock.sendall(line.encode() + CRLF)
@@ -1223,19 +1260,24 @@ class FakeSMTP:
             word = ln.split(b" ", 1)[0].upper()
             if word == b"EHLO":
                 helo = ln[5:].decode("latin-1")
-                caps = ["8BITMIME", "ENHANCEDSTATUSCODES",
-                        "SIZE %d" % self.size if self.size else "SIZE"]
+                caps = ["8BITMIME"] if self.eightbit else []
+                caps += ["ENHANCEDSTATUSCODES", "SIZE %d" % self.size if self.size else "SIZE"]
                 if self.pipelining:
                     caps.append("PIPELINING")
                 if self.dsn:
                     caps.append("DSN")
-                if (self.tls or self.bad_tls) and not tls:
+                if (self.tls or self.bad_tls or self.inject_tls) and not tls:
                     caps.append("STARTTLS")
                 out = ["250-" + self.name] + ["250-" + c for c in caps[:-1]] + ["250 " + caps[-1]]
                 sock.sendall(("\r\n".join(out) + "\r\n").encode())
             elif word == b"HELO":
                 helo = ln[5:].decode("latin-1")
                 send("250 " + self.name)
+            elif word == b"STARTTLS" and self.inject_tls and not tls:
+                with self.lock:
+                    self.n_inject += 1
+                sock.sendall(b"220 Ready to start TLS\r\n250 injected in clear\r\n")
+                return
             elif word == b"STARTTLS" and (self.tls or self.bad_tls) and not tls:
                 send("220 2.0.0 Ready to start TLS")
                 if self.bad_tls:
@@ -1260,6 +1302,7 @@ class FakeSMTP:
                 sender = m.group(1) if m else sender
                 rcpts = []
                 rcpt_args = []
+                ntxn = 0
                 send("250 2.1.0 Ok")
             elif word == b"RCPT":
                 arg = ln[8:].decode("latin-1")
@@ -1270,6 +1313,9 @@ class FakeSMTP:
                     continue
                 fn = self.rcpt
                 reply = fn(addr_) if fn else None
+                ntxn += 1
+                if self.rcpt_max and ntxn > self.rcpt_max:
+                    reply = "552 5.5.3 Too many recipients"
                 with self.lock:
                     self.rcpt_log.append((addr_, int(reply[:3]) if reply else 250))
                 if reply:
@@ -1303,6 +1349,8 @@ class FakeSMTP:
                                           "time": time.monotonic()})
                     n = len(self.messages)
                 send("250 2.0.0 Ok: queued as FAKE%06d" % n)
+                if self.close_after_data:
+                    return
                 sender = None
                 rcpts = []
             elif word == b"RSET":

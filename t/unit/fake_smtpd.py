@@ -16,7 +16,11 @@ Options:
   --silent             accept and never say anything
   --drop-after-body    close without replying once the body has arrived
   --long-ehlo          EHLO reply with a 5000-octet line
-Recipients whose local part starts with "reject" get 550, "defer" 451.
+  --inject-tls         offer STARTTLS, answer 220 and a plaintext line in the
+                       same segment, then close
+  --rcpt-max N         552 5.5.3 to every RCPT of a transaction after the Nth
+Recipients whose local part starts with "reject" get 550, "defer" 451,
+"multi" a two-line 550-5.2.1 / 550 5.2.1, "mdefer" a two-line 450-4.2.1.
 """
 import os
 import socket
@@ -29,7 +33,8 @@ import time
 def parse_args(argv):
     o = {"out": None, "tls": None, "bad_tls": False, "chunking": False,
          "smtputf8": False, "size": 0, "greeting": "220 fake.test ESMTP",
-         "silent": False, "drop": False, "long_ehlo": False}
+         "silent": False, "drop": False, "long_ehlo": False, "inject_tls": False,
+         "rcpt_max": 0}
     i = 0
     while i < len(argv):
         a = argv[i]
@@ -53,6 +58,10 @@ def parse_args(argv):
             o["drop"] = True
         elif a == "--long-ehlo":
             o["long_ehlo"] = True
+        elif a == "--inject-tls":
+            o["inject_tls"] = True
+        elif a == "--rcpt-max":
+            o["rcpt_max"] = int(argv[i + 1]); i += 1
         else:
             raise SystemExit("unknown option " + a)
         i += 1
@@ -101,7 +110,7 @@ class Conn:
             caps.append("CHUNKING")
         if OPT["smtputf8"]:
             caps.append("SMTPUTF8")
-        if (OPT["tls"] or OPT["bad_tls"]) and not self.tls:
+        if (OPT["tls"] or OPT["bad_tls"] or OPT["inject_tls"]) and not self.tls:
             caps.append("STARTTLS")
         if OPT["long_ehlo"]:
             caps.append("X" * 5000)
@@ -138,6 +147,12 @@ class Conn:
             if verb in (b"EHLO", b"HELO"):
                 self.ehlo() if verb == b"EHLO" else self.send("250 fake.test")
             elif verb == b"STARTTLS":
+                if OPT["inject_tls"]:
+                    # 220 and a clear-text line in one segment, then close.
+                    self.sock.sendall(b"220 2.0.0 Ready to start TLS\r\n"
+                                      b"250 injected in clear\r\n")
+                    self.sock.close()
+                    return
                 self.send("220 2.0.0 go ahead")
                 if OPT["bad_tls"]:
                     # Late enough to arrive as the "ServerHello", not
@@ -157,11 +172,19 @@ class Conn:
                 log(b"TLS-ON")
             elif verb == b"MAIL":
                 rcpts = 0
+                nrcpt = 0
                 chunks = bytearray()
                 self.send("250 2.1.0 Ok")
             elif verb == b"RCPT":
                 addr = ln.split(b"<", 1)[1]
-                if addr.startswith(b"reject"):
+                nrcpt += 1
+                if OPT["rcpt_max"] and nrcpt > OPT["rcpt_max"]:
+                    self.send("552 5.5.3 Too many recipients")
+                elif addr.startswith(b"multi"):
+                    self.send("550-5.2.1 The account is disabled\r\n550 5.2.1 more text")
+                elif addr.startswith(b"mdefer"):
+                    self.send("450-4.2.1 The mailbox is busy\r\n450 4.2.1 try again")
+                elif addr.startswith(b"reject"):
                     self.send("550 5.1.1 no such user")
                 elif addr.startswith(b"defer"):
                     self.send("451 4.2.0 try later")

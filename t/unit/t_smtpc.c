@@ -92,6 +92,7 @@ struct run {
     int abort_in_ready;
     int is_tls, has_dsn;
     enum smtpc_end how;
+    enum smtpc_stage stage;
     char why[1024];
     struct smtpc *c;
     struct event *resume_ev;
@@ -136,11 +137,13 @@ static void on_done(void *arg, struct smtpc *c, struct smtpc_msg *msg)
     r->ndone++;
 }
 
-static void on_closed(void *arg, struct smtpc *c, enum smtpc_end how, const char *why)
+static void on_closed(void *arg, struct smtpc *c, enum smtpc_end how, enum smtpc_stage stage,
+                      const char *why)
 {
     struct run *r = arg;
     r->closed++;
     r->how = how;
+    r->stage = stage;
     snprintf(r->why, sizeof r->why, "%s", why);
     event_base_loopbreak(base);
 }
@@ -452,6 +455,7 @@ static void test_probe(void)
     p.tls = TLS_POLICY_MAY;
     run_keep(&r, &p, NULL, 0);
     ok(r.ready == 1 && r.how == SMTPC_END_OK && !r.is_tls, "may without STARTTLS: clear");
+    is_int(r.stage, SMTPC_STAGE_QUIT, "a probe ends at the QUIT stage");
 
     /* tls=encrypt against a peer without STARTTLS: refused */
     memset(&r, 0, sizeof r);
@@ -579,10 +583,12 @@ static void test_sink_faults(void)
     memset(&r, 0, sizeof r);
     m[0] = tmsg_new("a@b.test", one_rcpt, 1, body2, sizeof body2 - 1, QMSG_F_8BIT);
     m[1] = tmsg_new("a@b.test", one_rcpt, 1, "y\r\n", 3, 0);
+    /* declared BODY=8BITMIME, all 7-bit: sent without BODY= (issue 7, 14) */
+    m[1]->m.body = SMTP_BODY_8BITMIME;
     run_keep(&r, &p, m, 2);
     ok(m[0]->code[0] == 554 && strstr(m[0]->text[0], "5.6.3"), "no 8BITMIME: 554 5.6.3 (%s)",
        m[0]->text[0]);
-    is_int(m[1]->code[0], 250, "7-bit message after it still sent");
+    is_int(m[1]->code[0], 250, "declared 8BITMIME but 7-bit: still sent (%s)", m[1]->text[0]);
     tmsg_free(m[0]);
     tmsg_free(m[1]);
     stop(pid);
@@ -594,6 +600,7 @@ static void test_sink_faults(void)
     run_keep(&r, &p, NULL, 0);
     ok(r.ready == 0 && r.closed == 1 && r.how == SMTPC_END_CONNECT,
        "connect refused: SMTPC_END_CONNECT (%s)", r.why);
+    is_int(r.stage, SMTPC_STAGE_CONNECT, "connect refused: stage connect");
 }
 
 /* ---- tests against fake_smtpd.py ------------------------------------------ */
@@ -640,7 +647,7 @@ static void test_fake_protocol(void)
     struct peer p;
     char *dir, path[PATH_MAX], *log;
     struct run r;
-    struct tmsg *m[3];
+    struct tmsg *m[4];
     size_t blen;
     char *big = big_body(&blen);
     const char *mixed[] = { "ok1@example.org", "reject@example.org", "defer@example.org" };
@@ -687,23 +694,68 @@ static void test_fake_protocol(void)
     memset(&r, 0, sizeof r);
     m[0] = tmsg_new("a@b.test", one_rcpt, 1, big, blen, 0);
     m[1] = tmsg_new("a@b.test", one_rcpt, 1, body1, sizeof body1 - 1, 0);
-    m[2] = tmsg_new("a@b.test", one_rcpt, 1, "x\r\n", 3, QMSG_F_SMTPUTF8);
-    run_keep(&r, &p, m, 3);
+    /* SMTPUTF8 declared: decided on what the message holds (issue 7, 14) */
+    static const char utf8_hdr[] = "Subject: gr\xc3\xbc\xc3\x9f" "e\r\n\r\nascii body\r\n";
+    static const char plain_msg[] = "Subject: plain\r\n\r\nx\r\n";
+    m[2] = tmsg_new("u8@b.test", one_rcpt, 1, plain_msg, sizeof plain_msg - 1, QMSG_F_SMTPUTF8);
+    m[3] = tmsg_new("a@b.test", one_rcpt, 1, utf8_hdr, sizeof utf8_hdr - 1,
+                    QMSG_F_SMTPUTF8 | QMSG_F_8BIT);
+    run_keep(&r, &p, m, 4);
     ok(m[0]->code[0] == 552 && strstr(m[0]->text[0], "5.3.4"), "over SIZE: 552 5.3.4 (%s)",
        m[0]->text[0]);
     is_int(m[1]->code[0], 250, "BDAT message accepted");
-    ok(m[2]->code[0] == 553 && strstr(m[2]->text[0], "5.6.7"), "SMTPUTF8 missing: 553 5.6.7");
+    is_int(m[2]->code[0], 250, "SMTPUTF8 declared, all ASCII, peer without it: sent (%s)",
+           m[2]->text[0]);
+    ok(m[3]->code[0] == 553 && strstr(m[3]->text[0], "5.6.7"),
+       "SMTPUTF8 declared, UTF-8 in a header, peer without it: 553 5.6.7 (%s)", m[3]->text[0]);
     snprintf(path, sizeof path, "%s/msg1", dir);
     ok(file_is(path, body1, sizeof body1 - 1), "BDAT body byte-exact, not dot-stuffed");
-    is_int(count_files(dir, "msg"), 1, "only that one sent");
+    is_int(count_files(dir, "msg"), 2, "the ASCII one sent too, the UTF-8 one not");
     snprintf(path, sizeof path, "%s/log", dir);
     log = slurp(path, NULL);
     char bdat[64];
     snprintf(bdat, sizeof bdat, "BDAT %zu LAST\n", sizeof body1 - 1);
     ok(log && strstr(log, bdat), "%.*s", (int)strlen(bdat) - 1, bdat);
+    char mail_u8[64];
+    snprintf(mail_u8, sizeof mail_u8, "MAIL FROM:<u8@b.test> SIZE=%zu\n", sizeof plain_msg - 1);
+    ok(log && strstr(log, mail_u8), "declared SMTPUTF8 not passed to a peer without it");
     free(log);
-    for (int i = 0; i < 3; i++)
+    for (int i = 0; i < 4; i++)
         tmsg_free(m[i]);
+    stop(pid);
+
+    /* multi-line replies keep their enhanced status (issue 7, 10) */
+    static const char *const multi[] = { "multi@example.org", "mdefer@example.org",
+                                         "ok@example.org" };
+    pid = fake("fakem", plain, &p, &dir);
+    memset(&r, 0, sizeof r);
+    m[0] = tmsg_new("a@b.test", multi, 3, "x\r\n", 3, 0);
+    run_keep(&r, &p, m, 1);
+    is_int(m[0]->code[0], 550, "multi-line 550 to RCPT");
+    is_str(m[0]->text[0], "550 5.2.1 The account is disabled more text",
+           "multi-line 550: one text, code and status once");
+    is_int(m[0]->code[1], 450, "multi-line 450 to RCPT");
+    is_str(m[0]->text[1], "450 4.2.1 The mailbox is busy try again", "multi-line 450 text");
+    is_int(m[0]->code[2], 250, "the third recipient delivered");
+    tmsg_free(m[0]);
+    stop(pid);
+
+    /* per-transaction recipient limit: 552 taken as 452, limit reported
+     * (issue 7, 11) */
+    static const char *const four[] = { "r1@example.org", "r2@example.org", "r3@example.org",
+                                        "r4@example.org" };
+    static const char *const lim[] = { "--rcpt-max", "2", NULL };
+    pid = fake("fakel", lim, &p, &dir);
+    memset(&r, 0, sizeof r);
+    m[0] = tmsg_new("a@b.test", four, 4, "x\r\n", 3, 0);
+    run_keep(&r, &p, m, 1);
+    ok(m[0]->code[0] == 250 && m[0]->code[1] == 250, "limit 2: first two delivered (%d %d)",
+       m[0]->code[0], m[0]->code[1]);
+    ok(m[0]->code[2] == 452 && m[0]->code[3] == 452, "552 to RCPT over the limit: 452 (%d %d)",
+       m[0]->code[2], m[0]->code[3]);
+    is_str(m[0]->text[2], "452 4.5.3 Too many recipients", "its text says 452 4.5.3");
+    is_int((int)m[0]->sm.rcpt_limit, 2, "rcpt_limit reported: 2");
+    tmsg_free(m[0]);
     stop(pid);
 
     /* lost connection after the body: 451 4.4.2, SMTPC_END_LOST */
@@ -726,6 +778,7 @@ static void test_fake_protocol(void)
     run_keep(&r, &p, NULL, 0);
     ok(r.ready == 0 && r.how == SMTPC_END_GREETING && strstr(r.why, "said: 421 4.3.2 busy"),
        "421 greeting: SMTPC_END_GREETING (%s)", r.why);
+    is_int(r.stage, SMTPC_STAGE_GREETING, "421 greeting: stage greeting");
     stop(pid);
 
     /* silent peer: greeting time-out */
@@ -849,11 +902,121 @@ static void test_tls(void)
     p.tls = TLS_POLICY_MAY;
     run_keep(&r, &p, NULL, 0);
     ok(r.how == SMTPC_END_TLS_RETRY, "may, handshake fails: SMTPC_END_TLS_RETRY (%s)", r.why);
+    is_int(r.stage, SMTPC_STAGE_TLS, "handshake failure: stage TLS");
     memset(&r, 0, sizeof r);
     p.tls = TLS_POLICY_ENCRYPT;
     run_keep(&r, &p, NULL, 0);
     ok(r.how == SMTPC_END_TLS, "encrypt, handshake fails: SMTPC_END_TLS (%s)", r.why);
     stop(pid);
+
+    /* 220 to STARTTLS with clear text after it in the same segment: under
+     * may a TLS-step failure (go on in clear), under encrypt a TLS failure;
+     * classified by stage, not by the error text (issue 7, 13) */
+    static const char *const inj[] = { "--inject-tls", NULL };
+    pid = fake("injtls", inj, &p, &dir);
+    memset(&r, 0, sizeof r);
+    p.tls = TLS_POLICY_MAY;
+    run_keep(&r, &p, NULL, 0);
+    ok(r.how == SMTPC_END_TLS_RETRY && r.stage == SMTPC_STAGE_TLS,
+       "may, data after the STARTTLS 220: SMTPC_END_TLS_RETRY at the TLS stage (%s)", r.why);
+    memset(&r, 0, sizeof r);
+    p.tls = TLS_POLICY_ENCRYPT;
+    run_keep(&r, &p, NULL, 0);
+    ok(r.how == SMTPC_END_TLS && r.stage == SMTPC_STAGE_TLS,
+       "encrypt, data after the STARTTLS 220: SMTPC_END_TLS (%s)", r.why);
+    stop(pid);
+}
+
+/* ---- the reply parser (pure) ---------------------------------------------- */
+
+static enum smtpc_reply_result feed(struct smtpc_reply *r, const char *const lines[])
+{
+    enum smtpc_reply_result x = SMTPC_REPLY_BAD;
+    smtpc_reply_init(r);
+    for (size_t i = 0; lines[i]; i++)
+        x = smtpc_reply_line(r, lines[i], strlen(lines[i]), NULL);
+    return x;
+}
+
+static void test_reply_parser(void)
+{
+    struct smtpc_reply r;
+    char st[SMTPC_STATUS_MAX];
+    const char *t = NULL;
+
+    static const char *const m550[] = { "550-5.2.1 The account is disabled",
+                                        "550 5.2.1 more text", NULL };
+    is_int(feed(&r, m550), SMTPC_REPLY_DONE, "multi-line 550: done after the last line");
+    is_int(r.code, 550, "code 550");
+    is_str(r.status, "5.2.1", "status 5.2.1 from a multi-line reply");
+    is_str(r.text, "550 5.2.1 The account is disabled more text", "joined text");
+    smtpc_reply_status(r.code, r.text, st, sizeof st);
+    is_str(st, "5.2.1", "stored text gives 5.2.1 back");
+
+    static const char *const m451[] = { "451-4.7.1 greylisted", "451-4.7.1 see x",
+                                        "451 4.7.1 later", NULL };
+    feed(&r, m451);
+    is_str(r.text, "451 4.7.1 greylisted see x later", "three lines joined");
+    smtpc_reply_status(r.code, r.text, st, sizeof st);
+    is_str(st, "4.7.1", "multi-line 4xx keeps 4.7.1");
+
+    /* continuation lines: MORE, and the text of each for EHLO keywords */
+    smtpc_reply_init(&r);
+    is_int(smtpc_reply_line(&r, "250-mx.test", 11, &t), SMTPC_REPLY_MORE, "continuation: MORE");
+    is_int(smtpc_reply_line(&r, "250-PIPELINING", 14, &t), SMTPC_REPLY_MORE, "still MORE");
+    is_str(t, "PIPELINING", "line text for the caller");
+    is_int(smtpc_reply_line(&r, "250 SIZE 1000", 13, &t), SMTPC_REPLY_DONE, "last line: DONE");
+    is_str(r.status, "", "no enhanced status: empty");
+    smtpc_reply_status(r.code, r.text, st, sizeof st);
+    is_str(st, "2.0.0", "none given: 2.0.0 from the code");
+
+    static const char *const mixed[] = { "250-a", "251 b", NULL };
+    is_int(feed(&r, mixed), SMTPC_REPLY_MIXED, "code changes inside a reply: MIXED");
+    static const char *const bad1[] = { "hello", NULL };
+    is_int(feed(&r, bad1), SMTPC_REPLY_BAD, "not a reply: BAD");
+    static const char *const bad2[] = { "250x", NULL };
+    is_int(feed(&r, bad2), SMTPC_REPLY_BAD, "no space or dash after the code: BAD");
+    static const char *const bad3[] = { "650 x", NULL };
+    is_int(feed(&r, bad3), SMTPC_REPLY_BAD, "code 650: BAD");
+    static const char *const bare[] = { "354", NULL };
+    ok(feed(&r, bare) == SMTPC_REPLY_DONE && r.code == 354 && strcmp(r.text, "354") == 0,
+       "bare code: DONE, text \"354\"");
+
+    /* class mismatch: the reply code's class wins (RFC 3463) */
+    static const char *const mism[] = { "550 4.2.2 mailbox full", NULL };
+    feed(&r, mism);
+    is_str(r.status, "5.2.2", "550 4.2.2 -> 5.2.2");
+    /* not a status: version numbers, four digits, no dot */
+    static const char *const notst[] = { "550 5.1 short", NULL };
+    feed(&r, notst);
+    is_str(r.status, "", "\"5.1\" is no enhanced status");
+    static const char *const longd[] = { "550 5.1.1234 x", NULL };
+    feed(&r, longd);
+    is_str(r.status, "", "four-digit detail is no enhanced status");
+    static const char *const three[] = { "550 5.123.123 x", NULL };
+    feed(&r, three);
+    is_str(r.status, "5.123.123", "three-digit subject and detail");
+    smtpc_reply_status(r.code, r.text, st, sizeof st);
+    is_str(st, "5.123.123", "and back from the text");
+    /* the first line without status, a later one with: text kept, status
+     * only from the first line */
+    static const char *const late[] = { "550-no status here", "550 5.1.1 but here", NULL };
+    feed(&r, late);
+    is_str(r.text, "550 no status here but here", "continuation status stripped from the text");
+    /* a long reply is cut, never overrun */
+    char longline[2000];
+    memset(longline, 'x', sizeof longline);
+    memcpy(longline, "250-", 4);
+    smtpc_reply_init(&r);
+    for (int i = 0; i < 5; i++)
+        smtpc_reply_line(&r, longline, sizeof longline, NULL);
+    ok(r.len == sizeof r.text - 1 && strlen(r.text) == r.len, "long reply cut at %zu octets",
+       sizeof r.text - 1);
+    /* old stored texts ("NNN-x.y.z", from 0.1.0) and garbage: from the code */
+    smtpc_reply_status(550, "550-5.2.1 x 5.2.1 y", st, sizeof st);
+    is_str(st, "5.0.0", "text without \"NNN x.y.z\": 5.0.0 from the code");
+    smtpc_reply_status(451, "", st, sizeof st);
+    is_str(st, "4.0.0", "empty text: 4.0.0");
 }
 
 static void find_fake_py(void)
@@ -889,6 +1052,7 @@ int main(void)
     find_fake_py();
     base = event_base_new();
 
+    test_reply_parser();
     if (access(SINK_BIN, X_OK) == 0) {
         test_probe();
         test_sink_messages();
