@@ -841,7 +841,7 @@ static void session_data_end(struct session *s)
         break;
     case DATA_HEADER_TOO_BIG:
         reply = "552 5.3.4 Error: message header size exceeds limit";
-        why = STAT_REJ_SIZE;
+        why = STAT_REJ_CONTENT;         /* a header limit (stats.h), not the size */
         break;
     case DATA_LOOP:
         reply = "554 5.4.6 Error: too many hops: routing loop";
