@@ -18,12 +18,15 @@
  */
 #include "config.h"
 #include "received.h"
+#include "smtp_parse.h"
 
 #include <stdio.h>
 #include <string.h>
 
 #define RECEIVED_LINE_MAX   78      /* RFC 5322 2.1.1 "SHOULD" */
-#define RECEIVED_FIELD_MAX  255     /* longest piece of peer text we copy */
+/* Longest piece of peer text we copy: a whole path, so "for <rcpt>" names
+ * a long recipient whole (helo and names are shorter still). */
+#define RECEIVED_FIELD_MAX  SMTP_PATH_MAX
 #define RECEIVED_UNIT_MAX   (RECEIVED_FIELD_MAX + 16)  /* + brackets, parens, ';' */
 #define RECEIVED_DATE_MAX   40
 #define RECEIVED_SOFTWARE   "(mxkeep)"

@@ -59,6 +59,10 @@
 /* Unread replies beyond this stop command processing until the client
  * reads: a pipelining client that never reads cannot grow our memory. */
 #define SMTPD_OUTPUT_MAX (64 * 1024)
+/* Room for our Received header: every field at its bound (helo and names
+ * 255, a one-recipient "for <path>" of SMTP_PATH_MAX, the TLS text) plus
+ * folding, with margin; received_format refusing it would be a bug. */
+#define SMTPD_RECEIVED_MAX (4 * 1024 + SMTP_PATH_MAX)
 /* Seconds a statvfs() answer is trusted. */
 #define SMTPD_DISK_CHECK_EVERY 1
 
@@ -473,7 +477,7 @@ static int session_body_out(void *arg, const char *buf, size_t n)
 static const char *session_body_begin(struct session *s, int bdat)
 {
     const struct conf *c = s->d->conf;
-    char hdr[2048];
+    char hdr[SMTPD_RECEIVED_MAX];
     struct received_info ri = {
         .helo = s->helo,
         .client_name = s->name,

@@ -4,14 +4,18 @@
 # 79-octet local part and a 70-octet list-confirmation recipient (listed in
 # the domain's recipient list) are accepted, stored, and passed on to the
 # primary unchanged; a recipient the primary refuses brings a notice back to
-# the long sender with both addresses whole.  The only bound is the command
-# line: a path that does not fit line_length gets "500 5.5.2 line too long".
+# the long sender with both addresses whole.  With line_length raised, a
+# path of SMTP_PATH_MAX (1024) octets beside a 255-octet HELO name goes
+# through too, named whole in our Received header.  The bounds are the
+# command line (500 5.5.2) and the 1024 octets every stored copy has.
 import os
 import sys
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
 from mxtest import *  # noqa: F401,F403
 
 DELIVER_TIMEOUT = 20.0
+LINE_LENGTH = 2048
+PATH_MAX = 1024             # SMTP_PATH_MAX, brackets included
 
 
 def pad(prefix, n, fill="x"):
@@ -32,7 +36,9 @@ def main():
     fake = FakeSMTP(rcpt=lambda a: "550 5.1.1 no such user" if a == refused else None)
     fake.start()
     srv = Server(domains=[{"name": "example.org", "primary": "[127.0.0.1]:%d" % fake.port,
-                           "recipients": [rcpt, refused, "user@example.org"]}],
+                           "recipients": [rcpt, refused, "user@example.org"]},
+                          {"name": "example.net", "primary": "[127.0.0.1]:%d" % fake.port}],
+                 limits={"line_length": LINE_LENGTH},
                  settings={"delivery": fast_delivery()})
     srv.start()
 
@@ -57,15 +63,36 @@ def main():
 
     # A path longer than the command line is the only bound (RFC 5321
     # 4.5.3.1): 500 5.5.2, not an address-length reply.
-    r = c.cmd("MAIL FROM:<%s@forwarder.test>" % ("y" * 600))
+    r = c.cmd("MAIL FROM:<%s@forwarder.test>" % ("y" * LINE_LENGTH))
     is_(r.code, 500, "a path beyond line_length: 500 (%s)" % r)
     like(r.last, r"^5\.5\.2 ", "line too long: 5.5.2")
+    r = c.cmd("MAIL FROM:<%s@forwarder.test>" % ("y" * PATH_MAX))
+    is_(r.code, 501, "a path beyond 1024 octets within the line: 501 (%s)" % r)
+    like(r.last, r"^5\.1\.7 ", "sender too long: 5.1.7")
     c.cmd("QUIT")
     c.close()
 
+    # The longest path, one recipient (so our Received header names it),
+    # and the longest HELO name: queued, and the header holds them whole.
+    helo = ".".join(["h" * 63] * 4)
+    huge = pad("verp-", PATH_MAX - 2 - len("@example.net")) + "@example.net"
+    is_((len(helo), len("<%s>" % huge)), (255, PATH_MAX), "HELO of 255, path of 1024 octets")
+    c = srv.raw()
+    is_(c.ehlo(helo).code, 250, "EHLO with a 255-octet name")
+    rs = c.transaction(sender, [huge], make_message("hugepath"))
+    is_([x.code for x in rs], [250, 250, 354, 250], "1024-octet recipient path queued")
+    huge_qid = qid_of(rs[-1].text)
+    c.cmd("QUIT")
+    c.close()
+    rec, _ = split_received(srv.body(huge_qid) if huge_qid else b"")
+    like(unfold(rec or b""), r"for <%s>;" % re.escape(huge), "Received names the recipient whole")
+
     # Delivery: the primary sees both addresses unchanged.
-    ok(wait_for(lambda: fake.count() >= 1, DELIVER_TIMEOUT), "delivered to the primary")
-    m = fake.messages[0] if fake.messages else {}
+    ok(wait_for(lambda: fake.count() >= 2, DELIVER_TIMEOUT), "delivered to the primary")
+    ok(any(m["rcpts"] == [huge] for m in fake.messages),
+       "primary got the 1024-octet path unchanged")
+    msgs = [m for m in fake.messages if m["rcpts"] != [huge]]
+    m = msgs[0] if msgs else {}
     is_(m.get("sender"), sender, "primary got the 79-octet sender unchanged")
     is_(m.get("rcpts"), [rcpt], "primary got the 70-octet recipient unchanged")
     ok(any(a == refused for a, code in fake.rcpt_log if code == 550),
