@@ -1,8 +1,10 @@
 /*
  * listen.c - listeners and pre-session connection limits (see listen.h).
  *
- * Owns: the evconnlistener objects and a table of open connections per
- * client address.  Never: parses SMTP, or keeps a connection it refused.
+ * Owns: the evconnlistener objects, the count of open connections, and a
+ * table of sessions per client address (a session stops counting for its
+ * client when it ends, before its connection is freed: see listen.h).
+ * Never: parses SMTP, or keeps a connection it refused.
  * Security: the per-client table is bounded by the total connection limit,
  * so a flood of distinct addresses cannot grow it without bound.
  */

@@ -4,20 +4,27 @@
  *
  * Each connection is a struct session whose life is an explicit state
  * machine: session_drive() is the one loop that moves it (memcached's
- * drive_machine), session_set_state() the one transition function, and
- * smtpd_cmds[] the table of which command is allowed in which state.
+ * drive_machine), session_set_state() the one transition function, checked
+ * against sstate_next[] (closing and dead are final), and smtpd_cmds[] the
+ * table of which command is allowed in which state.
  *
  * Owns: the sessions, their bufferevents, the transaction in progress (the
- * body being received, its parser, its recipients), and each session's
- * reverse lookup of its client (cancelled in session_free()).  Hands a finished
- * message to spool_commit() and answers 250 only from the commit's done
- * callback, i.e. after the message is on stable storage.
+ * body being received, its parser, its recipients), each session's
+ * reverse lookup of its client (cancelled in session_free()), and the
+ * commits in flight.  Hands a finished message to spool_commit() with a
+ * struct smtpd_commit owned by that request: its completion, not the
+ * session, makes the message "queued" (log line, counters, the queued
+ * hook); the session only observes it and answers 250 from it, i.e. after
+ * the message is on stable storage.  A refusal is counted in its reject
+ * class where it is decided.
  *
  * Never: blocks on the disk (the spool's writer thread does the syncing);
  * runs a command that arrived in cleartext before STARTTLS completed;
  * treats anything but <CRLF>.<CRLF> as the end of DATA (data.c); frees a
  * session anywhere but session_free(), which runs only at the very end of
- * a libevent callback (the S_DEAD state marks it).
+ * a libevent callback (the S_DEAD state marks it); hangs an effect of a
+ * durable change on the session; lets a closed session back into the
+ * dialogue (an unlisted transition is a broken invariant: panic).
  *
  * Security: every peer-controlled quantity is bounded: line length,
  * recipients, message and header size, errors, junk commands, time in each
