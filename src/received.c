@@ -18,15 +18,17 @@
  */
 #include "config.h"
 #include "received.h"
-#include "smtp_parse.h"
 
 #include <stdio.h>
 #include <string.h>
 
 #define RECEIVED_LINE_MAX   78      /* RFC 5322 2.1.1 "SHOULD" */
-/* Longest piece of peer text we copy: a whole path, so "for <rcpt>" names
- * a long recipient whole (helo and names are shorter still). */
-#define RECEIVED_FIELD_MAX  SMTP_PATH_MAX
+#define RECEIVED_FIELD_MAX  255     /* longest piece of peer text we copy */
+#define RECEIVED_HARD_MAX   998     /* RFC 5322 2.1.1 MUST, CRLF excluded */
+/* Longest recipient "for <rcpt>;" can name: alone on a folded line it must
+ * stay within the hard limit.  An address is never cut (that would name
+ * someone else); a longer one leaves the optional "for" clause out. */
+#define RECEIVED_RCPT_MAX   (RECEIVED_HARD_MAX - FOLD_INDENT - sizeof "<>;")
 #define RECEIVED_UNIT_MAX   (RECEIVED_FIELD_MAX + 16)  /* + brackets, parens, ';' */
 #define RECEIVED_DATE_MAX   40
 #define RECEIVED_SOFTWARE   "(mxkeep)"
@@ -89,7 +91,7 @@ static void unit(struct writer *w, const char *s)
  */
 static void sanitize(char *dst, size_t dstlen, const char *src, int keep_space, int keep_8bit)
 {
-    size_t o = 0, max = dstlen - 1 < RECEIVED_FIELD_MAX ? dstlen - 1 : RECEIVED_FIELD_MAX;
+    size_t o = 0, max = dstlen - 1;     /* callers size dst: RECEIVED_*_MAX + 1 */
 
     for (const unsigned char *p = (const unsigned char *)src; *p && o < max; p++) {
         unsigned char c = *p;
@@ -124,6 +126,8 @@ int received_format(char *buf, size_t len, const struct received_info *ri)
     struct writer w = { .buf = buf, .len = len };
     char a[RECEIVED_FIELD_MAX + 1], b[RECEIVED_FIELD_MAX + 1];
     char u[RECEIVED_UNIT_MAX], date[RECEIVED_DATE_MAX];
+    char ra[RECEIVED_RCPT_MAX + 1], ru[RECEIVED_RCPT_MAX + sizeof "<>;"];
+    const char *rcpt = ri->rcpt && strlen(ri->rcpt) <= RECEIVED_RCPT_MAX ? ri->rcpt : NULL;
 
     if (len == 0)
         return -1;
@@ -181,19 +185,19 @@ int received_format(char *buf, size_t len, const struct received_info *ri)
     if (ri->qid && *ri->qid) {
         unit(&w, "id");
         sanitize(a, sizeof a, ri->qid, 0, 0);
-        snprintf(u, sizeof u, "%s%s", a, ri->rcpt ? "" : ";");
+        snprintf(u, sizeof u, "%s%s", a, rcpt ? "" : ";");
         unit(&w, u);
-    } else if (!ri->rcpt) {
+    } else if (!rcpt) {
         unit(&w, ";");
     }
 
     /* for <rcpt>; DATE */
     fold(&w);
-    if (ri->rcpt) {
+    if (rcpt) {
         unit(&w, "for");
-        sanitize(a, sizeof a, ri->rcpt, 1, 1);
-        snprintf(u, sizeof u, "<%s>;", a);
-        unit(&w, u);
+        sanitize(ra, sizeof ra, rcpt, 1, 1);
+        snprintf(ru, sizeof ru, "<%s>;", ra);
+        unit(&w, ru);
     }
     format_date(date, sizeof date, ri->when);
     unit(&w, date);
