@@ -120,7 +120,9 @@ struct smtp_rcpt_params {
  * Parse the parameters after the path (s is *rest from smtp_parse_path).
  * Keywords are case-insensitive; each may appear once; unknown keywords get
  * "555 5.5.4 ...".  xtext values are decoded and must not contain CR, LF,
- * NUL or other control characters.  SMTPUTF8 takes no value.
+ * NUL or other control characters.  SMTPUTF8 takes no value.  A SIZE too
+ * big for a long is LONG_MAX: over any limit, refused by the caller, which
+ * knows the limit, as a size (never as a syntax error).
  */
 const char *smtp_parse_mail_params(const char *s, struct smtp_mail_params *out);
 const char *smtp_parse_rcpt_params(const char *s, struct smtp_rcpt_params *out);
