@@ -1123,6 +1123,10 @@ static void session_on_event(struct bufferevent *bev, short what, void *arg)
     struct session *s = arg;
 
     if (what & BEV_EVENT_CONNECTED) {
+        /* A session closed meanwhile (drain, timeout) stays closed: its last
+         * reply goes out over the new TLS layer and it ends. */
+        if (s->state != S_TLS)
+            return;
         /* The TLS handshake is done: the session starts over (RFC 3207 4.2). */
         SSL *ssl = bufferevent_openssl_get_ssl(s->bev);
         s->tls = 1;
