@@ -142,7 +142,7 @@ static const struct conf_setting limits_table[] = {
     { "message_size",    CK_SIZE,     LIM(message_size),   50 * MIB, KIB, 2 * GIB, 0, 0, 0, 0 },
     { "recipients",      CK_INT,      LIM(recipients),     1000, 1, 100000, 0, 0, 0, 0 },
     { "connections",     CK_INT,      LIM(connections),    1000, 1, 1000000, 0, 0, 0, 0 },
-    { "per_client",      CK_INT,      LIM(per_client),     20, 1, 1000000, 0, 0, 0, 0 },
+    { "per_client",      CK_INT,      LIM(per_client),     50, 1, 1000000, 0, 0, 0, 0 },
     { "command_timeout", CK_DURATION, LIM(command_timeout), 5 * MINUTE, SECOND, TIMEOUT_MAX, 0, 0, 0, 0 },
     { "data_timeout",    CK_DURATION, LIM(data_timeout),   10 * MINUTE, SECOND, TIMEOUT_MAX, 0, 0, 0, 0 },
     { "line_length",     CK_INT,      LIM(line_length),    RFC5321_LINE_MIN, RFC5321_LINE_MIN, LINE_LENGTH_MAX, 0, 0, 0, 0 },

@@ -190,6 +190,8 @@ static void delivery_expire_arm(struct delivery *s);
 /* Destinations                                                       */
 
 static const char *const dest_state_names[] = { "unknown", "up", "down", "held" };
+_Static_assert(sizeof dest_state_names / sizeof dest_state_names[0] == QDEST_HELD + 1,
+               "dest_state_names[] must name every enum qdest_state");
 
 static size_t dest_hash(const char *name)
 {

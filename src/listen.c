@@ -1,8 +1,10 @@
 /*
  * listen.c - listeners and pre-session connection limits (see listen.h).
  *
- * Owns: the evconnlistener objects and a table of open connections per
- * client address.  Never: parses SMTP, or keeps a connection it refused.
+ * Owns: the evconnlistener objects, the count of open connections, and a
+ * table of sessions per client address (a session stops counting for its
+ * client when it ends, before its connection is freed: see listen.h).
+ * Never: parses SMTP, or keeps a connection it refused.
  * Security: the per-client table is bounded by the total connection limit,
  * so a flood of distinct addresses cannot grow it without bound.
  */
@@ -195,19 +197,25 @@ void listen_set_limits(struct listener *l, long total, long per_client)
     l->max_per_client = per_client;
 }
 
-void listen_release(struct listener *l, const struct sockaddr *sa)
+void listen_release_client(struct listener *l, const struct sockaddr *sa)
 {
     unsigned char key[16];
     int family = listen_key(sa, key);
     struct client_count **pp = listen_find(l, family, key);
-    if (*pp == NULL || l->open == 0)
-        log_panic("listen_release: connection not counted");
-    l->open--;
+    if (*pp == NULL)
+        log_panic("listen_release_client: client not counted");
     if (--(*pp)->n == 0) {
         struct client_count *cc = *pp;
         *pp = cc->next;
         free(cc);
     }
+}
+
+void listen_release(struct listener *l)
+{
+    if (l->open == 0)
+        log_panic("listen_release: connection not counted");
+    l->open--;
 }
 
 size_t listen_open_count(const struct listener *l) { return l->open; }

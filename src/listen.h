@@ -9,8 +9,13 @@
  * "421 4.7.0" and is closed here, without ever reaching smtpd.
  *
  * Ownership: listen_new() -> listen_free() (accepts NULL).  Every accepted
- * connection handed to the callback holds one slot; the session gives it
- * back with listen_release() exactly once.
+ * connection handed to the callback holds two places: one among its
+ * client's connections, given back with listen_release_client() as soon
+ * as the session is over (its last reply queued, or the peer gone: a
+ * client that reconnects right after QUIT must not find its own closing
+ * session counted), and one in the total, given back with listen_release()
+ * when the connection is freed (closing sessions still hold descriptors
+ * and memory, and the total bounds them).  Each exactly once.
  */
 #ifndef MXKEEP_LISTEN_H
 #define MXKEEP_LISTEN_H
@@ -34,7 +39,8 @@ void listen_start(struct listener *l, listen_accept_fn fn, void *arg);
 void listen_stop(struct listener *l);
 /* New limits after a reload (addresses are not re-bound). */
 void listen_set_limits(struct listener *l, long total, long per_client);
-void listen_release(struct listener *l, const struct sockaddr *sa);
+void listen_release_client(struct listener *l, const struct sockaddr *sa);
+void listen_release(struct listener *l);
 size_t listen_open_count(const struct listener *l);
 void listen_free(struct listener *l);
 

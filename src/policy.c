@@ -37,10 +37,15 @@
 
 #include "log.h"
 
-/* Longest entry (after trimming and comment removal) a list line may hold;
- * a path is at most 256 octets, this leaves room for a sloppy but honest
- * list while catching a file that is not a recipient list at all. */
-#define LIST_ENTRY_MAX      320
+/* Longest local part a list entry may hold: its record keeps the length
+ * in one octet.  Real long local parts (SRS, VERP, list confirmations) run
+ * to a hundred octets or so; a longer entry is refused at load with its
+ * file:line, never cut. */
+#define POLICY_LOCAL_MAX    UINT8_MAX
+/* Longest entry (after trimming and comment removal) a list line may hold:
+ * the longest local part, "@", the longest domain; this catches a file
+ * that is not a recipient list at all. */
+#define LIST_ENTRY_MAX      (POLICY_LOCAL_MAX + 1 + SMTP_DOMAIN_MAX)
 
 /* Entry set: open addressing, linear probing, grown when the load passes
  * LOAD_NUM/LOAD_DEN.  Linear probing over 8-octet slots keeps a miss
@@ -63,7 +68,7 @@
 #define FNV_PRIME           UINT64_C(1099511628211)
 
 /* "local@domain" as smtp_addr_format writes it, quotes included. */
-#define ADDR_TEXT_MAX       (SMTP_LOCAL_MAX + 3 + 1 + SMTP_DOMAIN_MAX + 1)
+#define ADDR_TEXT_MAX       (SMTP_PATH_MAX + 1)
 /* ETRN argument as echoed: kind prefix, domain, NUL. */
 #define ETRN_TEXT_MAX       (1 + SMTP_DOMAIN_MAX + 1)
 
@@ -335,7 +340,7 @@ static int set_grow(struct policy *p)
     return 0;
 }
 
-/* Add (dom, local); local is normalized, n <= SMTP_LOCAL_MAX.
+/* Add (dom, local); local is normalized, n <= POLICY_LOCAL_MAX.
  * Returns 1 when added, 0 when already there, -1 out of memory/space. */
 static int set_add(struct policy *p, uint32_t dom, const char *local, size_t n)
 {
@@ -438,7 +443,7 @@ static char *file_slurp(const char *path, size_t *len, char *err, size_t errlen)
 static const char *list_entry(struct policy *p, uint32_t k, const char *s, size_t n)
 {
     const char *dname = p->c->domains[k].name;
-    char norm[SMTP_LOCAL_MAX];
+    char norm[POLICY_LOCAL_MAX];
     size_t at;
 
     if (n > LIST_ENTRY_MAX)
@@ -466,8 +471,8 @@ static const char *list_entry(struct policy *p, uint32_t k, const char *s, size_
         }
         return NULL;
     }
-    if (at > SMTP_LOCAL_MAX)
-        return "local part longer than 64 octets";
+    if (at > POLICY_LOCAL_MAX)
+        return "local part longer than 255 octets";
     if (!dot_atom_valid(s, at) && !quoted_valid(s, at))
         return "bad local part";
     size_t ln = local_normalize(s, at, norm);
@@ -598,13 +603,18 @@ size_t policy_entry_count(const struct policy *p)
 }
 
 const char *policy_check_rcpt(const struct policy *p, const struct smtp_addr *a,
-                              const struct conf_domain **dom, char *buf, size_t len)
+                              const struct conf_domain **dom, enum stat_id *why, char *buf,
+                              size_t len)
 {
+    enum stat_id scratch;
     char text[ADDR_TEXT_MAX];
     char norm[sizeof a->local];
 
     if (dom != NULL)
         *dom = NULL;
+    if (why == NULL)
+        why = &scratch;
+    *why = STAT_REJ_RELAY;
     if (a->null)
         return reply(buf, len, "550 5.7.1 <>: Relay access denied");
     size_t ln = strnlen(a->local, sizeof a->local);
@@ -613,9 +623,11 @@ const char *policy_check_rcpt(const struct policy *p, const struct smtp_addr *a,
     if (a->domain[0] == '\0') {
         /* RFC 5321 4.5.1 "<Postmaster>": a backup MX cannot tell whose
          * postmaster is meant, and must not guess. */
-        if (strcasecmp(a->local, "postmaster") == 0)
+        if (strcasecmp(a->local, "postmaster") == 0) {
+            *why = STAT_REJ_UNKNOWN_USER;
             return reply(buf, len, "550 5.1.1 <%s>: we are a backup MX: name a domain",
                          a->local);
+        }
         return reply(buf, len, "550 5.7.1 <%s>: Relay access denied", a->local);
     }
     if (smtp_addr_format(a, text, sizeof text) < 0)
@@ -630,7 +642,8 @@ const char *policy_check_rcpt(const struct policy *p, const struct smtp_addr *a,
         return reply(buf, len, "550 5.7.1 <%s>: Relay access denied", text);
     if (p->dinfo[k].listed && !p->dinfo[k].wildcard) {
         size_t nn = local_normalize(a->local, ln, norm);
-        if (nn > SMTP_LOCAL_MAX || !set_has(p, (uint32_t)k, norm, nn))
+        *why = STAT_REJ_UNKNOWN_USER;
+        if (nn > POLICY_LOCAL_MAX || !set_has(p, (uint32_t)k, norm, nn))
             return reply(buf, len, "550 5.1.1 <%s>: Recipient address rejected: User unknown",
                          text);
     }

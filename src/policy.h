@@ -30,6 +30,7 @@
 #include <stddef.h>
 #include "conf.h"
 #include "smtp_parse.h"
+#include "stats.h"
 
 struct policy;
 
@@ -48,10 +49,12 @@ void policy_free(const struct policy *p);
  *   "550 5.7.1 <addr>: Source routing not supported"    %, !, quoted @
  *   "550 5.1.1 <addr>: Recipient address rejected: User unknown"
  * The <addr> part is written into buf (len octets), which the returned
- * pointer then points to.
+ * pointer then points to.  why (may be NULL) gets the reject class,
+ * decided here: STAT_REJ_RELAY or STAT_REJ_UNKNOWN_USER.
  */
 const char *policy_check_rcpt(const struct policy *p, const struct smtp_addr *a,
-                              const struct conf_domain **dom, char *buf, size_t len);
+                              const struct conf_domain **dom, enum stat_id *why, char *buf,
+                              size_t len);
 
 /*
  * May this client run ETRN for (kind, domain) (see smtp_parse_etrn)?

@@ -25,6 +25,11 @@
 
 #define RECEIVED_LINE_MAX   78      /* RFC 5322 2.1.1 "SHOULD" */
 #define RECEIVED_FIELD_MAX  255     /* longest piece of peer text we copy */
+#define RECEIVED_HARD_MAX   998     /* RFC 5322 2.1.1 MUST, CRLF excluded */
+/* Longest recipient "for <rcpt>;" can name: alone on a folded line it must
+ * stay within the hard limit.  An address is never cut (that would name
+ * someone else); a longer one leaves the optional "for" clause out. */
+#define RECEIVED_RCPT_MAX   (RECEIVED_HARD_MAX - FOLD_INDENT - sizeof "<>;")
 #define RECEIVED_UNIT_MAX   (RECEIVED_FIELD_MAX + 16)  /* + brackets, parens, ';' */
 #define RECEIVED_DATE_MAX   UTIL_DATE_MAX
 #define RECEIVED_SOFTWARE   "(mxkeep)"
@@ -87,7 +92,7 @@ static void unit(struct writer *w, const char *s)
  */
 static void sanitize(char *dst, size_t dstlen, const char *src, int keep_space, int keep_8bit)
 {
-    size_t o = 0, max = dstlen - 1 < RECEIVED_FIELD_MAX ? dstlen - 1 : RECEIVED_FIELD_MAX;
+    size_t o = 0, max = dstlen - 1;     /* callers size dst: RECEIVED_*_MAX + 1 */
 
     for (const unsigned char *p = (const unsigned char *)src; *p && o < max; p++) {
         unsigned char c = *p;
@@ -106,6 +111,8 @@ int received_format(char *buf, size_t len, const struct received_info *ri)
     struct writer w = { .buf = buf, .len = len };
     char a[RECEIVED_FIELD_MAX + 1], b[RECEIVED_FIELD_MAX + 1];
     char u[RECEIVED_UNIT_MAX], date[RECEIVED_DATE_MAX];
+    char ra[RECEIVED_RCPT_MAX + 1], ru[RECEIVED_RCPT_MAX + sizeof "<>;"];
+    const char *rcpt = ri->rcpt && strlen(ri->rcpt) <= RECEIVED_RCPT_MAX ? ri->rcpt : NULL;
 
     if (len == 0)
         return -1;
@@ -163,19 +170,19 @@ int received_format(char *buf, size_t len, const struct received_info *ri)
     if (ri->qid && *ri->qid) {
         unit(&w, "id");
         sanitize(a, sizeof a, ri->qid, 0, 0);
-        snprintf(u, sizeof u, "%s%s", a, ri->rcpt ? "" : ";");
+        snprintf(u, sizeof u, "%s%s", a, rcpt ? "" : ";");
         unit(&w, u);
-    } else if (!ri->rcpt) {
+    } else if (!rcpt) {
         unit(&w, ";");
     }
 
     /* for <rcpt>; DATE */
     fold(&w);
-    if (ri->rcpt) {
+    if (rcpt) {
         unit(&w, "for");
-        sanitize(a, sizeof a, ri->rcpt, 1, 1);
-        snprintf(u, sizeof u, "<%s>;", a);
-        unit(&w, u);
+        sanitize(ra, sizeof ra, rcpt, 1, 1);
+        snprintf(ru, sizeof ru, "<%s>;", ra);
+        unit(&w, ru);
     }
     util_rfc5322_date(date, sizeof date, ri->when);
     unit(&w, date);

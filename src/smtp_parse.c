@@ -37,7 +37,6 @@
 #define R_PARAM_DUP      "501 5.5.4 Duplicate parameter"
 #define R_PARAM_UNKNOWN  "555 5.5.4 Unsupported parameter"
 #define R_SIZE_BAD       "501 5.5.4 Bad SIZE value"
-#define R_SIZE_BIG       "552 5.3.4 Message size exceeds fixed maximum message size"
 #define R_BODY_BAD       "501 5.5.4 Bad BODY value"
 #define R_BODY_BINARY    "555 5.5.4 BODY=BINARYMIME not supported"
 #define R_UTF8_VALUE     "501 5.5.4 SMTPUTF8 takes no value"
@@ -430,7 +429,8 @@ const char *smtp_parse_path(const char *s, const char **rest, struct smtp_addr *
         }
     }
     llen = (size_t)(p - local);
-    if (llen > SMTP_LOCAL_MAX)
+    /* No bound of its own (RFC 5321 4.5.3.1): only the path's, below. */
+    if (llen > SMTP_PATH_MAX - 2)
         return e_long;
 
     /* RFC 5321 4.5.1: <postmaster> without a domain, for recipients only. */
@@ -689,8 +689,10 @@ const char *smtp_parse_mail_params(const char *s, struct smtp_mail_params *out)
             if (!once(&seen, P_SIZE))
                 return R_PARAM_DUP;
             v = parse_decimal(pm.val, pm.vallen);
+            /* Too big for a long is over any limit: the caller, which knows
+             * the limit, refuses it as a size. */
             if (v == -2)
-                return R_SIZE_BIG;
+                v = LONG_MAX;
             if (v < 0)
                 return R_SIZE_BAD;
             out->size = v;

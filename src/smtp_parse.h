@@ -24,10 +24,18 @@ enum smtp_cmd {
     SMTP_CMD_COUNT_
 };
 
-/* Local part <= 64, domain <= 255, path <= 256 (RFC 5321 4.5.3.1). */
-#define SMTP_LOCAL_MAX   64
+/*
+ * RFC 5321 4.5.3.1 names 64 octets for a local part and 256 for a path,
+ * and in the same breath says to avoid such limits: real, everyday
+ * addresses (SRS, VERP, list confirmations) have longer local parts.  A
+ * local part is therefore bounded only by the path, and a path only by the
+ * command line that carries it (limits.line_length, 512 by default) and by
+ * SMTP_PATH_MAX, the room every stored copy has (queue records, notices):
+ * a path that fits a 1024-octet line fits.  A domain stays within DNS's
+ * 255 octets: longer names cannot be resolved or served.
+ */
 #define SMTP_DOMAIN_MAX  255
-#define SMTP_PATH_MAX    256
+#define SMTP_PATH_MAX    1024
 #define SMTP_ENVID_MAX   100     /* RFC 3461 4.4 */
 #define SMTP_ORCPT_MAX   500     /* RFC 3461 4.2: 500 after xtext decoding */
 
@@ -57,7 +65,7 @@ struct smtp_addr {
     int null;                       /* "<>" */
     int utf8;                       /* has octets >= 0x80 */
     int domain_literal;             /* domain is [..] */
-    char local[SMTP_LOCAL_MAX + 3]; /* + quotes room is inside the 64 */
+    char local[SMTP_PATH_MAX + 1];  /* quotes included; bounded by the path */
     char domain[SMTP_DOMAIN_MAX + 1];
 };
 
@@ -112,7 +120,9 @@ struct smtp_rcpt_params {
  * Parse the parameters after the path (s is *rest from smtp_parse_path).
  * Keywords are case-insensitive; each may appear once; unknown keywords get
  * "555 5.5.4 ...".  xtext values are decoded and must not contain CR, LF,
- * NUL or other control characters.  SMTPUTF8 takes no value.
+ * NUL or other control characters.  SMTPUTF8 takes no value.  A SIZE too
+ * big for a long is LONG_MAX: over any limit, refused by the caller, which
+ * knows the limit, as a size (never as a syntax error).
  */
 const char *smtp_parse_mail_params(const char *s, struct smtp_mail_params *out);
 const char *smtp_parse_rcpt_params(const char *s, struct smtp_rcpt_params *out);

@@ -111,6 +111,10 @@ static const char *const state_while[] = {
     "sending end of data -- message may be sent more than once",
     "sending end of data", "sending QUIT", "closing"
 };
+_Static_assert(sizeof state_name / sizeof state_name[0] == S_DEAD + 1,
+               "state_name[] must name every enum state");
+_Static_assert(sizeof state_while / sizeof state_while[0] == S_DEAD + 1,
+               "state_while[] must cover every enum state");
 
 struct smtpc {
     struct event_base *base;

@@ -4,20 +4,27 @@
  *
  * Each connection is a struct session whose life is an explicit state
  * machine: session_drive() is the one loop that moves it (memcached's
- * drive_machine), session_set_state() the one transition function, and
- * smtpd_cmds[] the table of which command is allowed in which state.
+ * drive_machine), session_set_state() the one transition function, checked
+ * against sstate_next[] (closing and dead are final), and smtpd_cmds[] the
+ * table of which command is allowed in which state.
  *
  * Owns: the sessions, their bufferevents, the transaction in progress (the
- * body being received, its parser, its recipients), and each session's
- * reverse lookup of its client (cancelled in session_free()).  Hands a finished
- * message to spool_commit() and answers 250 only from the commit's done
- * callback, i.e. after the message is on stable storage.
+ * body being received, its parser, its recipients), each session's
+ * reverse lookup of its client (cancelled in session_free()), and the
+ * commits in flight.  Hands a finished message to spool_commit() with a
+ * struct smtpd_commit owned by that request: its completion, not the
+ * session, makes the message "queued" (log line, counters, the queued
+ * hook); the session only observes it and answers 250 from it, i.e. after
+ * the message is on stable storage.  A refusal is counted in its reject
+ * class where it is decided.
  *
  * Never: blocks on the disk (the spool's writer thread does the syncing);
  * runs a command that arrived in cleartext before STARTTLS completed;
  * treats anything but <CRLF>.<CRLF> as the end of DATA (data.c); frees a
  * session anywhere but session_free(), which runs only at the very end of
- * a libevent callback (the S_DEAD state marks it).
+ * a libevent callback (the S_DEAD state marks it); hangs an effect of a
+ * durable change on the session; lets a closed session back into the
+ * dialogue (an unlisted transition is a broken invariant: panic).
  *
  * Security: every peer-controlled quantity is bounded: line length,
  * recipients, message and header size, errors, junk commands, time in each
@@ -59,6 +66,10 @@
 /* Unread replies beyond this stop command processing until the client
  * reads: a pipelining client that never reads cannot grow our memory. */
 #define SMTPD_OUTPUT_MAX (64 * 1024)
+/* Room for our Received header: every field at its bound (helo and names
+ * 255, a one-recipient "for <path>" of SMTP_PATH_MAX, the TLS text) plus
+ * folding, with margin; received_format refusing it would be a bug. */
+#define SMTPD_RECEIVED_MAX (4 * 1024 + SMTP_PATH_MAX)
 /* Seconds a statvfs() answer is trusted. */
 #define SMTPD_DISK_CHECK_EVERY 1
 
@@ -79,8 +90,31 @@ enum sstate {
 static const char *const sstate_names[] = {
     "init", "helo", "mail", "rcpt", "data", "bdat", "chunking", "commit", "tls", "closing", "dead",
 };
+_Static_assert(sizeof sstate_names / sizeof sstate_names[0] == S_DEAD + 1,
+               "sstate_names[] must name every enum sstate");
 
 #define ST(s) (1u << (s))
+/* Closing is final: a session that queued its last reply (or died) never
+ * moves back into the dialogue, whatever completes later. */
+#define ST_END (ST(S_CLOSING) | ST(S_DEAD))
+
+/* The allowed transitions, checked by session_set_state(): from each state,
+ * the states it may move to (staying put is always allowed). */
+static const unsigned sstate_next[] = {
+    [S_INIT] = ST(S_HELO) | ST(S_BDAT) | ST(S_TLS) | ST_END,
+    [S_HELO] = ST(S_MAIL) | ST(S_BDAT) | ST(S_TLS) | ST_END,
+    [S_MAIL] = ST(S_HELO) | ST(S_RCPT) | ST(S_BDAT) | ST_END,
+    [S_RCPT] = ST(S_HELO) | ST(S_DATA) | ST(S_BDAT) | ST_END,
+    [S_DATA] = ST(S_HELO) | ST(S_COMMIT) | ST_END,
+    [S_BDAT] = ST(S_INIT) | ST(S_HELO) | ST(S_CHUNKING) | ST(S_COMMIT) | ST_END,
+    [S_CHUNKING] = ST(S_HELO) | ST(S_BDAT) | ST_END,
+    [S_COMMIT] = ST(S_HELO) | ST_END,
+    [S_TLS] = ST(S_INIT) | ST_END,
+    [S_CLOSING] = ST(S_DEAD),
+    [S_DEAD] = 0,
+};
+_Static_assert(sizeof sstate_next / sizeof sstate_next[0] == S_DEAD + 1,
+               "sstate_next[] must cover every enum sstate");
 /* RFC 1035 limit on a name's presentation form */
 #define SMTPD_NAME_MAX 253
 #define SMTPD_NAME_UNKNOWN "unknown"
@@ -122,7 +156,10 @@ struct session {
     long bdat_left;
     int bdat_last;
     const char *bdat_reply;             /* refusal to send once the chunk is read */
-    struct spool_ticket *ticket;
+    enum stat_id bdat_why;              /* its reject class */
+    enum sstate bdat_back;              /* the state a refused chunk returns to */
+    struct smtpd_commit *commit;        /* observed while in S_COMMIT */
+    int client_slot;                    /* holds its client's place (listen.c) */
     time_t started;
 };
 
@@ -139,9 +176,30 @@ struct smtpd {
     void *hook_arg;
     struct session *sessions;
     size_t nsessions;
+    struct smtpd_commit *commits;       /* handed to the spool, not yet done */
     int draining;
     time_t disk_checked;
     unsigned long long disk_free;
+};
+
+/*
+ * A message handed to the spool.  The spool request owns it: the commit's
+ * done callback (commit_done) is the one place where "message queued"
+ * happens (its log line, the counters, and the queued hook that schedules
+ * delivery and enters the delay warning), whatever became of the session
+ * that sent it, and the one place that frees it.  The session merely
+ * observes it to answer 250 (or 451/452); a session that closes detaches
+ * itself (session_end) and the message is queued all the same.
+ */
+struct smtpd_commit {
+    struct smtpd *d;
+    struct smtpd_commit *prev, *next;   /* d->commits: in flight */
+    struct session *s;                  /* the observer; NULL once it closed */
+    char qid[QID_SIZE];
+    char sender[SMTP_PATH_MAX + 1];
+    char client[SMTPD_NAME_MAX + INET6_ADDRSTRLEN + 16];
+    unsigned long long size;
+    size_t nrcpt;
 };
 
 struct smtpd_cmd {
@@ -157,16 +215,23 @@ static void session_on_read(struct bufferevent *bev, void *arg);
 static void session_on_write(struct bufferevent *bev, void *arg);
 static void session_on_event(struct bufferevent *bev, short what, void *arg);
 static void session_tls_switch(struct session *s);
+static void session_end(struct session *s);
 
 /* ------------------------------------------------------------------ */
 /* State, replies, closing                                            */
 
 static void session_set_state(struct session *s, enum sstate next)
 {
-    if (s->state != next)
-        log_debug("%s [%s]: %s -> %s", s->qid[0] ? s->qid : "-", s->addr,
-                  sstate_names[s->state], sstate_names[next]);
+    if (s->state == next)
+        return;
+    if (!(sstate_next[s->state] & ST(next)))
+        log_panic("%s [%s]: session state %s -> %s is not allowed", s->qid[0] ? s->qid : "-",
+                  s->addr, sstate_names[s->state], sstate_names[next]);
+    log_debug("%s [%s]: %s -> %s", s->qid[0] ? s->qid : "-", s->addr, sstate_names[s->state],
+              sstate_names[next]);
     s->state = next;
+    if (ST(next) & ST_END)
+        session_end(s);
 }
 
 static void session_reply(struct session *s, const char *fmt, ...)
@@ -182,51 +247,51 @@ static void session_reply(struct session *s, const char *fmt, ...)
     evbuffer_add(out, "\r\n", 2);
 }
 
-/* An error reply that counts toward the bad-command limit. */
-/* Which counter a refusal goes to, from its enhanced status code. */
-static enum stat_id smtpd_reject_stat(const char *reply)
-{
-    if (strncmp(reply + 4, "5.7.1", 5) == 0)
-        return STAT_REJ_RELAY;
-    if (strncmp(reply + 4, "5.1.1", 5) == 0)
-        return STAT_REJ_UNKNOWN_USER;
-    if (strncmp(reply + 4, "5.3.4", 5) == 0)
-        return STAT_REJ_SIZE;
-    if (strncmp(reply + 4, "4.3.", 4) == 0)
-        return STAT_REJ_STORAGE;
-    if (strncmp(reply + 4, "5.5.2", 5) == 0 && strstr(reply, "bare") != NULL)
-        return STAT_REJ_CONTENT;
-    if (strncmp(reply + 4, "5.4.6", 5) == 0)
-        return STAT_REJ_CONTENT;
-    if (strncmp(reply + 4, "4.5.3", 5) == 0 || strncmp(reply + 4, "4.7.0", 5) == 0 ||
-        strncmp(reply + 4, "4.4.2", 5) == 0)
-        return STAT_REJ_LIMIT;
-    return STAT_REJ_PROTOCOL;
-}
+/* The class of a reply that is not a refusal (session_close of a 221). */
+#define SMTPD_NO_REJECT STAT_COUNT_
 
-static void session_count_reject(const char *reply)
+/* A refusal: counted under its class, decided by the caller (the place
+ * that knows why), never read back out of the reply text. */
+static void session_reject(struct session *s, enum stat_id cls, const char *reply)
 {
-    if (strlen(reply) > 9 && (reply[0] == '4' || reply[0] == '5'))
-        stats_inc(smtpd_reject_stat(reply));
-}
-
-static void session_error(struct session *s, const char *reply)
-{
-    session_count_reject(reply);
+    if (cls != SMTPD_NO_REJECT)
+        stats_inc(cls);
     session_reply(s, "%s", reply);
+}
+
+/* A refusal that also counts toward the bad-command limit when it is 5xx. */
+static void session_error(struct session *s, enum stat_id cls, const char *reply)
+{
+    session_reject(s, cls, reply);
     if (reply[0] == '5' && ++s->errors >= s->d->conf->limits.bad_commands) {
         log_warn("[%s]: too many errors (%d), disconnecting", s->addr, s->errors);
+        stats_inc(STAT_REJ_LIMIT);
         session_reply(s, "421 4.7.0 %s Error: too many errors", s->d->conf->hostname);
         session_set_state(s, S_CLOSING);
     }
 }
 
 /* Queue a last reply and close once it is written. */
-static void session_close(struct session *s, const char *reply)
+static void session_close(struct session *s, enum stat_id cls, const char *reply)
 {
-    session_reply(s, "%s", reply);
+    session_reject(s, cls, reply);
     session_set_state(s, S_CLOSING);
     bufferevent_disable(s->bev, EV_READ);
+}
+
+/* The session leaves the dialogue (closing, dead, or freed): a commit in
+ * flight goes on without it, and its client may connect again at once
+ * (the connection still counts toward the total until it is freed). */
+static void session_end(struct session *s)
+{
+    if (s->commit != NULL) {
+        s->commit->s = NULL;
+        s->commit = NULL;
+    }
+    if (s->client_slot) {
+        s->client_slot = 0;
+        listen_release_client(s->d->lst, (struct sockaddr *)&s->sa);
+    }
 }
 
 static void session_txn_reset(struct session *s)
@@ -275,7 +340,7 @@ static void cmd_helo_common(struct session *s, const char *arg, int esmtp)
 {
     const char *err = smtp_parse_helo(arg, s->helo, sizeof s->helo);
     if (err) {
-        session_error(s, err);
+        session_error(s, STAT_REJ_PROTOCOL, err);
         return;
     }
     session_txn_reset(s);
@@ -308,30 +373,29 @@ static void cmd_mail(struct session *s, const char *arg)
     const struct conf *c = s->d->conf;
 
     if (s->d->draining) {
-        session_close(s, "421 4.3.2 Error: server shutting down");
+        session_close(s, SMTPD_NO_REJECT, "421 4.3.2 Error: server shutting down");
         return;
     }
     if ((err = smtp_parse_path(arg, &rest, &a, 1, 1, 0)) != NULL ||
         (err = smtp_parse_mail_params(rest, &s->mp)) != NULL) {
-        session_error(s, err);
+        session_error(s, STAT_REJ_PROTOCOL, err);
         return;
     }
     if (a.utf8 && !s->mp.smtputf8) {
-        session_error(s, "553 5.6.7 Error: non-ASCII address requires SMTPUTF8");
+        session_error(s, STAT_REJ_PROTOCOL, "553 5.6.7 Error: non-ASCII address requires SMTPUTF8");
         return;
     }
     if (s->mp.size > c->limits.message_size) {
-        session_error(s, "552 5.3.4 Error: message size exceeds fixed limit");
+        session_error(s, STAT_REJ_SIZE, "552 5.3.4 Error: message size exceeds fixed limit");
         return;
     }
     if (!smtpd_disk_ok(s->d, s->mp.size > 0 ? (unsigned long long)s->mp.size : 0)) {
         log_warn("[%s]: refusing mail: spool %s is short of space", s->addr, c->spool);
-        stats_inc(STAT_REJ_STORAGE);
-        session_reply(s, "452 4.3.1 Error: insufficient system storage");
+        session_reject(s, STAT_REJ_STORAGE, "452 4.3.1 Error: insufficient system storage");
         return;
     }
     if (smtp_addr_format(&a, s->sender, sizeof s->sender) < 0) {
-        session_error(s, "501 5.1.7 Error: sender address too long");
+        session_error(s, STAT_REJ_PROTOCOL, "501 5.1.7 Error: sender address too long");
         return;
     }
     qid_next(s->qid);
@@ -347,31 +411,31 @@ static void cmd_rcpt(struct session *s, const char *arg)
     struct smtp_rcpt_params rp;
     const char *rest, *err;
     const struct conf_domain *dom = NULL;
+    enum stat_id why = STAT_REJ_PROTOCOL;
     char buf[SMTP_PATH_MAX + 128];
     char addr[SMTP_PATH_MAX + 1];
 
     if ((long)s->nrcpt >= s->d->conf->limits.recipients) {
-        stats_inc(STAT_REJ_LIMIT);
-        session_reply(s, "452 4.5.3 Error: too many recipients");
+        session_reject(s, STAT_REJ_LIMIT, "452 4.5.3 Error: too many recipients");
         return;
     }
     if ((err = smtp_parse_path(arg, &rest, &a, 0, 1, 1)) != NULL ||
         (err = smtp_parse_rcpt_params(rest, &rp)) != NULL) {
-        session_error(s, err);
+        session_error(s, STAT_REJ_PROTOCOL, err);
         return;
     }
     if (a.utf8 && !s->mp.smtputf8) {
-        session_error(s, "553 5.6.7 Error: non-ASCII address requires SMTPUTF8");
+        session_error(s, STAT_REJ_PROTOCOL, "553 5.6.7 Error: non-ASCII address requires SMTPUTF8");
         return;
     }
-    if ((err = policy_check_rcpt(s->d->policy, &a, &dom, buf, sizeof buf)) != NULL) {
+    if ((err = policy_check_rcpt(s->d->policy, &a, &dom, &why, buf, sizeof buf)) != NULL) {
         log_info("%s: reject: RCPT from %s[%s]: %s; from=<%s>", s->qid, s->name, s->addr, err,
                  s->sender);
-        session_error(s, err);
+        session_error(s, why, err);
         return;
     }
     if (smtp_addr_format(&a, addr, sizeof addr) < 0) {
-        session_error(s, "501 5.1.3 Error: recipient address too long");
+        session_error(s, STAT_REJ_PROTOCOL, "501 5.1.3 Error: recipient address too long");
         return;
     }
     for (size_t i = 0; i < s->nrcpt; i++) {
@@ -385,7 +449,7 @@ static void cmd_rcpt(struct session *s, const char *arg)
         size_t cap = s->rcpt_cap ? s->rcpt_cap * 2 : 4;
         struct qrcpt *r = realloc(s->rcpt, cap * sizeof *r);
         if (r == NULL) {
-            session_reply(s, "452 4.3.0 Error: out of memory");
+            session_reject(s, STAT_REJ_STORAGE, "452 4.3.0 Error: out of memory");
             return;
         }
         s->rcpt = r;
@@ -420,7 +484,7 @@ static int session_body_out(void *arg, const char *buf, size_t n)
 static const char *session_body_begin(struct session *s, int bdat)
 {
     const struct conf *c = s->d->conf;
-    char hdr[2048];
+    char hdr[SMTPD_RECEIVED_MAX];
     struct received_info ri = {
         .helo = s->helo,
         .client_name = s->name,
@@ -462,22 +526,22 @@ static void cmd_data(struct session *s, const char *arg)
 {
     const char *err;
     if (*arg) {
-        session_error(s, "501 5.5.4 Syntax: DATA");
+        session_error(s, STAT_REJ_PROTOCOL, "501 5.5.4 Syntax: DATA");
         return;
     }
     if (s->state == S_MAIL) {
-        session_error(s, "554 5.5.1 Error: no valid recipients");
+        session_error(s, STAT_REJ_PROTOCOL, "554 5.5.1 Error: no valid recipients");
         return;
     }
     /* RFC 2920: DATA ends a command group.  Message text already here was
      * sent before our 354 allowed it. */
     if (evbuffer_get_length(bufferevent_get_input(s->bev)) > 0) {
         log_warn("%s: [%s] sent message text before 354: pipelining abuse", s->qid, s->addr);
-        session_close(s, "554 5.5.0 Error: SMTP protocol synchronization");
+        session_close(s, STAT_REJ_PROTOCOL, "554 5.5.0 Error: SMTP protocol synchronization");
         return;
     }
     if ((err = session_body_begin(s, 0)) != NULL) {
-        session_reply(s, "%s", err);
+        session_reject(s, STAT_REJ_STORAGE, err);
         return;
     }
     session_set_state(s, S_DATA);
@@ -493,24 +557,29 @@ static void cmd_bdat(struct session *s, const char *arg)
     if (err) {
         /* Without a valid size we cannot tell where the chunk ends: the
          * session cannot be kept in step, so it ends here. */
-        session_close(s, err);
+        session_close(s, STAT_REJ_PROTOCOL, err);
         return;
     }
     const char *refusal = NULL;
+    enum stat_id why = STAT_REJ_PROTOCOL;
     if (size > s->d->conf->limits.message_size) {
         session_txn_reset(s);
         refusal = "552 5.3.4 Error: message size exceeds fixed limit";
+        why = STAT_REJ_SIZE;
     } else if (s->state == S_HELO || s->state == S_INIT)
         refusal = "503 5.5.1 Error: need MAIL command";
     else if (s->state == S_MAIL)
         refusal = "554 5.5.1 Error: no valid recipients";
-    else if (s->state == S_RCPT)
-        refusal = session_body_begin(s, 1);     /* NULL: the chunk is ours */
+    else if (s->state == S_RCPT && (refusal = session_body_begin(s, 1)) != NULL)
+        why = STAT_REJ_STORAGE;                 /* NULL: the chunk is ours */
     /* The chunk's octets are read (and dropped on refusal) either way:
      * RFC 3030 keeps the session in step only if we consume them. */
     s->bdat_left = size;
     s->bdat_last = last;
     s->bdat_reply = refusal;
+    s->bdat_why = why;
+    /* Where a refused chunk leaves the session: no transaction either way. */
+    s->bdat_back = s->state == S_INIT ? S_INIT : S_HELO;
     session_set_state(s, S_BDAT);
     session_set_timeout(s, s->d->conf->limits.data_timeout);
 }
@@ -529,7 +598,7 @@ static void cmd_quit(struct session *s, const char *arg)
 {
     char buf[320];
     snprintf(buf, sizeof buf, "221 2.0.0 %s closing connection", s->d->conf->hostname);
-    session_close(s, buf);
+    session_close(s, SMTPD_NO_REJECT, buf);
 }
 
 static void cmd_vrfy(struct session *s, const char *arg)
@@ -541,7 +610,7 @@ static void cmd_vrfy(struct session *s, const char *arg)
 
 static void cmd_expn(struct session *s, const char *arg)
 {
-    session_error(s, "502 5.5.1 Error: command not implemented");
+    session_error(s, STAT_REJ_PROTOCOL, "502 5.5.1 Error: command not implemented");
 }
 
 static void cmd_help(struct session *s, const char *arg)
@@ -551,7 +620,7 @@ static void cmd_help(struct session *s, const char *arg)
 
 static void cmd_auth(struct session *s, const char *arg)
 {
-    session_error(s, "503 5.5.1 Error: authentication not enabled");
+    session_error(s, STAT_REJ_PROTOCOL, "503 5.5.1 Error: authentication not enabled");
 }
 
 static void cmd_http(struct session *s, const char *arg)
@@ -565,15 +634,15 @@ static void session_tls_start(struct session *s);
 static void cmd_starttls(struct session *s, const char *arg)
 {
     if (*arg) {
-        session_error(s, "501 5.5.4 Syntax: STARTTLS");
+        session_error(s, STAT_REJ_PROTOCOL, "501 5.5.4 Syntax: STARTTLS");
         return;
     }
     if (s->d->tls == NULL) {
-        session_error(s, "502 5.5.1 Error: command not implemented");
+        session_error(s, STAT_REJ_PROTOCOL, "502 5.5.1 Error: command not implemented");
         return;
     }
     if (s->tls) {
-        session_error(s, "503 5.5.1 Error: TLS already active");
+        session_error(s, STAT_REJ_PROTOCOL, "503 5.5.1 Error: TLS already active");
         return;
     }
     session_reply(s, "220 2.0.0 Ready to start TLS");
@@ -591,7 +660,7 @@ static void cmd_etrn(struct session *s, const char *arg)
     int family = s->sa.ss_family;
 
     if (err) {
-        session_error(s, err);
+        session_error(s, STAT_REJ_PROTOCOL, err);
         return;
     }
     if (family == AF_INET)
@@ -681,20 +750,20 @@ static void session_command(struct session *s, const char *line, size_t len)
     s->ncmds++;
     if (smtpd_cmd_is_junk(sc.cmd) && ++s->junk > s->d->conf->limits.junk_commands) {
         log_warn("[%s]: too many junk commands, disconnecting", s->addr);
-        session_close(s, "421 4.7.0 Error: too many junk commands");
+        session_close(s, STAT_REJ_LIMIT, "421 4.7.0 Error: too many junk commands");
         return;
     }
     if (err) {
-        session_error(s, err);
+        session_error(s, STAT_REJ_PROTOCOL, err);
         return;
     }
     c = smtpd_cmd_find(sc.cmd);
     if (c == NULL) {
-        session_error(s, "500 5.5.1 Error: command unrecognized");
+        session_error(s, STAT_REJ_PROTOCOL, "500 5.5.1 Error: command unrecognized");
         return;
     }
     if (!(c->allowed & ST(s->state))) {
-        session_error(s, smtpd_refusal(s, c));
+        session_error(s, STAT_REJ_PROTOCOL, smtpd_refusal(s, c));
         return;
     }
     c->run(s, sc.arg);
@@ -709,33 +778,36 @@ static void session_command(struct session *s, const char *line, size_t len)
         evbuffer_drain(bufferevent_get_input(s->bev),
                        evbuffer_get_length(bufferevent_get_input(s->bev)));
         session_txn_reset(s);
-        session_close(s, "554 5.5.0 Error: SMTP protocol synchronization");
+        session_close(s, STAT_REJ_PROTOCOL, "554 5.5.0 Error: SMTP protocol synchronization");
     }
 }
 
 /* ------------------------------------------------------------------ */
 /* Commit                                                             */
 
-static void session_committed(void *arg, int err)
+static void commit_free(struct smtpd_commit *c)
 {
-    struct session *s = arg;
-    s->ticket = NULL;
+    if (c == NULL)
+        return;
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        c->d->commits = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    free(c);
+}
+
+/* The session saw its commit complete: answer, and go on reading. */
+static void session_committed(struct session *s, const char *qid, int err)
+{
+    s->commit = NULL;
     if (err == 0) {
-        log_info("%s: from=<%s>, size=%llu, nrcpt=%zu (queue active)", s->qid, s->sender,
-                 (unsigned long long)s->mp.size, s->nrcpt);
-        session_reply(s, "250 2.0.0 Ok: queued as %s", s->qid);
+        session_reply(s, "250 2.0.0 Ok: queued as %s", qid);
         s->nmsgs++;
-        stats_inc(STAT_ACCEPTED);
-        stats_add(STAT_ACCEPTED_BYTES, (uint64_t)s->mp.size);
-        if (s->d->queued)
-            s->d->queued(s->d->hook_arg, s->qid);
     } else if (err == ENOSPC) {
-        stats_inc(STAT_REJ_STORAGE);
-        log_warn("%s: not queued: spool full", s->qid);
         session_reply(s, "452 4.3.1 Error: insufficient system storage");
     } else {
-        stats_inc(STAT_REJ_STORAGE);
-        log_warn("%s: not queued: %s", s->qid, strerror(err));
         session_reply(s, "451 4.3.0 Error: queue file write error");
     }
     session_txn_reset(s);
@@ -747,11 +819,38 @@ static void session_committed(void *arg, int err)
         session_free(s);
 }
 
+/* spool_done_fn of a commit: runs exactly once, on the loop thread. */
+static void commit_done(void *arg, int err)
+{
+    struct smtpd_commit *c = arg;
+    struct smtpd *d = c->d;
+    if (err == 0) {
+        log_info("%s: from=<%s>, size=%llu, nrcpt=%zu (queue active)", c->qid, c->sender,
+                 c->size, c->nrcpt);
+        stats_inc(STAT_ACCEPTED);
+        stats_add(STAT_ACCEPTED_BYTES, (uint64_t)c->size);
+        if (c->s == NULL)
+            log_info("%s: queued after %s disconnected", c->qid, c->client);
+        if (d->queued)
+            d->queued(d->hook_arg, c->qid);
+    } else {
+        stats_inc(STAT_REJ_STORAGE);
+        log_warn("%s: not queued: %s", c->qid, err == ENOSPC ? "spool full" : strerror(err));
+    }
+    struct session *s = c->s;
+    char qid[QID_SIZE];
+    memcpy(qid, c->qid, sizeof qid);
+    commit_free(c);
+    if (s != NULL)
+        session_committed(s, qid, err);
+}
+
 /* The message text is complete: refuse it, or hand it to the spool. */
 static void session_data_end(struct session *s)
 {
     enum data_status st = data_finish(s->dp, session_body_out, s);
     const char *reply = NULL;
+    enum stat_id why = STAT_REJ_CONTENT;
 
     switch (st) {
     case DATA_OK:
@@ -761,23 +860,25 @@ static void session_data_end(struct session *s)
         break;
     case DATA_HEADER_TOO_BIG:
         reply = "552 5.3.4 Error: message header size exceeds limit";
+        why = STAT_REJ_CONTENT;         /* a header limit (stats.h), not the size */
         break;
     case DATA_LOOP:
         reply = "554 5.4.6 Error: too many hops: routing loop";
         break;
     case DATA_TOO_BIG:
         reply = "552 5.3.4 Error: message file too big";
+        why = STAT_REJ_SIZE;
         break;
     case DATA_WRITE_ERROR:
         reply = s->body_errno == ENOSPC ? "452 4.3.1 Error: insufficient system storage"
                                         : "451 4.3.0 Error: queue file write error";
+        why = STAT_REJ_STORAGE;
         break;
     }
     if (reply) {
-        session_count_reject(reply);
         log_info("%s: reject: end of data from %s[%s]: %s; from=<%s>", s->qid, s->name, s->addr,
                  reply, s->sender);
-        session_reply(s, "%s", reply);
+        session_reject(s, why, reply);
         session_txn_reset(s);
         session_set_state(s, S_HELO);
         session_set_timeout(s, s->d->conf->limits.command_timeout);
@@ -798,23 +899,45 @@ static void session_data_end(struct session *s)
     snprintf(m.client_addr, sizeof m.client_addr, "%s", s->addr);
     snprintf(m.client_name, sizeof m.client_name, "%s", s->name);
     snprintf(m.helo, sizeof m.helo, "%s", s->helo);
-    s->mp.size = (long)m.size;          /* for the log line */
 
     struct spool_body *b = s->body;
     s->body = NULL;                     /* the spool owns it now */
     data_free(s->dp);
     s->dp = NULL;
-    session_set_state(s, S_COMMIT);
-    /* No read timeout while the disk works: the client is waiting on us. */
-    session_set_timeout(s, 0);
-    s->ticket = spool_commit(s->d->spool, b, &m, s->rcpt, s->nrcpt, session_committed, s);
-    if (s->ticket == NULL) {
-        log_warn("%s: cannot queue commit: %s", s->qid, strerror(errno));
-        session_reply(s, "451 4.3.0 Error: queue file write error");
+    struct smtpd_commit *c = calloc(1, sizeof *c);
+    if (c == NULL) {
+        spool_body_free(b);
+        log_warn("%s: cannot queue commit: out of memory", s->qid);
+        session_reject(s, STAT_REJ_STORAGE, "451 4.3.0 Error: queue file write error");
         session_txn_reset(s);
         session_set_state(s, S_HELO);
         session_set_timeout(s, s->d->conf->limits.command_timeout);
+        return;
     }
+    c->d = s->d;
+    c->s = s;
+    memcpy(c->qid, m.qid, sizeof c->qid);
+    memcpy(c->sender, m.sender, sizeof c->sender);
+    snprintf(c->client, sizeof c->client, "%s[%s]", s->name, s->addr);
+    c->size = (unsigned long long)m.size;
+    c->nrcpt = s->nrcpt;
+    session_set_state(s, S_COMMIT);
+    /* No read timeout while the disk works: the client is waiting on us. */
+    session_set_timeout(s, 0);
+    if (spool_commit(s->d->spool, b, &m, s->rcpt, s->nrcpt, commit_done, c) == NULL) {
+        log_warn("%s: cannot queue commit: %s", s->qid, strerror(errno));
+        free(c);
+        session_reject(s, STAT_REJ_STORAGE, "451 4.3.0 Error: queue file write error");
+        session_txn_reset(s);
+        session_set_state(s, S_HELO);
+        session_set_timeout(s, s->d->conf->limits.command_timeout);
+        return;
+    }
+    c->next = s->d->commits;
+    if (c->next)
+        c->next->prev = c;
+    s->d->commits = c;
+    s->commit = c;
 }
 
 /* ------------------------------------------------------------------ */
@@ -877,10 +1000,10 @@ static int session_feed_bdat(struct session *s)
         return take > 0;
 
     if (s->bdat_reply) {
-        session_error(s, s->bdat_reply);
+        session_error(s, s->bdat_why, s->bdat_reply);
         session_txn_reset(s);
         if (s->state != S_CLOSING)
-            session_set_state(s, S_HELO);
+            session_set_state(s, s->bdat_back);
         session_set_timeout(s, s->d->conf->limits.command_timeout);
         return 1;
     }
@@ -921,7 +1044,7 @@ static long session_read_line(struct session *s)
          * trailing CR may start the CRLF, so keep it. */
         if (!s->discarding) {
             s->discarding = 1;
-            session_error(s, "500 5.5.2 Error: line too long");
+            session_error(s, STAT_REJ_PROTOCOL, "500 5.5.2 Error: line too long");
         }
         evbuffer_drain(in, avail - 1);
         return -1;
@@ -929,7 +1052,7 @@ static long session_read_line(struct session *s)
     if (s->discarding || (size_t)p.pos + 2 > max) {
         evbuffer_drain(in, (size_t)p.pos + 2);
         if (!s->discarding)
-            session_error(s, "500 5.5.2 Error: line too long");
+            session_error(s, STAT_REJ_PROTOCOL, "500 5.5.2 Error: line too long");
         s->discarding = 0;
         return -2;
     }
@@ -1008,6 +1131,10 @@ static void session_on_event(struct bufferevent *bev, short what, void *arg)
     struct session *s = arg;
 
     if (what & BEV_EVENT_CONNECTED) {
+        /* A session closed meanwhile (drain, timeout) stays closed: its last
+         * reply goes out over the new TLS layer and it ends. */
+        if (s->state != S_TLS)
+            return;
         /* The TLS handshake is done: the session starts over (RFC 3207 4.2). */
         SSL *ssl = bufferevent_openssl_get_ssl(s->bev);
         s->tls = 1;
@@ -1032,7 +1159,7 @@ static void session_on_event(struct bufferevent *bev, short what, void *arg)
                  sstate_names[s->state], s->name, s->addr);
         session_txn_reset(s);
         bufferevent_enable(s->bev, EV_WRITE);
-        session_close(s, "421 4.4.2 Error: timeout exceeded");
+        session_close(s, STAT_REJ_LIMIT, "421 4.4.2 Error: timeout exceeded");
         return;
     }
     if (what & BEV_EVENT_ERROR) {
@@ -1046,7 +1173,10 @@ static void session_on_event(struct bufferevent *bev, short what, void *arg)
             log_info("[%s]: TLS error in state %s: %s", s->addr, sstate_names[s->state], buf);
         }
     }
-    if (s->state != S_CLOSING && s->state != S_COMMIT && s->qid[0])
+    if (s->state == S_COMMIT)
+        log_info("%s: lost connection after end of data from %s[%s]; the commit goes on",
+                 s->qid, s->name, s->addr);
+    else if (s->state != S_CLOSING && s->qid[0])
         log_info("%s: lost connection after %s from %s[%s]", s->qid,
                  sstate_names[s->state], s->name, s->addr);
     session_free(s);
@@ -1117,15 +1247,14 @@ static void session_tls_switch(struct session *s)
 static void session_free(struct session *s)
 {
     struct smtpd *d = s->d;
-    if (s->ticket)
-        spool_ticket_cancel(s->ticket);
+    session_end(s);
     dns_ptr_cancel(s->ptr);
     session_txn_reset(s);
     free(s->rcpt);
     free(s->line);
     if (s->bev)
         bufferevent_free(s->bev);
-    listen_release(d->lst, (struct sockaddr *)&s->sa);
+    listen_release(d->lst);
     if (s->prev)
         s->prev->next = s->next;
     else
@@ -1195,7 +1324,8 @@ void smtpd_accept(void *arg, evutil_socket_t fd, const struct sockaddr *sa, int 
 
     if (s == NULL) {
         log_warn("out of memory for a new session");
-        listen_release(d->lst, sa);
+        listen_release_client(d->lst, sa);
+        listen_release(d->lst);
         evutil_closesocket(fd);
         return;
     }
@@ -1204,7 +1334,8 @@ void smtpd_accept(void *arg, evutil_socket_t fd, const struct sockaddr *sa, int 
     s->line = malloc(s->linecap);
     if (s->line == NULL) {
         log_warn("out of memory for a new session");
-        listen_release(d->lst, sa);
+        listen_release_client(d->lst, sa);
+        listen_release(d->lst);
         evutil_closesocket(fd);
         free(s);
         return;
@@ -1215,12 +1346,14 @@ void smtpd_accept(void *arg, evutil_socket_t fd, const struct sockaddr *sa, int 
     s->bev = bufferevent_socket_new(d->base, fd, BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
     if (s->bev == NULL) {
         log_warn("[%s]: cannot create bufferevent", s->addr);
-        listen_release(d->lst, sa);
+        listen_release_client(d->lst, sa);
+        listen_release(d->lst);
         evutil_closesocket(fd);
         free(s->line);
         free(s);
         return;
     }
+    s->client_slot = 1;
     s->next = d->sessions;
     if (d->sessions)
         d->sessions->prev = s;
@@ -1234,7 +1367,7 @@ void smtpd_accept(void *arg, evutil_socket_t fd, const struct sockaddr *sa, int 
     bufferevent_enable(s->bev, EV_READ | EV_WRITE);
     session_set_state(s, S_INIT);
     if (d->draining) {
-        session_close(s, "421 4.3.2 Error: server shutting down");
+        session_close(s, SMTPD_NO_REJECT, "421 4.3.2 Error: server shutting down");
         return;
     }
     /* Not awaited: a slow or dead resolver must not delay the greeting.
@@ -1291,7 +1424,7 @@ void smtpd_drain(struct smtpd *d)
     for (s = d->sessions; s; s = next) {
         next = s->next;
         if (s->state == S_INIT || s->state == S_HELO || s->state == S_TLS) {
-            session_close(s, "421 4.3.2 Error: server shutting down");
+            session_close(s, SMTPD_NO_REJECT, "421 4.3.2 Error: server shutting down");
         }
     }
 }
@@ -1304,5 +1437,10 @@ void smtpd_free(struct smtpd *d)
         return;
     while (d->sessions)
         session_free(d->sessions);
+    /* The loop has stopped: these completions will never run (spool_close
+     * drops them).  Their messages are on disk or not; the scheduler finds
+     * the committed ones at the next start. */
+    while (d->commits)
+        commit_free(d->commits);
     free(d);
 }

@@ -35,7 +35,9 @@ struct dns;
  */
 typedef void (*smtpd_etrn_fn)(void *arg, const char *node, const struct conf_domain **doms,
                               size_t n, char *buf, size_t len);
-/* Called after each message is committed (the scheduler learns of new mail). */
+/* Called after each message is committed (the scheduler learns of new mail
+ * and enters its delay warning): from the commit's completion, whether or
+ * not the session that sent the message is still there. */
 typedef void (*smtpd_queued_fn)(void *arg, const char *qid);
 
 struct smtpd *smtpd_new(struct event_base *base, struct listener *l, struct spool *sp,
@@ -53,6 +55,8 @@ void smtpd_accept(void *arg, evutil_socket_t fd, const struct sockaddr *sa, int 
 /* Shutdown: close idle sessions now (421), let transactions finish. */
 void smtpd_drain(struct smtpd *d);
 size_t smtpd_session_count(const struct smtpd *d);
+/* After the loop has stopped (commits still in flight are dropped with
+ * it: their completions can no longer run). */
 void smtpd_free(struct smtpd *d);
 
 #endif

@@ -78,7 +78,7 @@ struct spool_body {
 struct spool_ticket {
     struct spool_ticket *next;
     enum spool_req_kind kind;
-    spool_done_fn done;         /* NULL once cancelled (loop thread only) */
+    spool_done_fn done;         /* runs once on the loop; never cancelled */
     void *done_arg;
     int err;                    /* writer thread until handed back */
     struct spool_body *body;    /* REQ_COMMIT */
@@ -378,12 +378,6 @@ struct spool_ticket *spool_delete(struct spool *s, const char *qid,
     return t;
 }
 
-void spool_ticket_cancel(struct spool_ticket *t)
-{
-    if (t)
-        t->done = NULL;
-}
-
 /* ---------- the writer thread ---------- */
 
 static void fail_all(struct spool_ticket **req, size_t n, int err)
@@ -586,8 +580,7 @@ static struct spool_ticket *take_done(struct spool *s)
     return list;
 }
 
-/* Loop thread: run the callbacks.  A callback may cancel a ticket later in
- * this list; done is read just before the call, so that holds. */
+/* Loop thread: run the callbacks, each exactly once. */
 static void spool_done_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct spool *s0 = arg;

@@ -67,9 +67,12 @@ void spool_body_free(struct spool_body *b);
 /*
  * Make a message durable: body b (taken over, whatever the outcome), the
  * message record m and its n recipients.  done(arg, err) runs later on the
- * loop thread, exactly once, unless spool_ticket_cancel() came first (the
- * message is still committed; only the callback is dropped).  The returned
- * ticket is valid until done runs or it is cancelled.
+ * loop thread, exactly once, and cannot be cancelled: it is the commit's
+ * completion, where every effect of the stored message hangs (its log
+ * line, counters, scheduling), whatever became of the connection or
+ * request that asked for it; arg is owned by the request until then.  A
+ * requester that goes away detaches itself from arg, never from the
+ * spool.  The returned ticket is valid until done runs.
  * NULL (errno ENOMEM, or ESHUTDOWN while closing) means nothing was queued
  * and done will not run; b has been discarded.  The spool sets the stored
  * m->size, m->nrcpt and QMSG_F_INLINE itself from b and n.
@@ -94,8 +97,6 @@ struct spool_ticket *spool_write(struct spool *s, spool_txn_fn fn, void *arg,
 struct spool_ticket *spool_delete(struct spool *s, const char *qid,
                                   spool_done_fn done, void *arg);
 
-void spool_ticket_cancel(struct spool_ticket *t);
-
 /* After a spool_write() that may have removed a message (qdb_msg_settle):
  * if its record is gone, unlink its body file.  Loop thread. */
 void spool_body_unlink_if_gone(struct spool *s, const char *qid);
@@ -106,7 +107,8 @@ void spool_body_unlink_if_gone(struct spool *s, const char *qid);
 int spool_body_read(struct spool *s, const struct qmsg *m, struct evbuffer *out);
 
 /* Requests queued whose completion has not run yet (shutdown waits for
- * them so no outcome is dropped).  Loop thread. */
+ * them so no outcome is dropped; spool_close drops those still left, the
+ * loop being gone).  Loop thread. */
 size_t spool_outstanding(const struct spool *s);
 
 /* Free octets for unprivileged use on the spool's file system.  0, or -1

@@ -18,7 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define FUZZ_FMT_BUF   (SMTP_LOCAL_MAX + SMTP_DOMAIN_MAX + 8)
+#define FUZZ_FMT_BUF   (SMTP_PATH_MAX + 8)
 #define FUZZ_PATH_BUF  (FUZZ_FMT_BUF + 8)
 #define FUZZ_XTEXT_MAX 4096
 
@@ -44,7 +44,7 @@ static void check_addr(const struct smtp_addr *a, int allow_null, int utf8, int 
             abort();
         return;
     }
-    if (strlen(a->local) == 0 || strlen(a->local) > SMTP_LOCAL_MAX ||
+    if (strlen(a->local) == 0 || strlen(a->local) > SMTP_PATH_MAX - 2 ||
         strlen(a->domain) > SMTP_DOMAIN_MAX)
         abort();
     for (const char *p = a->domain; *p; p++)

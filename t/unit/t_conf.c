@@ -127,7 +127,7 @@ static void test_sample(void)
     is_int(c->limits.command_timeout, 120, "command_timeout 2m");
     is_int(c->limits.line_length, 1000, "line_length set");
     is_int(c->limits.connections, 1000, "connections default");
-    is_int(c->limits.per_client, 20, "per_client default");
+    is_int(c->limits.per_client, 50, "per_client default (Postfix's client connection count limit)");
     is_int(c->limits.data_timeout, 600, "data_timeout default");
     is_int(c->limits.header_size, 100 * 1024, "header_size default");
     is_int(c->limits.header_lines, 1000, "header_lines default");

@@ -30,8 +30,10 @@
 #define ERR_MAX             512
 #define PATH_MAX_T          4096
 #define ETRN_MAX            16
-#define LIST_LONG_LOCAL     330     /* over the 320-octet entry limit */
-#define LIST_LONG_BUF       400
+#define LIST_LONG_LOCAL     600     /* over the 511-octet entry limit */
+#define LIST_LONG_BUF       700
+#define LIST_LOCAL_OVER     256     /* over the 255 octets a list entry keeps */
+#define LIST_CONFIRM_LOCAL  70      /* a list-confirmation address (issue 7.16) */
 
 #ifdef POLICY_TEST_STUBS
 #define POLICY_STUB_SMTP_PARSE
@@ -110,7 +112,7 @@ static const char *rcpt(const struct policy *p, const char *local, const char *d
 {
     static char buf[REPLY_MAX];
     struct smtp_addr a = mk(local, domain);
-    return policy_check_rcpt(p, &a, dom, buf, sizeof buf);
+    return policy_check_rcpt(p, &a, dom, NULL, buf, sizeof buf);
 }
 
 static double now(void)
@@ -166,13 +168,15 @@ static void test_lists_bad(void)
     snprintf(longline + LIST_LONG_LOCAL, sizeof longline - LIST_LONG_LOCAL, "@example.org\n");
     e = list_error(longline, &isnull);
     snprintf(want, sizeof want, "%s:1: entry too long", path);
-    ok(isnull && strcmp(e, want) == 0, "entry > 320 octets: %s", e);
+    ok(isnull && strcmp(e, want) == 0, "entry > 511 octets: %s", e);
 
-    e = list_error("ok@example.org\n"
-                   "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa@example.org\n",
-                   &isnull);
-    snprintf(want, sizeof want, "%s:2: local part longer than 64 octets", path);
-    ok(isnull && strcmp(e, want) == 0, "65-octet local part: %s", e);
+    memcpy(longline, "ok@example.org\n", 15);
+    memset(longline + 15, 'a', LIST_LOCAL_OVER);
+    snprintf(longline + 15 + LIST_LOCAL_OVER, sizeof longline - 15 - LIST_LOCAL_OVER,
+             "@example.org\n");
+    e = list_error(longline, &isnull);
+    snprintf(want, sizeof want, "%s:2: local part longer than 255 octets", path);
+    ok(isnull && strcmp(e, want) == 0, "256-octet local part: %s", e);
 
     e = list_error("a..b@example.org\n", &isnull);
     snprintf(want, sizeof want, "%s:1: bad local part", path);
@@ -237,6 +241,7 @@ static void test_rcpt_and_etrn(void)
         "postmaster@example.org.\n"
         "alice@example.org\n"              /* duplicate: counted once */
         "  \t  \r\n"
+        "confirm-s2-0123456789abcdef0123456789abcdef0123-list=example.org-abcde@example.org\n"
         "last@example.org");               /* no final newline */
     d[D_SUB].recipients = write_file("sub.rcpts", "@sub.example.org\nnamed@sub.example.org\n");
 
@@ -244,8 +249,8 @@ static void test_rcpt_and_etrn(void)
     ok(p != NULL, "policy_new with lists: %s", p ? "ok" : err);
     if (p == NULL)
         return;
-    /* 7 distinct entries on the example.org list, wildcard + 1 on sub */
-    is_int(policy_entry_count(p), 9, "entry count: duplicates once, wildcard counted");
+    /* 8 distinct entries on the example.org list, wildcard + 1 on sub */
+    is_int(policy_entry_count(p), 10, "entry count: duplicates once, wildcard counted");
 
     /* served / case / trailing dot */
     ok(rcpt(p, "alice", "example.org", &dom) == NULL && dom == &d[D_ORG],
@@ -262,6 +267,19 @@ static void test_rcpt_and_etrn(void)
     is_str(rcpt(p, "hash#tag", "example.org", &dom), NULL, "'#' inside an entry is no comment");
     is_str(rcpt(p, "postmaster", "example.org", &dom), NULL, "entry with trailing dot domain");
     is_str(rcpt(p, "last", "example.org", &dom), NULL, "last line without newline");
+    is_int((int)strlen("confirm-s2-0123456789abcdef0123456789abcdef0123-list=example.org-abcde"),
+           LIST_CONFIRM_LOCAL, "list-confirmation local part is 70 octets");
+    is_str(rcpt(p, "confirm-s2-0123456789abcdef0123456789abcdef0123-list=example.org-abcde",
+                "example.org", &dom), NULL, "70-octet listed local part accepted");
+    {
+        enum stat_id why = STAT_COUNT_;
+        struct smtp_addr a = mk("nobody", "example.org");
+        ok(policy_check_rcpt(p, &a, &dom, &why, buf, sizeof buf) != NULL &&
+           why == STAT_REJ_UNKNOWN_USER, "unknown user: class set by policy");
+        a = mk("nobody", "example.net");
+        ok(policy_check_rcpt(p, &a, &dom, &why, buf, sizeof buf) != NULL &&
+           why == STAT_REJ_RELAY, "unserved domain: class relay");
+    }
 
     /* unknown */
     dom = &d[D_COM];
@@ -304,16 +322,16 @@ static void test_rcpt_and_etrn(void)
     ok(rcpt(p, "user", "[IPv6:::1]", &dom) != NULL && dom == NULL, "IPv6 literal refused");
     {
         struct smtp_addr a = mk("postmaster", "");
-        is_str(policy_check_rcpt(p, &a, &dom, buf, sizeof buf),
+        is_str(policy_check_rcpt(p, &a, &dom, NULL, buf, sizeof buf),
                "550 5.1.1 <postmaster>: we are a backup MX: name a domain",
                "<postmaster> without a domain");
         a = mk("", "");
         a.null = 1;
-        is_str(policy_check_rcpt(p, &a, &dom, buf, sizeof buf),
+        is_str(policy_check_rcpt(p, &a, &dom, NULL, buf, sizeof buf),
                "550 5.7.1 <>: Relay access denied", "null recipient refused");
         char tiny[12];
         a = mk("someone", "example.net");
-        const char *r = policy_check_rcpt(p, &a, &dom, tiny, sizeof tiny);
+        const char *r = policy_check_rcpt(p, &a, &dom, NULL, tiny, sizeof tiny);
         ok(r == tiny && strcmp(r, "550 5.7.1 <") == 0, "reply truncated into a small buffer");
     }
 

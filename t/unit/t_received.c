@@ -171,6 +171,27 @@ int main(void)
         ok(strcmp(buf + n - 2, "\r\n") == 0, "long HELO still ends in CRLF");
     }
 
+    /* A long recipient (issue 7.16) is named whole while a folded line can
+     * hold it, and never cut: beyond that the optional "for" is left out. */
+    {
+        char lr[1100];
+        memset(lr, 'r', sizeof lr);
+        memcpy(lr + 990 - strlen("@example.org"), "@example.org", strlen("@example.org") + 1);
+        ri = base();
+        ri.rcpt = lr;
+        n = received_format(buf, sizeof buf, &ri);
+        ok(n > 0 && strstr(buf, lr) != NULL && strstr(buf, "\tfor") != NULL,
+           "990-octet recipient named whole");
+        ok(longest_line(buf) <= 998, "... within the 998-octet hard limit (%d)", longest_line(buf));
+        memset(lr, 'r', sizeof lr);
+        memcpy(lr + 1000 - strlen("@example.org"), "@example.org", strlen("@example.org") + 1);
+        n = received_format(buf, sizeof buf, &ri);
+        ok(n > 0 && strstr(buf, "for ") == NULL && strstr(buf, "rrrrrrrrrr") == NULL,
+           "1000-octet recipient: no for clause, no cut address");
+        ok(n > 0 && strchr(buf, ';') != NULL && strcmp(buf + n - 2, "\r\n") == 0 &&
+           longest_line(buf) <= 998, "... and the header stays well-formed");
+    }
+
     /* buffer limits */
     ri = base();
     n = received_format(buf, sizeof buf, &ri);

@@ -11,7 +11,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#define BIG 1024
+#define BIG (SMTP_PATH_MAX + 1024)
 
 /* Reply code prefix check: "501 5.1.3" etc. */
 static int starts(const char *s, const char *prefix)
@@ -123,7 +123,7 @@ static void test_commands(void)
 
 static void test_paths(void)
 {
-    char buf[BIG], local[SMTP_LOCAL_MAX + 16], dom[SMTP_DOMAIN_MAX + 16];
+    char buf[BIG], local[SMTP_PATH_MAX + 16], dom[SMTP_DOMAIN_MAX + 16];
     struct smtp_addr a;
     const char *rest, *r;
 
@@ -211,23 +211,44 @@ static void test_paths(void)
     r = smtp_parse_path("<a@b.example> SIZE=1", &rest, &a, 0, 0, 0);
     ok(r == NULL && strcmp(rest, " SIZE=1") == 0, "rest points after '>'");
 
-    /* length limits: local 64/65 */
-    memset(local, 'l', 64);
-    local[64] = '\0';
+    /* Length: a local part has no bound of its own (RFC 5321 4.5.3.1);
+     * SRS, VERP and list-confirmation addresses run past 64 octets. */
+    memset(local, 'l', 65);
+    local[65] = '\0';
     snprintf(buf, sizeof buf, "<%s@example.org>", local);
     t_path(buf, 0, 0, 1, NULL, local, "example.org");
-    snprintf(buf, sizeof buf, "<%sl@example.org>", local);
+    t_path(buf, 0, 0, 0, NULL, local, "example.org");
+    t_path("<SRS0=HHH=TT=example.com=very.long.original.sender.name@forwarder.test>", 0, 0, 0,
+           NULL, "SRS0=HHH=TT=example.com=very.long.original.sender.name", "forwarder.test");
+    /* 79 octets, as in the SRS sender */
+    memset(local, 's', 79);
+    local[79] = '\0';
+    snprintf(buf, sizeof buf, "<%s@forwarder.test>", local);
+    t_path(buf, 0, 0, 0, NULL, local, "forwarder.test");
+    /* the whole path (brackets included) up to SMTP_PATH_MAX fits */
+    memset(local, 'p', SMTP_PATH_MAX - 2 - 12);
+    local[SMTP_PATH_MAX - 2 - 12] = '\0';          /* + "@example.org" = SMTP_PATH_MAX - 2 */
+    snprintf(buf, sizeof buf, "<%s@example.org>", local);
+    is_int((int)strlen(buf), SMTP_PATH_MAX, "test path is SMTP_PATH_MAX octets");
+    r = smtp_parse_path(buf, &rest, &a, 0, 0, 1);
+    ok(r == NULL && strcmp(a.local, local) == 0, "path of SMTP_PATH_MAX octets fits, local part whole");
+    char fmt[SMTP_PATH_MAX + 1];
+    ok(r == NULL && smtp_addr_format(&a, fmt, sizeof fmt) == SMTP_PATH_MAX - 2,
+       "and formats into SMTP_PATH_MAX + 1 octets");
+    snprintf(buf, sizeof buf, "<%sp@example.org>", local);
     t_path(buf, 0, 0, 1, "501 5.1.3 Recipient address too long", NULL, NULL);
     t_path(buf, 0, 0, 0, "501 5.1.7 Sender address too long", NULL, NULL);
-    /* quoted local counts its quotes: 62 + 2 = 64 fits, 63 + 2 does not */
-    memset(local, 'q', 62);
-    local[62] = '\0';
+    /* a local part alone longer than any path */
+    memset(local, 'x', SMTP_PATH_MAX + 8);
+    local[SMTP_PATH_MAX + 8] = '\0';
+    snprintf(buf, sizeof buf, "<%s@example.org>", local);
+    t_path(buf, 0, 0, 1, "501 5.1.3 Recipient address too long", NULL, NULL);
+    /* a quoted local part keeps its quotes */
+    memset(local, 'q', 70);
+    local[70] = '\0';
     snprintf(buf, sizeof buf, "<\"%s\"@example.org>", local);
     r = smtp_parse_path(buf, &rest, &a, 0, 0, 1);
-    ok(r == NULL && strlen(a.local) == 64, "quoted local of 64 with quotes fits");
-    snprintf(buf, sizeof buf, "<\"%sq\"@example.org>", local);
-    ok(starts(smtp_parse_path(buf, &rest, &a, 0, 0, 1), "501 5.1.3 Recipient address too long"),
-       "quoted local of 65 with quotes too long");
+    ok(r == NULL && strlen(a.local) == 72, "quoted local of 72 with quotes fits");
 
     /* domain 255/256 via smtp_domain_valid (a path that long breaks 256) */
     memset(dom, 0, sizeof dom);
@@ -264,13 +285,14 @@ static void test_paths(void)
     ok(!smtp_domain_valid("b\xc3\xbc" "cher.example", 0), "U-label refused without utf8");
     ok(smtp_domain_valid("b\xc3\xbc" "cher.example", 1), "U-label accepted with utf8");
 
-    /* path 256/257: "<" + 64 + "@" + domain + ">" */
-    memset(local, 'l', 64);
-    local[64] = '\0';
-    memset(dom, 0, sizeof dom);
-    strcpy(dom, "");
+    /* path SMTP_PATH_MAX / + 1: "<" + local + "@" + 189-octet domain + ">" */
     {
-        /* domain of 189 octets -> path 1+64+1+189+1 = 256 */
+        size_t ll = SMTP_PATH_MAX - 3 - 189;
+        memset(local, 'l', ll);
+        local[ll] = '\0';
+    }
+    memset(dom, 0, sizeof dom);
+    {
         size_t n = 0;
         while (n < 189) {
             size_t take = 189 - n > 60 ? 50 : 189 - n;
@@ -282,15 +304,15 @@ static void test_paths(void)
         dom[189] = '\0';
     }
     snprintf(buf, sizeof buf, "<%s@%s>", local, dom);
-    is_int((int)strlen(buf), 256, "boundary path is 256 octets");
+    is_int((int)strlen(buf), SMTP_PATH_MAX, "boundary path is SMTP_PATH_MAX octets");
     r = smtp_parse_path(buf, &rest, &a, 0, 0, 1);
-    ok(r == NULL, "path of 256 accepted (%s)", r ? r : "ok");
+    ok(r == NULL, "path of SMTP_PATH_MAX accepted (%s)", r ? r : "ok");
     snprintf(buf, sizeof buf, "<%s@q%s>", local, dom);
     ok(starts(smtp_parse_path(buf, &rest, &a, 0, 0, 1), "501 5.1.3 Recipient address too long"),
-       "path of 257 too long");
+       "path of SMTP_PATH_MAX + 1 too long");
     snprintf(buf, sizeof buf, "<%s@%s.>", local, dom);
     ok(starts(smtp_parse_path(buf, &rest, &a, 0, 0, 0), "501 5.1.7 Sender address too long"),
-       "path of 257 with trailing dot too long");
+       "path of SMTP_PATH_MAX + 1 with trailing dot too long");
 
     /* UTF-8 */
     t_path("<j\xc3\xb6rg@example.org>", 0, 0, 1, "553 5.6.7 Non-ASCII address requires SMTPUTF8",
@@ -381,8 +403,8 @@ static void test_mail_params(void)
        mp.ret == SMTP_RET_HDRS && strcmp(mp.envid, "QQ+1") == 0, "all params, extra spaces");
     r = smtp_parse_mail_params(" BODY=7bit RET=full", &mp);
     ok(r == NULL && mp.body == SMTP_BODY_7BIT && mp.ret == SMTP_RET_FULL, "case-insensitive values");
-    ok(starts(smtp_parse_mail_params(" SIZE=99999999999999999999999", &mp), "552 5.3.4"),
-       "SIZE overflow 552");
+    r = smtp_parse_mail_params(" SIZE=99999999999999999999999", &mp);
+    ok(r == NULL && mp.size == LONG_MAX, "SIZE overflow saturates: the caller refuses it as a size");
     snprintf(buf, sizeof buf, " SIZE=%ld", LONG_MAX);
     r = smtp_parse_mail_params(buf, &mp);
     ok(r == NULL && mp.size == LONG_MAX, "SIZE=LONG_MAX accepted");
