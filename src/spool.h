@@ -31,6 +31,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 #include "queue_db.h"
 
 struct event_base;
@@ -44,6 +45,27 @@ struct spool_ticket;
 /* Completion of a commit or write, on the loop thread.  err: 0 durable,
  * ENOSPC (disk or map full: 452 4.3.1), or another errno (451 4.3.0). */
 typedef void (*spool_done_fn)(void *arg, int err);
+
+/*
+ * The spool lock (Postfix's master.lock): one daemon per spool, because a
+ * second one's recovery would remove body files the first is writing and
+ * both would deliver the same mail.  The lock is flock() on the file
+ * "lock" in the spool, holding the owner's pid in decimal.  mxkeepd takes
+ * it as root, before it binds, forks or drops privileges (the file is then
+ * given to uid/gid); flock, not fcntl, because a flock lock belongs to the
+ * open file description, which the child of daemonize's fork shares, so it
+ * stays held when the parent exits (an fcntl lock belongs to the process
+ * and would not pass to the child).  Held until the process exits.
+ * Returns 0, SPOOL_LOCK_BUSY with "spool DIR is in use by mxkeepd pid N"
+ * in err, or -1 with another one-line reason.
+ * Readers (mxkeepctl's listings) never take it: LMDB serves them beside
+ * the daemon.  spool_open() takes it itself when the process does not
+ * hold it yet (tests, tools).
+ */
+#define SPOOL_LOCK_BUSY 1
+int spool_lock(const char *spool, uid_t uid, gid_t gid, char *err, size_t errlen);
+/* Write our pid into the lock file again (after daemonize's fork). */
+void spool_lock_update_pid(void);
 
 /* Open or create the spool at c->spool, run recovery, start the writer.
  * Fatal problems return NULL with a one-line reason in err. */
@@ -105,6 +127,18 @@ void spool_body_unlink_if_gone(struct spool *s, const char *qid);
  * 0, or -1 with errno (ENOENT: body missing). */
 int spool_body_read(struct spool *s, const struct qmsg *m, struct evbuffer *out);
 
+/*
+ * Index failures.  When LMDB fails for good (MDB_PANIC after a failed
+ * meta-page write) the writer fails the requests of the moment (451),
+ * closes the environment and opens it again, retrying with back-off while
+ * that fails; the outage is logged once, and counted on the loop thread
+ * (STAT_SPOOL_INDEX_FAILURES / _REOPENS).  fn runs on the loop thread after
+ * each successful reopen, so the owner of deliveries can resume the work
+ * that failed meanwhile.  Readers keep their struct qdb: it survives.
+ */
+typedef void (*spool_reopened_fn)(void *arg);
+void spool_set_reopen_hook(struct spool *s, spool_reopened_fn fn, void *arg);
+
 /* Requests queued whose completion has not run yet (shutdown waits for
  * them so no outcome is dropped).  Loop thread. */
 size_t spool_outstanding(const struct spool *s);
@@ -119,6 +153,8 @@ struct spool_stats {
     uint64_t batches;         /* LMDB write transactions */
     uint64_t map_grows;
     uint64_t failures;
+    uint64_t index_failures;  /* times the LMDB environment failed */
+    uint64_t index_reopens;   /* times it was reopened after a failure */
 };
 void spool_stats_get(const struct spool *s, struct spool_stats *out);
 
