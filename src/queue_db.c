@@ -834,6 +834,62 @@ out:
     return count;
 }
 
+struct page_fill {
+    char (*out)[QID_SIZE];
+    long n, max;
+};
+
+static int page_add(void *arg, const char *qid)
+{
+    struct page_fill *p = arg;
+    snprintf(p->out[p->n++], QID_SIZE, "%s", qid);
+    return p->n >= p->max;
+}
+
+long qdb_page(struct qdb *db, const char *domain, char after[QID_SIZE], char (*out)[QID_SIZE],
+              long max)
+{
+    struct page_fill p = { out, 0, max };
+    if (max <= 0)
+        return 0;
+    if (domain) {
+        if (qdb_dest_walk(db, domain, after, max, page_add, &p) < 0)
+            return -1;
+    } else {
+        MDB_txn *txn;
+        MDB_cursor *c;
+        if (rd_begin(db, &txn))
+            return -1;
+        int rc = mdb_cursor_open(txn, db->msg, &c);
+        if (rc) {
+            rc_fail(rc, "msg cursor", NULL);
+            rd_end(db, txn);
+            return -1;
+        }
+        MDB_val k, v;
+        size_t al = strnlen(after, QID_LEN);
+        if (al) {
+            k = val_of(after, al);
+            rc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE);
+            if (rc == 0 && k.mv_size == al && memcmp(k.mv_data, after, al) == 0)
+                rc = mdb_cursor_get(c, &k, &v, MDB_NEXT);
+        } else {
+            rc = mdb_cursor_get(c, &k, &v, MDB_FIRST);
+        }
+        for (; rc == 0 && p.n < max; rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
+            if (k.mv_size != QID_LEN)
+                continue;
+            memcpy(out[p.n], k.mv_data, QID_LEN);
+            out[p.n++][QID_LEN] = '\0';
+        }
+        mdb_cursor_close(c);
+        rd_end(db, txn);
+    }
+    if (p.n > 0)
+        snprintf(after, QID_SIZE, "%s", out[p.n - 1]);
+    return p.n;
+}
+
 int qdb_due_first(struct qdb *db, int64_t *when, char qid[QID_SIZE])
 {
     MDB_txn *txn;

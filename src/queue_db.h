@@ -139,6 +139,12 @@ long qdb_dest_each(struct qdb *db, int (*fn)(void *arg, const struct qdest *d), 
 /* Every message, QID order (arrival order), starting after `after`. */
 long qdb_msg_each(struct qdb *db, const char *after, long max,
                   int (*fn)(void *arg, const struct qmsg *m), void *arg);
+/* The pager: up to max QIDs in queue order (oldest first) into out, every
+ * message when domain is NULL, else those waiting for domain; starting
+ * after `after` ("" for the start), which is then set to the last QID
+ * returned, so the next call resumes there.  Returns how many, or -1. */
+long qdb_page(struct qdb *db, const char *domain, char after[QID_SIZE], char (*out)[QID_SIZE],
+              long max);
 /* First due entry at or before `now`: 0 and fills *when and qid, or QDB_NOTFOUND. */
 int qdb_due_first(struct qdb *db, int64_t *when, char qid[QID_SIZE]);
 /* The newest QID in msg ("" when empty), to seed qid_seed(). */

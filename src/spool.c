@@ -1014,6 +1014,42 @@ struct qdb *spool_db(struct spool *s)
     return s->db;
 }
 
+int spool_msg_get(struct spool *s, const char *qid, struct qmsg *out)
+{
+    return qdb_msg_get(s->db, qid, out);
+}
+
+int spool_rcpt_list(struct spool *s, const char *qid, struct qrcpt *out, size_t max, size_t *n)
+{
+    return qdb_rcpt_list(s->db, qid, out, max, n);
+}
+
+int spool_dest_get(struct spool *s, const char *domain, struct qdest *out)
+{
+    return qdb_dest_get(s->db, domain, out);
+}
+
+long spool_dest_each(struct spool *s, int (*fn)(void *arg, const struct qdest *d), void *arg)
+{
+    return qdb_dest_each(s->db, fn, arg);
+}
+
+int spool_due_first(struct spool *s, int64_t *when, char qid[QID_SIZE])
+{
+    return qdb_due_first(s->db, when, qid);
+}
+
+long spool_msg_count(struct spool *s)
+{
+    return qdb_msg_count(s->db);
+}
+
+long spool_page(struct spool *s, const char *domain, char after[QID_SIZE],
+                char (*out)[QID_SIZE], long max)
+{
+    return qdb_page(s->db, domain, after, out, max);
+}
+
 struct spool *spool_open(const struct conf *c, struct event_base *base, char *err, size_t errlen)
 {
     char path[PATH_MAX];

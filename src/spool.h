@@ -75,7 +75,25 @@ void spool_close(struct spool *s);
  * root before dropping privileges): spool_open then uses relative paths,
  * which need no search permission on the spool's parent directories. */
 void spool_open_from_cwd(void);
-/* The index, for reads (queue_db.h read functions). */
+/*
+ * Reads and iteration of the index, for the modules that schedule, list
+ * and count: they go through the spool, which owns the index and may
+ * reopen it under them (index failures, below).  Each is one short read
+ * transaction with the result of the queue_db.h read of the same name;
+ * spool_page is the pager for every "collect a page, resume after the
+ * last QID" loop (qdb_page).
+ */
+int spool_msg_get(struct spool *s, const char *qid, struct qmsg *out);
+int spool_rcpt_list(struct spool *s, const char *qid, struct qrcpt *out, size_t max, size_t *n);
+int spool_dest_get(struct spool *s, const char *domain, struct qdest *out);
+long spool_dest_each(struct spool *s, int (*fn)(void *arg, const struct qdest *d), void *arg);
+int spool_due_first(struct spool *s, int64_t *when, char qid[QID_SIZE]);
+long spool_msg_count(struct spool *s);
+long spool_page(struct spool *s, const char *domain, char after[QID_SIZE],
+                char (*out)[QID_SIZE], long max);
+/* The index itself, for the read calls not converted to the API above
+ * yet (delivery.c, metrics.c's snapshot) and for tests.  The object stays
+ * valid across a reopen. */
 struct qdb *spool_db(struct spool *s);
 
 /* A body being received for qid.  Returns NULL with errno on failure. */
