@@ -611,8 +611,16 @@ static int timespec_due(const struct timespec *ts)
     return now.tv_sec > ts->tv_sec || (now.tv_sec == ts->tv_sec && now.tv_nsec >= ts->tv_nsec);
 }
 
+/* Back-off before reopen attempt number step + 1. */
+static unsigned reopen_wait(unsigned step)
+{
+    unsigned wait = SPOOL_REOPEN_MIN_SEC << (step < 6 ? step : 6);
+    return wait < SPOOL_REOPEN_MAX_SEC ? wait : SPOOL_REOPEN_MAX_SEC;
+}
+
 /* Writer: the index has failed.  Log it once per outage, tell the loop,
- * and try a reopen at once. */
+ * and reopen: at once the first time, with back-off when it fails again
+ * before anything committed since the last reopen. */
 static void index_failed(struct spool *s)
 {
     s->index_down = 1;
@@ -620,10 +628,10 @@ static void index_failed(struct spool *s)
     stat_add(&s->stats.index_failures, 1);
     if (!s->index_logged) {
         log_err("spool: the LMDB index failed (MDB_PANIC after a failed write); mail is "
-                "refused with 451 while it is closed and reopened");
+                "refused (4xx) while it is closed and reopened");
         s->index_logged = 1;
     }
-    clock_gettime(CLOCK_MONOTONIC, &s->next_reopen);
+    timespec_in(&s->next_reopen, s->reopen_step ? reopen_wait(s->reopen_step - 1) : 0);
     event_active(s->index_ev, EV_READ, 0);
 }
 
@@ -634,11 +642,8 @@ static void index_reopen(struct spool *s)
 {
     char err[256];
     if (qdb_reopen(s->db, err, sizeof err) != 0) {
-        unsigned wait = SPOOL_REOPEN_MIN_SEC << (s->reopen_step < 6 ? s->reopen_step : 6);
-        if (wait > SPOOL_REOPEN_MAX_SEC)
-            wait = SPOOL_REOPEN_MAX_SEC;
+        timespec_in(&s->next_reopen, reopen_wait(s->reopen_step));
         s->reopen_step++;
-        timespec_in(&s->next_reopen, wait);
         if (s->reopen_step == 1)
             log_warn("spool: reopening the index: %s; retrying with back-off", err);
         return;

@@ -3,12 +3,15 @@
 # into the writer's pwrite64 of 120 octets at offset 32 or 4128 of
 # data.mdb) puts LMDB in MDB_PANIC.  The daemon must notice, reopen the
 # index and go on: the message of that moment gets 451, later ones 250
-# again within a bound, the outage is logged once and counted in /metrics,
-# mail queued before and after is delivered once the primary is up, and a
+# again within a bound, the outage is logged once and counted in /metrics;
+# when the reopen itself fails (index directory out of reach) it retries
+# with back-off, logged once, and recovers when the directory is back;
+# mail queued before and after is delivered once released, and a
 # kill -9 at points along that path (just after the failure, just after the
 # recovery) loses no acknowledged message.  Root only (ptrace).
 import http.client
 import os
+import stat
 import subprocess
 import sys
 import time
@@ -21,6 +24,7 @@ ATTACH_TIMEOUT = 5.0
 RECOVER_TIMEOUT = 15.0      # failure to the first 250 again
 META_RE = re.compile(r"pwrite64\(\d+, .*, 120, (32|4128)\) = -1 EIO .*INJECTED")
 ANY_INJECTED_RE = re.compile(r"^.*INJECTED.*$", re.M)
+BLOCKED_SECONDS = 3.5        # the reopen fails for this long (several tries)
 MSG_SIZE = 1500             # inline bodies: all of it lives in the index
 
 
@@ -172,6 +176,27 @@ def main():
     r = srv.ctl("queue")
     is_(r.returncode, 0, "mxkeepctl queue reads the reopened index")
     check_kept(srv, acked, "after the reopen")
+
+    # The reopen itself fails for a while (the index directory out of the
+    # daemon's reach): it retries with back-off, logged once, and recovers
+    # when the directory is back.
+    index = os.path.join(srv.spool, "index")
+    mode = stat.S_IMODE(os.stat(index).st_mode)
+    os.chmod(index, 0)
+    try:
+        r = inject_meta_failure(srv, c, acked, "b")
+        ok(r is not None and r.code == 451, "second fault injected: 451 (%s)" % r)
+        time.sleep(BLOCKED_SECONDS)
+    finally:
+        os.chmod(index, mode)
+    secs, refused = until_accepted(srv, c, acked, "unblocked")
+    ok(secs is not None, "accepted again once the index is reachable (%.1f s)" % (secs or -1))
+    log = srv.log()
+    is_(len(re.findall(r"reopening the index: .*retrying with back-off", log)), 1,
+        "the failing reopen is logged once")
+    is_(len(re.findall(r"the LMDB index failed", log)), 2, "one line per outage")
+    is_(metric(mport, "spool_index_reopens_total"), 2, "/metrics: two reopens")
+    check_kept(srv, acked, "after the blocked reopen")
 
     # Delivery goes on: released, everything acknowledged (before, at and
     # after the fault) is delivered.
