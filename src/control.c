@@ -547,16 +547,6 @@ static void delete_domain_done(void *arg, int err)
         delete_domain_round(r);
 }
 
-static int delete_domain_collect(void *arg, const char *qid)
-{
-    struct ctl_req *r = arg;
-
-    if (r->npage >= CONTROL_DELETE_PAGE)
-        return 1;
-    snprintf(r->page[r->npage++], QID_SIZE, "%s", qid);
-    return 0;
-}
-
 static void delete_domain_finish(struct ctl_req *r)
 {
     log_info("control: delete-domain %s: %ld deleted, %ld skipped (being delivered)", r->domain,
@@ -570,7 +560,6 @@ static void delete_domain_finish(struct ctl_req *r)
 
 static void delete_domain_round(struct ctl_req *r)
 {
-    struct qdb *db = spool_db(r->ctl->spool);
     size_t i, n;
     long got;
 
@@ -580,8 +569,8 @@ static void delete_domain_round(struct ctl_req *r)
         delete_domain_finish(r);
         return;
     }
-    r->npage = 0;
-    got = qdb_dest_walk(db, r->domain, r->after, CONTROL_DELETE_PAGE, delete_domain_collect, r);
+    got = spool_page(r->ctl->spool, r->domain, r->after, r->page, CONTROL_DELETE_PAGE);
+    r->npage = got > 0 ? (size_t)got : 0;
     if (got < 0) {
         r->failed = EIO;
         delete_domain_finish(r);
@@ -592,7 +581,6 @@ static void delete_domain_round(struct ctl_req *r)
         return;
     }
     n = r->npage;
-    snprintf(r->after, sizeof r->after, "%s", r->page[n - 1]);
     /* One count held over the loop, so no completion can start the next
      * round (or end the job) while this one is still being issued. */
     r->pending++;
@@ -658,7 +646,7 @@ static void cmd_stats(struct ctl_req *r, int argc, char **argv)
     struct evbuffer *b = evbuffer_new();
     size_t in = 0, out = 0;
     int64_t up = (int64_t)time(NULL) - stats_started();
-    long nmsg = qdb_msg_count(spool_db(ctl->spool));
+    long nmsg = spool_msg_count(ctl->spool);
     int s;
 
     if (b == NULL) {

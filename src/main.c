@@ -3,10 +3,14 @@
  *
  * Start-up order (qmail's "do little as root"): parse arguments -> load and
  * validate the config and recipient lists -> open the log -> create the
- * spool directory for the mail user -> bind the listeners -> load TLS keys
- * -> drop privileges (setgroups/setresgid/setresuid, verified) -> open the
- * spool and recover -> enter the loop.  Everything after the drop runs as
- * the unprivileged user, including recovery and every byte of SMTP.
+ * spool directory for the mail user and enter it -> lock the spool (a
+ * second daemon on the same spool stops here with 75, before it binds or
+ * touches a control socket) -> bind the listeners and sockets -> load TLS
+ * keys -> daemonize (the flock spool lock passes to the child, see
+ * spool.h) -> write the pid file as root (a root-owned /run works) -> drop
+ * privileges (setgroups/setresgid/setresuid, verified) -> open the spool
+ * and recover -> enter the loop.  Everything after the drop runs as the
+ * unprivileged user, including recovery and every byte of SMTP.
  *
  * Signals: SIGHUP reloads config and recipient lists (an invalid new config
  * keeps the old one); SIGTERM/SIGINT stop accepting, close idle sessions,
@@ -14,7 +18,8 @@
  * consistent.
  *
  * Exit codes: 0 normal, 64 usage, 78 bad configuration (one line naming
- * file:line), 71 other start-up failure.
+ * file:line), 75 the spool is in use by another mxkeepd (one line naming
+ * the spool and its pid), 71 other start-up failure.
  */
 #include "config.h"
 #include "conf.h"
@@ -50,6 +55,7 @@
 
 #define EX_USAGE_CODE 64
 #define EX_OSERR_CODE 71
+#define EX_TEMPFAIL_CODE 75
 /* How long SIGTERM waits for transactions in progress. */
 #define SHUTDOWN_GRACE_SECONDS 30
 
@@ -225,18 +231,70 @@ static void main_daemonize(const struct conf *c)
     }
 }
 
+/* Written as root, before the drop: the directory (/run) may be root's.
+ * Root writes into a directory that may be another user's: no symlink,
+ * only a plain file. */
 static void main_pid_file(const struct conf *c)
 {
-    FILE *f;
+    char buf[32];
+    struct stat st;
     if (c->pid_file == NULL)
         return;
-    f = fopen(c->pid_file, "w");
-    if (f == NULL) {
-        log_warn("cannot write pid file %s: %s", c->pid_file, strerror(errno));
+    int fd = open(c->pid_file, O_WRONLY | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0644);
+    if (fd < 0 || fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        log_warn("cannot write pid file %s: %s", c->pid_file,
+                 fd < 0 ? strerror(errno) : "not a plain file");
+        if (fd >= 0)
+            close(fd);
         return;
     }
-    fprintf(f, "%ld\n", (long)getpid());
-    fclose(f);
+    int n = snprintf(buf, sizeof buf, "%ld\n", (long)getpid());
+    if (ftruncate(fd, 0) != 0 || write(fd, buf, (size_t)n) != n)
+        log_warn("cannot write pid file %s: %s", c->pid_file, strerror(errno));
+    close(fd);
+}
+
+/* At exit, as the mail user: a pid file in a root-owned directory cannot
+ * go, and need not (its pid is dead; the next start rewrites it). */
+static void main_pid_file_remove(const struct conf *c)
+{
+    if (c->pid_file && unlink(c->pid_file) != 0 && errno != ENOENT && errno != EACCES &&
+        errno != EPERM)
+        log_warn("cannot remove pid file %s: %s", c->pid_file, strerror(errno));
+}
+
+/* The spool's index was reopened after a failure: the destinations whose
+ * reads failed meanwhile start again (a down one keeps its probe timer). */
+struct main_resume {
+    char (*names)[SMTP_DOMAIN_MAX + 1];
+    size_t n, cap;
+};
+
+static int main_resume_collect(void *arg, const struct delivery_dest_info *i)
+{
+    struct main_resume *r = arg;
+    if (i->held || i->state == QDEST_DOWN)
+        return 0;
+    if (r->n == r->cap) {
+        size_t cap = r->cap ? r->cap * 2 : 16;
+        void *p = realloc(r->names, cap * sizeof *r->names);
+        if (p == NULL)
+            return 1;
+        r->names = p;
+        r->cap = cap;
+    }
+    snprintf(r->names[r->n++], sizeof r->names[0], "%s", i->domain);
+    return 0;
+}
+
+static void main_on_index_reopened(void *arg)
+{
+    struct daemon *dm = arg;
+    struct main_resume r = { NULL, 0, 0 };
+    delivery_dest_each(dm->delivery, main_resume_collect, &r);
+    for (size_t i = 0; i < r.n; i++)
+        delivery_flush(dm->delivery, r.names[i], NULL);
+    free(r.names);
 }
 
 int main(int argc, char **argv)
@@ -331,6 +389,18 @@ int main(int argc, char **argv)
     if (chdir(dm.conf->spool) != 0)
         log_fatal(EX_OSERR_CODE, "cannot enter spool %s: %s", dm.conf->spool, strerror(errno));
     spool_open_from_cwd();
+    /* Before anything is bound or a control socket replaced: a second
+     * daemon on this spool must leave the first one's alone. */
+    switch (spool_lock(dm.conf->spool, uid, gid, err, sizeof err)) {
+    case 0:
+        break;
+    case SPOOL_LOCK_BUSY:
+        if (!foreground)
+            fprintf(stderr, "mxkeepd: %s\n", err);
+        log_fatal(EX_TEMPFAIL_CODE, "%s", err);
+    default:
+        log_fatal(EX_OSERR_CODE, "%s", err);
+    }
     dm.lst = listen_new(dm.base, dm.conf, err, sizeof err);
     if (dm.lst == NULL)
         log_fatal(EX_OSERR_CODE, "%s", err);
@@ -348,9 +418,14 @@ int main(int argc, char **argv)
         if (dm.tls == NULL)
             log_fatal(EX_CONFIG_CODE, "%s", err);
     }
-    main_drop_privileges(dm.conf, uid, gid);
-    if (!foreground)
+    /* Fork as root, so the pid file written next holds the pid that
+     * stays; the spool lock is a flock and passes to the child. */
+    if (!foreground) {
         main_daemonize(dm.conf);
+        spool_lock_update_pid();
+    }
+    main_pid_file(dm.conf);
+    main_drop_privileges(dm.conf, uid, gid);
 
     dm.spool = spool_open(dm.conf, dm.base, err, sizeof err);
     if (dm.spool == NULL)
@@ -367,6 +442,7 @@ int main(int argc, char **argv)
     if (dm.delivery == NULL || delivery_configure(dm.delivery, dm.conf, err, sizeof err) != 0)
         log_fatal(EX_OSERR_CODE, "delivery: %s", err);
     smtpd_set_hooks(dm.smtpd, delivery_etrn, delivery_queued, dm.delivery);
+    spool_set_reopen_hook(dm.spool, main_on_index_reopened, &dm);
     delivery_start(dm.delivery);
     metrics_start(dm.metrics, dm.spool, dm.delivery, main_control_gauges, &dm);
     if (dm.control)
@@ -381,7 +457,6 @@ int main(int argc, char **argv)
     event_add(dm.ev_hup, NULL);
 
     listen_start(dm.lst, smtpd_accept, dm.smtpd);
-    main_pid_file(dm.conf);
     log_info("mxkeepd %s ready: %s, %zu domains, %zu recipient entries", PACKAGE_VERSION,
              dm.conf->hostname, dm.conf->ndomains, policy_entry_count(dm.policy));
 
@@ -402,8 +477,7 @@ int main(int argc, char **argv)
     event_free(dm.ev_hup);
     SSL_CTX_free(dm.tls);
     policy_free(dm.policy);
-    if (dm.conf->pid_file)
-        unlink(dm.conf->pid_file);
+    main_pid_file_remove(dm.conf);
     conf_free(dm.conf);
     event_base_free(dm.base);
     log_info("mxkeepd stopped");

@@ -656,12 +656,12 @@ static void metrics_sample(struct metrics *m)
     memset(&p, 0, sizeof p);
     p.h = h;
     p.slot = h->head;
-    nq = qdb_msg_count(spool_db(m->sp));
+    nq = spool_msg_count(m->sp);
     h->t[p.slot] = (int64_t)time(NULL);
     h->total[p.slot] = nq > 0 ? (uint64_t)nq : 0;
     for (i = 0; i < SERIES_MAX; i++)
         h->s[i].v[p.slot] = 0;              /* no record: nothing waiting */
-    if (qdb_dest_each(spool_db(m->sp), sample_dest, &p) < 0)
+    if (spool_dest_each(m->sp, sample_dest, &p) < 0)
         log_warn("metrics: cannot read the destination index for the history");
     h->head = (h->head + 1) % HISTORY_SAMPLES;
     if (h->n < HISTORY_SAMPLES)
@@ -991,7 +991,7 @@ static void render_status(struct metrics *m, struct snapshot *s, struct evbuffer
 {
     char host[HOST_NAME_SIZE], t1[HUMAN_SIZE], t2[HUMAN_SIZE];
     const char *hostname = m->conf && m->conf->hostname ? m->conf->hostname : NULL;
-    long nq = qdb_msg_count(spool_db(m->sp));
+    long nq = spool_msg_count(m->sp);
     size_t in = 0, out = 0, i;
 
     if (hostname == NULL) {

@@ -1878,7 +1878,9 @@ static int ctl_db_open(struct ctl *c)
     if (!is_dir(dir))
         return spool_missing(spool, dir);
     err[0] = '\0';
-    c->db = qdb_open(dir, (size_t)c->conf->lmdb_map_size, err, sizeof err);
+    /* Read-only, and without the spool lock: listings work beside a
+     * running daemon (LMDB's readers never block its writer). */
+    c->db = qdb_open_readonly(dir, err, sizeof err);
     if (c->db == NULL) {
         fprintf(stderr, CTL_PROG ": %s: %s\n", dir, err);
         return access(dir, R_OK | W_OK | X_OK) != 0 && errno == EACCES ? EX_NOPERM : EX_IOERR;

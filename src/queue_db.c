@@ -24,6 +24,15 @@
  * read lock; qdb_grow() remaps under the write lock of that same rwlock,
  * because LMDB forbids resizing while any transaction of the process is
  * open and readers on the loop thread cannot know when the writer grows.
+ * qdb_reopen() replaces the environment under that same write lock, so a
+ * struct qdb borrowed by readers elsewhere stays valid across a reopen:
+ * only the MDB_env inside it changes, and never while a read is open.
+ *
+ * A failed meta-page write leaves LMDB in MDB_PANIC: every later
+ * transaction of the process fails until the environment is closed and
+ * opened again.  Such a failure is remembered (qdb_failed()) and reads and
+ * writes then fail at once, quietly: the spool logs the outage once and
+ * reopens (spool.c).
  */
 #include "config.h"
 #include "queue_db.h"
@@ -56,14 +65,19 @@
 #define QDB_RCPT_OFF_DOMAIN (QDB_RCPT_OFF_EXPIRY + 8 + 8)
 
 struct qdb {
-    MDB_env *env;
+    MDB_env *env;               /* NULL while a reopen has not succeeded */
     MDB_dbi msg, rcpt, body, dest, by_dest, due;
     pthread_rwlock_t maplock;
+    char *dir;                  /* for qdb_reopen() */
+    size_t map_size;
+    int readonly;               /* qdb_open_readonly(): mxkeepctl */
+    int failed;                 /* atomic: the environment is unusable */
 };
 
 struct qdb_txn {
     struct qdb *db;
     MDB_txn *txn;
+    int child;                  /* qdb_txn_child(): commits to its parent */
 };
 
 /* ---------- encoding ---------- */
@@ -412,7 +426,9 @@ static int rc_fail(int rc, const char *what, const char *qid)
 static int open_dbis(struct qdb *db, char *err, size_t errlen)
 {
     MDB_txn *txn;
-    int rc = mdb_txn_begin(db->env, NULL, 0, &txn);
+    /* Read-only (mxkeepctl): the databases must be there already. */
+    unsigned txnflags = db->readonly ? MDB_RDONLY : 0, create = db->readonly ? 0 : MDB_CREATE;
+    int rc = mdb_txn_begin(db->env, NULL, txnflags, &txn);
     if (rc) {
         snprintf(err, errlen, "lmdb txn: %s", mdb_strerror(rc));
         return -1;
@@ -423,7 +439,7 @@ static int open_dbis(struct qdb *db, char *err, size_t errlen)
         { "by_dest", MDB_DUPSORT, &db->by_dest }, { "due", 0, &db->due },
     };
     for (size_t i = 0; i < sizeof t / sizeof t[0]; i++) {
-        rc = mdb_dbi_open(txn, t[i].name, t[i].flags | MDB_CREATE, t[i].dbi);
+        rc = mdb_dbi_open(txn, t[i].name, t[i].flags | create, t[i].dbi);
         if (rc) {
             snprintf(err, errlen, "lmdb database %s: %s", t[i].name, mdb_strerror(rc));
             mdb_txn_abort(txn);
@@ -438,13 +454,54 @@ static int open_dbis(struct qdb *db, char *err, size_t errlen)
     return 0;
 }
 
-struct qdb *qdb_open(const char *dir, size_t map_size, char *err, size_t errlen)
+/* Create and open db->env from db->dir and db->map_size.  On failure
+ * db->env is NULL and err says why. */
+static int env_open(struct qdb *db, char *err, size_t errlen)
+{
+    int rc = mdb_env_create(&db->env);
+    if (rc) {
+        db->env = NULL;
+        snprintf(err, errlen, "lmdb: %s", mdb_strerror(rc));
+        return -1;
+    }
+    mdb_env_set_maxdbs(db->env, QDB_MAXDBS);
+    /* No mapsize before open: LMDB then keeps the size the file was last
+     * grown to, and we only raise it to the configured size below. */
+    rc = mdb_env_open(db->env, db->dir, MDB_NOTLS | (db->readonly ? MDB_RDONLY : 0),
+                      QDB_FILE_MODE);
+    if (rc) {
+        snprintf(err, errlen, "%s: %s", db->dir, mdb_strerror(rc));
+        goto fail;
+    }
+    MDB_envinfo info;
+    mdb_env_info(db->env, &info);
+    if (db->map_size > info.me_mapsize) {
+        rc = mdb_env_set_mapsize(db->env, db->map_size);
+        if (rc) {
+            snprintf(err, errlen, "lmdb map size %zu: %s", db->map_size, mdb_strerror(rc));
+            goto fail;
+        }
+    }
+    if (open_dbis(db, err, errlen) < 0)
+        goto fail;
+    return 0;
+fail:
+    mdb_env_close(db->env);
+    db->env = NULL;
+    return -1;
+}
+
+static struct qdb *qdb_open_mode(const char *dir, size_t map_size, int readonly, char *err,
+                                 size_t errlen)
 {
     struct qdb *db = calloc(1, sizeof *db);
-    if (!db) {
+    if (!db || !(db->dir = strdup(dir))) {
+        free(db);
         snprintf(err, errlen, "out of memory");
         return NULL;
     }
+    db->map_size = map_size;
+    db->readonly = readonly;
     pthread_rwlockattr_t ra;
     pthread_rwlockattr_init(&ra);
     /* Readers may nest (a walk callback reading a record): a waiting
@@ -453,38 +510,26 @@ struct qdb *qdb_open(const char *dir, size_t map_size, char *err, size_t errlen)
     pthread_rwlock_init(&db->maplock, &ra);
     pthread_rwlockattr_destroy(&ra);
 
-    if (mkdir(dir, QDB_DIR_MODE) < 0 && errno != EEXIST) {
+    if (!readonly && mkdir(dir, QDB_DIR_MODE) < 0 && errno != EEXIST) {
         snprintf(err, errlen, "%s: %s", dir, strerror(errno));
         goto fail;
     }
-    int rc = mdb_env_create(&db->env);
-    if (rc) {
-        snprintf(err, errlen, "lmdb: %s", mdb_strerror(rc));
-        goto fail;
-    }
-    mdb_env_set_maxdbs(db->env, QDB_MAXDBS);
-    /* No mapsize before open: LMDB then keeps the size the file was last
-     * grown to, and we only raise it to the configured size below. */
-    rc = mdb_env_open(db->env, dir, MDB_NOTLS, QDB_FILE_MODE);
-    if (rc) {
-        snprintf(err, errlen, "%s: %s", dir, mdb_strerror(rc));
-        goto fail;
-    }
-    MDB_envinfo info;
-    mdb_env_info(db->env, &info);
-    if (map_size > info.me_mapsize) {
-        rc = mdb_env_set_mapsize(db->env, map_size);
-        if (rc) {
-            snprintf(err, errlen, "lmdb map size %zu: %s", map_size, mdb_strerror(rc));
-            goto fail;
-        }
-    }
-    if (open_dbis(db, err, errlen) < 0)
+    if (env_open(db, err, errlen) < 0)
         goto fail;
     return db;
 fail:
     qdb_close(db);
     return NULL;
+}
+
+struct qdb *qdb_open(const char *dir, size_t map_size, char *err, size_t errlen)
+{
+    return qdb_open_mode(dir, map_size, 0, err, errlen);
+}
+
+struct qdb *qdb_open_readonly(const char *dir, char *err, size_t errlen)
+{
+    return qdb_open_mode(dir, 0, 1, err, errlen);
 }
 
 void qdb_close(struct qdb *db)
@@ -494,7 +539,34 @@ void qdb_close(struct qdb *db)
     if (db->env)
         mdb_env_close(db->env);
     pthread_rwlock_destroy(&db->maplock);
+    free(db->dir);
     free(db);
+}
+
+/* An LMDB result that means the environment is unusable: remember it, so
+ * the owner reopens and nobody retries against it meanwhile. */
+static void note_fatal(struct qdb *db, int rc)
+{
+    if (rc == MDB_PANIC)
+        __atomic_store_n(&db->failed, 1, __ATOMIC_RELEASE);
+}
+
+int qdb_failed(struct qdb *db)
+{
+    return __atomic_load_n(&db->failed, __ATOMIC_ACQUIRE);
+}
+
+int qdb_reopen(struct qdb *db, char *err, size_t errlen)
+{
+    pthread_rwlock_wrlock(&db->maplock);
+    if (db->env)
+        mdb_env_close(db->env);
+    db->env = NULL;
+    int r = env_open(db, err, errlen);
+    if (r == 0)
+        __atomic_store_n(&db->failed, 0, __ATOMIC_RELEASE);
+    pthread_rwlock_unlock(&db->maplock);
+    return r == 0 ? 0 : QDB_ERR;
 }
 
 /* Begin a read transaction under the read lock.  Another process (mxkeepctl
@@ -504,10 +576,18 @@ static int rd_begin(struct qdb *db, MDB_txn **txn)
 {
     for (;;) {
         pthread_rwlock_rdlock(&db->maplock);
+        /* A failed environment: fail quietly, the spool logged it. */
+        if (!db->env || qdb_failed(db)) {
+            pthread_rwlock_unlock(&db->maplock);
+            return QDB_ERR;
+        }
         int rc = mdb_txn_begin(db->env, NULL, MDB_RDONLY, txn);
         if (rc == 0)
             return 0;
         pthread_rwlock_unlock(&db->maplock);
+        note_fatal(db, rc);
+        if (rc == MDB_PANIC)
+            return QDB_ERR;
         if (rc != MDB_MAP_RESIZED) {
             log_warn("queue: read transaction: %s", mdb_strerror(rc));
             return QDB_ERR;
@@ -752,6 +832,62 @@ out:
     rd_end(db, txn);
     free(m);
     return count;
+}
+
+struct page_fill {
+    char (*out)[QID_SIZE];
+    long n, max;
+};
+
+static int page_add(void *arg, const char *qid)
+{
+    struct page_fill *p = arg;
+    snprintf(p->out[p->n++], QID_SIZE, "%s", qid);
+    return p->n >= p->max;
+}
+
+long qdb_page(struct qdb *db, const char *domain, char after[QID_SIZE], char (*out)[QID_SIZE],
+              long max)
+{
+    struct page_fill p = { out, 0, max };
+    if (max <= 0)
+        return 0;
+    if (domain) {
+        if (qdb_dest_walk(db, domain, after, max, page_add, &p) < 0)
+            return -1;
+    } else {
+        MDB_txn *txn;
+        MDB_cursor *c;
+        if (rd_begin(db, &txn))
+            return -1;
+        int rc = mdb_cursor_open(txn, db->msg, &c);
+        if (rc) {
+            rc_fail(rc, "msg cursor", NULL);
+            rd_end(db, txn);
+            return -1;
+        }
+        MDB_val k, v;
+        size_t al = strnlen(after, QID_LEN);
+        if (al) {
+            k = val_of(after, al);
+            rc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE);
+            if (rc == 0 && k.mv_size == al && memcmp(k.mv_data, after, al) == 0)
+                rc = mdb_cursor_get(c, &k, &v, MDB_NEXT);
+        } else {
+            rc = mdb_cursor_get(c, &k, &v, MDB_FIRST);
+        }
+        for (; rc == 0 && p.n < max; rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
+            if (k.mv_size != QID_LEN)
+                continue;
+            memcpy(out[p.n], k.mv_data, QID_LEN);
+            out[p.n++][QID_LEN] = '\0';
+        }
+        mdb_cursor_close(c);
+        rd_end(db, txn);
+    }
+    if (p.n > 0)
+        snprintf(after, QID_SIZE, "%s", out[p.n - 1]);
+    return p.n;
 }
 
 int qdb_due_first(struct qdb *db, int64_t *when, char qid[QID_SIZE])
@@ -1226,10 +1362,22 @@ int qdb_txn_begin(struct qdb *db, struct qdb_txn **out)
     if (!t)
         return QDB_ERR;
     t->db = db;
+    t->child = 0;
+    if (!db->env || qdb_failed(db)) {
+        free(t);
+        errno = EIO;
+        return QDB_ERR;
+    }
     for (;;) {
         int rc = mdb_txn_begin(db->env, NULL, 0, &t->txn);
         if (rc == 0)
             break;
+        note_fatal(db, rc);
+        if (rc == MDB_PANIC) {
+            free(t);
+            errno = EIO;
+            return QDB_ERR;
+        }
         if (rc == MDB_MAP_RESIZED) {
             pthread_rwlock_wrlock(&db->maplock);
             rc = mdb_env_set_mapsize(db->env, 0);
@@ -1251,8 +1399,10 @@ int qdb_txn_child(struct qdb_txn *parent, struct qdb_txn **child)
     if (!t)
         return QDB_ERR;
     t->db = parent->db;
+    t->child = 1;
     int rc = mdb_txn_begin(parent->db->env, parent->txn, 0, &t->txn);
     if (rc) {
+        note_fatal(parent->db, rc);
         free(t);
         return rc_fail(rc, "child transaction", NULL);
     }
@@ -1260,12 +1410,31 @@ int qdb_txn_child(struct qdb_txn *parent, struct qdb_txn **child)
     return 0;
 }
 
+/* After a failed top-level commit: did it leave the environment in
+ * MDB_PANIC (a meta-page write failed)?  LMDB says so only to the next
+ * transaction, so ask one. */
+static void probe_fatal(struct qdb *db)
+{
+    MDB_txn *txn;
+    pthread_rwlock_rdlock(&db->maplock);
+    int rc = mdb_txn_begin(db->env, NULL, MDB_RDONLY, &txn);
+    if (rc == 0)
+        mdb_txn_abort(txn);
+    pthread_rwlock_unlock(&db->maplock);
+    note_fatal(db, rc);
+}
+
 int qdb_txn_commit(struct qdb_txn *t)
 {
+    struct qdb *db = t->db;
+    int child = t->child;
     int rc = mdb_txn_commit(t->txn);
     free(t);
     if (rc == 0)
         return 0;
+    note_fatal(db, rc);
+    if (!child && rc != MDB_MAP_FULL)
+        probe_fatal(db);
     int r = rc_fail(rc, "commit", NULL);
     /* errno tells the writer what to report: ENOSPC/EDQUOT from the disk
      * becomes 452, anything else 451. */

@@ -107,7 +107,19 @@ struct qdb_txn;                         /* a write transaction (writer thread) *
 /* Open (create) the environment in dir with the initial map size.  On
  * failure returns NULL and a one-line reason in err. */
 struct qdb *qdb_open(const char *dir, size_t map_size, char *err, size_t errlen);
+/* Open an existing environment read-only (mxkeepctl's listings beside a
+ * running daemon): creates nothing, never writes. */
+struct qdb *qdb_open_readonly(const char *dir, char *err, size_t errlen);
 void qdb_close(struct qdb *db);                 /* accepts NULL */
+/* Has the environment failed for good (LMDB's MDB_PANIC after a failed
+ * meta-page write)?  Then every read and write fails quietly until
+ * qdb_reopen() succeeds.  Any thread. */
+int qdb_failed(struct qdb *db);
+/* Close and open the environment again (writer thread, no write
+ * transaction open; waits for readers).  The struct qdb stays the same
+ * object, so borrowed pointers remain valid.  0, or QDB_ERR with a one-line
+ * reason in err (the environment then stays closed: call again later). */
+int qdb_reopen(struct qdb *db, char *err, size_t errlen);
 
 /* --- Reads: own short read transaction each, any thread. --- */
 int qdb_msg_get(struct qdb *db, const char *qid, struct qmsg *out);
@@ -127,6 +139,12 @@ long qdb_dest_each(struct qdb *db, int (*fn)(void *arg, const struct qdest *d), 
 /* Every message, QID order (arrival order), starting after `after`. */
 long qdb_msg_each(struct qdb *db, const char *after, long max,
                   int (*fn)(void *arg, const struct qmsg *m), void *arg);
+/* The pager: up to max QIDs in queue order (oldest first) into out, every
+ * message when domain is NULL, else those waiting for domain; starting
+ * after `after` ("" for the start), which is then set to the last QID
+ * returned, so the next call resumes there.  Returns how many, or -1. */
+long qdb_page(struct qdb *db, const char *domain, char after[QID_SIZE], char (*out)[QID_SIZE],
+              long max);
 /* First due entry at or before `now`: 0 and fills *when and qid, or QDB_NOTFOUND. */
 int qdb_due_first(struct qdb *db, int64_t *when, char qid[QID_SIZE]);
 /* The newest QID in msg ("" when empty), to seed qid_seed(). */

@@ -17,6 +17,21 @@
  * after the loop has run the previous batch's callbacks, so under steady
  * load every waiting message rides in one transaction.
  *
+ * Index failure: LMDB refuses every transaction after a failed meta-page
+ * write (MDB_PANIC).  The writer notices (qdb_failed), fails the batch in
+ * hand, closes the environment and opens it again under the reader lock
+ * (the struct qdb survives, so readers elsewhere keep their pointer), runs
+ * the read-only part of recovery and goes on; while the reopen fails it
+ * retries with back-off and fails new requests at once (451) instead of
+ * letting sessions wait.  Logged once per outage, counted on the loop.
+ * The orphan sweep is not repeated then: bodies of sessions still
+ * receiving are not orphans, and the failed batch removed its own files.
+ *
+ * Storage errors are classified where they are seen: an EIO (LMDB reports
+ * a write cut short by a full disk that way, and so do some file systems)
+ * while free space is below the reserve plus what was being written is a
+ * lack of space, ENOSPC, so the sender hears 452 4.3.1.
+ *
  * Never: calls a done callback on the writer thread; lets the loop wait on
  * an fsync; unlinks a body whose record may still exist (deletes unlink
  * only after their transaction committed; failed commits unlink because
@@ -37,8 +52,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <event2/buffer.h>
@@ -46,6 +63,7 @@
 
 #include "conf.h"
 #include "log.h"
+#include "stats.h"
 
 /* Bodies up to this size live in memory while they arrive and go into the
  * LMDB body database: no file, no fsync, no directory entry. */
@@ -62,6 +80,11 @@
 #define SPOOL_INDEX_DIR       "index"
 #define SPOOL_MSG_DIR         "msg"
 #define SPOOL_QUARANTINE_DIR  "quarantine"
+#define SPOOL_LOCK_FILE       "lock"
+#define SPOOL_PID_MAX         32          /* "pid\n" in the lock file */
+/* Reopening a failed index: first try at once, then back off. */
+#define SPOOL_REOPEN_MIN_SEC  1
+#define SPOOL_REOPEN_MAX_SEC  60
 
 enum spool_req_kind { REQ_COMMIT, REQ_WRITE, REQ_DELETE };
 
@@ -92,7 +115,19 @@ struct spool_ticket {
 
 struct spool {
     int rootfd;
+    int lockfd;                 /* our own spool lock (not mxkeepd's) */
+    unsigned long long reserve; /* limits.disk_reserve at open */
     struct qdb *db;
+    struct event *index_ev;     /* writer -> loop: index failed/reopened */
+    spool_reopened_fn reopened;
+    void *reopened_arg;
+    struct spool_stats seen;    /* loop thread: index figures counted */
+    /* Writer thread only: */
+    int index_down;             /* failed, not reopened yet */
+    int index_logged;           /* this outage was logged */
+    unsigned reopen_step;
+    time_t index_since;
+    struct timespec next_reopen;    /* CLOCK_MONOTONIC */
     struct event *done_ev;      /* writer -> loop: completions ready */
     struct event *kick_ev;      /* loop -> writer, once per loop pass */
     int kick_armed;             /* loop thread only */
@@ -159,6 +194,17 @@ static int write_full(int fd, const void *buf, size_t n)
 static void stat_add(uint64_t *field, uint64_t n)
 {
     __atomic_fetch_add(field, n, __ATOMIC_RELAXED);
+}
+
+/* An EIO that came with the disk (nearly) full was a lack of space:
+ * LMDB reports a write cut short by a full disk as EIO, and so do some
+ * file systems for write and fsync.  need: octets being written. */
+static int spool_classify(const struct spool *s, int err, unsigned long long need)
+{
+    unsigned long long avail;
+    if (err != EIO || spool_free_space(s, &avail) != 0)
+        return err;
+    return avail < s->reserve + need ? ENOSPC : err;
 }
 
 /* ---------- bodies (loop thread) ---------- */
@@ -230,7 +276,8 @@ int spool_body_write(struct spool_body *b, const void *buf, size_t n)
         return 0;
     }
     if ((b->fd < 0 && body_spill(b) < 0) || write_full(b->fd, buf, n) < 0) {
-        b->err = errno;
+        b->err = spool_classify(b->s, errno, n);
+        errno = b->err;
         return -1;
     }
     b->size += n;
@@ -402,7 +449,7 @@ static void batch_sync_files(struct spool *s, struct spool_ticket **req, size_t 
         if (t->kind != REQ_COMMIT || t->err || t->body->fd < 0)
             continue;
         if (fdatasync(t->body->fd) < 0) {
-            t->err = errno;
+            t->err = spool_classify(s, errno, t->body->size);
             log_warn("%s: fdatasync body: %s", t->msg.qid, strerror(errno));
             continue;
         }
@@ -419,7 +466,7 @@ static void batch_sync_files(struct spool *s, struct spool_ticket **req, size_t 
         int fd = openat(s->rootfd, path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
         int err = 0;
         if (fd < 0 || fsync(fd) < 0)
-            err = errno;
+            err = spool_classify(s, errno, 0);
         if (fd >= 0)
             close(fd);
         if (!err)
@@ -448,6 +495,16 @@ static int req_run(struct qdb_txn *c, struct spool_ticket *t)
     return QDB_ERR;
 }
 
+/* What a batch writes, for spool_classify(). */
+static unsigned long long batch_octets(struct spool_ticket **req, size_t n)
+{
+    unsigned long long sum = 0;
+    for (size_t i = 0; i < n; i++)
+        if (req[i]->kind == REQ_COMMIT)
+            sum += req[i]->msg.size;
+    return sum;
+}
+
 /* Phase 2: one LMDB transaction for the batch, a child per request so a
  * bad request fails alone.  A full map grows and reruns the batch. */
 static void batch_txn(struct spool *s, struct spool_ticket **req, size_t n)
@@ -460,7 +517,7 @@ static void batch_txn(struct spool *s, struct spool_ticket **req, size_t n)
         if (!live)
             return;
         if (qdb_txn_begin(s->db, &t) != 0) {
-            fail_all(req, n, EIO);
+            fail_all(req, n, spool_classify(s, EIO, batch_octets(req, n)));
             return;
         }
         for (size_t i = 0; i < n && !mapfull; i++) {
@@ -486,10 +543,14 @@ static void batch_txn(struct spool *s, struct spool_ticket **req, size_t n)
             int r = qdb_txn_commit(t);
             if (r == 0) {
                 stat_add(&s->stats.batches, 1);
+                /* The index works again: a later failure is a new outage. */
+                s->reopen_step = 0;
+                s->index_logged = 0;
                 return;
             }
             if (r != QDB_MAPFULL) {
-                fail_all(req, n, errno == ENOSPC ? ENOSPC : EIO);
+                fail_all(req, n, errno == ENOSPC ? ENOSPC
+                                                 : spool_classify(s, EIO, batch_octets(req, n)));
                 return;
             }
         } else {
@@ -529,6 +590,70 @@ static void batch_finish(struct spool *s, struct spool_ticket **req, size_t n)
     stat_add(&s->stats.failures, bad);
 }
 
+static void recover_missing(struct spool *s);
+
+static void timespec_in(struct timespec *ts, unsigned seconds)
+{
+    clock_gettime(CLOCK_MONOTONIC, ts);
+    ts->tv_sec += seconds;
+}
+
+static int timespec_due(const struct timespec *ts)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return now.tv_sec > ts->tv_sec || (now.tv_sec == ts->tv_sec && now.tv_nsec >= ts->tv_nsec);
+}
+
+/* Back-off before reopen attempt number step + 1. */
+static unsigned reopen_wait(unsigned step)
+{
+    unsigned wait = SPOOL_REOPEN_MIN_SEC << (step < 6 ? step : 6);
+    return wait < SPOOL_REOPEN_MAX_SEC ? wait : SPOOL_REOPEN_MAX_SEC;
+}
+
+/* Writer: the index has failed.  Log it once per outage, tell the loop,
+ * and reopen: at once the first time, with back-off when it fails again
+ * before anything committed since the last reopen. */
+static void index_failed(struct spool *s)
+{
+    s->index_down = 1;
+    s->index_since = time(NULL);
+    stat_add(&s->stats.index_failures, 1);
+    if (!s->index_logged) {
+        log_err("spool: the LMDB index failed (MDB_PANIC after a failed write); mail is "
+                "refused (4xx) while it is closed and reopened");
+        s->index_logged = 1;
+    }
+    timespec_in(&s->next_reopen, s->reopen_step ? reopen_wait(s->reopen_step - 1) : 0);
+    event_active(s->index_ev, EV_READ, 0);
+}
+
+/* Writer, no transaction open: close and open the environment again, run
+ * the read-only part of recovery.  On failure try again later, backing
+ * off. */
+static void index_reopen(struct spool *s)
+{
+    char err[256];
+    if (qdb_reopen(s->db, err, sizeof err) != 0) {
+        timespec_in(&s->next_reopen, reopen_wait(s->reopen_step));
+        s->reopen_step++;
+        if (s->reopen_step == 1)
+            log_warn("spool: reopening the index: %s; retrying with back-off", err);
+        return;
+    }
+    /* Back off on the next failure too, should the disk still be bad: the
+     * step resets at the first batch that commits. */
+    if (s->reopen_step < 6)
+        s->reopen_step++;
+    s->index_down = 0;
+    recover_missing(s);
+    stat_add(&s->stats.index_reopens, 1);
+    log_info("spool: index reopened after %lld s; accepting mail again",
+             (long long)(time(NULL) - s->index_since));
+    event_active(s->index_ev, EV_READ, 0);
+}
+
 static void *writer_main(void *arg)
 {
     struct spool *s = arg;
@@ -537,8 +662,25 @@ static void *writer_main(void *arg)
         log_panic("spool: writer: out of memory");
     pthread_mutex_lock(&s->mu);
     for (;;) {
-        while ((!s->q_head || s->awaiting_loop) && !s->stopping)
-            pthread_cond_wait(&s->cv, &s->mu);
+        int reopen = 0;
+        while (!s->stopping) {
+            if (s->index_down && timespec_due(&s->next_reopen)) {
+                reopen = 1;
+                break;
+            }
+            if (s->q_head && !s->awaiting_loop)
+                break;
+            if (s->index_down)
+                pthread_cond_timedwait(&s->cv, &s->mu, &s->next_reopen);
+            else
+                pthread_cond_wait(&s->cv, &s->mu);
+        }
+        if (reopen) {
+            pthread_mutex_unlock(&s->mu);
+            index_reopen(s);
+            pthread_mutex_lock(&s->mu);
+            continue;
+        }
         if (!s->q_head)
             break;
         /* Everything that piled up while the last batch ran goes in this
@@ -552,8 +694,15 @@ static void *writer_main(void *arg)
             s->q_tail = &s->q_head;
         pthread_mutex_unlock(&s->mu);
 
-        batch_sync_files(s, req, n);
-        batch_txn(s, req, n);
+        if (s->index_down) {
+            /* Nothing can be made durable now: answer at once. */
+            fail_all(req, n, spool_classify(s, EIO, batch_octets(req, n)));
+        } else {
+            batch_sync_files(s, req, n);
+            batch_txn(s, req, n);
+            if (qdb_failed(s->db))
+                index_failed(s);
+        }
         batch_finish(s, req, n);
 
         pthread_mutex_lock(&s->mu);
@@ -607,6 +756,27 @@ static void spool_kick_cb(evutil_socket_t fd, short what, void *arg)
     pthread_mutex_lock(&s->mu);
     pthread_cond_signal(&s->cv);
     pthread_mutex_unlock(&s->mu);
+}
+
+/* Loop thread: the writer saw the index fail or come back.  Counters are
+ * the loop's (stats.h); the reopen hook resumes delivery. */
+static void spool_index_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct spool *s = arg;
+    struct spool_stats now;
+    spool_stats_get(s, &now);
+    stats_add(STAT_SPOOL_INDEX_FAILURES, now.index_failures - s->seen.index_failures);
+    uint64_t reopened = now.index_reopens - s->seen.index_reopens;
+    stats_add(STAT_SPOOL_INDEX_REOPENS, reopened);
+    s->seen = now;
+    if (reopened && s->reopened)
+        s->reopened(s->reopened_arg);
+}
+
+void spool_set_reopen_hook(struct spool *s, spool_reopened_fn fn, void *arg)
+{
+    s->reopened = fn;
+    s->reopened_arg = arg;
 }
 
 /* ---------- open, recovery, close ---------- */
@@ -742,6 +912,14 @@ static int recover_missing_cb(void *arg, const struct qmsg *m)
     return 0;
 }
 
+/* Records whose body file is gone go to quarantine (read-only: safe while
+ * sessions are receiving). */
+static void recover_missing(struct spool *s)
+{
+    if (qdb_msg_each(s->db, "", LONG_MAX, recover_missing_cb, s) < 0)
+        log_warn("spool: recovery: cannot read the index");
+}
+
 static int spool_from_cwd;
 
 void spool_open_from_cwd(void)
@@ -749,9 +927,125 @@ void spool_open_from_cwd(void)
     spool_from_cwd = 1;
 }
 
+/* ---------- the spool lock ---------- */
+
+/* The process's lock, taken by spool_lock() (mxkeepd). */
+static int spool_lock_fd = -1;
+
+static void lock_write_pid(int fd)
+{
+    char buf[SPOOL_PID_MAX];
+    int n = snprintf(buf, sizeof buf, "%ld\n", (long)getpid());
+    if (ftruncate(fd, 0) < 0 || pwrite(fd, buf, (size_t)n, 0) != n)
+        log_warn("spool: writing the pid into the lock file: %s", strerror(errno));
+}
+
+/* Open and lock path (relative to dirfd).  0 with *fdp set, SPOOL_LOCK_BUSY
+ * or -1 with a reason in err.  spool names the spool in messages. */
+static int lock_take(int dirfd, const char *path, const char *spool, uid_t uid, gid_t gid,
+                     int *fdp, char *err, size_t errlen)
+{
+    struct stat st;
+    /* Root opens a file in a directory the mail user owns: no symlink,
+     * nothing but a plain file with one name, ours or the mail user's. */
+    int fd = openat(dirfd, path, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, SPOOL_FILE_MODE);
+    if (fd < 0) {
+        snprintf(err, errlen, "spool %s: lock file: %s", spool, strerror(errno));
+        return -1;
+    }
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_nlink != 1 ||
+        (st.st_uid != uid && st.st_uid != geteuid())) {
+        snprintf(err, errlen, "spool %s: lock file %s is not a plain file of ours", spool, path);
+        close(fd);
+        return -1;
+    }
+    if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+        int e = errno;
+        if (e != EWOULDBLOCK) {
+            snprintf(err, errlen, "spool %s: lock: %s", spool, strerror(e));
+            close(fd);
+            return -1;
+        }
+        char buf[SPOOL_PID_MAX];
+        ssize_t n = pread(fd, buf, sizeof buf - 1, 0);
+        long pid = 0;
+        buf[n > 0 ? n : 0] = '\0';
+        if (sscanf(buf, "%ld", &pid) == 1 && pid > 0)
+            snprintf(err, errlen, "spool %s is in use by mxkeepd pid %ld", spool, pid);
+        else
+            snprintf(err, errlen, "spool %s is in use by another mxkeepd", spool);
+        close(fd);
+        return SPOOL_LOCK_BUSY;
+    }
+    if (geteuid() == 0 && (st.st_uid != uid || st.st_gid != gid) && fchown(fd, uid, gid) != 0) {
+        snprintf(err, errlen, "spool %s: chown lock file: %s", spool, strerror(errno));
+        close(fd);
+        return -1;
+    }
+    lock_write_pid(fd);
+    *fdp = fd;
+    return 0;
+}
+
+int spool_lock(const char *spool, uid_t uid, gid_t gid, char *err, size_t errlen)
+{
+    char path[PATH_MAX];
+    if (spool_lock_fd >= 0)
+        return 0;
+    if (spool_from_cwd)
+        snprintf(path, sizeof path, "%s", SPOOL_LOCK_FILE);
+    else if ((size_t)snprintf(path, sizeof path, "%s/" SPOOL_LOCK_FILE, spool) >= sizeof path) {
+        snprintf(err, errlen, "spool %s: path too long", spool);
+        return -1;
+    }
+    return lock_take(AT_FDCWD, path, spool, uid, gid, &spool_lock_fd, err, errlen);
+}
+
+void spool_lock_update_pid(void)
+{
+    if (spool_lock_fd >= 0)
+        lock_write_pid(spool_lock_fd);
+}
+
 struct qdb *spool_db(struct spool *s)
 {
     return s->db;
+}
+
+int spool_msg_get(struct spool *s, const char *qid, struct qmsg *out)
+{
+    return qdb_msg_get(s->db, qid, out);
+}
+
+int spool_rcpt_list(struct spool *s, const char *qid, struct qrcpt *out, size_t max, size_t *n)
+{
+    return qdb_rcpt_list(s->db, qid, out, max, n);
+}
+
+int spool_dest_get(struct spool *s, const char *domain, struct qdest *out)
+{
+    return qdb_dest_get(s->db, domain, out);
+}
+
+long spool_dest_each(struct spool *s, int (*fn)(void *arg, const struct qdest *d), void *arg)
+{
+    return qdb_dest_each(s->db, fn, arg);
+}
+
+int spool_due_first(struct spool *s, int64_t *when, char qid[QID_SIZE])
+{
+    return qdb_due_first(s->db, when, qid);
+}
+
+long spool_msg_count(struct spool *s)
+{
+    return qdb_msg_count(s->db);
+}
+
+long spool_page(struct spool *s, const char *domain, char after[QID_SIZE],
+                char (*out)[QID_SIZE], long max)
+{
+    return qdb_page(s->db, domain, after, out, max);
 }
 
 struct spool *spool_open(const struct conf *c, struct event_base *base, char *err, size_t errlen)
@@ -763,11 +1057,18 @@ struct spool *spool_open(const struct conf *c, struct event_base *base, char *er
         return NULL;
     }
     s->rootfd = -1;
+    s->lockfd = -1;
     s->q_tail = &s->q_head;
     s->d_tail = &s->d_head;
     s->batch_max = c->commit_batch > 0 ? (size_t)c->commit_batch : SPOOL_DEFAULT_BATCH;
+    s->reserve = c->limits.disk_reserve > 0 ? (unsigned long long)c->limits.disk_reserve : 0;
     pthread_mutex_init(&s->mu, NULL);
-    pthread_cond_init(&s->cv, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    /* The reopen back-off waits on the monotonic clock. */
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&s->cv, &ca);
+    pthread_condattr_destroy(&ca);
 
     /* mxkeepd enters its spool while still root (spool_open_from_cwd):
      * relative paths then reach it after the privilege drop whatever the
@@ -781,6 +1082,13 @@ struct spool *spool_open(const struct conf *c, struct event_base *base, char *er
     if (s->rootfd < 0) {
         snprintf(err, errlen, "spool %s: %s", c->spool, strerror(errno));
         goto fail;
+    }
+    /* Recovery below removes files: only with the spool to ourselves. */
+    if (spool_lock_fd < 0) {
+        int r = lock_take(s->rootfd, SPOOL_LOCK_FILE, c->spool, geteuid(), getegid(), &s->lockfd,
+                          err, errlen);
+        if (r != 0)
+            goto fail;
     }
     if (spool_mkdirs(s, err, errlen) < 0)
         goto fail;
@@ -809,7 +1117,8 @@ struct spool *spool_open(const struct conf *c, struct event_base *base, char *er
 
     s->done_ev = event_new(base, -1, 0, spool_done_cb, s);
     s->kick_ev = event_new(base, -1, 0, spool_kick_cb, s);
-    if (!s->done_ev || !s->kick_ev) {
+    s->index_ev = event_new(base, -1, 0, spool_index_cb, s);
+    if (!s->done_ev || !s->kick_ev || !s->index_ev) {
         snprintf(err, errlen, "spool: event_new failed");
         goto fail;
     }
@@ -852,9 +1161,13 @@ void spool_close(struct spool *s)
         event_free(s->done_ev);
     if (s->kick_ev)
         event_free(s->kick_ev);
+    if (s->index_ev)
+        event_free(s->index_ev);
     qdb_close(s->db);
     if (s->rootfd >= 0)
         close(s->rootfd);
+    if (s->lockfd >= 0)
+        close(s->lockfd);       /* releases the lock: the index is closed */
     pthread_cond_destroy(&s->cv);
     pthread_mutex_destroy(&s->mu);
     free(s);
@@ -936,6 +1249,8 @@ void spool_stats_get(const struct spool *s, struct spool_stats *out)
     out->batches = __atomic_load_n(&s->stats.batches, __ATOMIC_RELAXED);
     out->map_grows = __atomic_load_n(&s->stats.map_grows, __ATOMIC_RELAXED);
     out->failures = __atomic_load_n(&s->stats.failures, __ATOMIC_RELAXED);
+    out->index_failures = __atomic_load_n(&s->stats.index_failures, __ATOMIC_RELAXED);
+    out->index_reopens = __atomic_load_n(&s->stats.index_reopens, __ATOMIC_RELAXED);
 }
 
 void spool_body_unlink_if_gone(struct spool *s, const char *qid)

@@ -31,6 +31,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 #include "queue_db.h"
 
 struct event_base;
@@ -45,6 +46,27 @@ struct spool_ticket;
  * ENOSPC (disk or map full: 452 4.3.1), or another errno (451 4.3.0). */
 typedef void (*spool_done_fn)(void *arg, int err);
 
+/*
+ * The spool lock (Postfix's master.lock): one daemon per spool, because a
+ * second one's recovery would remove body files the first is writing and
+ * both would deliver the same mail.  The lock is flock() on the file
+ * "lock" in the spool, holding the owner's pid in decimal.  mxkeepd takes
+ * it as root, before it binds, forks or drops privileges (the file is then
+ * given to uid/gid); flock, not fcntl, because a flock lock belongs to the
+ * open file description, which the child of daemonize's fork shares, so it
+ * stays held when the parent exits (an fcntl lock belongs to the process
+ * and would not pass to the child).  Held until the process exits.
+ * Returns 0, SPOOL_LOCK_BUSY with "spool DIR is in use by mxkeepd pid N"
+ * in err, or -1 with another one-line reason.
+ * Readers (mxkeepctl's listings) never take it: LMDB serves them beside
+ * the daemon.  spool_open() takes it itself when the process does not
+ * hold it yet (tests, tools).
+ */
+#define SPOOL_LOCK_BUSY 1
+int spool_lock(const char *spool, uid_t uid, gid_t gid, char *err, size_t errlen);
+/* Write our pid into the lock file again (after daemonize's fork). */
+void spool_lock_update_pid(void);
+
 /* Open or create the spool at c->spool, run recovery, start the writer.
  * Fatal problems return NULL with a one-line reason in err. */
 struct spool *spool_open(const struct conf *c, struct event_base *base, char *err, size_t errlen);
@@ -53,7 +75,25 @@ void spool_close(struct spool *s);
  * root before dropping privileges): spool_open then uses relative paths,
  * which need no search permission on the spool's parent directories. */
 void spool_open_from_cwd(void);
-/* The index, for reads (queue_db.h read functions). */
+/*
+ * Reads and iteration of the index, for the modules that schedule, list
+ * and count: they go through the spool, which owns the index and may
+ * reopen it under them (index failures, below).  Each is one short read
+ * transaction with the result of the queue_db.h read of the same name;
+ * spool_page is the pager for every "collect a page, resume after the
+ * last QID" loop (qdb_page).
+ */
+int spool_msg_get(struct spool *s, const char *qid, struct qmsg *out);
+int spool_rcpt_list(struct spool *s, const char *qid, struct qrcpt *out, size_t max, size_t *n);
+int spool_dest_get(struct spool *s, const char *domain, struct qdest *out);
+long spool_dest_each(struct spool *s, int (*fn)(void *arg, const struct qdest *d), void *arg);
+int spool_due_first(struct spool *s, int64_t *when, char qid[QID_SIZE]);
+long spool_msg_count(struct spool *s);
+long spool_page(struct spool *s, const char *domain, char after[QID_SIZE],
+                char (*out)[QID_SIZE], long max);
+/* The index itself, for the read calls not converted to the API above
+ * yet (delivery.c, metrics.c's snapshot) and for tests.  The object stays
+ * valid across a reopen. */
 struct qdb *spool_db(struct spool *s);
 
 /* A body being received for qid.  Returns NULL with errno on failure. */
@@ -106,6 +146,18 @@ void spool_body_unlink_if_gone(struct spool *s, const char *qid);
  * 0, or -1 with errno (ENOENT: body missing). */
 int spool_body_read(struct spool *s, const struct qmsg *m, struct evbuffer *out);
 
+/*
+ * Index failures.  When LMDB fails for good (MDB_PANIC after a failed
+ * meta-page write) the writer fails the requests of the moment (451),
+ * closes the environment and opens it again, retrying with back-off while
+ * that fails; the outage is logged once, and counted on the loop thread
+ * (STAT_SPOOL_INDEX_FAILURES / _REOPENS).  fn runs on the loop thread after
+ * each successful reopen, so the owner of deliveries can resume the work
+ * that failed meanwhile.  Readers keep their struct qdb: it survives.
+ */
+typedef void (*spool_reopened_fn)(void *arg);
+void spool_set_reopen_hook(struct spool *s, spool_reopened_fn fn, void *arg);
+
 /* Requests queued whose completion has not run yet (shutdown waits for
  * them so no outcome is dropped; spool_close drops those still left, the
  * loop being gone).  Loop thread. */
@@ -121,6 +173,8 @@ struct spool_stats {
     uint64_t batches;         /* LMDB write transactions */
     uint64_t map_grows;
     uint64_t failures;
+    uint64_t index_failures;  /* times the LMDB environment failed */
+    uint64_t index_reopens;   /* times it was reopened after a failure */
 };
 void spool_stats_get(const struct spool *s, struct spool_stats *out);
 

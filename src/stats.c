@@ -38,6 +38,8 @@ static const struct {
     [STAT_ETRN] = { "etrn_total", "ETRN requests answered 25x" },
     [STAT_FLUSHES] = { "flushes_total", "Flush passes completed" },
     [STAT_FLUSH_SECONDS] = { "flush_seconds_total", "Seconds spent in flush passes" },
+    [STAT_SPOOL_INDEX_FAILURES] = { "spool_index_failures_total", "Times the spool index (LMDB) failed and refused all work" },
+    [STAT_SPOOL_INDEX_REOPENS] = { "spool_index_reopens_total", "Times the spool index was reopened after a failure" },
 };
 
 /*

@@ -34,6 +34,8 @@ enum stat_id {
     STAT_ETRN,                  /* ETRN requests answered 25x */
     STAT_FLUSHES,               /* flush passes completed */
     STAT_FLUSH_SECONDS,         /* total seconds spent in flush passes */
+    STAT_SPOOL_INDEX_FAILURES,  /* LMDB environment failed (MDB_PANIC) */
+    STAT_SPOOL_INDEX_REOPENS,   /* ... and was reopened */
     STAT_COUNT_
 };
 

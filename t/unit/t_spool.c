@@ -397,6 +397,26 @@ int main(void)
            "walk after a QID: only the newer ones");
     is_str(w.last, qids[NMSG - 1], "walk ends at the newest");
 
+    /* The pager: pages of 7 over all messages and over one domain resume
+     * after the last QID and together list each exactly once, in order. */
+    {
+        char pg[7][QID_SIZE], after[QID_SIZE] = "";
+        long got, seen = 0, inorder = 1;
+        while ((got = spool_page(s, NULL, after, pg, 7)) > 0) {
+            for (long k = 0; k < got; k++)
+                inorder &= seen + k < NMSG && strcmp(pg[k], qids[seen + k]) == 0;
+            seen += got;
+        }
+        ok(got == 0 && seen == NMSG && inorder, "pager: all messages in pages, in order (%ld)",
+           seen);
+        after[0] = '\0';
+        seen = 0;
+        while ((got = spool_page(s, "EXAMPLE.com", after, pg, 7)) > 0)
+            seen += got;
+        is_int(seen, com_msgs, "pager: one domain's messages");
+        is_int(spool_page(s, "example.net", after, pg, 7), 0, "pager: unused domain, empty page");
+    }
+
     int64_t when;
     char dq[QID_SIZE];
     ok(qdb_due_first(db, &when, dq) == 0 && when == now + RETENTION && strcmp(dq, qids[0]) == 0,
