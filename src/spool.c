@@ -18,8 +18,10 @@
  * load every waiting message rides in one transaction.
  *
  * Index failure: LMDB refuses every transaction after a failed meta-page
- * write (MDB_PANIC).  The writer notices (qdb_failed), fails the batch in
- * hand, closes the environment and opens it again under the reader lock
+ * write (MDB_PANIC).  The writer notices (qdb_failed), answers the
+ * commits of the batch in hand (451: the sender retries) and keeps its
+ * writes and deletes to run again first, closes the environment and opens
+ * it again under the reader lock
  * (the struct qdb survives, so readers elsewhere keep their pointer), runs
  * the read-only part of recovery and goes on; while the reopen fails it
  * retries with back-off and fails new requests at once (451) instead of
@@ -517,7 +519,9 @@ static void batch_txn(struct spool *s, struct spool_ticket **req, size_t n)
         if (!live)
             return;
         if (qdb_txn_begin(s->db, &t) != 0) {
-            fail_all(req, n, spool_classify(s, EIO, batch_octets(req, n)));
+            /* A failed index: writer_main sorts the batch out. */
+            if (!qdb_failed(s->db))
+                fail_all(req, n, spool_classify(s, EIO, batch_octets(req, n)));
             return;
         }
         for (size_t i = 0; i < n && !mapfull; i++) {
@@ -549,7 +553,9 @@ static void batch_txn(struct spool *s, struct spool_ticket **req, size_t n)
                 return;
             }
             if (r != QDB_MAPFULL) {
-                fail_all(req, n, errno == ENOSPC ? ENOSPC
+                int e = errno;
+                if (!qdb_failed(s->db))
+                    fail_all(req, n, e == ENOSPC ? ENOSPC
                                                  : spool_classify(s, EIO, batch_octets(req, n)));
                 return;
             }
@@ -654,6 +660,30 @@ static void index_reopen(struct spool *s)
     event_active(s->index_ev, EV_READ, 0);
 }
 
+/* The index failed under this batch (nothing of it committed).  Commits
+ * are answered now (451, or 452 on a full disk: the sender retries), but
+ * writes and deletes - delivery outcomes, expiry, admin actions - go again
+ * after the reopen, first in line: their functions are idempotent by
+ * contract, and failing them would leave delivered mail to be sent again.
+ * The ones to retry end up after the others; returns how many are
+ * done. */
+static size_t index_sort_out(struct spool *s, struct spool_ticket **req, size_t n)
+{
+    int full = spool_classify(s, EIO, batch_octets(req, n));
+    size_t done = 0;
+    /* A stable partition: both groups keep their order. */
+    for (size_t i = 0; i < n; i++) {
+        struct spool_ticket *t = req[i];
+        if (t->err == 0 && t->kind != REQ_COMMIT)
+            continue;
+        if (t->err == 0)
+            t->err = full;
+        memmove(&req[done + 1], &req[done], (i - done) * sizeof *req);
+        req[done++] = t;
+    }
+    return done;
+}
+
 static void *writer_main(void *arg)
 {
     struct spool *s = arg;
@@ -694,19 +724,29 @@ static void *writer_main(void *arg)
             s->q_tail = &s->q_head;
         pthread_mutex_unlock(&s->mu);
 
+        size_t ndone = n;
         if (s->index_down) {
             /* Nothing can be made durable now: answer at once. */
             fail_all(req, n, spool_classify(s, EIO, batch_octets(req, n)));
         } else {
             batch_sync_files(s, req, n);
             batch_txn(s, req, n);
-            if (qdb_failed(s->db))
+            if (qdb_failed(s->db)) {
                 index_failed(s);
+                ndone = index_sort_out(s, req, n);
+            }
         }
-        batch_finish(s, req, n);
+        batch_finish(s, req, ndone);
 
         pthread_mutex_lock(&s->mu);
-        for (size_t i = 0; i < n; i++) {
+        for (size_t i = n; i > ndone; i--) {
+            /* Back to the head of the queue, in their order. */
+            req[i - 1]->next = s->q_head;
+            if (!s->q_head)
+                s->q_tail = &req[i - 1]->next;
+            s->q_head = req[i - 1];
+        }
+        for (size_t i = 0; i < ndone; i++) {
             req[i]->next = NULL;
             *s->d_tail = req[i];
             s->d_tail = &req[i]->next;

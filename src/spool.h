@@ -148,9 +148,10 @@ int spool_body_read(struct spool *s, const struct qmsg *m, struct evbuffer *out)
 
 /*
  * Index failures.  When LMDB fails for good (MDB_PANIC after a failed
- * meta-page write) the writer fails the requests of the moment (451),
- * closes the environment and opens it again, retrying with back-off while
- * that fails; the outage is logged once, and counted on the loop thread
+ * meta-page write) the writer answers the commits of the moment (451),
+ * keeps the writes and deletes to run again after the reopen (spool_txn_fn
+ * is idempotent), closes the environment and opens it again, retrying
+ * with back-off while that fails (new requests then fail at once); the outage is logged once, and counted on the loop thread
  * (STAT_SPOOL_INDEX_FAILURES / _REOPENS).  fn runs on the loop thread after
  * each successful reopen, so the owner of deliveries can resume the work
  * that failed meanwhile.  Readers keep their struct qdb: it survives.
