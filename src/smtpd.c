@@ -146,7 +146,9 @@ struct session {
 
     /* The transaction. */
     char qid[QID_SIZE];
-    char sender[SMTP_PATH_MAX + 1];
+    char *sender;                       /* SMTP_PATH_MAX + 1 octets, allocated
+                                           at the first MAIL: an idle session
+                                           does not carry a 1 KiB path */
     struct smtp_mail_params mp;
     struct qrcpt *rcpt;
     size_t nrcpt, rcpt_cap;
@@ -301,7 +303,8 @@ static void session_txn_reset(struct session *s)
     data_free(s->dp);
     s->dp = NULL;
     s->qid[0] = '\0';
-    s->sender[0] = '\0';
+    if (s->sender != NULL)
+        s->sender[0] = '\0';
     s->nrcpt = 0;
     s->body_errno = 0;
     s->bdat_left = 0;
@@ -394,7 +397,12 @@ static void cmd_mail(struct session *s, const char *arg)
         session_reject(s, STAT_REJ_STORAGE, "452 4.3.1 Error: insufficient system storage");
         return;
     }
-    if (smtp_addr_format(&a, s->sender, sizeof s->sender) < 0) {
+    if (s->sender == NULL && (s->sender = malloc(SMTP_PATH_MAX + 1)) == NULL) {
+        log_warn("[%s]: out of memory for a sender", s->addr);
+        session_reject(s, STAT_REJ_STORAGE, "451 4.3.0 Error: insufficient resources");
+        return;
+    }
+    if (smtp_addr_format(&a, s->sender, SMTP_PATH_MAX + 1) < 0) {
         session_error(s, STAT_REJ_PROTOCOL, "501 5.1.7 Error: sender address too long");
         return;
     }
@@ -1251,6 +1259,7 @@ static void session_free(struct session *s)
     dns_ptr_cancel(s->ptr);
     session_txn_reset(s);
     free(s->rcpt);
+    free(s->sender);
     free(s->line);
     if (s->bev)
         bufferevent_free(s->bev);
