@@ -74,7 +74,7 @@ int delivery_delete(struct delivery *s, const char *qid, delivery_done_fn done, 
 {
     struct admin_job *a;
     struct qmsg m;
-    if (!qid_valid(qid) || qdb_msg_get(s->db, qid, &m) != 0)
+    if (!qid_valid(qid) || spool_msg_get(s->spool, qid, &m) != 0)
         return ENOENT;
     if (delivery_busy(s, qid))
         return EBUSY;
@@ -137,7 +137,7 @@ int delivery_bounce(struct delivery *s, const char *qid, delivery_done_fn done, 
     snprintf(a->qid, sizeof a->qid, "%s", qid);
     a->done = done;
     a->arg = arg;
-    if (qdb_msg_get(s->db, qid, &a->m) != 0 || (a->rcpt = rcpts_load(s, &a->m, &a->nrcpt)) == NULL) {
+    if (spool_msg_get(s->spool, qid, &a->m) != 0 || (a->rcpt = rcpts_load(s, &a->m, &a->nrcpt)) == NULL) {
         admin_job_free(a);
         return ENOENT;
     }

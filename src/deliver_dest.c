@@ -49,6 +49,8 @@
 
 /* Jitter: +-1/JITTER_DIV of the back-off interval. */
 #define DELIVERY_JITTER_DIV 5
+/* QIDs read per page when picking the next message of a destination. */
+#define DELIVERY_PICK_PAGE 64
 /* First size of the destination hash (a power of two). */
 #define DELIVERY_HASH_INITIAL 64
 /* ------------------------------------------------------------------ */
@@ -271,7 +273,7 @@ static void dest_on_timer(evutil_socket_t fd, short what, void *arg)
 long dest_pending(struct dest *d)
 {
     struct qdest q;
-    if (qdb_dest_get(d->s->db, d->name, &q) != 0)
+    if (spool_dest_get(d->s->spool, d->name, &q) != 0)
         return 0;
     return (long)q.nmsg;
 }
@@ -345,34 +347,31 @@ struct qrcpt *rcpts_load(struct delivery *s, const struct qmsg *m, size_t *n)
     struct qrcpt *r = calloc(cap, sizeof *r);
     if (r == NULL)
         return NULL;
-    if (qdb_rcpt_list(s->db, m->qid, r, cap, n) != 0) {
+    if (spool_rcpt_list(s->spool, m->qid, r, cap, n) != 0) {
         free(r);
         return NULL;
     }
     return r;
 }
 
-struct pick {
-    struct dest *d;
-    char qid[QID_SIZE];
-    char last[QID_SIZE];
-};
-
-static int pick_fn(void *arg, const char *qid)
+/* The index of the first message of a page that d may take (msg_owner),
+ * or -1.  A
+ * message the expiry holds is passed over and noted: expire_end sends
+ * the walk back to it. */
+static long pick_free(struct dest *d, char (*page)[QID_SIZE], long n)
 {
-    struct pick *p = arg;
-    snprintf(p->last, sizeof p->last, "%s", qid);
-    switch (msg_owner(p->d->s, p->d, qid)) {
-    case MSG_FREE:
-        break;
-    case MSG_EXPIRING:
-        p->d->passed_expiring = 1;  /* expire_end sends the walk back */
-        return 0;
-    case MSG_DELIVERING:
-        return 0;
+    for (long i = 0; i < n; i++) {
+        switch (msg_owner(d->s, d, page[i])) {
+        case MSG_FREE:
+            return i;
+        case MSG_EXPIRING:
+            d->passed_expiring = 1;
+            break;
+        case MSG_DELIVERING:
+            break;
+        }
     }
-    snprintf(p->qid, sizeof p->qid, "%s", qid);
-    return 1;
+    return -1;
 }
 
 /* A message left with pending recipients by the primary's recipient
@@ -411,7 +410,7 @@ static struct job *job_load(struct dest *d, const char *qid, int *fatal)
     }
     j->s = s;
     j->d = d;
-    if (qdb_msg_get(s->db, qid, &j->m) != 0 || (all = rcpts_load(s, &j->m, &nall)) == NULL) {
+    if (spool_msg_get(s->spool, qid, &j->m) != 0 || (all = rcpts_load(s, &j->m, &nall)) == NULL) {
         log_warn("%s: listed for %s but unreadable; skipped", qid, d->name);
         job_free(j);
         return NULL;
@@ -480,17 +479,19 @@ struct job *job_next(struct dest *d)
             return j;
     }
     for (;;) {
-        struct pick p = { .d = d };
-        long n = qdb_dest_walk(s->db, d->name, d->cursor, 64, pick_fn, &p);
-        if (n <= 0 || p.qid[0] == '\0') {
-            if (n > 0 && p.last[0])
-                snprintf(d->cursor, sizeof d->cursor, "%s", p.last);
-            if (n > 0 && p.qid[0] == '\0' && n == 64)
+        char page[DELIVERY_PICK_PAGE][QID_SIZE], after[QID_SIZE];
+        snprintf(after, sizeof after, "%s", d->cursor);
+        long n = spool_page(s->spool, d->name, after, page, DELIVERY_PICK_PAGE);
+        long i = n > 0 ? pick_free(d, page, n) : -1;
+        if (i < 0) {
+            if (n > 0)
+                snprintf(d->cursor, sizeof d->cursor, "%s", after);
+            if (n == DELIVERY_PICK_PAGE)
                 continue;   /* a page of in-flight messages: look further */
             return NULL;
         }
-        snprintf(d->cursor, sizeof d->cursor, "%s", p.qid);
-        struct job *j = job_load(d, p.qid, &fatal);
+        memcpy(d->cursor, page[i], QID_SIZE);
+        struct job *j = job_load(d, page[i], &fatal);
         if (j || fatal)
             return j;
     }

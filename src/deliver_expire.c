@@ -148,7 +148,7 @@ void delivery_on_expire(evutil_socket_t fd, short what, void *arg)
 
     if (s->stopping || s->expire_busy)
         return;
-    if (qdb_due_first(s->db, &when, qid) != 0 || when > (int64_t)now) {
+    if (spool_due_first(s->spool, &when, qid) != 0 || when > (int64_t)now) {
         delivery_expire_arm(s);
         return;
     }
@@ -164,7 +164,7 @@ void delivery_on_expire(evutil_socket_t fd, short what, void *arg)
      * will not hand it out (msg_owner). */
     snprintf(s->expiring, sizeof s->expiring, "%s", qid);
     snprintf(e->m.qid, sizeof e->m.qid, "%s", qid);
-    if (qdb_msg_get(s->db, qid, &e->m) != 0 || (e->rcpt = rcpts_load(s, &e->m, &e->nrcpt)) == NULL) {
+    if (spool_msg_get(s->spool, qid, &e->m) != 0 || (e->rcpt = rcpts_load(s, &e->m, &e->nrcpt)) == NULL) {
         /* A due entry for a message that is gone: just drop the entry. */
         e->nrcpt = 0;
         e->nbounce = 1;
@@ -287,7 +287,7 @@ void delivery_expire_arm(struct delivery *s)
     time_t now = time(NULL);
     if (s->stopping || s->expire_busy)
         return;
-    if (qdb_due_first(s->db, &when, qid) != 0)
+    if (spool_due_first(s->spool, &when, qid) != 0)
         tv.tv_sec = 3600;       /* nothing due: look again now and then */
     else if (when > (int64_t)now)
         tv.tv_sec = (time_t)(when - (int64_t)now);

@@ -129,7 +129,6 @@ struct job {
 struct delivery {
     struct event_base *base;
     struct spool *spool;
-    struct qdb *db;
     struct dns *dns;
     const struct conf *conf;
     SSL_CTX *tls_ctx;

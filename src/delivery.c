@@ -65,7 +65,6 @@ struct delivery *delivery_new(struct event_base *base, struct spool *sp, struct 
     }
     s->base = base;
     s->spool = sp;
-    s->db = spool_db(sp);
     s->dns = dns;
     s->tls_ctx = tls_client_ctx_new(NULL, err, errlen);
     s->expire_timer = evtimer_new(base, delivery_on_expire, s);
@@ -131,7 +130,7 @@ static int delivery_load_fn(void *arg, const struct qdest *q)
 void delivery_start(struct delivery *s)
 {
     size_t n = 0;
-    qdb_dest_each(s->db, delivery_load_fn, s);
+    spool_dest_each(s->spool, delivery_load_fn, s);
     for (struct dest *d = s->dests; d; d = d->next)
         n++;
     /* After a restart with thousands of destinations waiting, probing them
@@ -240,7 +239,7 @@ void delivery_queued(void *arg, const char *qid)
     struct qmsg m;
     struct qrcpt *r = NULL;
     size_t n = 0;
-    if (qdb_msg_get(s->db, qid, &m) != 0) {
+    if (spool_msg_get(s->spool, qid, &m) != 0) {
         log_warn("%s: queued but unreadable; the scheduler will find it on its next pass", qid);
         delivery_expire_arm(s);
         return;
@@ -309,7 +308,7 @@ static void dest_info_fill(const struct dest *d, struct delivery_dest_info *o)
         /* The counts every listing shows: the index's record (a read
          * transaction of its own, not held across anything). */
         struct qdest q;
-        if (qdb_dest_get(d->s->db, d->name, &q) == 0) {
+        if (spool_dest_get(d->s->spool, d->name, &q) == 0) {
             o->nmsg = q.nmsg;
             o->nbytes = q.nbytes;
         }
