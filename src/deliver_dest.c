@@ -33,6 +33,7 @@
 #include "stats.h"
 #include "spool.h"
 #include "tls.h"
+#include "util.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -60,14 +61,10 @@ static const char *const dest_state_names[] = { "unknown", "up", "down", "held" 
 _Static_assert(sizeof dest_state_names / sizeof dest_state_names[0] == QDEST_HELD + 1,
                "dest_state_names[] must name every enum qdest_state");
 
+/* Names compare case-insensitively (ASCII): hash them folded. */
 static size_t dest_hash(const char *name)
 {
-    uint32_t h = 2166136261u;
-    for (const unsigned char *p = (const unsigned char *)name; *p; p++) {
-        unsigned char c = *p >= 'A' && *p <= 'Z' ? (unsigned char)(*p - 'A' + 'a') : *p;
-        h = (h ^ c) * 16777619u;
-    }
-    return h;
+    return (size_t)util_hash_lower(UTIL_HASH_INIT, name, strlen(name));
 }
 
 struct dest *dest_find(struct delivery *s, const char *name)

@@ -40,6 +40,7 @@
 #include "spool.h"
 #include "stats.h"
 #include "utf8.h"
+#include "util.h"
 
 #include <ctype.h>
 #include <inttypes.h>
@@ -167,14 +168,6 @@ struct snapshot {
     int64_t now;
 };
 
-static void fold_copy(char *dst, size_t size, const char *src)
-{
-    size_t i;
-    for (i = 0; i + 1 < size && src[i] != '\0'; i++)
-        dst[i] = (char)tolower((unsigned char)src[i]);
-    dst[i] = '\0';
-}
-
 static struct row *snap_push(struct snapshot *s, const char *domain)
 {
     struct row *r;
@@ -190,7 +183,7 @@ static struct row *snap_push(struct snapshot *s, const char *domain)
     }
     r = &s->row[s->n++];
     memset(r, 0, sizeof *r);
-    fold_copy(r->domain, sizeof r->domain, domain);
+    util_lower_copy(r->domain, sizeof r->domain, domain);
     return r;
 }
 
@@ -203,7 +196,7 @@ static int row_cmp_domain(const void *a, const void *b)
 static struct row *snap_find(struct snapshot *s, size_t n, const char *domain)
 {
     struct row key;
-    fold_copy(key.domain, sizeof key.domain, domain);
+    util_lower_copy(key.domain, sizeof key.domain, domain);
     return n ? bsearch(&key, s->row, n, sizeof *s->row, row_cmp_domain) : NULL;
 }
 
@@ -842,11 +835,9 @@ static void render_chart(struct metrics *m, struct evbuffer *b, int64_t now)
 static uint64_t text_hash(const char *s)
 {
     /* FNV-1a; 0 is kept for "no error" */
-    uint64_t h = UINT64_C(14695981039346656037);
     if (*s == '\0')
         return 0;
-    for (; *s; s++)
-        h = (h ^ (unsigned char)*s) * UINT64_C(1099511628211);
+    uint64_t h = util_hash(UTIL_HASH_INIT, s, strlen(s));
     return h ? h : 1;
 }
 
