@@ -14,8 +14,8 @@
  * per-transaction recipient limit (452/552 to RCPT) is learned for the
  * pass and what it left goes out at once in further transactions.
  *
- * Never: marks a recipient done before the primary's 2xx (the outcome is
- * handed to deliver_outcome.c, which commits it whatever became of the
+ * Never: records a recipient's outcome itself (job_outcome in
+ * deliver_outcome.c does, and commits it whatever becomes of the
  * connection); picks a message itself (job_next does).
  *
  * Security: everything here comes from the primary; smtpc bounds it.
@@ -61,15 +61,9 @@
 /* Refusals in a row with no session working before the destination is
  * taken as down after all. */
 #define DELIVERY_REFUSED_MAX 3
+
 /* ------------------------------------------------------------------ */
 /* Connections                                                        */
-
-/* The enhanced status code of a reply smtpc stored (multi-line replies
- * included), or one made from the code. */
-static void job_dsn_code(int code, const char *text, char *out, size_t len)
-{
-    smtpc_reply_status(code, text, out, len);
-}
 
 static void conn_unlink(struct conn *cn)
 {
@@ -154,14 +148,7 @@ static void conn_on_done(void *arg, struct smtpc *c, struct smtpc_msg *msg)
     struct conn *cn = arg;
     struct dest *d = cn->d;
     struct job *j = msg->owner;
-    time_t now = time(NULL);
-    /* Sized by this message: every failed or relayed recipient is named. */
-    struct bounce_rcpt *br = calloc(j->nrcpt, sizeof *br);
-    struct bounce_rcpt *rel = calloc(j->nrcpt, sizeof *rel);
-    char (*diag)[600] = calloc(j->nrcpt, sizeof *diag);
-    char (*dsns)[16] = calloc(j->nrcpt, sizeof *dsns);
-    size_t nb = 0, nrel = 0, lim = msg->rcpt_limit;
-    int any4 = 0, oom = br == NULL || rel == NULL || diag == NULL || dsns == NULL;
+    size_t lim = msg->rcpt_limit;
     int progress = 0, left = 0;
 
     /* The primary's recipient limit: learn it for the rest of the pass,
@@ -179,61 +166,9 @@ static void conn_on_done(void *arg, struct smtpc *c, struct smtpc_msg *msg)
     }
     j->redo = (lim > 0 || j->more) && progress && (left || j->more);
 
-    for (size_t i = 0; i < j->nrcpt; i++) {
-        struct qrcpt *r = &j->rcpt[i];
-        int code = j->code[i];
-        char dsn[16];
-        const char *status;
-        job_dsn_code(code, j->text[i], dsn, sizeof dsn);
-        r->attempts++;
-        r->last_try = (int64_t)now;
-        snprintf(r->last_reply, sizeof r->last_reply, "%s", j->text[i]);
-        if (code >= 200 && code < 300) {
-            r->state = QRCPT_SENT;
-            status = "sent";
-            stats_inc(STAT_DELIVERED);
-            if (!oom && (r->notify & SMTP_NOTIFY_SUCCESS) && !j->peer_dsn &&
-                bounce_wanted(&j->m, r, BOUNCE_RELAYED)) {
-                rel[nrel].r = r;
-                rel[nrel].action = BOUNCE_RELAYED;
-                rel[nrel].status = "2.0.0";
-                rel[nrel].remote_mta = j->peer;
-                rel[nrel].diagnostic = NULL;
-                nrel++;
-            }
-        } else if (code >= 500 && !oom) {
-            r->state = QRCPT_BOUNCED;
-            status = "bounced";
-            stats_inc(STAT_BOUNCED);
-        } else if (code >= 500) {
-            /* No memory for the notice: keep it; the next attempt bounces. */
-            status = "deferred";
-            stats_inc(STAT_DEFERRED);
-        } else {
-            status = "deferred";
-            /* Left over by the recipient limit and sent again at once:
-             * not a sign of a struggling primary. */
-            if (!(j->redo && lim > 0 && i >= lim && code == 452))
-                any4 = 1;
-            stats_inc(STAT_DEFERRED);
-        }
-        log_info("%s: to=<%s>, relay=%s, delay=%lld, dsn=%s, status=%s (%s)", j->m.qid, r->addr,
-                 j->peer, (long long)(now - j->m.arrival), dsn, status, j->text[i]);
-    }
-    /* Notices need stable strings: a second pass now that states are set. */
-    for (size_t i = 0; !oom && i < j->nrcpt; i++) {
-        struct qrcpt *r = &j->rcpt[i];
-        if (r->state != QRCPT_BOUNCED || !bounce_wanted(&j->m, r, BOUNCE_FAILED))
-            continue;
-        job_dsn_code(j->code[i], j->text[i], dsns[nb], sizeof dsns[nb]);
-        snprintf(diag[nb], sizeof diag[nb], "smtp; %s", j->text[i]);
-        br[nb].r = r;
-        br[nb].action = BOUNCE_FAILED;
-        br[nb].status = dsns[nb];
-        br[nb].remote_mta = j->peer;
-        br[nb].diagnostic = diag[nb];
-        nb++;
-    }
+    /* The outcome is committed from here on whatever becomes of this
+     * connection; j is not ours any more. */
+    int any4 = job_outcome(j, lim);
     if (any4) {
         d->pass_deferred = 1;
         if (++d->run_4xx >= DELIVERY_4XX_RUN && d->conn_limit > 1) {
@@ -245,23 +180,6 @@ static void conn_on_done(void *arg, struct smtpc *c, struct smtpc_msg *msg)
     } else {
         d->run_4xx = 0;
     }
-    j->nbounce = 1;     /* held until the notices are queued */
-    int nr = nb ? delivery_notice(d->s, &j->m, br, nb, job_notice_done, j) : 1;
-    if (nr == 0)
-        j->nbounce++;
-    else if (nr < 0) {
-        for (size_t i = 0; i < nb; i++)
-            ((struct qrcpt *)br[i].r)->state = QRCPT_PENDING;
-        log_warn("%s: notice could not be built; recipients stay queued", j->m.qid);
-    }
-    if (nrel && delivery_notice(d->s, &j->m, rel, nrel, job_relayed_done, NULL) < 0)
-        log_warn("%s: relayed notice could not be queued", j->m.qid);
-    /* bounce_build copied what it needed: the arrays can go. */
-    free(br);
-    free(rel);
-    free(diag);
-    free(dsns);
-    job_notice_done(j, 0);
 }
 
 /* Sessions of d that are greeted and working. */

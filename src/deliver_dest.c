@@ -54,6 +54,7 @@
 #define DELIVERY_PICK_PAGE 64
 /* First size of the destination hash (a power of two). */
 #define DELIVERY_HASH_INITIAL 64
+
 /* ------------------------------------------------------------------ */
 /* Destinations                                                       */
 

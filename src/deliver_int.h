@@ -8,8 +8,8 @@
  * are declared, not patched at call sites:
  *   - Commit completion owns "queued": delivery_queued() runs from the
  *     commit's completion (smtpd's spool_commit done callback, the
- *     notice's commit), never from the session, and schedules, logs the
- *     delay-warning entry and arms the expiry whatever became of the
+ *     notice's commit), never from the session; it schedules the message, enters
+ *     its delay warning and arms the expiry whatever became of the
  *     session that asked.
  *   - A recipient's state has one owner at a time: msg_owner().
  */
@@ -19,25 +19,14 @@
 #include "delivery.h"
 #include "bounce.h"
 #include "dns.h"
-#include "log.h"
-#include "qid.h"
 #include "queue_db.h"
 #include "smtpc.h"
-#include "stats.h"
 #include "spool.h"
 #include "tls.h"
 
-#include <errno.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <strings.h>
+#include <stddef.h>
 #include <time.h>
-#include <unistd.h>
-#include <arpa/inet.h>
-#include <netinet/in.h>
 #include <sys/time.h>
-#include <event2/buffer.h>
 #include <event2/event.h>
 
 /* How long a resolved route is reused before asking DNS again. */
@@ -224,10 +213,13 @@ void outcome_written(struct delivery *s, const struct qmsg *m);
  * run), 1 when no notice is due (done will not run), -1 on error. */
 int delivery_notice(struct delivery *s, const struct qmsg *m, struct bounce_rcpt *br, size_t n,
                     spool_done_fn done, void *arg);
-/* Completions of a job's notices: the failure notices' commit then saves
- * the job's outcome (job_notice_done); relayed notices need nothing. */
-void job_notice_done(void *arg, int err);
-void job_relayed_done(void *arg, int err);
+/* What the primary answered for each recipient of j (after the
+ * connection learned its recipient limit lim and set j->redo): records
+ * states, log lines and counters, queues the notices due, then commits
+ * the outcome (job_save) and frees j once it is committed, whatever
+ * becomes of the connection (the caller must not touch j after).
+ * Returns 1 when a recipient got a 4xx that counts against the primary. */
+int job_outcome(struct job *j, size_t lim);
 
 /* ------------------------------------------------------------------ */
 /* deliver_expire.c: expiry and delay warnings                        */

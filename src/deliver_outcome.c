@@ -2,7 +2,8 @@
  * deliver_outcome.c - outcome commits and notices (delivery module; see
  * deliver_int.h).
  *
- * Owns: the commit of a delivery's per-recipient outcomes (job_save ->
+ * Owns: a delivery's per-recipient outcomes from the primary's replies
+ * (job_outcome: states, log lines, counters), their commit (job_save ->
  * outcome_write on the writer thread -> job_committed on the loop) and
  * the notices (failure, expiry, relayed DSN) queued as mail of their own
  * (delivery_notice).  A job is freed here, once its outcome is committed,
@@ -12,8 +13,10 @@
  * crash in between sends that message again after restart.  Notices are
  * committed before the outcome that caused them.
  *
- * Never: sends a notice to the null sender or about a notice; holds a
- * write transaction across a callback.
+ * Never: marks a recipient done before the primary's 2xx; sends a notice
+ * to the null sender or about a notice; holds a write transaction across
+ * a callback; changes a destination's connection state (deliver_conn.c
+ * does, from what job_outcome returns).
  */
 #include "config.h"
 #include "deliver_int.h"
@@ -43,6 +46,14 @@
 
 /* Cap for returning the whole original in a RET=FULL bounce. */
 #define DELIVERY_BOUNCE_FULL_MAX (1024 * 1024)
+
+/* The enhanced status code of a reply smtpc stored (multi-line replies
+ * included), or one made from the code. */
+static void job_dsn_code(int code, const char *text, char *out, size_t len)
+{
+    smtpc_reply_status(code, text, out, len);
+}
+
 struct job_update {
     struct job *j;
 };
@@ -216,7 +227,7 @@ out:
     return rc;
 }
 
-void job_notice_done(void *arg, int err)
+static void job_notice_done(void *arg, int err)
 {
     struct job *j = arg;
     if (err) {
@@ -231,8 +242,102 @@ void job_notice_done(void *arg, int err)
         job_save(j);
 }
 
-void job_relayed_done(void *arg, int err)
+static void job_relayed_done(void *arg, int err)
 {
     if (err)
         log_warn("relayed notice not queued: %s", strerror(err));
+}
+
+/*
+ * What the primary answered for each recipient of j: states, log lines,
+ * counters; then the notices that are due (failed, and relayed under
+ * NOTIFY=SUCCESS) and the commit of the outcome once they are queued.
+ * lim: the recipient limit this transaction met (0 = none); j->redo is
+ * set.  Returns 1 when a recipient got a 4xx that counts against the
+ * primary.
+ */
+int job_outcome(struct job *j, size_t lim)
+{
+    time_t now = time(NULL);
+    /* Sized by this message: every failed or relayed recipient is named. */
+    struct bounce_rcpt *br = calloc(j->nrcpt, sizeof *br);
+    struct bounce_rcpt *rel = calloc(j->nrcpt, sizeof *rel);
+    char (*diag)[600] = calloc(j->nrcpt, sizeof *diag);
+    char (*dsns)[16] = calloc(j->nrcpt, sizeof *dsns);
+    size_t nb = 0, nrel = 0;
+    int any4 = 0, oom = br == NULL || rel == NULL || diag == NULL || dsns == NULL;
+
+    for (size_t i = 0; i < j->nrcpt; i++) {
+        struct qrcpt *r = &j->rcpt[i];
+        int code = j->code[i];
+        char dsn[16];
+        const char *status;
+        job_dsn_code(code, j->text[i], dsn, sizeof dsn);
+        r->attempts++;
+        r->last_try = (int64_t)now;
+        snprintf(r->last_reply, sizeof r->last_reply, "%s", j->text[i]);
+        if (code >= 200 && code < 300) {
+            r->state = QRCPT_SENT;
+            status = "sent";
+            stats_inc(STAT_DELIVERED);
+            if (!oom && (r->notify & SMTP_NOTIFY_SUCCESS) && !j->peer_dsn &&
+                bounce_wanted(&j->m, r, BOUNCE_RELAYED)) {
+                rel[nrel].r = r;
+                rel[nrel].action = BOUNCE_RELAYED;
+                rel[nrel].status = "2.0.0";
+                rel[nrel].remote_mta = j->peer;
+                rel[nrel].diagnostic = NULL;
+                nrel++;
+            }
+        } else if (code >= 500 && !oom) {
+            r->state = QRCPT_BOUNCED;
+            status = "bounced";
+            stats_inc(STAT_BOUNCED);
+        } else if (code >= 500) {
+            /* No memory for the notice: keep it; the next attempt bounces. */
+            status = "deferred";
+            stats_inc(STAT_DEFERRED);
+        } else {
+            status = "deferred";
+            /* Left over by the recipient limit and sent again at once:
+             * not a sign of a struggling primary. */
+            if (!(j->redo && lim > 0 && i >= lim && code == 452))
+                any4 = 1;
+            stats_inc(STAT_DEFERRED);
+        }
+        log_info("%s: to=<%s>, relay=%s, delay=%lld, dsn=%s, status=%s (%s)", j->m.qid, r->addr,
+                 j->peer, (long long)(now - j->m.arrival), dsn, status, j->text[i]);
+    }
+    /* Notices need stable strings: a second pass now that states are set. */
+    for (size_t i = 0; !oom && i < j->nrcpt; i++) {
+        struct qrcpt *r = &j->rcpt[i];
+        if (r->state != QRCPT_BOUNCED || !bounce_wanted(&j->m, r, BOUNCE_FAILED))
+            continue;
+        job_dsn_code(j->code[i], j->text[i], dsns[nb], sizeof dsns[nb]);
+        snprintf(diag[nb], sizeof diag[nb], "smtp; %s", j->text[i]);
+        br[nb].r = r;
+        br[nb].action = BOUNCE_FAILED;
+        br[nb].status = dsns[nb];
+        br[nb].remote_mta = j->peer;
+        br[nb].diagnostic = diag[nb];
+        nb++;
+    }
+    j->nbounce = 1;     /* held until the notices are queued */
+    int nr = nb ? delivery_notice(j->s, &j->m, br, nb, job_notice_done, j) : 1;
+    if (nr == 0)
+        j->nbounce++;
+    else if (nr < 0) {
+        for (size_t i = 0; i < nb; i++)
+            ((struct qrcpt *)br[i].r)->state = QRCPT_PENDING;
+        log_warn("%s: notice could not be built; recipients stay queued", j->m.qid);
+    }
+    if (nrel && delivery_notice(j->s, &j->m, rel, nrel, job_relayed_done, NULL) < 0)
+        log_warn("%s: relayed notice could not be queued", j->m.qid);
+    /* bounce_build copied what it needed: the arrays can go. */
+    free(br);
+    free(rel);
+    free(diag);
+    free(dsns);
+    job_notice_done(j, 0);
+    return any4;
 }

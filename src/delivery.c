@@ -52,6 +52,7 @@
 /* Destinations probed per second at start-up before the first probes are
  * spread out. */
 #define DELIVERY_START_PER_SECOND 200
+
 /* ------------------------------------------------------------------ */
 /* Public                                                             */
 
