@@ -6,8 +6,10 @@
  *
  * A destination is a domain mail is waiting for: a served domain (its
  * primary) or, for bounces, a sender's domain (MX lookup).  The spool's
- * per-destination index (by_dest) is the work list; sched never scans the
- * spool.
+ * per-destination index (by_dest) is the work list, read through the
+ * spool's read API (spool_page and friends); the module never scans the
+ * spool.  The module is delivery.c (this interface) and deliver_*.c, one
+ * job per file (see delivery.c); deliver_int.h is private to it.
  *
  * Ownership: delivery_new() -> delivery_free() (accepts NULL; aborts open
  * connections).  conf is borrowed through delivery_configure() and replaced on
