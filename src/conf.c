@@ -31,6 +31,7 @@
  */
 #include "config.h"
 #include "conf.h"
+#include "util.h"
 
 #include <arpa/inet.h>
 #include <ctype.h>
@@ -357,8 +358,7 @@ static char *conf_hostname_norm(const char *s, size_t len)
     h = strndup(s, len);
     if (!h)
         return NULL;
-    for (char *p = h; *p; p++)
-        *p = (char)tolower((unsigned char)*p);
+    util_lower_inplace(h);
     if (!conf_hostname_ok(h)) {
         free(h);
         return NULL;
@@ -781,7 +781,7 @@ static int conf_fingerprint_parse(struct conf_loader *L, const config_setting_t 
         }
         if (!isxdigit((unsigned char)*p) || n >= SHA256_HEX_LEN)
             goto bad;
-        out[plen + n++] = (char)tolower((unsigned char)*p);
+        out[plen + n++] = util_lower(*p);
     }
     if (n != SHA256_HEX_LEN)
         goto bad;
@@ -1041,7 +1041,7 @@ const struct conf_domain *conf_domain_find(const struct conf *c, const char *dom
         return NULL;
     /* Names are stored lower-cased: fold the key the same way. */
     for (size_t i = 0; i < len; i++)
-        key[i] = (char)tolower((unsigned char)domain[i]);
+        key[i] = util_lower(domain[i]);
     key[len] = '\0';
     memset(&kd, 0, sizeof kd);
     kd.name = key;

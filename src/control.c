@@ -37,6 +37,7 @@
 #include "queue_db.h"
 #include "spool.h"
 #include "stats.h"
+#include "util.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -273,7 +274,7 @@ static int arg_domain(const char *in, char out[SMTP_DOMAIN_MAX + 1])
         if (!isalnum(ch) && ch != '-' && ch != '.' && ch != '_' && ch != '[' && ch != ']' &&
             ch != ':')
             return -1;
-        out[i] = (char)tolower(ch);
+        out[i] = util_lower((char)ch);
     }
     out[len] = '\0';
     return 0;

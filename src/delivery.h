@@ -6,8 +6,10 @@
  *
  * A destination is a domain mail is waiting for: a served domain (its
  * primary) or, for bounces, a sender's domain (MX lookup).  The spool's
- * per-destination index (by_dest) is the work list; sched never scans the
- * spool.
+ * per-destination index (by_dest) is the work list, read through the
+ * spool's read API (spool_page and friends); the module never scans the
+ * spool.  The module is delivery.c (this interface) and deliver_*.c, one
+ * job per file (see delivery.c); deliver_int.h is private to it.
  *
  * Ownership: delivery_new() -> delivery_free() (accepts NULL; aborts open
  * connections).  conf is borrowed through delivery_configure() and replaced on
@@ -37,6 +39,12 @@ void delivery_start(struct delivery *s);
 /* smtpd hooks (smtpd_etrn_fn / smtpd_queued_fn); arg is the sched. */
 void delivery_etrn(void *arg, const char *node, const struct conf_domain **doms, size_t n,
                 char *buf, size_t len);
+/* A message is durable: schedule it (every destination it waits for),
+ * enter its delay warning, arm the expiry.  Commit completion owns
+ * "queued": this is called from the completion of the commit that made
+ * qid durable (the spool_commit done callback, a notice's commit), never
+ * from the session or request that asked for it, so it runs whatever
+ * became of that session. */
 void delivery_queued(void *arg, const char *qid);
 /* Flush a destination now (ETRN without the reply).  Returns the number of
  * messages waiting, or -1 when the domain is held (nothing is started).
@@ -76,8 +84,10 @@ void delivery_dest_each(struct delivery *s,
                         int (*fn)(void *arg, const struct delivery_dest_info *i), void *arg);
 
 /* Completion of an admin action, on the loop thread: err 0, ENOENT (no
- * such message), EBUSY (being delivered right now: try again), or the
- * spool's error. */
+ * such message), EBUSY (being delivered or expired right now: try again),
+ * or the spool's error.  A recipient's state has one owner at a time (a
+ * delivery, the expiry, or an admin action): an admin action never
+ * changes a message another owner holds. */
 typedef void (*delivery_done_fn)(void *arg, int err);
 /* Remove a message without notice (mxkeepctl delete). */
 int delivery_delete(struct delivery *s, const char *qid, delivery_done_fn done, void *arg);

@@ -13,6 +13,7 @@
 #include "conf.h"
 #include "log.h"
 #include "stats.h"
+#include "util.h"
 
 #include <errno.h>
 #include <stdint.h>
@@ -70,10 +71,10 @@ static int listen_key(const struct sockaddr *sa, unsigned char out[16])
 
 static unsigned listen_hash(int family, const unsigned char *a)
 {
-    uint32_t h = 2166136261u ^ (uint32_t)family;
-    for (int i = 0; i < 16; i++)
-        h = (h ^ a[i]) * 16777619u;
-    return h & (LISTEN_BUCKETS - 1);
+    /* The family is hashed in as bytes: 10.0.0.1 and ::a00:1 differ. */
+    uint64_t h = util_hash(UTIL_HASH_INIT, &family, sizeof family);
+    h = util_hash(h, a, 16);
+    return (unsigned)(h & (LISTEN_BUCKETS - 1));
 }
 
 static struct client_count **listen_find(struct listener *l, int family, const unsigned char *a)

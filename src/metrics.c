@@ -4,8 +4,9 @@
  *
  * What it does: binds conf->metrics_address:metrics_port with libevent's
  * evhttp while still root, answers GET and HEAD (405 for anything else),
- * and builds every answer from a fresh snapshot: one qdb_dest_each pass for
- * the per-destination counts, one qdb_dest_walk (max 1) per destination
+ * and builds every answer from a fresh snapshot through the spool's read
+ * API: one spool_dest_each pass for the per-destination counts, one
+ * spool_page (one QID) per destination
  * with mail for the oldest age, one delivery_dest_each pass for the live
  * state, plus the stats counters.  A timer samples the backlog once a
  * minute into a 24-hour ring (the total and a few tracked destinations)
@@ -39,6 +40,7 @@
 #include "spool.h"
 #include "stats.h"
 #include "utf8.h"
+#include "util.h"
 
 #include <ctype.h>
 #include <inttypes.h>
@@ -166,14 +168,6 @@ struct snapshot {
     int64_t now;
 };
 
-static void fold_copy(char *dst, size_t size, const char *src)
-{
-    size_t i;
-    for (i = 0; i + 1 < size && src[i] != '\0'; i++)
-        dst[i] = (char)tolower((unsigned char)src[i]);
-    dst[i] = '\0';
-}
-
 static struct row *snap_push(struct snapshot *s, const char *domain)
 {
     struct row *r;
@@ -189,7 +183,7 @@ static struct row *snap_push(struct snapshot *s, const char *domain)
     }
     r = &s->row[s->n++];
     memset(r, 0, sizeof *r);
-    fold_copy(r->domain, sizeof r->domain, domain);
+    util_lower_copy(r->domain, sizeof r->domain, domain);
     return r;
 }
 
@@ -202,7 +196,7 @@ static int row_cmp_domain(const void *a, const void *b)
 static struct row *snap_find(struct snapshot *s, size_t n, const char *domain)
 {
     struct row key;
-    fold_copy(key.domain, sizeof key.domain, domain);
+    util_lower_copy(key.domain, sizeof key.domain, domain);
     return n ? bsearch(&key, s->row, n, sizeof *s->row, row_cmp_domain) : NULL;
 }
 
@@ -254,12 +248,6 @@ static int snap_add_live(void *arg, const struct delivery_dest_info *i)
     return 0;
 }
 
-static int first_qid(void *arg, const char *qid)
-{
-    snprintf(arg, QID_SIZE, "%s", qid);
-    return 1;
-}
-
 static void snap_free(struct snapshot *s)
 {
     for (size_t i = 0; i < s->n; i++)
@@ -272,14 +260,13 @@ static void snap_free(struct snapshot *s)
  * sorted by domain.  0, or -1 (out of memory, index unreadable). */
 static int snap_take(struct metrics *m, struct snapshot *s, int errors)
 {
-    struct qdb *db = spool_db(m->sp);
     struct live_pass lp;
     size_t i, n;
 
     memset(s, 0, sizeof *s);
     s->errors = errors;
     s->now = (int64_t)time(NULL);
-    if (qdb_dest_each(db, snap_add_qdest, s) < 0 || s->oom)
+    if (spool_dest_each(m->sp, snap_add_qdest, s) < 0 || s->oom)
         goto fail;
     if (s->n > 1)
         qsort(s->row, s->n, sizeof *s->row, row_cmp_domain);
@@ -301,13 +288,14 @@ static int snap_take(struct metrics *m, struct snapshot *s, int errors)
     if (s->n > 1)
         qsort(s->row, s->n, sizeof *s->row, row_cmp_domain);
     for (i = 0; i < s->n; i++) {
-        char qid[QID_SIZE] = "";
+        char after[QID_SIZE] = "", qid[1][QID_SIZE];
         if (s->row[i].nmsg == 0)
             continue;
-        if (qdb_dest_walk(db, s->row[i].domain, "", 1, first_qid, qid) < 0)
+        long got = spool_page(m->sp, s->row[i].domain, after, qid, 1);
+        if (got < 0)
             goto fail;
-        if (qid[0] != '\0')
-            s->row[i].oldest = (int64_t)qid_time(qid);
+        if (got > 0)
+            s->row[i].oldest = (int64_t)qid_time(qid[0]);
     }
     return 0;
 fail:
@@ -479,7 +467,7 @@ static void render_metrics(struct metrics *m, const struct snapshot *s, struct e
     {
         /* Each message once; sum(mxkeep_queue_messages) counts a message
          * once per destination it waits for. */
-        long nq = qdb_msg_count(spool_db(m->sp));
+        long nq = spool_msg_count(m->sp);
         prom_u64(b, "spool_messages", "gauge", "Messages in the spool, each counted once",
                  nq > 0 ? (uint64_t)nq : 0);
     }
@@ -847,11 +835,9 @@ static void render_chart(struct metrics *m, struct evbuffer *b, int64_t now)
 static uint64_t text_hash(const char *s)
 {
     /* FNV-1a; 0 is kept for "no error" */
-    uint64_t h = UINT64_C(14695981039346656037);
     if (*s == '\0')
         return 0;
-    for (; *s; s++)
-        h = (h ^ (unsigned char)*s) * UINT64_C(1099511628211);
+    uint64_t h = util_hash(UTIL_HASH_INIT, s, strlen(s));
     return h ? h : 1;
 }
 

@@ -80,6 +80,7 @@
 #include "queue_db.h"
 #include "smtp_parse.h"
 #include "utf8.h"
+#include "util.h"
 
 #ifndef SYSCONFDIR
 #define SYSCONFDIR "/etc"
@@ -573,7 +574,7 @@ static const char *json_parse_str(const char *p, char *out, size_t outlen)
                     if (!isxdigit((unsigned char)p[i]))
                         return NULL;
                     cp = cp * 16 + (uint32_t)(isdigit((unsigned char)p[i]) ? p[i] - '0'
-                                                    : (tolower((unsigned char)p[i]) - 'a' + 10));
+                                                    : (util_lower(p[i]) - 'a' + 10));
                 }
                 p += 4;
                 /* Surrogates never come from the daemon: U+FFFD. */
@@ -990,8 +991,7 @@ static void domain_normalize(char *d)
 
     if (len > 1 && d[len - 1] == '.')
         d[len - 1] = '\0';
-    for (; *d != '\0'; d++)
-        *d = (char)tolower((unsigned char)*d);
+    util_lower_inplace(d);
 }
 
 /*

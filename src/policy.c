@@ -36,6 +36,7 @@
 #include <sys/stat.h>
 
 #include "log.h"
+#include "util.h"
 
 /* Longest local part a list entry may hold: its record keeps the length
  * in one octet.  Real long local parts (SRS, VERP, list confirmations) run
@@ -63,9 +64,6 @@
 /* Domain table: at most half full. */
 #define DOM_LOAD_FACTOR     2
 #define DOM_MIN_SLOTS       16
-
-#define FNV_OFFSET          UINT64_C(14695981039346656037)
-#define FNV_PRIME           UINT64_C(1099511628211)
 
 /* "local@domain" as smtp_addr_format writes it, quotes included. */
 #define ADDR_TEXT_MAX       (SMTP_PATH_MAX + 1)
@@ -127,21 +125,6 @@ static void seterr(char *err, size_t errlen, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(err, errlen, fmt, ap);
     va_end(ap);
-}
-
-static unsigned char lower(unsigned char ch)
-{
-    /* ASCII only: octets >= 0x80 (SMTPUTF8) are compared as given. */
-    return (ch >= 'A' && ch <= 'Z') ? (unsigned char)(ch - 'A' + 'a') : ch;
-}
-
-static uint64_t fnv_lower(uint64_t h, const char *s, size_t n)
-{
-    for (size_t i = 0; i < n; i++) {
-        h ^= lower((unsigned char)s[i]);
-        h *= FNV_PRIME;
-    }
-    return h;
 }
 
 static uint32_t fold(uint64_t h)
@@ -218,7 +201,7 @@ static size_t local_normalize(const char *s, size_t n, char *out)
         n -= 2;
     }
     for (size_t i = 0; i < n; i++)
-        out[i] = (char)lower((unsigned char)s[i]);
+        out[i] = util_lower(s[i]);     /* ASCII only: SMTPUTF8 octets as given */
     return n;
 }
 
@@ -226,7 +209,7 @@ static size_t local_normalize(const char *s, size_t n, char *out)
 
 static uint32_t domain_hash(const char *d, size_t n)
 {
-    return fold(fnv_lower(FNV_OFFSET, d, n));
+    return fold(util_hash_lower(UTIL_HASH_INIT, d, n));
 }
 
 /* Index of the served domain d (n octets, no trailing dot), or -1. */
@@ -283,15 +266,12 @@ static int dom_build(struct policy *p, char *err, size_t errlen)
 static uint32_t entry_hash(uint32_t dom, const char *local, size_t n)
 {
     unsigned char d[REC_DOM_SIZE];
-    uint64_t h = FNV_OFFSET;
+    uint64_t h;
 
     memcpy(d, &dom, sizeof d);
-    for (size_t i = 0; i < sizeof d; i++) {
-        h ^= d[i];
-        h *= FNV_PRIME;
-    }
+    h = util_hash(UTIL_HASH_INIT, d, sizeof d);
     /* local is already normalized, lower-casing again is a no-op */
-    return fold(fnv_lower(h, local, n));
+    return fold(util_hash_lower(h, local, n));
 }
 
 static int rec_equal(const struct policy *p, uint32_t off, uint32_t dom,

@@ -91,9 +91,9 @@ int spool_due_first(struct spool *s, int64_t *when, char qid[QID_SIZE]);
 long spool_msg_count(struct spool *s);
 long spool_page(struct spool *s, const char *domain, char after[QID_SIZE],
                 char (*out)[QID_SIZE], long max);
-/* The index itself, for the read calls not converted to the API above
- * yet (delivery.c, metrics.c's snapshot) and for tests.  The object stays
- * valid across a reopen. */
+/* The index itself, for the unit tests (t_spool) only: the daemon's
+ * modules read through the API above.  The object stays valid across a
+ * reopen. */
 struct qdb *spool_db(struct spool *s);
 
 /* A body being received for qid.  Returns NULL with errno on failure. */
