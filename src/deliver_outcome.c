@@ -89,9 +89,13 @@ static void job_committed(void *arg, int err)
 {
     struct job *j = arg;
     struct dest *d = j->d;
-    if (err)
+    if (err) {
         log_warn("%s: outcome not saved (%s): it will be sent again", j->m.qid, strerror(err));
-    else
+        /* "Again" needs a pass to come: the end of this one arms the retry
+         * timer, as for a 4xx, instead of leaving the message to wait for
+         * new mail or an ETRN. */
+        d->pass_deferred = 1;
+    } else
         outcome_written(j->s, &j->m);
     dest_inflight_del(d, j->m.qid);
     if (err == 0 && j->redo && dest_redo_add(d, j->m.qid) == 0) {
@@ -111,6 +115,7 @@ static void job_save(struct job *j)
 {
     if (spool_write(j->s->spool, job_commit_fn, j, job_committed, j) == NULL) {
         log_warn("%s: cannot save the outcome: it will be sent again", j->m.qid);
+        j->d->pass_deferred = 1;        /* see job_committed */
         dest_inflight_del(j->d, j->m.qid);
         job_free(j);
     }
