@@ -82,8 +82,11 @@ struct dest {
     int conn_refused;           /* refusals in a row with no session working */
     size_t rcpt_limit;          /* the primary's recipients per transaction,
                                    learned in this pass; 0 = none seen */
-    char (*redo)[QID_SIZE];     /* messages with recipients left by that
-                                   limit: sent next, in further transactions */
+    char (*redo)[QID_SIZE];     /* sent next, before the walk goes on:
+                                   messages with recipients left by that
+                                   limit (further transactions), and
+                                   messages committed after the walk had
+                                   passed their QID (delivery_queued) */
     size_t nredo, capredo;
     char cursor[QID_SIZE];      /* last QID handed out in this pass */
     int pass_end;               /* the walk found nothing more */

@@ -253,10 +253,18 @@ void delivery_queued(void *arg, const char *qid)
             if (d == NULL)
                 continue;
             /* New mail goes out at once to an up destination; an unknown
-             * one is probed now; a down one waits for its probe.  New QIDs
-             * sort after the cursor: the walk goes on from where it
-             * stopped, without revisiting deferred mail. */
+             * one is probed now; a down one waits for its probe.  The walk
+             * goes on from where it stopped, without revisiting deferred
+             * mail.  A QID is taken at MAIL, so with parallel senders a
+             * message can commit after a later one was already walked
+             * past: it sorts before the cursor, and the walk would never
+             * see it in this pass.  Such a message joins the list sent
+             * at once (the commit's completion schedules it, not the
+             * order of arrival). */
             d->pass_end = 0;
+            if (d->cursor[0] != '\0' && strcmp(qid, d->cursor) <= 0 &&
+                dest_redo_add(d, qid) != 0)
+                d->cursor[0] = '\0';   /* no memory: walk the whole list again */
             if (d->state != QDEST_DOWN)
                 dest_kick(d);
         }
