@@ -1027,6 +1027,42 @@ static int lock_take(int dirfd, const char *path, const char *spool, uid_t uid, 
     return 0;
 }
 
+/* The index files a root-run tool may have created while no daemon ran
+ * (mxkeepctl's read-only listings, mdb_stat or mdb_copy as root create
+ * lock.mdb owned by root, 0600), which the unprivileged daemon could then
+ * not open.  Under the spool lock, as root, give them back to the mail
+ * user.  Only a plain file with one name, owned by root, opened without
+ * following a symlink: the mail user owns the directory and must not be
+ * able to steer root's chown to another file. */
+static const char *const index_files[] = { "index/lock.mdb", "index/data.mdb" };
+
+static void index_files_reclaim(const char *spool, uid_t uid, gid_t gid)
+{
+    if (geteuid() != 0)
+        return;
+    for (size_t i = 0; i < sizeof index_files / sizeof index_files[0]; i++) {
+        char path[PATH_MAX];
+        struct stat st;
+        if (spool_from_cwd)
+            snprintf(path, sizeof path, "%s", index_files[i]);
+        else if ((size_t)snprintf(path, sizeof path, "%s/%s", spool, index_files[i]) >= sizeof path)
+            continue;
+        int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK);
+        if (fd < 0)
+            continue;   /* absent (a new spool) or a symlink: left alone */
+        if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_nlink == 1 && st.st_uid == 0 &&
+            uid != 0) {
+            if (fchown(fd, uid, gid) == 0)
+                log_info("spool %s: %s was root's (a tool run as root?): given to the mail user",
+                         spool, index_files[i]);
+            else
+                log_warn("spool %s: cannot give %s to the mail user: %s", spool, index_files[i],
+                         strerror(errno));
+        }
+        close(fd);
+    }
+}
+
 int spool_lock(const char *spool, uid_t uid, gid_t gid, char *err, size_t errlen)
 {
     char path[PATH_MAX];
@@ -1038,7 +1074,10 @@ int spool_lock(const char *spool, uid_t uid, gid_t gid, char *err, size_t errlen
         snprintf(err, errlen, "spool %s: path too long", spool);
         return -1;
     }
-    return lock_take(AT_FDCWD, path, spool, uid, gid, &spool_lock_fd, err, errlen);
+    int r = lock_take(AT_FDCWD, path, spool, uid, gid, &spool_lock_fd, err, errlen);
+    if (r == 0)
+        index_files_reclaim(spool, uid, gid);
+    return r;
 }
 
 void spool_lock_update_pid(void)
