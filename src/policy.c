@@ -664,7 +664,7 @@ const char *policy_check_etrn(const struct policy *p, int family, const void *ad
         ab += V4MAPPED_PREFIX_LEN;
     }
     if (!conf_cidr_match(c->etrn_allow, c->netrn_allow, family, ab))
-        return reply(buf, len, "459 5.7.1 <%s>: client not allowed to run ETRN", shown);
+        return reply(buf, len, "459 4.7.1 <%s>: client not allowed to run ETRN", shown);
     if (kind == '#')
         return reply(buf, len, "501 5.5.4 <%s>: named queues are not supported", shown);
     if (kind != 0 && kind != '@')
@@ -693,7 +693,7 @@ const char *policy_check_etrn(const struct policy *p, int family, const void *ad
         }
     }
     if (covered == 0)
-        return reply(buf, len, "459 5.7.1 <%s>: not a domain we serve", shown);
+        return reply(buf, len, "459 4.7.1 <%s>: not a domain we serve", shown);
     *n = stored;
     return NULL;
 }

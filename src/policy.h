@@ -63,8 +63,8 @@ const char *policy_check_rcpt(const struct policy *p, const struct smtp_addr *a,
  * gets the count: one for "domain", the domain and its served subdomains
  * for "@domain"; held domains included: the scheduler answers 458 for
  * them with the count waiting); or a reply line:
- *   "459 5.7.1 <domain>: client not allowed to run ETRN"
- *   "459 5.7.1 <domain>: not a domain we serve"
+ *   "459 4.7.1 <domain>: client not allowed to run ETRN"
+ *   "459 4.7.1 <domain>: not a domain we serve"
  *   "501 5.5.4 ..." for "#queue" names (we keep no named queues)
  */
 const char *policy_check_etrn(const struct policy *p, int family, const void *addr,

@@ -47,6 +47,14 @@ def main():
         t.is_(generated, [], "no generated file is tracked")
     else:
         t.skip("not a git checkout (sanitizer copy)")
+    # RFC 3463 2: the class of an enhanced status code is that of its reply
+    # code (a 459 carries 4.x.y).  Every reply written as a literal in src/.
+    mism = []
+    for p in sorted(glob.glob(os.path.join(R, "src", "*.c"))):
+        for m in re.finditer(r'"([245])\d\d[ -]([245])\.\d{1,3}\.\d{1,3}', open(p, errors="replace").read()):
+            if m.group(1) != m.group(2):
+                mism.append("%s: %s" % (os.path.basename(p), m.group(0)))
+    t.is_(mism, [], "every reply literal's enhanced class matches its code (RFC 3463)")
     t.like(am, r'CLEANFILES\s*=.*etc/mxkeepd\.service', "make clean deletes the generated unit")
 
 

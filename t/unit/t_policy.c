@@ -350,18 +350,18 @@ static void test_rcpt_and_etrn(void)
     r = policy_check_etrn(p, AF_INET, v4ok, 0, "example.org", doms, ETRN_MAX, &n, buf, sizeof buf);
     ok(r == NULL && n == 1 && doms[0] == &d[D_ORG], "ETRN domain from allowed IPv4");
     r = policy_check_etrn(p, AF_INET, v4bad, 0, "example.org", doms, ETRN_MAX, &n, buf, sizeof buf);
-    is_str(r, "459 5.7.1 <example.org>: client not allowed to run ETRN", "IPv4 client denied");
+    is_str(r, "459 4.7.1 <example.org>: client not allowed to run ETRN", "IPv4 client denied");
     is_int(n, 0, "n is 0 on refusal");
     r = policy_check_etrn(p, AF_INET6, v6ok, 0, "example.org", doms, ETRN_MAX, &n, buf, sizeof buf);
     ok(r == NULL && n == 1, "IPv6 client allowed");
     r = policy_check_etrn(p, AF_INET6, v6bad, 0, "example.org", doms, ETRN_MAX, &n, buf, sizeof buf);
-    ok(r != NULL && strncmp(r, "459 5.7.1 ", 10) == 0, "IPv6 client denied");
+    ok(r != NULL && strncmp(r, "459 4.7.1 ", 10) == 0, "IPv6 client denied");
     r = policy_check_etrn(p, AF_INET6, mapped, 0, "example.org", doms, ETRN_MAX, &n, buf, sizeof buf);
     ok(r == NULL && n == 1, "IPv4-mapped IPv6 client matched as IPv4");
     r = policy_check_etrn(p, AF_INET, v4ok, 0, "EXAMPLE.ORG", doms, ETRN_MAX, &n, buf, sizeof buf);
     ok(r == NULL && n == 1 && doms[0] == &d[D_ORG], "ETRN domain case-insensitive");
     r = policy_check_etrn(p, AF_INET, v4ok, 0, "example.net", doms, ETRN_MAX, &n, buf, sizeof buf);
-    is_str(r, "459 5.7.1 <example.net>: not a domain we serve", "ETRN unserved domain");
+    is_str(r, "459 4.7.1 <example.net>: not a domain we serve", "ETRN unserved domain");
     r = policy_check_etrn(p, AF_INET, v4ok, 0, "sub", doms, ETRN_MAX, &n, buf, sizeof buf);
     ok(r != NULL, "ETRN of a label is not a domain we serve");
 
@@ -377,7 +377,7 @@ static void test_rcpt_and_etrn(void)
     r = policy_check_etrn(p, AF_INET, v4ok, '@', "sub.example.org", doms, ETRN_MAX, &n, buf, sizeof buf);
     ok(r == NULL && n == 2 && doms[0] == &d[D_SUB] && doms[1] == &d[D_DEEP], "@sub.example.org");
     r = policy_check_etrn(p, AF_INET, v4ok, '@', "ample.org", doms, ETRN_MAX, &n, buf, sizeof buf);
-    ok(r != NULL && strncmp(r, "459 5.7.1 <@ample.org>", 22) == 0,
+    ok(r != NULL && strncmp(r, "459 4.7.1 <@ample.org>", 22) == 0,
        "@ample.org matches labels only, not string suffixes: %s", r ? r : "NULL");
 
     /* Held domains are covered like any other: the scheduler, which owns
@@ -394,7 +394,7 @@ static void test_rcpt_and_etrn(void)
     r = policy_check_etrn(p, AF_INET, v4ok, '#', "queue1", doms, ETRN_MAX, &n, buf, sizeof buf);
     is_str(r, "501 5.5.4 <#queue1>: named queues are not supported", "#queue refused");
     r = policy_check_etrn(p, AF_INET, v4bad, '#', "queue1", doms, ETRN_MAX, &n, buf, sizeof buf);
-    ok(r != NULL && strncmp(r, "459 5.7.1 ", 10) == 0, "client check comes before #queue");
+    ok(r != NULL && strncmp(r, "459 4.7.1 ", 10) == 0, "client check comes before #queue");
 
     policy_free(p);
     free(d[D_ORG].recipients);
@@ -408,7 +408,7 @@ static void test_rcpt_and_etrn(void)
     p = policy_new(&c, err, sizeof err);
     r = p ? policy_check_etrn(p, AF_INET, v4ok, 0, "example.org", doms, ETRN_MAX, &n, buf,
                               sizeof buf) : NULL;
-    ok(r != NULL && strncmp(r, "459 5.7.1 ", 10) == 0, "empty etrn.allow denies everyone");
+    ok(r != NULL && strncmp(r, "459 4.7.1 ", 10) == 0, "empty etrn.allow denies everyone");
     ok(p != NULL && rcpt(p, "mallory", "example.org", &dom) == NULL,
        "same domain without a list accepts anyone");
     is_int(policy_entry_count(p), 0, "no lists, no entries");
