@@ -144,7 +144,12 @@ def daemon_mode(srv):
     r = run([MXKEEPD, "-c", srv.conf], timeout=20)
     is_(r.returncode, 0, "mxkeepd (no -f) returns 0 once it has forked")
     ok(wait_for(lambda: port_open("127.0.0.1", srv.port), 10, 0.05), "the daemon listens")
-    text = open(pidfile).read() if os.path.exists(pidfile) else ""
+    # The port is bound before the fork; the child writes the pid file
+    # just after it, so wait (bounded) for its content.
+    def pid_text():
+        return open(pidfile).read() if os.path.exists(pidfile) else ""
+    wait_for(lambda: re.match(r"^\d+\n$", pid_text()), 10, 0.05)
+    text = pid_text()
     like(text, r"^\d+\n$", "pid file written in a root-owned directory")
     pid = int(text) if text.strip().isdigit() else 0
     ok(pid > 0 and pid_alive(pid), "its pid is a live process")
