@@ -61,6 +61,20 @@ static void admin_job_free(struct admin_job *a)
     free(a);
 }
 
+/* A job for an admin action on qid; NULL when out of memory. */
+static struct admin_job *admin_job_new(struct delivery *s, const char *qid, delivery_done_fn done,
+                                       void *arg)
+{
+    struct admin_job *a = calloc(1, sizeof *a);
+    if (a == NULL)
+        return NULL;
+    a->s = s;
+    snprintf(a->qid, sizeof a->qid, "%s", qid);
+    a->done = done;
+    a->arg = arg;
+    return a;
+}
+
 static void admin_deleted(void *arg, int err)
 {
     struct admin_job *a = arg;
@@ -78,12 +92,8 @@ int delivery_delete(struct delivery *s, const char *qid, delivery_done_fn done, 
         return ENOENT;
     if (delivery_busy(s, qid))
         return EBUSY;
-    if ((a = calloc(1, sizeof *a)) == NULL)
+    if ((a = admin_job_new(s, qid, done, arg)) == NULL)
         return ENOMEM;
-    a->s = s;
-    snprintf(a->qid, sizeof a->qid, "%s", qid);
-    a->done = done;
-    a->arg = arg;
     if (spool_delete(s->spool, qid, admin_deleted, a) == NULL) {
         admin_job_free(a);
         return EIO;
@@ -131,12 +141,8 @@ int delivery_bounce(struct delivery *s, const char *qid, delivery_done_fn done, 
         return ENOENT;
     if (delivery_busy(s, qid))
         return EBUSY;
-    if ((a = calloc(1, sizeof *a)) == NULL)
+    if ((a = admin_job_new(s, qid, done, arg)) == NULL)
         return ENOMEM;
-    a->s = s;
-    snprintf(a->qid, sizeof a->qid, "%s", qid);
-    a->done = done;
-    a->arg = arg;
     if (spool_msg_get(s->spool, qid, &a->m) != 0 || (a->rcpt = rcpts_load(s, &a->m, &a->nrcpt)) == NULL) {
         admin_job_free(a);
         return ENOENT;
