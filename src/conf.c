@@ -126,6 +126,13 @@ _Static_assert(BARE_NL_NORMALIZE == 0 && BARE_NL_REJECT == 1,
 
 static const char *const bare_newline_names[] = { "normalize", "reject", NULL };
 static const char *const tls_names[] = { "none", "may", "encrypt", "verify", NULL };
+static const char *const verify_names[] = { "off", "callout", NULL };
+static const char *const unverified_names[] = { "accept", "tempfail", NULL };
+_Static_assert(sizeof(enum verify_mode) == sizeof(int), "enum stored as int");
+_Static_assert(sizeof(enum unverified_policy) == sizeof(int), "enum stored as int");
+_Static_assert(VERIFY_OFF == 0 && VERIFY_CALLOUT == 1, "verify_names follows enum verify_mode");
+_Static_assert(UNVERIFIED_ACCEPT == 0 && UNVERIFIED_TEMPFAIL == 1,
+               "unverified_names follows enum unverified_policy");
 
 static int conf_aliases_parse(struct conf_loader *L, const config_setting_t *s, void *base);
 static int conf_listen_parse(struct conf_loader *L, const config_setting_t *s, void *base);
@@ -133,6 +140,7 @@ static int conf_resolver_parse(struct conf_loader *L, const config_setting_t *s,
 static int conf_etrn_allow_parse(struct conf_loader *L, const config_setting_t *s, void *base);
 static int conf_domains_parse(struct conf_loader *L, const config_setting_t *s, void *base);
 static int conf_fingerprint_parse(struct conf_loader *L, const config_setting_t *s, void *base);
+static int conf_recipients_parse(struct conf_loader *L, const config_setting_t *s, void *base);
 static int conf_tls_check(struct conf_loader *L, const config_setting_t *s, void *base);
 static int conf_limits_check(struct conf_loader *L, const config_setting_t *s, void *base);
 static int conf_delivery_check(struct conf_loader *L, const config_setting_t *s, void *base);
@@ -193,7 +201,9 @@ static const struct conf_setting domain_table[] = {
     { "name",            CK_HOSTNAME, DOM(name),       0, 0, 0, CF_REQUIRED, 0, 0, 0 },
     { "primary",         CK_STRING,   DOM(primary),    0, 0, 0, 0, 0, 0, 0 },
     { "retention",       CK_DURATION, DOM(retention),  7 * DAY, HOUR, 365 * DAY, 0, 0, 0, 0 },
-    { "recipients",      CK_RFILE,    DOM(recipients), 0, 0, 0, 0, 0, 0, 0 },
+    { "recipients",      CK_CUSTOM,   0,               0, 0, 0, 0, 0, 0, conf_recipients_parse },
+    { "verify",          CK_ENUM,     DOM(verify),     VERIFY_OFF, 0, 0, 0, verify_names, 0, 0 },
+    { "unverified",      CK_ENUM,     DOM(unverified), UNVERIFIED_ACCEPT, 0, 0, 0, unverified_names, 0, 0 },
     { "tls",             CK_ENUM,     DOM(tls),        TLS_POLICY_MAY, 0, 0, 0, tls_names, 0, 0 },
     { "tls_ca",          CK_RFILE,    DOM(tls_ca),     0, 0, 0, 0, 0, 0, 0 },
     { "tls_fingerprint", CK_CUSTOM,   0,               0, 0, 0, 0, 0, 0, conf_fingerprint_parse },
@@ -758,6 +768,52 @@ static int conf_etrn_allow_parse(struct conf_loader *L, const config_setting_t *
 
 /* "sha256:" + 64 hex digits, colons between octets allowed; stored as
  * "sha256:" + 64 lower-case hex digits so tls.c compares with strcmp. */
+/* recipients = "PATH" | "lmdb:PATH" | "pgsql:NAME" (table.h).  Paths are
+ * made absolute and must be readable now; a pgsql NAME is checked against
+ * the pgsql entries once the whole file is read. */
+static int conf_recipients_parse(struct conf_loader *L, const config_setting_t *s, void *base)
+{
+    struct conf_domain *d = base;
+    const char *str, *path;
+    char *abs;
+
+    if (config_setting_type(s) != CONFIG_TYPE_STRING)
+        return conf_fail(L, s, "recipients must be a string");
+    str = config_setting_get_string(s);
+    if (!str || !*str)
+        return conf_fail(L, s, "recipients must not be empty");
+    if (strncmp(str, "pgsql:", 6) == 0) {
+        if (str[6] == '\0')
+            return conf_fail(L, s, "recipients: \"%s\" names no pgsql entry", str);
+        if (!(d->recipients = strdup(str)))
+            return conf_fail(L, s, "out of memory");
+        return 0;
+    }
+    path = strncmp(str, "lmdb:", 5) == 0 ? str + 5 : strncmp(str, "file:", 5) == 0 ? str + 5 : str;
+    if (*path == '\0')
+        return conf_fail(L, s, "recipients: \"%s\" names no file", str);
+    if (!(abs = conf_abspath(L, s, path)))
+        return -1;
+    if (access(abs, R_OK) < 0) {
+        int e = errno;
+        conf_fail(L, s, "recipients: cannot read \"%s\": %s", abs, strerror(e));
+        free(abs);
+        return -1;
+    }
+    if (path != str && strncmp(str, "lmdb:", 5) == 0) {
+        size_t n = strlen(abs) + 6;
+        if (!(d->recipients = malloc(n))) {
+            free(abs);
+            return conf_fail(L, s, "out of memory");
+        }
+        snprintf(d->recipients, n, "lmdb:%s", abs);
+        free(abs);
+    } else {
+        d->recipients = abs;
+    }
+    return 0;
+}
+
 static int conf_fingerprint_parse(struct conf_loader *L, const config_setting_t *s, void *base)
 {
     struct conf_domain *d = base;

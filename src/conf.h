@@ -24,6 +24,11 @@
 
 enum bare_newline { BARE_NL_NORMALIZE = 0, BARE_NL_REJECT = 1 };
 
+/* Recipient verification by callout to the primary (verify.h). */
+enum verify_mode { VERIFY_OFF = 0, VERIFY_CALLOUT = 1 };
+/* What a verified domain does with an address no probe could answer. */
+enum unverified_policy { UNVERIFIED_ACCEPT = 0, UNVERIFIED_TEMPFAIL = 1 };
+
 /* Outbound TLS policy for one destination. */
 enum tls_policy { TLS_POLICY_NONE = 0, TLS_POLICY_MAY, TLS_POLICY_ENCRYPT, TLS_POLICY_VERIFY };
 
@@ -46,7 +51,10 @@ struct conf_domain {
     char *primary_host;         /* host (fixed) or domain to look up; never NULL */
     int primary_port;           /* default 25 */
     long retention;             /* seconds; default 7d, at most 365d */
-    char *recipients;           /* absolute path of the recipient list, or NULL */
+    char *recipients;           /* table spec (table.h): an absolute path (file),
+                                   "lmdb:/abs/path" or "pgsql:NAME"; NULL: any local part */
+    enum verify_mode verify;    /* default off */
+    enum unverified_policy unverified;  /* default accept */
     enum tls_policy tls;        /* default may */
     char *tls_ca;               /* CA file for verify, or NULL (system store) */
     char *tls_fingerprint;      /* "sha256:hex" pin, or NULL */
