@@ -145,6 +145,7 @@ static int conf_tls_check(struct conf_loader *L, const config_setting_t *s, void
 static int conf_limits_check(struct conf_loader *L, const config_setting_t *s, void *base);
 static int conf_delivery_check(struct conf_loader *L, const config_setting_t *s, void *base);
 static int conf_control_check(struct conf_loader *L, const config_setting_t *s, void *base);
+static int conf_cluster_check(struct conf_loader *L, const config_setting_t *s, void *base);
 
 #define LIM(f) offsetof(struct conf_limits, f)
 static const struct conf_setting limits_table[] = {
@@ -187,6 +188,21 @@ static const struct conf_setting delivery_table[] = {
     { NULL, 0, 0, 0, 0, 0, 0, 0, 0, 0 },
 };
 #undef DLV
+
+/* cluster = { node = "mx2a"; pgsql = "main"; status_interval = "5s"; } */
+#define CLU(f) offsetof(struct conf_cluster, f)
+static const struct conf_setting cluster_table[] = {
+    { "node",            CK_STRING,   CLU(node),            0, 0, 0, 0, 0, 0, 0 },
+    { "pgsql",           CK_STRING,   CLU(pgsql),           0, 0, 0, CF_REQUIRED, 0, 0, 0 },
+    /* How often each node upserts its node_status rows (and reads the
+     * others' counts for ETRN): the fleet's view is this fresh. */
+    { "status_interval", CK_DURATION, CLU(status_interval), 5 * SECOND, SECOND, HOUR, 0, 0, 0, 0 },
+    /* A node with no status for this many intervals is shown stale and its
+     * counts leave the fleet's ETRN total. */
+    { "stale_intervals", CK_INT,      CLU(stale_intervals), 3, 2, 100, 0, 0, 0, 0 },
+    { NULL, 0, 0, 0, 0, 0, 0, 0, 0, 0 },
+};
+#undef CLU
 
 #define LST(f) offsetof(struct conf_listen, f)
 static const struct conf_setting listen_table[] = {
@@ -256,6 +272,7 @@ static const struct conf_setting top_table[] = {
     { "pid_file",      CK_PATH,     CNF(pid_file),      0, 0, 0, 0, 0, 0, 0 },
     { "lmdb_map_size", CK_SIZE,     CNF(lmdb_map_size), GIB, MIB, 1024 * GIB, 0, 0, 0, 0 },
     { "commit_batch",  CK_INT,      CNF(commit_batch),  256, 1, 100000, 0, 0, 0, 0 },
+    { "cluster",       CK_GROUP,    CNF(cluster),       0, 0, 0, 0, 0, cluster_table, conf_cluster_check },
     { NULL, 0, 0, 0, 0, 0, 0, 0, 0, 0 },
 };
 #undef CNF
@@ -956,6 +973,31 @@ static int conf_control_check(struct conf_loader *L, const config_setting_t *s, 
     return 0;
 }
 
+/* A node name goes into the fleet's tables and NOTIFY payloads (fields
+ * separated by spaces): one printable word of letters, digits, '.', '-',
+ * '_'. */
+#define CLUSTER_NODE_MAX 63
+
+static int conf_cluster_check(struct conf_loader *L, const config_setting_t *s, void *base)
+{
+    struct conf_cluster *cl = base;
+    cl->enabled = 1;
+    if (cl->node) {
+        size_t n = strlen(cl->node);
+        int bad = n == 0 || n > CLUSTER_NODE_MAX;
+        for (size_t i = 0; i < n && !bad; i++) {
+            unsigned char ch = (unsigned char)cl->node[i];
+            bad = !isalnum(ch) && ch != '.' && ch != '-' && ch != '_';
+        }
+        if (bad) {
+            const config_setting_t *m = config_setting_get_member((config_setting_t *)s, "node");
+            return conf_fail(L, m ? m : s, "cluster.node: \"%s\" is not a name of at most %d "
+                             "letters, digits, '.', '-' or '_'", cl->node, CLUSTER_NODE_MAX);
+        }
+    }
+    return 0;
+}
+
 /* No hostname in the file: take the system's name (no DNS at load time). */
 static int conf_hostname_default(struct conf_loader *L, struct conf *c)
 {
@@ -1079,6 +1121,8 @@ void conf_free(const struct conf *cc)
     free(c->control_group);
     free(c->metrics_address);
     free(c->pid_file);
+    free(c->cluster.node);
+    free(c->cluster.pgsql);
     free(c);
 }
 

@@ -92,6 +92,15 @@ struct conf_delivery {
     long mx_port;               /* port for MX-routed destinations (25) */
 };
 
+/* The fleet (cluster.h): present when the file has a `cluster` group. */
+struct conf_cluster {
+    int enabled;                /* 1: a cluster group was given */
+    char *node;                 /* this node's name; NULL: the hostname */
+    char *pgsql;                /* the pgsql entry holding the fleet's tables */
+    long status_interval;       /* seconds between node_status upserts */
+    long stale_intervals;       /* a node silent this many intervals is stale */
+};
+
 struct conf {
     char *path;                 /* the file this was read from */
     char *hostname;
@@ -120,6 +129,7 @@ struct conf {
     char *pid_file;             /* absolute, or NULL */
     long lmdb_map_size;         /* initial map size, octets */
     long commit_batch;          /* most messages in one group commit */
+    struct conf_cluster cluster;
     unsigned long refs;         /* conf.c's own: conf_ref / conf_free */
 };
 
