@@ -29,6 +29,7 @@
 #include "config.h"
 #include "control.h"
 
+#include "cluster.h"
 #include "conf.h"
 #include "delivery.h"
 #include "json.h"
@@ -86,6 +87,7 @@ struct control {
     control_gauges_fn gauges;
     void *arg;
     struct ctl_req *reqs;               /* every open request */
+    struct cluster *cluster;            /* the fleet, or NULL */
 };
 
 struct ctl_req {
@@ -333,6 +335,7 @@ static void cmd_bounce(struct ctl_req *r, int argc, char **argv);
 static void cmd_reload(struct ctl_req *r, int argc, char **argv);
 static void cmd_stats(struct ctl_req *r, int argc, char **argv);
 static void cmd_status(struct ctl_req *r, int argc, char **argv);
+static void cmd_cluster_summary(struct ctl_req *r, int argc, char **argv);
 
 struct ctl_cmd {
     const char *name;
@@ -350,6 +353,7 @@ static const struct ctl_cmd ctl_cmds[] = {
     { "reload", 0, 0, cmd_reload },
     { "stats", 0, 0, cmd_stats },
     { "status", 0, 1, cmd_status },
+    { "cluster-summary", 0, 0, cmd_cluster_summary },
 };
 
 #define NELEM(a) (sizeof(a) / sizeof((a)[0]))
@@ -443,6 +447,13 @@ static void cmd_flush(struct ctl_req *r, int argc, char **argv)
         return;
     }
     log_info("control: flush %s: %" PRIu64 " messages", domain, info.nmsg);
+    if (r->ctl->cluster != NULL) {
+        /* Every node flushes; the others' part is their last status. */
+        uint64_t others = cluster_flush(r->ctl->cluster, domain);
+        req_reply(r, NULL, "OK %" PRIu64 " message%s (%" PRIu64 " on other nodes)", info.nmsg,
+                  info.nmsg == 1 ? "" : "s", others);
+        return;
+    }
     req_reply(r, NULL, "OK %" PRIu64 " message%s", info.nmsg, info.nmsg == 1 ? "" : "s");
 }
 
@@ -461,6 +472,9 @@ static void cmd_hold(struct ctl_req *r, int argc, char **argv)
         req_err(r, EX_NOUSER, "unknown domain %s", domain);
         return;
     }
+    /* Applied here first; the fleet follows (at once, or when the
+     * database is back). */
+    cluster_hold(r->ctl->cluster, domain, hold);
     req_reply(r, NULL, "OK %s %s: %" PRIu64 " message%s waiting", hold ? "held" : "released",
               domain, info.nmsg, info.nmsg == 1 ? "" : "s");
 }
@@ -705,6 +719,33 @@ static void cmd_status(struct ctl_req *r, int argc, char **argv)
         req_reply(r, a.b, "OK");
     }
     evbuffer_free(a.b);
+}
+
+/* cluster-summary: the fleet's node_status rows, one JSON object per
+ * line, from one query run on the loop (pg.c); the request waits. */
+static void cluster_summary_done(void *arg, struct evbuffer *payload, const char *err)
+{
+    struct ctl_req *r = arg;
+
+    r->pending--;
+    if (payload == NULL)
+        req_err(r, EX_UNAVAILABLE, "cluster summary: %s", err);
+    else
+        req_reply(r, payload, "OK");
+    req_maybe_free(r);
+}
+
+static void cmd_cluster_summary(struct ctl_req *r, int argc, char **argv)
+{
+    if (r->ctl->cluster == NULL) {
+        req_err(r, EX_CONFIG, "no cluster configured");
+        return;
+    }
+    r->pending++;
+    if (cluster_summary(r->ctl->cluster, cluster_summary_done, r) != 0) {
+        r->pending--;
+        req_err(r, EX_UNAVAILABLE, "cluster summary: the database is unreachable");
+    }
 }
 
 /* ------------------------------------------------------------------ */
@@ -1088,6 +1129,12 @@ void control_start(struct control *ctl, struct spool *sp, struct delivery *dl,
     if (evconnlistener_enable(ctl->lst) != 0)
         log_warn("control: cannot enable the listener on %s", ctl->path);
     log_info("control socket %s ready", ctl->path);
+}
+
+void control_set_cluster(struct control *ctl, struct cluster *cl)
+{
+    if (ctl != NULL)
+        ctl->cluster = cl;
 }
 
 void control_set_conf(struct control *ctl, const struct conf *c)

@@ -14,7 +14,8 @@
  * for stats), and closes.  Commands: flush DOMAIN | flush --all,
  * hold DOMAIN, release DOMAIN, delete QID, delete-domain DOMAIN,
  * bounce QID, reload, stats, status DOMAIN, and status with no argument
- * (one JSON object per line, every destination: mxkeepctl summary).
+ * (one JSON object per line, every destination: mxkeepctl summary),
+ * cluster-summary (one JSON object per fleet node and destination).
  *
  * Ownership: control_new() -> control_free() (accepts NULL; unlinks the
  * socket).  The delivery and spool are borrowed.
@@ -44,6 +45,10 @@ struct control *control_new(struct event_base *base, const struct conf *c, uid_t
 /* After the spool and scheduler exist (after the drop): start serving. */
 void control_start(struct control *ctl, struct spool *sp, struct delivery *dl,
                    control_reload_fn reload, control_gauges_fn gauges, void *arg);
+/* The fleet (cluster.h): hold, release and flush are published to the
+ * other nodes; cluster-summary answers from the database.  NULL: none. */
+struct cluster;
+void control_set_cluster(struct control *ctl, struct cluster *cl);
 /* A reload may change the config pointer. */
 void control_set_conf(struct control *ctl, const struct conf *c);
 void control_free(struct control *ctl);

@@ -135,6 +135,8 @@ struct delivery {
     size_t nconns;
     struct dns_self *self;      /* who we are, for MX self-detection:
                                    every alias and listen address */
+    delivery_fleet_fn fleet;    /* ETRN's fleet part (cluster.c), or NULL */
+    void *fleet_arg;
 };
 
 /* ------------------------------------------------------------------ */

@@ -197,6 +197,8 @@ long delivery_flush(struct delivery *s, const char *domain, struct delivery_dest
  * wait.  Held nodes among others are named in the 25x text by count.
  * doms may include held domains: whether a domain is held is the
  * scheduler's to say (config hold or mxkeepctl hold), not the policy's.
+ * In a fleet (delivery_set_fleet) the count started is the fleet's: ours
+ * plus the other nodes' last reported backlog, each told to flush.
  */
 #define ETRN_HELD_NOTE_SIZE 128    /* " (N held domains: M messages waiting)" */
 
@@ -215,6 +217,8 @@ void delivery_etrn(void *arg, const char *node, const struct conf_domain **doms,
             waiting_held += info.nmsg;
         } else {
             started += info.nmsg;
+            if (s->fleet != NULL)
+                started += s->fleet(s->fleet_arg, doms[i]->name);
         }
     }
     if (n > 0 && held == n) {
@@ -232,6 +236,12 @@ void delivery_etrn(void *arg, const char *node, const struct conf_domain **doms,
                  started, started == 1 ? "" : "s", node, extra);
     else
         snprintf(buf, len, "251 2.0.0 OK, no messages waiting for node %s%s", node, extra);
+}
+
+void delivery_set_fleet(struct delivery *s, delivery_fleet_fn fn, void *arg)
+{
+    s->fleet = fn;
+    s->fleet_arg = arg;
 }
 
 void delivery_queued(void *arg, const char *qid)

@@ -22,6 +22,7 @@
  * the spool and its pid), 71 other start-up failure.
  */
 #include "config.h"
+#include "cluster.h"
 #include "conf.h"
 #include "control.h"
 #include "delivery.h"
@@ -29,6 +30,7 @@
 #include "listen.h"
 #include "log.h"
 #include "metrics.h"
+#include "pg.h"
 #include "policy.h"
 #include "smtpd.h"
 #include "spool.h"
@@ -70,6 +72,7 @@ struct daemon {
     struct delivery *delivery;
     struct control *control;
     struct metrics *metrics;
+    struct cluster *cluster;
     SSL_CTX *tls;
     struct event *ev_term, *ev_int, *ev_hup, *ev_drain;
     int stopping;
@@ -139,6 +142,9 @@ static int main_reload(struct daemon *dm, char *msg, size_t len)
     smtpd_configure(dm->smtpd, nc, np);
     if (delivery_configure(dm->delivery, nc, err, sizeof err) != 0)
         log_warn("reload: %s", err);
+    if (pg_configure(dm->base, nc, err, sizeof err) != 0)
+        log_warn("reload: %s", err);
+    cluster_reload(dm->cluster, nc);
     listen_set_limits(dm->lst, nc->limits.connections, nc->limits.per_client);
     if (dm->control)
         control_set_conf(dm->control, nc);
@@ -442,12 +448,21 @@ int main(int argc, char **argv)
     if (dm.delivery == NULL || delivery_configure(dm.delivery, dm.conf, err, sizeof err) != 0)
         log_fatal(EX_OSERR_CODE, "delivery: %s", err);
     smtpd_set_hooks(dm.smtpd, delivery_etrn, delivery_queued, dm.delivery);
+    if (pg_configure(dm.base, dm.conf, err, sizeof err) != 0)
+        log_fatal(EX_OSERR_CODE, "%s", err);
+    dm.cluster = cluster_new(dm.base, dm.conf, dm.delivery, dm.spool, err, sizeof err);
+    if (dm.cluster == NULL && err[0] != '\0')
+        log_fatal(EX_CONFIG_CODE, "%s", err);
+    if (dm.cluster != NULL)
+        delivery_set_fleet(dm.delivery, cluster_etrn_count, dm.cluster);
     spool_set_reopen_hook(dm.spool, main_on_index_reopened, &dm);
     delivery_start(dm.delivery);
     metrics_start(dm.metrics, dm.spool, dm.delivery, main_control_gauges, &dm);
-    if (dm.control)
+    if (dm.control) {
         control_start(dm.control, dm.spool, dm.delivery, main_control_reload,
                       main_control_gauges, &dm);
+        control_set_cluster(dm.control, dm.cluster);
+    }
 
     dm.ev_term = evsignal_new(dm.base, SIGTERM, main_on_stop, &dm);
     dm.ev_int = evsignal_new(dm.base, SIGINT, main_on_stop, &dm);
@@ -464,6 +479,10 @@ int main(int argc, char **argv)
 
     metrics_free(dm.metrics);
     smtpd_free(dm.smtpd);
+    control_set_cluster(dm.control, NULL);
+    delivery_set_fleet(dm.delivery, NULL, NULL);
+    cluster_free(dm.cluster);
+    pg_shutdown();
     delivery_free(dm.delivery);
     dns_free(dm.dns);
     listen_free(dm.lst);
