@@ -1775,6 +1775,232 @@ static int cmd_stats(struct ctl *c, int argc, char **argv)
 }
 
 /* ------------------------------------------------------------------ */
+/* cluster summary                                                     */
+/* ------------------------------------------------------------------ */
+
+/* One row of the daemon's cluster-summary: a node and one destination
+ * (or none: a node with no destination known). */
+struct fleet_row {
+    char node[CTL_JSON_KEY];
+    int stale;
+    int64_t age, now;
+    int has_domain;
+    char domain[SMTP_DOMAIN_MAX + 1];
+    uint64_t nmsg, nbytes;
+    int has_oldest;
+    int64_t oldest;
+    char state[CTL_JSON_KEY];
+    char last_error[CTL_ERR_SIZE];
+};
+
+static void fleet_member(void *arg, const char *key, const char *value, int is_string)
+{
+    struct fleet_row *r = arg;
+
+    if (strcmp(key, "node") == 0 && is_string)
+        snprintf(r->node, sizeof r->node, "%s", value);
+    else if (strcmp(key, "stale") == 0 && !is_string)
+        r->stale = strcmp(value, "true") == 0;
+    else if (strcmp(key, "age") == 0 && !is_string)
+        r->age = strtoll(value, NULL, 10);
+    else if (strcmp(key, "now") == 0 && !is_string)
+        r->now = strtoll(value, NULL, 10);
+    else if (strcmp(key, "domain") == 0 && is_string) {
+        snprintf(r->domain, sizeof r->domain, "%s", value);
+        r->has_domain = 1;
+    } else if (strcmp(key, "messages") == 0 && !is_string)
+        r->nmsg = strtoull(value, NULL, 10);
+    else if (strcmp(key, "bytes") == 0 && !is_string)
+        r->nbytes = strtoull(value, NULL, 10);
+    else if (strcmp(key, "oldest") == 0 && !is_string && strcmp(value, "null") != 0) {
+        r->oldest = strtoll(value, NULL, 10);
+        r->has_oldest = 1;
+    } else if (strcmp(key, "state") == 0 && is_string)
+        snprintf(r->state, sizeof r->state, "%s", value);
+    else if (strcmp(key, "last_error") == 0 && is_string)
+        snprintf(r->last_error, sizeof r->last_error, "%s", value);
+}
+
+/* The fleet's total per destination, over the nodes that are not stale. */
+struct fleet_total {
+    char domain[SMTP_DOMAIN_MAX + 1];
+    uint64_t nmsg, nbytes;
+    int nodes;
+};
+
+static int fleet_total_cmp(const void *a, const void *b)
+{
+    return strcmp(((const struct fleet_total *)a)->domain, ((const struct fleet_total *)b)->domain);
+}
+
+static void cluster_summary_json(struct ctl *c, const struct fleet_row *row, size_t n,
+                                 const struct fleet_total *tot, size_t ntot)
+{
+    FILE *f = c->out;
+    size_t i, nodes = 0;
+
+    fputs("{\"nodes\":[", f);
+    for (i = 0; i < n; i++) {
+        const struct fleet_row *r = &row[i];
+        int first = i == 0 || strcmp(row[i - 1].node, r->node) != 0;
+        int last = i + 1 == n || strcmp(row[i + 1].node, r->node) != 0;
+
+        if (first) {
+            fputs(nodes++ == 0 ? "\n {\"node\":" : ",\n {\"node\":", f);
+            json_str(f, r->node);
+            fprintf(f, ",\"stale\":%s,\"age\":%" PRId64 ",\"destinations\":[",
+                    r->stale ? "true" : "false", r->age);
+        }
+        if (r->has_domain) {
+            fputs(first ? "{\"domain\":" : ",{\"domain\":", f);
+            json_str(f, r->domain);
+            fprintf(f, ",\"messages\":%" PRIu64 ",\"bytes\":%" PRIu64 ",\"oldest_arrival\":",
+                    r->nmsg, r->nbytes);
+            if (r->has_oldest)
+                fprintf(f, "%" PRId64, r->oldest);
+            else
+                fputs("null", f);
+            fputs(",\"state\":", f);
+            json_str(f, r->state);
+            fputs(",\"last_error\":", f);
+            json_str(f, r->last_error);
+            fputc('}', f);
+        }
+        if (last)
+            fputs("]}", f);
+    }
+    fputs(nodes == 0 ? "],\"destinations\":[" : "\n],\"destinations\":[", f);
+    for (i = 0; i < ntot; i++) {
+        fputs(i == 0 ? "\n {\"domain\":" : ",\n {\"domain\":", f);
+        json_str(f, tot[i].domain);
+        fprintf(f, ",\"messages\":%" PRIu64 ",\"bytes\":%" PRIu64 ",\"nodes\":%d}", tot[i].nmsg,
+                tot[i].nbytes, tot[i].nodes);
+    }
+    fputs(ntot == 0 ? "]}\n" : "\n]}\n", f);
+}
+
+static void cluster_summary_text(struct ctl *c, const struct fleet_row *row, size_t n,
+                                 const struct fleet_total *tot, size_t ntot)
+{
+    FILE *f = c->out;
+    size_t i;
+
+    if (n == 0) {
+        fputs("no nodes\n", f);
+        return;
+    }
+    fprintf(f, "%-16s %-12s %-30s %8s %12s %7s %s\n", "NODE", "STATUS", "DOMAIN", "MSGS",
+            "BYTES", "OLDEST", "STATE");
+    for (i = 0; i < n; i++) {
+        const struct fleet_row *r = &row[i];
+        char age[CTL_AGE_SIZE], status[CTL_AGE_SIZE + 8], oldest[CTL_AGE_SIZE] = "-";
+
+        fmt_age(r->age, age);
+        snprintf(status, sizeof status, "%s %s", r->stale ? "STALE" : "ok", age);
+        if (r->has_oldest)
+            fmt_age(r->now - r->oldest, oldest);
+        text_str(f, r->node);
+        fprintf(f, "%*s %-12s ", strlen(r->node) < 16 ? (int)(16 - strlen(r->node)) : 0, "",
+                status);
+        if (!r->has_domain) {
+            fputs("-\n", f);
+            continue;
+        }
+        text_str(f, r->domain);
+        fprintf(f, "%*s %8" PRIu64 " %12" PRIu64 " %7s %s\n",
+                strlen(r->domain) < 30 ? (int)(30 - strlen(r->domain)) : 0, "", r->nmsg,
+                r->nbytes, oldest, r->state);
+    }
+    fprintf(f, "\nfleet (nodes not stale):\n%-30s %8s %12s %5s\n", "DOMAIN", "MSGS", "BYTES",
+            "NODES");
+    for (i = 0; i < ntot; i++) {
+        text_str(f, tot[i].domain);
+        fprintf(f, "%*s %8" PRIu64 " %12" PRIu64 " %5d\n",
+                strlen(tot[i].domain) < 30 ? (int)(30 - strlen(tot[i].domain)) : 0, "",
+                tot[i].nmsg, tot[i].nbytes, tot[i].nodes);
+    }
+}
+
+static int cmd_cluster(struct ctl *c, int argc, char **argv)
+{
+    struct daemon_reply r;
+    struct fleet_row *row = NULL;
+    struct fleet_total *tot = NULL;
+    size_t n = 0, cap = 0, ntot = 0, i, j;
+    const char *p;
+    int rc;
+
+    if (strcmp(argv[1], "summary") != 0) {
+        fprintf(stderr, "usage: " CTL_PROG " cluster summary [--json]\n");
+        return EX_USAGE;
+    }
+    if ((rc = daemon_request(c, "cluster-summary\n", &r, 0)) != 0)
+        return rc;
+    for (p = r.payload; *p != '\0';) {
+        const char *nl = strchr(p, '\n');
+        size_t len = nl ? (size_t)(nl - p) : strlen(p);
+        char *line = strndup(p, len);
+
+        p += len + (nl ? 1 : 0);
+        if (line == NULL) {
+            rc = EX_OSERR;
+            break;
+        }
+        if (len == 0) {
+            free(line);
+            continue;
+        }
+        if (n == cap) {
+            size_t ncap = cap ? cap * 2 : 16;
+            void *q = realloc(row, ncap * sizeof *row);
+            if (q == NULL) {
+                free(line);
+                rc = EX_OSERR;
+                break;
+            }
+            row = q;
+            cap = ncap;
+        }
+        memset(&row[n], 0, sizeof row[n]);
+        if (json_flat_object(line, fleet_member, &row[n]) != 0 || row[n].node[0] == '\0') {
+            free(line);
+            ctl_error("malformed cluster summary from the daemon", NULL);
+            rc = EX_PROTOCOL;
+            break;
+        }
+        free(line);
+        n++;
+    }
+    if (rc == 0 && n > 0 && (tot = calloc(n, sizeof *tot)) == NULL)
+        rc = EX_OSERR;
+    for (i = 0; rc == 0 && i < n; i++) {
+        if (!row[i].has_domain || row[i].stale)
+            continue;
+        for (j = 0; j < ntot && strcmp(tot[j].domain, row[i].domain) != 0; j++)
+            ;
+        if (j == ntot)
+            snprintf(tot[ntot++].domain, sizeof tot[0].domain, "%s", row[i].domain);
+        tot[j].nmsg += row[i].nmsg;
+        tot[j].nbytes += row[i].nbytes;
+        tot[j].nodes++;
+    }
+    if (rc == EX_OSERR)
+        ctl_error("out of memory", NULL);
+    if (rc == 0) {
+        if (ntot > 1)
+            qsort(tot, ntot, sizeof *tot, fleet_total_cmp);
+        if (c->json)
+            cluster_summary_json(c, row, n, tot, ntot);
+        else
+            cluster_summary_text(c, row, n, tot, ntot);
+    }
+    free(row);
+    free(tot);
+    daemon_reply_free(&r);
+    return rc;
+}
+
+/* ------------------------------------------------------------------ */
 /* Command table and main                                              */
 /* ------------------------------------------------------------------ */
 
@@ -1809,6 +2035,8 @@ static const struct ctl_cmd ctl_cmds[] = {
     { "bounce", "QID", 1, 1, 0, 1, cmd_bounce, "return a message to its sender now" },
     { "reload", "", 0, 0, 0, 1, cmd_reload, "re-read the configuration and recipient lists" },
     { "stats", "", 0, 0, 0, 1, cmd_stats, "the daemon's counters" },
+    { "cluster", "summary", 1, 1, 0, 1, cmd_cluster,
+      "every node's backlog per destination, from the fleet's database" },
 };
 
 static void usage(FILE *f)
