@@ -18,7 +18,8 @@
  * scheduler, the spool and the pgsql connection (pg.h).
  *
  * Must never: block the loop (every query goes through pg.c's
- * asynchronous API); let a database outage change what the node serves
+ * asynchronous API; the one blocking read, of the holds at start-up, runs
+ * before the loop does and is bounded); let a database outage change what the node serves
  * (holds stay as last known, requests are applied locally first); let a
  * callback touch a freed cluster (queries in flight are cancelled by
  * cluster_free).
@@ -883,6 +884,44 @@ const struct verify_shared *cluster_verify_ops(void)
 /* Life                                                                */
 /* ------------------------------------------------------------------ */
 
+/*
+ * The one blocking database call, and it runs before the loop does: the
+ * holds table is read before the scheduler starts, so a node restarted
+ * during a fleet hold never delivers a held message in the moment before
+ * its asynchronous connection would have answered.  Bounded by the pgsql
+ * entry's connect_timeout and query_timeout; a database that does not
+ * answer in time leaves the config's holds, and the asynchronous read on
+ * connect corrects them later.
+ */
+static void cluster_holds_at_start(struct cluster *cl, const struct conf *c)
+{
+    const struct conf_pgsql *e = conf_pgsql_find(c, c->cluster.pgsql);
+    char ct[CLUSTER_NUM_SIZE], opts[CLUSTER_PAYLOAD_MAX];
+    const char *keys[] = { "dbname", "connect_timeout", "options", NULL };
+    const char *vals[] = { e ? e->conninfo : "", ct, opts, NULL };
+    PGconn *conn;
+    PGresult *res;
+
+    if (e == NULL)
+        return;
+    snprintf(ct, sizeof ct, "%ld", e->connect_timeout);
+    snprintf(opts, sizeof opts, "-c statement_timeout=%ld", e->query_timeout * 1000);
+    /* expand_dbname: the conninfo string first, our bounds after it. */
+    conn = PQconnectdbParams(keys, vals, 1);
+    if (conn == NULL || PQstatus(conn) != CONNECTION_OK) {
+        log_warn("cluster: database %s unreachable at start; holds as the file says until it "
+                 "answers", c->cluster.pgsql);
+        PQfinish(conn);
+        return;
+    }
+    res = PQexecParams(conn, sql_holds, 0, NULL, NULL, NULL, NULL, 0);
+    if (PQresultStatus(res) == PGRES_TUPLES_OK)
+        holds_read(cl, res);
+    /* No table yet (first node ever): nothing is held. */
+    PQclear(res);
+    PQfinish(conn);
+}
+
 static void cluster_arm(struct cluster *cl)
 {
     struct timeval tv = { cl->conf->cluster.status_interval, 0 };
@@ -926,6 +965,7 @@ struct cluster *cluster_new(struct event_base *base, const struct conf *c, struc
     }
     cl->listening = 1;
     cluster_arm(cl);
+    cluster_holds_at_start(cl, c);
     /* Already up (pg_listen runs on_up only at the next connect): read now. */
     if (pg_is_up(p))
         cluster_on_up(cl, p);

@@ -40,7 +40,10 @@ struct cluster;
 struct verify_shared;
 
 /* NULL with err[0] == '\0' when the config has no cluster group; NULL with
- * a reason when it names no usable pgsql entry.  Call after pg_configure. */
+ * a reason when it names no usable pgsql entry.  Call after pg_configure
+ * and before delivery_start and the loop: it reads the fleet's holds
+ * (bounded, blocking: the loop is not running yet) so no held mail leaves
+ * in the first moments of a restart. */
 struct cluster *cluster_new(struct event_base *base, const struct conf *c, struct delivery *dl,
                             struct spool *sp, char *err, size_t errlen);
 /* After a reload's delivery_configure (which hands holds back to the
