@@ -535,7 +535,9 @@ struct policy *policy_new(const struct conf *c, char *err, size_t errlen)
         return NULL;
     }
     for (size_t k = 0; k < c->ndomains; k++) {
-        if (c->domains[k].recipients == NULL)
+        /* A database table answers at RCPT time (table_pgsql.c), not here. */
+        if (c->domains[k].recipients == NULL ||
+            strncmp(c->domains[k].recipients, "pgsql:", 6) == 0)
             continue;
         p->dinfo[k].listed = 1;
         if (list_load(p, (uint32_t)k, err, errlen) < 0) {
