@@ -466,7 +466,8 @@ static void session_rcpt_verdict(struct session *s, const struct recipient_answe
                      s->throttled);
             session_reject(s, v->why, v->reply);
             session_txn_reset(s);
-            session_close(s, STAT_REJ_THROTTLED,
+            /* counted once, as the RCPT's refusal above */
+            session_close(s, SMTPD_NO_REJECT,
                           "421 4.7.0 Error: too many unknown recipients, try again later");
             return;
         }
