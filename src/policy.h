@@ -72,6 +72,16 @@ const char *policy_check_etrn(const struct policy *p, int family, const void *ad
                               const struct conf_domain **doms, size_t max, size_t *n,
                               char *buf, size_t len);
 
+/*
+ * The recipient table (table.h) of served domain d, as policy_check_rcpt
+ * handed it out: borrowed for as long as the policy (a holder across a
+ * callback keeps the policy, or takes table_ref).  NULL: the domain has no
+ * table and accepts every local part.  (Until the table backends land,
+ * always NULL: the lists are still checked inside policy_check_rcpt.)
+ */
+struct table;
+struct table *policy_domain_table(const struct policy *p, const struct conf_domain *d);
+
 /* Number of entries loaded across all lists (for the start-up log line). */
 size_t policy_entry_count(const struct policy *p);
 
