@@ -198,6 +198,9 @@ static const struct conf_setting verify_table[] = {
     { "reply_wait",       CK_DURATION, VRF(reply_wait),       10 * SECOND, SECOND, 10 * MINUTE, 0, 0, 0, 0 },
     { "probe_timeout",    CK_DURATION, VRF(probe_timeout),    30 * SECOND, SECOND, TIMEOUT_MAX, 0, 0, 0, 0 },
     { "sessions",         CK_INT,      VRF(sessions),         2, 1, 100, 0, 0, 0, 0 },
+    /* Kept under Postfix's smtpd_soft_error_limit (10): a refused probe is
+     * an error to the primary, and past that limit it slows every reply. */
+    { "session_probes",   CK_INT,      VRF(session_probes),   8, 1, 10000, 0, 0, 0, 0 },
     { "rate",             CK_INT,      VRF(rate),             10, 1, 100000, 0, 0, 0, 0 },
     { "unknown_limit",    CK_INT,      VRF(unknown_limit),    10, 1, 100000, 0, 0, 0, 0 },
     { "unknown_penalty",  CK_DURATION, VRF(unknown_penalty),  10 * MINUTE, SECOND, DAY, 0, 0, 0, 0 },

@@ -101,6 +101,7 @@ struct conf_verify {
     long reply_wait;            /* RCPT waits this long for a probe, then 450 4.1.1 */
     long probe_timeout;         /* each probe step (connect, each reply) */
     long sessions;              /* probe sessions per primary host */
+    long session_probes;        /* probes per session before QUIT and a new one */
     long rate;                  /* probes per primary host per second */
     long unknown_limit;         /* unknown recipients per client before the throttle */
     long unknown_penalty;       /* counting window and throttle time, seconds */

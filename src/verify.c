@@ -132,6 +132,7 @@ struct vsess {
     struct probe *cur;
     int random;                     /* this transaction tests a random local part */
     int random_code;
+    long nprobes;                   /* probes begun on this session */
     size_t hi, ai;                  /* route host and address being tried */
     char peer[300];
 };
@@ -683,7 +684,7 @@ static void vs_next(struct vsess *s)
 {
     struct vhost *h = s->h;
 
-    while (s->st == VS_READY && h->qhead != NULL) {
+    while (s->st == VS_READY && h->qhead != NULL && s->nprobes < V.conf->verify.session_probes) {
         struct probe *p = h->qhead;
         struct verify_entry de;
         char dk[VERIFY_KEY_MAX];
@@ -703,6 +704,7 @@ static void vs_next(struct vsess *s)
             return;
         }
         s->cur = vhost_dequeue(h);
+        s->nprobes++;
         s->random = !known || stale;
         s->random_code = 0;
         vs_send(s, VS_MAIL, "MAIL FROM:<>");
