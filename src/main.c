@@ -36,6 +36,7 @@
 #include "smtpd.h"
 #include "spool.h"
 #include "tls.h"
+#include "verify.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -151,6 +152,8 @@ static void main_apply(struct daemon *dm, struct conf *nc, struct policy *np)
     if (dm->control)
         control_set_conf(dm->control, nc);
     metrics_set_conf(dm->metrics, nc);
+    if (verify_reload(nc) != 0)
+        log_warn("reload: verify: out of memory; callouts keep the previous settings");
     /* Drop our references only: whoever still holds the old policy or
      * conf (the scheduler, a policy, a connection's SSL_CTX) keeps it. */
     policy_free(dm->policy);
@@ -523,6 +526,10 @@ int main(int argc, char **argv)
     if (dm.dns == NULL)
         log_fatal(EX_CONFIG_CODE, "%s: resolver: %s", dm.conf->path, err);
     smtpd_set_dns(dm.smtpd, dm.dns);
+    /* The callout cache lives beside the spool index, in its own
+     * environment; probes resolve primaries through the same dns. */
+    if (verify_init(dm.base, dm.dns, dm.conf, err, sizeof err) != 0)
+        log_fatal(EX_OSERR_CODE, "verify: %s", err);
     dm.delivery = delivery_new(dm.base, dm.spool, dm.dns, err, sizeof err);
     if (dm.delivery == NULL || delivery_configure(dm.delivery, dm.conf, err, sizeof err) != 0)
         log_fatal(EX_OSERR_CODE, "delivery: %s", err);
@@ -531,8 +538,11 @@ int main(int argc, char **argv)
     dm.cluster = cluster_new(dm.base, dm.conf, dm.delivery, dm.spool, err, sizeof err);
     if (dm.cluster == NULL && err[0] != '\0')
         log_fatal(EX_CONFIG_CODE, "%s", err);
-    if (dm.cluster != NULL)
+    if (dm.cluster != NULL) {
         delivery_set_fleet(dm.delivery, cluster_etrn_count, dm.cluster);
+        /* A probe on one node answers for the fleet. */
+        verify_set_shared(cluster_verify_ops(), dm.cluster);
+    }
     spool_set_reopen_hook(dm.spool, main_on_index_reopened, &dm);
     delivery_start(dm.delivery);
     metrics_start(dm.metrics, dm.spool, dm.delivery, main_control_gauges, &dm);
@@ -560,8 +570,10 @@ int main(int argc, char **argv)
     smtpd_free(dm.smtpd);
     control_set_cluster(dm.control, NULL);
     delivery_set_fleet(dm.delivery, NULL, NULL);
-    cluster_free(dm.cluster);
     delivery_free(dm.delivery);
+    /* verify first: it cancels its shared lookups through the cluster. */
+    verify_shutdown();
+    cluster_free(dm.cluster);
     dns_free(dm.dns);
     listen_free(dm.lst);
     spool_close(dm.spool);
