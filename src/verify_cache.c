@@ -217,53 +217,92 @@ int vcache_put(struct verify_cache *vc, const struct verify_entry *e)
     return -1;
 }
 
+/* Delete keys[0..n) in one short write transaction (grown and retried
+ * when the map is full: copy-on-write needs pages even to delete).
+ * Records deleted, or -1. */
+static long vcache_del(struct verify_cache *vc, char (*keys)[VERIFY_KEY_MAX], size_t n)
+{
+    for (int tries = 0; tries < VCACHE_GROW_TRIES; tries++) {
+        MDB_txn *txn;
+        long del = 0;
+        int rc = mdb_txn_begin(vc->env, NULL, 0, &txn);
+        size_t i;
+
+        if (rc == MDB_MAP_RESIZED) {
+            mdb_env_set_mapsize(vc->env, 0);
+            continue;
+        }
+        if (rc != 0)
+            return -1;
+        for (i = 0; i < n && rc == 0; i++) {
+            MDB_val k = { strlen(keys[i]), keys[i] };
+            rc = mdb_del(txn, vc->dbi, &k, NULL);
+            if (rc == 0)
+                del++;
+            else if (rc == MDB_NOTFOUND)
+                rc = 0;
+        }
+        if (rc == 0)
+            rc = mdb_txn_commit(txn);
+        else
+            mdb_txn_abort(txn);
+        if (rc == 0)
+            return del;
+        if (rc != MDB_MAP_FULL || vcache_grow(vc) != 0)
+            return -1;
+    }
+    return -1;
+}
+
+struct forget_page {
+    char (*keys)[VERIFY_KEY_MAX];
+    size_t n;
+};
+
+static int forget_collect(void *arg, const struct verify_entry *e)
+{
+    struct forget_page *f = arg;
+
+    snprintf(f->keys[f->n++], VERIFY_KEY_MAX, "%s", e->key);
+    return f->n == VCACHE_PAGE;     /* a page at a time */
+}
+
 long vcache_forget(struct verify_cache *vc, const char *key_or_domain)
 {
-    MDB_txn *txn;
-    MDB_cursor *cur;
-    MDB_val k, v;
-    char dk[VERIFY_KEY_MAX];
-    long n = 0;
-    int rc;
+    struct forget_page f;
+    long total = 0;
 
-    if (vc == NULL || vc->readonly || mdb_txn_begin(vc->env, NULL, 0, &txn) != 0)
+    if (vc == NULL || vc->readonly)
+        return -1;
+    if ((f.keys = malloc(VCACHE_PAGE * sizeof *f.keys)) == NULL)
         return -1;
     if (strchr(key_or_domain, '@') != NULL) {
-        k.mv_size = strlen(key_or_domain);
-        k.mv_data = (void *)key_or_domain;
-        rc = mdb_del(txn, vc->dbi, &k, NULL);
-        n = rc == 0 ? 1 : 0;
-        if (rc != 0 && rc != MDB_NOTFOUND) {
-            mdb_txn_abort(txn);
-            return -1;
+        snprintf(f.keys[0], VERIFY_KEY_MAX, "%s", key_or_domain);
+        total = vcache_del(vc, f.keys, 1);
+        free(f.keys);
+        return total;
+    }
+    /* A domain: "@domain" and every "x@domain", a page of keys read, then
+     * deleted in their own short write transaction, until none is left. */
+    for (;;) {
+        long d;
+        f.n = 0;
+        if (vcache_each(vc, key_or_domain, forget_collect, &f) != 0) {
+            total = -1;
+            break;
         }
-        return mdb_txn_commit(txn) == 0 ? n : -1;
-    }
-    /* A domain: "@domain" and every "x@domain" (a full scan: forget is an
-     * administrator's rare command; deletes never grow the map). */
-    snprintf(dk, sizeof dk, "@%s", key_or_domain);
-    if (mdb_cursor_open(txn, vc->dbi, &cur) != 0) {
-        mdb_txn_abort(txn);
-        return -1;
-    }
-    rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST);
-    while (rc == 0) {
-        size_t dl = strlen(dk);
-        if (k.mv_size >= dl && memcmp((char *)k.mv_data + k.mv_size - dl, dk, dl) == 0) {
-            if (mdb_cursor_del(cur, 0) != 0)
-                break;
-            n++;
-            rc = mdb_cursor_get(cur, &k, &v, MDB_GET_CURRENT);
-            if (rc == MDB_NOTFOUND)
-                break;
-            if (rc == 0 && k.mv_size >= dl &&
-                memcmp((char *)k.mv_data + k.mv_size - dl, dk, dl) == 0)
-                continue;
+        if (f.n == 0)
+            break;
+        if ((d = vcache_del(vc, f.keys, f.n)) < 0) {
+            total = -1;
+            break;
         }
-        rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
+        total += d;
+        if (d == 0)
+            break;
     }
-    mdb_cursor_close(cur);
-    return mdb_txn_commit(txn) == 0 ? n : -1;
+    free(f.keys);
+    return total;
 }
 
 int vcache_each(struct verify_cache *vc, const char *domain,
