@@ -15,7 +15,7 @@
  * running daemon switches to it whole).  LMDB lets
  * this second process read while mxkeepd writes, so these commands work
  * whether the daemon is running or not.  Commands that act (flush, hold,
- * release, delete, bounce, reload, stats) send one line over the daemon's
+ * release, delete, bounce, reload, stats, cluster summary) send one line over the daemon's
  * control socket (control.h) and print its answer; summary also asks the
  * daemon, when it answers, for the live state of each destination.
  *
