@@ -38,6 +38,11 @@ def main():
     is_(pg.psql("SELECT held, held_by FROM holds WHERE domain = 'example.org'"),
         [("t", "mx2a")], "holds table: example.org held by mx2a")
     is_(etrn(b, "other.test").code, 251, "another domain is not held")
+    # A reload hands holds back to the file; the fleet's hold comes back with it.
+    mark = len(b.log())
+    b.hup()
+    ok(wait_log(b, r"reloaded ", 5, mark) is not None, "node b reloads")
+    is_(etrn(b, "example.org").code, 458, "node b after the reload: still 458 (the fleet's hold)")
 
     # Mail arrives everywhere while held: nothing goes out.
     for n, k in zip(nodes, (2, 3, 1)):

@@ -560,6 +560,36 @@ static void cleanup(void)
         rmdir(dir);
 }
 
+/* cluster = { ... }: defaults, bounds, and the pgsql entry it must name. */
+static void test_cluster(void)
+{
+#define PG "pgsql = ( { name = \"main\"; conninfo = \"dbname=x\"; } );\n"
+    struct conf *c = load_text(BASE PG "cluster = { pgsql = \"main\"; };\n");
+    ok(c && c->cluster.enabled && c->cluster.node == NULL &&
+       strcmp(c->cluster.pgsql, "main") == 0 && c->cluster.status_interval == 5 &&
+       c->cluster.stale_intervals == 3, "cluster: defaults (node = hostname, 5s, 3 intervals)");
+    conf_free(c);
+    c = load_text(BASE PG "cluster = { node = \"mx2a\"; pgsql = \"main\"; "
+                  "status_interval = \"2s\"; stale_intervals = 5; };\n");
+    ok(c && strcmp(c->cluster.node, "mx2a") == 0 && c->cluster.status_interval == 2 &&
+       c->cluster.stale_intervals == 5, "cluster: node, status_interval, stale_intervals");
+    conf_free(c);
+    c = load_text(BASE);
+    ok(c && !c->cluster.enabled, "no cluster group: not a fleet node");
+    conf_free(c);
+    expect_err(BASE PG "cluster = { node = \"mx2a\"; };\n", 4,
+               "missing required setting \"cluster.pgsql\"", "cluster without pgsql");
+    expect_err(BASE PG "cluster = {\n pgsql = \"other\"; };\n", 5,
+               "cluster.pgsql: no pgsql entry is called \"other\"", "cluster.pgsql names no entry");
+    expect_err(BASE PG "cluster = {\n node = \"mx 2a\"; pgsql = \"main\"; };\n", 5,
+               "cluster.node", "node name with a space");
+    expect_err(BASE PG "cluster = { pgsql = \"main\"; status_interval = 0; };\n", 4,
+               "between 1s and 1h", "status_interval 0");
+    expect_err(BASE PG "cluster = { pgsql = \"main\"; stale_intervals = 1; };\n", 4,
+               "between 2 and 100", "stale_intervals 1");
+#undef PG
+}
+
 int main(void)
 {
     if (!mkdtemp(dir) || chdir(dir) < 0 || !getcwd(cwd, sizeof cwd)) {
@@ -579,6 +609,7 @@ int main(void)
     test_size();
     test_cidr();
     test_primary();
+    test_cluster();
 
     cleanup();
     return done_testing();
