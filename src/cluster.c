@@ -88,7 +88,7 @@ struct cl_query {
     void *sarg;
 };
 
-enum { Q_SCHEMA, Q_PUBLISH, Q_HOLDS, Q_STATUS, Q_SUMMARY };
+enum { Q_SCHEMA, Q_PUBLISH, Q_HOLDS, Q_STATUS, Q_SUMMARY, Q_VERIFY };
 
 struct cluster {
     struct event_base *base;
@@ -185,6 +185,15 @@ static int res_ok(const PGresult *res)
         return 0;
     st = PQresultStatus(res);
     return st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK;
+}
+
+/* The server's one-line reason (PQresultErrorMessage ends in a newline
+ * and may add DETAIL lines: not for a log line or a control reply). */
+static const char *res_err(const PGresult *res)
+{
+    const char *m = res ? PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY) : NULL;
+
+    return m ? m : res ? PQresStatus(PQresultStatus(res)) : "database unreachable";
 }
 
 /* ------------------------------------------------------------------ */
@@ -673,7 +682,7 @@ static void summary_reply(struct cl_query *cq, const PGresult *res)
     int n;
 
     if (!res_ok(res)) {
-        cq->scb(cq->sarg, NULL, res ? PQresultErrorMessage(res) : "database unreachable");
+        cq->scb(cq->sarg, NULL, res_err(res));
         return;
     }
     if ((b = evbuffer_new()) == NULL) {
@@ -734,7 +743,7 @@ static void cl_on_result(void *arg, const PGresult *res)
     switch (cq->kind) {
     case Q_SCHEMA:
         if (!res_ok(res) && res != NULL)
-            log_warn("cluster: creating the fleet's tables: %s", PQresultErrorMessage(res));
+            log_warn("cluster: creating the fleet's tables: %s", res_err(res));
         break;
     case Q_PUBLISH:
         /* Lost on the way: publish again when the database is back. */
@@ -750,10 +759,15 @@ static void cl_on_result(void *arg, const PGresult *res)
         if (res_ok(res))
             status_read(cl, res);
         else if (res != NULL)
-            log_warn("cluster: node status: %s", PQresultErrorMessage(res));
+            log_warn("cluster: node status: %s", res_err(res));
         break;
     case Q_SUMMARY:
         summary_reply(cq, res);
+        break;
+    case Q_VERIFY:
+        /* Fire and forget: the local cache has the answer anyway. */
+        if (!res_ok(res) && res != NULL)
+            log_warn("cluster: verify_cache: %s", res_err(res));
         break;
     }
     free(cq);
@@ -847,7 +861,7 @@ static void vshared_store(void *ctx, const char *key, enum verify_result r, cons
         return;
     snprintf(ts, sizeof ts, "%lld", (long long)when);
     /* Fire and forget; a newer answer never loses to an older one. */
-    cl_send(cl, Q_SCHEMA,
+    cl_send(cl, Q_VERIFY,
             "INSERT INTO verify_cache (address, result, reply, learned_at, learned_by)"
             " VALUES ($1, $2, $3, to_timestamp($4::bigint), $5)"
             " ON CONFLICT (address) DO UPDATE SET result = EXCLUDED.result,"
@@ -865,7 +879,7 @@ static void vshared_forget(void *ctx, const char *key_or_domain)
     if (cl == NULL || !pg_is_up(cl->pg))
         return;
     /* An address, or every address of a domain ("@domain" keys too). */
-    cl_send(cl, Q_SCHEMA,
+    cl_send(cl, Q_VERIFY,
             "DELETE FROM verify_cache WHERE address = $1"
             " OR (strpos($1, '@') = 0 AND lower(split_part(address, '@', 2)) = lower($1))",
             1, p);
