@@ -50,7 +50,10 @@ def main():
         {"name": "a.test", "recipients": "pgsql:main"},
         {"name": "b.test", "recipients": "pgsql:main"},
         {"name": "c.test", "recipients": "pgsql:custom"},
+        {"name": "d.test", "recipients": "pgsql:tiny"},
     ], settings={"pgsql": [
+        {"name": "tiny", "conninfo": pg.conninfo(), "cache_size": 2,
+         "recipient_query": "SELECT 1 FROM recipients WHERE address = %s AND 'tiny' = 'tiny'"},
         {"name": "main", "conninfo": pg.conninfo()},
         {"name": "custom", "conninfo": pg.conninfo(),
          "recipient_query": "SELECT 1 FROM users WHERE local = %u AND domain = '%d' AND active"},
@@ -86,6 +89,18 @@ def main():
     is_(sorted(res), [550] * 8, "8 concurrent sessions: 550 each")
     ok(queries(pg, "SELECT 1 FROM recipients") - n <= 2,
        "... from at most 2 queries (%d)" % (queries(pg, "SELECT 1 FROM recipients") - n))
+
+    # cache_size bounds the cache: the least recently used answer goes.
+    tiny = "SELECT 1 FROM recipients WHERE address = $1 AND 'tiny'"
+    for a in ("u1@d.test", "u2@d.test", "u1@d.test", "u3@d.test"):
+        rcpt(srv, a)
+    n = queries(pg, tiny)
+    is_(n, 3, "cache_size 2: u1, u2, u3 each asked once (u1 again was a hit)")
+    rcpt(srv, "u1@d.test")
+    rcpt(srv, "u3@d.test")
+    is_(queries(pg, tiny), n, "u1 and u3 still cached (used last)")
+    rcpt(srv, "u2@d.test")
+    is_(queries(pg, tiny), n + 1, "u2 was evicted: asked again")
 
     # SQL injection attempts: answers by the data, never by the text.
     is_(rcpt(srv, "o'brien@a.test").code, 250, "a listed local part with a quote: 250")
