@@ -315,8 +315,11 @@ int recipient_check(struct recipient_req **rp, const struct policy *p,
             verify_note_unknown(family, client);
         return 0;
     }
-    struct table *t = policy_domain_table(p, dom);
-    if (t == NULL && dom->verify != VERIFY_CALLOUT) {
+    /* A table that answers at once (file, lmdb) was asked inside
+     * policy_check_rcpt: its FOUND is this acceptance, and it is the
+     * administrator's word, so no probe follows it (recipient.h). */
+    struct table *t = policy_domain_async_table(p, dom);
+    if (t == NULL && (dom->verify != VERIFY_CALLOUT || policy_domain_table(p, dom) != NULL)) {
         accept_rcpt(now, dom);             /* the fast path */
         return 0;
     }
