@@ -53,7 +53,7 @@ void policy_free(const struct policy *p);
  *   "451 4.3.0 <addr>: Recipient table unavailable, try again later"  (map read error)
  * The <addr> part is written into buf (len octets), which the returned
  * pointer then points to.  why (may be NULL) gets the reject class,
- * decided here: STAT_REJ_RELAY, STAT_REJ_UNKNOWN_USER or STAT_REJ_STORAGE.
+ * decided here: STAT_REJ_RELAY, STAT_REJ_UNKNOWN_USER or STAT_REJ_LOOKUP.
  */
 const char *policy_check_rcpt(const struct policy *p, const struct smtp_addr *a,
                               const struct conf_domain **dom, enum stat_id *why, char *buf,
