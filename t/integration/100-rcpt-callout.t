@@ -191,7 +191,7 @@ def main():
     is_(after.get("rejected_unknown_user_total", 0) - before.get("rejected_unknown_user_total", 0), 4,
         "rejected_total{reason=unknown_user}: the primary's three 5.1.1 and the table's")
     unlike(srv.log(), r"panic|AddressSanitizer", "no panic in the log")
-    srv.stop()
+    is_(srv.stop(), 0, "daemon exits 0")
     prim.stop()
 
 
