@@ -190,6 +190,32 @@ static const struct conf_setting delivery_table[] = {
 };
 #undef DLV
 
+/* Postfix's address_verify_* defaults: positive 31d/7d, negative 3d/3h. */
+#define VRF(f) offsetof(struct conf_verify, f)
+static const struct conf_setting verify_table[] = {
+    { "positive_expire",  CK_DURATION, VRF(positive_expire),  31 * DAY, MINUTE, 365 * DAY, 0, 0, 0, 0 },
+    { "positive_refresh", CK_DURATION, VRF(positive_refresh), 7 * DAY, SECOND, 365 * DAY, 0, 0, 0, 0 },
+    { "negative_expire",  CK_DURATION, VRF(negative_expire),  3 * DAY, MINUTE, 365 * DAY, 0, 0, 0, 0 },
+    { "negative_refresh", CK_DURATION, VRF(negative_refresh), 3 * HOUR, SECOND, 365 * DAY, 0, 0, 0, 0 },
+    { "reply_wait",       CK_DURATION, VRF(reply_wait),       10 * SECOND, SECOND, 10 * MINUTE, 0, 0, 0, 0 },
+    { "probe_timeout",    CK_DURATION, VRF(probe_timeout),    30 * SECOND, SECOND, TIMEOUT_MAX, 0, 0, 0, 0 },
+    { "sessions",         CK_INT,      VRF(sessions),         2, 1, 100, 0, 0, 0, 0 },
+    /* Kept under Postfix's smtpd_soft_error_limit (10): a refused probe is
+     * an error to the primary, and past that limit it slows every reply. */
+    { "session_probes",   CK_INT,      VRF(session_probes),   8, 1, 10000, 0, 0, 0, 0 },
+    { "rate",             CK_INT,      VRF(rate),             10, 1, 100000, 0, 0, 0, 0 },
+    { "unknown_limit",    CK_INT,      VRF(unknown_limit),    10, 1, 100000, 0, 0, 0, 0 },
+    { "unknown_penalty",  CK_DURATION, VRF(unknown_penalty),  10 * MINUTE, SECOND, DAY, 0, 0, 0, 0 },
+    /* A primary that refused a connection answers UNKNOWN at once for this
+     * long, so an outage does not make every RCPT wait a connect timeout. */
+    { "unreachable",      CK_DURATION, VRF(unreachable),      30 * SECOND, SECOND, DAY, 0, 0, 0, 0 },
+    /* Client addresses remembered for the throttle; the oldest is evicted. */
+    { "clients",          CK_INT,      VRF(clients),          10000, 16, 10000000, 0, 0, 0, 0 },
+    { "map_size",         CK_SIZE,     VRF(map_size),         64 * MIB, MIB, 1024 * GIB, 0, 0, 0, 0 },
+    { NULL, 0, 0, 0, 0, 0, 0, 0, 0, 0 },
+};
+#undef VRF
+
 #define LST(f) offsetof(struct conf_listen, f)
 static const struct conf_setting listen_table[] = {
     { "address", CK_ADDRESS, LST(address), 0, 0, 0, CF_REQUIRED, 0, 0, 0 },
@@ -281,6 +307,7 @@ static const struct conf_setting top_table[] = {
     { "tls",           CK_GROUP,    0,                  0, 0, 0, 0, 0, tls_table, conf_tls_check },
     { "limits",        CK_GROUP,    CNF(limits),        0, 0, 0, 0, 0, limits_table, conf_limits_check },
     { "delivery",      CK_GROUP,    CNF(delivery),      0, 0, 0, 0, 0, delivery_table, conf_delivery_check },
+    { "verify",        CK_GROUP,    CNF(verify),        0, 0, 0, 0, 0, verify_table, 0 },
     { "domains",       CK_CUSTOM,   0,                  0, 0, 0, 0, 0, 0, conf_domains_parse },
     { "control",       CK_GROUP,    0,                  0, 0, 0, 0, 0, control_table, conf_control_check },
     { "metrics",       CK_GROUP,    0,                  0, 0, 0, 0, 0, metrics_table, 0 },

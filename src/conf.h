@@ -117,6 +117,23 @@ struct conf_delivery {
     long mx_port;               /* port for MX-routed destinations (25) */
 };
 
+/* Recipient verification by callout (verify.h): the `verify` group. */
+struct conf_verify {
+    long positive_expire;       /* seconds a 2xx answer is kept */
+    long positive_refresh;      /* after this, used and refreshed in the background */
+    long negative_expire;       /* seconds a 5xx answer is kept */
+    long negative_refresh;
+    long reply_wait;            /* RCPT waits this long for a probe, then 450 4.1.1 */
+    long probe_timeout;         /* each probe step (connect, each reply) */
+    long sessions;              /* probe sessions per primary host */
+    long session_probes;        /* probes per session before QUIT and a new one */
+    long rate;                  /* probes per primary host per second */
+    long unknown_limit;         /* unknown recipients per client before the throttle */
+    long unknown_penalty;       /* counting window and throttle time, seconds */
+    long unreachable;           /* after a connect failure: UNKNOWN at once this long */
+    long clients;               /* client addresses tracked for the throttle */
+    long map_size;              /* initial LMDB map of the cache, octets */
+};
 struct conf {
     char *path;                 /* the file this was read from */
     char *hostname;
@@ -135,6 +152,7 @@ struct conf {
     char *tls_key;
     struct conf_limits limits;
     struct conf_delivery delivery;
+    struct conf_verify verify;
     struct conf_domain *domains;
     size_t ndomains;
     const struct conf_domain **domain_index;   /* sorted by name; conf.c's own */

@@ -38,6 +38,7 @@
 #include "spool.h"
 #include "stats.h"
 #include "util.h"
+#include "verify.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -333,6 +334,10 @@ static void cmd_bounce(struct ctl_req *r, int argc, char **argv);
 static void cmd_reload(struct ctl_req *r, int argc, char **argv);
 static void cmd_stats(struct ctl_req *r, int argc, char **argv);
 static void cmd_status(struct ctl_req *r, int argc, char **argv);
+static void cmd_verify(struct ctl_req *r, int argc, char **argv);
+static void cmd_verify_probe(struct ctl_req *r, int argc, char **argv);
+static void cmd_verify_list(struct ctl_req *r, int argc, char **argv);
+static void cmd_verify_forget(struct ctl_req *r, int argc, char **argv);
 
 struct ctl_cmd {
     const char *name;
@@ -350,6 +355,10 @@ static const struct ctl_cmd ctl_cmds[] = {
     { "reload", 0, 0, cmd_reload },
     { "stats", 0, 0, cmd_stats },
     { "status", 0, 1, cmd_status },
+    { "verify", 1, 1, cmd_verify },
+    { "verify-probe", 1, 1, cmd_verify_probe },
+    { "verify-list", 0, 1, cmd_verify_list },
+    { "verify-forget", 1, 1, cmd_verify_forget },
 };
 
 #define NELEM(a) (sizeof(a) / sizeof((a)[0]))
@@ -705,6 +714,133 @@ static void cmd_status(struct ctl_req *r, int argc, char **argv)
         req_reply(r, a.b, "OK");
     }
     evbuffer_free(a.b);
+}
+
+/* ------------------------------------------------------------------ */
+/* verify: the callout cache (verify.h)                               */
+/* ------------------------------------------------------------------ */
+
+static const char *const verify_age_names[] = { "fresh", "stale", "expired" };
+
+/* One cached answer as a JSON object line; the reply is the primary's
+ * text, so it goes only inside a JSON string. */
+static void verify_entry_json(struct evbuffer *b, const struct conf *c,
+                              const struct verify_entry *e)
+{
+    time_t now = time(NULL);
+    int64_t age = (int64_t)now - e->learned;
+
+    evbuffer_add_printf(b, "{\"address\":");
+    json_str(b, e->key);
+    evbuffer_add_printf(b, ",\"result\":\"%s\",\"source\":\"%s\",\"learned\":%" PRId64
+                           ",\"age\":%" PRId64 ",\"state\":\"%s\",\"reply\":",
+                        verify_result_name(e->result), verify_source_name(e->source), e->learned,
+                        age < 0 ? 0 : age, verify_age_names[verify_entry_age(c, e, now)]);
+    json_str(b, e->reply);
+    evbuffer_add(b, "}\n", 2);
+}
+
+/* verify ADDRESS: the cached answer, or {"address":..,"result":null}. */
+static void cmd_verify(struct ctl_req *r, int argc, char **argv)
+{
+    struct verify_entry e;
+    struct evbuffer *b = evbuffer_new();
+    int rc;
+
+    if (b == NULL) {
+        req_err(r, EX_OSERR, "out of memory");
+        return;
+    }
+    rc = verify_show(argv[1], &e);
+    if (rc < 0) {
+        req_err(r, EX_USAGE, "not an address, or verification is not running");
+    } else if (rc == 0) {
+        evbuffer_add_printf(b, "{\"address\":");
+        json_str(b, argv[1]);
+        evbuffer_add_printf(b, ",\"result\":null}\n");
+        req_reply(r, b, "OK");
+    } else {
+        verify_entry_json(b, r->ctl->conf, &e);
+        req_reply(r, b, "OK");
+    }
+    evbuffer_free(b);
+}
+
+static void verify_probe_done(void *arg, const struct verify_answer *a)
+{
+    struct ctl_req *r = arg;
+    struct evbuffer *b = evbuffer_new();
+
+    r->pending--;
+    if (b == NULL) {
+        req_err(r, EX_OSERR, "out of memory");
+        return;
+    }
+    evbuffer_add_printf(b, "{\"address\":");
+    json_str(b, r->domain);
+    evbuffer_add_printf(b, ",\"result\":\"%s\",\"reply\":", verify_result_name(a->result));
+    json_str(b, a->reply);
+    evbuffer_add(b, "}\n", 2);
+    req_reply(r, b, "OK");
+    evbuffer_free(b);
+}
+
+/* verify-probe ADDRESS: probe now; answers when the probe has. */
+static void cmd_verify_probe(struct ctl_req *r, int argc, char **argv)
+{
+    char err[CONTROL_MSG_SIZE];
+
+    /* r->domain holds the address for the reply (bounded by the line). */
+    snprintf(r->domain, sizeof r->domain, "%s", argv[1]);
+    r->pending++;
+    if (verify_probe(argv[1], verify_probe_done, r, err, sizeof err) == NULL) {
+        r->pending--;
+        req_err(r, EX_UNAVAILABLE, "%s", err);
+    }
+}
+
+struct verify_list_arg {
+    struct evbuffer *b;
+    const struct conf *c;
+};
+
+static int verify_list_each(void *arg, const struct verify_entry *e)
+{
+    struct verify_list_arg *a = arg;
+
+    verify_entry_json(a->b, a->c, e);
+    return 0;
+}
+
+/* verify-list [DOMAIN]: one JSON object per line. */
+static void cmd_verify_list(struct ctl_req *r, int argc, char **argv)
+{
+    char domain[SMTP_DOMAIN_MAX + 1];
+    struct verify_list_arg a = { evbuffer_new(), r->ctl->conf };
+
+    if (a.b == NULL) {
+        req_err(r, EX_OSERR, "out of memory");
+        return;
+    }
+    if (argc == 2 && arg_domain(argv[1], domain) != 0)
+        req_err(r, EX_USAGE, "not a domain");
+    else if (verify_list(argc == 2 ? domain : NULL, verify_list_each, &a) != 0)
+        req_err(r, EX_IOERR, "cannot read the verification cache");
+    else
+        req_reply(r, a.b, "OK");
+    evbuffer_free(a.b);
+}
+
+static void cmd_verify_forget(struct ctl_req *r, int argc, char **argv)
+{
+    long n = verify_forget(argv[1]);
+
+    if (n < 0) {
+        req_err(r, EX_IOERR, "cannot change the verification cache");
+        return;
+    }
+    log_info("control: verify forget %s: %ld answer%s", argv[1], n, n == 1 ? "" : "s");
+    req_reply(r, NULL, "OK forgot %ld answer%s", n, n == 1 ? "" : "s");
 }
 
 /* ------------------------------------------------------------------ */

@@ -28,6 +28,7 @@
 #include "queue_db.h"
 #include "smtpc.h"
 #include "stats.h"
+#include "verify.h"
 #include "spool.h"
 #include "tls.h"
 
@@ -312,6 +313,8 @@ int job_outcome(struct job *j, size_t lim)
         }
         log_info("%s: to=<%s>, relay=%s, delay=%lld, dsn=%s, status=%s (%s)", j->m.qid, r->addr,
                  j->peer, (long long)(now - j->m.arrival), dsn, status, j->text[i]);
+        /* The primary's word is the best verification there is. */
+        verify_learn(r->addr, code, dsn, j->text[i]);
     }
     /* Notices need stable strings: a second pass now that states are set. */
     for (size_t i = 0; !oom && i < j->nrcpt; i++) {

@@ -35,6 +35,7 @@
 #include "smtpd.h"
 #include "spool.h"
 #include "tls.h"
+#include "verify.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -148,6 +149,8 @@ static void main_apply(struct daemon *dm, struct conf *nc, struct policy *np)
     if (dm->control)
         control_set_conf(dm->control, nc);
     metrics_set_conf(dm->metrics, nc);
+    if (verify_reload(nc) != 0)
+        log_warn("reload: verify: out of memory; callouts keep the previous settings");
     /* Drop our references only: whoever still holds the old policy or
      * conf (the scheduler, a policy, a connection's SSL_CTX) keeps it. */
     policy_free(dm->policy);
@@ -520,6 +523,10 @@ int main(int argc, char **argv)
     if (dm.dns == NULL)
         log_fatal(EX_CONFIG_CODE, "%s: resolver: %s", dm.conf->path, err);
     smtpd_set_dns(dm.smtpd, dm.dns);
+    /* The callout cache lives beside the spool index, in its own
+     * environment; probes resolve primaries through the same dns. */
+    if (verify_init(dm.base, dm.dns, dm.conf, err, sizeof err) != 0)
+        log_fatal(EX_OSERR_CODE, "verify: %s", err);
     dm.delivery = delivery_new(dm.base, dm.spool, dm.dns, err, sizeof err);
     if (dm.delivery == NULL || delivery_configure(dm.delivery, dm.conf, err, sizeof err) != 0)
         log_fatal(EX_OSERR_CODE, "delivery: %s", err);
@@ -548,6 +555,7 @@ int main(int argc, char **argv)
     metrics_free(dm.metrics);
     smtpd_free(dm.smtpd);
     delivery_free(dm.delivery);
+    verify_shutdown();
     dns_free(dm.dns);
     listen_free(dm.lst);
     spool_close(dm.spool);

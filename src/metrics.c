@@ -40,6 +40,7 @@
 #include "queue_db.h"
 #include "spool.h"
 #include "stats.h"
+#include "verify.h"
 #include "utf8.h"
 #include "util.h"
 
@@ -511,6 +512,7 @@ static void render_metrics(struct metrics *m, const struct snapshot *s, struct e
                  DF_CONNECTIONS);
     prom_domains(b, s, "destination_next_probe_timestamp_seconds",
                  "When a down destination is probed next, unix seconds", DF_NEXT_PROBE);
+    verify_metrics(b);
 }
 
 /* ------------------------------------------------------------------ */

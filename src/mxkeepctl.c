@@ -87,6 +87,8 @@
 #include "smtp_parse.h"
 #include "utf8.h"
 #include "util.h"
+#include "verify.h"
+#include "verify_cache.h"
 
 #ifndef SYSCONFDIR
 #define SYSCONFDIR "/etc"
@@ -120,6 +122,7 @@ struct ctl {
     int json;
     int all;                            /* --all (flush) */
     int yes;                            /* --yes (delete --domain) */
+    int probe;                          /* --probe (verify ADDRESS) */
     const char *domain;                 /* --domain D (delete) */
     const char *output;                 /* -o OUT (map compile) */
     int64_t now;
@@ -1832,6 +1835,228 @@ static int cmd_map(struct ctl *c, int argc, char **argv)
 }
 
 /* ------------------------------------------------------------------ */
+/* verify: the callout cache                                           */
+/* ------------------------------------------------------------------ */
+
+/* One answer, as the daemon's JSON object has it. */
+struct verify_row {
+    char address[VERIFY_KEY_MAX];
+    char result[16], source[16], state[16], reply[CTL_ERR_SIZE];
+    int64_t age;
+    int has_age;
+};
+
+static void verify_member(void *arg, const char *key, const char *value, int is_string)
+{
+    struct verify_row *v = arg;
+
+    if (strcmp(key, "address") == 0)
+        snprintf(v->address, sizeof v->address, "%s", value);
+    else if (strcmp(key, "result") == 0)
+        snprintf(v->result, sizeof v->result, "%s", is_string ? value : "none");
+    else if (strcmp(key, "source") == 0)
+        snprintf(v->source, sizeof v->source, "%s", value);
+    else if (strcmp(key, "state") == 0)
+        snprintf(v->state, sizeof v->state, "%s", value);
+    else if (strcmp(key, "reply") == 0)
+        snprintf(v->reply, sizeof v->reply, "%s", value);
+    else if (strcmp(key, "age") == 0) {
+        v->age = strtoll(value, NULL, 10);
+        v->has_age = 1;
+    }
+}
+
+/* "address  result  age  state  reply", escaped like every peer text. */
+static void verify_row_text(struct ctl *c, const struct verify_row *v)
+{
+    char age[CTL_AGE_SIZE];
+
+    text_str(c->out, v->address);
+    fprintf(c->out, "  %s", v->result[0] ? v->result : "none");
+    if (v->has_age) {
+        fmt_age(v->age, age);
+        fprintf(c->out, "  %s  %s  %s", age, v->state, v->source);
+    }
+    if (v->reply[0]) {
+        fputs("  ", c->out);
+        text_str(c->out, v->reply);
+    }
+    fputc('\n', c->out);
+}
+
+/* Print the daemon's lines of JSON objects: as a JSON array, or as text. */
+static int verify_print_lines(struct ctl *c, const char *p, int array)
+{
+    int first = 1;
+
+    if (c->json && array)
+        fputs("[", c->out);
+    while (*p) {
+        const char *nl = strchr(p, '\n');
+        size_t n = nl ? (size_t)(nl - p) : strlen(p);
+        if (n > 0) {
+            if (c->json) {
+                fprintf(c->out, "%s%.*s", array ? (first ? "\n" : ",\n") : "", (int)n, p);
+                if (!array)
+                    fputc('\n', c->out);
+            } else {
+                struct verify_row v;
+                char *line = strndup(p, n);
+                memset(&v, 0, sizeof v);
+                if (line == NULL || json_flat_object(line, verify_member, &v) != 0) {
+                    free(line);
+                    ctl_error("malformed verify answer from the daemon", NULL);
+                    return EX_PROTOCOL;
+                }
+                free(line);
+                verify_row_text(c, &v);
+            }
+            first = 0;
+        }
+        p += n + (nl ? 1 : 0);
+    }
+    if (c->json && array)
+        fputs(first ? "]\n" : "\n]\n", c->out);
+    return 0;
+}
+
+struct verify_offline {
+    struct ctl *c;
+    int first;
+};
+
+static int is_dir(const char *path);
+static int spool_missing(const char *spool, const char *path);
+
+static int verify_offline_each(void *arg, const struct verify_entry *e)
+{
+    struct verify_offline *o = arg;
+    struct ctl *c = o->c;
+    struct verify_row v;
+    int64_t age = c->now - e->learned;
+
+    memset(&v, 0, sizeof v);
+    snprintf(v.address, sizeof v.address, "%s", e->key);
+    snprintf(v.result, sizeof v.result, "%s", verify_result_name(e->result));
+    snprintf(v.source, sizeof v.source, "%s", verify_source_name(e->source));
+    snprintf(v.state, sizeof v.state, "%s",
+             (const char *[]){ "fresh", "stale", "expired" }[verify_entry_age(c->conf, e,
+                                                                              (time_t)c->now)]);
+    snprintf(v.reply, sizeof v.reply, "%s", e->reply);
+    v.age = age < 0 ? 0 : age;
+    v.has_age = 1;
+    if (c->json) {
+        fputs(o->first ? "\n" : ",\n", c->out);
+        fputs("{\"address\":", c->out);
+        json_str(c->out, v.address);
+        fprintf(c->out, ",\"result\":\"%s\",\"source\":\"%s\",\"learned\":%" PRId64
+                        ",\"age\":%" PRId64 ",\"state\":\"%s\",\"reply\":",
+                v.result, v.source, e->learned, v.age, v.state);
+        json_str(c->out, v.reply);
+        fputc('}', c->out);
+    } else {
+        verify_row_text(c, &v);
+    }
+    o->first = 0;
+    return 0;
+}
+
+/* verify list with the daemon down: the cache read-only (LMDB readers
+ * never block a writer, and nothing is written here). */
+static int verify_list_offline(struct ctl *c, const char *domain)
+{
+    char dir[CTL_PATH_SIZE], err[CTL_ERR_SIZE];
+    struct verify_offline o = { c, 1 };
+    struct verify_cache *vc;
+    int rc;
+
+    if ((size_t)snprintf(dir, sizeof dir, "%s/verify", c->conf->spool) >= sizeof dir) {
+        ctl_error("spool path too long", c->conf->spool);
+        return EX_USAGE;
+    }
+    if (!is_dir(dir))
+        return spool_missing(c->conf->spool, dir);
+    if ((vc = vcache_open(dir, 0, 1, err, sizeof err)) == NULL) {
+        fprintf(stderr, CTL_PROG ": %s\n", err);
+        return EX_IOERR;
+    }
+    if (c->json)
+        fputs("[", c->out);
+    rc = vcache_each(vc, domain, verify_offline_each, &o) == 0 ? 0 : EX_IOERR;
+    if (c->json)
+        fputs(o.first ? "]\n" : "\n]\n", c->out);
+    vcache_close(vc);
+    return rc;
+}
+
+/*
+ * verify ADDRESS [--probe]   the cached answer; --probe asks the primary now
+ * verify list [DOMAIN]       every cached answer (the cache itself when the
+ *                            daemon is down)
+ * verify forget ADDRESS|DOMAIN
+ */
+static int cmd_verify(struct ctl *c, int argc, char **argv)
+{
+    char line[CTL_LINE_MAX];
+    struct daemon_reply r;
+    const char *verb, *arg;
+    int rc, list = 0;
+
+    if (strcmp(argv[1], "list") == 0) {
+        verb = "verify-list";
+        arg = argc > 2 ? argv[2] : NULL;
+        list = 1;
+    } else if (strcmp(argv[1], "forget") == 0) {
+        if (argc != 3) {
+            fprintf(stderr, "usage: " CTL_PROG " verify forget ADDRESS|DOMAIN\n");
+            return EX_USAGE;
+        }
+        verb = "verify-forget";
+        arg = argv[2];
+    } else {
+        if (argc != 2) {
+            fprintf(stderr, "usage: " CTL_PROG " verify ADDRESS [--probe]\n");
+            return EX_USAGE;
+        }
+        verb = c->probe ? "verify-probe" : "verify";
+        arg = argv[1];
+    }
+    if (c->probe && strcmp(verb, "verify-probe") != 0) {
+        fprintf(stderr, CTL_PROG ": --probe is for verify ADDRESS\n");
+        return EX_USAGE;
+    }
+    if (arg != NULL && strlen(arg) >= VERIFY_KEY_MAX) {
+        ctl_error("argument too long", NULL);
+        return EX_USAGE;
+    }
+    if (arg != NULL) {
+        for (const char *q = arg; *q; q++)
+            if ((unsigned char)*q <= ' ' || (unsigned char)*q == 0x7f) {
+                ctl_error("not an address or domain", arg);
+                return EX_USAGE;
+            }
+    }
+    if ((size_t)snprintf(line, sizeof line, "%s%s%s\n", verb, arg ? " " : "", arg ? arg : "") >=
+        sizeof line) {
+        ctl_error("argument too long", NULL);
+        return EX_USAGE;
+    }
+    rc = daemon_request(c, line, &r, list);
+    if (rc == EX_UNAVAILABLE && list) {
+        daemon_reply_free(&r);
+        return verify_list_offline(c, arg);
+    }
+    if (rc == 0) {
+        if (strcmp(verb, "verify-forget") == 0)
+            print_ok(c, &r);
+        else
+            rc = verify_print_lines(c, r.payload ? r.payload : "", list);
+    }
+    daemon_reply_free(&r);
+    return rc;
+}
+
+/* ------------------------------------------------------------------ */
 /* Command table and main                                              */
 /* ------------------------------------------------------------------ */
 
@@ -1840,6 +2065,7 @@ static int cmd_map(struct ctl *c, int argc, char **argv)
 #define CTL_OPT_DOMAIN 0x2u
 #define CTL_OPT_YES    0x4u
 #define CTL_OPT_OUTPUT 0x8u
+#define CTL_OPT_PROBE  0x10u
 
 /* struct ctl_cmd.needs_daemon: what a command works on. */
 #define CTL_ON_INDEX      0     /* the spool's index, read-only */
@@ -1873,6 +2099,8 @@ static const struct ctl_cmd ctl_cmds[] = {
     { "stats", "", 0, 0, 0, 1, cmd_stats, "the daemon's counters" },
     { "map", "compile FILE [-o OUT]", 2, 2, CTL_OPT_OUTPUT, CTL_ON_FILES, cmd_map,
       "compile a recipient list into an lmdb map (FILE.lmdb)" },
+    { "verify", "ADDRESS [--probe] | list [DOMAIN] | forget ADDRESS|DOMAIN", 1, 2, CTL_OPT_PROBE,
+      1, cmd_verify, "recipient verification: cached answer, probe, list, forget" },
 };
 
 static void usage(FILE *f)
@@ -1952,7 +2180,7 @@ static int ctl_db_open(struct ctl *c)
     return 0;
 }
 
-enum { OPT_JSON = 256, OPT_ALL, OPT_DOMAIN, OPT_YES };
+enum { OPT_JSON = 256, OPT_ALL, OPT_DOMAIN, OPT_YES, OPT_PROBE };
 
 /* A command option the command does not take: name it. */
 static int opt_refused(const struct ctl_cmd *cmd, unsigned given)
@@ -1960,6 +2188,7 @@ static int opt_refused(const struct ctl_cmd *cmd, unsigned given)
     static const struct { unsigned bit; const char *name; } names[] = {
         { CTL_OPT_ALL, "--all" }, { CTL_OPT_DOMAIN, "--domain" }, { CTL_OPT_YES, "--yes" },
         { CTL_OPT_OUTPUT, "-o" },
+        { CTL_OPT_PROBE, "--probe" },
     };
     size_t i;
 
@@ -1984,6 +2213,7 @@ int main(int argc, char **argv)
         { "domain", required_argument, NULL, OPT_DOMAIN },
         { "yes", no_argument, NULL, OPT_YES },
         { "output", required_argument, NULL, 'o' },
+        { "probe", no_argument, NULL, OPT_PROBE },
         { NULL, 0, NULL, 0 },
     };
     const char *conf_path = CTL_CONF_DEFAULT;
@@ -2025,6 +2255,10 @@ int main(int argc, char **argv)
         case 'o':
             c.output = optarg;
             given |= CTL_OPT_OUTPUT;
+            break;
+        case OPT_PROBE:
+            c.probe = 1;
+            given |= CTL_OPT_PROBE;
             break;
         case 'h':
             usage(stdout);

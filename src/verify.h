@@ -18,6 +18,7 @@
 #define MXKEEP_VERIFY_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include <time.h>
 
 struct event_base;
@@ -69,7 +70,8 @@ void verify_learn(const char *addr, int code, const char *enhanced, const char *
 
 /* A shared store (the fleet's PostgreSQL table), set by cluster.c: a probe
  * on one node answers for all.  lookup: cb(arg, found, result, reply, when);
- * store: fire and forget. */
+ * store: fire and forget.  lookup's cb runs later, from the loop, never
+ * inside lookup(); after lookup_cancel it never runs. */
 struct verify_shared {
     void *(*lookup)(void *ctx, const char *key,
                     void (*cb)(void *arg, int found, enum verify_result r, const char *reply,
@@ -81,5 +83,45 @@ struct verify_shared {
     void (*forget)(void *ctx, const char *key_or_domain);
 };
 void verify_set_shared(const struct verify_shared *ops, void *ctx);
+
+/* ---- administration (control.c, metrics.c, mxkeepctl) ------------------ */
+
+#define VERIFY_KEY_MAX 512          /* address octets (RFC 5321 path 256, with room) */
+
+enum verify_source { VSRC_PROBE = 0, VSRC_DELIVERY = 1, VSRC_SHARED = 2 };
+enum verify_age { VAGE_FRESH = 0, VAGE_STALE, VAGE_EXPIRED };
+
+/* One cached answer: key is the lower-cased address, or "@domain" for a
+ * domain's catch-all record (VALID: any local part is accepted). */
+struct verify_entry {
+    char key[VERIFY_KEY_MAX];
+    enum verify_result result;          /* VALID or INVALID */
+    enum verify_source source;
+    int64_t learned;                    /* unix seconds */
+    char reply[512];
+};
+
+/* The cached answer for addr (its own record, else its domain's catch-all
+ * record).  1 found, 0 none, -1 error or not initialised. */
+int verify_show(const char *addr, struct verify_entry *e);
+/* Probe addr now, whatever the cache says (sessions and rate still bound
+ * it); cb gets VALID, INVALID or UNKNOWN, never PENDING.  NULL with a
+ * reason in err (not a served domain, not initialised, out of memory). */
+struct verify_req *verify_probe(const char *addr, verify_cb *cb, void *arg, char *err,
+                                size_t errlen);
+/* Every cached answer (of domain; NULL: all), without holding a
+ * transaction while fn runs; fn returns nonzero to stop.  0 or -1. */
+int verify_list(const char *domain, int (*fn)(void *arg, const struct verify_entry *e),
+                void *arg);
+/* Forget an address, or a domain's every answer.  Records removed, -1. */
+long verify_forget(const char *key_or_domain);
+/* Where an answer stands at now under c's `verify` settings. */
+enum verify_age verify_entry_age(const struct conf *c, const struct verify_entry *e, time_t now);
+const char *verify_result_name(enum verify_result r);
+const char *verify_source_name(enum verify_source s);
+/* Prometheus text for /metrics (counters, probe latency histogram,
+ * throttled clients). */
+struct evbuffer;
+void verify_metrics(struct evbuffer *b);
 
 #endif

@@ -1449,10 +1449,17 @@ class Postfix(_Peer):
 
     QUEUES = ("maildrop", "incoming", "active", "deferred", "hold")
 
-    def __init__(self, port=None, domains=("example.org",)):
+    def __init__(self, port=None, domains=("example.org",), recipients=None, log_rcpts=False):
+        """recipients: the addresses it knows ("user@domain" or "@domain"
+        for any); default every address of its domains.  Unknown ones get
+        550 5.1.1.  log_rcpts: log every RCPT (a WARN access action) so a
+        test can count the RCPTs it was asked (rcpt_count())."""
         super().__init__("postfix")
         self.port = port or free_port_on("127.0.0.1")
         self.domains = list(domains)
+        self.recipients = list(recipients) if recipients is not None else \
+            ["@%s" % d for d in self.domains]
+        self.log_rcpts = log_rcpts
         self.etc = os.path.join(self.dir, "etc")
         self.queue_dir = os.path.join(self.dir, "queue")
         self.started = False
@@ -1493,14 +1500,15 @@ transport_maps = inline:{{ {tmaps} }}
 defer_transports = smtp
 smtp_dns_support_level = disabled
 smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination
-smtpd_recipient_restrictions =
+smtpd_recipient_restrictions = {rrestr}
 smtpd_banner = $myhostname ESMTP
 biff = no
 syslog_name = postfix-mxtest
 maillog_file = {maillog}
 maillog_file_prefixes = {dir}
 """.format(dir=self.dir, etc=self.etc, queue=self.queue_dir, data=data, doms=doms, maillog=maillog,
-                maps=", ".join("@%s=ok" % d for d in self.domains),
+                maps=", ".join("%s=ok" % r for r in self.recipients),
+                rrestr="check_recipient_access static:WARN" if self.log_rcpts else "",
                 tmaps=", ".join("%s=smtp:[127.0.0.1]:9" % d for d in self.domains)))
         # One master.cf for the bench and test instances.
         with open(os.path.join(ROOT, "bench", "postfix-master.cf")) as f:
@@ -1547,6 +1555,10 @@ maillog_file_prefixes = {dir}
 
     def log(self):
         return self.plog("maillog")
+
+    def rcpt_count(self):
+        """RCPTs it was asked (log_rcpts=True)."""
+        return len(re.findall(r"warn: RCPT from ", self.log()))
 
 
 # --- PostgreSQL --------------------------------------------------------

@@ -1,0 +1,330 @@
+/*
+ * verify_cache.c - the LMDB store of callout answers (verify_cache.h).
+ *
+ * What it does: keeps one record per address and one per domain
+ * ("@domain", catch-all) in its own environment, SPOOL/verify, so the
+ * spool's group-commit writer never waits for it and it never waits for
+ * the spool.  Encodes and decodes versioned records (pure functions).
+ *
+ * Owns: the environment and its one database.
+ *
+ * Must never: hold a transaction across a callback (vcache_each copies a
+ * page out, ends the read transaction, then calls fn); sync on commit
+ * (MDB_NOSYNC: a cache may lose its last answers in a crash, nothing
+ * else); interpret reply text.
+ *
+ * Security: keys and replies come from SMTP peers; they are bounded
+ * (VERIFY_KEY_MAX, the reply buffer) and stored as opaque octets.
+ */
+#include "config.h"
+#include "verify_cache.h"
+
+#include <errno.h>
+#include <lmdb.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#define VCACHE_DIR_MODE   0750
+#define VCACHE_FILE_MODE  0640
+#define VCACHE_HEADER     11            /* version, result, source, int64 time */
+#define VCACHE_PAGE       256           /* records copied per read transaction */
+#define VCACHE_GROW_TRIES 4
+
+struct verify_cache {
+    MDB_env *env;
+    MDB_dbi dbi;
+    size_t map_size;
+    int readonly;
+};
+
+int vcache_key(const char *addr, char out[VERIFY_KEY_MAX])
+{
+    size_t len = strlen(addr), i;
+
+    while (len > 0 && addr[len - 1] == '.')
+        len--;
+    if (len == 0 || len >= VERIFY_KEY_MAX)
+        return -1;
+    for (i = 0; i < len; i++) {
+        unsigned char ch = (unsigned char)addr[i];
+        if (ch < 0x21 || ch == 0x7f)
+            return -1;
+        out[i] = (char)(ch >= 'A' && ch <= 'Z' ? ch + ('a' - 'A') : ch);
+    }
+    out[len] = '\0';
+    return 0;
+}
+
+size_t vcache_encode(const struct verify_entry *e, unsigned char *buf, size_t len)
+{
+    size_t rl = strnlen(e->reply, sizeof e->reply - 1);
+    uint64_t t = (uint64_t)e->learned;
+
+    if (len < VCACHE_HEADER + rl)
+        return 0;
+    buf[0] = VERIFY_RECORD_V1;
+    buf[1] = (unsigned char)e->result;
+    buf[2] = (unsigned char)e->source;
+    for (int i = 0; i < 8; i++)
+        buf[3 + i] = (unsigned char)(t >> (8 * i));
+    memcpy(buf + VCACHE_HEADER, e->reply, rl);
+    return VCACHE_HEADER + rl;
+}
+
+int vcache_decode(const char *key, size_t keylen, const unsigned char *buf, size_t len,
+                  struct verify_entry *e)
+{
+    uint64_t t = 0;
+    size_t rl;
+
+    if (len < VCACHE_HEADER || buf[0] != VERIFY_RECORD_V1 || keylen == 0 ||
+        keylen >= sizeof e->key)
+        return -1;
+    if (buf[1] != VERIFY_VALID && buf[1] != VERIFY_INVALID)
+        return -1;
+    if (buf[2] > VSRC_SHARED)
+        return -1;
+    memcpy(e->key, key, keylen);
+    e->key[keylen] = '\0';
+    e->result = (enum verify_result)buf[1];
+    e->source = (enum verify_source)buf[2];
+    for (int i = 0; i < 8; i++)
+        t |= (uint64_t)buf[3 + i] << (8 * i);
+    e->learned = (int64_t)t;
+    rl = len - VCACHE_HEADER;
+    if (rl >= sizeof e->reply)
+        rl = sizeof e->reply - 1;
+    memcpy(e->reply, buf + VCACHE_HEADER, rl);
+    e->reply[rl] = '\0';
+    return 0;
+}
+
+struct verify_cache *vcache_open(const char *dir, size_t map_size, int readonly, char *err,
+                                 size_t errlen)
+{
+    struct verify_cache *vc = calloc(1, sizeof *vc);
+    MDB_txn *txn = NULL;
+    MDB_envinfo info;
+    int rc;
+
+    if (vc == NULL) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    vc->readonly = readonly;
+    if (!readonly && mkdir(dir, VCACHE_DIR_MODE) != 0 && errno != EEXIST) {
+        snprintf(err, errlen, "%s: %s", dir, strerror(errno));
+        free(vc);
+        return NULL;
+    }
+    if ((rc = mdb_env_create(&vc->env)) != 0)
+        goto fail;
+    /* MDB_NOSYNC: a cache; MDB_NOTLS: transactions only on the loop. */
+    rc = mdb_env_open(vc->env, dir,
+                      MDB_NOTLS | (readonly ? MDB_RDONLY : MDB_NOSYNC | MDB_NOMETASYNC),
+                      VCACHE_FILE_MODE);
+    if (rc != 0)
+        goto fail;
+    mdb_env_info(vc->env, &info);
+    vc->map_size = info.me_mapsize;
+    if (!readonly && map_size > vc->map_size) {
+        if ((rc = mdb_env_set_mapsize(vc->env, map_size)) != 0)
+            goto fail;
+        vc->map_size = map_size;
+    }
+    if ((rc = mdb_txn_begin(vc->env, NULL, readonly ? MDB_RDONLY : 0, &txn)) != 0)
+        goto fail;
+    if ((rc = mdb_dbi_open(txn, NULL, 0, &vc->dbi)) != 0) {
+        mdb_txn_abort(txn);
+        goto fail;
+    }
+    if ((rc = mdb_txn_commit(txn)) != 0)
+        goto fail;
+    return vc;
+fail:
+    snprintf(err, errlen, "%s: %s", dir, mdb_strerror(rc));
+    if (vc->env)
+        mdb_env_close(vc->env);
+    free(vc);
+    return NULL;
+}
+
+void vcache_close(struct verify_cache *vc)
+{
+    if (vc == NULL)
+        return;
+    mdb_env_close(vc->env);
+    free(vc);
+}
+
+int vcache_get(struct verify_cache *vc, const char *key, struct verify_entry *e)
+{
+    MDB_txn *txn;
+    MDB_val k = { strlen(key), (void *)key }, v;
+    int rc, found = 0;
+
+    if (vc == NULL || mdb_txn_begin(vc->env, NULL, MDB_RDONLY, &txn) != 0)
+        return -1;
+    rc = mdb_get(txn, vc->dbi, &k, &v);
+    if (rc == 0)
+        found = vcache_decode(key, k.mv_size, v.mv_data, v.mv_size, e) == 0 ? 1 : 0;
+    else if (rc != MDB_NOTFOUND)
+        found = -1;
+    mdb_txn_abort(txn);
+    return found;
+}
+
+/* A full map doubles (no transaction is open between our calls). */
+static int vcache_grow(struct verify_cache *vc)
+{
+    size_t ns = vc->map_size * 2;
+
+    if (mdb_env_set_mapsize(vc->env, ns) != 0)
+        return -1;
+    vc->map_size = ns;
+    return 0;
+}
+
+int vcache_put(struct verify_cache *vc, const struct verify_entry *e)
+{
+    unsigned char buf[VCACHE_HEADER + sizeof e->reply];
+    size_t n = vcache_encode(e, buf, sizeof buf);
+    MDB_val k = { strlen(e->key), (void *)e->key }, v = { n, buf };
+
+    if (vc == NULL || vc->readonly || n == 0 || k.mv_size == 0)
+        return -1;
+    for (int tries = 0; tries < VCACHE_GROW_TRIES; tries++) {
+        MDB_txn *txn;
+        int rc = mdb_txn_begin(vc->env, NULL, 0, &txn);
+        if (rc == MDB_MAP_RESIZED) {
+            mdb_env_set_mapsize(vc->env, 0);
+            continue;
+        }
+        if (rc != 0)
+            return -1;
+        rc = mdb_put(txn, vc->dbi, &k, &v, 0);
+        if (rc == 0)
+            rc = mdb_txn_commit(txn);
+        else
+            mdb_txn_abort(txn);
+        if (rc == 0)
+            return 0;
+        if (rc != MDB_MAP_FULL || vcache_grow(vc) != 0)
+            return -1;
+    }
+    return -1;
+}
+
+long vcache_forget(struct verify_cache *vc, const char *key_or_domain)
+{
+    MDB_txn *txn;
+    MDB_cursor *cur;
+    MDB_val k, v;
+    char dk[VERIFY_KEY_MAX];
+    long n = 0;
+    int rc;
+
+    if (vc == NULL || vc->readonly || mdb_txn_begin(vc->env, NULL, 0, &txn) != 0)
+        return -1;
+    if (strchr(key_or_domain, '@') != NULL) {
+        k.mv_size = strlen(key_or_domain);
+        k.mv_data = (void *)key_or_domain;
+        rc = mdb_del(txn, vc->dbi, &k, NULL);
+        n = rc == 0 ? 1 : 0;
+        if (rc != 0 && rc != MDB_NOTFOUND) {
+            mdb_txn_abort(txn);
+            return -1;
+        }
+        return mdb_txn_commit(txn) == 0 ? n : -1;
+    }
+    /* A domain: "@domain" and every "x@domain" (a full scan: forget is an
+     * administrator's rare command; deletes never grow the map). */
+    snprintf(dk, sizeof dk, "@%s", key_or_domain);
+    if (mdb_cursor_open(txn, vc->dbi, &cur) != 0) {
+        mdb_txn_abort(txn);
+        return -1;
+    }
+    rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST);
+    while (rc == 0) {
+        size_t dl = strlen(dk);
+        if (k.mv_size >= dl && memcmp((char *)k.mv_data + k.mv_size - dl, dk, dl) == 0) {
+            if (mdb_cursor_del(cur, 0) != 0)
+                break;
+            n++;
+            rc = mdb_cursor_get(cur, &k, &v, MDB_GET_CURRENT);
+            if (rc == MDB_NOTFOUND)
+                break;
+            if (rc == 0 && k.mv_size >= dl &&
+                memcmp((char *)k.mv_data + k.mv_size - dl, dk, dl) == 0)
+                continue;
+        }
+        rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
+    }
+    mdb_cursor_close(cur);
+    return mdb_txn_commit(txn) == 0 ? n : -1;
+}
+
+int vcache_each(struct verify_cache *vc, const char *domain,
+                int (*fn)(void *arg, const struct verify_entry *e), void *arg)
+{
+    struct verify_entry *page = malloc(VCACHE_PAGE * sizeof *page);
+    char after[VERIFY_KEY_MAX] = "", dk[VERIFY_KEY_MAX] = "";
+    size_t dl = 0;
+    int started = 0;
+
+    if (page == NULL || vc == NULL) {
+        free(page);
+        return -1;
+    }
+    if (domain != NULL) {
+        snprintf(dk, sizeof dk, "@%s", domain);
+        dl = strlen(dk);
+    }
+    for (;;) {
+        MDB_txn *txn;
+        MDB_cursor *cur;
+        MDB_val k, v;
+        size_t n = 0, i;
+        int rc;
+
+        if (mdb_txn_begin(vc->env, NULL, MDB_RDONLY, &txn) != 0 ||
+            mdb_cursor_open(txn, vc->dbi, &cur) != 0) {
+            free(page);
+            return -1;
+        }
+        if (started) {
+            k.mv_size = strlen(after);
+            k.mv_data = after;
+            rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+            if (rc == 0 && k.mv_size == strlen(after) && memcmp(k.mv_data, after, k.mv_size) == 0)
+                rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
+        } else {
+            rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST);
+        }
+        while (rc == 0 && n < VCACHE_PAGE) {
+            if (k.mv_size < sizeof after) {
+                memcpy(after, k.mv_data, k.mv_size);
+                after[k.mv_size] = '\0';
+            }
+            if ((dl == 0 || (k.mv_size >= dl &&
+                             memcmp((char *)k.mv_data + k.mv_size - dl, dk, dl) == 0)) &&
+                vcache_decode(k.mv_data, k.mv_size, v.mv_data, v.mv_size, &page[n]) == 0)
+                n++;
+            rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
+        }
+        started = 1;
+        mdb_cursor_close(cur);
+        mdb_txn_abort(txn);
+        for (i = 0; i < n; i++)
+            if (fn(arg, &page[i]) != 0) {
+                free(page);
+                return 0;
+            }
+        if (rc != 0)
+            break;
+    }
+    free(page);
+    return 0;
+}
