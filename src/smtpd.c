@@ -40,6 +40,7 @@
 #include "qid.h"
 #include "queue_db.h"
 #include "received.h"
+#include "recipient.h"
 #include "smtp_parse.h"
 #include "spool.h"
 #include "stats.h"
@@ -82,13 +83,15 @@ enum sstate {
     S_BDAT,         /* reading the octets of a BDAT chunk */
     S_CHUNKING,     /* between BDAT chunks */
     S_COMMIT,       /* end of data seen; waiting for the spool */
+    S_RCPT_WAIT,    /* a RCPT's verdict is pending (table, callout) */
     S_TLS,          /* TLS handshake in progress */
     S_CLOSING,      /* last reply queued; free once it is written */
     S_DEAD          /* free at the end of the current callback */
 };
 
 static const char *const sstate_names[] = {
-    "init", "helo", "mail", "rcpt", "data", "bdat", "chunking", "commit", "tls", "closing", "dead",
+    "init", "helo", "mail", "rcpt", "data", "bdat", "chunking", "commit", "rcpt-wait", "tls",
+    "closing", "dead",
 };
 _Static_assert(sizeof sstate_names / sizeof sstate_names[0] == S_DEAD + 1,
                "sstate_names[] must name every enum sstate");
@@ -103,12 +106,14 @@ _Static_assert(sizeof sstate_names / sizeof sstate_names[0] == S_DEAD + 1,
 static const unsigned sstate_next[] = {
     [S_INIT] = ST(S_HELO) | ST(S_BDAT) | ST(S_TLS) | ST_END,
     [S_HELO] = ST(S_MAIL) | ST(S_BDAT) | ST(S_TLS) | ST_END,
-    [S_MAIL] = ST(S_HELO) | ST(S_RCPT) | ST(S_BDAT) | ST_END,
-    [S_RCPT] = ST(S_HELO) | ST(S_DATA) | ST(S_BDAT) | ST_END,
+    [S_MAIL] = ST(S_HELO) | ST(S_RCPT) | ST(S_BDAT) | ST(S_RCPT_WAIT) | ST_END,
+    [S_RCPT] = ST(S_HELO) | ST(S_DATA) | ST(S_BDAT) | ST(S_RCPT_WAIT) | ST_END,
     [S_DATA] = ST(S_HELO) | ST(S_COMMIT) | ST_END,
     [S_BDAT] = ST(S_INIT) | ST(S_HELO) | ST(S_CHUNKING) | ST(S_COMMIT) | ST_END,
     [S_CHUNKING] = ST(S_HELO) | ST(S_BDAT) | ST_END,
     [S_COMMIT] = ST(S_HELO) | ST_END,
+    /* back to where the RCPT came from, or on to S_RCPT when accepted */
+    [S_RCPT_WAIT] = ST(S_MAIL) | ST(S_RCPT) | ST_END,
     [S_TLS] = ST(S_INIT) | ST_END,
     [S_CLOSING] = ST(S_DEAD),
     [S_DEAD] = 0,
@@ -161,6 +166,10 @@ struct session {
     enum stat_id bdat_why;              /* its reject class */
     enum sstate bdat_back;              /* the state a refused chunk returns to */
     struct smtpd_commit *commit;        /* observed while in S_COMMIT */
+    struct recipient_req *rreq;         /* RCPT verdicts (recipient.c); made
+                                           at the first one that needs it */
+    struct rcpt_wait *wait;             /* the RCPT in S_RCPT_WAIT; ditto */
+    int throttled;                      /* RCPTs refused: client throttled */
     int client_slot;                    /* holds its client's place (listen.c) */
     time_t started;
 };
@@ -202,6 +211,14 @@ struct smtpd_commit {
     char client[SMTPD_NAME_MAX + INET6_ADDRSTRLEN + 16];
     unsigned long long size;
     size_t nrcpt;
+};
+
+/* A RCPT whose verdict is pending: what applying it needs. */
+struct rcpt_wait {
+    enum sstate back;                   /* S_MAIL or S_RCPT */
+    int addr_ok;                        /* addr fitted */
+    char addr[SMTP_PATH_MAX + 1];
+    struct smtp_rcpt_params rp;
 };
 
 struct smtpd_cmd {
@@ -286,6 +303,9 @@ static void session_close(struct session *s, enum stat_id cls, const char *reply
  * (the connection still counts toward the total until it is freed). */
 static void session_end(struct session *s)
 {
+    /* A verdict still pending would call back into a session that has
+     * left the dialogue (or is freed): it never runs. */
+    recipient_cancel(s->rreq);
     if (s->commit != NULL) {
         s->commit->s = NULL;
         s->commit = NULL;
@@ -413,39 +433,53 @@ static void cmd_mail(struct session *s, const char *arg)
     session_reply(s, "250 2.1.0 Ok");
 }
 
-static void cmd_rcpt(struct session *s, const char *arg)
+/* The client's address for recipient.c: family and network-order octets,
+ * an IPv4-mapped IPv6 address unwrapped (dual-stack listeners). */
+static int session_client(const struct session *s, unsigned char a[16])
 {
-    struct smtp_addr a;
-    struct smtp_rcpt_params rp;
-    const char *rest, *err;
-    const struct conf_domain *dom = NULL;
-    enum stat_id why = STAT_REJ_PROTOCOL;
-    char buf[SMTP_PATH_MAX + 128];
-    char addr[SMTP_PATH_MAX + 1];
+    if (s->sa.ss_family == AF_INET) {
+        memcpy(a, &((const struct sockaddr_in *)&s->sa)->sin_addr, 4);
+        return AF_INET;
+    }
+    const struct in6_addr *a6 = &((const struct sockaddr_in6 *)&s->sa)->sin6_addr;
+    if (IN6_IS_ADDR_V4MAPPED(a6)) {
+        memcpy(a, a6->s6_addr + 12, 4);
+        return AF_INET;
+    }
+    memcpy(a, a6, 16);
+    return AF_INET6;
+}
 
-    if ((long)s->nrcpt >= s->d->conf->limits.recipients) {
-        session_reject(s, STAT_REJ_LIMIT, "452 4.5.3 Error: too many recipients");
+/* Apply a RCPT verdict, in command order: the reply and, when accepted,
+ * the recipient.  addr is NULL when it did not fit. */
+static void session_rcpt_verdict(struct session *s, const struct recipient_answer *v,
+                                 const char *addr, const struct smtp_rcpt_params *rp)
+{
+    if (v->verdict != RECIPIENT_ACCEPT) {
+        log_info("%s: reject: RCPT from %s[%s]: %s; from=<%s>", s->qid, s->name, s->addr,
+                 v->reply, s->sender);
+        if (v->verdict == RECIPIENT_THROTTLED &&
+            ++s->throttled >= s->d->conf->limits.bad_commands) {
+            /* The throttle is the client's, across sessions: a session
+             * that keeps trying gets no further. */
+            log_warn("[%s]: too many throttled recipients (%d), disconnecting", s->addr,
+                     s->throttled);
+            session_reject(s, v->why, v->reply);
+            session_txn_reset(s);
+            /* counted once, as the RCPT's refusal above */
+            session_close(s, SMTPD_NO_REJECT,
+                          "421 4.7.0 Error: too many unknown recipients, try again later");
+            return;
+        }
+        session_error(s, v->why, v->reply);
         return;
     }
-    if ((err = smtp_parse_path(arg, &rest, &a, 0, 1, 1)) != NULL ||
-        (err = smtp_parse_rcpt_params(rest, &rp)) != NULL) {
-        session_error(s, STAT_REJ_PROTOCOL, err);
-        return;
-    }
-    if (a.utf8 && !s->mp.smtputf8) {
-        session_error(s, STAT_REJ_PROTOCOL, "553 5.6.7 Error: non-ASCII address requires SMTPUTF8");
-        return;
-    }
-    if ((err = policy_check_rcpt(s->d->policy, &a, &dom, &why, buf, sizeof buf)) != NULL) {
-        log_info("%s: reject: RCPT from %s[%s]: %s; from=<%s>", s->qid, s->name, s->addr, err,
-                 s->sender);
-        session_error(s, why, err);
-        return;
-    }
-    if (smtp_addr_format(&a, addr, sizeof addr) < 0) {
+    if (addr == NULL) {
         session_error(s, STAT_REJ_PROTOCOL, "501 5.1.3 Error: recipient address too long");
         return;
     }
+    if (v->unverified)
+        log_info("%s: RCPT <%s> accepted unverified: no answer from the primary", s->qid, addr);
     for (size_t i = 0; i < s->nrcpt; i++) {
         if (strcasecmp(s->rcpt[i].addr, addr) == 0) {
             /* The same mailbox twice gets one copy, as every MTA does. */
@@ -463,19 +497,83 @@ static void cmd_rcpt(struct session *s, const char *arg)
         s->rcpt = r;
         s->rcpt_cap = cap;
     }
+    const struct conf_domain *dom = v->dom;
     struct qrcpt *r = &s->rcpt[s->nrcpt];
     memset(r, 0, sizeof *r);
     r->index = (uint32_t)s->nrcpt;
     r->state = QRCPT_PENDING;
-    r->notify = rp.notify;
+    r->notify = rp->notify;
     r->expiry = (int64_t)time(NULL) + dom->retention;
     snprintf(r->addr, sizeof r->addr, "%s", addr);
     snprintf(r->domain, sizeof r->domain, "%s", dom->name);
-    if (rp.orcpt[0])
-        snprintf(r->orcpt, sizeof r->orcpt, "%s;%s", rp.orcpt_type, rp.orcpt);
+    if (rp->orcpt[0])
+        snprintf(r->orcpt, sizeof r->orcpt, "%s;%s", rp->orcpt_type, rp->orcpt);
     s->nrcpt++;
     session_set_state(s, S_RCPT);
     session_reply(s, "250 2.1.5 Ok");
+}
+
+static void session_sync_check(struct session *s, enum smtp_cmd cmd);
+
+/* recipient_cb: the pending RCPT's verdict.  Answer it, then go on with
+ * what the client pipelined meanwhile. */
+static void session_on_verdict(void *arg, const struct recipient_answer *v)
+{
+    struct session *s = arg;
+    struct rcpt_wait *w = s->wait;
+
+    if (s->state != S_RCPT_WAIT)
+        log_panic("[%s]: RCPT verdict in state %s", s->addr, sstate_names[s->state]);
+    session_set_state(s, w->back);
+    session_rcpt_verdict(s, v, w->addr_ok ? w->addr : NULL, &w->rp);
+    session_sync_check(s, SMTP_CMD_RCPT);
+    session_drive(s);
+    if (s->state == S_DEAD)
+        session_free(s);
+}
+
+static void cmd_rcpt(struct session *s, const char *arg)
+{
+    struct smtp_addr a;
+    struct smtp_rcpt_params rp;
+    struct recipient_answer v;
+    const char *rest, *err;
+    char addr[SMTP_PATH_MAX + 1];
+    unsigned char client[16];
+
+    if ((long)s->nrcpt >= s->d->conf->limits.recipients) {
+        session_reject(s, STAT_REJ_LIMIT, "452 4.5.3 Error: too many recipients");
+        return;
+    }
+    if ((err = smtp_parse_path(arg, &rest, &a, 0, 1, 1)) != NULL ||
+        (err = smtp_parse_rcpt_params(rest, &rp)) != NULL) {
+        session_error(s, STAT_REJ_PROTOCOL, err);
+        return;
+    }
+    if (a.utf8 && !s->mp.smtputf8) {
+        session_error(s, STAT_REJ_PROTOCOL, "553 5.6.7 Error: non-ASCII address requires SMTPUTF8");
+        return;
+    }
+    int family = session_client(s, client);
+    int addr_ok = smtp_addr_format(&a, addr, sizeof addr) >= 0;
+    if (recipient_check(&s->rreq, s->d->policy, &a, family, client, session_on_verdict, s,
+                        &v) == 0) {
+        session_rcpt_verdict(s, &v, addr_ok ? addr : NULL, &rp);
+        return;
+    }
+    /* Pending: the session stops here (session_drive) until the verdict;
+     * later pipelined commands wait in the input buffer, bounded by its
+     * watermark, and are run in order after it. */
+    if (s->wait == NULL && (s->wait = malloc(sizeof *s->wait)) == NULL) {
+        recipient_cancel(s->rreq);
+        session_reject(s, STAT_REJ_STORAGE, "451 4.3.0 Error: insufficient resources");
+        return;
+    }
+    s->wait->back = s->state;
+    s->wait->addr_ok = addr_ok;
+    memcpy(s->wait->addr, addr, sizeof addr);
+    s->wait->rp = rp;
+    session_set_state(s, S_RCPT_WAIT);
 }
 
 static int session_body_out(void *arg, const char *buf, size_t n)
@@ -775,14 +873,20 @@ static void session_command(struct session *s, const char *line, size_t len)
         return;
     }
     c->run(s, sc.arg);
-    /* A client that did not get PIPELINING (HELO), or a command that must
-     * end a group (RFC 2920 3.1: EHLO, HELO, QUIT...), may not have sent
-     * more before our reply. */
+    session_sync_check(s, sc.cmd);
+}
+
+/* A client that did not get PIPELINING (HELO), or a command that must end
+ * a group (RFC 2920 3.1: EHLO, HELO, QUIT...), may not have sent more
+ * before our reply to cmd.  (A RCPT waiting for its verdict is checked
+ * when the verdict is answered.) */
+static void session_sync_check(struct session *s, enum smtp_cmd cmd)
+{
     if ((s->state == S_HELO || s->state == S_MAIL || s->state == S_RCPT || s->state == S_INIT) &&
         evbuffer_get_length(bufferevent_get_input(s->bev)) > 0 &&
-        (!s->esmtp || sc.cmd == SMTP_CMD_EHLO || sc.cmd == SMTP_CMD_HELO)) {
+        (!s->esmtp || cmd == SMTP_CMD_EHLO || cmd == SMTP_CMD_HELO)) {
         log_warn("[%s]: command sent before reply to %s: pipelining abuse", s->addr,
-                 smtp_cmd_name(sc.cmd));
+                 smtp_cmd_name(cmd));
         evbuffer_drain(bufferevent_get_input(s->bev),
                        evbuffer_get_length(bufferevent_get_input(s->bev)));
         session_txn_reset(s);
@@ -1073,7 +1177,7 @@ static long session_read_line(struct session *s)
 static void session_drive(struct session *s)
 {
     for (;;) {
-        if (s->state >= S_COMMIT)       /* commit, tls, closing, dead */
+        if (s->state >= S_COMMIT)       /* commit, rcpt-wait, tls, closing, dead */
             return;
         if (evbuffer_get_length(bufferevent_get_output(s->bev)) > SMTPD_OUTPUT_MAX) {
             s->out_blocked = 1;
@@ -1257,6 +1361,8 @@ static void session_free(struct session *s)
     struct smtpd *d = s->d;
     session_end(s);
     dns_ptr_cancel(s->ptr);
+    recipient_req_free(s->rreq);
+    free(s->wait);
     session_txn_reset(s);
     free(s->rcpt);
     free(s->sender);

@@ -40,6 +40,9 @@ static const struct {
     [STAT_FLUSH_SECONDS] = { "flush_seconds_total", "Seconds spent in flush passes" },
     [STAT_SPOOL_INDEX_FAILURES] = { "spool_index_failures_total", "Times the spool index (LMDB) failed and refused all work" },
     [STAT_SPOOL_INDEX_REOPENS] = { "spool_index_reopens_total", "Times the spool index was reopened after a failure" },
+    [STAT_REJ_UNVERIFIED] = { "rejected_unverified_total", "Recipients refused 4xx: verification by callout failed or still running" },
+    [STAT_REJ_LOOKUP] = { "rejected_lookup_total", "Recipients refused 4xx: recipient table lookup failed" },
+    [STAT_REJ_THROTTLED] = { "rejected_throttled_total", "Recipients refused 4xx: client made too many unknown recipients" },
 };
 
 /*
@@ -63,6 +66,9 @@ static const struct stats_series stats_family_map[STAT_COUNT_] = {
     [STAT_REJ_CONTENT] = { "rejected_total", REJ_HELP, "reason", "content" },
     [STAT_REJ_STORAGE] = { "rejected_total", REJ_HELP, "reason", "storage" },
     [STAT_REJ_LIMIT] = { "rejected_total", REJ_HELP, "reason", "limit" },
+    [STAT_REJ_UNVERIFIED] = { "rejected_total", REJ_HELP, "reason", "unverified" },
+    [STAT_REJ_LOOKUP] = { "rejected_total", REJ_HELP, "reason", "lookup" },
+    [STAT_REJ_THROTTLED] = { "rejected_total", REJ_HELP, "reason", "throttled" },
     [STAT_DELIVERED] = { "recipients_total", RCPT_HELP, "outcome", "delivered" },
     [STAT_DEFERRED] = { "recipients_total", RCPT_HELP, "outcome", "deferred" },
     [STAT_BOUNCED] = { "recipients_total", RCPT_HELP, "outcome", "bounced" },

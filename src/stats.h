@@ -36,6 +36,11 @@ enum stat_id {
     STAT_FLUSH_SECONDS,         /* total seconds spent in flush passes */
     STAT_SPOOL_INDEX_FAILURES,  /* LMDB environment failed (MDB_PANIC) */
     STAT_SPOOL_INDEX_REOPENS,   /* ... and was reopened */
+    /* RCPT refusals of recipient.c (appended: the order above is the
+     * mxkeepctl stats key order) */
+    STAT_REJ_UNVERIFIED,        /* 450 4.1.1: callout gave no answer (yet) */
+    STAT_REJ_LOOKUP,            /* 451 4.3.0: recipient table unreachable */
+    STAT_REJ_THROTTLED,         /* 450 4.7.1/421: client made too many unknown recipients */
     STAT_COUNT_
 };
 
