@@ -1009,7 +1009,7 @@ int conf_pgsql_query(const char *q, char **out, char *args, char *why, size_t wh
         const char *p = q + i;
         int quoted = 0;
         char kind;
-        if (p[0] == '\'' && p[1] == '%' && p[2] != '\0' && p[3] == '\'') {
+        if (p[0] == '\'' && p[1] == '%' && p[2] != '\0' && strchr("sud", p[2]) && p[3] == '\'') {
             quoted = 1;
             p++;
         } else if (p[0] != '%') {

@@ -31,6 +31,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <event2/event.h>
 
 #include "conf.h"
@@ -213,14 +214,20 @@ static void ds_on_result(void *arg, const PGresult *res)
         ds->digest = digest;
         ds->have_rows = 1;
         ds->waiting_logged = 0;
+        struct timespec t0, t1;
+        size_t served;
+        clock_gettime(CLOCK_MONOTONIC, &t0);
         nc = ds_compose(ds, 0);
         if (!nc) {
             log_warn("domains_from pgsql:%s: out of memory; keeping the current set",
                      ds->pgname);
         } else {
-            log_info("domains_from pgsql:%s: %zu rows from the database; %zu domains served",
-                     ds->pgname, ds->rows.nrows, nc->ndomains);
+            served = nc->ndomains;
             ds->apply(ds->arg, nc);
+            clock_gettime(CLOCK_MONOTONIC, &t1);
+            log_info("domains_from pgsql:%s: %zu rows from the database; %zu domains served, "
+                     "applied in %ld ms", ds->pgname, ds->rows.nrows, served,
+                     (long)((t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000));
         }
     }
     if (ds->again) {

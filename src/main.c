@@ -579,8 +579,6 @@ int main(int argc, char **argv)
     spool_close(dm.spool);
     /* After the spool: its last completions may still answer a client. */
     control_free(dm.control);
-    /* After every module that could wait for a query. */
-    pg_shutdown();
     if (dm.ev_drain)
         event_free(dm.ev_drain);
     event_free(dm.ev_term);
@@ -590,6 +588,8 @@ int main(int argc, char **argv)
     policy_free(dm.policy);
     main_pid_file_remove(dm.conf);
     conf_free(dm.conf);
+    /* Last: the tables (closed with the policy) cancel their queries. */
+    pg_shutdown();
     event_base_free(dm.base);
     log_info("mxkeepd stopped");
     return 0;

@@ -2291,12 +2291,12 @@ static int cmd_verify(struct ctl *c, int argc, char **argv)
 #define CTL_OPT_DOMAIN 0x2u
 #define CTL_OPT_YES    0x4u
 #define CTL_OPT_OUTPUT 0x8u
+#define CTL_OPT_PROBE  0x10u
 
 /* struct ctl_cmd.needs_daemon: what a command works on. */
 #define CTL_ON_INDEX      0     /* the spool's index, read-only */
 #define CTL_ON_DAEMON     1     /* the daemon, over its control socket */
 #define CTL_ON_FILES      2     /* its operands only: no configuration */
-#define CTL_OPT_PROBE  0x10u
 
 struct ctl_cmd {
     const char *name;

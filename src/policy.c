@@ -339,6 +339,12 @@ struct table *policy_domain_table(const struct policy *p, const struct conf_doma
     return k >= 0 ? p->tables[k] : NULL;
 }
 
+struct table *policy_domain_async_table(const struct policy *p, const struct conf_domain *d)
+{
+    struct table *t = policy_domain_table(p, d);
+    return (t != NULL && !table_is_sync(t)) ? t : NULL;
+}
+
 size_t policy_entry_count(const struct policy *p)
 {
     return p ? p->entries : 0;
@@ -389,7 +395,7 @@ const char *policy_check_rcpt(const struct policy *p, const struct smtp_addr *a,
         snprintf(key, sizeof key, "%s@%.*s", a->local, (int)dn, a->domain);
         enum table_result r = table_lookup(t, key, NULL, NULL, NULL);
         if (r == TABLE_TEMPFAIL) {
-            *why = STAT_REJ_STORAGE;
+            *why = STAT_REJ_LOOKUP;     /* as recipient.c counts a pgsql TEMPFAIL */
             return reply(buf, len, "451 4.3.0 <%s>: Recipient table unavailable, try again later",
                          text);
         }

@@ -31,6 +31,7 @@
 #include "stats.h"
 
 struct policy;
+struct table;
 
 /* Build a policy.  On failure (unreadable list, bad line, bad map) returns
  * NULL and writes "file:line: what is wrong" into err (the list's line, or
@@ -52,7 +53,7 @@ void policy_free(const struct policy *p);
  *   "451 4.3.0 <addr>: Recipient table unavailable, try again later"  (map read error)
  * The <addr> part is written into buf (len octets), which the returned
  * pointer then points to.  why (may be NULL) gets the reject class,
- * decided here: STAT_REJ_RELAY, STAT_REJ_UNKNOWN_USER or STAT_REJ_STORAGE.
+ * decided here: STAT_REJ_RELAY, STAT_REJ_UNKNOWN_USER or STAT_REJ_LOOKUP.
  */
 const char *policy_check_rcpt(const struct policy *p, const struct smtp_addr *a,
                               const struct conf_domain **dom, enum stat_id *why, char *buf,
@@ -81,6 +82,12 @@ const char *policy_check_etrn(const struct policy *p, int family, const void *ad
  * table_ref() it to keep it longer.
  */
 struct table *policy_domain_table(const struct policy *p, const struct conf_domain *d);
+/*
+ * The table of d that policy_check_rcpt did NOT consult because it may
+ * answer later (pgsql), or NULL (no table, or one already consulted: its
+ * FOUND is in policy_check_rcpt's acceptance).  recipient.c asks this one.
+ */
+struct table *policy_domain_async_table(const struct policy *p, const struct conf_domain *d);
 
 /* Number of entries loaded across all tables (for the start-up log line). */
 size_t policy_entry_count(const struct policy *p);

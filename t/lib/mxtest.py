@@ -1591,8 +1591,10 @@ class Postgres(_Peer):
 
     USER = "nobody"
 
-    def __init__(self, port=None):
+    def __init__(self, port=None, settings=None):
+        """settings: extra server settings, e.g. {"log_statement": "all"}."""
         super().__init__("postgres")
+        self.settings = dict(settings or {})
         self.port = port or free_port_on("127.0.0.1")
         self.data = os.path.join(self.dir, "data")
         self.sock = os.path.join(self.dir, "sock")
@@ -1632,6 +1634,8 @@ class Postgres(_Peer):
             self._init()
         opts = ("-k %s -p %d -c listen_addresses=127.0.0.1 -c fsync=off "
                 "-c max_connections=50 -c shared_buffers=16MB" % (self.sock, self.port))
+        for k, v in self.settings.items():
+            opts += " -c %s=%s" % (k, v)
         self._run([os.path.join(PG_BIN, "pg_ctl"), "-D", self.data, "-l", self.logfile,
                    "-o", opts, "-w", "-t", str(PG_START_TIMEOUT), "start"], "pg_ctl start")
         self.running = True
