@@ -809,6 +809,7 @@ static int conf_recipients_parse(struct conf_loader *L, const config_setting_t *
     str = config_setting_get_string(s);
     if (!str || !*str)
         return conf_fail(L, s, "recipients must not be empty");
+    d->recipients_line = config_setting_source_line(s);
     if (strncmp(str, "pgsql:", 6) == 0) {
         if (str[6] == '\0')
             return conf_fail(L, s, "recipients: \"%s\" names no pgsql entry", str);

@@ -53,6 +53,7 @@ struct conf_domain {
     long retention;             /* seconds; default 7d, at most 365d */
     char *recipients;           /* table spec (table.h): an absolute path (file),
                                    "lmdb:/abs/path" or "pgsql:NAME"; NULL: any local part */
+    int recipients_line;        /* its line in the config file, for errors */
     enum verify_mode verify;    /* default off */
     enum unverified_policy unverified;  /* default accept */
     enum tls_policy tls;        /* default may */

@@ -9,7 +9,10 @@
  * are parsed the same way and refused by commands that do not take them.
  *
  * What it does: answers questions about the queue (queue, summary, show,
- * cat, count) by reading the LMDB index of the spool directly.  LMDB lets
+ * cat, count) by reading the LMDB index of the spool directly; compiles
+ * recipient lists into lmdb maps (map compile, like postmap: needs no
+ * configuration and no daemon; the map is renamed into place, so a
+ * running daemon switches to it whole).  LMDB lets
  * this second process read while mxkeepd writes, so these commands work
  * whether the daemon is running or not.  Commands that act (flush, hold,
  * release, delete, bounce, reload, stats) send one line over the daemon's
@@ -40,11 +43,13 @@
  * Exit codes (sysexits.h):
  *   0   EX_OK           success
  *   64  EX_USAGE        bad command line, unknown command, malformed QID
+ *   65  EX_DATAERR      map compile: a bad line in the list (file:line: reason)
  *   66  EX_NOINPUT      no spool at the configured path; no such message;
  *                       queue DOMAIN for a domain neither served nor queued
  *   67  EX_NOUSER       unknown domain (daemon commands)
  *   69  EX_UNAVAILABLE  daemon not running (nothing on the control socket)
  *   71  EX_OSERR        out of memory
+ *   73  EX_CANTCREAT    map compile: the map cannot be written
  *   74  EX_IOERR        index or body read failed, stdout write failed
  *   75  EX_TEMPFAIL     domain held; message being delivered; daemon too slow
  *   76  EX_PROTOCOL     malformed reply from the daemon
@@ -78,6 +83,7 @@
 #include "log.h"
 #include "qid.h"
 #include "queue_db.h"
+#include "table_lmdb.h"
 #include "smtp_parse.h"
 #include "utf8.h"
 #include "util.h"
@@ -118,6 +124,7 @@ struct ctl {
     int yes;                            /* --yes (delete --domain) */
     int probe;                          /* --probe (verify ADDRESS) */
     const char *domain;                 /* --domain D (delete) */
+    const char *output;                 /* -o OUT (map compile) */
     int64_t now;
     struct qrcpt *rcpt;                 /* reused recipient buffer */
     size_t rcpt_cap;
@@ -1777,6 +1784,56 @@ static int cmd_stats(struct ctl *c, int argc, char **argv)
     return rc;
 }
 
+/* map compile FILE [-o OUT]: the list FILE into the lmdb map OUT
+ * (default FILE.lmdb), written beside OUT and renamed over it. */
+static int cmd_map(struct ctl *c, int argc, char **argv)
+{
+    char err[CTL_ERR_SIZE], outbuf[CTL_PATH_SIZE];
+    const char *src = argv[2], *out = c->output;
+    struct timespec t0, t1;
+    size_t n = 0;
+
+    (void)argc;
+    if (strcmp(argv[1], "compile") != 0) {
+        fprintf(stderr, CTL_PROG ": map: unknown verb ");
+        text_str(stderr, argv[1]);
+        fprintf(stderr, " (want: map compile FILE [-o OUT])\n");
+        return EX_USAGE;
+    }
+    if (out == NULL) {
+        if ((size_t)snprintf(outbuf, sizeof outbuf, "%s.lmdb", src) >= sizeof outbuf) {
+            ctl_error("path too long", src);
+            return EX_USAGE;
+        }
+        out = outbuf;
+    }
+    if (access(src, R_OK) != 0) {
+        fprintf(stderr, CTL_PROG ": %s: %s\n", src, strerror(errno));
+        return EX_NOINPUT;
+    }
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    if (table_lmdb_compile(src, out, &n, err, sizeof err) != 0) {
+        fprintf(stderr, CTL_PROG ": %s\n", err);
+        /* A list line at fault says "file:line:"; anything else is the
+         * map's side (directory, space). */
+        return strncmp(err, src, strlen(src)) == 0 && err[strlen(src)] == ':' &&
+                       err[strlen(src) + 1] >= '0' && err[strlen(src) + 1] <= '9'
+                   ? EX_DATAERR
+                   : EX_CANTCREAT;
+    }
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    double secs = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
+    if (c->json) {
+        fputs("{\"map\":", c->out);
+        json_strn(c->out, out, strlen(out));
+        fprintf(c->out, ",\"entries\":%zu,\"seconds\":%.3f}\n", n, secs);
+    } else {
+        text_str(c->out, out);
+        fprintf(c->out, ": %zu entries, compiled in %.3f s\n", n, secs);
+    }
+    return 0;
+}
+
 /* ------------------------------------------------------------------ */
 /* verify: the callout cache                                           */
 /* ------------------------------------------------------------------ */
@@ -2007,15 +2064,20 @@ static int cmd_verify(struct ctl *c, int argc, char **argv)
 #define CTL_OPT_ALL    0x1u
 #define CTL_OPT_DOMAIN 0x2u
 #define CTL_OPT_YES    0x4u
-#define CTL_OPT_PROBE  0x8u
+#define CTL_OPT_OUTPUT 0x8u
+#define CTL_OPT_PROBE  0x10u
+
+/* struct ctl_cmd.needs_daemon: what a command works on. */
+#define CTL_ON_INDEX      0     /* the spool's index, read-only */
+#define CTL_ON_DAEMON     1     /* the daemon, over its control socket */
+#define CTL_ON_FILES      2     /* its operands only: no configuration */
 
 struct ctl_cmd {
     const char *name;
     const char *args;                   /* for the usage text */
     int min_args, max_args;             /* operands after the command name */
     unsigned opts;                      /* CTL_OPT_* it takes */
-    /* 1: acts through mxkeepd's control socket; 0: reads the index. */
-    int needs_daemon;
+    int needs_daemon;                   /* CTL_ON_* */
     int (*run)(struct ctl *c, int argc, char **argv);   /* argv[0]: name */
     const char *help;
 };
@@ -2035,6 +2097,8 @@ static const struct ctl_cmd ctl_cmds[] = {
     { "bounce", "QID", 1, 1, 0, 1, cmd_bounce, "return a message to its sender now" },
     { "reload", "", 0, 0, 0, 1, cmd_reload, "re-read the configuration and recipient lists" },
     { "stats", "", 0, 0, 0, 1, cmd_stats, "the daemon's counters" },
+    { "map", "compile FILE [-o OUT]", 2, 2, CTL_OPT_OUTPUT, CTL_ON_FILES, cmd_map,
+      "compile a recipient list into an lmdb map (FILE.lmdb)" },
     { "verify", "ADDRESS [--probe] | list [DOMAIN] | forget ADDRESS|DOMAIN", 1, 2, CTL_OPT_PROBE,
       1, cmd_verify, "recipient verification: cached answer, probe, list, forget" },
 };
@@ -2123,6 +2187,7 @@ static int opt_refused(const struct ctl_cmd *cmd, unsigned given)
 {
     static const struct { unsigned bit; const char *name; } names[] = {
         { CTL_OPT_ALL, "--all" }, { CTL_OPT_DOMAIN, "--domain" }, { CTL_OPT_YES, "--yes" },
+        { CTL_OPT_OUTPUT, "-o" },
         { CTL_OPT_PROBE, "--probe" },
     };
     size_t i;
@@ -2147,6 +2212,7 @@ int main(int argc, char **argv)
         { "all", no_argument, NULL, OPT_ALL },
         { "domain", required_argument, NULL, OPT_DOMAIN },
         { "yes", no_argument, NULL, OPT_YES },
+        { "output", required_argument, NULL, 'o' },
         { "probe", no_argument, NULL, OPT_PROBE },
         { NULL, 0, NULL, 0 },
     };
@@ -2162,7 +2228,7 @@ int main(int argc, char **argv)
     /* No '+': options are taken anywhere (GNU permutation), so
      * `mxkeepctl queue --json` and `mxkeepctl --json queue` are the same;
      * `--` ends the options. */
-    while ((opt = getopt_long(argc, argv, "c:h", longopts, NULL)) != -1) {
+    while ((opt = getopt_long(argc, argv, "c:ho:", longopts, NULL)) != -1) {
         switch (opt) {
         case 'c':
             conf_path = optarg;
@@ -2185,6 +2251,10 @@ int main(int argc, char **argv)
         case OPT_YES:
             c.yes = 1;
             given |= CTL_OPT_YES;
+            break;
+        case 'o':
+            c.output = optarg;
+            given |= CTL_OPT_OUTPUT;
             break;
         case OPT_PROBE:
             c.probe = 1;
@@ -2218,17 +2288,22 @@ int main(int argc, char **argv)
         return EX_USAGE;
     }
 
+    if (cmd->needs_daemon == CTL_ON_FILES) {
+        rc = cmd->run(&c, nargs + 1, argv + optind);
+        goto out;
+    }
     c.conf = conf_load(conf_path, err, sizeof err);
     if (c.conf == NULL) {
         fprintf(stderr, CTL_PROG ": %s\n", err);
         return EX_CONFIG;
     }
     /* Daemon commands open nothing here: the daemon checks who asks. */
-    rc = cmd->needs_daemon ? 0 : ctl_db_open(&c);
+    rc = cmd->needs_daemon == CTL_ON_DAEMON ? 0 : ctl_db_open(&c);
     if (rc == 0) {
         c.now = (int64_t)time(NULL);
         rc = cmd->run(&c, nargs + 1, argv + optind);
     }
+out:
     if (fflush(stdout) != 0 || ferror(stdout)) {
         fprintf(stderr, CTL_PROG ": write error: %s\n", strerror(errno));
         if (rc == 0)

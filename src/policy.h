@@ -2,14 +2,12 @@
  * policy.h - who may send us what: served domains, per-domain recipient
  * lists, relay-trick refusal, and ETRN access.
  *
- * A policy is built from a struct conf and the recipient list files it
- * names, and is immutable afterwards; reload (SIGHUP) builds a new one and
- * swaps it in, so a bad list file keeps the old policy running.
- *
- * Recipient list file: one entry per line, "local@domain" or "@domain"
- * (every local part of that domain), '#' starts a comment, blank lines
- * ignored, surrounding white space trimmed; matching is case-insensitive.
- * A domain with no `recipients` key accepts every local part.
+ * A policy is built from a struct conf and opens the recipient table
+ * (table.h) each domain names in `recipients` (a list file, an lmdb map, a
+ * pgsql entry), and is immutable afterwards; reload (SIGHUP) builds a new
+ * one and swaps it in, so a bad list file or map keeps the old policy
+ * running.  The list file format is in table_file.h.  A domain with no
+ * `recipients` key accepts every local part.
  *
  * Security: this is where "never an open relay" is enforced.  A recipient
  * is accepted only when its domain is served (exact match, case-insensitive,
@@ -33,9 +31,11 @@
 #include "stats.h"
 
 struct policy;
+struct table;
 
-/* Build a policy.  On failure (unreadable list, bad line) returns NULL and
- * writes "file:line: what is wrong" into err. */
+/* Build a policy.  On failure (unreadable list, bad line, bad map) returns
+ * NULL and writes "file:line: what is wrong" into err (the list's line, or
+ * the config's `recipients` line for a map or a database table). */
 struct policy *policy_new(const struct conf *c, char *err, size_t errlen);
 /* One more reference (returns p; NULL gives NULL). */
 const struct policy *policy_ref(const struct policy *p);
@@ -43,14 +43,17 @@ const struct policy *policy_ref(const struct policy *p);
 void policy_free(const struct policy *p);
 
 /*
- * May we accept this recipient?  Returns NULL and sets *dom to the served
+ * May we accept this recipient?  A table that answers at once (file,
+ * lmdb) is consulted here; one that may answer later (pgsql) is not (the
+ * caller asks it through policy_domain_table()).  Returns NULL and sets *dom to the served
  * domain, or a complete reply line (no CRLF):
  *   "550 5.7.1 <addr>: Relay access denied"            not a served domain / literal
  *   "550 5.7.1 <addr>: Source routing not supported"    %, !, quoted @
  *   "550 5.1.1 <addr>: Recipient address rejected: User unknown"
+ *   "451 4.3.0 <addr>: Recipient table unavailable, try again later"  (map read error)
  * The <addr> part is written into buf (len octets), which the returned
  * pointer then points to.  why (may be NULL) gets the reject class,
- * decided here: STAT_REJ_RELAY or STAT_REJ_UNKNOWN_USER.
+ * decided here: STAT_REJ_RELAY, STAT_REJ_UNKNOWN_USER or STAT_REJ_LOOKUP.
  */
 const char *policy_check_rcpt(const struct policy *p, const struct smtp_addr *a,
                               const struct conf_domain **dom, enum stat_id *why, char *buf,
@@ -73,16 +76,20 @@ const char *policy_check_etrn(const struct policy *p, int family, const void *ad
                               char *buf, size_t len);
 
 /*
- * The recipient table (table.h) of served domain d, as policy_check_rcpt
- * handed it out: borrowed for as long as the policy (a holder across a
- * callback keeps the policy, or takes table_ref).  NULL: the domain has no
- * table and accepts every local part.  (Until the table backends land,
- * always NULL: the lists are still checked inside policy_check_rcpt.)
+ * The recipient table of domain d (a domain of this policy's conf, as
+ * policy_check_rcpt hands out; another conf's domain is found by name), or
+ * NULL: no table, any local part.  Borrowed: valid while the policy is;
+ * table_ref() it to keep it longer.
  */
-struct table;
 struct table *policy_domain_table(const struct policy *p, const struct conf_domain *d);
+/*
+ * The table of d that policy_check_rcpt did NOT consult because it may
+ * answer later (pgsql), or NULL (no table, or one already consulted: its
+ * FOUND is in policy_check_rcpt's acceptance).  recipient.c asks this one.
+ */
+struct table *policy_domain_async_table(const struct policy *p, const struct conf_domain *d);
 
-/* Number of entries loaded across all lists (for the start-up log line). */
+/* Number of entries loaded across all tables (for the start-up log line). */
 size_t policy_entry_count(const struct policy *p);
 
 #endif

@@ -34,25 +34,6 @@
 #include "util.h"
 #include "verify.h"
 
-/*
- * Until the table backends (fix/tables) and the verifier (fix/verify) are
- * merged, their functions may be absent from the link: weak references
- * let the daemon link, and an absent one answers as if its subsystem had
- * no answer (table: TEMPFAIL; verify: UNKNOWN; throttle: no).  Remove this
- * block when table.c and verify.c are in the tree: a weak reference does
- * not pull a member out of libmxkeep.a.
- */
-#ifndef RECIPIENT_STRONG_DEPS
-#pragma weak table_lookup
-#pragma weak table_cancel
-#pragma weak verify_rcpt
-#pragma weak verify_cancel
-#pragma weak verify_note_unknown
-#pragma weak verify_client_throttled
-#define HAVE_FN(f) ((f) != NULL)
-#else
-#define HAVE_FN(f) 1
-#endif
 
 /* Client address: up to an IPv6 address in network order. */
 #define CLIENT_ADDR_MAX 16
@@ -104,8 +85,7 @@ static void accept_rcpt(struct recipient_answer *a, const struct conf_domain *do
 
 static void note_unknown(const struct recipient_req *r)
 {
-    if (HAVE_FN(verify_note_unknown))
-        verify_note_unknown(r->family, r->client);
+    verify_note_unknown(r->family, r->client);
 }
 
 static void refuse_unknown(struct recipient_req *r, struct recipient_answer *a)
@@ -256,12 +236,7 @@ static int verify_step(struct recipient_req *r, struct recipient_answer *a)
     struct verify_answer va;
 
     memset(&va, 0, sizeof va);
-    if (!HAVE_FN(verify_rcpt)) {
-        va.result = VERIFY_UNKNOWN;
-        verify_verdict(r, &va, a);
-        return 0;
-    }
-    if (HAVE_FN(verify_client_throttled) && verify_client_throttled(r->family, r->client)) {
+    if (verify_client_throttled(r->family, r->client)) {
         va.result = VERIFY_THROTTLED;
         verify_verdict(r, &va, a);
         return 0;
@@ -311,12 +286,15 @@ int recipient_check(struct recipient_req **rp, const struct policy *p,
     if (err != NULL) {
         now->verdict = RECIPIENT_REFUSE;
         now->why = why;
-        if (why == STAT_REJ_UNKNOWN_USER && HAVE_FN(verify_note_unknown))
+        if (why == STAT_REJ_UNKNOWN_USER)
             verify_note_unknown(family, client);
         return 0;
     }
-    struct table *t = policy_domain_table(p, dom);
-    if (t == NULL && dom->verify != VERIFY_CALLOUT) {
+    /* A table that answers at once (file, lmdb) was asked inside
+     * policy_check_rcpt: its FOUND is this acceptance, and it is the
+     * administrator's word, so no probe follows it (recipient.h). */
+    struct table *t = policy_domain_async_table(p, dom);
+    if (t == NULL && (dom->verify != VERIFY_CALLOUT || policy_domain_table(p, dom) != NULL)) {
         accept_rcpt(now, dom);             /* the fast path */
         return 0;
     }
@@ -343,9 +321,7 @@ int recipient_check(struct recipient_req **rp, const struct policy *p,
     }
 
     if (t != NULL) {
-        enum table_result res = TABLE_TEMPFAIL;
-        if (HAVE_FN(table_lookup))
-            res = table_lookup(t, r->key, on_table, r, &r->treq);
+        enum table_result res = table_lookup(t, r->key, on_table, r, &r->treq);
         if (res == TABLE_PENDING) {
             r->pending = 1;
             r->p = policy_ref(p);
@@ -365,9 +341,9 @@ void recipient_cancel(struct recipient_req *r)
 {
     if (r == NULL || !r->pending)
         return;
-    if (r->treq != NULL && HAVE_FN(table_cancel))
+    if (r->treq != NULL)
         table_cancel(r->treq);
-    if (r->vreq != NULL && HAVE_FN(verify_cancel))
+    if (r->vreq != NULL)
         verify_cancel(r->vreq);
     r->treq = NULL;
     r->vreq = NULL;

@@ -3,9 +3,11 @@
  * recipient?
  *
  * One decision in three steps, each only when the one before accepted:
- *   1. policy_check_rcpt (policy.h): served domain, relay tricks, at once;
- *   2. the domain's recipient table (policy_domain_table, table.h): FOUND,
- *      NOTFOUND or TEMPFAIL at once, or later through a callback;
+ *   1. policy_check_rcpt (policy.h): served domain, relay tricks, and a
+ *      table that answers at once (file, lmdb), all at once;
+ *   2. a table that may answer later (policy_domain_async_table: pgsql):
+ *      FOUND, NOTFOUND or TEMPFAIL at once (its cache), or later through
+ *      a callback;
  *   3. with verify = "callout" and no table: verify_rcpt (verify.h), from
  *      its cache at once or after a probe of the primary.
  * A table FOUND is accepted without a probe: the table is the

@@ -15,9 +15,12 @@
  * Each cancel is logged ("fake-verify: cancelled <addr>"), so a test can
  * see that a session which went away cancelled its probe.
  *
- * The event base is the daemon's own: event_base_new is wrapped
- * (-Wl,--wrap=event_base_new) to remember it.  Never in src/: this is not
- * the verifier.
+ * The calls recipient.c makes are redirected here with the linker's
+ * --wrap (verify_rcpt, verify_cancel, verify_note_unknown,
+ * verify_client_throttled); the real verify.c is linked all the same for
+ * the rest of the daemon (start, reload, control), it just gets no RCPTs.
+ * The event base is the daemon's own: event_base_new is wrapped too, to
+ * remember it.  Never in src/: this is not the verifier.
  */
 #include "config.h"
 #include <stdio.h>
@@ -36,6 +39,12 @@ static unsigned long fake_notes;
 
 struct event_base *__real_event_base_new(void);
 struct event_base *__wrap_event_base_new(void);
+struct verify_req *__wrap_verify_rcpt(const struct conf_domain *d, const char *addr, int family,
+                                      const void *client, struct verify_answer *now,
+                                      verify_cb *cb, void *arg);
+void __wrap_verify_cancel(struct verify_req *r);
+void __wrap_verify_note_unknown(int family, const void *client);
+int __wrap_verify_client_throttled(int family, const void *client);
 
 struct event_base *__wrap_event_base_new(void)
 {
@@ -43,7 +52,7 @@ struct event_base *__wrap_event_base_new(void)
     return fake_base;
 }
 
-struct verify_req {
+struct fake_req {
     struct event *ev;
     verify_cb *cb;
     void *arg;
@@ -71,7 +80,7 @@ static void answer_for(const char *addr, const char *local, struct verify_answer
 
 static void on_timer(evutil_socket_t fd, short what, void *arg)
 {
-    struct verify_req *r = arg;
+    struct fake_req *r = arg;
     (void)fd;
     (void)what;
     log_info("fake-verify: answered <%s>: %d", r->addr, (int)r->a.result);
@@ -83,7 +92,7 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
     cb(cbarg, &a);
 }
 
-struct verify_req *verify_rcpt(const struct conf_domain *d, const char *addr, int family,
+struct verify_req *__wrap_verify_rcpt(const struct conf_domain *d, const char *addr, int family,
                                const void *client, struct verify_answer *now,
                                verify_cb *cb, void *arg)
 {
@@ -100,7 +109,7 @@ struct verify_req *verify_rcpt(const struct conf_domain *d, const char *addr, in
     }
     char *dash = strchr(local, '-');
     long ms = strtol(local + 4, NULL, 10);
-    struct verify_req *r = calloc(1, sizeof *r);
+    struct fake_req *r = calloc(1, sizeof *r);
     if (r == NULL || dash == NULL || fake_base == NULL)
         abort();
     snprintf(r->addr, sizeof r->addr, "%s", addr);
@@ -114,11 +123,12 @@ struct verify_req *verify_rcpt(const struct conf_domain *d, const char *addr, in
     struct timeval tv = { ms / FAKE_MS_PER_S, (ms % FAKE_MS_PER_S) * FAKE_US_PER_MS };
     evtimer_add(r->ev, &tv);
     log_info("fake-verify: probing <%s> for %ld ms", addr, ms);
-    return r;
+    return (struct verify_req *)r;
 }
 
-void verify_cancel(struct verify_req *r)
+void __wrap_verify_cancel(struct verify_req *vr)
 {
+    struct fake_req *r = (struct fake_req *)vr;
     if (r == NULL)
         return;
     log_info("fake-verify: cancelled <%s>", r->addr);
@@ -126,7 +136,7 @@ void verify_cancel(struct verify_req *r)
     free(r);
 }
 
-void verify_note_unknown(int family, const void *client)
+void __wrap_verify_note_unknown(int family, const void *client)
 {
     (void)family;
     (void)client;
@@ -134,7 +144,7 @@ void verify_note_unknown(int family, const void *client)
     log_info("fake-verify: unknown recipients noted: %lu", fake_notes);
 }
 
-int verify_client_throttled(int family, const void *client)
+int __wrap_verify_client_throttled(int family, const void *client)
 {
     (void)family;
     (void)client;

@@ -3,7 +3,7 @@
  * policy, table and callout, synchronous and pending, in order, cancelled.
  *
  * recipient.c is linked alone with test doubles defined here for what it
- * consumes (policy_check_rcpt, policy_domain_table, policy_ref/free,
+ * consumes (policy_check_rcpt, policy_domain_table/_async_table, policy_ref/free,
  * table_lookup/cancel, verify_rcpt/cancel/note_unknown/client_throttled):
  * strong definitions in this object, so libmxkeep.a's real policy.o (and
  * table.o, verify.o once merged) are never pulled into this program.  The
@@ -39,7 +39,10 @@ static struct conf_domain dom_co = { .name = "co.test", .verify = VERIFY_CALLOUT
                                      .unverified = UNVERIFIED_ACCEPT };
 static struct conf_domain dom_cotf = { .name = "cotf.test", .verify = VERIFY_CALLOUT,
                                        .unverified = UNVERIFIED_TEMPFAIL };
-static struct conf_domain *const doms[] = { &dom_plain, &dom_tbl, &dom_tblv, &dom_co, &dom_cotf };
+/* a file/lmdb table beside callout: policy_check_rcpt asked it already */
+static struct conf_domain dom_stbl = { .name = "stbl.test", .verify = VERIFY_CALLOUT };
+static struct conf_domain *const doms[] = { &dom_plain, &dom_tbl, &dom_tblv, &dom_co, &dom_cotf,
+                                            &dom_stbl };
 
 struct table {
     int dummy;
@@ -68,7 +71,18 @@ const char *policy_check_rcpt(const struct policy *p, const struct smtp_addr *a,
     return buf;
 }
 
+static struct table fake_sync_tbl;
+
 struct table *policy_domain_table(const struct policy *p, const struct conf_domain *d)
+{
+    (void)p;
+    if (d == &dom_stbl)
+        return &fake_sync_tbl;
+    return (d == &dom_tbl || d == &dom_tblv) ? &fake_tbl : NULL;
+}
+
+/* tbl and tblv stand for pgsql tables (may answer later) */
+struct table *policy_domain_async_table(const struct policy *p, const struct conf_domain *d)
 {
     (void)p;
     return (d == &dom_tbl || d == &dom_tblv) ? &fake_tbl : NULL;
@@ -359,6 +373,9 @@ int main(void)
     a = one(&pol, &r, "nobody@tblv.test", &pend);
     ok(a.verdict == RECIPIENT_REFUSE && a.reply[0] == '5' && n_probes == 0,
        "table NOTFOUND + callout: 550 without a probe");
+    a = one(&pol, &r, "someone@stbl.test", &pend);
+    ok(a.verdict == RECIPIENT_ACCEPT && n_probes == 0 && n_lookups == 5,
+       "file/lmdb table (FOUND inside the policy) + callout: accepted, no second lookup, no probe");
 
     /* 5. Callout answers at once (cache). */
     a = one(&pol, &r, "valid@co.test", &pend);
