@@ -52,6 +52,7 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <arpa/inet.h>
 #include <netinet/in.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -254,6 +255,20 @@ static int client_key(int family, const void *addr, unsigned char key[17])
     return 0;
 }
 
+/* "192.0.2.1" or "2001:db8:1:2::/64", for the log. */
+static void client_text(const unsigned char key[17], char *out, size_t len)
+{
+    unsigned char a6[16] = { 0 };
+
+    if (key[0] == 4) {
+        inet_ntop(AF_INET, key + 1, out, (socklen_t)len);
+        return;
+    }
+    memcpy(a6, key + 1, 8);
+    inet_ntop(AF_INET6, a6, out, (socklen_t)len);
+    strncat(out, "/64", len - strlen(out) - 1);
+}
+
 static size_t client_hash(const unsigned char key[17])
 {
     uint32_t h = 2166136261u;   /* FNV-1a */
@@ -340,8 +355,10 @@ void verify_note_unknown(int family, const void *client)
     }
     c->count++;
     if (c->count >= (unsigned)V.conf->verify.unknown_limit && c->throttled_until <= now) {
+        char text[INET6_ADDRSTRLEN + 4];
         c->throttled_until = now + V.conf->verify.unknown_penalty;
-        log_info("verify: client throttled for %ld s after %u unknown recipients",
+        client_text(key, text, sizeof text);
+        log_info("verify: client %s throttled for %ld s after %u unknown recipients", text,
                  V.conf->verify.unknown_penalty, c->count);
     }
 }
