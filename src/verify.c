@@ -107,6 +107,7 @@ struct vsess;
 struct verify_req {
     struct probe *p;                /* NULL while asking the shared store */
     struct verify_req *next;        /* in p->waiters */
+    struct verify_req *lprev, *lnext;   /* every live request (V.reqs) */
     struct event *wait_ev;          /* reply_wait; NULL for verify_probe */
     void *shared_handle;
     char key[VERIFY_KEY_MAX];
@@ -174,6 +175,7 @@ static struct {
     struct verify_cache *cache;
     struct vhost *hosts;
     struct probe *probes;           /* in flight */
+    struct verify_req *reqs;        /* live requests, answered at shutdown */
     const struct verify_shared *shared;
     void *shared_ctx;
     struct vclient *cbucket[VERIFY_CLIENT_BUCKETS];
@@ -920,6 +922,12 @@ static void req_free(struct verify_req *r)
 {
     if (r == NULL)
         return;
+    if (r->lprev)
+        r->lprev->lnext = r->lnext;
+    else if (V.reqs == r)
+        V.reqs = r->lnext;
+    if (r->lnext)
+        r->lnext->lprev = r->lprev;
     if (r->wait_ev)
         event_free(r->wait_ev);
     free(r);
@@ -1074,11 +1082,15 @@ static struct verify_req *req_new(const char *key, verify_cb *cb, void *arg, lon
     snprintf(r->key, sizeof r->key, "%s", key);
     r->cb = cb;
     r->arg = arg;
+    r->lnext = V.reqs;
+    if (V.reqs)
+        V.reqs->lprev = r;
+    V.reqs = r;
     if (wait > 0) {
         struct timeval tv = { wait, 0 };
         r->wait_ev = evtimer_new(V.base, req_on_wait, r);
         if (r->wait_ev == NULL) {
-            free(r);
+            req_free(r);
             return NULL;
         }
         evtimer_add(r->wait_ev, &tv);
@@ -1403,6 +1415,8 @@ void verify_shutdown(void)
         free(h);
     }
     V.hosts = NULL;
+    while (V.reqs)          /* those still asking the shared store */
+        req_answer(V.reqs, VERIFY_UNKNOWN, NULL, 0);
     for (cl = V.lru_head; cl; cl = cn) {
         cn = cl->lnext;
         free(cl);
