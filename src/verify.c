@@ -52,6 +52,7 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <arpa/inet.h>
 #include <netinet/in.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -106,6 +107,7 @@ struct vsess;
 struct verify_req {
     struct probe *p;                /* NULL while asking the shared store */
     struct verify_req *next;        /* in p->waiters */
+    struct verify_req *lprev, *lnext;   /* every live request (V.reqs) */
     struct event *wait_ev;          /* reply_wait; NULL for verify_probe */
     void *shared_handle;
     char key[VERIFY_KEY_MAX];
@@ -173,6 +175,7 @@ static struct {
     struct verify_cache *cache;
     struct vhost *hosts;
     struct probe *probes;           /* in flight */
+    struct verify_req *reqs;        /* live requests, answered at shutdown */
     const struct verify_shared *shared;
     void *shared_ctx;
     struct vclient *cbucket[VERIFY_CLIENT_BUCKETS];
@@ -252,6 +255,20 @@ static int client_key(int family, const void *addr, unsigned char key[17])
         return -1;
     }
     return 0;
+}
+
+/* "192.0.2.1" or "2001:db8:1:2::/64", for the log. */
+static void client_text(const unsigned char key[17], char *out, size_t len)
+{
+    unsigned char a6[16] = { 0 };
+
+    if (key[0] == 4) {
+        inet_ntop(AF_INET, key + 1, out, (socklen_t)len);
+        return;
+    }
+    memcpy(a6, key + 1, 8);
+    inet_ntop(AF_INET6, a6, out, (socklen_t)len);
+    strncat(out, "/64", len - strlen(out) - 1);
 }
 
 static size_t client_hash(const unsigned char key[17])
@@ -340,8 +357,10 @@ void verify_note_unknown(int family, const void *client)
     }
     c->count++;
     if (c->count >= (unsigned)V.conf->verify.unknown_limit && c->throttled_until <= now) {
+        char text[INET6_ADDRSTRLEN + 4];
         c->throttled_until = now + V.conf->verify.unknown_penalty;
-        log_info("verify: client throttled for %ld s after %u unknown recipients",
+        client_text(key, text, sizeof text);
+        log_info("verify: client %s throttled for %ld s after %u unknown recipients", text,
                  V.conf->verify.unknown_penalty, c->count);
     }
 }
@@ -903,6 +922,12 @@ static void req_free(struct verify_req *r)
 {
     if (r == NULL)
         return;
+    if (r->lprev)
+        r->lprev->lnext = r->lnext;
+    else if (V.reqs == r)
+        V.reqs = r->lnext;
+    if (r->lnext)
+        r->lnext->lprev = r->lprev;
     if (r->wait_ev)
         event_free(r->wait_ev);
     free(r);
@@ -1057,11 +1082,15 @@ static struct verify_req *req_new(const char *key, verify_cb *cb, void *arg, lon
     snprintf(r->key, sizeof r->key, "%s", key);
     r->cb = cb;
     r->arg = arg;
+    r->lnext = V.reqs;
+    if (V.reqs)
+        V.reqs->lprev = r;
+    V.reqs = r;
     if (wait > 0) {
         struct timeval tv = { wait, 0 };
         r->wait_ev = evtimer_new(V.base, req_on_wait, r);
         if (r->wait_ev == NULL) {
-            free(r);
+            req_free(r);
             return NULL;
         }
         evtimer_add(r->wait_ev, &tv);
@@ -1386,6 +1415,8 @@ void verify_shutdown(void)
         free(h);
     }
     V.hosts = NULL;
+    while (V.reqs)          /* those still asking the shared store */
+        req_answer(V.reqs, VERIFY_UNKNOWN, NULL, 0);
     for (cl = V.lru_head; cl; cl = cn) {
         cn = cl->lnext;
         free(cl);
