@@ -422,6 +422,9 @@ static void flush_all(struct ctl_req *r)
             held++;
         else
             total += k;
+        /* In a fleet every node flushes what this one knows of. */
+        if (k >= 0)
+            cluster_flush(ctl->cluster, l.name[i]);
     }
     log_info("control: flush of every destination (%zu): %ld messages, %ld held", l.n, total,
              held);

@@ -76,6 +76,18 @@ def main():
     ok(wait_for(lambda: fake.count() >= 7, 20), "the primary receives the 7 new messages")
     for n in nodes:
         ok(wait_empty(n, 10), "node %s: queue empty again" % n.host)
+
+    # flush --all on node c: every node flushes every destination it knows.
+    fake.stop()
+    for n, k in zip(nodes, (1, 2, 1)):
+        send_batch(n, k, tag="all-%s-" % n.host)
+    ok(wait_for(lambda: all(n.dest_state("example.org") == "down" for n in nodes), 10),
+       "primary down a third time on every node")
+    fake = FakeSMTP(host="127.0.0.1", port=fake.port).start()
+    is_(c.ctl("flush", "--all").returncode, 0, "mxkeepctl flush --all on node c: exit 0")
+    ok(wait_for(lambda: fake.count() >= 4, 20), "every node flushed: the primary gets the 4")
+    for n in nodes:
+        ok(wait_empty(n, 10), "node %s: queue empty a third time" % n.host)
     for n in nodes:
         is_(n.stop(), 0, "node %s exits 0" % n.host)
     fake.stop()
