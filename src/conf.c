@@ -145,6 +145,8 @@ static int conf_tls_check(struct conf_loader *L, const config_setting_t *s, void
 static int conf_limits_check(struct conf_loader *L, const config_setting_t *s, void *base);
 static int conf_delivery_check(struct conf_loader *L, const config_setting_t *s, void *base);
 static int conf_control_check(struct conf_loader *L, const config_setting_t *s, void *base);
+static int conf_pgsql_parse(struct conf_loader *L, const config_setting_t *s, void *base);
+static int conf_domains_from_parse(struct conf_loader *L, const config_setting_t *s, void *base);
 
 #define LIM(f) offsetof(struct conf_limits, f)
 static const struct conf_setting limits_table[] = {
@@ -238,6 +240,35 @@ static const struct conf_setting domain_table[] = {
 };
 #undef DOM
 
+/* One `pgsql` entry.  The cache keeps answers for cache_ttl (found) and
+ * cache_negative_ttl (not found), so a database outage is ridden out on
+ * what was looked up lately; query_timeout bounds how long an RCPT may
+ * wait on a hung server before it is answered 451 4.3.0. */
+#define PGS(f) offsetof(struct conf_pgsql, f)
+static const struct conf_setting pgsql_table[] = {
+    { "name",               CK_STRING,   PGS(name),               0, 0, 0, CF_REQUIRED, 0, 0, 0 },
+    { "conninfo",           CK_STRING,   PGS(conninfo),           0, 0, 0, CF_REQUIRED, 0, 0, 0 },
+    { "recipient_query",    CK_STRING,   PGS(recipient_query),    0, 0, 0, 0, 0, 0, 0 },
+    { "domain_query",       CK_STRING,   PGS(domain_query),       0, 0, 0, 0, 0, 0, 0 },
+    { "cache_ttl",          CK_DURATION, PGS(cache_ttl),          5 * MINUTE, 0, DAY, 0, 0, 0, 0 },
+    { "cache_negative_ttl", CK_DURATION, PGS(cache_negative_ttl), MINUTE, 0, DAY, 0, 0, 0, 0 },
+    { "cache_size",         CK_INT,      PGS(cache_size),         100000, 0, 10000000, 0, 0, 0, 0 },
+    { "reread",             CK_DURATION, PGS(reread),             5 * MINUTE, SECOND, DAY, 0, 0, 0, 0 },
+    { "connect_timeout",    CK_DURATION, PGS(connect_timeout),    5 * SECOND, SECOND, 5 * MINUTE, 0, 0, 0, 0 },
+    { "query_timeout",      CK_DURATION, PGS(query_timeout),      5 * SECOND, SECOND, 5 * MINUTE, 0, 0, 0, 0 },
+    { "retry_max",          CK_DURATION, PGS(retry_max),          30 * SECOND, SECOND, HOUR, 0, 0, 0, 0 },
+    { NULL, 0, 0, 0, 0, 0, 0, 0, 0, 0 },
+};
+#undef PGS
+
+/* The default schema (doc/schema.sql): addresses and catch-alls are stored
+ * lower case; $1 is "local@domain", $2 "@domain" (args 's', 'c'). */
+#define PGSQL_DEFAULT_RECIPIENT_SQL \
+    "SELECT 1 FROM recipients WHERE address = $1 OR address = $2 LIMIT 1"
+#define PGSQL_DEFAULT_RECIPIENT_ARGS "sc"
+#define PGSQL_DEFAULT_DOMAIN_SQL "SELECT * FROM domains"
+#define PGSQL_NAME_MAX 64
+
 /* Sub-groups whose fields live directly in struct conf use base = conf. */
 #define CNF(f) offsetof(struct conf, f)
 static const struct conf_setting etrn_table[] = {
@@ -283,6 +314,8 @@ static const struct conf_setting top_table[] = {
     { "pid_file",      CK_PATH,     CNF(pid_file),      0, 0, 0, 0, 0, 0, 0 },
     { "lmdb_map_size", CK_SIZE,     CNF(lmdb_map_size), GIB, MIB, 1024 * GIB, 0, 0, 0, 0 },
     { "commit_batch",  CK_INT,      CNF(commit_batch),  256, 1, 100000, 0, 0, 0, 0 },
+    { "pgsql",         CK_CUSTOM,   0,                  0, 0, 0, 0, 0, 0, conf_pgsql_parse },
+    { "domains_from",  CK_CUSTOM,   0,                  0, 0, 0, 0, 0, 0, conf_domains_from_parse },
     { NULL, 0, 0, 0, 0, 0, 0, 0, 0, 0 },
 };
 #undef CNF
@@ -946,6 +979,151 @@ static int conf_domains_parse(struct conf_loader *L, const config_setting_t *s, 
     return 0;
 }
 
+int conf_pgsql_query(const char *q, char **out, char *args, char *why, size_t whylen)
+{
+    size_t len = strlen(q), n = 0, o = 0;
+    /* "$n" is at most 2 digits plus '$'; a quoted '%s' shrinks. */
+    char *sql = malloc(len * 2 + 1);
+
+    if (sql == NULL) {
+        snprintf(why, whylen, "out of memory");
+        return -1;
+    }
+    for (size_t i = 0; i < len; i++) {
+        const char *p = q + i;
+        int quoted = 0;
+        char kind;
+        if (p[0] == '\'' && p[1] == '%' && p[2] != '\0' && strchr("sud", p[2]) && p[3] == '\'') {
+            quoted = 1;
+            p++;
+        } else if (p[0] != '%') {
+            sql[o++] = p[0];
+            continue;
+        }
+        kind = p[1];
+        if (kind == '%' && !quoted) {
+            sql[o++] = '%';
+            i++;
+            continue;
+        }
+        if (kind != 's' && kind != 'u' && kind != 'd') {
+            snprintf(why, whylen, "\"%%%c\" is not %%s, %%u, %%d or %%%%", kind ? kind : '?');
+            free(sql);
+            return -1;
+        }
+        if (n >= CONF_PGSQL_PARAMS_MAX) {
+            snprintf(why, whylen, "more than %d parameters", CONF_PGSQL_PARAMS_MAX);
+            free(sql);
+            return -1;
+        }
+        args[n++] = kind;
+        o += (size_t)sprintf(sql + o, "$%zu", n);
+        i += quoted ? 3 : 1;
+    }
+    sql[o] = '\0';
+    args[n] = '\0';
+    *out = sql;
+    return 0;
+}
+
+static int conf_pgsql_finish(struct conf_loader *L, const config_setting_t *e,
+                             struct conf_pgsql *p)
+{
+    char why[128];
+    for (const char *q = p->name; *q; q++)
+        if (!((*q >= 'a' && *q <= 'z') || (*q >= '0' && *q <= '9') || *q == '_' || *q == '-'))
+            return conf_fail(L, config_setting_get_member((config_setting_t *)e, "name"),
+                             "pgsql.name: \"%s\" may hold only a-z, 0-9, _ and -", p->name);
+    if (strlen(p->name) > PGSQL_NAME_MAX)
+        return conf_fail(L, e, "pgsql.name: longer than %d", PGSQL_NAME_MAX);
+    if (p->recipient_query) {
+        if (conf_pgsql_query(p->recipient_query, &p->recipient_sql, p->recipient_args, why,
+                             sizeof why) < 0)
+            return conf_fail(L, config_setting_get_member((config_setting_t *)e,
+                                                          "recipient_query"),
+                             "pgsql.recipient_query: %s", why);
+        if (p->recipient_args[0] == '\0')
+            return conf_fail(L, config_setting_get_member((config_setting_t *)e,
+                                                          "recipient_query"),
+                             "pgsql.recipient_query uses none of %%s, %%u, %%d");
+    } else {
+        if (!(p->recipient_sql = strdup(PGSQL_DEFAULT_RECIPIENT_SQL)))
+            return conf_fail(L, e, "out of memory");
+        snprintf(p->recipient_args, sizeof p->recipient_args, "%s", PGSQL_DEFAULT_RECIPIENT_ARGS);
+    }
+    if (p->domain_query) {
+        char args[CONF_PGSQL_PARAMS_MAX + 1];
+        if (conf_pgsql_query(p->domain_query, &p->domain_sql, args, why, sizeof why) < 0)
+            return conf_fail(L, config_setting_get_member((config_setting_t *)e, "domain_query"),
+                             "pgsql.domain_query: %s", why);
+        if (args[0] != '\0')
+            return conf_fail(L, config_setting_get_member((config_setting_t *)e, "domain_query"),
+                             "pgsql.domain_query reads every domain: it takes no %%s, %%u or %%d");
+    } else if (!(p->domain_sql = strdup(PGSQL_DEFAULT_DOMAIN_SQL))) {
+        return conf_fail(L, e, "out of memory");
+    }
+    return 0;
+}
+
+static int conf_pgsql_parse(struct conf_loader *L, const config_setting_t *s, void *base)
+{
+    struct conf *c = base;
+    int n;
+    if (!config_setting_is_list(s))
+        return conf_fail(L, s, "pgsql must be a list ( { name = \"...\"; conninfo = \"...\"; }, ... )");
+    n = config_setting_length(s);
+    c->pgsql = calloc((size_t)n + 1, sizeof *c->pgsql);
+    if (!c->pgsql)
+        return conf_fail(L, s, "out of memory");
+    for (int i = 0; i < n; i++) {
+        const config_setting_t *e = config_setting_get_elem(s, (unsigned)i);
+        struct conf_pgsql *p = &c->pgsql[i];
+        c->npgsql = (size_t)i + 1;
+        conf_defaults(pgsql_table, p);
+        if (conf_group_load(L, e, pgsql_table, p, "pgsql") < 0 || conf_pgsql_finish(L, e, p) < 0)
+            return -1;
+        for (int j = 0; j < i; j++)
+            if (strcmp(c->pgsql[j].name, p->name) == 0)
+                return conf_fail(L, config_setting_get_member((config_setting_t *)e, "name"),
+                                 "pgsql entry \"%s\" is listed twice", p->name);
+    }
+    return 0;
+}
+
+static int conf_domains_from_parse(struct conf_loader *L, const config_setting_t *s, void *base)
+{
+    struct conf *c = base;
+    const char *str;
+    if (config_setting_type(s) != CONFIG_TYPE_STRING)
+        return conf_fail(L, s, "domains_from must be a string \"pgsql:NAME\"");
+    str = config_setting_get_string(s);
+    if (!str || strncmp(str, "pgsql:", 6) != 0 || str[6] == '\0')
+        return conf_fail(L, s, "domains_from: \"%s\" is not \"pgsql:NAME\"", str ? str : "");
+    if (!(c->domains_from = strdup(str + 6)))
+        return conf_fail(L, s, "out of memory");
+    return 0;
+}
+
+/* After the whole file: "pgsql:NAME" references may come before the
+ * pgsql list they name. */
+static int conf_pgsql_refs_check(struct conf_loader *L, config_t *cfg, struct conf *c)
+{
+    const config_setting_t *doms = config_lookup(cfg, "domains");
+    if (c->domains_from && !conf_pgsql_find(c, c->domains_from))
+        return conf_fail(L, config_lookup(cfg, "domains_from"),
+                         "domains_from: no pgsql entry is called \"%s\"", c->domains_from);
+    for (size_t i = 0; i < c->ndomains; i++) {
+        const char *r = c->domains[i].recipients;
+        if (r && strncmp(r, "pgsql:", 6) == 0 && !conf_pgsql_find(c, r + 6)) {
+            const config_setting_t *e = doms ? config_setting_get_elem(doms, (unsigned)i) : NULL;
+            const config_setting_t *m = e ? config_setting_get_member(
+                                                (config_setting_t *)e, "recipients") : NULL;
+            return conf_fail(L, m ? m : e, "recipients: no pgsql entry is called \"%s\"", r + 6);
+        }
+    }
+    return 0;
+}
+
 static int conf_tls_check(struct conf_loader *L, const config_setting_t *s, void *base)
 {
     const struct conf *c = base;
@@ -1044,6 +1222,8 @@ struct conf *conf_load(const char *path, char *err, size_t errlen)
         goto out;
     if (conf_hostname_default(&L, c) < 0)
         goto out;
+    if (conf_pgsql_refs_check(&L, &cfg, c) < 0)
+        goto out;
     ok = 1;
 out:
     config_destroy(&cfg);
@@ -1068,6 +1248,16 @@ const struct conf *conf_ref(const struct conf *cc)
     return cc;
 }
 
+static void conf_domain_release(struct conf_domain *d)
+{
+    free(d->name);
+    free(d->primary);
+    free(d->primary_host);
+    free(d->recipients);
+    free(d->tls_ca);
+    free(d->tls_fingerprint);
+}
+
 void conf_free(const struct conf *cc)
 {
     struct conf *c = (struct conf *)cc;
@@ -1075,6 +1265,18 @@ void conf_free(const struct conf *cc)
         return;
     if (c->refs > 1) {
         c->refs--;
+        return;
+    }
+    if (c->parent) {
+        /* conf_with_domains: everything but the database's domains is
+         * borrowed from the parent. */
+        for (size_t i = 0; i < c->ndomains; i++)
+            if (c->domains[i].from_db)
+                conf_domain_release(&c->domains[i]);
+        free(c->domains);
+        free(c->domain_index);
+        conf_free(c->parent);
+        free(c);
         return;
     }
     free(c->domain_index);
@@ -1093,16 +1295,20 @@ void conf_free(const struct conf *cc)
     free(c->etrn_allow);
     free(c->tls_certificate);
     free(c->tls_key);
-    for (size_t i = 0; i < c->ndomains; i++) {
-        struct conf_domain *d = &c->domains[i];
-        free(d->name);
-        free(d->primary);
-        free(d->primary_host);
-        free(d->recipients);
-        free(d->tls_ca);
-        free(d->tls_fingerprint);
-    }
+    for (size_t i = 0; i < c->ndomains; i++)
+        conf_domain_release(&c->domains[i]);
     free(c->domains);
+    for (size_t i = 0; i < c->npgsql; i++) {
+        struct conf_pgsql *p = &c->pgsql[i];
+        free(p->name);
+        free(p->conninfo);
+        free(p->recipient_query);
+        free(p->recipient_sql);
+        free(p->domain_query);
+        free(p->domain_sql);
+    }
+    free(c->pgsql);
+    free(c->domains_from);
     free(c->control_socket);
     free(c->control_group);
     free(c->metrics_address);
@@ -1131,6 +1337,216 @@ const struct conf_domain *conf_domain_find(const struct conf *c, const char *dom
     kd.name = key;
     hit = bsearch(&kp, c->domain_index, c->ndomains, sizeof *c->domain_index, conf_domain_cmp);
     return hit ? *hit : NULL;
+}
+
+const struct conf_pgsql *conf_pgsql_find(const struct conf *c, const char *name)
+{
+    if (!c || !name)
+        return NULL;
+    for (size_t i = 0; i < c->npgsql; i++)
+        if (strcmp(c->pgsql[i].name, name) == 0)
+            return &c->pgsql[i];
+    return NULL;
+}
+
+/* ---- domains from rows (domains_from) ----------------------------------- */
+
+static int conf_row_enum(const char *const *names, const char *v, int *out)
+{
+    for (int i = 0; names[i]; i++)
+        if (strcmp(names[i], v) == 0) {
+            *out = i;
+            return 0;
+        }
+    return -1;
+}
+
+/* One column of a database row into d, with the checks the file gets.
+ * NULL on success, else the reason (why is scratch space). */
+static const char *conf_row_column(const struct conf *base, struct conf_domain *d,
+                                   const char *col, const char *v, char *why, size_t whylen)
+{
+    const struct conf_setting *t;
+    if (v == NULL || *v == '\0')
+        return NULL;                    /* SQL NULL or '': the default */
+    if (strcmp(col, "primary_route") == 0 || strcmp(col, "primary") == 0) {
+        free(d->primary);
+        free(d->primary_host);
+        d->primary_host = NULL;
+        if (!(d->primary = strdup(v)))
+            return "out of memory";
+        if (conf_parse_primary(v, &d->primary_host, &d->primary_port, &d->primary_fixed) < 0) {
+            snprintf(why, whylen, "primary_route \"%s\" is not \"[host]:port\", \"[host]\", "
+                     "\"domain\" or \"domain:port\"", v);
+            return why;
+        }
+        return NULL;
+    }
+    if (strcmp(col, "recipients") == 0) {
+        const char *path = strncmp(v, "lmdb:", 5) == 0 ? v + 5 : v;
+        if (strncmp(v, "pgsql:", 6) == 0) {
+            if (!conf_pgsql_find(base, v + 6)) {
+                snprintf(why, whylen, "recipients: no pgsql entry is called \"%s\"", v + 6);
+                return why;
+            }
+        } else if (path[0] != '/' || access(path, R_OK) < 0) {
+            snprintf(why, whylen, "recipients: \"%s\" is not a readable absolute path", v);
+            return why;
+        }
+        free(d->recipients);
+        return (d->recipients = strdup(v)) ? NULL : "out of memory";
+    }
+    if (!(t = conf_table_find(domain_table, col)))
+        return NULL;                    /* a column we do not use */
+    switch (t->kind) {
+    case CK_DURATION: {
+        long sec;
+        if (conf_parse_duration(v, &sec) < 0 || sec < t->min || sec > t->max) {
+            snprintf(why, whylen, "%s \"%s\" is not a duration between 1h and 365d", col, v);
+            return why;
+        }
+        *(long *)(void *)((char *)d + t->off) = sec;
+        return NULL;
+    }
+    case CK_ENUM:
+        if (conf_row_enum(t->names, v, (int *)(void *)((char *)d + t->off)) < 0) {
+            snprintf(why, whylen, "%s \"%s\" is not a known value", col, v);
+            return why;
+        }
+        return NULL;
+    case CK_BOOL:
+        /* PostgreSQL's text form of boolean is t/f. */
+        if (strcmp(v, "t") == 0 || strcmp(v, "true") == 0 || strcmp(v, "1") == 0)
+            *(int *)(void *)((char *)d + t->off) = 1;
+        else if (strcmp(v, "f") == 0 || strcmp(v, "false") == 0 || strcmp(v, "0") == 0)
+            *(int *)(void *)((char *)d + t->off) = 0;
+        else {
+            snprintf(why, whylen, "%s \"%s\" is not a boolean", col, v);
+            return why;
+        }
+        return NULL;
+    default:
+        return NULL;                    /* name is read first; tls_ca and pins stay in the file */
+    }
+}
+
+struct conf *conf_with_domains(const struct conf *base, const char *const *cols, size_t ncols,
+                               const char *const *values, size_t nrows,
+                               conf_row_cb *dup_cb, conf_row_cb *bad_cb, void *arg)
+{
+    struct conf *c;
+    size_t namecol = ncols, n = base->ndomains, kept;
+    char why[256];
+
+    for (size_t j = 0; j < ncols; j++)
+        if (cols[j] && strcmp(cols[j], "name") == 0)
+            namecol = j;
+    if (!(c = malloc(sizeof *c)))
+        return NULL;
+    *c = *base;
+    c->refs = 1;
+    c->parent = NULL;
+    c->domains = calloc(n + nrows + 1, sizeof *c->domains);
+    c->domain_index = calloc(n + nrows + 1, sizeof *c->domain_index);
+    if (!c->domains || !c->domain_index) {
+        free(c->domains);
+        free(c->domain_index);
+        free(c);
+        return NULL;
+    }
+    /* The file's domains: shallow copies; their strings stay the base's. */
+    for (size_t i = 0; i < n; i++) {
+        c->domains[i] = base->domains[i];
+        c->domains[i].from_db = 0;
+    }
+    c->ndomains = n;
+    c->parent = conf_ref(base);
+    for (size_t r = 0; r < nrows; r++) {
+        const char *const *row = values + r * ncols;
+        const char *nm = namecol < ncols ? row[namecol] : NULL;
+        struct conf_domain *d = &c->domains[c->ndomains];
+        const char *bad = NULL;
+
+        if (nm == NULL || *nm == '\0') {
+            if (bad_cb)
+                bad_cb(arg, "", namecol < ncols ? "no name" : "the query returns no \"name\" column");
+            if (namecol >= ncols)
+                break;
+            continue;
+        }
+        if (conf_domain_find(base, nm)) {
+            if (dup_cb)
+                dup_cb(arg, nm, "in the configuration file too: the file's settings win");
+            continue;
+        }
+        memset(d, 0, sizeof *d);
+        conf_defaults(domain_table, d);
+        d->from_db = 1;
+        d->primary_port = SMTP_DEFAULT_PORT;
+        if (!(d->name = conf_hostname_norm(nm, strlen(nm)))) {
+            bad = "not a valid host name";
+        } else {
+            for (size_t j = 0; j < ncols && !bad; j++)
+                if (j != namecol && cols[j])
+                    bad = conf_row_column(base, d, cols[j], row[j], why, sizeof why);
+        }
+        if (!bad && !d->primary_host && !(d->primary_host = strdup(d->name)))
+            bad = "out of memory";
+        if (!bad && d->tls == TLS_POLICY_NONE && (d->tls_ca || d->tls_fingerprint))
+            bad = "tls = \"none\" contradicts tls_ca / tls_fingerprint";
+        if (bad) {
+            if (bad_cb)
+                bad_cb(arg, nm, bad);
+            conf_domain_release(d);
+            memset(d, 0, sizeof *d);
+            continue;
+        }
+        c->ndomains++;
+    }
+    for (size_t i = 0; i < c->ndomains; i++)
+        c->domain_index[i] = &c->domains[i];
+    if (c->ndomains > 1)
+        qsort(c->domain_index, c->ndomains, sizeof *c->domain_index, conf_domain_cmp);
+    /* Two rows with one name (a case-insensitive duplicate in the table):
+     * keep the first, drop the rest from the index. */
+    kept = c->ndomains ? 1 : 0;
+    for (size_t i = 1; i < c->ndomains; i++) {
+        if (strcmp(c->domain_index[kept - 1]->name, c->domain_index[i]->name) == 0) {
+            if (bad_cb)
+                bad_cb(arg, c->domain_index[i]->name, "listed twice");
+            continue;
+        }
+        c->domain_index[kept++] = c->domain_index[i];
+    }
+    if (kept != c->ndomains) {
+        /* Rebuild the array from the index so ndomains, domains and the
+         * index agree (everyone iterating domains sees each name once). */
+        struct conf_domain *nd = calloc(kept + 1, sizeof *nd);
+        char *keep = calloc(c->ndomains, 1);
+        size_t k = 0;
+        if (!nd || !keep) {
+            free(nd);
+            free(keep);
+            conf_free(c);
+            return NULL;
+        }
+        for (size_t i = 0; i < kept; i++)
+            keep[c->domain_index[i] - c->domains] = 1;
+        for (size_t i = 0; i < c->ndomains; i++) {
+            if (keep[i])
+                nd[k++] = c->domains[i];
+            else if (c->domains[i].from_db)
+                conf_domain_release(&c->domains[i]);
+        }
+        free(keep);
+        free(c->domains);
+        c->domains = nd;
+        c->ndomains = kept;
+        for (size_t i = 0; i < kept; i++)
+            c->domain_index[i] = &c->domains[i];
+        qsort(c->domain_index, kept, sizeof *c->domain_index, conf_domain_cmp);
+    }
+    return c;
 }
 
 /* ---- pure value parsers ------------------------------------------------- */

@@ -60,6 +60,30 @@ struct conf_domain {
     char *tls_ca;               /* CA file for verify, or NULL (system store) */
     char *tls_fingerprint;      /* "sha256:hex" pin, or NULL */
     int hold;                   /* 1: deliver nothing until released */
+    int from_db;                /* 1: added by domains_from, not the file */
+};
+
+/* Most bound parameters a custom query may use (%s, %u, %d occurrences). */
+#define CONF_PGSQL_PARAMS_MAX 8
+
+/* One `pgsql = ( { ... } )` entry: a PostgreSQL connection and how tables
+ * and domain sources use it (pg.h, table_pgsql.c, domain_source.c). */
+struct conf_pgsql {
+    char *name;                 /* [a-z0-9_-]+, unique */
+    char *conninfo;             /* libpq connection string, as written */
+    char *recipient_query;      /* as written, or NULL: default schema */
+    char *recipient_sql;        /* recipient_query with $1..$n, or the default query */
+    char recipient_args[CONF_PGSQL_PARAMS_MAX + 1];  /* per $n: 's' address,
+                                   'u' local part, 'd' domain; "" none */
+    char *domain_query;         /* as written, or NULL: default schema */
+    char *domain_sql;           /* what domains_from runs (no parameters) */
+    long cache_ttl;             /* seconds a found/not-found answer is served */
+    long cache_negative_ttl;
+    long cache_size;            /* entries */
+    long reread;                /* domains_from safety-net period, seconds */
+    long connect_timeout;       /* seconds */
+    long query_timeout;         /* seconds a query may wait, queued or running */
+    long retry_max;             /* reconnect back-off ceiling, seconds */
 };
 
 struct conf_limits {
@@ -139,7 +163,11 @@ struct conf {
     char *pid_file;             /* absolute, or NULL */
     long lmdb_map_size;         /* initial map size, octets */
     long commit_batch;          /* most messages in one group commit */
+    struct conf_pgsql *pgsql;
+    size_t npgsql;
+    char *domains_from;         /* NAME of "pgsql:NAME", or NULL */
     unsigned long refs;         /* conf.c's own: conf_ref / conf_free */
+    const struct conf *parent;  /* conf.c's own: conf_with_domains' base */
 };
 
 /*
@@ -160,6 +188,30 @@ const struct conf *conf_ref(const struct conf *c);
 /* Drop one reference to a conf from conf_load() or conf_ref(); the last one
  * frees it.  Accepts NULL. */
 void conf_free(const struct conf *c);
+
+/* The pgsql entry called name, or NULL. */
+const struct conf_pgsql *conf_pgsql_find(const struct conf *c, const char *name);
+
+/*
+ * A new conf (one reference) that is base plus the domains in rows, for
+ * domains_from: nrows rows of ncols columns (cols[j] names column j; a
+ * row's value may be NULL), columns as in doc/schema.sql's `domains`
+ * (name, primary_route, retention, recipients, verify, unverified, tls,
+ * hold; unknown columns are ignored).  A domain already in base keeps
+ * base's settings and is reported through dup_cb (the file wins); a row
+ * that fails the file's validation is reported through bad_cb with the
+ * reason and skipped.  NULL only when out of memory.
+ */
+typedef void conf_row_cb(void *arg, const char *domain, const char *reason);
+struct conf *conf_with_domains(const struct conf *base, const char *const *cols, size_t ncols,
+                               const char *const *values, size_t nrows,
+                               conf_row_cb *dup_cb, conf_row_cb *bad_cb, void *arg);
+
+/* Rewrite a pgsql_table(5)-style query: each %s, %u, %d (or the same in
+ * single quotes, '%s') becomes $1, $2, ... and args gets one letter per
+ * parameter; %% is a literal %.  0, or -1 with a reason (another %
+ * escape, more than CONF_PGSQL_PARAMS_MAX).  *out is malloc'd.  Pure. */
+int conf_pgsql_query(const char *q, char **out, char *args, char *why, size_t whylen);
 
 /* Find a served domain, case-insensitively, ignoring one trailing dot.
  * Returns NULL when the domain is not served.  Pure. */

@@ -26,9 +26,11 @@
 #include "control.h"
 #include "delivery.h"
 #include "dns.h"
+#include "domain_source.h"
 #include "listen.h"
 #include "log.h"
 #include "metrics.h"
+#include "pg.h"
 #include "policy.h"
 #include "smtpd.h"
 #include "spool.h"
@@ -62,7 +64,8 @@
 
 struct daemon {
     struct event_base *base;
-    struct conf *conf;
+    struct conf *conf;              /* what runs: the file's plus domains_from's */
+    struct domain_source *domains;  /* domains_from (always there; idle without it) */
     struct policy *policy;
     struct listener *lst;
     struct spool *spool;
@@ -117,26 +120,28 @@ static void main_drop_privileges(const struct conf *c, uid_t uid, gid_t gid)
     log_info("running as user %s (uid %ld, gid %ld)", c->user, (long)uid, (long)gid);
 }
 
-/* Re-read config and lists (SIGHUP, mxkeepctl reload).  0 done, -1 kept
- * the old ones; msg gets a one-line account either way. */
-static int main_reload(struct daemon *dm, char *msg, size_t len)
+/* Say which served domains a new conf drops while mail still waits for
+ * them: the mail stays in the spool and goes on to the domain's MX, as
+ * for any destination we do not serve. */
+static void main_report_removed(struct daemon *dm, const struct conf *nc)
+{
+    struct delivery_dest_info info;
+    for (size_t i = 0; i < dm->conf->ndomains; i++) {
+        const char *name = dm->conf->domains[i].name;
+        if (conf_domain_find(nc, name) == NULL && dm->delivery &&
+            delivery_dest_info(dm->delivery, name, &info) == 0 && info.nmsg > 0)
+            log_info("domain %s is no longer served; its %llu queued messages stay in the "
+                     "spool and are delivered to its MX", name, (unsigned long long)info.nmsg);
+    }
+}
+
+/* Swap in a new conf and its policy (both references become ours): the
+ * one path for SIGHUP, mxkeepctl reload and domains_from changes. */
+static void main_apply(struct daemon *dm, struct conf *nc, struct policy *np)
 {
     char err[1024];
-    struct conf *nc = conf_load(dm->conf->path, err, sizeof err);
-    struct policy *np;
 
-    if (nc == NULL) {
-        log_warn("reload: %s; keeping the old configuration", err);
-        snprintf(msg, len, "%s; keeping the old configuration", err);
-        return -1;
-    }
-    np = policy_new(nc, err, sizeof err);
-    if (np == NULL) {
-        log_warn("reload: %s; keeping the old configuration", err);
-        snprintf(msg, len, "%s; keeping the old configuration", err);
-        conf_free(nc);
-        return -1;
-    }
+    main_report_removed(dm, nc);
     smtpd_configure(dm->smtpd, nc, np);
     if (delivery_configure(dm->delivery, nc, err, sizeof err) != 0)
         log_warn("reload: %s", err);
@@ -152,6 +157,60 @@ static int main_reload(struct daemon *dm, char *msg, size_t len)
     conf_free(dm->conf);
     dm->conf = nc;
     dm->policy = np;
+}
+
+/* domains_from read a changed set of domains. */
+static void main_on_domains(void *arg, struct conf *nc)
+{
+    struct daemon *dm = arg;
+    char err[1024];
+    struct policy *np = policy_new(nc, err, sizeof err);
+
+    if (np == NULL) {
+        log_warn("domains_from: %s; keeping the current domains", err);
+        conf_free(nc);
+        return;
+    }
+    main_apply(dm, nc, np);
+}
+
+/* Re-read config and lists (SIGHUP, mxkeepctl reload).  0 done, -1 kept
+ * the old ones; msg gets a one-line account either way. */
+static int main_reload(struct daemon *dm, char *msg, size_t len)
+{
+    char err[1024];
+    struct conf *fc = conf_load(dm->conf->path, err, sizeof err), *nc;
+    struct policy *np;
+
+    if (fc == NULL) {
+        log_warn("reload: %s; keeping the old configuration", err);
+        snprintf(msg, len, "%s; keeping the old configuration", err);
+        return -1;
+    }
+    /* The file alone first: a bad list keeps everything as it was. */
+    np = policy_new(fc, err, sizeof err);
+    if (np == NULL) {
+        log_warn("reload: %s; keeping the old configuration", err);
+        snprintf(msg, len, "%s; keeping the old configuration", err);
+        conf_free(fc);
+        return -1;
+    }
+    if (pg_configure(dm->base, fc, err, sizeof err) != 0)
+        log_warn("reload: %s", err);
+    nc = domain_source_configure(dm->domains, fc);
+    if (nc != NULL && nc != fc) {
+        /* The database's domains as last read, added to the new file's. */
+        policy_free(np);
+        np = policy_new(nc, err, sizeof err);
+    }
+    conf_free(fc);              /* nc (or the domain source) holds it now */
+    if (nc == NULL || np == NULL) {
+        log_warn("reload: %s; keeping the old configuration", nc ? err : "out of memory");
+        snprintf(msg, len, "%s; keeping the old configuration", nc ? err : "out of memory");
+        conf_free(nc);
+        return -1;
+    }
+    main_apply(dm, nc, np);
     log_info("reloaded %s: %zu domains, %zu recipient entries", nc->path, nc->ndomains,
              policy_entry_count(np));
     snprintf(msg, len, "reloaded %s: %zu domains, %zu recipient entries", nc->path,
@@ -430,6 +489,29 @@ int main(int argc, char **argv)
     main_pid_file(dm.conf);
     main_drop_privileges(dm.conf, uid, gid);
 
+    /* After the drop: the database sees the mail user's connections, and
+     * nothing here waits for it (domains_from starts with the file's
+     * domains and adds the database's when it answers). */
+    if (pg_configure(dm.base, dm.conf, err, sizeof err) != 0)
+        log_fatal(EX_OSERR_CODE, "%s", err);
+    dm.domains = domain_source_new(dm.base, main_on_domains, &dm);
+    if (dm.domains == NULL)
+        log_fatal(EX_OSERR_CODE, "out of memory");
+    {
+        struct conf *nc = domain_source_configure(dm.domains, dm.conf);
+        if (nc == NULL)
+            log_fatal(EX_OSERR_CODE, "out of memory");
+        conf_free(dm.conf);
+        dm.conf = nc;
+        if (nc->parent != NULL) {
+            /* One conf for everyone: the policy follows the composed one. */
+            policy_free(dm.policy);
+            dm.policy = policy_new(nc, err, sizeof err);
+            if (dm.policy == NULL)
+                log_fatal(EX_CONFIG_CODE, "%s", err);
+        }
+    }
+
     dm.spool = spool_open(dm.conf, dm.base, err, sizeof err);
     if (dm.spool == NULL)
         log_fatal(EX_OSERR_CODE, "%s", err);
@@ -469,6 +551,7 @@ int main(int argc, char **argv)
 
     event_base_dispatch(dm.base);
 
+    domain_source_free(dm.domains);
     metrics_free(dm.metrics);
     smtpd_free(dm.smtpd);
     delivery_free(dm.delivery);
@@ -487,6 +570,8 @@ int main(int argc, char **argv)
     policy_free(dm.policy);
     main_pid_file_remove(dm.conf);
     conf_free(dm.conf);
+    /* Last: the tables (closed with the policy) cancel their queries. */
+    pg_shutdown();
     event_base_free(dm.base);
     log_info("mxkeepd stopped");
     return 0;

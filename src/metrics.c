@@ -35,6 +35,7 @@
 #include "conf.h"
 #include "delivery.h"
 #include "log.h"
+#include "pg.h"
 #include "qid.h"
 #include "queue_db.h"
 #include "spool.h"
@@ -448,6 +449,14 @@ static void prom_domains(struct evbuffer *b, const struct snapshot *s, const cha
     }
 }
 
+static void prom_pgsql_up(void *arg, const char *name, int up)
+{
+    struct evbuffer *b = arg;
+    ADD(b, "mxkeep_pgsql_up{name=\"");
+    out_label(b, name);
+    evbuffer_add_printf(b, "\"} %d\n", up ? 1 : 0);
+}
+
 static void render_metrics(struct metrics *m, const struct snapshot *s, struct evbuffer *b)
 {
     size_t in = 0, out = 0, i, k;
@@ -477,6 +486,10 @@ static void render_metrics(struct metrics *m, const struct snapshot *s, struct e
              (uint64_t)stats_started());
     prom_u64(b, "uptime_seconds", "gauge", "Seconds since the process started",
              s->now > stats_started() ? (uint64_t)(s->now - stats_started()) : 0);
+
+    prom_head(b, "pgsql_up", "gauge",
+              "1 while the connection to the PostgreSQL entry is up, 0 while it is down");
+    pg_each(prom_pgsql_up, b);
 
     prom_domains(b, s, "queue_messages", "Messages waiting per destination", DF_MESSAGES);
     prom_domains(b, s, "queue_bytes", "Octets of the messages waiting per destination", DF_BYTES);

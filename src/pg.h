@@ -44,6 +44,8 @@ void pg_shutdown(void);
 struct pg *pg_find(const char *name);        /* NULL: no such entry */
 int pg_is_up(const struct pg *p);
 const char *pg_name(const struct pg *p);
+/* Every configured connection, for the mxkeep_pgsql_up gauge. */
+void pg_each(void (*fn)(void *arg, const char *name, int up), void *arg);
 
 /* Queue a query with nparams text parameters ($1..$n).  The callback runs
  * exactly once on the loop thread unless pg_cancel() comes first.  NULL

@@ -24,21 +24,11 @@
 
 #include "log.h"
 
-/*
- * The pgsql backend lives in table_pgsql.c (fix/pgsql).  Until that branch
- * is merged this one builds without it; the merge defines
- * MXKEEP_TABLE_PGSQL (or drops this guard).
- */
-#ifdef MXKEEP_TABLE_PGSQL
-extern const struct table_backend table_pgsql_backend;
-#endif
 
 static const struct table_backend *const table_backends[] = {
     &table_file_backend,
     &table_lmdb_backend,
-#ifdef MXKEEP_TABLE_PGSQL
     &table_pgsql_backend,
-#endif
 };
 
 #define NBACKENDS (sizeof table_backends / sizeof table_backends[0])

@@ -33,5 +33,6 @@ const char *table_key_domain(const char *key);
 
 extern const struct table_backend table_file_backend;
 extern const struct table_backend table_lmdb_backend;
+extern const struct table_backend table_pgsql_backend;
 
 #endif
