@@ -13,7 +13,8 @@
 # per process) over ENTRIES entries in DOMAINS domains, all listed.  Then
 # UNKNOWN addresses not in the table, one short session each (servers
 # count refusals toward their error limits): each must get 550.
-# Prints one line: "rcpt=N ok=N other=N seconds=S rate=R unknown_550=N/M".
+# Prints one line: "rcpt=N ok=N other=N seconds=S rate=R unknown_550=N/M", and
+# "unknown_other=CODE,..." when some unknown address got no 550.
 import multiprocessing
 import random
 import socket
@@ -86,14 +87,21 @@ def worker(args):
 
 
 def unknown_check(port, n, domains):
-    got = 0
+    """550 count, and what the others got (a code, or "closed")."""
+    got, odd = 0, []
     for k in range(n):
         s, f = session(port)
         s.sendall(SENDER + b"RCPT TO:<nobody%d@d%05d.example>\r\nQUIT\r\n" % (k, k % domains))
-        codes = read_replies(f, 2)
-        got += codes[1] == b"550"
+        try:
+            code = read_replies(f, 2)[1]
+        except (ConnectionError, OSError):
+            code = b"closed"
+        if code == b"550":
+            got += 1
+        else:
+            odd.append(code.decode())
         s.close()
-    return got
+    return got, odd
 
 
 def main():
@@ -108,9 +116,10 @@ def main():
         el = time.monotonic() - t0
     ok = sum(r[0] for r in res)
     other = sum(r[1] for r in res)
-    u = unknown_check(port, unknown, domains) if unknown else 0
-    print("rcpt=%d ok=%d other=%d seconds=%.3f rate=%.0f unknown_550=%d/%d" %
-          (count, ok, other, el, count / el if el > 0 else 0, u, unknown))
+    u, odd = unknown_check(port, unknown, domains) if unknown else (0, [])
+    print("rcpt=%d ok=%d other=%d seconds=%.3f rate=%.0f unknown_550=%d/%d%s" %
+          (count, ok, other, el, count / el if el > 0 else 0, u, unknown,
+           " unknown_other=" + ",".join(odd) if odd else ""))
 
 
 if __name__ == "__main__":

@@ -113,8 +113,12 @@ static void pg_state_deadline(struct pg *p, long seconds);
 static void pg_reason(char *out, size_t len, const char *msg)
 {
     size_t o = 0;
-    for (const char *s = msg ? msg : ""; *s && o + 1 < len; s++)
-        out[o++] = (*s == '\n' || *s == '\r' || *s == '\t') ? ' ' : *s;
+    for (const char *s = msg ? msg : ""; *s && o + 1 < len; s++) {
+        char ch = (*s == '\n' || *s == '\r' || *s == '\t') ? ' ' : *s;
+        if (ch == ' ' && (o == 0 || out[o - 1] == ' '))
+            continue;                   /* one space between libpq's lines */
+        out[o++] = ch;
+    }
     while (o > 0 && out[o - 1] == ' ')
         o--;
     out[o] = '\0';
@@ -150,7 +154,7 @@ static void pg_set_state(struct pg *p, enum pg_state to, const char *reason)
         log_info("pgsql %s: up", p->name);
         p->announced = 1;
     } else if (to == PG_DOWN && p->announced != 0) {
-        log_warn("pgsql %s: down: %s; queries answer \"temporary failure\" until it is back",
+        log_warn("pgsql %s: down: %s; lookups without a cached answer get 451 until it is back",
                  p->name, reason ? reason : "closed");
         p->announced = 0;
     }

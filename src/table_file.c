@@ -87,6 +87,7 @@ struct file_table {
     char *arena;
     size_t arena_len, arena_cap;
     size_t entries;             /* entries, catch-alls included, duplicates once */
+    long last_dom;              /* while loading: the previous line's domain, or -1 */
 };
 
 static void seterr(char *err, size_t errlen, const char *fmt, ...)
@@ -509,7 +510,12 @@ static int file_entry(void *arg, const char *local, size_t ln, const char *domai
                       size_t line, const char **why)
 {
     struct file_table *ft = arg;
-    long k = dom_add(ft, domain, dn, line);
+    long k = ft->last_dom;
+
+    /* Lists are usually grouped by domain: the previous line's domain
+     * saves a hash and a probe per line. */
+    if (k < 0 || ft->doms[k].len != dn || memcmp(ft->arena + ft->doms[k].name_off, domain, dn) != 0)
+        k = ft->last_dom = dom_add(ft, domain, dn, line);
 
     *why = "out of memory";
     if (k < 0)
@@ -572,6 +578,7 @@ static struct table *file_open(const char *spec, const struct conf *c, char *err
     ft->arena_len = ARENA_RESERVED;
     ft->dom_slots = calloc(DOM_MIN_SLOTS, sizeof *ft->dom_slots);
     ft->dom_mask = DOM_MIN_SLOTS - 1;
+    ft->last_dom = -1;
     if (ft->slots == NULL || ft->arena == NULL || ft->dom_slots == NULL) {
         seterr(err, errlen, "%s: out of memory", spec);
         free(text);

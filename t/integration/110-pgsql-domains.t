@@ -95,6 +95,21 @@ def main():
     is_(rcpt_code(srv, "u@db1.test").code, 250, "db1.test still served after the reload")
     like(srv.log()[mark:], r"domain both\.test is in the configuration file too",
          "the file-wins line again at reload")
+
+    # The database goes away and comes back: its domains stay served
+    # meanwhile, and the LISTEN is re-issued after the reconnect.
+    mark = len(srv.log())
+    pg.stop()
+    ok(wait_log(srv, r"pgsql main: down", 5, mark) is not None, "database stopped: down logged")
+    is_(rcpt_code(srv, "u@db1.test").code, 250, "database down: db1.test still served (last read)")
+    pg.start()
+    ok(wait_log(srv, r"pgsql main: up", 10, mark) is not None, "database back: up logged")
+    pg.psql("INSERT INTO domains (name) VALUES ('db4.test')")
+    t0 = time.monotonic()
+    served = wait_for(lambda: rcpt_code(srv, "u@db4.test").code == 250, 3, 0.02)
+    took = time.monotonic() - t0
+    ok(served and took < 1.0, "after the reconnect an INSERT is served within 1 s (%.3f s): "
+       "LISTEN re-issued" % took)
     ok(srv.running(), "daemon alive")
     is_(srv.stop(), 0, "mxkeepd exits 0")
 

@@ -57,6 +57,13 @@ static double now(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
+static double cpu(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
 static enum table_result look(struct table *t, const char *key)
 {
     struct table_req *req = (struct table_req *)1;
@@ -329,11 +336,11 @@ static void test_scale(void)
             fprintf(f, "user%d@d%05d.example\n", u, d);
     fclose(f);
 
-    double t0 = now();
+    double t0 = now(), c0 = cpu();
     struct table *t = table_open(path, NULL, err, sizeof err);
-    double tf = now() - t0;
+    double tf = now() - t0, cf = cpu() - c0;
     ok(t != NULL, "1,000,000-entry file opens");
-    diag("file: 1,000,000 entries over 10,000 domains loaded in %.3f s", tf);
+    diag("file: 1,000,000 entries over 10,000 domains loaded in %.3f s (%.3f s of CPU)", tf, cf);
     is_int(table_count(t), SCALE_DOMAINS * SCALE_PER_DOMAIN, "every entry counted");
     t0 = now();
     int found = 0;
