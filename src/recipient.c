@@ -17,8 +17,9 @@
  * Security: the primary's reply text is a peer's: it is copied only into
  * a fixed buffer, control octets and non-ASCII replaced, and used only
  * when its codes say "permanent failure"; else our own 550 5.1.1.  A
- * throttled client is never probed, so a dictionary attack costs the
- * primary at most the throttle's worth of probes per client.
+ * throttled client is never probed (verify_rcpt answers it THROTTLED at
+ * once), so a dictionary attack costs the primary at most the
+ * throttle's worth of probes per client.
  */
 #include "config.h"
 #include "recipient.h"
@@ -236,11 +237,8 @@ static int verify_step(struct recipient_req *r, struct recipient_answer *a)
     struct verify_answer va;
 
     memset(&va, 0, sizeof va);
-    if (verify_client_throttled(r->family, r->client)) {
-        va.result = VERIFY_THROTTLED;
-        verify_verdict(r, &va, a);
-        return 0;
-    }
+    /* verify_rcpt answers a throttled client THROTTLED at once, before
+     * its cache or a probe (and counts it in its own metrics). */
     r->vreq = verify_rcpt(r->dom, r->key, r->family, r->client, &va, on_verify, r);
     if (r->vreq != NULL)
         return 1;

@@ -21,8 +21,9 @@
  * the pending step; one recipient at a time per request.
  *
  * Abuse bound: every 5.1.1 "user unknown" verdict is reported to
- * verify_note_unknown() for the client, and a throttled client
- * (verify_client_throttled) gets RECIPIENT_THROTTLED instead of a probe.
+ * verify_note_unknown() for the client, and a throttled client gets
+ * RECIPIENT_THROTTLED instead of a probe (verify_rcpt checks
+ * verify_client_throttled first).
  *
  * Ownership: a pending request holds a reference to the policy it started
  * with (policy_ref), so a reload while it waits does not free the domain

@@ -16,6 +16,7 @@
 # old code (no recipient.c) a verify = "callout" domain accepts every
 # local part at once, so every ordering and refusal below fails there.
 import os
+import re
 import socket
 import struct
 import sys
@@ -138,6 +139,29 @@ def main():
     time.sleep(3.2)
     unlike(srv.log(), r"answered <slow3000-valid4@", "the cancelled probe never answered")
     ok(srv.running(), "daemon alive")
+
+    # 3b. A reload while a verdict is pending: the pending request keeps
+    # the policy (and its domains) it started with; the verdict is applied
+    # and the message queued (under ASan: nothing used after free).
+    c = srv.raw(timeout=10)
+    c.ehlo()
+    c.cmd("MAIL FROM:<s@sender.example>")
+    c.send("RCPT TO:<slow1500-valid9@%s>\r\nDATA\r\n" % CO)
+    ok(wait_for(lambda: "probing <slow1500-valid9@" in srv.log(), 3), "probe started")
+    srv.domains.append({"name": "new.example"})
+    srv.write_config(port=srv.port)
+    srv.hup()
+    ok(wait_for(lambda: re.search(r"reloaded .*: 4 domains", srv.log()), 3), "reloaded meanwhile")
+    rs = c.replies(2)
+    is_(codes(rs), [250, 354], "the verdict after the reload: 250, then DATA")
+    c.send(dot_stuff(make_message("reload")))
+    r = c.reply()
+    is_(r.code, 250, "message queued")
+    q = srv.queue_by_qid().get(qid_of(r.text), {})
+    is_([x["addr"] for x in q.get("recipients", [])], ["slow1500-valid9@%s" % CO],
+        "for the recipient verified across the reload")
+    c.cmd("QUIT")
+    c.close()
 
     # 4. The command timeout still applies while waiting.
     c = srv.raw(timeout=COMMAND_TIMEOUT + 5)

@@ -16,8 +16,7 @@
  * see that a session which went away cancelled its probe.
  *
  * The calls recipient.c makes are redirected here with the linker's
- * --wrap (verify_rcpt, verify_cancel, verify_note_unknown,
- * verify_client_throttled); the real verify.c is linked all the same for
+ * --wrap (verify_rcpt, verify_cancel, verify_note_unknown); the real verify.c is linked all the same for
  * the rest of the daemon (start, reload, control), it just gets no RCPTs.
  * The event base is the daemon's own: event_base_new is wrapped too, to
  * remember it.  Never in src/: this is not the verifier.
@@ -44,7 +43,6 @@ struct verify_req *__wrap_verify_rcpt(const struct conf_domain *d, const char *a
                                       verify_cb *cb, void *arg);
 void __wrap_verify_cancel(struct verify_req *r);
 void __wrap_verify_note_unknown(int family, const void *client);
-int __wrap_verify_client_throttled(int family, const void *client);
 
 struct event_base *__wrap_event_base_new(void)
 {
@@ -142,11 +140,4 @@ void __wrap_verify_note_unknown(int family, const void *client)
     (void)client;
     fake_notes++;
     log_info("fake-verify: unknown recipients noted: %lu", fake_notes);
-}
-
-int __wrap_verify_client_throttled(int family, const void *client)
-{
-    (void)family;
-    (void)client;
-    return 0;
 }

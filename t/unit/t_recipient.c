@@ -175,8 +175,12 @@ struct verify_req *verify_rcpt(const struct conf_domain *d, const char *addr, in
                                verify_cb *cb, void *arg)
 {
     (void)d;
-    (void)family;
-    (void)client;
+    if (verify_client_throttled(family, client)) {
+        /* as verify.c: a throttled client is answered before any probe */
+        memset(now, 0, sizeof *now);
+        now->result = VERIFY_THROTTLED;
+        return NULL;
+    }
     n_probes++;
     if (starts(addr, "slow")) {
         struct fake_req *f = fake_new('v', addr, arg);
@@ -409,7 +413,7 @@ int main(void)
     throttled_now = 1;
     n_probes = 0;
     a = one(&pol, &r, "valid@co.test", &pend);
-    ok(a.verdict == RECIPIENT_THROTTLED && n_probes == 0, "a throttled client is not probed");
+    ok(a.verdict == RECIPIENT_THROTTLED && n_probes == 0, "a throttled client: THROTTLED, no probe");
     a = one(&pol, &r, "anyone@plain.test", &pend);
     ok(a.verdict == RECIPIENT_ACCEPT, "... and its mail for a domain without callout still flows");
     throttled_now = 0;
