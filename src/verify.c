@@ -1244,10 +1244,13 @@ struct verify_req *verify_probe(const char *addr, verify_cb *cb, void *arg, char
 void verify_learn(const char *addr, int code, const char *enhanced, const char *reply)
 {
     char key[VERIFY_KEY_MAX];
+    const struct conf_domain *d;
     const char *at;
 
+    /* Only domains that verify: a flush of another domain's backlog
+     * costs no cache writes. */
     if (V.cache == NULL || vcache_key(addr, key) != 0 || (at = strchr(key, '@')) == NULL ||
-        conf_domain_find(V.conf, at + 1) == NULL)
+        (d = conf_domain_find(V.conf, at + 1)) == NULL || d->verify != VERIFY_CALLOUT)
         return;
     if (code / 100 == 2) {
         cache_store(key, VERIFY_VALID, VSRC_DELIVERY, reply, (int64_t)time(NULL), 1);

@@ -65,7 +65,8 @@ void verify_note_unknown(int family, const void *client);
 /* Is the client throttled now?  1 yes. */
 int verify_client_throttled(int family, const void *client);
 
-/* A delivery outcome for addr: 2xx → valid; 5.1.x → invalid (reply kept). */
+/* A delivery outcome for addr of a domain with verify = "callout":
+ * 2xx → valid; 5.1.x → invalid (reply kept); anything else ignored. */
 void verify_learn(const char *addr, int code, const char *enhanced, const char *reply);
 
 /* A shared store (the fleet's PostgreSQL table), set by cluster.c: a probe

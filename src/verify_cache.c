@@ -26,8 +26,8 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#define VCACHE_DIR_MODE   0750
-#define VCACHE_FILE_MODE  0640
+#define VCACHE_DIR_MODE   0700          /* as the rest of the spool */
+#define VCACHE_FILE_MODE  0600
 #define VCACHE_HEADER     11            /* version, result, source, int64 time */
 #define VCACHE_PAGE       256           /* records copied per read transaction */
 #define VCACHE_GROW_TRIES 4

@@ -67,7 +67,8 @@ def parse_prom(text):
                     break
                 labels.append((lm.group(1), lm.group(2)))
                 pos = lm.end()
-        if name not in types or name not in helps:
+        fam = family_of(name, types)
+        if fam not in types or fam not in helps:
             problems.append("sample before its HELP/TYPE: " + name)
         key = (name, tuple(sorted(labels)))
         if key in samples:
@@ -77,6 +78,15 @@ def parse_prom(text):
 
 
 NAME_RE = re.compile(r'^[a-zA-Z_:][a-zA-Z0-9_:]*$')
+
+
+def family_of(name, types):
+    """A histogram's samples are FAMILY_bucket, FAMILY_sum, FAMILY_count."""
+    for suffix in ("_bucket", "_sum", "_count"):
+        base = name[:-len(suffix)]
+        if name.endswith(suffix) and types.get(base) == "histogram":
+            return base
+    return name
 
 
 def strict_problems(text):
@@ -114,7 +124,7 @@ def strict_problems(text):
         if not m:
             problems.append("bad line: " + ln)
             continue
-        if m.group(1) != current:
+        if family_of(m.group(1), types) != current:
             problems.append("sample outside its family block: " + ln)
     for name, typ in types.items():
         if typ not in ("counter", "gauge", "histogram", "summary", "untyped"):

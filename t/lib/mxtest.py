@@ -1449,17 +1449,20 @@ class Postfix(_Peer):
 
     QUEUES = ("maildrop", "incoming", "active", "deferred", "hold")
 
-    def __init__(self, port=None, domains=("example.org",), recipients=None, log_rcpts=False):
+    def __init__(self, port=None, domains=("example.org",), recipients=None, log_rcpts=False,
+                 main_extra=""):
         """recipients: the addresses it knows ("user@domain" or "@domain"
         for any); default every address of its domains.  Unknown ones get
         550 5.1.1.  log_rcpts: log every RCPT (a WARN access action) so a
-        test can count the RCPTs it was asked (rcpt_count())."""
+        test can count the RCPTs it was asked (rcpt_count()).  main_extra:
+        lines appended to main.cf."""
         super().__init__("postfix")
         self.port = port or free_port_on("127.0.0.1")
         self.domains = list(domains)
         self.recipients = list(recipients) if recipients is not None else \
             ["@%s" % d for d in self.domains]
         self.log_rcpts = log_rcpts
+        self.main_extra = main_extra
         self.etc = os.path.join(self.dir, "etc")
         self.queue_dir = os.path.join(self.dir, "queue")
         self.started = False
@@ -1506,9 +1509,11 @@ biff = no
 syslog_name = postfix-mxtest
 maillog_file = {maillog}
 maillog_file_prefixes = {dir}
+{extra}
 """.format(dir=self.dir, etc=self.etc, queue=self.queue_dir, data=data, doms=doms, maillog=maillog,
                 maps=", ".join("%s=ok" % r for r in self.recipients),
                 rrestr="check_recipient_access static:WARN" if self.log_rcpts else "",
+                extra=self.main_extra,
                 tmaps=", ".join("%s=smtp:[127.0.0.1]:9" % d for d in self.domains)))
         # One master.cf for the bench and test instances.
         with open(os.path.join(ROOT, "bench", "postfix-master.cf")) as f:
