@@ -201,6 +201,18 @@ static void test_file_bad(void)
     table_free(t);
     free(path);
 
+    path = write_file("empty.rcpts", "");
+    t = table_open(path, NULL, err, sizeof err);
+    ok(t != NULL && table_count(t) == 0, "empty list opens with no entries");
+    ok(t != NULL && look(t, "a@example.org") == TABLE_NOTFOUND, "... and finds nobody");
+    table_free(t);
+    free(path);
+    path = write_file("comments.rcpts", "# only a comment\n\n   \n");
+    t = table_open(path, NULL, err, sizeof err);
+    ok(t != NULL && table_count(t) == 0, "list of comments and blank lines: no entries");
+    table_free(t);
+    free(path);
+
     t = table_open(path_of("missing.rcpts"), NULL, err, sizeof err);
     ok(t == NULL && strstr(err, "No such file") != NULL, "missing file: %s", err);
     t = table_open("", NULL, err, sizeof err);
