@@ -1219,6 +1219,14 @@ static void session_on_read(struct bufferevent *bev, void *arg)
 static void session_on_write(struct bufferevent *bev, void *arg)
 {
     struct session *s = arg;
+    /* Callbacks are deferred (BEV_OPT_DEFER_CALLBACKS): this one may have
+     * been scheduled when an earlier reply drained, before an asynchronous
+     * completion (RCPT verdict, commit) queued more replies and a pipelined
+     * QUIT closed the session.  Acting on the state alone would then free
+     * the session with its last replies unsent; act only once the output
+     * is really empty (libevent calls back again when it is). */
+    if (evbuffer_get_length(bufferevent_get_output(bev)) > 0)
+        return;
     if (s->state == S_CLOSING) {
         session_free(s);
         return;
