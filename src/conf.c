@@ -37,6 +37,7 @@
 #include <ctype.h>
 #include <errno.h>
 #include <libconfig.h>
+#include <libpq-fe.h>
 #include <limits.h>
 #include <netinet/in.h>
 #include <stdarg.h>
@@ -144,6 +145,7 @@ static int conf_recipients_parse(struct conf_loader *L, const config_setting_t *
 static int conf_tls_check(struct conf_loader *L, const config_setting_t *s, void *base);
 static int conf_limits_check(struct conf_loader *L, const config_setting_t *s, void *base);
 static int conf_delivery_check(struct conf_loader *L, const config_setting_t *s, void *base);
+static int conf_verify_check(struct conf_loader *L, const config_setting_t *s, void *base);
 static int conf_control_check(struct conf_loader *L, const config_setting_t *s, void *base);
 static int conf_pgsql_parse(struct conf_loader *L, const config_setting_t *s, void *base);
 static int conf_domains_from_parse(struct conf_loader *L, const config_setting_t *s, void *base);
@@ -322,7 +324,7 @@ static const struct conf_setting top_table[] = {
     { "tls",           CK_GROUP,    0,                  0, 0, 0, 0, 0, tls_table, conf_tls_check },
     { "limits",        CK_GROUP,    CNF(limits),        0, 0, 0, 0, 0, limits_table, conf_limits_check },
     { "delivery",      CK_GROUP,    CNF(delivery),      0, 0, 0, 0, 0, delivery_table, conf_delivery_check },
-    { "verify",        CK_GROUP,    CNF(verify),        0, 0, 0, 0, 0, verify_table, 0 },
+    { "verify",        CK_GROUP,    CNF(verify),        0, 0, 0, 0, 0, verify_table, conf_verify_check },
     { "domains",       CK_CUSTOM,   0,                  0, 0, 0, 0, 0, 0, conf_domains_parse },
     { "control",       CK_GROUP,    0,                  0, 0, 0, 0, 0, control_table, conf_control_check },
     { "metrics",       CK_GROUP,    0,                  0, 0, 0, 0, 0, metrics_table, 0 },
@@ -1005,14 +1007,44 @@ int conf_pgsql_query(const char *q, char **out, char *args, char *why, size_t wh
         snprintf(why, whylen, "out of memory");
         return -1;
     }
+    /* in_literal: inside an SQL string literal ('...', '' an escaped
+     * quote).  An escape there cannot become a parameter: '%u@%d' would turn
+     * into the text '$1@$2' and every lookup fail at run time.  Such a query,
+     * and an unterminated literal, are refused here, at file:line. */
+    int in_literal = 0;
     for (size_t i = 0; i < len; i++) {
         const char *p = q + i;
         int quoted = 0;
         char kind;
+        if (in_literal) {
+            if (p[0] == '%' && p[1] == '%') {
+                sql[o++] = '%';
+                i++;
+                continue;
+            }
+            if (p[0] == '%') {
+                snprintf(why, whylen, "\"%%%c\" inside a quoted string cannot be a parameter "
+                         "(quote only a whole '%%s', '%%u' or '%%d')", p[1] ? p[1] : '?');
+                free(sql);
+                return -1;
+            }
+            if (p[0] == '\'' && p[1] == '\'') {
+                sql[o++] = '\'';
+                sql[o++] = '\'';
+                i++;
+                continue;
+            }
+            if (p[0] == '\'')
+                in_literal = 0;
+            sql[o++] = p[0];
+            continue;
+        }
         if (p[0] == '\'' && p[1] == '%' && p[2] != '\0' && strchr("sud", p[2]) && p[3] == '\'') {
             quoted = 1;
             p++;
         } else if (p[0] != '%') {
+            if (p[0] == '\'')
+                in_literal = 1;
             sql[o++] = p[0];
             continue;
         }
@@ -1036,10 +1068,39 @@ int conf_pgsql_query(const char *q, char **out, char *args, char *why, size_t wh
         o += (size_t)sprintf(sql + o, "$%zu", n);
         i += quoted ? 3 : 1;
     }
+    if (in_literal) {
+        snprintf(why, whylen, "a quoted string is not closed");
+        free(sql);
+        return -1;
+    }
     sql[o] = '\0';
     args[n] = '\0';
     *out = sql;
     return 0;
+}
+
+/* A conninfo libpq cannot parse (an unknown keyword, a missing "=") would
+ * otherwise only show at run time, as a database that is never up.  Parsing
+ * is pure (no connection).  libpq's message may quote a fragment of the
+ * string, which may be a password: only the unknown-keyword message, which
+ * names a keyword and nothing else, is passed on. */
+static int conf_pgsql_conninfo_check(const char *conninfo, char *why, size_t whylen)
+{
+    char *err = NULL;
+    PQconninfoOption *opts = PQconninfoParse(conninfo, &err);
+    if (opts) {
+        PQconninfoFree(opts);
+        return 0;
+    }
+    if (err && strncmp(err, "invalid connection option ", 26) == 0) {
+        size_t n = strcspn(err, "\n");
+        snprintf(why, whylen, "%.*s", (int)n, err);
+    } else {
+        snprintf(why, whylen, "%s", err ? "not a libpq connection string (keyword=value ...)"
+                                        : "out of memory");
+    }
+    PQfreemem(err);
+    return -1;
 }
 
 static int conf_pgsql_finish(struct conf_loader *L, const config_setting_t *e,
@@ -1052,6 +1113,9 @@ static int conf_pgsql_finish(struct conf_loader *L, const config_setting_t *e,
                              "pgsql.name: \"%s\" may hold only a-z, 0-9, _ and -", p->name);
     if (strlen(p->name) > PGSQL_NAME_MAX)
         return conf_fail(L, e, "pgsql.name: longer than %d", PGSQL_NAME_MAX);
+    if (conf_pgsql_conninfo_check(p->conninfo, why, sizeof why) < 0)
+        return conf_fail(L, config_setting_get_member((config_setting_t *)e, "conninfo"),
+                         "pgsql.conninfo: %s", why);
     if (p->recipient_query) {
         if (conf_pgsql_query(p->recipient_query, &p->recipient_sql, p->recipient_args, why,
                              sizeof why) < 0)
@@ -1158,6 +1222,26 @@ static int conf_limits_check(struct conf_loader *L, const config_setting_t *s, v
     const struct conf_limits *l = base;
     if (l->header_size > l->message_size)
         return conf_fail(L, s, "limits.header_size must not exceed limits.message_size");
+    return 0;
+}
+
+/* A refresh after the expiry would never happen: the answer is gone
+ * first, and the RCPT waits for a probe instead of a background refresh. */
+static int conf_verify_check(struct conf_loader *L, const config_setting_t *s, void *base)
+{
+    const struct conf_verify *v = base;
+    const char *field = NULL;
+    if (v->positive_refresh > v->positive_expire)
+        field = "positive";
+    else if (v->negative_refresh > v->negative_expire)
+        field = "negative";
+    if (field) {
+        char key[32];
+        snprintf(key, sizeof key, "%s_refresh", field);
+        const config_setting_t *m = config_setting_get_member((config_setting_t *)s, key);
+        return conf_fail(L, m ? m : s, "verify.%s_refresh must not exceed verify.%s_expire",
+                         field, field);
+    }
     return 0;
 }
 

@@ -175,6 +175,8 @@ struct conf {
     struct conf_pgsql *pgsql;
     size_t npgsql;
     char *domains_from;         /* NAME of "pgsql:NAME", or NULL */
+    int domains_unknown;        /* 1: domains_from has not answered since start: a
+                                 * domain not in the file may be the database's */
     struct conf_cluster cluster;
     unsigned long refs;         /* conf.c's own: conf_ref / conf_free */
     const struct conf *parent;  /* conf.c's own: conf_with_domains' base */

@@ -839,7 +839,15 @@ static void cmd_verify_probe(struct ctl_req *r, int argc, char **argv)
     r->pending++;
     if (verify_probe(argv[1], verify_probe_done, r, err, sizeof err) == NULL) {
         r->pending--;
-        req_err(r, EX_UNAVAILABLE, "%s", err);
+        /* The operator's mistakes get the codes mxkeepctl(8) gives them
+         * everywhere (64 malformed, 67 unknown domain), not 69, which
+         * says the daemon is not there. */
+        int code = EX_UNAVAILABLE;
+        if (strcmp(err, "not an address") == 0)
+            code = EX_USAGE;
+        else if (strcmp(err, "not a served domain") == 0)
+            code = EX_NOUSER;
+        req_err(r, code, "%s", err);
     }
 }
 
