@@ -41,6 +41,7 @@
 #include "spool.h"
 #include "stats.h"
 #include "verify.h"
+#include "heartbeat.h"
 #include "utf8.h"
 #include "util.h"
 
@@ -513,6 +514,7 @@ static void render_metrics(struct metrics *m, const struct snapshot *s, struct e
     prom_domains(b, s, "destination_next_probe_timestamp_seconds",
                  "When a down destination is probed next, unix seconds", DF_NEXT_PROBE);
     verify_metrics(b);
+    heartbeat_metrics(b);
 }
 
 /* ------------------------------------------------------------------ */

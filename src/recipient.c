@@ -30,6 +30,7 @@
 #include <string.h>
 #include <sys/socket.h>
 
+#include "heartbeat.h"
 #include "log.h"
 #include "table.h"
 #include "util.h"
@@ -286,6 +287,17 @@ int recipient_check(struct recipient_req **rp, const struct policy *p,
         now->why = why;
         if (why == STAT_REJ_UNKNOWN_USER)
             verify_note_unknown(family, client);
+        return 0;
+    }
+    /* accept = "when-primary-down": while the primary is known up, the
+     * sender is sent there (an in-memory read of the heartbeat's gate).
+     * Before the table and the probe: neither is needed for a refusal. */
+    if (heartbeat_gate(dom, NULL, NULL)) {
+        char text[SMTP_PATH_MAX + 1];
+        if (smtp_addr_format(a, text, sizeof text) < 0)
+            snprintf(text, sizeof text, "recipient");
+        answer(now, RECIPIENT_REFUSE, STAT_REJ_GATED,
+               "450 4.7.0 <%s>: primary MX is up, deliver there", text);
         return 0;
     }
     /* A table that answers at once (file, lmdb) was asked inside
