@@ -110,6 +110,12 @@ def main():
         "/metrics counts the refusal as rejected_total{reason=\"gated\"}")
     is_(metric(text, "mxkeep_gate_state", primary="127.0.0.2:%d" % port, state="up"), 1.0,
         "/metrics shows mxkeep_gate_state{state=\"up\"} 1")
+    c = http.client.HTTPConnection("127.0.0.1", mport, timeout=10)
+    c.request("GET", "/status")
+    page = c.getresponse().read().decode("utf-8", "replace")
+    c.close()
+    like(page, r'data-domain="example\.org".*?data-gate="up">gate up since ',
+         "/status shows the gate of the gated domain")
     out = srv.ctl("summary").stdout.decode("utf-8", "replace")
     like(out, r"gate example\.org: up since \d{4}-", "summary text shows the gate and since when")
 
