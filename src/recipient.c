@@ -7,7 +7,8 @@
  * the policy a pending one holds.  Decides the reply and its reject class
  * for every refusal after the policy's: 451 4.3.0 (table down), 550 5.1.1
  * (table or primary says unknown), 450 4.1.1 (unverifiable, probe still
- * running), 450 4.7.1 (client throttled).
+ * running), 450 4.7.1 (client throttled), 450 4.7.0 (gated domain, its
+ * primary is up: heartbeat.h).
  *
  * Never: blocks (tables and probes answer through callbacks); calls back
  * after recipient_cancel(); touches a request after handing it to the
