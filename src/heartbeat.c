@@ -194,8 +194,10 @@ void heartbeat_note(const char *domain, int up)
     const struct conf_domain *d;
     struct hbhost *h;
 
+    /* Any served domain routed to a gated primary host tells about that
+     * host, gated itself or not. */
     if (H.conf == NULL || (d = conf_domain_find(H.conf, domain)) == NULL ||
-        d->accept != ACCEPT_WHEN_PRIMARY_DOWN || (h = host_find(d)) == NULL)
+        (h = host_find(d)) == NULL || !h->used)
         return;
     gate_answer(h, up, up ? "delivery session" : "delivery connect failed");
 }

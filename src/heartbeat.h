@@ -54,8 +54,9 @@ void heartbeat_shutdown(void);
 int heartbeat_gate(const struct conf_domain *d, enum gate_state *state, time_t *since);
 /* Same by domain name: -1 when not a gated domain of the current conf. */
 int heartbeat_gate_name(const char *domain, enum gate_state *state, time_t *since);
-/* Delivery's knowledge: a session to domain's primary greeted (up = 1) or
- * failed to connect or greet (up = 0).  Ignored for domains not gated. */
+/* Delivery's knowledge: a session to domain's primary ended well (up = 1)
+ * or failed to connect (up = 0).  Feeds the gate of that primary host when
+ * a gated domain uses it (the domain itself gated or not); else ignored. */
 void heartbeat_note(const char *domain, int up);
 
 /* Prometheus: mxkeep_gate_state per primary and the heartbeat counters. */
