@@ -546,6 +546,27 @@ void heartbeat_shutdown(void)
     H.conf = NULL;
 }
 
+/* "host:port" as a Prometheus label value: \\, \" and \\n escaped (the
+ * host is the administrator's text, not a peer's, but a quote in it must
+ * not break the exposition). */
+static const char *label(const struct hbhost *h, char *out, size_t len)
+{
+    char raw[sizeof h->host + 16];
+    size_t o = 0;
+
+    snprintf(raw, sizeof raw, "%s:%d", h->host, h->port);
+    for (const char *p = raw; *p != '\0' && o + 3 < len; p++) {
+        if (*p == '\\' || *p == '"' || *p == '\n') {
+            out[o++] = '\\';
+            out[o++] = *p == '\n' ? 'n' : *p;
+        } else {
+            out[o++] = *p;
+        }
+    }
+    out[o] = '\0';
+    return out;
+}
+
 void heartbeat_metrics(struct evbuffer *b)
 {
     struct hbhost *h;
@@ -558,16 +579,20 @@ void heartbeat_metrics(struct evbuffer *b)
                         "# TYPE mxkeep_gate_state gauge\n");
     for (h = H.hosts; h; h = h->next) {
         gate_check_stale(h, now);
+        char lb[2 * sizeof h->host + 32];
+        label(h, lb, sizeof lb);
         for (int s = 0; s < GATE_COUNT_; s++)
-            evbuffer_add_printf(b, "mxkeep_gate_state{primary=\"%s:%d\",state=\"%s\"} %d\n",
-                                h->host, h->port, gate_names[s], (int)h->gate == s);
+            evbuffer_add_printf(b, "mxkeep_gate_state{primary=\"%s\",state=\"%s\"} %d\n", lb,
+                                gate_names[s], (int)h->gate == s);
     }
     evbuffer_add_printf(b, "# HELP mxkeep_heartbeats_total Heartbeat checks of gated "
                         "primaries, by result\n# TYPE mxkeep_heartbeats_total counter\n");
     for (h = H.hosts; h; h = h->next) {
-        evbuffer_add_printf(b, "mxkeep_heartbeats_total{primary=\"%s:%d\",result=\"ok\"} %"
-                            PRIu64 "\n", h->host, h->port, h->checks_ok);
-        evbuffer_add_printf(b, "mxkeep_heartbeats_total{primary=\"%s:%d\",result=\"failed\"} %"
-                            PRIu64 "\n", h->host, h->port, h->checks_failed);
+        char lb[2 * sizeof h->host + 32];
+        label(h, lb, sizeof lb);
+        evbuffer_add_printf(b, "mxkeep_heartbeats_total{primary=\"%s\",result=\"ok\"} %" PRIu64
+                            "\n", lb, h->checks_ok);
+        evbuffer_add_printf(b, "mxkeep_heartbeats_total{primary=\"%s\",result=\"failed\"} %"
+                            PRIu64 "\n", lb, h->checks_failed);
     }
 }
