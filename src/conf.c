@@ -129,6 +129,10 @@ static const char *const bare_newline_names[] = { "normalize", "reject", NULL };
 static const char *const tls_names[] = { "none", "may", "encrypt", "verify", NULL };
 static const char *const verify_names[] = { "off", "callout", NULL };
 static const char *const unverified_names[] = { "accept", "tempfail", NULL };
+static const char *const accept_names[] = { "always", "when-primary-down", NULL };
+_Static_assert(sizeof(enum accept_mode) == sizeof(int), "enum stored as int");
+_Static_assert(ACCEPT_ALWAYS == 0 && ACCEPT_WHEN_PRIMARY_DOWN == 1,
+               "accept_names follows enum accept_mode");
 _Static_assert(sizeof(enum verify_mode) == sizeof(int), "enum stored as int");
 _Static_assert(sizeof(enum unverified_policy) == sizeof(int), "enum stored as int");
 _Static_assert(VERIFY_OFF == 0 && VERIFY_CALLOUT == 1, "verify_names follows enum verify_mode");
@@ -189,6 +193,12 @@ static const struct conf_setting delivery_table[] = {
     /* Port for MX-routed destinations (bounces, domains without a
      * primary).  25 in production; tests point it at a loopback sink. */
     { "mx_port", CK_INT, DLV(mx_port), 25, 1, 65535, 0, 0, 0, 0 },
+    /* Gated domains (accept = "when-primary-down", heartbeat.h): how often
+     * their primaries are checked, how long each step of a check may take,
+     * and how old the last answer may be before the gate opens (stale). */
+    { "heartbeat",         CK_DURATION, DLV(heartbeat),         20 * SECOND, SECOND, HOUR, 0, 0, 0, 0 },
+    { "heartbeat_timeout", CK_DURATION, DLV(heartbeat_timeout), 10 * SECOND, SECOND, 5 * MINUTE, 0, 0, 0, 0 },
+    { "heartbeat_stale",   CK_DURATION, DLV(heartbeat_stale),   MINUTE, SECOND, DAY, 0, 0, 0, 0 },
     { NULL, 0, 0, 0, 0, 0, 0, 0, 0, 0 },
 };
 #undef DLV
@@ -249,6 +259,7 @@ static const struct conf_setting domain_table[] = {
     { "recipients",      CK_CUSTOM,   0,               0, 0, 0, 0, 0, 0, conf_recipients_parse },
     { "verify",          CK_ENUM,     DOM(verify),     VERIFY_OFF, 0, 0, 0, verify_names, 0, 0 },
     { "unverified",      CK_ENUM,     DOM(unverified), UNVERIFIED_ACCEPT, 0, 0, 0, unverified_names, 0, 0 },
+    { "accept",          CK_ENUM,     DOM(accept),     ACCEPT_ALWAYS, 0, 0, 0, accept_names, 0, 0 },
     { "tls",             CK_ENUM,     DOM(tls),        TLS_POLICY_MAY, 0, 0, 0, tls_names, 0, 0 },
     { "tls_ca",          CK_RFILE,    DOM(tls_ca),     0, 0, 0, 0, 0, 0, 0 },
     { "tls_fingerprint", CK_CUSTOM,   0,               0, 0, 0, 0, 0, 0, conf_fingerprint_parse },

@@ -28,6 +28,9 @@ enum bare_newline { BARE_NL_NORMALIZE = 0, BARE_NL_REJECT = 1 };
 enum verify_mode { VERIFY_OFF = 0, VERIFY_CALLOUT = 1 };
 /* What a verified domain does with an address no probe could answer. */
 enum unverified_policy { UNVERIFIED_ACCEPT = 0, UNVERIFIED_TEMPFAIL = 1 };
+/* When a domain takes mail (heartbeat.h): always, or only while its
+ * primary is not known to be up. */
+enum accept_mode { ACCEPT_ALWAYS = 0, ACCEPT_WHEN_PRIMARY_DOWN = 1 };
 
 /* Outbound TLS policy for one destination. */
 enum tls_policy { TLS_POLICY_NONE = 0, TLS_POLICY_MAY, TLS_POLICY_ENCRYPT, TLS_POLICY_VERIFY };
@@ -56,6 +59,7 @@ struct conf_domain {
     int recipients_line;        /* its line in the config file, for errors */
     enum verify_mode verify;    /* default off */
     enum unverified_policy unverified;  /* default accept */
+    enum accept_mode accept;    /* default always */
     enum tls_policy tls;        /* default may */
     char *tls_ca;               /* CA file for verify, or NULL (system store) */
     char *tls_fingerprint;      /* "sha256:hex" pin, or NULL */
@@ -115,6 +119,9 @@ struct conf_delivery {
     long bounce_retention;      /* seconds; default 5d */
     long messages_per_connection;
     long mx_port;               /* port for MX-routed destinations (25) */
+    long heartbeat;             /* seconds between checks of a gated primary */
+    long heartbeat_timeout;     /* seconds each heartbeat step may take */
+    long heartbeat_stale;       /* no answer this long: the gate state is stale */
 };
 
 /* The fleet (cluster.h): present when the file has a `cluster` group. */
@@ -208,8 +215,8 @@ const struct conf_pgsql *conf_pgsql_find(const struct conf *c, const char *name)
  * A new conf (one reference) that is base plus the domains in rows, for
  * domains_from: nrows rows of ncols columns (cols[j] names column j; a
  * row's value may be NULL), columns as in doc/schema.sql's `domains`
- * (name, primary_route, retention, recipients, verify, unverified, tls,
- * hold; unknown columns are ignored).  A domain already in base keeps
+ * (name, primary_route, retention, recipients, verify, unverified, accept,
+ * tls, hold; unknown columns are ignored).  A domain already in base keeps
  * base's settings and is reported through dup_cb (the file wins); a row
  * that fails the file's validation is reported through bad_cb with the
  * reason and skipped.  NULL only when out of memory.

@@ -40,6 +40,7 @@
 #include "stats.h"
 #include "util.h"
 #include "verify.h"
+#include "heartbeat.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -154,6 +155,16 @@ static void dest_info_json(struct evbuffer *b, const struct delivery_dest_info *
                         ",\"bytes\":%" PRIu64 ",\"last_error\":",
                         i->connections, i->concurrency, i->nmsg, i->nbytes);
     json_str(b, i->last_error);
+    /* accept = "when-primary-down": the gate and since when (heartbeat.h). */
+    enum gate_state gs;
+    time_t since;
+    if (i->served && heartbeat_gate_name(i->domain, &gs, &since) == 0) {
+        evbuffer_add_printf(b, ",\"gate\":\"%s\",\"gate_since\":", gate_state_name(gs));
+        if (since != 0)
+            evbuffer_add_printf(b, "%" PRId64, (int64_t)since);
+        else
+            evbuffer_add_printf(b, "null");
+    }
     evbuffer_add_printf(b, "}");
 }
 

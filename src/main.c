@@ -37,6 +37,7 @@
 #include "spool.h"
 #include "tls.h"
 #include "verify.h"
+#include "heartbeat.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -154,6 +155,8 @@ static void main_apply(struct daemon *dm, struct conf *nc, struct policy *np)
     metrics_set_conf(dm->metrics, nc);
     if (verify_reload(nc) != 0)
         log_warn("reload: verify: out of memory; callouts keep the previous settings");
+    if (heartbeat_reload(nc) != 0)
+        log_warn("reload: heartbeat: out of memory; gated primaries may be missing");
     /* Drop our references only: whoever still holds the old policy or
      * conf (the scheduler, a policy, a connection's SSL_CTX) keeps it. */
     policy_free(dm->policy);
@@ -530,6 +533,10 @@ int main(int argc, char **argv)
      * environment; probes resolve primaries through the same dns. */
     if (verify_init(dm.base, dm.dns, dm.conf, err, sizeof err) != 0)
         log_fatal(EX_OSERR_CODE, "verify: %s", err);
+    /* Gated domains (accept = "when-primary-down"): their primaries'
+     * heartbeat, through the same dns. */
+    if (heartbeat_init(dm.base, dm.dns, dm.conf, err, sizeof err) != 0)
+        log_fatal(EX_OSERR_CODE, "heartbeat: %s", err);
     dm.delivery = delivery_new(dm.base, dm.spool, dm.dns, err, sizeof err);
     if (dm.delivery == NULL || delivery_configure(dm.delivery, dm.conf, err, sizeof err) != 0)
         log_fatal(EX_OSERR_CODE, "delivery: %s", err);
@@ -573,6 +580,7 @@ int main(int argc, char **argv)
     delivery_free(dm.delivery);
     /* verify first: it cancels its shared lookups through the cluster. */
     verify_shutdown();
+    heartbeat_shutdown();
     cluster_free(dm.cluster);
     dns_free(dm.dns);
     listen_free(dm.lst);

@@ -41,6 +41,7 @@
 #include "spool.h"
 #include "stats.h"
 #include "verify.h"
+#include "heartbeat.h"
 #include "utf8.h"
 #include "util.h"
 
@@ -513,6 +514,7 @@ static void render_metrics(struct metrics *m, const struct snapshot *s, struct e
     prom_domains(b, s, "destination_next_probe_timestamp_seconds",
                  "When a down destination is probed next, unix seconds", DF_NEXT_PROBE);
     verify_metrics(b);
+    heartbeat_metrics(b);
 }
 
 /* ------------------------------------------------------------------ */
@@ -1048,7 +1050,15 @@ static void render_status(struct metrics *m, struct snapshot *s, struct evbuffer
                                "<td class=\"num\">%s</td>",
                             r->nmsg, human_bytes(r->nbytes, t1),
                             r->oldest ? human_age(row_age(s, r), t2) : "&ndash;");
-        evbuffer_add_printf(b, "<td><span class=\"badge b-%s\">%s</span></td>", st, st);
+        evbuffer_add_printf(b, "<td><span class=\"badge b-%s\">%s</span>", st, st);
+        /* accept = "when-primary-down": the gate and since when. */
+        enum gate_state gs;
+        time_t gsince;
+        if (r->configured && heartbeat_gate_name(r->domain, &gs, &gsince) == 0)
+            evbuffer_add_printf(b, " <span class=\"gate\" data-gate=\"%s\">gate %s%s%s</span>",
+                                gate_state_name(gs), gate_state_name(gs),
+                                gsince ? " since " : "", gsince ? utc_time(gsince, t1) : "");
+        ADD(b, "</td>");
         if (r->next_probe > 0)
             evbuffer_add_printf(b, "<td>in %s</td>",
                                 human_age(r->next_probe > s->now ? r->next_probe - s->now : 0, t1));

@@ -1065,6 +1065,9 @@ struct dest_row {
     int64_t oldest;
     int live;                           /* state from the running daemon */
     int connections;                    /* its open connections (live only) */
+    char gate[16];                      /* accept = "when-primary-down": the
+                                           daemon's gate state, "" none */
+    int64_t gate_since;                 /* since when, 0 unknown */
 };
 
 struct dest_list {
@@ -1148,6 +1151,8 @@ struct live_dest {
     int connections;
     int has_domain;
     int has_counts;                     /* the daemon sent messages/bytes */
+    char gate[16];
+    int64_t gate_since;
 };
 
 static int dest_state_parse(const char *s)
@@ -1182,6 +1187,10 @@ static void live_member(void *arg, const char *key, const char *value, int is_st
         l->has_counts = 1;
     } else if (strcmp(key, "bytes") == 0 && !is_string) {
         l->d.nbytes = strtoull(value, NULL, 10);
+    } else if (strcmp(key, "gate") == 0 && is_string) {
+        snprintf(l->gate, sizeof l->gate, "%s", value);
+    } else if (strcmp(key, "gate_since") == 0 && !is_string) {
+        l->gate_since = strcmp(value, "null") == 0 ? 0 : strtoll(value, NULL, 10);
     }
 }
 
@@ -1230,6 +1239,8 @@ static void summary_merge_live(struct ctl *c, struct dest_list *l)
             row->d.nbytes = ld.d.nbytes;
         }
         row->connections = ld.connections;
+        snprintf(row->gate, sizeof row->gate, "%s", ld.gate);
+        row->gate_since = ld.gate_since;
         row->d.state = ld.d.state;
         row->d.next_probe = ld.d.next_probe;
         snprintf(row->d.last_error, sizeof row->d.last_error, "%s", ld.d.last_error);
@@ -1260,6 +1271,12 @@ static void summary_json(struct ctl *c, const struct dest_list *l)
         json_time_or_null(f, r->d.next_probe);
         fputs(",\"last_error\":", f);
         json_str(f, r->d.last_error);
+        if (r->gate[0] != '\0') {
+            fputs(",\"gate\":", f);
+            json_str(f, r->gate);
+            fputs(",\"gate_since\":", f);
+            json_time_or_null(f, r->gate_since);
+        }
         if (r->live)
             fprintf(f, ",\"source\":\"daemon\",\"connections\":%d}", r->connections);
         else
@@ -1295,6 +1312,20 @@ static void summary_text(struct ctl *c, const struct dest_list *l)
                 dest_state_name(r->d.state), probe);
         text_str(f, r->d.last_error[0] != '\0' ? r->d.last_error : "-");
         fputc('\n', f);
+    }
+    /* Gated domains (accept = "when-primary-down"): the gate, apart, so
+     * the table above keeps its columns. */
+    for (i = 0; i < l->n; i++) {
+        const struct dest_row *r = &l->row[i];
+        char since[CTL_ISO_SIZE] = "-";
+
+        if (r->gate[0] == '\0')
+            continue;
+        if (r->gate_since != 0)
+            fmt_iso(r->gate_since, since);
+        fputs("gate ", f);
+        text_str(f, r->d.domain);
+        fprintf(f, ": %s since %s\n", r->gate, since);
     }
 }
 

@@ -43,6 +43,7 @@ static const struct {
     [STAT_REJ_UNVERIFIED] = { "rejected_unverified_total", "Recipients refused 4xx: verification by callout failed or still running" },
     [STAT_REJ_LOOKUP] = { "rejected_lookup_total", "Recipients refused 4xx: recipient table lookup failed" },
     [STAT_REJ_THROTTLED] = { "rejected_throttled_total", "Recipients refused 4xx: client made too many unknown recipients" },
+    [STAT_REJ_GATED] = { "rejected_gated_total", "Recipients refused 4xx: accept = \"when-primary-down\" and the primary is up" },
 };
 
 /*
@@ -69,6 +70,7 @@ static const struct stats_series stats_family_map[STAT_COUNT_] = {
     [STAT_REJ_UNVERIFIED] = { "rejected_total", REJ_HELP, "reason", "unverified" },
     [STAT_REJ_LOOKUP] = { "rejected_total", REJ_HELP, "reason", "lookup" },
     [STAT_REJ_THROTTLED] = { "rejected_total", REJ_HELP, "reason", "throttled" },
+    [STAT_REJ_GATED] = { "rejected_total", REJ_HELP, "reason", "gated" },
     [STAT_DELIVERED] = { "recipients_total", RCPT_HELP, "outcome", "delivered" },
     [STAT_DEFERRED] = { "recipients_total", RCPT_HELP, "outcome", "deferred" },
     [STAT_BOUNCED] = { "recipients_total", RCPT_HELP, "outcome", "bounced" },

@@ -41,6 +41,7 @@ enum stat_id {
     STAT_REJ_UNVERIFIED,        /* 450 4.1.1: callout gave no answer (yet) */
     STAT_REJ_LOOKUP,            /* 451 4.3.0: recipient table unreachable */
     STAT_REJ_THROTTLED,         /* 450 4.7.1/421: client made too many unknown recipients */
+    STAT_REJ_GATED,             /* 450 4.7.0: gated domain, its primary is up */
     STAT_COUNT_
 };
 

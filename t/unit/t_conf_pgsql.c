@@ -222,6 +222,21 @@ static void test_with_domains(void)
     c = conf_with_domains(base, cols2, 1, rows2, 2, on_dup, on_bad, NULL);
     ok(c && c->ndomains == 1 && nbad == 1, "no name column: reported once, file's domains only");
     conf_free(c);
+
+    /* accept (issue 9): a column like the file's key, checked the same. */
+    nbad = 0;
+    static const char *cols3[] = { "name", "accept" };
+    static const char *rows3[] = { "gated.test", "when-primary-down", "open.test", NULL,
+                                   "badaccept.test", "sometimes" };
+    c = conf_with_domains(base, cols3, 2, rows3, 3, on_dup, on_bad, NULL);
+    ok(c != NULL, "conf_with_domains with accept");
+    d = c ? conf_domain_find(c, "gated.test") : NULL;
+    ok(d && d->accept == ACCEPT_WHEN_PRIMARY_DOWN, "accept when-primary-down from the database");
+    d = c ? conf_domain_find(c, "open.test") : NULL;
+    ok(d && d->accept == ACCEPT_ALWAYS, "accept NULL: always (the default)");
+    ok(c && conf_domain_find(c, "badaccept.test") == NULL && nbad == 1,
+       "accept \"sometimes\": the row is reported and not served");
+    conf_free(c);
     conf_free(base);
 }
 
