@@ -61,6 +61,9 @@ struct conf_domain {
     char *tls_fingerprint;      /* "sha256:hex" pin, or NULL */
     int hold;                   /* 1: deliver nothing until released */
     int from_db;                /* 1: added by domains_from, not the file */
+    long max_messages;          /* queued messages before RCPT gets 452 4.2.2; 0 = no quota */
+    long max_bytes;             /* queued body octets before 452 4.2.2; 0 = no quota */
+    int greylist;               /* 1: greylist.h decides after the recipient is valid */
 };
 
 /* Most bound parameters a custom query may use (%s, %u, %d occurrences). */
@@ -143,6 +146,33 @@ struct conf_verify {
     long clients;               /* client addresses tracked for the throttle */
     long map_size;              /* initial LMDB map of the cache, octets */
 };
+/* Per-client limits (ratelimit.h) and the unknown-recipient tarpit: the
+ * `ratelimit` group.  Every count is per `window`; 0 turns a limit off. */
+struct conf_ratelimit {
+    long window;                /* seconds */
+    long connections;           /* per client address */
+    long net_connections;       /* per client network (ipv4_prefix, ipv6_prefix) */
+    long messages;              /* MAIL commands */
+    long net_messages;
+    long recipients;            /* RCPT commands */
+    long net_recipients;
+    long ipv4_prefix;           /* bits of a client network */
+    long ipv6_prefix;
+    long clients;               /* table entries; the least recently seen is evicted */
+    long tarpit_after;          /* 5xx RCPT replies in a session before the tarpit */
+    long tarpit_delay;          /* first delay, seconds; doubles each time */
+    long tarpit_max;            /* bound of one delay, seconds */
+};
+
+/* Greylisting (greylist.h): the `greylist` group. */
+struct conf_greylist {
+    long delay;                 /* a new triplet is refused this long */
+    long retry_window;          /* ... and forgotten if not retried within it */
+    long pass_expire;           /* a passed triplet is remembered this long */
+    long sweep;                 /* expiry sweep period, seconds */
+    long map_size;              /* initial LMDB map, octets */
+};
+
 struct conf {
     char *path;                 /* the file this was read from */
     char *hostname;
@@ -176,6 +206,10 @@ struct conf {
     size_t npgsql;
     char *domains_from;         /* NAME of "pgsql:NAME", or NULL */
     struct conf_cluster cluster;
+    struct conf_ratelimit ratelimit;
+    struct conf_greylist greylist;
+    struct conf_cidr *allow_clients;    /* exempt from rate limits, greylisting, DNSBL */
+    size_t nallow_clients;
     unsigned long refs;         /* conf.c's own: conf_ref / conf_free */
     const struct conf *parent;  /* conf.c's own: conf_with_domains' base */
 };

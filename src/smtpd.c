@@ -39,6 +39,7 @@
 #include "policy.h"
 #include "qid.h"
 #include "queue_db.h"
+#include "ratelimit.h"
 #include "received.h"
 #include "recipient.h"
 #include "smtp_parse.h"
@@ -172,6 +173,12 @@ struct session {
     int throttled;                      /* RCPTs refused: client throttled */
     int client_slot;                    /* holds its client's place (listen.c) */
     time_t started;
+    int allowed;                        /* in allow_clients: no rate limits */
+    long rcpt_5xx;                      /* RCPTs refused 5xx: the tarpit's count */
+    struct event *tarpit;               /* a delayed RCPT refusal (S_RCPT_WAIT) */
+    enum sstate tarpit_back;
+    enum stat_id tarpit_why;
+    char *tarpit_reply;
 };
 
 struct smtpd {
@@ -189,6 +196,7 @@ struct smtpd {
     size_t nsessions;
     struct smtpd_commit *commits;       /* handed to the spool, not yet done */
     int draining;
+    struct ratelimit *rl;               /* per-client counts (ratelimit.h) */
     time_t disk_checked;
     unsigned long long disk_free;
 };
@@ -306,6 +314,8 @@ static void session_end(struct session *s)
     /* A verdict still pending would call back into a session that has
      * left the dialogue (or is freed): it never runs. */
     recipient_cancel(s->rreq);
+    if (s->tarpit != NULL)
+        evtimer_del(s->tarpit);
     if (s->commit != NULL) {
         s->commit->s = NULL;
         s->commit = NULL;
@@ -354,6 +364,81 @@ static int smtpd_disk_ok(struct smtpd *d, unsigned long long need)
         d->disk_checked = now;
     }
     return d->disk_free >= need + (unsigned long long)d->conf->limits.disk_reserve;
+}
+
+/* ------------------------------------------------------------------ */
+/* Per-client limits and quotas                                       */
+
+static int session_client(const struct session *s, unsigned char a[16]);
+
+/*
+ * Count one event of kind for the session's client, by address and by
+ * network (ratelimit.h).  Returns NULL, or "address"/"network" when that
+ * count is over its limit (the event is then refused, not counted).
+ * Allow-listed clients are not counted.
+ */
+static const char *session_rate(struct session *s, enum ratelimit_kind kind)
+{
+    const struct conf_ratelimit *c = &s->d->conf->ratelimit;
+    long lim_addr, lim_net;
+    unsigned char a[16], net[16];
+
+    if (s->allowed)
+        return NULL;
+    switch (kind) {
+    case RL_CONNECT: lim_addr = c->connections; lim_net = c->net_connections; break;
+    case RL_MAIL:    lim_addr = c->messages;    lim_net = c->net_messages;    break;
+    default:         lim_addr = c->recipients;  lim_net = c->net_recipients;  break;
+    }
+    if (lim_addr == 0 && lim_net == 0)
+        return NULL;
+    if (s->d->rl == NULL && (s->d->rl = ratelimit_new((size_t)c->clients)) == NULL)
+        return NULL;                    /* fail open: no memory for counting */
+    int family = session_client(s, a);
+    size_t len = family == AF_INET6 ? 16 : 4;
+    int64_t now = (int64_t)time(NULL);
+    /* Address and network keys differ by a leading octet. */
+    unsigned char key[17];
+    if (lim_addr > 0) {
+        key[0] = 'a';
+        memcpy(key + 1, a, len);
+        if (ratelimit_hit(s->d->rl, kind, key, len + 1, now, c->window, lim_addr) >
+            (uint64_t)lim_addr)
+            return "address";
+    }
+    if (lim_net > 0) {
+        ratelimit_network(family, a, (int)(family == AF_INET6 ? c->ipv6_prefix : c->ipv4_prefix),
+                          net);
+        key[0] = 'n';
+        memcpy(key + 1, net, len);
+        if (ratelimit_hit(s->d->rl, kind, key, len + 1, now, c->window, lim_net) >
+            (uint64_t)lim_net)
+            return "network";
+    }
+    return NULL;
+}
+
+/*
+ * Would one more message of size octets put dom over its spool quota?
+ * The counts are the index's per-destination record (one short read
+ * transaction); messages still being committed are not in it yet, so a
+ * burst may pass the quota by what is in flight (bounded by the
+ * connection limits and message_size).
+ */
+static int smtpd_quota_full(struct smtpd *d, const struct conf_domain *dom,
+                            unsigned long long size)
+{
+    struct qdest q;
+
+    if (dom->max_messages <= 0 && dom->max_bytes <= 0)
+        return 0;
+    if (spool_dest_get(d->spool, dom->name, &q) != 0)
+        return 0;                       /* nothing queued for it */
+    if (dom->max_messages > 0 && q.nmsg >= (uint64_t)dom->max_messages)
+        return 1;
+    if (dom->max_bytes > 0 && q.nbytes + size > (uint64_t)dom->max_bytes)
+        return 1;
+    return 0;
 }
 
 /* ------------------------------------------------------------------ */
@@ -426,6 +511,15 @@ static void cmd_mail(struct session *s, const char *arg)
         session_error(s, STAT_REJ_PROTOCOL, "501 5.1.7 Error: sender address too long");
         return;
     }
+    const char *over = session_rate(s, RL_MAIL);
+    if (over != NULL) {
+        log_info("reject: MAIL from %s[%s]: too many messages from this %s", s->name, s->addr,
+                 over);
+        session_reject(s, STAT_REJ_RATE, over[0] == 'a'
+                       ? "450 4.7.1 Error: too many messages from your address, try again later"
+                       : "450 4.7.1 Error: too many messages from your network, try again later");
+        return;
+    }
     qid_next(s->qid);
     s->started = time(NULL);
     log_info("%s: client=%s[%s], helo=%s", s->qid, s->name, s->addr, s->helo);
@@ -452,6 +546,63 @@ static int session_client(const struct session *s, unsigned char a[16])
 
 /* Apply a RCPT verdict, in command order: the reply and, when accepted,
  * the recipient.  addr is NULL when it did not fit. */
+static void session_sync_check(struct session *s, enum smtp_cmd cmd);
+
+/* The tarpit's delay is over: send the refusal it held back and go on
+ * with what the client pipelined meanwhile. */
+static void session_on_tarpit(evutil_socket_t fd, short what, void *arg)
+{
+    struct session *s = arg;
+    (void)fd;
+    (void)what;
+    if (s->state != S_RCPT_WAIT)
+        log_panic("[%s]: tarpit ended in state %s", s->addr, sstate_names[s->state]);
+    session_set_state(s, s->tarpit_back);
+    session_error(s, s->tarpit_why, s->tarpit_reply);
+    session_sync_check(s, SMTP_CMD_RCPT);
+    session_drive(s);
+    if (s->state == S_DEAD)
+        session_free(s);
+}
+
+/*
+ * Unknown-recipient tarpit: after tarpit_after 5xx RCPT replies in this
+ * session, each further one is held back tarpit_delay, doubling up to
+ * tarpit_max, on a timer (the loop never sleeps).  Returns 1 when the
+ * reply was held (the session waits in S_RCPT_WAIT), 0 to send it now.
+ */
+static int session_tarpit(struct session *s, enum stat_id why, const char *reply)
+{
+    const struct conf_ratelimit *c = &s->d->conf->ratelimit;
+
+    if (reply[0] != '5' || s->allowed)
+        return 0;
+    s->rcpt_5xx++;
+    if (c->tarpit_after <= 0 || s->rcpt_5xx <= c->tarpit_after)
+        return 0;
+    long steps = s->rcpt_5xx - c->tarpit_after - 1;
+    long delay = c->tarpit_delay;
+    while (steps-- > 0 && delay < c->tarpit_max)
+        delay *= 2;
+    if (delay > c->tarpit_max)
+        delay = c->tarpit_max;
+    if (s->tarpit == NULL && (s->tarpit = evtimer_new(s->d->base, session_on_tarpit, s)) == NULL)
+        return 0;
+    if (s->tarpit_reply == NULL && (s->tarpit_reply = malloc(RECIPIENT_REPLY_MAX)) == NULL)
+        return 0;
+    snprintf(s->tarpit_reply, RECIPIENT_REPLY_MAX, "%s", reply);
+    s->tarpit_why = why;
+    s->tarpit_back = s->state;
+    struct timeval tv = { delay, 0 };
+    if (evtimer_add(s->tarpit, &tv) != 0)
+        return 0;
+    stats_inc(STAT_TARPIT);
+    log_info("[%s]: tarpit: RCPT reply delayed %lds after %ld refused recipients", s->addr,
+             delay, s->rcpt_5xx - 1);
+    session_set_state(s, S_RCPT_WAIT);
+    return 1;
+}
+
 static void session_rcpt_verdict(struct session *s, const struct recipient_answer *v,
                                  const char *addr, const struct smtp_rcpt_params *rp)
 {
@@ -471,6 +622,8 @@ static void session_rcpt_verdict(struct session *s, const struct recipient_answe
                           "421 4.7.0 Error: too many unknown recipients, try again later");
             return;
         }
+        if (session_tarpit(s, v->why, v->reply))
+            return;
         session_error(s, v->why, v->reply);
         return;
     }
@@ -498,6 +651,15 @@ static void session_rcpt_verdict(struct session *s, const struct recipient_answe
         s->rcpt_cap = cap;
     }
     const struct conf_domain *dom = v->dom;
+    if (smtpd_quota_full(s->d, dom, s->mp.size > 0 ? (unsigned long long)s->mp.size : 0)) {
+        log_info("%s: reject: RCPT from %s[%s]: <%s>: domain %s quota exceeded; from=<%s>",
+                 s->qid, s->name, s->addr, addr, dom->name, s->sender);
+        char reply[RECIPIENT_REPLY_MAX];
+        snprintf(reply, sizeof reply, "452 4.2.2 <%s>: Recipient address rejected: "
+                 "mailbox full: domain quota exceeded, try again later", addr);
+        session_reject(s, STAT_REJ_QUOTA, reply);
+        return;
+    }
     struct qrcpt *r = &s->rcpt[s->nrcpt];
     memset(r, 0, sizeof *r);
     r->index = (uint32_t)s->nrcpt;
@@ -512,8 +674,6 @@ static void session_rcpt_verdict(struct session *s, const struct recipient_answe
     session_set_state(s, S_RCPT);
     session_reply(s, "250 2.1.5 Ok");
 }
-
-static void session_sync_check(struct session *s, enum smtp_cmd cmd);
 
 /* recipient_cb: the pending RCPT's verdict.  Answer it, then go on with
  * what the client pipelined meanwhile. */
@@ -552,6 +712,15 @@ static void cmd_rcpt(struct session *s, const char *arg)
     }
     if (a.utf8 && !s->mp.smtputf8) {
         session_error(s, STAT_REJ_PROTOCOL, "553 5.6.7 Error: non-ASCII address requires SMTPUTF8");
+        return;
+    }
+    const char *over = session_rate(s, RL_RCPT);
+    if (over != NULL) {
+        log_info("%s: reject: RCPT from %s[%s]: too many recipients from this %s", s->qid,
+                 s->name, s->addr, over);
+        session_reject(s, STAT_REJ_RATE, over[0] == 'a'
+                       ? "450 4.7.1 Error: too many recipients from your address, try again later"
+                       : "450 4.7.1 Error: too many recipients from your network, try again later");
         return;
     }
     int family = session_client(s, client);
@@ -997,6 +1166,28 @@ static void session_data_end(struct session *s)
         return;
     }
 
+    /* The quota again with the real size: refused only when every
+     * recipient's domain would cross its quota.  When some would not, the
+     * message is taken (it is stored once, for all its recipients) and
+     * the full domains overshoot by this one message. */
+    unsigned long long real = spool_body_size(s->body);
+    size_t fits = 0;
+    for (size_t i = 0; i < s->nrcpt && fits == 0; i++) {
+        const struct conf_domain *dom = conf_domain_find(s->d->conf, s->rcpt[i].domain);
+        if (dom == NULL || !smtpd_quota_full(s->d, dom, real))
+            fits++;
+    }
+    if (fits == 0 && s->nrcpt > 0) {
+        log_info("%s: reject: end of data from %s[%s]: domain quota exceeded (%llu octets); "
+                 "from=<%s>", s->qid, s->name, s->addr, real, s->sender);
+        session_reject(s, STAT_REJ_QUOTA,
+                       "452 4.2.2 Error: mailbox full: domain quota exceeded, try again later");
+        session_txn_reset(s);
+        session_set_state(s, S_HELO);
+        session_set_timeout(s, s->d->conf->limits.command_timeout);
+        return;
+    }
+
     struct qmsg m;
     memset(&m, 0, sizeof m);
     snprintf(m.qid, sizeof m.qid, "%s", s->qid);
@@ -1363,6 +1554,9 @@ static void session_free(struct session *s)
     dns_ptr_cancel(s->ptr);
     recipient_req_free(s->rreq);
     free(s->wait);
+    if (s->tarpit != NULL)
+        event_free(s->tarpit);
+    free(s->tarpit_reply);
     session_txn_reset(s);
     free(s->rcpt);
     free(s->sender);
@@ -1485,6 +1679,22 @@ void smtpd_accept(void *arg, evutil_socket_t fd, const struct sockaddr *sa, int 
         session_close(s, SMTPD_NO_REJECT, "421 4.3.2 Error: server shutting down");
         return;
     }
+    {
+        unsigned char ca[16];
+        int fam = session_client(s, ca);
+        s->allowed = conf_cidr_match(d->conf->allow_clients, d->conf->nallow_clients, fam, ca);
+    }
+    const char *over = session_rate(s, RL_CONNECT);
+    if (over != NULL) {
+        log_info("reject: CONNECT from %s[%s]: too many connections from this %s", s->name,
+                 s->addr, over);
+        stats_inc(STAT_REJ_RATE);
+        session_reply(s, "421 4.7.1 %s Error: too many connections from your %s, "
+                      "try again later", d->conf->hostname, over);
+        session_set_state(s, S_CLOSING);
+        bufferevent_disable(s->bev, EV_READ);
+        return;
+    }
     /* Not awaited: a slow or dead resolver must not delay the greeting.
      * A loopback client is this machine: with the system resolver it is
      * "localhost" without a query (a burst of local connections must not
@@ -1557,5 +1767,6 @@ void smtpd_free(struct smtpd *d)
      * the committed ones at the next start. */
     while (d->commits)
         commit_free(d->commits);
+    ratelimit_free(d->rl);
     free(d);
 }

@@ -41,6 +41,10 @@ enum stat_id {
     STAT_REJ_UNVERIFIED,        /* 450 4.1.1: callout gave no answer (yet) */
     STAT_REJ_LOOKUP,            /* 451 4.3.0: recipient table unreachable */
     STAT_REJ_THROTTLED,         /* 450 4.7.1/421: client made too many unknown recipients */
+    STAT_REJ_QUOTA,             /* 452 4.2.2: the domain's spool quota is full */
+    STAT_REJ_RATE,              /* 421/450 4.7.1: a per-client rate limit */
+    STAT_REJ_GREYLIST,          /* 450 4.2.0: greylisted */
+    STAT_TARPIT,                /* RCPT replies delayed by the unknown-recipient tarpit */
     STAT_COUNT_
 };
 
