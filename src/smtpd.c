@@ -35,6 +35,7 @@
 #include "data.h"
 #include "dns.h"
 #include "listen.h"
+#include "greylist.h"
 #include "log.h"
 #include "policy.h"
 #include "qid.h"
@@ -197,6 +198,9 @@ struct smtpd {
     struct smtpd_commit *commits;       /* handed to the spool, not yet done */
     int draining;
     struct ratelimit *rl;               /* per-client counts (ratelimit.h) */
+    struct greylist *gl;                /* SPOOL/greylist, opened at first need */
+    struct event *gl_sweep;             /* its periodic expiry sweep */
+    int gl_failed;                      /* its open failed: logged once */
     time_t disk_checked;
     unsigned long long disk_free;
 };
@@ -441,6 +445,80 @@ static int smtpd_quota_full(struct smtpd *d, const struct conf_domain *dom,
     return 0;
 }
 
+static void smtpd_greylist_sweep(evutil_socket_t fd, short what, void *arg)
+{
+    struct smtpd *d = arg;
+    (void)fd;
+    (void)what;
+    long n = greylist_sweep(d->gl, &d->conf->greylist, (int64_t)time(NULL));
+    if (n < 0)
+        log_warn("greylist: expiry sweep failed");
+    else if (n > 0)
+        log_info("greylist: %ld expired triplets removed", n);
+}
+
+/* The greylist store, opened at first need (SPOOL/greylist, beside the
+ * spool's index; the spool is ours by then).  NULL: not available, the
+ * reason logged once; greylisting then passes everything (fail open). */
+static struct greylist *smtpd_greylist(struct smtpd *d)
+{
+    char dir[PATH_MAX], err[512];
+
+    if (d->gl != NULL)
+        return d->gl;
+    snprintf(dir, sizeof dir, "%s/greylist", d->conf->spool);
+    d->gl = greylist_open(dir, (size_t)d->conf->greylist.map_size, err, sizeof err);
+    if (d->gl == NULL) {
+        if (!d->gl_failed)
+            log_warn("greylist: cannot open %s; greylisting passes all mail", err);
+        d->gl_failed = 1;
+        return NULL;
+    }
+    if (d->gl_failed)
+        log_info("greylist: %s open again", dir);
+    d->gl_failed = 0;
+    d->gl_sweep = event_new(d->base, -1, EV_PERSIST, smtpd_greylist_sweep, d);
+    struct timeval tv = { d->conf->greylist.sweep, 0 };
+    if (d->gl_sweep != NULL)
+        evtimer_add(d->gl_sweep, &tv);
+    return d->gl;
+}
+
+/*
+ * Greylisting for a valid recipient of a domain with `greylist = true`.
+ * Returns 0 to accept, or 1 with the 450 4.2.0 refusal in reply.
+ */
+static int session_greylisted(struct session *s, const struct conf_domain *dom, const char *addr,
+                              char *reply, size_t len)
+{
+    const struct conf *c = s->d->conf;
+    unsigned char a[16], net[16];
+    enum greylist_result res;
+    long wait;
+
+    if (!dom->greylist || s->allowed)
+        return 0;
+    struct greylist *g = smtpd_greylist(s->d);
+    if (g == NULL)
+        return 0;
+    int family = session_client(s, a);
+    ratelimit_network(family, a,
+                      (int)(family == AF_INET6 ? c->ratelimit.ipv6_prefix : c->ratelimit.ipv4_prefix),
+                      net);
+    if (greylist_check(g, &c->greylist, family, net, s->sender ? s->sender : "", addr,
+                       (int64_t)time(NULL), &res, &wait) != 0) {
+        log_warn("%s: greylist: lookup failed for <%s>; passed", s->qid, addr);
+        return 0;
+    }
+    if (res == GREYLIST_PASS)
+        return 0;
+    log_info("%s: reject: RCPT from %s[%s]: <%s>: greylisted for %lds; from=<%s>", s->qid,
+             s->name, s->addr, addr, wait, s->sender);
+    snprintf(reply, len, "450 4.2.0 <%s>: Recipient address rejected: Greylisted, "
+             "please try again in %ld seconds", addr, wait);
+    return 1;
+}
+
 /* ------------------------------------------------------------------ */
 /* Commands                                                           */
 
@@ -659,6 +737,13 @@ static void session_rcpt_verdict(struct session *s, const struct recipient_answe
                  "mailbox full: domain quota exceeded, try again later", addr);
         session_reject(s, STAT_REJ_QUOTA, reply);
         return;
+    }
+    {
+        char reply[RECIPIENT_REPLY_MAX];
+        if (session_greylisted(s, dom, addr, reply, sizeof reply)) {
+            session_reject(s, STAT_REJ_GREYLIST, reply);
+            return;
+        }
     }
     struct qrcpt *r = &s->rcpt[s->nrcpt];
     memset(r, 0, sizeof *r);
@@ -1768,5 +1853,8 @@ void smtpd_free(struct smtpd *d)
     while (d->commits)
         commit_free(d->commits);
     ratelimit_free(d->rl);
+    if (d->gl_sweep != NULL)
+        event_free(d->gl_sweep);
+    greylist_close(d->gl);
     free(d);
 }
