@@ -149,6 +149,7 @@ static int conf_pgsql_parse(struct conf_loader *L, const config_setting_t *s, vo
 static int conf_domains_from_parse(struct conf_loader *L, const config_setting_t *s, void *base);
 static int conf_cluster_check(struct conf_loader *L, const config_setting_t *s, void *base);
 static int conf_allow_clients_parse(struct conf_loader *L, const config_setting_t *s, void *base);
+static int conf_dnsbl_zones_parse(struct conf_loader *L, const config_setting_t *s, void *base);
 
 #define LIM(f) offsetof(struct conf_limits, f)
 static const struct conf_setting limits_table[] = {
@@ -246,6 +247,27 @@ static const struct conf_setting greylist_table[] = {
     { NULL, 0, 0, 0, 0, 0, 0, 0, 0, 0 },
 };
 #undef GRY
+
+/* dnsbl = { zones = ( { zone = "zen.example"; weight = 2; reply = "..."; } );
+ *           threshold = 1; } */
+#define DZN(f) offsetof(struct conf_dnsbl_zone, f)
+static const struct conf_setting dnsbl_zone_table[] = {
+    { "zone",   CK_HOSTNAME, DZN(zone),   0, 0, 0, CF_REQUIRED, 0, 0, 0 },
+    { "weight", CK_INT,      DZN(weight), 1, -1000, 1000, 0, 0, 0, 0 },
+    { "reply",  CK_STRING,   DZN(reply),  0, 0, 0, 0, 0, 0, 0 },
+    { NULL, 0, 0, 0, 0, 0, 0, 0, 0, 0 },
+};
+#undef DZN
+#define DBL(f) offsetof(struct conf_dnsbl, f)
+static const struct conf_setting dnsbl_table[] = {
+    { "zones",      CK_CUSTOM,   0,               0, 0, 0, 0, 0, 0, conf_dnsbl_zones_parse },
+    { "threshold",  CK_INT,      DBL(threshold),  1, 1, 100000, 0, 0, 0, 0 },
+    { "timeout",    CK_DURATION, DBL(timeout),    5 * SECOND, SECOND, MINUTE, 0, 0, 0, 0 },
+    { "cache_ttl",  CK_DURATION, DBL(cache_ttl),  5 * MINUTE, 0, DAY, 0, 0, 0, 0 },
+    { "cache_size", CK_INT,      DBL(cache_size), 10000, 16, 10000000, 0, 0, 0, 0 },
+    { NULL, 0, 0, 0, 0, 0, 0, 0, 0, 0 },
+};
+#undef DBL
 /* Postfix's address_verify_* defaults: positive 31d/7d, negative 3d/3h. */
 #define VRF(f) offsetof(struct conf_verify, f)
 static const struct conf_setting verify_table[] = {
@@ -379,6 +401,7 @@ static const struct conf_setting top_table[] = {
     { "cluster",       CK_GROUP,    CNF(cluster),       0, 0, 0, 0, 0, cluster_table, conf_cluster_check },
     { "ratelimit",     CK_GROUP,    CNF(ratelimit),     0, 0, 0, 0, 0, ratelimit_table, 0 },
     { "greylist",      CK_GROUP,    CNF(greylist),      0, 0, 0, 0, 0, greylist_table, 0 },
+    { "dnsbl",         CK_GROUP,    CNF(dnsbl),         0, 0, 0, 0, 0, dnsbl_table, 0 },
     { "allow_clients", CK_CUSTOM,   0,                  0, 0, 0, 0, 0, 0, conf_allow_clients_parse },
     { NULL, 0, 0, 0, 0, 0, 0, 0, 0, 0 },
 };
@@ -915,6 +938,51 @@ static int conf_allow_clients_parse(struct conf_loader *L, const config_setting_
     return 0;
 }
 
+/* A reply text may hold one %s (the zone) and %% only: it is a format. */
+static int conf_reply_format_ok(const char *r)
+{
+    int conv = 0;
+    for (const char *p = r; *p; p++) {
+        unsigned char ch = (unsigned char)*p;
+        if (ch < ' ' || ch >= 0x7f)
+            return 0;
+        if (*p != '%')
+            continue;
+        if (p[1] == '%') {
+            p++;
+            continue;
+        }
+        if (p[1] != 's' || conv++)
+            return 0;
+        p++;
+    }
+    return 1;
+}
+
+static int conf_dnsbl_zones_parse(struct conf_loader *L, const config_setting_t *s, void *base)
+{
+    struct conf_dnsbl *b = base;
+    int n;
+    if (!config_setting_is_list(s))
+        return conf_fail(L, s, "dnsbl.zones must be a list ( { zone = \"...\"; weight = 1; }, ... )");
+    n = config_setting_length(s);
+    b->zones = calloc((size_t)n + 1, sizeof *b->zones);
+    if (!b->zones)
+        return conf_fail(L, s, "out of memory");
+    for (int i = 0; i < n; i++) {
+        const config_setting_t *e = config_setting_get_elem(s, (unsigned)i);
+        struct conf_dnsbl_zone *z = &b->zones[i];
+        b->nzones = (size_t)i + 1;
+        conf_defaults(dnsbl_zone_table, z);
+        if (conf_group_load(L, e, dnsbl_zone_table, z, "dnsbl.zones") < 0)
+            return -1;
+        if (z->reply && !conf_reply_format_ok(z->reply))
+            return conf_fail(L, config_setting_get_member((config_setting_t *)e, "reply"),
+                             "dnsbl.zones.reply: printable text with at most one %%s (the zone)");
+    }
+    return 0;
+}
+
 /* "sha256:" + 64 hex digits, colons between octets allowed; stored as
  * "sha256:" + 64 lower-case hex digits so tls.c compares with strcmp. */
 /* recipients = "PATH" | "lmdb:PATH" | "pgsql:NAME" (table.h).  Paths are
@@ -1413,6 +1481,11 @@ void conf_free(const struct conf *cc)
     free(c->resolver);
     free(c->etrn_allow);
     free(c->allow_clients);
+    for (size_t i = 0; i < c->dnsbl.nzones; i++) {
+        free(c->dnsbl.zones[i].zone);
+        free(c->dnsbl.zones[i].reply);
+    }
+    free(c->dnsbl.zones);
     free(c->tls_certificate);
     free(c->tls_key);
     for (size_t i = 0; i < c->ndomains; i++)

@@ -173,6 +173,22 @@ struct conf_greylist {
     long map_size;              /* initial LMDB map, octets */
 };
 
+/* DNSBL/DNSWL (dnsbl.h): the `dnsbl` group.  A zone with a negative
+ * weight is an allow-list (DNSWL). */
+struct conf_dnsbl_zone {
+    char *zone;                 /* lower case, no trailing dot */
+    long weight;
+    char *reply;                /* with at most one %s (the zone), or NULL */
+};
+struct conf_dnsbl {
+    struct conf_dnsbl_zone *zones;
+    size_t nzones;
+    long threshold;             /* sum of weights that blocks */
+    long timeout;               /* seconds the queries may take */
+    long cache_ttl;             /* seconds an answer is reused */
+    long cache_size;            /* client addresses kept */
+};
+
 struct conf {
     char *path;                 /* the file this was read from */
     char *hostname;
@@ -208,6 +224,7 @@ struct conf {
     struct conf_cluster cluster;
     struct conf_ratelimit ratelimit;
     struct conf_greylist greylist;
+    struct conf_dnsbl dnsbl;
     struct conf_cidr *allow_clients;    /* exempt from rate limits, greylisting, DNSBL */
     size_t nallow_clients;
     unsigned long refs;         /* conf.c's own: conf_ref / conf_free */

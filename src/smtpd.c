@@ -34,6 +34,7 @@
 #include "smtpd.h"
 #include "data.h"
 #include "dns.h"
+#include "dnsbl.h"
 #include "listen.h"
 #include "greylist.h"
 #include "log.h"
@@ -75,6 +76,10 @@
 #define SMTPD_RECEIVED_MAX (4 * 1024 + SMTP_PATH_MAX)
 /* Seconds a statvfs() answer is trusted. */
 #define SMTPD_DISK_CHECK_EVERY 1
+/* A DNSBL refusal: formatted in a buffer that holds every part, then cut
+ * to one reply line of 512 octets with its CRLF (RFC 5321 4.5.3.1.5). */
+#define SMTPD_DNSBL_REPLY_BUF 1024
+#define SMTP_REPLY_LINE_MAX 510
 
 enum sstate {
     S_INIT = 0,     /* greeted; no HELO/EHLO yet */
@@ -180,6 +185,8 @@ struct session {
     enum sstate tarpit_back;
     enum stat_id tarpit_why;
     char *tarpit_reply;
+    struct dnsbl_req *dnsbl;            /* pending DNSBL check; the greeting waits */
+    char *dnsbl_reply;                  /* listed: the 554 5.7.1 every MAIL gets */
 };
 
 struct smtpd {
@@ -198,6 +205,7 @@ struct smtpd {
     struct smtpd_commit *commits;       /* handed to the spool, not yet done */
     int draining;
     struct ratelimit *rl;               /* per-client counts (ratelimit.h) */
+    struct dnsbl *dnsbl;                /* DNSBL answer cache (dnsbl.h) */
     struct greylist *gl;                /* SPOOL/greylist, opened at first need */
     struct event *gl_sweep;             /* its periodic expiry sweep */
     int gl_failed;                      /* its open failed: logged once */
@@ -320,6 +328,8 @@ static void session_end(struct session *s)
     recipient_cancel(s->rreq);
     if (s->tarpit != NULL)
         evtimer_del(s->tarpit);
+    dnsbl_cancel(s->dnsbl);
+    s->dnsbl = NULL;
     if (s->commit != NULL) {
         s->commit->s = NULL;
         s->commit = NULL;
@@ -587,6 +597,11 @@ static void cmd_mail(struct session *s, const char *arg)
     }
     if (smtp_addr_format(&a, s->sender, SMTP_PATH_MAX + 1) < 0) {
         session_error(s, STAT_REJ_PROTOCOL, "501 5.1.7 Error: sender address too long");
+        return;
+    }
+    if (s->dnsbl_reply != NULL) {
+        log_info("reject: MAIL from %s[%s]: %s", s->name, s->addr, s->dnsbl_reply);
+        session_reject(s, STAT_REJ_DNSBL, s->dnsbl_reply);
         return;
     }
     const char *over = session_rate(s, RL_MAIL);
@@ -1642,6 +1657,7 @@ static void session_free(struct session *s)
     if (s->tarpit != NULL)
         event_free(s->tarpit);
     free(s->tarpit_reply);
+    free(s->dnsbl_reply);
     session_txn_reset(s);
     free(s->rcpt);
     free(s->sender);
@@ -1709,6 +1725,35 @@ static int session_is_loopback(const struct session *s)
     if (IN6_IS_ADDR_V4MAPPED(a6))
         return a6->s6_addr[12] == 127;
     return IN6_IS_ADDR_LOOPBACK(a6);
+}
+
+/* A DNSBL verdict: a listed client is greeted like any other and gets
+ * 554 5.7.1 with the list's reason at every MAIL (a client sees and logs
+ * a refusal of MAIL better than one of the greeting). */
+static void session_dnsbl_note(struct session *s, const struct dnsbl_result *r)
+{
+    if (!r->blocked || s->dnsbl_reply != NULL)
+        return;
+    if ((s->dnsbl_reply = malloc(SMTPD_DNSBL_REPLY_BUF)) == NULL)
+        return;                         /* fail open */
+    snprintf(s->dnsbl_reply, SMTPD_DNSBL_REPLY_BUF,
+             "554 5.7.1 Service unavailable; client [%s] blocked using %s; %s", s->addr, r->zone,
+             r->reason);
+    /* a list's TXT may be long: one reply line (RFC 5321 4.5.3.1.5) */
+    s->dnsbl_reply[SMTP_REPLY_LINE_MAX] = '\0';
+    log_info("[%s]: listed (score %ld): %s: %s", s->addr, r->score, r->zone, r->reason);
+}
+
+static void session_on_dnsbl(void *arg, const struct dnsbl_result *r)
+{
+    struct session *s = arg;
+
+    s->dnsbl = NULL;
+    session_dnsbl_note(s, r);
+    if (s->state >= S_CLOSING)
+        return;
+    session_reply(s, "220 %s ESMTP mxkeep", s->d->conf->hostname);
+    bufferevent_enable(s->bev, EV_READ);
 }
 
 void smtpd_accept(void *arg, evutil_socket_t fd, const struct sockaddr *sa, int salen)
@@ -1789,6 +1834,21 @@ void smtpd_accept(void *arg, evutil_socket_t fd, const struct sockaddr *sa, int 
         snprintf(s->name, sizeof s->name, "localhost");
     else if (d->dns && !(s->ptr = dns_ptr(d->dns, (struct sockaddr *)&s->sa, session_on_ptr, s)))
         log_warn("[%s]: cannot start the reverse lookup; client stays unknown", s->addr);
+    if (!s->allowed && d->dns != NULL && d->conf->dnsbl.nzones > 0) {
+        struct dnsbl_result now;
+        unsigned char ca[16];
+        int fam = session_client(s, ca);
+        if (d->dnsbl == NULL)
+            d->dnsbl = dnsbl_new(d->base);
+        s->dnsbl = dnsbl_check(d->dnsbl, d->dns, d->conf, fam, ca, session_on_dnsbl, s, &now);
+        if (s->dnsbl != NULL) {
+            /* The greeting waits for the lists (bounded by dnsbl.timeout),
+             * so that the verdict is known before any command. */
+            bufferevent_disable(s->bev, EV_READ);
+            return;
+        }
+        session_dnsbl_note(s, &now);
+    }
     session_reply(s, "220 %s ESMTP mxkeep", d->conf->hostname);
 }
 
@@ -1853,6 +1913,7 @@ void smtpd_free(struct smtpd *d)
     while (d->commits)
         commit_free(d->commits);
     ratelimit_free(d->rl);
+    dnsbl_free(d->dnsbl);
     if (d->gl_sweep != NULL)
         event_free(d->gl_sweep);
     greylist_close(d->gl);
