@@ -29,7 +29,7 @@ def main():
     require_binaries()
     srv = Server(domains=[{"name": "example.org", "hold": True}],
                  settings={"ratelimit": {"window": "10m", "connections": 3, "net_connections": 5,
-                                         "messages": 2, "net_messages": 100,
+                                         "messages": 2, "net_messages": 4,
                                          "recipients": 3, "net_recipients": 100},
                            "allow_clients": ["127.0.9.0/24"]})
     srv.start()
@@ -89,6 +89,21 @@ def main():
     c.cmd("QUIT")
     c.close()
 
+    # messages per network: 127.0.8.1 and .2 send 2 each (the /24's 4),
+    # then a third address of the same /24 is refused at once
+    codes = []
+    for src in ("127.0.8.1", "127.0.8.2", "127.0.8.3"):
+        c, g = greet(srv, src)
+        c.ehlo()
+        for i in range(2 if src != "127.0.8.3" else 1):
+            r = c.cmd("MAIL FROM:<n@sender.example>")
+            codes.append(r.code)
+            c.cmd("RSET")
+        c.cmd("QUIT")
+        c.close()
+    is_(codes, [250, 250, 250, 250, 450], "messages per /24: the 5th MAIL (a new address) gets 450")
+    like(r.text, r"^450 4\.7\.1 .*from your network", "... 4.7.1, the network named")
+
     # allow-listed: none of the limits
     codes = []
     for i in range(6):
@@ -103,8 +118,8 @@ def main():
     is_(sorted(set(codes)), [220, 250], "allow_clients: 6 connections, 6 messages, 24 RCPTs, none refused")
 
     after = stats(srv)
-    is_(after.get("rejected_rate_total", 0) - before.get("rejected_rate_total", 0), 4,
-        "rejected_total{reason=rate}: 4")
+    is_(after.get("rejected_rate_total", 0) - before.get("rejected_rate_total", 0), 5,
+        "rejected_total{reason=rate}: 5")
     is_(srv.stop(), 0, "mxkeepd exits 0")
 
 
