@@ -611,7 +611,7 @@ static void test_limits_issue9(void)
        "max_messages, max_bytes \"2G\", greylist");
     ok(b && b->max_messages == 0 && b->max_bytes == 0 && !b->greylist, "quotas off by default");
     ok(c->ratelimit.connections == 5 && c->ratelimit.net_messages == 0 &&
-       c->ratelimit.net_connections == 1200 && c->ratelimit.window == 60 &&
+       c->ratelimit.net_connections == 0 && c->ratelimit.window == 60 &&
        c->ratelimit.ipv4_prefix == 24 && c->ratelimit.ipv6_prefix == 64 &&
        c->ratelimit.tarpit_after == 2 && c->ratelimit.tarpit_delay == 1 &&
        c->ratelimit.tarpit_max == 10, "ratelimit values and defaults");
@@ -624,7 +624,7 @@ static void test_limits_issue9(void)
        "dnsbl zones (name normalized), weights, threshold, defaults");
     conf_free(c);
     c = load_text(BASE);
-    ok(c && c->dnsbl.nzones == 0 && c->ratelimit.messages == 6000 && c->nallow_clients == 0,
+    ok(c && c->dnsbl.nzones == 0 && c->ratelimit.messages == 0 && c->nallow_clients == 0,
        "without the groups: no zones, default limits");
     conf_free(c);
 
