@@ -154,6 +154,8 @@ static int conf_control_check(struct conf_loader *L, const config_setting_t *s, 
 static int conf_pgsql_parse(struct conf_loader *L, const config_setting_t *s, void *base);
 static int conf_domains_from_parse(struct conf_loader *L, const config_setting_t *s, void *base);
 static int conf_cluster_check(struct conf_loader *L, const config_setting_t *s, void *base);
+static int conf_allow_clients_parse(struct conf_loader *L, const config_setting_t *s, void *base);
+static int conf_dnsbl_zones_parse(struct conf_loader *L, const config_setting_t *s, void *base);
 
 #define LIM(f) offsetof(struct conf_limits, f)
 static const struct conf_setting limits_table[] = {
@@ -217,6 +219,70 @@ static const struct conf_setting cluster_table[] = {
     { NULL, 0, 0, 0, 0, 0, 0, 0, 0, 0 },
 };
 #undef CLU
+
+/* Per-client limits, off (0) by default: a real sender falling back to
+ * the backup (Postfix at its default concurrency of 20, one message per
+ * connection) delivers thousands of messages a minute from one address
+ * (t/smtp/14-per-client: 10,000 in a few seconds), so any count that
+ * never bites it stops no flood either.  Set them for the traffic a site
+ * sees; allow_clients exempts the primary and partners.  The tarpit is on:
+ * it only slows clients that guess recipients. */
+#define RTL(f) offsetof(struct conf_ratelimit, f)
+static const struct conf_setting ratelimit_table[] = {
+    { "window",          CK_DURATION, RTL(window),          MINUTE, SECOND, DAY, 0, 0, 0, 0 },
+    { "connections",     CK_INT,      RTL(connections),       0, 0, 100000000, 0, 0, 0, 0 },
+    { "net_connections", CK_INT,      RTL(net_connections),   0, 0, 100000000, 0, 0, 0, 0 },
+    { "messages",        CK_INT,      RTL(messages),          0, 0, 100000000, 0, 0, 0, 0 },
+    { "net_messages",    CK_INT,      RTL(net_messages),      0, 0, 100000000, 0, 0, 0, 0 },
+    { "recipients",      CK_INT,      RTL(recipients),        0, 0, 100000000, 0, 0, 0, 0 },
+    { "net_recipients",  CK_INT,      RTL(net_recipients),    0, 0, 100000000, 0, 0, 0, 0 },
+    { "ipv4_prefix",     CK_INT,      RTL(ipv4_prefix),     24, 8, 32, 0, 0, 0, 0 },
+    { "ipv6_prefix",     CK_INT,      RTL(ipv6_prefix),     64, 16, 128, 0, 0, 0, 0 },
+    { "clients",         CK_INT,      RTL(clients),         100000, 16, 10000000, 0, 0, 0, 0 },
+    /* Unknown-recipient tarpit: after this many 5xx RCPT replies in a
+     * session each further one waits tarpit_delay, doubling up to
+     * tarpit_max (0 = no tarpit). */
+    { "tarpit_after",    CK_INT,      RTL(tarpit_after),    3, 0, 100000, 0, 0, 0, 0 },
+    { "tarpit_delay",    CK_DURATION, RTL(tarpit_delay),    SECOND, SECOND, MINUTE, 0, 0, 0, 0 },
+    { "tarpit_max",      CK_DURATION, RTL(tarpit_max),      10 * SECOND, SECOND, 5 * MINUTE, 0, 0, 0, 0 },
+    { NULL, 0, 0, 0, 0, 0, 0, 0, 0, 0 },
+};
+#undef RTL
+
+/* Postgrey's defaults: 5 min delay, 36 h to retry (its --retry-window is
+ * 2 d; 36 h per our issue), 36 d to remember a passed triplet (--max-age
+ * 35 d). */
+#define GRY(f) offsetof(struct conf_greylist, f)
+static const struct conf_setting greylist_table[] = {
+    { "delay",           CK_DURATION, GRY(delay),           5 * MINUTE, SECOND, DAY, 0, 0, 0, 0 },
+    { "retry_window",    CK_DURATION, GRY(retry_window),    36 * HOUR, SECOND, 30 * DAY, 0, 0, 0, 0 },
+    { "pass_expire",     CK_DURATION, GRY(pass_expire),     36 * DAY, SECOND, 365 * DAY, 0, 0, 0, 0 },
+    { "sweep",           CK_DURATION, GRY(sweep),           HOUR, SECOND, DAY, 0, 0, 0, 0 },
+    { "map_size",        CK_SIZE,     GRY(map_size),        64 * MIB, MIB, 1024 * GIB, 0, 0, 0, 0 },
+    { NULL, 0, 0, 0, 0, 0, 0, 0, 0, 0 },
+};
+#undef GRY
+
+/* dnsbl = { zones = ( { zone = "zen.example"; weight = 2; reply = "..."; } );
+ *           threshold = 1; } */
+#define DZN(f) offsetof(struct conf_dnsbl_zone, f)
+static const struct conf_setting dnsbl_zone_table[] = {
+    { "zone",   CK_HOSTNAME, DZN(zone),   0, 0, 0, CF_REQUIRED, 0, 0, 0 },
+    { "weight", CK_INT,      DZN(weight), 1, -1000, 1000, 0, 0, 0, 0 },
+    { "reply",  CK_STRING,   DZN(reply),  0, 0, 0, 0, 0, 0, 0 },
+    { NULL, 0, 0, 0, 0, 0, 0, 0, 0, 0 },
+};
+#undef DZN
+#define DBL(f) offsetof(struct conf_dnsbl, f)
+static const struct conf_setting dnsbl_table[] = {
+    { "zones",      CK_CUSTOM,   0,               0, 0, 0, 0, 0, 0, conf_dnsbl_zones_parse },
+    { "threshold",  CK_INT,      DBL(threshold),  1, 1, 100000, 0, 0, 0, 0 },
+    { "timeout",    CK_DURATION, DBL(timeout),    5 * SECOND, SECOND, MINUTE, 0, 0, 0, 0 },
+    { "cache_ttl",  CK_DURATION, DBL(cache_ttl),  5 * MINUTE, 0, DAY, 0, 0, 0, 0 },
+    { "cache_size", CK_INT,      DBL(cache_size), 10000, 16, 10000000, 0, 0, 0, 0 },
+    { NULL, 0, 0, 0, 0, 0, 0, 0, 0, 0 },
+};
+#undef DBL
 /* Postfix's address_verify_* defaults: positive 31d/7d, negative 3d/3h. */
 #define VRF(f) offsetof(struct conf_verify, f)
 static const struct conf_setting verify_table[] = {
@@ -264,6 +330,10 @@ static const struct conf_setting domain_table[] = {
     { "tls_ca",          CK_RFILE,    DOM(tls_ca),     0, 0, 0, 0, 0, 0, 0 },
     { "tls_fingerprint", CK_CUSTOM,   0,               0, 0, 0, 0, 0, 0, conf_fingerprint_parse },
     { "hold",            CK_BOOL,     DOM(hold),       0, 0, 1, 0, 0, 0, 0 },
+    /* Quotas on what this domain may hold in the spool (0 = none). */
+    { "max_messages",    CK_INT,      DOM(max_messages), 0, 0, 1000000000, 0, 0, 0, 0 },
+    { "max_bytes",       CK_SIZE,     DOM(max_bytes),  0, 0, LONG_MAX, 0, 0, 0, 0 },
+    { "greylist",        CK_BOOL,     DOM(greylist),   0, 0, 1, 0, 0, 0, 0 },
     { NULL, 0, 0, 0, 0, 0, 0, 0, 0, 0 },
 };
 #undef DOM
@@ -345,6 +415,10 @@ static const struct conf_setting top_table[] = {
     { "pgsql",         CK_CUSTOM,   0,                  0, 0, 0, 0, 0, 0, conf_pgsql_parse },
     { "domains_from",  CK_CUSTOM,   0,                  0, 0, 0, 0, 0, 0, conf_domains_from_parse },
     { "cluster",       CK_GROUP,    CNF(cluster),       0, 0, 0, 0, 0, cluster_table, conf_cluster_check },
+    { "ratelimit",     CK_GROUP,    CNF(ratelimit),     0, 0, 0, 0, 0, ratelimit_table, 0 },
+    { "greylist",      CK_GROUP,    CNF(greylist),      0, 0, 0, 0, 0, greylist_table, 0 },
+    { "dnsbl",         CK_GROUP,    CNF(dnsbl),         0, 0, 0, 0, 0, dnsbl_table, 0 },
+    { "allow_clients", CK_CUSTOM,   0,                  0, 0, 0, 0, 0, 0, conf_allow_clients_parse },
     { NULL, 0, 0, 0, 0, 0, 0, 0, 0, 0 },
 };
 #undef CNF
@@ -851,6 +925,76 @@ static int conf_etrn_allow_parse(struct conf_loader *L, const config_setting_t *
             return conf_fail(L, e, "etrn.allow: \"%s\" is not an address or prefix "
                              "such as 192.0.2.0/24 or 2001:db8::/32", v);
         c->netrn_allow = (size_t)i + 1;
+    }
+    return 0;
+}
+
+/* allow_clients = ( "192.0.2.0/24", "2001:db8::/32" ): the primary and
+ * partners, exempt from rate limits, greylisting and DNSBL. */
+static int conf_allow_clients_parse(struct conf_loader *L, const config_setting_t *s, void *base)
+{
+    struct conf *c = base;
+    int n;
+    if (!conf_is_sequence(s))
+        return conf_fail(L, s, "allow_clients must be a list of prefixes ( \"192.0.2.0/24\" )");
+    n = config_setting_length(s);
+    c->allow_clients = calloc((size_t)n + 1, sizeof *c->allow_clients);
+    if (!c->allow_clients)
+        return conf_fail(L, s, "out of memory");
+    for (int i = 0; i < n; i++) {
+        const config_setting_t *e = config_setting_get_elem(s, (unsigned)i);
+        const char *v = config_setting_get_string(e);
+        if (!v)
+            return conf_fail(L, e, "allow_clients: every entry must be a string");
+        if (conf_parse_cidr(v, &c->allow_clients[i]) < 0)
+            return conf_fail(L, e, "allow_clients: \"%s\" is not an address or prefix "
+                             "such as 192.0.2.0/24 or 2001:db8::/32", v);
+        c->nallow_clients = (size_t)i + 1;
+    }
+    return 0;
+}
+
+/* A reply text may hold one %s (the zone) and %% only: it is a format. */
+static int conf_reply_format_ok(const char *r)
+{
+    int conv = 0;
+    for (const char *p = r; *p; p++) {
+        unsigned char ch = (unsigned char)*p;
+        if (ch < ' ' || ch >= 0x7f)
+            return 0;
+        if (*p != '%')
+            continue;
+        if (p[1] == '%') {
+            p++;
+            continue;
+        }
+        if (p[1] != 's' || conv++)
+            return 0;
+        p++;
+    }
+    return 1;
+}
+
+static int conf_dnsbl_zones_parse(struct conf_loader *L, const config_setting_t *s, void *base)
+{
+    struct conf_dnsbl *b = base;
+    int n;
+    if (!config_setting_is_list(s))
+        return conf_fail(L, s, "dnsbl.zones must be a list ( { zone = \"...\"; weight = 1; }, ... )");
+    n = config_setting_length(s);
+    b->zones = calloc((size_t)n + 1, sizeof *b->zones);
+    if (!b->zones)
+        return conf_fail(L, s, "out of memory");
+    for (int i = 0; i < n; i++) {
+        const config_setting_t *e = config_setting_get_elem(s, (unsigned)i);
+        struct conf_dnsbl_zone *z = &b->zones[i];
+        b->nzones = (size_t)i + 1;
+        conf_defaults(dnsbl_zone_table, z);
+        if (conf_group_load(L, e, dnsbl_zone_table, z, "dnsbl.zones") < 0)
+            return -1;
+        if (z->reply && !conf_reply_format_ok(z->reply))
+            return conf_fail(L, config_setting_get_member((config_setting_t *)e, "reply"),
+                             "dnsbl.zones.reply: printable text with at most one %%s (the zone)");
     }
     return 0;
 }
@@ -1434,6 +1578,12 @@ void conf_free(const struct conf *cc)
     free(c->group);
     free(c->resolver);
     free(c->etrn_allow);
+    free(c->allow_clients);
+    for (size_t i = 0; i < c->dnsbl.nzones; i++) {
+        free(c->dnsbl.zones[i].zone);
+        free(c->dnsbl.zones[i].reply);
+    }
+    free(c->dnsbl.zones);
     free(c->tls_certificate);
     free(c->tls_key);
     for (size_t i = 0; i < c->ndomains; i++)

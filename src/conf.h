@@ -65,6 +65,9 @@ struct conf_domain {
     char *tls_fingerprint;      /* "sha256:hex" pin, or NULL */
     int hold;                   /* 1: deliver nothing until released */
     int from_db;                /* 1: added by domains_from, not the file */
+    long max_messages;          /* queued messages before RCPT gets 452 4.2.2; 0 = no quota */
+    long max_bytes;             /* queued body octets before 452 4.2.2; 0 = no quota */
+    int greylist;               /* 1: greylist.h decides after the recipient is valid */
 };
 
 /* Most bound parameters a custom query may use (%s, %u, %d occurrences). */
@@ -150,6 +153,49 @@ struct conf_verify {
     long clients;               /* client addresses tracked for the throttle */
     long map_size;              /* initial LMDB map of the cache, octets */
 };
+/* Per-client limits (ratelimit.h) and the unknown-recipient tarpit: the
+ * `ratelimit` group.  Every count is per `window`; 0 turns a limit off. */
+struct conf_ratelimit {
+    long window;                /* seconds */
+    long connections;           /* per client address */
+    long net_connections;       /* per client network (ipv4_prefix, ipv6_prefix) */
+    long messages;              /* MAIL commands */
+    long net_messages;
+    long recipients;            /* RCPT commands */
+    long net_recipients;
+    long ipv4_prefix;           /* bits of a client network */
+    long ipv6_prefix;
+    long clients;               /* table entries; the least recently seen is evicted */
+    long tarpit_after;          /* 5xx RCPT replies in a session before the tarpit */
+    long tarpit_delay;          /* first delay, seconds; doubles each time */
+    long tarpit_max;            /* bound of one delay, seconds */
+};
+
+/* Greylisting (greylist.h): the `greylist` group. */
+struct conf_greylist {
+    long delay;                 /* a new triplet is refused this long */
+    long retry_window;          /* ... and forgotten if not retried within it */
+    long pass_expire;           /* a passed triplet is remembered this long */
+    long sweep;                 /* expiry sweep period, seconds */
+    long map_size;              /* initial LMDB map, octets */
+};
+
+/* DNSBL/DNSWL (dnsbl.h): the `dnsbl` group.  A zone with a negative
+ * weight is an allow-list (DNSWL). */
+struct conf_dnsbl_zone {
+    char *zone;                 /* lower case, no trailing dot */
+    long weight;
+    char *reply;                /* with at most one %s (the zone), or NULL */
+};
+struct conf_dnsbl {
+    struct conf_dnsbl_zone *zones;
+    size_t nzones;
+    long threshold;             /* sum of weights that blocks */
+    long timeout;               /* seconds the queries may take */
+    long cache_ttl;             /* seconds an answer is reused */
+    long cache_size;            /* client addresses kept */
+};
+
 struct conf {
     char *path;                 /* the file this was read from */
     char *hostname;
@@ -185,6 +231,11 @@ struct conf {
     int domains_unknown;        /* 1: domains_from has not answered since start: a
                                  * domain not in the file may be the database's */
     struct conf_cluster cluster;
+    struct conf_ratelimit ratelimit;
+    struct conf_greylist greylist;
+    struct conf_dnsbl dnsbl;
+    struct conf_cidr *allow_clients;    /* exempt from rate limits, greylisting, DNSBL */
+    size_t nallow_clients;
     unsigned long refs;         /* conf.c's own: conf_ref / conf_free */
     const struct conf *parent;  /* conf.c's own: conf_with_domains' base */
 };

@@ -44,6 +44,11 @@ static const struct {
     [STAT_REJ_LOOKUP] = { "rejected_lookup_total", "Recipients refused 4xx: recipient table lookup failed" },
     [STAT_REJ_THROTTLED] = { "rejected_throttled_total", "Recipients refused 4xx: client made too many unknown recipients" },
     [STAT_REJ_GATED] = { "rejected_gated_total", "Recipients refused 4xx: accept = \"when-primary-down\" and the primary is up" },
+    [STAT_REJ_QUOTA] = { "rejected_quota_total", "Recipients or messages refused 452 4.2.2: the domain's spool quota is full" },
+    [STAT_REJ_RATE] = { "rejected_rate_total", "Connections, messages or recipients refused 4.7.1: a per-client rate limit" },
+    [STAT_REJ_GREYLIST] = { "rejected_greylist_total", "Recipients refused 450 4.2.0: greylisted" },
+    [STAT_REJ_DNSBL] = { "rejected_dnsbl_total", "Messages refused 554 5.7.1: the client is listed in DNSBL zones" },
+    [STAT_TARPIT] = { "tarpit_delays_total", "RCPT replies delayed by the unknown-recipient tarpit" },
 };
 
 /*
@@ -71,6 +76,11 @@ static const struct stats_series stats_family_map[STAT_COUNT_] = {
     [STAT_REJ_LOOKUP] = { "rejected_total", REJ_HELP, "reason", "lookup" },
     [STAT_REJ_THROTTLED] = { "rejected_total", REJ_HELP, "reason", "throttled" },
     [STAT_REJ_GATED] = { "rejected_total", REJ_HELP, "reason", "gated" },
+    [STAT_REJ_QUOTA] = { "rejected_total", REJ_HELP, "reason", "quota" },
+    [STAT_REJ_RATE] = { "rejected_total", REJ_HELP, "reason", "rate" },
+    [STAT_REJ_GREYLIST] = { "rejected_total", REJ_HELP, "reason", "greylist" },
+    [STAT_REJ_DNSBL] = { "rejected_total", REJ_HELP, "reason", "dnsbl" },
+    [STAT_TARPIT] = { "tarpit_delays_total", "RCPT replies delayed by the unknown-recipient tarpit", NULL, NULL },
     [STAT_DELIVERED] = { "recipients_total", RCPT_HELP, "outcome", "delivered" },
     [STAT_DEFERRED] = { "recipients_total", RCPT_HELP, "outcome", "deferred" },
     [STAT_BOUNCED] = { "recipients_total", RCPT_HELP, "outcome", "bounced" },
