@@ -128,6 +128,10 @@ static const char *const bare_newline_names[] = { "normalize", "reject", NULL };
 static const char *const tls_names[] = { "none", "may", "encrypt", "verify", NULL };
 static const char *const verify_names[] = { "off", "callout", NULL };
 static const char *const unverified_names[] = { "accept", "tempfail", NULL };
+static const char *const bounce_names[] = { "always", "authenticated", NULL };
+_Static_assert(sizeof(enum bounce_policy) == sizeof(int), "enum stored as int");
+_Static_assert(BOUNCE_ALWAYS == 0 && BOUNCE_AUTHENTICATED == 1,
+               "bounce_names follows enum bounce_policy");
 _Static_assert(sizeof(enum verify_mode) == sizeof(int), "enum stored as int");
 _Static_assert(sizeof(enum unverified_policy) == sizeof(int), "enum stored as int");
 _Static_assert(VERIFY_OFF == 0 && VERIFY_CALLOUT == 1, "verify_names follows enum verify_mode");
@@ -251,6 +255,7 @@ static const struct conf_setting domain_table[] = {
     { "tls_ca",          CK_RFILE,    DOM(tls_ca),     0, 0, 0, 0, 0, 0, 0 },
     { "tls_fingerprint", CK_CUSTOM,   0,               0, 0, 0, 0, 0, 0, conf_fingerprint_parse },
     { "hold",            CK_BOOL,     DOM(hold),       0, 0, 1, 0, 0, 0, 0 },
+    { "bounce",          CK_ENUM,     DOM(bounce),     BOUNCE_ALWAYS, 0, 0, 0, bounce_names, 0, 0 },
     { NULL, 0, 0, 0, 0, 0, 0, 0, 0, 0 },
 };
 #undef DOM
@@ -348,6 +353,8 @@ static const struct conf_setting top_table[] = {
     { "pid_file",      CK_PATH,     CNF(pid_file),      0, 0, 0, 0, 0, 0, 0 },
     { "lmdb_map_size", CK_SIZE,     CNF(lmdb_map_size), GIB, MIB, 1024 * GIB, 0, 0, 0, 0 },
     { "commit_batch",  CK_INT,      CNF(commit_batch),  256, 1, 100000, 0, 0, 0, 0 },
+    /* How long a quarantined message is kept before it is removed (quarantine.c). */
+    { "quarantine_retention", CK_DURATION, CNF(quarantine_retention), 14 * DAY, HOUR, 365 * DAY, 0, 0, 0, 0 },
     { "pgsql",         CK_CUSTOM,   0,                  0, 0, 0, 0, 0, 0, conf_pgsql_parse },
     { "domains_from",  CK_CUSTOM,   0,                  0, 0, 0, 0, 0, 0, conf_domains_from_parse },
     { "cluster",       CK_GROUP,    CNF(cluster),       0, 0, 0, 0, 0, cluster_table, conf_cluster_check },

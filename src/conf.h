@@ -44,6 +44,11 @@ struct conf_cidr {
     int bits;
 };
 
+/* Failure notices for a domain's mail (quarantine.h decides): always, or
+ * only to senders that authenticated (SPF pass or a sender DKIM pass);
+ * the rest go to quarantine, so a forged sender gets no backscatter. */
+enum bounce_policy { BOUNCE_ALWAYS = 0, BOUNCE_AUTHENTICATED };
+
 struct conf_domain {
     char *name;                 /* lower case, no trailing dot */
     char *primary;              /* as written, or NULL: MX lookup of name */
@@ -60,6 +65,7 @@ struct conf_domain {
     char *tls_ca;               /* CA file for verify, or NULL (system store) */
     char *tls_fingerprint;      /* "sha256:hex" pin, or NULL */
     int hold;                   /* 1: deliver nothing until released */
+    enum bounce_policy bounce;  /* default always */
     int from_db;                /* 1: added by domains_from, not the file */
 };
 
@@ -182,6 +188,7 @@ struct conf {
     char *pid_file;             /* absolute, or NULL */
     long lmdb_map_size;         /* initial map size, octets */
     long commit_batch;          /* most messages in one group commit */
+    long quarantine_retention;  /* seconds a quarantined message is kept (14d) */
     struct conf_pgsql *pgsql;
     size_t npgsql;
     char *domains_from;         /* NAME of "pgsql:NAME", or NULL */
