@@ -248,17 +248,26 @@ static enum spf_result spf_eval(SPF_server_t *srv, int family, const unsigned ch
     SPF_errcode_t err = SPF_server_get_record(srv, req, resp, &rec);
     if (err == SPF_E_DNS_ERROR) {
         res = SPF_RES_TEMPERROR;
-    } else if (err == SPF_E_NOT_SPF) {
-        res = SPF_RES_NONE;
+    } else if (err == SPF_E_NOT_SPF && SPF_response_result(resp) == SPF_RESULT_NONE) {
+        res = SPF_RES_NONE;             /* no name, no TXT, no v=spf1 record */
     } else if (err != SPF_E_SUCCESS || rec == NULL) {
-        res = SPF_RES_PERMERROR;        /* several records, or a syntax error */
+        /* several records, or one that does not compile (libspf2 says
+         * SPF_E_NOT_SPF for that too, without setting a result) */
+        res = SPF_RES_PERMERROR;
     } else {
+        /* the record whose exp= modifier explains a fail (libspf2's
+         * request-level query sets it the same way) */
+        resp->spf_record_exp = rec;
         SPF_record_interpret(rec, req, resp, 0);
+        resp->spf_record_exp = NULL;
         res = spf_map(SPF_response_result(resp));
     }
 out:
-    SPF_record_free(rec);
-    SPF_response_free(resp);
+    /* libspf2's free functions do not accept NULL */
+    if (rec)
+        SPF_record_free(rec);
+    if (resp)
+        SPF_response_free(resp);
     SPF_request_free(req);
     return res;
 }
