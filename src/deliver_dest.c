@@ -464,6 +464,12 @@ static struct job *job_load(struct dest *d, const char *qid, int *fatal)
         *fatal = 1;
         return NULL;
     }
+    /* Still being verified (DKIM): its verifier schedules it when the
+     * result is in the record, so the primary's A-R header carries it. */
+    if (s->busy && s->busy(s->busy_arg, qid)) {
+        free(j);
+        return NULL;
+    }
     j->s = s;
     j->d = d;
     if (spool_msg_get(s->spool, qid, &j->m) != 0 || (all = rcpts_load(s, &j->m, &nall)) == NULL) {

@@ -34,6 +34,7 @@
 #include "smtpd.h"
 #include "authres.h"
 #include "data.h"
+#include "dkim.h"
 #include "dns.h"
 #include "listen.h"
 #include "log.h"
@@ -191,6 +192,7 @@ struct smtpd {
     SSL_CTX *tls;
     struct dns *dns;                    /* borrowed; NULL: no client names */
     struct spf_pool *spf;               /* borrowed; NULL: no SPF checks */
+    struct dkim_pool *dkim;             /* borrowed; NULL: no DKIM checks */
     const struct conf *conf;
     const struct policy *policy;
     smtpd_etrn_fn etrn;
@@ -1012,7 +1014,10 @@ static void commit_done(void *arg, int err)
         stats_add(STAT_ACCEPTED_BYTES, (uint64_t)c->size);
         if (c->s == NULL)
             log_info("%s: queued after %s disconnected", c->qid, c->client);
-        if (d->queued)
+        /* DKIM first (after the 250, never before it): the message goes
+         * to delivery once its result is in the record, so the primary's
+         * Authentication-Results header carries it. */
+        if (d->queued && dkim_check(d->dkim, c->qid, d->queued, d->hook_arg) != 0)
             d->queued(d->hook_arg, c->qid);
     } else {
         stats_inc(STAT_REJ_STORAGE);
@@ -1646,6 +1651,7 @@ void smtpd_configure(struct smtpd *d, const struct conf *c, const struct policy 
 }
 
 void smtpd_set_spf(struct smtpd *d, struct spf_pool *p) { d->spf = p; }
+void smtpd_set_dkim(struct smtpd *d, struct dkim_pool *p) { d->dkim = p; }
 
 void smtpd_set_dns(struct smtpd *d, struct dns *dns)
 {
