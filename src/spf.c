@@ -178,14 +178,12 @@ static SPF_dns_rr_t *spf_dns_lookup(SPF_dns_server_t *ds, const char *domain, ns
     return out;
 }
 
-static void spf_dns_destroy(SPF_dns_server_t *ds) { free(ds); }
-
 static SPF_server_t *spf_server_make(struct spf_dns_hook *h)
 {
     SPF_dns_server_t *ds = calloc(1, sizeof *ds);
     if (ds == NULL)
         return NULL;
-    ds->destroy = spf_dns_destroy;
+    ds->destroy = NULL;                 /* ours to free: spf_server_drop */
     ds->lookup = spf_dns_lookup;
     ds->name = "mxkeep";
     ds->hook = h;
@@ -193,6 +191,17 @@ static SPF_server_t *spf_server_make(struct spf_dns_hook *h)
     if (srv == NULL)
         free(ds);
     return srv;
+}
+
+/* A server made by SPF_server_new_dns does not own its DNS layer
+ * (libspf2 frees only the layers it made itself): free both. */
+static void spf_server_drop(SPF_server_t *srv)
+{
+    if (srv == NULL)
+        return;
+    SPF_dns_server_t *ds = srv->resolver;
+    SPF_server_free(srv);
+    free(ds);
 }
 
 /* ---- evaluation ---------------------------------------------------------- */
@@ -294,8 +303,7 @@ void spf_check_sync(const char *resolver, long timeout, int family, const unsign
     struct spf_dns_hook h = { resolver, timeout };
     SPF_server_t *srv = spf_server_make(&h);
     spf_check_with(srv, family, addr, helo, sender, out);
-    if (srv)
-        SPF_server_free(srv);
+    spf_server_drop(srv);
 }
 
 int spf_answer_resinfo(const struct spf_answer *a, const char *sender, const char *helo,
@@ -351,8 +359,7 @@ static void *spf_worker(void *arg)
         event_active(p->notify, EV_READ, 0);
     }
     pthread_mutex_unlock(&p->mu);
-    if (srv)
-        SPF_server_free(srv);
+    spf_server_drop(srv);
     free(spf_answer_buf);
     spf_answer_buf = NULL;
     authdns_thread_end();
