@@ -439,6 +439,7 @@ static void session_on_spf_timeout(evutil_socket_t fd, short what, void *arg)
     log_info("%s: spf not done after %lds: recorded as temperror", s->qid,
              s->d->conf->spf.timeout);
     s->spf_waiting = 0;
+    spf_pool_note_late(s->d->spf);
     session_data_commit(s);
     if (s->state != S_COMMIT)
         session_drive(s);
@@ -1073,7 +1074,7 @@ static void session_data_end(struct session *s)
 
     /* SPF still looking: wait for it, at most spf.timeout, in S_COMMIT
      * (no input read: the client waits for our reply anyway). */
-    if (s->spf != NULL && s->d->conf->spf.timeout > 0) {
+    if (s->spf != NULL && s->d->conf->spf.timeout > 0 && !spf_pool_late(s->d->spf)) {
         if (s->spf_wait == NULL)
             s->spf_wait = evtimer_new(s->d->base, session_on_spf_timeout, s);
         if (s->spf_wait != NULL) {

@@ -65,6 +65,8 @@ struct spf_req {
     struct spf_answer answer;
     spf_done_fn done;
     void *arg;
+    struct timeval started;             /* loop clock at spf_check */
+    int overload;                       /* answered at once: queue full */
 };
 
 struct spf_pool {
@@ -79,6 +81,8 @@ struct spf_pool {
     struct event *notify;
     char *resolver;
     long timeout;
+    struct event_base *base;
+    int late;                           /* loop thread: spf_pool_late */
 };
 
 const char *spf_result_name(enum spf_result r)
@@ -382,9 +386,22 @@ static void spf_on_notify(evutil_socket_t fd, short what, void *arg)
         rev = list;
         list = n;
     }
+    struct timeval now;
+    event_base_gettimeofday_cached(p->base, &now);
     while (rev) {
         struct spf_req *r = rev;
         rev = r->next;
+        long ms = (long)(now.tv_sec - r->started.tv_sec) * 1000 +
+                  (long)(now.tv_usec - r->started.tv_usec) / 1000;
+        int late = ms > p->timeout * 1000;
+        if (!r->overload && late != p->late) {
+            if (late)
+                log_warn("spf: a check took %ld ms, more than spf.timeout: end of data "
+                         "stops waiting for SPF until checks are prompt again", ms);
+            else
+                log_info("spf: checks are prompt again: end of data waits for SPF");
+            p->late = late;
+        }
         if (!r->cancelled && r->done)
             r->done(r->arg, &r->answer);
         spf_req_free(r);
@@ -407,6 +424,7 @@ struct spf_pool *spf_pool_new(struct event_base *base, const struct conf *c, cha
     pthread_mutex_init(&p->mu, NULL);
     pthread_cond_init(&p->cv, NULL);
     p->timeout = c->spf.timeout;
+    p->base = base;
     p->resolver = c->resolver ? strdup(c->resolver) : NULL;
     p->notify = event_new(base, -1, 0, spf_on_notify, p);
     p->threads = calloc((size_t)c->spf.threads, sizeof *p->threads);
@@ -471,6 +489,7 @@ struct spf_req *spf_check(struct spf_pool *p, int family, const unsigned char *a
     r->sender = strdup(sender ? sender : "");
     r->done = done;
     r->arg = arg;
+    event_base_gettimeofday_cached(p->base, &r->started);
     if (r->helo == NULL || r->sender == NULL) {
         spf_req_free(r);
         return NULL;
@@ -480,6 +499,7 @@ struct spf_req *spf_check(struct spf_pool *p, int family, const unsigned char *a
         /* Overloaded: answer at once rather than queue without bound. */
         r->answer.mailfrom = r->sender[0] ? SPF_RES_TEMPERROR : SPF_RES_NONE;
         r->answer.helo = SPF_RES_TEMPERROR;
+        r->overload = 1;                /* says nothing of DNS: not timed */
         r->state = SPFQ_DONE;
         r->next = p->done;
         p->done = r;
@@ -496,6 +516,17 @@ struct spf_req *spf_check(struct spf_pool *p, int family, const unsigned char *a
     }
     pthread_mutex_unlock(&p->mu);
     return r;
+}
+
+int spf_pool_late(const struct spf_pool *p) { return p != NULL && p->late; }
+
+void spf_pool_note_late(struct spf_pool *p)
+{
+    if (p != NULL && !p->late) {
+        log_warn("spf: end of data gave up waiting: it stops waiting for SPF until "
+                 "checks are prompt again");
+        p->late = 1;
+    }
 }
 
 void spf_cancel(struct spf_req *r)

@@ -57,6 +57,16 @@ void spf_pool_free(struct spf_pool *p);
  */
 struct spf_req *spf_check(struct spf_pool *p, int family, const unsigned char *addr,
                           const char *helo, const char *sender, spf_done_fn done, void *arg);
+/*
+ * Whether DNS is answering SPF checks within spf.timeout.  A check that
+ * took longer (or an end of data that gave up waiting: spf_pool_note_late)
+ * makes the pool "late"; one finished in time makes it prompt again.
+ * While late, the end of data does not wait (the record says temperror):
+ * a resolver that is down must not slow every message by spf.timeout.
+ */
+int spf_pool_late(const struct spf_pool *p);
+void spf_pool_note_late(struct spf_pool *p);
+
 /* Forget a request: its callback never runs.  Accepts NULL. */
 void spf_cancel(struct spf_req *r);
 
