@@ -93,6 +93,13 @@ def main():
     took = time.monotonic() - t0
     is_(rs[-1].code, 250, "slow DNS: still accepted")
     ok(took < 3.0, "slow DNS: 250 after %.1fs (spf.timeout 1s)" % took)
+    # DNS is down: the daemon noticed, and the next end of data does not wait
+    t0 = time.monotonic()
+    rs = c.transaction("user@pass.test", ["user@example.org"], make_message("spf-slow2"))
+    took2 = time.monotonic() - t0
+    is_(rs[-1].code, 250, "slow DNS, second message: accepted")
+    ok(took2 < 0.8, "slow DNS, second message: no wait once DNS is known late (%.2fs)" % took2)
+    like(srv2.log(), r"spf: end of data gave up waiting", "the late resolver is logged")
     c.cmd("QUIT")
     c.close()
     ok(wait_for(lambda: any(message_id(b) == "<spf-slow@example.com>" for b in prim.bodies()), 20, 0.2),
