@@ -546,10 +546,32 @@ def qid_of(reply_text):
     return m.group(1) if m else None
 
 
+def strip_our_ar(data):
+    """A delivered message without the Authentication-Results header
+    mxkeepd puts on top when forwarding (CRLF or, in smtp-sink dumps, LF
+    line ends): what the spool stored."""
+    ar = ("Authentication-Results: %s;" % HOSTNAME).encode()
+    if data is None or not data.startswith(ar):
+        return data
+    lines = data.split(b"\n")
+    i = 1
+    while i < len(lines) and lines[i][:1] in (b" ", b"\t"):
+        i += 1
+    return b"\n".join(lines[i:])
+
+
 def split_received(body):
-    """Split a stored body into (our Received header, the rest)."""
+    """Split a stored body into (our Received header, the rest).  A body as
+    the primary got it starts with our Authentication-Results header (added
+    on the way out): that one is left out of both."""
     if body is None:
         return None, None
+    ar = ("Authentication-Results: %s;" % HOSTNAME).encode()
+    if body.startswith(ar):
+        pos = body.find(b"\r\n")
+        while pos >= 0 and body[pos + 2:pos + 3] in (b" ", b"\t"):
+            pos = body.find(b"\r\n", pos + 2)
+        body = body[pos + 2:] if pos >= 0 else b""
     if not body.startswith(b"Received:"):
         return b"", body
     pos = body.find(b"\r\n")
