@@ -133,6 +133,10 @@ static const char *const accept_names[] = { "always", "when-primary-down", NULL 
 _Static_assert(sizeof(enum accept_mode) == sizeof(int), "enum stored as int");
 _Static_assert(ACCEPT_ALWAYS == 0 && ACCEPT_WHEN_PRIMARY_DOWN == 1,
                "accept_names follows enum accept_mode");
+static const char *const bounce_names[] = { "always", "authenticated", NULL };
+_Static_assert(sizeof(enum bounce_policy) == sizeof(int), "enum stored as int");
+_Static_assert(BOUNCE_ALWAYS == 0 && BOUNCE_AUTHENTICATED == 1,
+               "bounce_names follows enum bounce_policy");
 _Static_assert(sizeof(enum verify_mode) == sizeof(int), "enum stored as int");
 _Static_assert(sizeof(enum unverified_policy) == sizeof(int), "enum stored as int");
 _Static_assert(VERIFY_OFF == 0 && VERIFY_CALLOUT == 1, "verify_names follows enum verify_mode");
@@ -334,6 +338,7 @@ static const struct conf_setting domain_table[] = {
     { "max_messages",    CK_INT,      DOM(max_messages), 0, 0, 1000000000, 0, 0, 0, 0 },
     { "max_bytes",       CK_SIZE,     DOM(max_bytes),  0, 0, LONG_MAX, 0, 0, 0, 0 },
     { "greylist",        CK_BOOL,     DOM(greylist),   0, 0, 1, 0, 0, 0, 0 },
+    { "bounce",          CK_ENUM,     DOM(bounce),     BOUNCE_ALWAYS, 0, 0, 0, bounce_names, 0, 0 },
     { NULL, 0, 0, 0, 0, 0, 0, 0, 0, 0 },
 };
 #undef DOM
@@ -366,6 +371,22 @@ static const struct conf_setting pgsql_table[] = {
 #define PGSQL_DEFAULT_RECIPIENT_ARGS "sc"
 #define PGSQL_DEFAULT_DOMAIN_SQL "SELECT * FROM domains"
 #define PGSQL_NAME_MAX 64
+
+/* SPF and DKIM workers (spf.c, dkim.c).  spf.timeout bounds how long the
+ * 250 after DATA may wait for an SPF result still being looked up (the
+ * message is then recorded with temperror); 0: never wait. */
+#define AUTH(f) offsetof(struct conf_auth, f)
+static const struct conf_setting spf_table[] = {
+    { "timeout", CK_DURATION, AUTH(timeout), 3 * SECOND, 0, MINUTE, 0, 0, 0, 0 },
+    { "threads", CK_INT,      AUTH(threads), 4, 1, 64, 0, 0, 0, 0 },
+    { NULL, 0, 0, 0, 0, 0, 0, 0, 0, 0 },
+};
+static const struct conf_setting dkim_table[] = {
+    { "timeout", CK_DURATION, AUTH(timeout), 5 * SECOND, SECOND, MINUTE, 0, 0, 0, 0 },
+    { "threads", CK_INT,      AUTH(threads), 2, 1, 64, 0, 0, 0, 0 },
+    { NULL, 0, 0, 0, 0, 0, 0, 0, 0, 0 },
+};
+#undef AUTH
 
 /* Sub-groups whose fields live directly in struct conf use base = conf. */
 #define CNF(f) offsetof(struct conf, f)
@@ -401,6 +422,9 @@ static const struct conf_setting top_table[] = {
     { "user",          CK_STRING,   CNF(user),          0, 0, 0, 0, 0, 0, 0 },
     { "group",         CK_STRING,   CNF(group),         0, 0, 0, 0, 0, 0, 0 },
     { "resolver",      CK_CUSTOM,   0,                  0, 0, 0, 0, 0, 0, conf_resolver_parse },
+    { "authserv_id",   CK_HOSTNAME, CNF(authserv_id),   0, 0, 0, 0, 0, 0, 0 },
+    { "spf",           CK_GROUP,    CNF(spf),           0, 0, 0, 0, 0, spf_table, 0 },
+    { "dkim",          CK_GROUP,    CNF(dkim),          0, 0, 0, 0, 0, dkim_table, 0 },
     { "etrn",          CK_GROUP,    0,                  0, 0, 0, 0, 0, etrn_table, 0 },
     { "tls",           CK_GROUP,    0,                  0, 0, 0, 0, 0, tls_table, conf_tls_check },
     { "limits",        CK_GROUP,    CNF(limits),        0, 0, 0, 0, 0, limits_table, conf_limits_check },
@@ -412,6 +436,8 @@ static const struct conf_setting top_table[] = {
     { "pid_file",      CK_PATH,     CNF(pid_file),      0, 0, 0, 0, 0, 0, 0 },
     { "lmdb_map_size", CK_SIZE,     CNF(lmdb_map_size), GIB, MIB, 1024 * GIB, 0, 0, 0, 0 },
     { "commit_batch",  CK_INT,      CNF(commit_batch),  256, 1, 100000, 0, 0, 0, 0 },
+    /* How long a quarantined message is kept before it is removed (quarantine.c). */
+    { "quarantine_retention", CK_DURATION, CNF(quarantine_retention), 14 * DAY, HOUR, 365 * DAY, 0, 0, 0, 0 },
     { "pgsql",         CK_CUSTOM,   0,                  0, 0, 0, 0, 0, 0, conf_pgsql_parse },
     { "domains_from",  CK_CUSTOM,   0,                  0, 0, 0, 0, 0, 0, conf_domains_from_parse },
     { "cluster",       CK_GROUP,    CNF(cluster),       0, 0, 0, 0, 0, cluster_table, conf_cluster_check },
@@ -1507,6 +1533,11 @@ struct conf *conf_load(const char *path, char *err, size_t errlen)
         goto out;
     if (conf_hostname_default(&L, c) < 0)
         goto out;
+    /* Our Authentication-Results headers name this host unless told. */
+    if (!c->authserv_id && !(c->authserv_id = strdup(c->hostname))) {
+        conf_fail(&L, NULL, "out of memory");
+        goto out;
+    }
     if (conf_pgsql_refs_check(&L, &cfg, c) < 0)
         goto out;
     ok = 1;
@@ -1577,6 +1608,7 @@ void conf_free(const struct conf *cc)
     free(c->user);
     free(c->group);
     free(c->resolver);
+    free(c->authserv_id);
     free(c->etrn_allow);
     free(c->allow_clients);
     for (size_t i = 0; i < c->dnsbl.nzones; i++) {

@@ -47,6 +47,11 @@ struct conf_cidr {
     int bits;
 };
 
+/* Failure notices for a domain's mail (quarantine.h decides): always, or
+ * only to senders that authenticated (SPF pass or a sender DKIM pass);
+ * the rest go to quarantine, so a forged sender gets no backscatter. */
+enum bounce_policy { BOUNCE_ALWAYS = 0, BOUNCE_AUTHENTICATED };
+
 struct conf_domain {
     char *name;                 /* lower case, no trailing dot */
     char *primary;              /* as written, or NULL: MX lookup of name */
@@ -64,6 +69,7 @@ struct conf_domain {
     char *tls_ca;               /* CA file for verify, or NULL (system store) */
     char *tls_fingerprint;      /* "sha256:hex" pin, or NULL */
     int hold;                   /* 1: deliver nothing until released */
+    enum bounce_policy bounce;  /* default always */
     int from_db;                /* 1: added by domains_from, not the file */
     long max_messages;          /* queued messages before RCPT gets 452 4.2.2; 0 = no quota */
     long max_bytes;             /* queued body octets before 452 4.2.2; 0 = no quota */
@@ -196,6 +202,13 @@ struct conf_dnsbl {
     long cache_size;            /* client addresses kept */
 };
 
+/* SPF at MAIL (spf.h) and DKIM after the commit (dkim.h). */
+struct conf_auth {
+    long timeout;               /* spf: end of data waits at most this for SPF;
+                                   dkim: DNS time per query try */
+    long threads;               /* worker threads */
+};
+
 struct conf {
     char *path;                 /* the file this was read from */
     char *hostname;
@@ -208,6 +221,9 @@ struct conf {
     char *user;                 /* NULL: do not change user */
     char *group;                /* NULL: user's primary group */
     char *resolver;             /* "ip" or "ip:port", NULL: system */
+    char *authserv_id;          /* RFC 8601 authserv-id; default: hostname */
+    struct conf_auth spf;
+    struct conf_auth dkim;
     struct conf_cidr *etrn_allow;
     size_t netrn_allow;
     char *tls_certificate;      /* absolute, or NULL: no STARTTLS */
@@ -225,6 +241,7 @@ struct conf {
     char *pid_file;             /* absolute, or NULL */
     long lmdb_map_size;         /* initial map size, octets */
     long commit_batch;          /* most messages in one group commit */
+    long quarantine_retention;  /* seconds a quarantined message is kept (14d) */
     struct conf_pgsql *pgsql;
     size_t npgsql;
     char *domains_from;         /* NAME of "pgsql:NAME", or NULL */

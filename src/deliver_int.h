@@ -137,6 +137,8 @@ struct delivery {
                                    every alias and listen address */
     delivery_fleet_fn fleet;    /* ETRN's fleet part (cluster.c), or NULL */
     void *fleet_arg;
+    delivery_busy_fn busy;      /* a message not ready yet (dkim.c), or NULL */
+    void *busy_arg;
 };
 
 /* ------------------------------------------------------------------ */

@@ -241,6 +241,12 @@ void delivery_etrn(void *arg, const char *node, const struct conf_domain **doms,
         snprintf(buf, len, "251 2.0.0 OK, no messages waiting for node %s%s", node, extra);
 }
 
+void delivery_set_busy(struct delivery *s, delivery_busy_fn fn, void *arg)
+{
+    s->busy = fn;
+    s->busy_arg = arg;
+}
+
 void delivery_set_fleet(struct delivery *s, delivery_fleet_fn fn, void *arg)
 {
     s->fleet = fn;

@@ -45,6 +45,11 @@ void delivery_etrn(void *arg, const char *node, const struct conf_domain **doms,
  * flush to them.  NULL: no fleet. */
 typedef uint64_t (*delivery_fleet_fn)(void *arg, const char *domain, int flush);
 void delivery_set_fleet(struct delivery *s, delivery_fleet_fn fn, void *arg);
+/* A message whose results are still being recorded (DKIM after the
+ * commit): not picked until then; its owner calls delivery_queued() when
+ * it is ready.  fn(arg, qid) returns nonzero for such a message. */
+typedef int (*delivery_busy_fn)(void *arg, const char *qid);
+void delivery_set_busy(struct delivery *s, delivery_busy_fn fn, void *arg);
 /* A message is durable: schedule it (every destination it waits for),
  * enter its delay warning, arm the expiry.  Commit completion owns
  * "queued": this is called from the completion of the commit that made

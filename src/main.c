@@ -34,6 +34,8 @@
 #include "pg.h"
 #include "policy.h"
 #include "smtpd.h"
+#include "spf.h"
+#include "dkim.h"
 #include "spool.h"
 #include "tls.h"
 #include "verify.h"
@@ -73,6 +75,8 @@ struct daemon {
     struct spool *spool;
     struct smtpd *smtpd;
     struct dns *dns;
+    struct spf_pool *spf;
+    struct dkim_pool *dkim;
     struct delivery *delivery;
     struct control *control;
     struct metrics *metrics;
@@ -529,6 +533,15 @@ int main(int argc, char **argv)
     if (dm.dns == NULL)
         log_fatal(EX_CONFIG_CODE, "%s: resolver: %s", dm.conf->path, err);
     smtpd_set_dns(dm.smtpd, dm.dns);
+    /* Worker threads: after daemonize's fork, like the spool's writer. */
+    dm.spf = spf_pool_new(dm.base, dm.conf, err, sizeof err);
+    if (dm.spf == NULL)
+        log_fatal(EX_OSERR_CODE, "%s", err);
+    smtpd_set_spf(dm.smtpd, dm.spf);
+    dm.dkim = dkim_pool_new(dm.base, dm.spool, dm.conf, err, sizeof err);
+    if (dm.dkim == NULL)
+        log_fatal(EX_OSERR_CODE, "%s", err);
+    smtpd_set_dkim(dm.smtpd, dm.dkim);
     /* The callout cache lives beside the spool index, in its own
      * environment; probes resolve primaries through the same dns. */
     if (verify_init(dm.base, dm.dns, dm.conf, err, sizeof err) != 0)
@@ -541,6 +554,7 @@ int main(int argc, char **argv)
     if (dm.delivery == NULL || delivery_configure(dm.delivery, dm.conf, err, sizeof err) != 0)
         log_fatal(EX_OSERR_CODE, "delivery: %s", err);
     smtpd_set_hooks(dm.smtpd, delivery_etrn, delivery_queued, dm.delivery);
+    delivery_set_busy(dm.delivery, dkim_busy, dm.dkim);
     /* Before delivery_start: the fleet's holds are read first. */
     dm.cluster = cluster_new(dm.base, dm.conf, dm.delivery, dm.spool, err, sizeof err);
     if (dm.cluster == NULL && err[0] != '\0')
@@ -575,6 +589,8 @@ int main(int argc, char **argv)
     domain_source_free(dm.domains);
     metrics_free(dm.metrics);
     smtpd_free(dm.smtpd);
+    spf_pool_free(dm.spf);              /* after the sessions that used it */
+    dkim_pool_free(dm.dkim);            /* before the spool it reads */
     control_set_cluster(dm.control, NULL);
     delivery_set_fleet(dm.delivery, NULL, NULL);
     delivery_free(dm.delivery);

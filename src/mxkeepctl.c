@@ -237,6 +237,7 @@ static const char *rcpt_state_name(int state)
     case QRCPT_BOUNCED: return "bounced";
     case QRCPT_EXPIRED: return "expired";
     case QRCPT_DELETED: return "deleted";
+    case QRCPT_QUARANTINED: return "quarantined";
     default: return "invalid";
     }
 }
