@@ -29,6 +29,11 @@ struct conf_domain;
 int quarantine_notice_allowed(const struct conf_domain *d, const struct qmsg *m, char *why,
                               size_t whylen);
 
+/* "failure notice withheld: WHY; DETAIL" into out, cut at outlen. */
+void quarantine_reason(char *out, size_t outlen, const char *why, const char *detail);
+/* "14d", "36h", "90s": a quarantine's length for its removal line. */
+void quarantine_span(char *out, size_t outlen, int64_t seconds);
+
 /* Mark m (not yet committed) to be committed straight into quarantine
  * (a milter's quarantine action), kept for c->quarantine_retention from
  * now. */

@@ -1379,7 +1379,7 @@ out:
 }
 
 int qdb_msg_hold(struct qdb_txn *t, const char *qid, const char *reason, int64_t now,
-                 int64_t until)
+                 int64_t until, int all)
 {
     struct qmsg *m = malloc(sizeof *m);
     struct qrcpt *r = malloc(sizeof *r);
@@ -1395,7 +1395,7 @@ int qdb_msg_hold(struct qdb_txn *t, const char *qid, const char *reason, int64_t
             continue;
         if (rv != 0)
             goto out;
-        if (r->state == QRCPT_PENDING) {
+        if (all && r->state == QRCPT_PENDING) {
             r->state = QRCPT_QUARANTINED;
             if ((rv = qdb_rcpt_update(t, qid, r)) != 0)
                 goto out;
@@ -1416,6 +1416,45 @@ int qdb_msg_hold(struct qdb_txn *t, const char *qid, const char *reason, int64_t
     snprintf(m->quarantine_reason, sizeof m->quarantine_reason, "%s", reason ? reason : "");
     if ((rv = qdb_msg_update(t, m)) == 0 && until)
         rv = due_op(t->db, t->txn, until, qid, 0);
+out:
+    free(m);
+    free(r);
+    return rv;
+}
+
+int qdb_msg_unhold_delete(struct qdb_txn *t, const char *qid)
+{
+    struct qmsg *m = malloc(sizeof *m);
+    struct qrcpt *r = malloc(sizeof *r);
+    int rv;
+    if (!m || !r) {
+        rv = QDB_ERR;
+        goto out;
+    }
+    if ((rv = qdb_msg_get_txn(t, qid, m)) != 0)
+        goto out;
+    if (!(m->flags & QMSG_F_QUARANTINE)) {
+        rv = QDB_NOTFOUND;
+        goto out;
+    }
+    for (uint32_t i = 0; i < m->nrcpt; i++) {
+        if ((rv = qdb_rcpt_get(t, qid, i, r)) == QDB_NOTFOUND)
+            continue;
+        if (rv != 0)
+            goto out;
+        if (r->state != QRCPT_QUARANTINED)
+            continue;
+        r->state = QRCPT_DELETED;
+        if ((rv = qdb_rcpt_update(t, qid, r)) != 0)
+            goto out;
+    }
+    if (m->quarantine_until &&
+        (rv = due_op(t->db, t->txn, m->quarantine_until, qid, 1)) != 0 && rv != QDB_NOTFOUND)
+        goto out;
+    m->flags &= ~QMSG_F_QUARANTINE;
+    m->quarantine_until = 0;
+    if ((rv = qdb_msg_update(t, m)) == 0)
+        rv = qdb_msg_settle(t, qid);
 out:
     free(m);
     free(r);

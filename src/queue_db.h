@@ -188,8 +188,8 @@ int qdb_msg_get_txn(struct qdb_txn *t, const char *qid, struct qmsg *out);
 int qdb_msg_update(struct qdb_txn *t, const struct qmsg *m);
 /* Quarantine (the record side; policy is quarantine.c's).  qdb_msg_hold
  * marks the message QMSG_F_QUARANTINE with reason, since = now and a due
- * entry at until, and turns every recipient still PENDING into
- * QRCPT_QUARANTINED (by_dest and dest counters follow); recipients the
+ * entry at until; with all, it turns every recipient still PENDING into
+ * QRCPT_QUARANTINED too (by_dest and dest counters follow); recipients the
  * caller already set QRCPT_QUARANTINED in this transaction stay so.  A
  * message already held keeps its first reason and times.  QDB_NOTFOUND
  * when the message is gone or has nothing to hold.
@@ -197,7 +197,12 @@ int qdb_msg_update(struct qdb_txn *t, const struct qmsg *m);
  * with the given expiry (0: keep each one's own) and no attempts, moves
  * the due entry there and clears the mark; QDB_NOTFOUND unless held. */
 int qdb_msg_hold(struct qdb_txn *t, const char *qid, const char *reason, int64_t now,
-                 int64_t until);
+                 int64_t until, int all);
+/* The end of a quarantine (its retention ran out, or the admin deleted
+ * it): QRCPT_QUARANTINED recipients become QRCPT_DELETED, the mark and
+ * its due entry go, and the message is settled (removed unless a
+ * recipient is still pending).  QDB_NOTFOUND unless held. */
+int qdb_msg_unhold_delete(struct qdb_txn *t, const char *qid);
 int qdb_msg_release(struct qdb_txn *t, const char *qid, int64_t expiry);
 /* Update one recipient; when it goes final and it was the last pending one
  * for its domain, drops the by_dest entry and the dest counters. */

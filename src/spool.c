@@ -447,7 +447,7 @@ static int msg_upd_fn(struct qdb_txn *t, void *arg)
 {
     struct msg_upd *u = arg;
     if (u->kind == UPD_HOLD)
-        return qdb_msg_hold(t, u->qid, u->text, u->now, u->when);
+        return qdb_msg_hold(t, u->qid, u->text, u->now, u->when, 1);
     if (u->kind == UPD_RELEASE)
         return qdb_msg_release(t, u->qid, u->when);
     struct qmsg *m = malloc(sizeof *m);

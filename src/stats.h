@@ -41,6 +41,10 @@ enum stat_id {
     STAT_REJ_UNVERIFIED,        /* 450 4.1.1: callout gave no answer (yet) */
     STAT_REJ_LOOKUP,            /* 451 4.3.0: recipient table unreachable */
     STAT_REJ_THROTTLED,         /* 450 4.7.1/421: client made too many unknown recipients */
+    /* Messages put in quarantine (quarantine.h), by reason */
+    STAT_QUARANTINED_EXPIRED,   /* expired, sender not authenticated: notice withheld */
+    STAT_QUARANTINED_BOUNCED,   /* 5xx from the primary, sender not authenticated */
+    STAT_QUARANTINED_MILTER,    /* a milter's quarantine action */
     STAT_COUNT_
 };
 
