@@ -123,6 +123,7 @@ struct ctl {
     int all;                            /* --all (flush) */
     int yes;                            /* --yes (delete --domain) */
     int probe;                          /* --probe (verify ADDRESS) */
+    int deliver, notify;                /* --deliver / --notify (quarantine release) */
     const char *domain;                 /* --domain D (delete) */
     const char *output;                 /* -o OUT (map compile) */
     int64_t now;
@@ -283,6 +284,7 @@ static const struct ctl_flag_name msg_flag_names[] = {
     { QMSG_F_8BIT, "8bit" },
     { QMSG_F_SMTPUTF8, "smtputf8" },
     { QMSG_F_DSN, "dsn" },
+    { QMSG_F_QUARANTINE, "quarantine" },
 };
 
 static const struct ctl_flag_name notify_names[] = {
@@ -2284,6 +2286,118 @@ static int cmd_verify(struct ctl *c, int argc, char **argv)
 }
 
 /* ------------------------------------------------------------------ */
+/* quarantine                                                          */
+/* ------------------------------------------------------------------ */
+
+struct qlist {
+    struct ctl *c;
+    const char *domain;
+    long n;
+    int rc;
+};
+
+static void quarantine_print(struct ctl *c, const struct qmsg *m, const struct qrcpt *r, size_t n,
+                             int extended)
+{
+    char since[CTL_ISO_SIZE], until[CTL_ISO_SIZE];
+    FILE *f = c->out;
+
+    fmt_iso(m->quarantined, since);
+    fmt_iso(m->quarantine_until, until);
+    if (c->json) {
+        print_msg_json_open(f, m, r, n, NULL, extended);
+        fprintf(f, ",\"quarantined\":%" PRId64 ",\"quarantined_iso\":\"%s\",\"until\":%" PRId64
+                ",\"until_iso\":\"%s\",\"reason\":", m->quarantined, since,
+                m->quarantine_until, until);
+        json_str(f, m->quarantine_reason);
+        fprintf(f, ",\"auth_flags\":%" PRIu32 ",\"auth_results\":", m->auth_flags);
+        json_str(f, m->auth_results);
+        fputs("}\n", f);
+        return;
+    }
+    if (!extended) {
+        fprintf(f, "%s  %s  until %s  <", m->qid, since, until);
+        text_str(f, m->sender);
+        fputs(">  ", f);
+        text_str(f, m->quarantine_reason);
+        fputc('\n', f);
+        return;
+    }
+    fprintf(f, "qid: %s\nquarantined: %s\nuntil: %s\nreason: ", m->qid, since, until);
+    text_str(f, m->quarantine_reason);
+    fputs("\nsender: <", f);
+    text_str(f, m->sender);
+    fputs(">\nauthentication: ", f);
+    text_str(f, m->auth_results[0] ? m->auth_results : "none");
+    fputc('\n', f);
+    for (size_t i = 0; i < n; i++) {
+        fputs("recipient: <", f);
+        text_str(f, r[i].addr);
+        fprintf(f, "> %s ", rcpt_state_name(r[i].state));
+        text_str(f, r[i].last_reply);
+        fputc('\n', f);
+    }
+}
+
+static int quarantine_each(void *arg, const struct qmsg *m)
+{
+    struct qlist *q = arg;
+    size_t n = 0;
+    int sel = q->domain == NULL;
+
+    if (!(m->flags & QMSG_F_QUARANTINE))
+        return 0;
+    if ((q->rc = ctl_rcpts_load(q->c, m, &n)) != 0)
+        return 1;
+    for (size_t i = 0; !sel && i < n; i++)
+        sel = q->c->rcpt[i].state == QRCPT_QUARANTINED &&
+              strcasecmp(q->c->rcpt[i].domain, q->domain) == 0;
+    if (!sel)
+        return 0;
+    q->n++;
+    quarantine_print(q->c, m, q->c->rcpt, n, 0);
+    return 0;
+}
+
+static int cmd_quarantine(struct ctl *c, int argc, char **argv)
+{
+    const char *verb = argv[1];
+    if (strcmp(verb, "list") == 0 && argc <= 3 && !c->deliver && !c->notify) {
+        struct qlist q = { c, argc == 3 ? argv[2] : NULL, 0, 0 };
+        qdb_msg_each(c->db, "", -1, quarantine_each, &q);
+        return q.rc;
+    }
+    if (strcmp(verb, "show") == 0 && argc == 3 && !c->deliver && !c->notify) {
+        struct qmsg m;
+        size_t n;
+        int rc = ctl_msg_lookup(c, argv[2], &m);
+        if (rc == 0 && !(m.flags & QMSG_F_QUARANTINE)) {
+            ctl_error("not in quarantine", argv[2]);
+            return EX_NOINPUT;
+        }
+        if (rc == 0)
+            rc = ctl_rcpts_load(c, &m, &n);
+        if (rc == 0)
+            quarantine_print(c, &m, c->rcpt, n, 1);
+        return rc;
+    }
+    if (strcmp(verb, "release") == 0 && argc == 3 && c->deliver != c->notify) {
+        char arg[QID_SIZE + 16];
+        if (strlen(argv[2]) > QID_LEN) {
+            ctl_error("not a queue ID", argv[2]);
+            return EX_USAGE;
+        }
+        snprintf(arg, sizeof arg, "%s %s", argv[2], c->deliver ? "deliver" : "notify");
+        return daemon_simple(c, "quarantine-release", arg);
+    }
+    if (strcmp(verb, "delete") == 0 && argc == 3 && !c->deliver && !c->notify)
+        return daemon_simple(c, "quarantine-delete", argv[2]);
+    fprintf(stderr, "usage: " CTL_PROG " [--json] quarantine list [DOMAIN] | show QID | "
+                    "release QID --deliver|--notify | delete QID\n");
+    return EX_USAGE;
+}
+
+/* ------------------------------------------------------------------ */
 /* Command table and main                                              */
 /* ------------------------------------------------------------------ */
 
@@ -2293,6 +2407,7 @@ static int cmd_verify(struct ctl *c, int argc, char **argv)
 #define CTL_OPT_YES    0x4u
 #define CTL_OPT_OUTPUT 0x8u
 #define CTL_OPT_PROBE  0x10u
+#define CTL_OPT_RELEASE 0x20u   /* --deliver, --notify */
 
 /* struct ctl_cmd.needs_daemon: what a command works on. */
 #define CTL_ON_INDEX      0     /* the spool's index, read-only */
@@ -2330,6 +2445,9 @@ static const struct ctl_cmd ctl_cmds[] = {
       "every node's backlog per destination, from the fleet's database" },
     { "verify", "ADDRESS [--probe] | list [DOMAIN] | forget ADDRESS|DOMAIN", 1, 2, CTL_OPT_PROBE,
       1, cmd_verify, "recipient verification: cached answer, probe, list, forget" },
+    { "quarantine", "list [DOMAIN] | show QID | release QID --deliver|--notify | delete QID", 1, 3,
+      CTL_OPT_RELEASE, CTL_ON_INDEX, cmd_quarantine,
+      "messages held instead of bounced: list, show, release, delete" },
 };
 
 static void usage(FILE *f)
@@ -2409,7 +2527,7 @@ static int ctl_db_open(struct ctl *c)
     return 0;
 }
 
-enum { OPT_JSON = 256, OPT_ALL, OPT_DOMAIN, OPT_YES, OPT_PROBE };
+enum { OPT_JSON = 256, OPT_ALL, OPT_DOMAIN, OPT_YES, OPT_PROBE, OPT_DELIVER, OPT_NOTIFY };
 
 /* A command option the command does not take: name it. */
 static int opt_refused(const struct ctl_cmd *cmd, unsigned given)
@@ -2418,6 +2536,7 @@ static int opt_refused(const struct ctl_cmd *cmd, unsigned given)
         { CTL_OPT_ALL, "--all" }, { CTL_OPT_DOMAIN, "--domain" }, { CTL_OPT_YES, "--yes" },
         { CTL_OPT_OUTPUT, "-o" },
         { CTL_OPT_PROBE, "--probe" },
+        { CTL_OPT_RELEASE, "--deliver/--notify" },
     };
     size_t i;
 
@@ -2443,6 +2562,8 @@ int main(int argc, char **argv)
         { "yes", no_argument, NULL, OPT_YES },
         { "output", required_argument, NULL, 'o' },
         { "probe", no_argument, NULL, OPT_PROBE },
+        { "deliver", no_argument, NULL, OPT_DELIVER },
+        { "notify", no_argument, NULL, OPT_NOTIFY },
         { NULL, 0, NULL, 0 },
     };
     const char *conf_path = CTL_CONF_DEFAULT;
@@ -2488,6 +2609,14 @@ int main(int argc, char **argv)
         case OPT_PROBE:
             c.probe = 1;
             given |= CTL_OPT_PROBE;
+            break;
+        case OPT_DELIVER:
+            c.deliver = 1;
+            given |= CTL_OPT_RELEASE;
+            break;
+        case OPT_NOTIFY:
+            c.notify = 1;
+            given |= CTL_OPT_RELEASE;
             break;
         case 'h':
             usage(stdout);

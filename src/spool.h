@@ -157,6 +157,10 @@ struct spool_ticket *spool_quarantine(struct spool *s, const char *qid, const ch
                                       int64_t until, spool_done_fn done, void *arg);
 struct spool_ticket *spool_release(struct spool *s, const char *qid, int64_t expiry,
                                    spool_done_fn done, void *arg);
+/* Remove what quarantine holds of a message (qdb_msg_unhold_delete); the
+ * body file goes when the message is gone. */
+struct spool_ticket *spool_quarantine_delete(struct spool *s, const char *qid,
+                                             spool_done_fn done, void *arg);
 
 /* After a spool_write() that may have removed a message (qdb_msg_settle):
  * if its record is gone, unlink its body file.  Loop thread. */
