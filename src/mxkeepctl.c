@@ -66,6 +66,7 @@
 #include <getopt.h>
 #include <poll.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -2289,13 +2290,6 @@ static int cmd_verify(struct ctl *c, int argc, char **argv)
 /* quarantine                                                          */
 /* ------------------------------------------------------------------ */
 
-struct qlist {
-    struct ctl *c;
-    const char *domain;
-    long n;
-    int rc;
-};
-
 static void quarantine_print(struct ctl *c, const struct qmsg *m, const struct qrcpt *r, size_t n,
                              int extended)
 {
@@ -2339,33 +2333,67 @@ static void quarantine_print(struct ctl *c, const struct qmsg *m, const struct q
     }
 }
 
-static int quarantine_each(void *arg, const struct qmsg *m)
+/* The QIDs of quarantined messages, collected first: recipients are read
+ * afterwards, in read transactions of their own, not inside the walk. */
+struct qlist {
+    char (*qid)[QID_SIZE];
+    size_t n, cap;
+    int oom;
+};
+
+static int quarantine_collect(void *arg, const struct qmsg *m)
 {
     struct qlist *q = arg;
-    size_t n = 0;
-    int sel = q->domain == NULL;
 
     if (!(m->flags & QMSG_F_QUARANTINE))
         return 0;
-    if ((q->rc = ctl_rcpts_load(q->c, m, &n)) != 0)
-        return 1;
-    for (size_t i = 0; !sel && i < n; i++)
-        sel = q->c->rcpt[i].state == QRCPT_QUARANTINED &&
-              strcasecmp(q->c->rcpt[i].domain, q->domain) == 0;
-    if (!sel)
-        return 0;
-    q->n++;
-    quarantine_print(q->c, m, q->c->rcpt, n, 0);
+    if (q->n == q->cap) {
+        size_t nc = q->cap ? q->cap * 2 : 64;
+        void *p = realloc(q->qid, nc * sizeof *q->qid);
+        if (p == NULL) {
+            q->oom = 1;
+            return 1;
+        }
+        q->qid = p;
+        q->cap = nc;
+    }
+    memcpy(q->qid[q->n++], m->qid, QID_SIZE);
     return 0;
+}
+
+static int quarantine_list(struct ctl *c, const char *domain)
+{
+    struct qlist q = { NULL, 0, 0, 0 };
+    struct qmsg m;
+    int rc = 0;
+
+    if (qdb_msg_each(c->db, "", LONG_MAX, quarantine_collect, &q) < 0 || q.oom) {
+        free(q.qid);
+        ctl_error(q.oom ? "out of memory" : "cannot read the index", NULL);
+        return q.oom ? EX_OSERR : EX_IOERR;
+    }
+    for (size_t k = 0; rc == 0 && k < q.n; k++) {
+        size_t n = 0;
+        int sel = domain == NULL;
+        if (qdb_msg_get(c->db, q.qid[k], &m) != 0 || !(m.flags & QMSG_F_QUARANTINE))
+            continue;           /* released or removed since the walk */
+        if ((rc = ctl_rcpts_load(c, &m, &n)) != 0)
+            break;
+        for (size_t i = 0; !sel && i < n; i++)
+            sel = c->rcpt[i].state == QRCPT_QUARANTINED &&
+                  strcasecmp(c->rcpt[i].domain, domain) == 0;
+        if (sel)
+            quarantine_print(c, &m, c->rcpt, n, 0);
+    }
+    free(q.qid);
+    return rc;
 }
 
 static int cmd_quarantine(struct ctl *c, int argc, char **argv)
 {
     const char *verb = argv[1];
     if (strcmp(verb, "list") == 0 && argc <= 3 && !c->deliver && !c->notify) {
-        struct qlist q = { c, argc == 3 ? argv[2] : NULL, 0, 0 };
-        qdb_msg_each(c->db, "", -1, quarantine_each, &q);
-        return q.rc;
+        return quarantine_list(c, argc == 3 ? argv[2] : NULL);
     }
     if (strcmp(verb, "show") == 0 && argc == 3 && !c->deliver && !c->notify) {
         struct qmsg m;
