@@ -776,6 +776,7 @@ static void cmd_stats(struct ctl_req *r, int argc, char **argv)
     size_t in = 0, out = 0;
     int64_t up = (int64_t)time(NULL) - stats_started();
     long nmsg = spool_msg_count(ctl->spool);
+    long nheld = spool_held_count(ctl->spool);
     int s;
 
     if (b == NULL) {
@@ -788,8 +789,9 @@ static void cmd_stats(struct ctl_req *r, int argc, char **argv)
     for (s = 0; s < STAT_COUNT_; s++)
         evbuffer_add_printf(b, "\"%s\":%" PRIu64 ",", stats_name(s), stats_get(s));
     evbuffer_add_printf(b, "\"in_sessions\":%zu,\"out_connections\":%zu,"
-                           "\"uptime_seconds\":%" PRId64 ",\"queue_messages\":%ld}\n",
-                        in, out, up < 0 ? 0 : up, nmsg < 0 ? 0 : nmsg);
+                           "\"uptime_seconds\":%" PRId64 ",\"queue_messages\":%ld,"
+                           "\"quarantine_messages\":%ld}\n",
+                        in, out, up < 0 ? 0 : up, nmsg < 0 ? 0 : nmsg, nheld < 0 ? 0 : nheld);
     req_reply(r, b, "OK");
     evbuffer_free(b);
 }

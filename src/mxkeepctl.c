@@ -1269,7 +1269,8 @@ static void summary_json(struct ctl *c, const struct dest_list *l)
         else
             fputs(",\"source\":\"index\",\"connections\":null}", f);
     }
-    fputs(l->n == 0 ? "]}\n" : "\n]}\n", f);
+    long nh = qdb_held_count(c->db);
+    fprintf(f, "%s],\"quarantine_messages\":%ld}\n", l->n == 0 ? "" : "\n", nh > 0 ? nh : 0);
 }
 
 static void summary_text(struct ctl *c, const struct dest_list *l)
@@ -1300,6 +1301,10 @@ static void summary_text(struct ctl *c, const struct dest_list *l)
         text_str(f, r->d.last_error[0] != '\0' ? r->d.last_error : "-");
         fputc('\n', f);
     }
+    long nh = qdb_held_count(c->db);
+    if (nh > 0)
+        fprintf(f, "quarantine: %ld message%s (mxkeepctl quarantine list)\n", nh,
+                nh == 1 ? "" : "s");
 }
 
 static int cmd_summary(struct ctl *c, int argc, char **argv)
@@ -2341,12 +2346,10 @@ struct qlist {
     int oom;
 };
 
-static int quarantine_collect(void *arg, const struct qmsg *m)
+static int quarantine_collect(void *arg, const char *qid)
 {
     struct qlist *q = arg;
 
-    if (!(m->flags & QMSG_F_QUARANTINE))
-        return 0;
     if (q->n == q->cap) {
         size_t nc = q->cap ? q->cap * 2 : 64;
         void *p = realloc(q->qid, nc * sizeof *q->qid);
@@ -2357,7 +2360,7 @@ static int quarantine_collect(void *arg, const struct qmsg *m)
         q->qid = p;
         q->cap = nc;
     }
-    memcpy(q->qid[q->n++], m->qid, QID_SIZE);
+    memcpy(q->qid[q->n++], qid, QID_SIZE);
     return 0;
 }
 
@@ -2367,7 +2370,7 @@ static int quarantine_list(struct ctl *c, const char *domain)
     struct qmsg m;
     int rc = 0;
 
-    if (qdb_msg_each(c->db, "", LONG_MAX, quarantine_collect, &q) < 0 || q.oom) {
+    if (qdb_held_each(c->db, quarantine_collect, &q) < 0 || q.oom) {
         free(q.qid);
         ctl_error(q.oom ? "out of memory" : "cannot read the index", NULL);
         return q.oom ? EX_OSERR : EX_IOERR;

@@ -13,6 +13,7 @@
  *   by_dest  domain -> QID  (DUPSORT: oldest first, one entry per message
  *                            and destination with a pending recipient)
  *   due      be64(time) QID              -> "" (expiry / retry timers)
+ *   held     QID                         -> "" (messages in quarantine)
  *
  * Threads: reads may run on any thread (each call opens and closes its own
  * short read transaction; MDB_NOTLS).  Writes happen only inside a write
@@ -169,6 +170,10 @@ long qdb_page(struct qdb *db, const char *domain, char after[QID_SIZE], char (*o
 int qdb_due_first(struct qdb *db, int64_t *when, char qid[QID_SIZE]);
 /* The newest QID in msg ("" when empty), to seed qid_seed(). */
 int qdb_newest_qid(struct qdb *db, char qid[QID_SIZE]);
+/* Messages in quarantine (the held index, O(1)), and each of their QIDs
+ * in QID order until fn returns non-zero; the count visited or -1. */
+long qdb_held_count(struct qdb *db);
+long qdb_held_each(struct qdb *db, int (*fn)(void *arg, const char *qid), void *arg);
 /* Total messages in msg (O(1) from LMDB's stats). */
 long qdb_msg_count(struct qdb *db);
 

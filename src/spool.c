@@ -1248,6 +1248,11 @@ long spool_msg_count(struct spool *s)
     return qdb_msg_count(s->db);
 }
 
+long spool_held_count(struct spool *s)
+{
+    return qdb_held_count(s->db);
+}
+
 long spool_page(struct spool *s, const char *domain, char after[QID_SIZE],
                 char (*out)[QID_SIZE], long max)
 {
