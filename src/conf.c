@@ -289,6 +289,22 @@ static const struct conf_setting pgsql_table[] = {
 #define PGSQL_DEFAULT_DOMAIN_SQL "SELECT * FROM domains"
 #define PGSQL_NAME_MAX 64
 
+/* SPF and DKIM workers (spf.c, dkim.c).  spf.timeout bounds how long the
+ * 250 after DATA may wait for an SPF result still being looked up (the
+ * message is then recorded with temperror); 0: never wait. */
+#define AUTH(f) offsetof(struct conf_auth, f)
+static const struct conf_setting spf_table[] = {
+    { "timeout", CK_DURATION, AUTH(timeout), 3 * SECOND, 0, MINUTE, 0, 0, 0, 0 },
+    { "threads", CK_INT,      AUTH(threads), 4, 1, 64, 0, 0, 0, 0 },
+    { NULL, 0, 0, 0, 0, 0, 0, 0, 0, 0 },
+};
+static const struct conf_setting dkim_table[] = {
+    { "timeout", CK_DURATION, AUTH(timeout), 5 * SECOND, SECOND, MINUTE, 0, 0, 0, 0 },
+    { "threads", CK_INT,      AUTH(threads), 2, 1, 64, 0, 0, 0, 0 },
+    { NULL, 0, 0, 0, 0, 0, 0, 0, 0, 0 },
+};
+#undef AUTH
+
 /* Sub-groups whose fields live directly in struct conf use base = conf. */
 #define CNF(f) offsetof(struct conf, f)
 static const struct conf_setting etrn_table[] = {
@@ -323,6 +339,9 @@ static const struct conf_setting top_table[] = {
     { "user",          CK_STRING,   CNF(user),          0, 0, 0, 0, 0, 0, 0 },
     { "group",         CK_STRING,   CNF(group),         0, 0, 0, 0, 0, 0, 0 },
     { "resolver",      CK_CUSTOM,   0,                  0, 0, 0, 0, 0, 0, conf_resolver_parse },
+    { "authserv_id",   CK_HOSTNAME, CNF(authserv_id),   0, 0, 0, 0, 0, 0, 0 },
+    { "spf",           CK_GROUP,    CNF(spf),           0, 0, 0, 0, 0, spf_table, 0 },
+    { "dkim",          CK_GROUP,    CNF(dkim),          0, 0, 0, 0, 0, dkim_table, 0 },
     { "etrn",          CK_GROUP,    0,                  0, 0, 0, 0, 0, etrn_table, 0 },
     { "tls",           CK_GROUP,    0,                  0, 0, 0, 0, 0, tls_table, conf_tls_check },
     { "limits",        CK_GROUP,    CNF(limits),        0, 0, 0, 0, 0, limits_table, conf_limits_check },
@@ -1275,6 +1294,11 @@ struct conf *conf_load(const char *path, char *err, size_t errlen)
         goto out;
     if (conf_hostname_default(&L, c) < 0)
         goto out;
+    /* Our Authentication-Results headers name this host unless told. */
+    if (!c->authserv_id && !(c->authserv_id = strdup(c->hostname))) {
+        conf_fail(&L, NULL, "out of memory");
+        goto out;
+    }
     if (conf_pgsql_refs_check(&L, &cfg, c) < 0)
         goto out;
     ok = 1;
@@ -1345,6 +1369,7 @@ void conf_free(const struct conf *cc)
     free(c->user);
     free(c->group);
     free(c->resolver);
+    free(c->authserv_id);
     free(c->etrn_allow);
     free(c->tls_certificate);
     free(c->tls_key);

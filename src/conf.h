@@ -149,6 +149,13 @@ struct conf_verify {
     long clients;               /* client addresses tracked for the throttle */
     long map_size;              /* initial LMDB map of the cache, octets */
 };
+/* SPF at MAIL (spf.h) and DKIM after the commit (dkim.h). */
+struct conf_auth {
+    long timeout;               /* spf: end of data waits at most this for SPF;
+                                   dkim: DNS time per query try */
+    long threads;               /* worker threads */
+};
+
 struct conf {
     char *path;                 /* the file this was read from */
     char *hostname;
@@ -161,6 +168,9 @@ struct conf {
     char *user;                 /* NULL: do not change user */
     char *group;                /* NULL: user's primary group */
     char *resolver;             /* "ip" or "ip:port", NULL: system */
+    char *authserv_id;          /* RFC 8601 authserv-id; default: hostname */
+    struct conf_auth spf;
+    struct conf_auth dkim;
     struct conf_cidr *etrn_allow;
     size_t netrn_allow;
     char *tls_certificate;      /* absolute, or NULL: no STARTTLS */

@@ -34,6 +34,7 @@
 #include "pg.h"
 #include "policy.h"
 #include "smtpd.h"
+#include "spf.h"
 #include "spool.h"
 #include "tls.h"
 #include "verify.h"
@@ -72,6 +73,7 @@ struct daemon {
     struct spool *spool;
     struct smtpd *smtpd;
     struct dns *dns;
+    struct spf_pool *spf;
     struct delivery *delivery;
     struct control *control;
     struct metrics *metrics;
@@ -526,6 +528,11 @@ int main(int argc, char **argv)
     if (dm.dns == NULL)
         log_fatal(EX_CONFIG_CODE, "%s: resolver: %s", dm.conf->path, err);
     smtpd_set_dns(dm.smtpd, dm.dns);
+    /* Worker threads: after daemonize's fork, like the spool's writer. */
+    dm.spf = spf_pool_new(dm.base, dm.conf, err, sizeof err);
+    if (dm.spf == NULL)
+        log_fatal(EX_OSERR_CODE, "%s", err);
+    smtpd_set_spf(dm.smtpd, dm.spf);
     /* The callout cache lives beside the spool index, in its own
      * environment; probes resolve primaries through the same dns. */
     if (verify_init(dm.base, dm.dns, dm.conf, err, sizeof err) != 0)
@@ -568,6 +575,7 @@ int main(int argc, char **argv)
     domain_source_free(dm.domains);
     metrics_free(dm.metrics);
     smtpd_free(dm.smtpd);
+    spf_pool_free(dm.spf);              /* after the sessions that used it */
     control_set_cluster(dm.control, NULL);
     delivery_set_fleet(dm.delivery, NULL, NULL);
     delivery_free(dm.delivery);

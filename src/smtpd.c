@@ -32,6 +32,7 @@
  */
 #include "config.h"
 #include "smtpd.h"
+#include "authres.h"
 #include "data.h"
 #include "dns.h"
 #include "listen.h"
@@ -42,6 +43,7 @@
 #include "received.h"
 #include "recipient.h"
 #include "smtp_parse.h"
+#include "spf.h"
 #include "spool.h"
 #include "stats.h"
 #include "tls.h"
@@ -171,6 +173,14 @@ struct session {
     struct rcpt_wait *wait;             /* the RCPT in S_RCPT_WAIT; ditto */
     int throttled;                      /* RCPTs refused: client throttled */
     int client_slot;                    /* holds its client's place (listen.c) */
+    /* SPF of this transaction (spf.h): started at MAIL, awaited at most
+     * spf.timeout at end of data, kept in the message record. */
+    struct spf_req *spf;                /* the check in flight */
+    int spf_done;                       /* spf_ans holds its answer */
+    struct spf_answer spf_ans;
+    struct event *spf_wait;             /* end of data waits for spf (S_COMMIT
+                                           with no commit yet); made on use */
+    int spf_waiting;
     time_t started;
 };
 
@@ -180,6 +190,7 @@ struct smtpd {
     struct spool *spool;
     SSL_CTX *tls;
     struct dns *dns;                    /* borrowed; NULL: no client names */
+    struct spf_pool *spf;               /* borrowed; NULL: no SPF checks */
     const struct conf *conf;
     const struct policy *policy;
     smtpd_etrn_fn etrn;
@@ -306,6 +317,8 @@ static void session_end(struct session *s)
     /* A verdict still pending would call back into a session that has
      * left the dialogue (or is freed): it never runs. */
     recipient_cancel(s->rreq);
+    spf_cancel(s->spf);
+    s->spf = NULL;
     if (s->commit != NULL) {
         s->commit->s = NULL;
         s->commit = NULL;
@@ -318,6 +331,12 @@ static void session_end(struct session *s)
 
 static void session_txn_reset(struct session *s)
 {
+    spf_cancel(s->spf);
+    s->spf = NULL;
+    s->spf_done = 0;
+    s->spf_waiting = 0;
+    if (s->spf_wait)
+        evtimer_del(s->spf_wait);
     spool_body_free(s->body);
     s->body = NULL;
     data_free(s->dp);
@@ -389,6 +408,55 @@ static void cmd_helo_common(struct session *s, const char *arg, int esmtp)
 static void cmd_helo(struct session *s, const char *arg) { cmd_helo_common(s, arg, 0); }
 static void cmd_ehlo(struct session *s, const char *arg) { cmd_helo_common(s, arg, 1); }
 
+static int session_client(const struct session *s, unsigned char a[16]);
+static void session_data_commit(struct session *s);
+
+/* SPF finished: keep the answer; an end of data waiting for it goes on. */
+static void session_on_spf(void *arg, const struct spf_answer *a)
+{
+    struct session *s = arg;
+    s->spf = NULL;
+    s->spf_ans = *a;
+    s->spf_done = 1;
+    if (s->spf_waiting) {
+        s->spf_waiting = 0;
+        evtimer_del(s->spf_wait);
+        session_data_commit(s);
+        if (s->state != S_COMMIT)
+            session_drive(s);           /* refused: go on with what was read */
+        if (s->state == S_DEAD)
+            session_free(s);
+    }
+}
+
+/* The end of data waited spf.timeout: commit without the answer (the
+ * record says temperror), never holding the 250 longer. */
+static void session_on_spf_timeout(evutil_socket_t fd, short what, void *arg)
+{
+    struct session *s = arg;
+    log_info("%s: spf not done after %lds: recorded as temperror", s->qid,
+             s->d->conf->spf.timeout);
+    s->spf_waiting = 0;
+    session_data_commit(s);
+    if (s->state != S_COMMIT)
+        session_drive(s);
+    if (s->state == S_DEAD)
+        session_free(s);
+}
+
+/* Start the SPF check of this transaction (MAIL accepted); the loop goes
+ * on at once, the pool's workers do the DNS. */
+static void session_spf_start(struct session *s)
+{
+    unsigned char a[16];
+    if (s->d->spf == NULL)
+        return;
+    int family = session_client(s, a);
+    s->spf = spf_check(s->d->spf, family, a, s->helo, s->sender, session_on_spf, s);
+    if (s->spf == NULL)
+        log_warn("%s: spf check not started: out of memory", s->qid);
+}
+
 static void cmd_mail(struct session *s, const char *arg)
 {
     struct smtp_addr a;
@@ -431,6 +499,7 @@ static void cmd_mail(struct session *s, const char *arg)
     log_info("%s: client=%s[%s], helo=%s", s->qid, s->name, s->addr, s->helo);
     session_set_state(s, S_MAIL);
     session_reply(s, "250 2.1.0 Ok");
+    session_spf_start(s);
 }
 
 /* The client's address for recipient.c: family and network-order octets,
@@ -997,6 +1066,49 @@ static void session_data_end(struct session *s)
         return;
     }
 
+    /* SPF still looking: wait for it, at most spf.timeout, in S_COMMIT
+     * (no input read: the client waits for our reply anyway). */
+    if (s->spf != NULL && s->d->conf->spf.timeout > 0) {
+        if (s->spf_wait == NULL)
+            s->spf_wait = evtimer_new(s->d->base, session_on_spf_timeout, s);
+        if (s->spf_wait != NULL) {
+            struct timeval tv = { s->d->conf->spf.timeout, 0 };
+            session_set_state(s, S_COMMIT);
+            session_set_timeout(s, 0);
+            s->spf_waiting = 1;
+            evtimer_add(s->spf_wait, &tv);
+            return;
+        }
+    }
+    session_data_commit(s);
+}
+
+/* The message's authentication results as far as known: SPF of both
+ * identities (temperror when the check did not finish in time). */
+static void session_auth_fill(struct session *s, struct qmsg *m)
+{
+    if (s->spf == NULL && !s->spf_done)
+        return;                         /* no check made (no pool, no memory) */
+    struct spf_answer a = s->spf_ans;
+    if (!s->spf_done) {
+        a.mailfrom = SPF_RES_TEMPERROR;
+        a.helo = SPF_RES_TEMPERROR;
+    }
+    if (s->sender[0]) {
+        m->auth_flags |= QMSG_AUTH_SPF_DONE;
+        if (a.mailfrom == SPF_RES_PASS)
+            m->auth_flags |= QMSG_AUTH_SPF_PASS;
+    }
+    if (spf_answer_resinfo(&a, s->sender, s->helo, m->auth_results, sizeof m->auth_results) < 0)
+        log_warn("%s: spf results do not fit the record", s->qid);
+    log_info("%s: spf: mailfrom=%s helo=%s", s->qid, s->sender[0] ? spf_result_name(a.mailfrom) : "-",
+             spf_result_name(a.helo));
+}
+
+/* Hand the finished message to the spool (S_DATA/S_BDAT, or S_COMMIT when
+ * it waited for SPF). */
+static void session_data_commit(struct session *s)
+{
     struct qmsg m;
     memset(&m, 0, sizeof m);
     snprintf(m.qid, sizeof m.qid, "%s", s->qid);
@@ -1011,6 +1123,9 @@ static void session_data_end(struct session *s)
     snprintf(m.client_addr, sizeof m.client_addr, "%s", s->addr);
     snprintf(m.client_name, sizeof m.client_name, "%s", s->name);
     snprintf(m.helo, sizeof m.helo, "%s", s->helo);
+    session_auth_fill(s, &m);
+    spf_cancel(s->spf);
+    s->spf = NULL;
 
     struct spool_body *b = s->body;
     s->body = NULL;                     /* the spool owns it now */
@@ -1285,6 +1400,13 @@ static void session_on_event(struct bufferevent *bev, short what, void *arg)
             log_info("[%s]: TLS error in state %s: %s", s->addr, sstate_names[s->state], buf);
         }
     }
+    if (s->state == S_COMMIT && s->spf_waiting) {
+        /* The whole message is here: it is stored as it would have been
+         * (what the spool does with a commit in flight), SPF as far as known. */
+        s->spf_waiting = 0;
+        evtimer_del(s->spf_wait);
+        session_data_commit(s);
+    }
     if (s->state == S_COMMIT)
         log_info("%s: lost connection after end of data from %s[%s]; the commit goes on",
                  s->qid, s->name, s->addr);
@@ -1363,6 +1485,9 @@ static void session_free(struct session *s)
     dns_ptr_cancel(s->ptr);
     recipient_req_free(s->rreq);
     free(s->wait);
+    if (s->spf_wait)
+        event_free(s->spf_wait);
+    s->spf_wait = NULL;
     session_txn_reset(s);
     free(s->rcpt);
     free(s->sender);
@@ -1519,6 +1644,8 @@ void smtpd_configure(struct smtpd *d, const struct conf *c, const struct policy 
     d->policy = p;
     d->disk_checked = 0;
 }
+
+void smtpd_set_spf(struct smtpd *d, struct spf_pool *p) { d->spf = p; }
 
 void smtpd_set_dns(struct smtpd *d, struct dns *dns)
 {

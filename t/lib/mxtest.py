@@ -1383,8 +1383,11 @@ class Dnsmasq(_Peer):
     else: no upstream, no /etc/hosts, no system config.  Names under
     `local` domains that it does not know get NXDOMAIN."""
 
-    def __init__(self, mx=(), hosts=(), local=("test",), port=None, extra=()):
+    def __init__(self, mx=(), hosts=(), local=("test",), port=None, extra=(), txt=()):
         super().__init__("dnsmasq")
+        # (name, text): one TXT record each (SPF policies, DKIM keys); text
+        # longer than a character-string (255) is split into several.
+        self.txt = list(txt)
         self.port = port or free_port_on("127.0.0.1")
         self.mx = list(mx)          # (domain, host, preference)
         self.hosts = list(hosts)    # (name, ip)
@@ -1403,6 +1406,11 @@ class Dnsmasq(_Peer):
         cmd += ["--local=/%s/" % d for d in self.local]
         cmd += ["--mx-host=%s,%s,%d" % m for m in self.mx]
         cmd += ["--host-record=%s,%s" % h for h in self.hosts]
+        for name, text in self.txt:
+            parts = [text[i:i + 255] for i in range(0, len(text), 255)] or [""]
+            # argv, no shell: dnsmasq takes the text as given (no quotes),
+            # a comma separating character-strings
+            cmd.append("--txt-record=%s,%s" % (name, ",".join(parts)))
         cmd += self.extra
         self._popen(cmd, "dnsmasq.log")
         probe = self.hosts[0][0] if self.hosts else "probe.test"
