@@ -18,6 +18,8 @@
 #include <string.h>
 
 #include "conf.h"
+#include "log.h"
+#include "stats.h"
 
 /* The value of method= in an RFC 8601 resinfo list ("none" when absent). */
 static void authres_value(const char *text, const char *method, char *out, size_t outlen)
@@ -94,4 +96,10 @@ void quarantine_span(char *out, size_t outlen, int64_t seconds)
         snprintf(out, outlen, "%lldh", (long long)(seconds / 3600));
     else
         snprintf(out, outlen, "%llds", (long long)seconds);
+}
+
+void quarantine_committed(const struct qmsg *m)
+{
+    log_info("%s: quarantined: %s", m->qid, m->quarantine_reason);
+    stats_inc(STAT_QUARANTINED_MILTER);
 }

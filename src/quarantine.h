@@ -39,4 +39,8 @@ void quarantine_span(char *out, size_t outlen, int64_t seconds);
  * now. */
 void quarantine_prepare(struct qmsg *m, const struct conf *c, const char *reason, int64_t now);
 
+/* The completion of a commit made with quarantine_prepare (loop thread,
+ * err 0): its log line "QID: quarantined: reason" and its counter. */
+void quarantine_committed(const struct qmsg *m);
+
 #endif
