@@ -148,8 +148,8 @@ static void records(const char *dir)
 
     /* A version 1 record (before auth and quarantine) still reads. */
     MDB_env *env;
-    MDB_txn *t;
-    MDB_dbi dbi;
+    MDB_txn *t = NULL;
+    MDB_dbi dbi = 0;
     unsigned char v1[200];
     size_t len = 0;
     v1[len++] = 1;
