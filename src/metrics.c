@@ -481,6 +481,10 @@ static void render_metrics(struct metrics *m, const struct snapshot *s, struct e
         long nq = spool_msg_count(m->sp);
         prom_u64(b, "spool_messages", "gauge", "Messages in the spool, each counted once",
                  nq > 0 ? (uint64_t)nq : 0);
+        long nh = spool_held_count(m->sp);
+        prom_u64(b, "quarantine_messages", "gauge",
+                 "Messages in quarantine (kept instead of bounced; mxkeepctl quarantine)",
+                 nh > 0 ? (uint64_t)nh : 0);
     }
     prom_u64(b, "destinations", "gauge", "Destinations with mail, known or configured", s->n);
     prom_u64(b, "start_time_seconds", "gauge", "Process start, unix seconds",
@@ -1026,6 +1030,10 @@ static void render_status(struct metrics *m, struct snapshot *s, struct evbuffer
     render_total(b, "bounced", stats_get(STAT_BOUNCED));
     render_total(b, "deferred", stats_get(STAT_DEFERRED));
     render_total(b, "expired", stats_get(STAT_EXPIRED));
+    {
+        long nh = spool_held_count(m->sp);
+        render_total(b, "quarantined", nh > 0 ? (uint64_t)nh : 0);
+    }
     ADD(b, "</div>\n");
 
     ADD(b, "<section><h2>Backlog, last 24 hours</h2>\n");

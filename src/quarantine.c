@@ -18,6 +18,8 @@
 #include <string.h>
 
 #include "conf.h"
+#include "log.h"
+#include "stats.h"
 
 /* The value of method= in an RFC 8601 resinfo list ("none" when absent). */
 static void authres_value(const char *text, const char *method, char *out, size_t outlen)
@@ -58,4 +60,46 @@ void quarantine_prepare(struct qmsg *m, const struct conf *c, const char *reason
     m->quarantined = now;
     m->quarantine_until = now + c->quarantine_retention;
     snprintf(m->quarantine_reason, sizeof m->quarantine_reason, "%s", reason ? reason : "");
+}
+
+/* Bounded concatenation (the parts come from peers; a cut reason is fine). */
+static size_t cat(char *out, size_t outlen, size_t len, const char *s)
+{
+    size_t n = strlen(s);
+    if (len + 1 >= outlen)
+        return len;
+    if (n > outlen - 1 - len)
+        n = outlen - 1 - len;
+    memcpy(out + len, s, n);
+    out[len + n] = '\0';
+    return len + n;
+}
+
+void quarantine_reason(char *out, size_t outlen, const char *why, const char *detail)
+{
+    if (outlen == 0)
+        return;
+    out[0] = '\0';
+    size_t len = cat(out, outlen, 0, "failure notice withheld: ");
+    len = cat(out, outlen, len, why);
+    if (detail && *detail) {
+        len = cat(out, outlen, len, "; ");
+        cat(out, outlen, len, detail);
+    }
+}
+
+void quarantine_span(char *out, size_t outlen, int64_t seconds)
+{
+    if (seconds > 0 && seconds % 86400 == 0)
+        snprintf(out, outlen, "%lldd", (long long)(seconds / 86400));
+    else if (seconds > 0 && seconds % 3600 == 0)
+        snprintf(out, outlen, "%lldh", (long long)(seconds / 3600));
+    else
+        snprintf(out, outlen, "%llds", (long long)seconds);
+}
+
+void quarantine_committed(const struct qmsg *m)
+{
+    log_info("%s: quarantined: %s", m->qid, m->quarantine_reason);
+    stats_inc(STAT_QUARANTINED_MILTER);
 }

@@ -29,9 +29,18 @@ struct conf_domain;
 int quarantine_notice_allowed(const struct conf_domain *d, const struct qmsg *m, char *why,
                               size_t whylen);
 
+/* "failure notice withheld: WHY; DETAIL" into out, cut at outlen. */
+void quarantine_reason(char *out, size_t outlen, const char *why, const char *detail);
+/* "14d", "36h", "90s": a quarantine's length for its removal line. */
+void quarantine_span(char *out, size_t outlen, int64_t seconds);
+
 /* Mark m (not yet committed) to be committed straight into quarantine
  * (a milter's quarantine action), kept for c->quarantine_retention from
  * now. */
 void quarantine_prepare(struct qmsg *m, const struct conf *c, const char *reason, int64_t now);
+
+/* The completion of a commit made with quarantine_prepare (loop thread,
+ * err 0): its log line "QID: quarantined: reason" and its counter. */
+void quarantine_committed(const struct qmsg *m);
 
 #endif

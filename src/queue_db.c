@@ -70,6 +70,8 @@
 struct qdb {
     MDB_env *env;               /* NULL while a reopen has not succeeded */
     MDB_dbi msg, rcpt, body, dest, by_dest, due;
+    MDB_dbi held;                       /* QID -> "": messages in quarantine */
+    int has_held;                       /* 0: read-only on a spool made before it */
     pthread_rwlock_t maplock;
     char *dir;                  /* for qdb_reopen() */
     size_t map_size;
@@ -453,9 +455,16 @@ static int open_dbis(struct qdb *db, char *err, size_t errlen)
         { "msg", 0, &db->msg },         { "rcpt", 0, &db->rcpt },
         { "body", 0, &db->body },       { "dest", 0, &db->dest },
         { "by_dest", MDB_DUPSORT, &db->by_dest }, { "due", 0, &db->due },
+        { "held", 0, &db->held },
     };
     for (size_t i = 0; i < sizeof t / sizeof t[0]; i++) {
         rc = mdb_dbi_open(txn, t[i].name, t[i].flags | create, t[i].dbi);
+        if (rc == MDB_NOTFOUND && db->readonly && t[i].dbi == &db->held) {
+            db->has_held = 0;           /* no quarantine yet: an empty one */
+            continue;
+        }
+        if (t[i].dbi == &db->held)
+            db->has_held = 1;
         if (rc) {
             snprintf(err, errlen, "lmdb database %s: %s", t[i].name, mdb_strerror(rc));
             mdb_txn_abort(txn);
@@ -962,6 +971,49 @@ out:
     return r;
 }
 
+long qdb_held_count(struct qdb *db)
+{
+    MDB_txn *txn;
+    MDB_stat st;
+    if (!db->has_held)
+        return 0;
+    if (rd_begin(db, &txn))
+        return -1;
+    int rc = mdb_stat(txn, db->held, &st);
+    rd_end(db, txn);
+    return rc ? -1 : (long)st.ms_entries;
+}
+
+long qdb_held_each(struct qdb *db, int (*fn)(void *arg, const char *qid), void *arg)
+{
+    MDB_txn *txn;
+    MDB_cursor *c;
+    long n = 0;
+    if (!db->has_held)
+        return 0;
+    if (rd_begin(db, &txn))
+        return -1;
+    if (mdb_cursor_open(txn, db->held, &c)) {
+        rd_end(db, txn);
+        return -1;
+    }
+    MDB_val k, v;
+    char qid[QID_SIZE];
+    for (int rc = mdb_cursor_get(c, &k, &v, MDB_FIRST); rc == 0;
+         rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
+        if (k.mv_size != QID_LEN)
+            continue;
+        memcpy(qid, k.mv_data, QID_LEN);
+        qid[QID_LEN] = '\0';
+        n++;
+        if (fn(arg, qid))
+            break;
+    }
+    mdb_cursor_close(c);
+    rd_end(db, txn);
+    return n;
+}
+
 long qdb_msg_count(struct qdb *db)
 {
     MDB_txn *txn;
@@ -1089,6 +1141,16 @@ static int64_t earliest_expiry(const struct qrcpt *r, size_t n)
     return e;
 }
 
+/* The quarantine index entry of qid: put, or delete (a missing one is fine). */
+static int held_op(struct qdb *db, MDB_txn *txn, const char *qid, int del)
+{
+    MDB_val k = val_of(qid, QID_LEN), v = val_of("", 0);
+    int rc = del ? mdb_del(txn, db->held, &k, NULL) : mdb_put(txn, db->held, &k, &v, 0);
+    if (del && rc == MDB_NOTFOUND)
+        return 0;
+    return rc ? rc_fail(rc, del ? "held del" : "held put", qid) : 0;
+}
+
 static int due_op(struct qdb *db, MDB_txn *txn, int64_t when, const char *qid, int del)
 {
     unsigned char kb[QDB_DUE_KEY_LEN];
@@ -1156,6 +1218,8 @@ int qdb_msg_put(struct qdb_txn *t, const struct qmsg *m, const struct qrcpt *r, 
         if ((rc = mdb_put(t->txn, db->body, &k, &v, 0)) != 0)
             return rc_fail(rc, "body put", m->qid);
     }
+    if (quar && (rc = held_op(db, t->txn, m->qid, 0)) != 0)
+        return rc;
     int64_t exp = quar ? m->quarantine_until : earliest_expiry(r, n);
     return exp ? due_op(db, t->txn, exp, m->qid, 0) : 0;
 }
@@ -1362,6 +1426,8 @@ int qdb_msg_delete(struct qdb_txn *t, const char *qid)
     if (m->quarantine_until && m->quarantine_until != exp &&
         (r = due_op(db, t->txn, m->quarantine_until, qid, 1)) != 0 && r != QDB_NOTFOUND)
         goto out;
+    if ((m->flags & QMSG_F_QUARANTINE) && (r = held_op(db, t->txn, qid, 1)) != 0)
+        goto out;
     k = val_of(qid, QID_LEN);
     rc = mdb_del(t->txn, db->body, &k, NULL);
     if (rc && rc != MDB_NOTFOUND) {
@@ -1379,7 +1445,7 @@ out:
 }
 
 int qdb_msg_hold(struct qdb_txn *t, const char *qid, const char *reason, int64_t now,
-                 int64_t until)
+                 int64_t until, int all)
 {
     struct qmsg *m = malloc(sizeof *m);
     struct qrcpt *r = malloc(sizeof *r);
@@ -1395,7 +1461,7 @@ int qdb_msg_hold(struct qdb_txn *t, const char *qid, const char *reason, int64_t
             continue;
         if (rv != 0)
             goto out;
-        if (r->state == QRCPT_PENDING) {
+        if (all && r->state == QRCPT_PENDING) {
             r->state = QRCPT_QUARANTINED;
             if ((rv = qdb_rcpt_update(t, qid, r)) != 0)
                 goto out;
@@ -1414,8 +1480,49 @@ int qdb_msg_hold(struct qdb_txn *t, const char *qid, const char *reason, int64_t
     m->quarantined = now;
     m->quarantine_until = until;
     snprintf(m->quarantine_reason, sizeof m->quarantine_reason, "%s", reason ? reason : "");
-    if ((rv = qdb_msg_update(t, m)) == 0 && until)
+    if ((rv = qdb_msg_update(t, m)) == 0)
+        rv = held_op(t->db, t->txn, qid, 0);
+    if (rv == 0 && until)
         rv = due_op(t->db, t->txn, until, qid, 0);
+out:
+    free(m);
+    free(r);
+    return rv;
+}
+
+int qdb_msg_unhold_delete(struct qdb_txn *t, const char *qid)
+{
+    struct qmsg *m = malloc(sizeof *m);
+    struct qrcpt *r = malloc(sizeof *r);
+    int rv;
+    if (!m || !r) {
+        rv = QDB_ERR;
+        goto out;
+    }
+    if ((rv = qdb_msg_get_txn(t, qid, m)) != 0)
+        goto out;
+    if (!(m->flags & QMSG_F_QUARANTINE)) {
+        rv = QDB_NOTFOUND;
+        goto out;
+    }
+    for (uint32_t i = 0; i < m->nrcpt; i++) {
+        if ((rv = qdb_rcpt_get(t, qid, i, r)) == QDB_NOTFOUND)
+            continue;
+        if (rv != 0)
+            goto out;
+        if (r->state != QRCPT_QUARANTINED)
+            continue;
+        r->state = QRCPT_DELETED;
+        if ((rv = qdb_rcpt_update(t, qid, r)) != 0)
+            goto out;
+    }
+    if (m->quarantine_until &&
+        (rv = due_op(t->db, t->txn, m->quarantine_until, qid, 1)) != 0 && rv != QDB_NOTFOUND)
+        goto out;
+    m->flags &= ~QMSG_F_QUARANTINE;
+    m->quarantine_until = 0;
+    if ((rv = qdb_msg_update(t, m)) == 0 && (rv = held_op(t->db, t->txn, qid, 1)) == 0)
+        rv = qdb_msg_settle(t, qid);
 out:
     free(m);
     free(r);
@@ -1461,7 +1568,9 @@ int qdb_msg_release(struct qdb_txn *t, const char *qid, int64_t expiry)
     m->quarantined = 0;
     m->quarantine_until = 0;
     m->quarantine_reason[0] = '\0';
-    if ((rv = qdb_msg_update(t, m)) == 0 && due)
+    if ((rv = qdb_msg_update(t, m)) == 0)
+        rv = held_op(t->db, t->txn, qid, 1);
+    if (rv == 0 && due)
         rv = due_op(t->db, t->txn, due, qid, 0);
 out:
     free(m);

@@ -13,6 +13,7 @@
  *   by_dest  domain -> QID  (DUPSORT: oldest first, one entry per message
  *                            and destination with a pending recipient)
  *   due      be64(time) QID              -> "" (expiry / retry timers)
+ *   held     QID                         -> "" (messages in quarantine)
  *
  * Threads: reads may run on any thread (each call opens and closes its own
  * short read transaction; MDB_NOTLS).  Writes happen only inside a write
@@ -169,6 +170,10 @@ long qdb_page(struct qdb *db, const char *domain, char after[QID_SIZE], char (*o
 int qdb_due_first(struct qdb *db, int64_t *when, char qid[QID_SIZE]);
 /* The newest QID in msg ("" when empty), to seed qid_seed(). */
 int qdb_newest_qid(struct qdb *db, char qid[QID_SIZE]);
+/* Messages in quarantine (the held index, O(1)), and each of their QIDs
+ * in QID order until fn returns non-zero; the count visited or -1. */
+long qdb_held_count(struct qdb *db);
+long qdb_held_each(struct qdb *db, int (*fn)(void *arg, const char *qid), void *arg);
 /* Total messages in msg (O(1) from LMDB's stats). */
 long qdb_msg_count(struct qdb *db);
 
@@ -188,8 +193,8 @@ int qdb_msg_get_txn(struct qdb_txn *t, const char *qid, struct qmsg *out);
 int qdb_msg_update(struct qdb_txn *t, const struct qmsg *m);
 /* Quarantine (the record side; policy is quarantine.c's).  qdb_msg_hold
  * marks the message QMSG_F_QUARANTINE with reason, since = now and a due
- * entry at until, and turns every recipient still PENDING into
- * QRCPT_QUARANTINED (by_dest and dest counters follow); recipients the
+ * entry at until; with all, it turns every recipient still PENDING into
+ * QRCPT_QUARANTINED too (by_dest and dest counters follow); recipients the
  * caller already set QRCPT_QUARANTINED in this transaction stay so.  A
  * message already held keeps its first reason and times.  QDB_NOTFOUND
  * when the message is gone or has nothing to hold.
@@ -197,7 +202,12 @@ int qdb_msg_update(struct qdb_txn *t, const struct qmsg *m);
  * with the given expiry (0: keep each one's own) and no attempts, moves
  * the due entry there and clears the mark; QDB_NOTFOUND unless held. */
 int qdb_msg_hold(struct qdb_txn *t, const char *qid, const char *reason, int64_t now,
-                 int64_t until);
+                 int64_t until, int all);
+/* The end of a quarantine (its retention ran out, or the admin deleted
+ * it): QRCPT_QUARANTINED recipients become QRCPT_DELETED, the mark and
+ * its due entry go, and the message is settled (removed unless a
+ * recipient is still pending).  QDB_NOTFOUND unless held. */
+int qdb_msg_unhold_delete(struct qdb_txn *t, const char *qid);
 int qdb_msg_release(struct qdb_txn *t, const char *qid, int64_t expiry);
 /* Update one recipient; when it goes final and it was the last pending one
  * for its domain, drops the by_dest entry and the dest counters. */

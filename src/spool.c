@@ -429,7 +429,7 @@ struct spool_ticket *spool_delete(struct spool *s, const char *qid,
 
 /* ---------- post-commit updates of a message record ---------- */
 
-enum msg_upd_kind { UPD_AUTH, UPD_HOLD, UPD_RELEASE };
+enum msg_upd_kind { UPD_AUTH, UPD_HOLD, UPD_RELEASE, UPD_UNHOLD };
 
 struct msg_upd {
     enum msg_upd_kind kind;
@@ -439,6 +439,7 @@ struct msg_upd {
     char text[QMSG_AUTH_RESULTS_MAX];
     spool_done_fn done;
     void *arg;
+    struct spool *spool;
 };
 
 /* Writer thread; reads the record inside the transaction, so a retried
@@ -447,9 +448,11 @@ static int msg_upd_fn(struct qdb_txn *t, void *arg)
 {
     struct msg_upd *u = arg;
     if (u->kind == UPD_HOLD)
-        return qdb_msg_hold(t, u->qid, u->text, u->now, u->when);
+        return qdb_msg_hold(t, u->qid, u->text, u->now, u->when, 1);
     if (u->kind == UPD_RELEASE)
         return qdb_msg_release(t, u->qid, u->when);
+    if (u->kind == UPD_UNHOLD)
+        return qdb_msg_unhold_delete(t, u->qid);
     struct qmsg *m = malloc(sizeof *m);
     if (!m)
         return QDB_ERR;
@@ -479,6 +482,8 @@ static int msg_upd_fn(struct qdb_txn *t, void *arg)
 static void msg_upd_done(void *arg, int err)
 {
     struct msg_upd *u = arg;
+    if (u->kind == UPD_UNHOLD && err == 0)
+        spool_body_unlink_if_gone(u->spool, u->qid);
     if (u->done)
         u->done(u->arg, err);
     free(u);
@@ -486,6 +491,7 @@ static void msg_upd_done(void *arg, int err)
 
 static struct spool_ticket *msg_upd_queue(struct spool *s, struct msg_upd *u)
 {
+    u->spool = s;
     struct spool_ticket *t = spool_write(s, msg_upd_fn, u, msg_upd_done, u);
     if (!t)
         free(u);
@@ -539,6 +545,13 @@ struct spool_ticket *spool_release(struct spool *s, const char *qid, int64_t exp
         return NULL;
     u->when = expiry;
     return msg_upd_queue(s, u);
+}
+
+struct spool_ticket *spool_quarantine_delete(struct spool *s, const char *qid,
+                                             spool_done_fn done, void *arg)
+{
+    struct msg_upd *u = msg_upd_new(UPD_UNHOLD, qid, NULL, done, arg);
+    return u ? msg_upd_queue(s, u) : NULL;
 }
 
 /* ---------- the writer thread ---------- */
@@ -1233,6 +1246,11 @@ int spool_due_first(struct spool *s, int64_t *when, char qid[QID_SIZE])
 long spool_msg_count(struct spool *s)
 {
     return qdb_msg_count(s->db);
+}
+
+long spool_held_count(struct spool *s)
+{
+    return qdb_held_count(s->db);
 }
 
 long spool_page(struct spool *s, const char *domain, char after[QID_SIZE],

@@ -89,6 +89,7 @@ int spool_dest_get(struct spool *s, const char *domain, struct qdest *out);
 long spool_dest_each(struct spool *s, int (*fn)(void *arg, const struct qdest *d), void *arg);
 int spool_due_first(struct spool *s, int64_t *when, char qid[QID_SIZE]);
 long spool_msg_count(struct spool *s);
+long spool_held_count(struct spool *s);         /* messages in quarantine */
 long spool_page(struct spool *s, const char *domain, char after[QID_SIZE],
                 char (*out)[QID_SIZE], long max);
 /* The index itself, for the unit tests (t_spool) only: the daemon's
@@ -157,6 +158,10 @@ struct spool_ticket *spool_quarantine(struct spool *s, const char *qid, const ch
                                       int64_t until, spool_done_fn done, void *arg);
 struct spool_ticket *spool_release(struct spool *s, const char *qid, int64_t expiry,
                                    spool_done_fn done, void *arg);
+/* Remove what quarantine holds of a message (qdb_msg_unhold_delete); the
+ * body file goes when the message is gone. */
+struct spool_ticket *spool_quarantine_delete(struct spool *s, const char *qid,
+                                             spool_done_fn done, void *arg);
 
 /* After a spool_write() that may have removed a message (qdb_msg_settle):
  * if its record is gone, unlink its body file.  Loop thread. */

@@ -49,6 +49,9 @@ static const struct {
     [STAT_REJ_GREYLIST] = { "rejected_greylist_total", "Recipients refused 450 4.2.0: greylisted" },
     [STAT_REJ_DNSBL] = { "rejected_dnsbl_total", "Messages refused 554 5.7.1: the client is listed in DNSBL zones" },
     [STAT_TARPIT] = { "tarpit_delays_total", "RCPT replies delayed by the unknown-recipient tarpit" },
+    [STAT_QUARANTINED_EXPIRED] = { "quarantined_expired_total", "Messages quarantined: expired, failure notice withheld" },
+    [STAT_QUARANTINED_BOUNCED] = { "quarantined_bounced_total", "Messages quarantined: refused by the primary, failure notice withheld" },
+    [STAT_QUARANTINED_MILTER] = { "quarantined_milter_total", "Messages quarantined by a milter" },
 };
 
 /*
@@ -60,6 +63,7 @@ static const struct {
  */
 #define REJ_HELP "Recipients, messages or commands refused, by reason"
 #define RCPT_HELP "Recipient outcomes of delivery attempts (deferred counts attempts)"
+#define QUAR_HELP "Messages put in quarantine, by reason"
 #define CONN_IN_HELP "Inbound SMTP connections, accepted or refused at connect (limits)"
 
 static const struct stats_series stats_family_map[STAT_COUNT_] = {
@@ -85,6 +89,9 @@ static const struct stats_series stats_family_map[STAT_COUNT_] = {
     [STAT_DEFERRED] = { "recipients_total", RCPT_HELP, "outcome", "deferred" },
     [STAT_BOUNCED] = { "recipients_total", RCPT_HELP, "outcome", "bounced" },
     [STAT_EXPIRED] = { "recipients_total", RCPT_HELP, "outcome", "expired" },
+    [STAT_QUARANTINED_EXPIRED] = { "quarantined_total", QUAR_HELP, "reason", "expired" },
+    [STAT_QUARANTINED_BOUNCED] = { "quarantined_total", QUAR_HELP, "reason", "bounced" },
+    [STAT_QUARANTINED_MILTER] = { "quarantined_total", QUAR_HELP, "reason", "milter" },
     [STAT_CONN_OUT_FAILED] = { "smtp_connection_failures_total",
                                "Outbound connections that failed before the greeting", NULL,
                                NULL },

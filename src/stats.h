@@ -47,6 +47,10 @@ enum stat_id {
     STAT_REJ_GREYLIST,          /* 450 4.2.0: greylisted */
     STAT_REJ_DNSBL,             /* 554 5.7.1: client listed in DNSBL zones */
     STAT_TARPIT,                /* RCPT replies delayed by the unknown-recipient tarpit */
+    /* Messages put in quarantine (quarantine.h), by reason */
+    STAT_QUARANTINED_EXPIRED,   /* expired, sender not authenticated: notice withheld */
+    STAT_QUARANTINED_BOUNCED,   /* 5xx from the primary, sender not authenticated */
+    STAT_QUARANTINED_MILTER,    /* a milter's quarantine action */
     STAT_COUNT_
 };
 
