@@ -83,7 +83,17 @@ struct spf_pool {
     long timeout;
     struct event_base *base;
     int late;                           /* loop thread: spf_pool_late */
+    time_t last_late;                   /* loop thread: when a check was last late */
 };
+
+/*
+ * Seconds "late" holds after the last late check.  With a dead or slow
+ * resolver most checks are late but some answer at once (no DNS needed);
+ * without a hold each prompt one switched waiting back on and the next
+ * messages waited spf.timeout each (bench/accept: 6 msg/s).  A hold of a
+ * minute lets at most a few messages a minute wait while DNS is sick.
+ */
+#define SPF_LATE_HOLD 60
 
 const char *spf_result_name(enum spf_result r)
 {
@@ -394,6 +404,10 @@ static void spf_on_notify(evutil_socket_t fd, short what, void *arg)
         long ms = (long)(now.tv_sec - r->started.tv_sec) * 1000 +
                   (long)(now.tv_usec - r->started.tv_usec) / 1000;
         int late = ms > p->timeout * 1000;
+        if (late && !r->overload)
+            p->last_late = now.tv_sec;
+        if (!late && p->late && now.tv_sec - p->last_late < SPF_LATE_HOLD)
+            late = 1;                   /* still within the hold: stay late */
         if (!r->overload && late != p->late) {
             if (late)
                 log_warn("spf: a check took %ld ms, more than spf.timeout: end of data "
@@ -527,6 +541,8 @@ void spf_pool_note_late(struct spf_pool *p)
                  "checks are prompt again");
         p->late = 1;
     }
+    if (p != NULL)
+        p->last_late = time(NULL);
 }
 
 void spf_cancel(struct spf_req *r)
