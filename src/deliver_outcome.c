@@ -122,6 +122,13 @@ static void job_committed(void *arg, int err)
             log_info("%s: quarantined: %s", j->m.qid, j->m.quarantine_reason);
             stats_inc(STAT_QUARANTINED_BOUNCED);
         }
+        /* A kept copy's removal (kept_until) may come before anything
+         * the expiry timer waits for. */
+        for (size_t i = 0; i < j->nrcpt; i++)
+            if (j->rcpt[i].state == QRCPT_KEPT) {
+                delivery_expire_arm(j->s);
+                break;
+            }
     }
     dest_inflight_del(d, j->m.qid);
     if (err == 0 && j->redo && dest_redo_add(d, j->m.qid) == 0) {

@@ -1658,7 +1658,8 @@ int qdb_msg_delete(struct qdb_txn *t, const char *qid)
         (r = due_op(db, t->txn, m->kept_until, qid, 1)) != 0 && r != QDB_NOTFOUND)
         goto out;
     k = val_of(qid, QID_LEN);
-    if (m->flags & QMSG_F_KEPT) {
+    {
+        /* Whatever the flag says now (qdb_kept_expire clears it first). */
         rc = mdb_del(t->txn, db->kept_msg, &k, NULL);
         if (rc && rc != MDB_NOTFOUND) {
             r = rc_fail(rc, "kept_msg del", qid);
