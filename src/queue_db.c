@@ -1170,7 +1170,7 @@ long qdb_kept_count(struct qdb *db, const char *domain, int64_t since, int64_t u
     return n;
 }
 
-long qdb_kept_oldest(struct qdb *db, char (*out)[QID_SIZE], long max)
+long qdb_kept_oldest(struct qdb *db, char (*out)[QID_SIZE], uint64_t *size, long max)
 {
     MDB_txn *txn;
     MDB_cursor *c;
@@ -1189,7 +1189,10 @@ long qdb_kept_oldest(struct qdb *db, char (*out)[QID_SIZE], long max)
         if (k.mv_size != QID_LEN)
             continue;
         memcpy(out[n], k.mv_data, QID_LEN);
-        out[n++][QID_LEN] = '\0';
+        out[n][QID_LEN] = '\0';
+        if (size)
+            size[n] = v.mv_size == 8 ? get_be64(v.mv_data) : 0;
+        n++;
     }
     mdb_cursor_close(c);
     rd_end(db, txn);

@@ -207,8 +207,9 @@ int qdb_kept_stats(struct qdb *db, struct qdb_kept_stats *out);
  * read failure.  A range of the kept index: no scan of other domains. */
 long qdb_kept_count(struct qdb *db, const char *domain, int64_t since, int64_t until,
                     const char *addr);
-/* Up to max kept-only messages, oldest first, into out; how many or -1. */
-long qdb_kept_oldest(struct qdb *db, char (*out)[QID_SIZE], long max);
+/* Up to max kept-only messages, oldest first, into out (and their body
+ * octets into size, when not NULL); how many or -1. */
+long qdb_kept_oldest(struct qdb *db, char (*out)[QID_SIZE], uint64_t *size, long max);
 
 /* --- Writes: only with a qdb_txn from the writer (spool.c). --- */
 /* Store a new message: msg record, its recipients, by_dest entries and the

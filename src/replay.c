@@ -129,10 +129,21 @@ static void on_watch(evutil_socket_t fd, short what, void *arg)
         return;
     }
     struct drop_job *j = calloc(1, sizeof *j);
-    if (j == NULL || (j->n = spool_kept_oldest(R.sp, j->qid, REPLAY_DROP_BATCH)) <= 0) {
+    uint64_t size[REPLAY_DROP_BATCH], got = 0;
+    if (j == NULL || (j->n = spool_kept_oldest(R.sp, j->qid, size, REPLAY_DROP_BATCH)) <= 0) {
         free(j);                        /* nothing kept: mail is not ours to drop */
         watch_arm(REPLAY_WATCH_SECONDS);
         return;
+    }
+    /* As many as the shortfall asks, oldest first: the rest stay kept.
+     * (A body inside the index frees pages for the index, not the disk:
+     * the next measure tells, and asks for more.) */
+    for (long i = 0; i < j->n; i++) {
+        got += size[i];
+        if (got >= need - avail) {
+            j->n = i + 1;
+            break;
+        }
     }
     if (!R.short_logged)
         log_warn("spool %s: %llu octets free, below disk_reserve + keep_reserve (%llu): "

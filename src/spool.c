@@ -1264,9 +1264,9 @@ long spool_kept_count(struct spool *s, const char *domain, int64_t since, int64_
     return qdb_kept_count(s->db, domain, since, until, addr);
 }
 
-long spool_kept_oldest(struct spool *s, char (*out)[QID_SIZE], long max)
+long spool_kept_oldest(struct spool *s, char (*out)[QID_SIZE], uint64_t *size, long max)
 {
-    return qdb_kept_oldest(s->db, out, max);
+    return qdb_kept_oldest(s->db, out, size, max);
 }
 
 long spool_page(struct spool *s, const char *domain, char after[QID_SIZE],
