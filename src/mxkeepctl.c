@@ -2510,6 +2510,25 @@ static int cmd_quarantine(struct ctl *c, int argc, char **argv)
  * kept copies of DOMAIN delivered in that span (keep_delivered) are
  * counted from the index; with --yes the daemon queues them again (it
  * owns the index writes: with it stopped, nothing is changed). */
+/* The fields a replay answers with, before messages and replayed. */
+static void replay_json(struct ctl *c, const char *domain, const char *since,
+                        const char *until, long copies)
+{
+    fputs("{\"domain\":", c->out);
+    json_str(c->out, domain);
+    fprintf(c->out, ",\"since\":\"%s\",\"until\":", since);
+    if (until)
+        fprintf(c->out, "\"%s\"", until);
+    else
+        fputs("null", c->out);
+    fputs(",\"recipient\":", c->out);
+    if (c->recipient)
+        json_str(c->out, c->recipient);
+    else
+        fputs("null", c->out);
+    fprintf(c->out, ",\"copies\":%ld", copies);
+}
+
 static int cmd_replay(struct ctl *c, int argc, char **argv)
 {
     char domain[SMTP_DOMAIN_MAX + 2], err[CTL_ERR_SIZE], t1[TIMEARG_ISO_SIZE],
@@ -2563,19 +2582,8 @@ static int cmd_replay(struct ctl *c, int argc, char **argv)
         timearg_format(until, t2);
     if (!c->yes || n == 0) {
         if (c->json) {
-            fputs("{\"domain\":", c->out);
-            json_str(c->out, domain);
-            fprintf(c->out, ",\"since\":\"%s\",\"until\":", t1);
-            if (c->until)
-                fprintf(c->out, "\"%s\"", t2);
-            else
-                fputs("null", c->out);
-            fputs(",\"recipient\":", c->out);
-            if (c->recipient)
-                json_str(c->out, c->recipient);
-            else
-                fputs("null", c->out);
-            fprintf(c->out, ",\"copies\":%ld,\"messages\":null,\"replayed\":false}\n", n);
+            replay_json(c, domain, t1, c->until ? t2 : NULL, n);
+            fputs(",\"messages\":null,\"replayed\":false}\n", c->out);
         } else {
             text_str(c->out, domain);
             fprintf(c->out, ": %ld kept cop%s delivered since %s%s%s", n, n == 1 ? "y" : "ies",
@@ -2617,20 +2625,8 @@ static int cmd_replay(struct ctl *c, int argc, char **argv)
     if (rc != 0)
         return rc;
     if (c->json) {
-        fputs("{\"domain\":", c->out);
-        json_str(c->out, domain);
-        fprintf(c->out, ",\"since\":\"%s\",\"until\":", t1);
-        if (c->until)
-            fprintf(c->out, "\"%s\"", t2);
-        else
-            fputs("null", c->out);
-        fputs(",\"recipient\":", c->out);
-        if (c->recipient)
-            json_str(c->out, c->recipient);
-        else
-            fputs("null", c->out);
-        fprintf(c->out, ",\"copies\":%ld,\"messages\":%zu,\"replayed\":true}\n", copies,
-                msgs);
+        replay_json(c, domain, t1, c->until ? t2 : NULL, copies);
+        fprintf(c->out, ",\"messages\":%zu,\"replayed\":true}\n", msgs);
     } else {
         text_str(c->out, domain);
         fprintf(c->out, ": %ld kept cop%s of %zu message%s queued again; flushing\n", copies,

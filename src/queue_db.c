@@ -2033,92 +2033,107 @@ int qdb_msg_settle(struct qdb_txn *t, const char *qid)
 
 /* ---------- kept copies: writes ---------- */
 
+/* Each recipient of qid in this transaction (m: the message record, read
+ * first): fn's non-zero result stops the walk and is returned. */
+static int msg_rcpt_walk(struct qdb_txn *t, const char *qid, struct qmsg *m,
+                         int (*fn)(struct qdb_txn *t, const char *qid, struct qrcpt *r,
+                                   void *arg),
+                         void *arg)
+{
+    struct qrcpt *r = malloc(sizeof *r);
+    int rv;
+    if (!r)
+        return QDB_ERR;
+    if ((rv = qdb_msg_get_txn(t, qid, m)) != 0)
+        goto out;
+    for (uint32_t i = 0; i < m->nrcpt && rv == 0; i++) {
+        if ((rv = qdb_rcpt_get(t, qid, i, r)) == QDB_NOTFOUND)
+            rv = 0;
+        else if (rv == 0)
+            rv = fn(t, qid, r, arg);
+    }
+out:
+    free(r);
+    return rv;
+}
+
+struct kept_exp {
+    int64_t now, next, pend;
+    long n;
+};
+
+static int kept_expire_one(struct qdb_txn *t, const char *qid, struct qrcpt *r, void *arg)
+{
+    struct kept_exp *x = arg;
+    if (r->state == QRCPT_PENDING && r->expiry && (x->pend == 0 || r->expiry < x->pend))
+        x->pend = r->expiry;
+    if (r->state != QRCPT_KEPT)
+        return 0;
+    if (r->kept_until > x->now) {
+        if (x->next == 0 || r->kept_until < x->next)
+            x->next = r->kept_until;
+        return 0;
+    }
+    r->state = QRCPT_SENT;              /* delivered, and now no copy */
+    r->kept_until = 0;
+    x->n++;
+    return qdb_rcpt_update(t, qid, r);
+}
+
 int qdb_kept_expire(struct qdb_txn *t, const char *qid, int64_t now, long *n)
 {
     struct qmsg *m = malloc(sizeof *m);
-    struct qrcpt *r = malloc(sizeof *r);
-    int64_t next = 0, pend = 0;
+    struct kept_exp x = { .now = now };
     int rv;
     *n = 0;
-    if (!m || !r) {
-        rv = QDB_ERR;
+    if (!m)
+        return QDB_ERR;
+    if ((rv = msg_rcpt_walk(t, qid, m, kept_expire_one, &x)) != 0)
         goto out;
-    }
-    if ((rv = qdb_msg_get_txn(t, qid, m)) != 0)
-        goto out;
-    for (uint32_t i = 0; i < m->nrcpt; i++) {
-        if ((rv = qdb_rcpt_get(t, qid, i, r)) == QDB_NOTFOUND)
-            continue;
-        if (rv != 0)
-            goto out;
-        if (r->state == QRCPT_PENDING && r->expiry && (pend == 0 || r->expiry < pend))
-            pend = r->expiry;
-        if (r->state != QRCPT_KEPT)
-            continue;
-        if (r->kept_until > now) {
-            if (next == 0 || r->kept_until < next)
-                next = r->kept_until;
-            continue;
-        }
-        r->state = QRCPT_SENT;          /* delivered, and now no copy */
-        r->kept_until = 0;
-        if ((rv = qdb_rcpt_update(t, qid, r)) != 0)
-            goto out;
-        (*n)++;
-    }
-    if (next) {
-        m->kept_until = next;
-        rv = due_op(t->db, t->txn, next, qid, 0);
+    *n = x.n;
+    if (x.next) {
+        m->kept_until = x.next;
+        rv = due_op(t->db, t->txn, x.next, qid, 0);
     } else {
         m->flags &= ~QMSG_F_KEPT;
         m->kept_until = 0;
     }
     /* The caller drops the due entry that fired, which may have been the
      * pending recipients' expiry too: theirs again. */
-    if (rv == 0 && pend)
-        rv = due_op(t->db, t->txn, pend, qid, 0);
+    if (rv == 0 && x.pend)
+        rv = due_op(t->db, t->txn, x.pend, qid, 0);
     if (rv == 0 && (rv = qdb_msg_update(t, m)) == 0)
         rv = qdb_msg_settle(t, qid);
 out:
     free(m);
-    free(r);
     return rv;
+}
+
+static int kept_drop_one(struct qdb_txn *t, const char *qid, struct qrcpt *r, void *arg)
+{
+    (void)t;
+    (void)qid;
+    if (r->state == QRCPT_PENDING || r->state == QRCPT_QUARANTINED)
+        return QDB_NOTFOUND;            /* not kept-only after all: mail */
+    if (r->state == QRCPT_KEPT)
+        (*(long *)arg)++;
+    return 0;
 }
 
 int qdb_kept_drop(struct qdb_txn *t, const char *qid, long *n)
 {
     struct qmsg *m = malloc(sizeof *m);
-    struct qrcpt *r = malloc(sizeof *r);
     int rv;
     *n = 0;
-    if (!m || !r) {
-        rv = QDB_ERR;
-        goto out;
-    }
+    if (!m)
+        return QDB_ERR;
     MDB_val k = val_of(qid, QID_LEN), v;
     int rc = qid_valid(qid) ? mdb_get(t->txn, t->db->kept_msg, &k, &v) : MDB_NOTFOUND;
-    if (rc) {
+    if (rc)
         rv = rc_fail(rc, "kept_msg get", qid);
-        goto out;
-    }
-    if ((rv = qdb_msg_get_txn(t, qid, m)) != 0)
-        goto out;
-    for (uint32_t i = 0; i < m->nrcpt; i++) {
-        if ((rv = qdb_rcpt_get(t, qid, i, r)) == QDB_NOTFOUND)
-            continue;
-        if (rv != 0)
-            goto out;
-        if (r->state == QRCPT_PENDING || r->state == QRCPT_QUARANTINED) {
-            rv = QDB_NOTFOUND;          /* not kept-only after all: mail */
-            goto out;
-        }
-        if (r->state == QRCPT_KEPT)
-            (*n)++;
-    }
-    rv = qdb_msg_delete(t, qid);
-out:
+    else if ((rv = msg_rcpt_walk(t, qid, m, kept_drop_one, n)) == 0)
+        rv = qdb_msg_delete(t, qid);
     free(m);
-    free(r);
     return rv;
 }
 

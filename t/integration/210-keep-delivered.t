@@ -6,7 +6,6 @@
 # (queue listing, count, spool_messages) and are counted apart in
 # mxkeepctl summary (text and JSON), stats, /metrics and /status.  A domain
 # without keep_delivered removes delivered mail as before.
-import http.client
 import json
 import os
 import sys
@@ -14,16 +13,6 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from mxtest import *  # noqa: F401,F403
 
 N = 3                   # messages to keep.test, the first to two recipients
-
-
-def fetch(port, path):
-    c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    try:
-        c.request("GET", path)
-        r = c.getresponse()
-        return r.status, r.read().decode("utf-8", "replace")
-    finally:
-        c.close()
 
 
 def prom(text, name):
@@ -87,14 +76,14 @@ def main():
     st = json.loads(srv.ctl("--json", "stats").stdout.decode())
     is_((st.get("queue_messages"), st.get("kept_copies"), st.get("kept_messages"),
          st.get("kept_copies_kept_total")), (0, N + 1, N, N + 1), "stats: kept apart")
-    code, metrics = fetch(mport, "/metrics")
+    code, metrics = http_get(mport, "/metrics")
     is_(code, 200, "/metrics answers")
     is_(prom(metrics, "mxkeep_kept_copies"), N + 1, "/metrics: mxkeep_kept_copies")
     is_(prom(metrics, "mxkeep_kept_messages"), N, "/metrics: mxkeep_kept_messages")
     is_(prom(metrics, "mxkeep_spool_messages"), 0, "/metrics: spool_messages leaves them out")
     like(metrics, r'(?m)^mxkeep_kept_copies_total\{event="kept"\} %d$' % (N + 1),
          "/metrics: kept_copies_total{event=kept}")
-    code, page = fetch(mport, "/status")
+    code, page = http_get(mport, "/status")
     like(page, r"kept copies", "/status: a kept copies total")
 
     # Never delivered again: probes, a flush, a restart.

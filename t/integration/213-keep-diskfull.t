@@ -20,21 +20,7 @@ KEEP_RESERVE = 2 * 1024 * 1024
 BIG = 300000                    # file bodies (over the 64 KiB inline limit)
 N_KEPT = 8
 N_HELD = 3
-CHUNK = 65536
 
-
-def fill(mnt, leave):
-    """Fill the file system to ENOSPC, then give back `leave` octets."""
-    path = os.path.join(mnt, "filler")
-    with open(path, "ab") as f:
-        try:
-            while True:
-                f.write(b"\1" * CHUNK)
-                f.flush()
-        except OSError:
-            pass
-    os.truncate(path, max(0, os.path.getsize(path) - leave))
-    return path
 
 
 def free(mnt):
@@ -53,24 +39,10 @@ def main():
         {"name": "held.test", "primary": "[127.0.0.2]:%d" % fake.port, "hold": True},
     ], limits={"disk_reserve": RESERVE, "keep_reserve": KEEP_RESERVE},
         settings={"delivery": fast_delivery()})
-    mnt = os.path.join(srv.dir, "fs")
-    os.makedirs(mnt)
-    r = run(["mount", "-t", "tmpfs", "-o", "size=%s,mode=0755" % FS_SIZE, "tmpfs", mnt])
-    if r.returncode != 0:
-        skip_all("cannot mount tmpfs: %s" % r.stderr.decode("latin-1").strip())
-    try:
-        scenario(srv, fake, mnt)
-    finally:
-        srv.stop()
-        for _ in range(20):
-            if run(["umount", mnt]).returncode == 0:
-                break
-            time.sleep(0.25)
-        else:
-            run(["umount", "-l", mnt])
+    on_tmpfs(srv, FS_SIZE, scenario, fake)
 
 
-def scenario(srv, fake, mnt):
+def scenario(srv, mnt, fake):
     srv.spool = os.path.join(mnt, "spool")
     srv.settings["lmdb_map_size"] = MAP_SIZE
     srv.start()
@@ -98,7 +70,7 @@ def scenario(srv, fake, mnt):
 
     # Short of space, above the reserve itself: copies go until there is room.
     mark = len(srv.log())
-    filler = fill(mnt, RESERVE + KEEP_RESERVE // 4)
+    filler = fill_fs(mnt, RESERVE + KEEP_RESERVE // 4)
     diag("%d octets free" % free(mnt))
     ok(wait_log(srv, r"below disk_reserve \+ keep_reserve .*dropping kept copies, oldest first",
                 5, mark), "log: the shortage and what is done about it")
@@ -119,7 +91,7 @@ def scenario(srv, fake, mnt):
     # Below the reserve itself: every copy goes, mail stays.
     os.unlink(filler)
     mark = len(srv.log())
-    filler = fill(mnt, RESERVE // 2)
+    filler = fill_fs(mnt, RESERVE // 2)
     ok(wait_for(lambda: kept().get("copies") == 0, 10), "every kept copy dropped")
     log = srv.log()[mark:]
     more = re.findall(r"(\w{12}): kept copy dropped \(1\): spool short of space", log)
