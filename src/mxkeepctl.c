@@ -751,6 +751,10 @@ static void print_rcpt_json(FILE *f, const struct qrcpt *r)
     json_str(f, r->orcpt);
     fputs(",\"notify\":", f);
     print_flags(f, 1, (unsigned)r->notify, notify_names, NELEM(notify_names));
+    fputs(",\"delivered\":", f);
+    json_time_or_null(f, r->state == QRCPT_KEPT ? r->delivered : 0);
+    fputs(",\"kept_until\":", f);
+    json_time_or_null(f, r->state == QRCPT_KEPT ? r->kept_until : 0);
     fputc('}', f);
 }
 
@@ -1679,6 +1683,12 @@ static void show_text(struct ctl *c, const struct qmsg *m, const struct qrcpt *r
                 rcpt_state_name(r[i].state), r[i].attempts, when);
         fmt_iso(r[i].expiry, when);
         fprintf(f, "  expiry:     %s\n", when);
+        if (r[i].state == QRCPT_KEPT) {
+            char until[CTL_ISO_SIZE];
+            fmt_iso(r[i].delivered, when);
+            fmt_iso(r[i].kept_until, until);
+            fprintf(f, "  delivered:  %s (copy kept until %s)\n", when, until);
+        }
         if (r[i].orcpt[0] != '\0') {
             fputs("  orcpt:      ", f);
             text_str(f, r[i].orcpt);

@@ -52,6 +52,14 @@ def main():
     shown = json.loads(r.stdout.decode()) if r.returncode == 0 else {}
     states = sorted(x.get("state") for x in shown.get("recipients", []))
     is_(states, ["kept", "kept"], "both its recipients are kept")
+    dl = [x.get("delivered") for x in shown.get("recipients", [])]
+    ok(dl and all(isinstance(d, int) and t0 - 1 <= d <= t1 + 1 for d in dl),
+       "marked with their delivery time (%s)" % dl)
+    is_([x.get("kept_until") - x.get("delivered") for x in shown.get("recipients", [])
+         if isinstance(x.get("delivered"), int)], [3600, 3600], "kept until delivery + keep_delivered")
+    like(srv.ctl("show", qids[0]).stdout.decode(),
+         r"state:      kept\n.*\n.*\n.*\n  delivered:  \S+Z \(copy kept until \S+Z\)",
+         "show: the delivery time and until when the copy is kept")
     is_(srv.ctl("show", plain).returncode != 0, True, "plain.test's delivered message is gone")
     r = srv.ctl("--json", "replay", "keep.test", "--since", "-1h")
     is_(json.loads(r.stdout.decode()).get("copies") if r.returncode == 0 else r.stderr, N + 1,
