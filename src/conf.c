@@ -179,6 +179,9 @@ static const struct conf_setting limits_table[] = {
     /* Free spool space kept beyond an announced SIZE, so commits in flight
      * and the index can still grow; below it MAIL gets 452 4.3.1. */
     { "disk_reserve",    CK_SIZE,     LIM(disk_reserve),   4 * MIB, 0, 1024 * GIB, 0, 0, 0, 0 },
+    /* Kept copies (keep_delivered) are dropped, oldest first, while free
+     * space is below disk_reserve + keep_reserve: they go before mail does. */
+    { "keep_reserve",    CK_SIZE,     LIM(keep_reserve),   64 * MIB, 0, 1024 * GIB, 0, 0, 0, 0 },
     { NULL, 0, 0, 0, 0, 0, 0, 0, 0, 0 },
 };
 #undef LIM
@@ -339,6 +342,8 @@ static const struct conf_setting domain_table[] = {
     { "max_bytes",       CK_SIZE,     DOM(max_bytes),  0, 0, LONG_MAX, 0, 0, 0, 0 },
     { "greylist",        CK_BOOL,     DOM(greylist),   0, 0, 1, 0, 0, 0, 0 },
     { "bounce",          CK_ENUM,     DOM(bounce),     BOUNCE_ALWAYS, 0, 0, 0, bounce_names, 0, 0 },
+    /* A copy of delivered mail kept this long for `mxkeepctl replay` (0: none). */
+    { "keep_delivered",  CK_DURATION, DOM(keep_delivered), 0, 0, 365 * DAY, 0, 0, 0, 0 },
     { NULL, 0, 0, 0, 0, 0, 0, 0, 0, 0 },
 };
 #undef DOM
