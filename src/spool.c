@@ -1253,6 +1253,11 @@ long spool_held_count(struct spool *s)
     return qdb_held_count(s->db);
 }
 
+long spool_maint_each(struct spool *s, int (*fn)(void *arg, const struct qmaint *m), void *arg)
+{
+    return qdb_maint_each(s->db, fn, arg);
+}
+
 long spool_page(struct spool *s, const char *domain, char after[QID_SIZE],
                 char (*out)[QID_SIZE], long max)
 {

@@ -90,6 +90,8 @@ long spool_dest_each(struct spool *s, int (*fn)(void *arg, const struct qdest *d
 int spool_due_first(struct spool *s, int64_t *when, char qid[QID_SIZE]);
 long spool_msg_count(struct spool *s);
 long spool_held_count(struct spool *s);         /* messages in quarantine */
+/* Hold and window records (maint.c), as qdb_maint_each. */
+long spool_maint_each(struct spool *s, int (*fn)(void *arg, const struct qmaint *m), void *arg);
 long spool_page(struct spool *s, const char *domain, char after[QID_SIZE],
                 char (*out)[QID_SIZE], long max);
 /* The index itself, for the unit tests (t_spool) only: the daemon's
