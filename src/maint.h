@@ -50,7 +50,7 @@ int maint_weekly_parse(const char *s, struct conf_maint_window *w, char *err, si
 /* Is now inside an occurrence of w?  1 with its [*start, *end); else 0
  * with the next occurrence's bounds, or both 0 when none is left. */
 int maint_window_at(const struct conf_maint_window *w, int64_t now, int64_t *start, int64_t *end);
-/* The time occurrences of w that began at or after `from` and ended at or
+/* The time occurrences of w that began after `from` and ended at or
  * before `to` add up to (seconds), and the end of the last one in *last
  * (0 when none).  Bounded: a weekly window is looked at for at most
  * MAINT_CATCHUP_WEEKS weeks. */
@@ -78,6 +78,16 @@ enum { MAINT_LIST_TEXT, MAINT_LIST_JSON, MAINT_LIST_ARRAY, MAINT_LIST_SUMMARY };
 int maint_listing(FILE *f, int how, struct qdb *db, const struct conf *c, int64_t now,
                   int kind);
 const char *maint_kind_name(int kind);
+/* Shared by maint.c and maint_window.c (the record list and its tests). */
+struct maint_recs {
+    struct qmaint *r;
+    size_t n, cap;
+    int oom;
+};
+int maint_recs_add(void *arg, const struct qmaint *q);     /* qdb_maint_each callback */
+int maint_rec_active(const struct qmaint *q, int64_t now);
+const struct qmaint *maint_rec_find(const struct qmaint *recs, size_t n, const char *domain,
+                                    int kind, int origin);
 const char *maint_origin_name(int origin);
 
 /* ---- the daemon's runtime part ---- */
