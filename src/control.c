@@ -502,6 +502,22 @@ static void maint_req_done(void *arg, int err, const char *msg)
     req_maybe_free(r);
 }
 
+/* hold/release: the count every listing shows, as before (delivery.h). */
+static void hold_req_done(void *arg, int err, const char *msg)
+{
+    struct ctl_req *r = arg;
+    struct delivery_dest_info info;
+
+    if (err || delivery_dest_info(r->ctl->dl, r->domain, &info) != 0) {
+        maint_req_done(arg, err, msg);
+        return;
+    }
+    r->pending--;
+    req_reply(r, NULL, "OK %s: %" PRIu64 " message%s waiting", msg, info.nmsg,
+              info.nmsg == 1 ? "" : "s");
+    req_maybe_free(r);
+}
+
 static void maint_req_err(struct ctl_req *r, int err, const char *domain)
 {
     r->pending--;
@@ -528,8 +544,9 @@ static void cmd_hold(struct ctl_req *r, int argc, char **argv)
     }
     /* Persisted with the uid (maint.c); applied here first, the fleet
      * follows (at once, or when the database is back). */
+    snprintf(r->domain, sizeof r->domain, "%s", domain);
     r->pending++;
-    if ((err = maint_hold(domain, (uint32_t)r->peer_uid, hold, maint_req_done, r)) != 0) {
+    if ((err = maint_hold(domain, (uint32_t)r->peer_uid, hold, hold_req_done, r)) != 0) {
         maint_req_err(r, err, domain);
         return;
     }

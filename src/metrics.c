@@ -530,7 +530,7 @@ static int status_maint_row(void *arg, const struct maint_entry *e)
 {
     struct evbuffer *b = arg;
     char t1[32], t2[32];
-    ADD(b, "<tr data-domain=\"");
+    ADD(b, "<tr data-hold-domain=\"");
     out_html(b, e->q.domain);
     evbuffer_add_printf(b, "\" data-kind=\"%s\" data-origin=\"%s\"><td>",
                         maint_kind_name(e->q.kind), maint_origin_name(e->q.origin));

@@ -87,7 +87,7 @@ def main():
     like(body, r'mxkeep_holds\{origin="runtime"\} 1\b', "/metrics: 1 runtime hold")
     like(body, r'mxkeep_holds\{origin="config"\} 1\b', "/metrics: 1 config hold")
     page = urllib.request.urlopen("http://127.0.0.1:%d/status" % mport, timeout=10).read().decode()
-    like(page, r'<tr data-domain="example\.org" data-kind="hold" data-origin="runtime">',
+    like(page, r'<tr data-hold-domain="example\.org" data-kind="hold" data-origin="runtime">',
          "/status: the hold in the holds table with its origin")
 
     r = srv.ctl("release", "example.org")
