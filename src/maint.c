@@ -595,8 +595,11 @@ void maint_shutdown(void)
 int maint_hold(const char *domain, uint32_t uid, int hold, maint_done_fn done, void *arg)
 {
     struct qmaint q, *have = maint_find(domain, QMAINT_HOLD, QMAINT_RUNTIME);
+    struct delivery_dest_info info;
     char msg[300];
-    if (M.dl == NULL || conf_domain_find(M.conf, domain) == NULL)
+    /* A served domain, or a destination with mail (bounces), as before. */
+    if (M.dl == NULL || (conf_domain_find(M.conf, domain) == NULL &&
+                         delivery_dest_info(M.dl, domain, &info) != 0))
         return ENOENT;
     if (hold) {
         if (have == NULL) {
