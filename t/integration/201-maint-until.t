@@ -9,6 +9,7 @@
 import json
 import os
 import sys
+import urllib.request
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
 from mxtest import *  # noqa: F401,F403
 
@@ -22,10 +23,12 @@ def main():
     require_binaries()
     fake = FakeSMTP(host="127.0.0.2").start()
     other = FakeSMTP(host="127.0.0.2").start()
+    mport = free_port_on("127.0.0.1")
     srv = Server(domains=[
         {"name": "example.org", "primary": "[127.0.0.2]:%d" % fake.port},
         {"name": "free.test", "primary": "[127.0.0.2]:%d" % other.port},
-    ], settings={"delivery": fast_delivery()})
+    ], settings={"delivery": fast_delivery(),
+                 "metrics": {"address": "127.0.0.1", "port": mport}})
     srv.start()
     t0 = time.time()
     r = srv.ctl("maintenance", "example.org", "start", "--until", "+4s", "--note",
@@ -45,6 +48,13 @@ def main():
             ("maintenance", "runtime", True, os.getuid()), "runtime window, active, with the uid")
         is_(w[0]["note"], "disk swap, ticket #42", "the note, spaces and all")
         ok(w[0]["until"] is not None, "until given")
+    body = urllib.request.urlopen("http://127.0.0.1:%d/metrics" % mport, timeout=10).read().decode()
+    like(body, r'mxkeep_maintenance\{domain="example\.org",origin="runtime",phase="running",'
+         r'until="\d+"\} 1', "/metrics: example.org in maintenance, runtime, running, until")
+    like(body, r'mxkeep_maintenance_windows\{origin="runtime"\} 1\b', "/metrics: 1 runtime window")
+    page = urllib.request.urlopen("http://127.0.0.1:%d/status" % mport, timeout=10).read().decode()
+    like(page, r'<rect class="maint-band" [^>]*><title>example\.org in maintenance</title>',
+         "/status: a maintenance band on the backlog chart")
     ok(wait_for(lambda: other.count() >= 1, 5), "another domain flows meanwhile")
     is_(fake.count(), 0, "in maintenance: nothing delivered")
     r = srv.ctl("flush", "example.org")
@@ -58,6 +68,11 @@ def main():
     ok(took < 14, "delivered %.1f s after the start of a 4 s window" % took)
     lst = json.loads(srv.ctl("--json", "maintenance", "list").stdout.decode())["holds"]
     is_([x for x in lst if x["domain"] == "example.org"], [], "the window is gone from the list")
+    body = urllib.request.urlopen("http://127.0.0.1:%d/metrics" % mport, timeout=10).read().decode()
+    unlike(body, r'mxkeep_maintenance\{domain="example\.org"', "/metrics: no longer in maintenance")
+    page = urllib.request.urlopen("http://127.0.0.1:%d/status" % mport, timeout=10).read().decode()
+    like(page, r'<rect class="maint-band" [^>]*><title>example\.org in maintenance</title>',
+         "/status: the past window stays as a band on the 24 h chart")
 
     # The expiry moved out by the time in maintenance: held mail this time.
     stop_fake = free_port_on("127.0.0.2")
