@@ -32,6 +32,9 @@
 #include "config.h"
 #include "conf.h"
 #include "util.h"
+#include "maint.h"
+#include "queue_db.h"
+#include "timearg.h"
 
 #include <arpa/inet.h>
 #include <ctype.h>
@@ -149,6 +152,7 @@ static int conf_resolver_parse(struct conf_loader *L, const config_setting_t *s,
 static int conf_etrn_allow_parse(struct conf_loader *L, const config_setting_t *s, void *base);
 static int conf_domains_parse(struct conf_loader *L, const config_setting_t *s, void *base);
 static int conf_fingerprint_parse(struct conf_loader *L, const config_setting_t *s, void *base);
+static int conf_maintenance_parse(struct conf_loader *L, const config_setting_t *s, void *base);
 static int conf_recipients_parse(struct conf_loader *L, const config_setting_t *s, void *base);
 static int conf_tls_check(struct conf_loader *L, const config_setting_t *s, void *base);
 static int conf_limits_check(struct conf_loader *L, const config_setting_t *s, void *base);
@@ -344,6 +348,9 @@ static const struct conf_setting domain_table[] = {
     { "bounce",          CK_ENUM,     DOM(bounce),     BOUNCE_ALWAYS, 0, 0, 0, bounce_names, 0, 0 },
     /* A copy of delivered mail kept this long for `mxkeepctl replay` (0: none). */
     { "keep_delivered",  CK_DURATION, DOM(keep_delivered), 0, 0, 365 * DAY, 0, 0, 0, 0 },
+    /* Scheduled windows: ( { start = "ISO"; end = "ISO"; note = ".."; },
+     * { weekly = "Sun 02:00-04:00"; note = ".."; } ) (maint.h) */
+    { "maintenance",     CK_CUSTOM,   0,               0, 0, 0, 0, 0, 0, conf_maintenance_parse },
     { NULL, 0, 0, 0, 0, 0, 0, 0, 0, 0 },
 };
 #undef DOM
@@ -1079,6 +1086,79 @@ static int conf_recipients_parse(struct conf_loader *L, const config_setting_t *
     return 0;
 }
 
+/* maintenance = ( { start = "2026-12-01T06:00:00Z"; end = "..."; note = "..."; },
+ *                 { weekly = "Sun 02:00-04:00"; note = "..."; } ): the
+ * forms are maint.h's (pure); times are UTC, never relative. */
+static int conf_maintenance_parse(struct conf_loader *L, const config_setting_t *s, void *base)
+{
+    struct conf_domain *d = base;
+    if (!config_setting_is_list(s))
+        return conf_fail(L, s, "maintenance must be a list ( { start = \"...\"; end = \"...\"; }, "
+                               "{ weekly = \"Sun 02:00-04:00\"; } )");
+    int n = config_setting_length(s);
+    if (n > MAINT_WINDOWS_MAX)
+        return conf_fail(L, s, "maintenance: at most %d windows per domain", MAINT_WINDOWS_MAX);
+    d->maint = calloc((size_t)n + 1, sizeof *d->maint);
+    if (!d->maint)
+        return conf_fail(L, s, "out of memory");
+    for (int i = 0; i < n; i++) {
+        config_setting_t *e = config_setting_get_elem(s, (unsigned)i);
+        struct conf_maint_window *w = &d->maint[i];
+        const char *start = NULL, *end = NULL, *weekly = NULL, *note = NULL;
+        char err[200];
+        d->nmaint = (size_t)i + 1;
+        if (!config_setting_is_group(e))
+            return conf_fail(L, e, "maintenance: each window is a group { ... }");
+        for (int j = 0; j < config_setting_length(e); j++) {
+            config_setting_t *m = config_setting_get_elem(e, (unsigned)j);
+            const char *name = config_setting_name(m), *v = config_setting_get_string(m);
+            if (v == NULL)
+                return conf_fail(L, m, "maintenance.%s must be a string", name ? name : "?");
+            if (name && strcmp(name, "start") == 0)
+                start = v;
+            else if (name && strcmp(name, "end") == 0)
+                end = v;
+            else if (name && strcmp(name, "weekly") == 0)
+                weekly = v;
+            else if (name && strcmp(name, "note") == 0)
+                note = v;
+            else
+                return conf_fail(L, m, "maintenance: unknown setting %s (start, end, weekly, note)",
+                                 name ? name : "?");
+        }
+        if (note && (strlen(note) >= QMAINT_NOTE_MAX || !(w->note = strdup(note))))
+            return conf_fail(L, e, "maintenance.note: at most %d characters", QMAINT_NOTE_MAX - 1);
+        if (weekly) {
+            if (start || end)
+                return conf_fail(L, e, "maintenance: a window is either weekly or start/end, not both");
+            if (maint_weekly_parse(weekly, w, err, sizeof err) != 0)
+                return conf_fail(L, e, "maintenance.weekly: %s", err);
+            w->text = strdup(weekly);
+        } else {
+            time_t a, b;
+            if (!start || !end)
+                return conf_fail(L, e, "maintenance: a window needs start and end (or weekly)");
+            if (start[0] == '+' || start[0] == '-' || end[0] == '+' || end[0] == '-' ||
+                strcmp(start, "now") == 0 || strcmp(end, "now") == 0)
+                return conf_fail(L, e, "maintenance: start and end must be absolute UTC times");
+            if (timearg_parse(start, 0, &a, err, sizeof err) != 0)
+                return conf_fail(L, e, "maintenance.start: %s", err);
+            if (timearg_parse(end, 0, &b, err, sizeof err) != 0)
+                return conf_fail(L, e, "maintenance.end: %s", err);
+            if (b <= a)
+                return conf_fail(L, e, "maintenance: end %s is not after start %s", end, start);
+            w->start = (int64_t)a;
+            w->end = (int64_t)b;
+            char text[2 * TIMEARG_ISO_SIZE + 2], x[TIMEARG_ISO_SIZE], y[TIMEARG_ISO_SIZE];
+            snprintf(text, sizeof text, "%s/%s", timearg_format(a, x), timearg_format(b, y));
+            w->text = strdup(text);
+        }
+        if (!w->text)
+            return conf_fail(L, e, "out of memory");
+    }
+    return 0;
+}
+
 static int conf_fingerprint_parse(struct conf_loader *L, const config_setting_t *s, void *base)
 {
     struct conf_domain *d = base;
@@ -1577,6 +1657,11 @@ static void conf_domain_release(struct conf_domain *d)
     free(d->recipients);
     free(d->tls_ca);
     free(d->tls_fingerprint);
+    for (size_t i = 0; i < d->nmaint; i++) {
+        free(d->maint[i].text);
+        free(d->maint[i].note);
+    }
+    free(d->maint);
 }
 
 void conf_free(const struct conf *cc)

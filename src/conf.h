@@ -52,6 +52,17 @@ struct conf_cidr {
  * the rest go to quarantine, so a forged sender gets no backscatter. */
 enum bounce_policy { BOUNCE_ALWAYS = 0, BOUNCE_AUTHENTICATED };
 
+/* One scheduled maintenance window of a domain (maint.h): either one-off
+ * [start, end) or weekly (days: bit 0 Sunday .. bit 6 Saturday) from
+ * from_min minutes after midnight UTC for dur_min minutes. */
+struct conf_maint_window {
+    int64_t start, end;         /* one-off, unix seconds; 0 for weekly */
+    unsigned days;              /* weekly: day mask; 0 for one-off */
+    int from_min, dur_min;
+    char *text;                 /* as written, for listings */
+    char *note;                 /* or NULL */
+};
+
 struct conf_domain {
     char *name;                 /* lower case, no trailing dot */
     char *primary;              /* as written, or NULL: MX lookup of name */
@@ -75,6 +86,8 @@ struct conf_domain {
     long max_bytes;             /* queued body octets before 452 4.2.2; 0 = no quota */
     int greylist;               /* 1: greylist.h decides after the recipient is valid */
     long keep_delivered;        /* seconds a delivered copy is kept (replay); 0 = none */
+    struct conf_maint_window *maint;    /* maintenance = ( ... ) (maint.h) */
+    size_t nmaint;
 };
 
 /* Most bound parameters a custom query may use (%s, %u, %d occurrences). */

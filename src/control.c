@@ -42,6 +42,7 @@
 #include "verify.h"
 #include "heartbeat.h"
 #include "replay.h"
+#include "maint.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -108,6 +109,7 @@ struct ctl_req {
     size_t npage;
     long deleted, skipped, gone;
     int failed;                         /* first spool error, 0 none */
+    uid_t peer_uid;                     /* SO_PEERCRED: who asked (maint.h records it) */
 };
 
 static void req_free(struct ctl_req *r);
@@ -356,6 +358,7 @@ static void cmd_verify_forget(struct ctl_req *r, int argc, char **argv);
 static void cmd_quarantine_release(struct ctl_req *r, int argc, char **argv);
 static void cmd_quarantine_delete(struct ctl_req *r, int argc, char **argv);
 static void cmd_replay(struct ctl_req *r, int argc, char **argv);
+static void cmd_maintenance(struct ctl_req *r, int argc, char **argv);
 
 struct ctl_cmd {
     const char *name;
@@ -381,6 +384,8 @@ static const struct ctl_cmd ctl_cmds[] = {
     { "quarantine-release", 2, 2, cmd_quarantine_release },
     { "quarantine-delete", 1, 1, cmd_quarantine_delete },
     { "replay", 4, 4, cmd_replay },
+    { "maintenance-start", 3, 3, cmd_maintenance },
+    { "maintenance-stop", 1, 1, cmd_maintenance },
 };
 
 #define NELEM(a) (sizeof(a) / sizeof((a)[0]))
@@ -487,26 +492,119 @@ static void cmd_flush(struct ctl_req *r, int argc, char **argv)
     req_reply(r, NULL, "OK %" PRIu64 " message%s", info.nmsg, info.nmsg == 1 ? "" : "s");
 }
 
+/* Holds and windows (maint.h): the reply waits for the record's commit. */
+static void maint_req_done(void *arg, int err, const char *msg)
+{
+    struct ctl_req *r = arg;
+
+    r->pending--;
+    if (err)
+        req_err(r, EX_IOERR, "not saved: %s", strerror(err));
+    else
+        req_reply(r, NULL, "OK %s", msg);
+    req_maybe_free(r);
+}
+
+/* hold/release: the count every listing shows, as before (delivery.h). */
+static void hold_req_done(void *arg, int err, const char *msg)
+{
+    struct ctl_req *r = arg;
+    struct delivery_dest_info info;
+
+    if (err || delivery_dest_info(r->ctl->dl, r->domain, &info) != 0) {
+        maint_req_done(arg, err, msg);
+        return;
+    }
+    r->pending--;
+    req_reply(r, NULL, "OK %s: %" PRIu64 " message%s waiting", msg, info.nmsg,
+              info.nmsg == 1 ? "" : "s");
+    req_maybe_free(r);
+}
+
+static void maint_req_err(struct ctl_req *r, int err, const char *domain)
+{
+    r->pending--;
+    if (err == ENOENT)
+        req_err(r, EX_NOUSER, "unknown domain %s", domain);
+    else if (err == ESRCH)
+        req_err(r, EX_NOINPUT, "%s is not in maintenance", domain);
+    else if (err == EINVAL)
+        req_err(r, EX_USAGE, "the end of the window is not in the future");
+    else if (err == EBUSY)
+        req_err(r, EX_TEMPFAIL, "the last window of %s is still ending, try again", domain);
+    else
+        errno_reply(r, err, "maintenance");
+}
+
 static void cmd_hold(struct ctl_req *r, int argc, char **argv)
 {
     char domain[SMTP_DOMAIN_MAX + 1];
-    struct delivery_dest_info info;
-    int hold = strcmp(argv[0], "hold") == 0;
+    int hold = strcmp(argv[0], "hold") == 0, err;
 
     if (arg_domain(argv[1], domain) != 0) {
         req_err(r, EX_USAGE, "not a domain");
         return;
     }
-    if (delivery_hold(r->ctl->dl, domain, hold) != 0 ||
-        delivery_dest_info(r->ctl->dl, domain, &info) != 0) {
-        req_err(r, EX_NOUSER, "unknown domain %s", domain);
+    /* Persisted with the uid (maint.c); applied here first, the fleet
+     * follows (at once, or when the database is back). */
+    snprintf(r->domain, sizeof r->domain, "%s", domain);
+    r->pending++;
+    if ((err = maint_hold(domain, (uint32_t)r->peer_uid, hold, hold_req_done, r)) != 0) {
+        maint_req_err(r, err, domain);
         return;
     }
-    /* Applied here first; the fleet follows (at once, or when the
-     * database is back). */
     cluster_hold(r->ctl->cluster, domain, hold);
-    req_reply(r, NULL, "OK %s %s: %" PRIu64 " message%s waiting", hold ? "held" : "released",
-              domain, info.nmsg, info.nmsg == 1 ? "" : "s");
+}
+
+/* maintenance-start DOMAIN UNTIL NOTE: UNTIL unix seconds or "-" (until
+ * stopped), NOTE percent-encoded by mxkeepctl ("-" none). */
+static void cmd_maintenance(struct ctl_req *r, int argc, char **argv)
+{
+    char domain[SMTP_DOMAIN_MAX + 1], note[QMAINT_NOTE_MAX];
+    int64_t until = 0;
+    int err;
+
+    if (arg_domain(argv[1], domain) != 0) {
+        req_err(r, EX_USAGE, "not a domain");
+        return;
+    }
+    r->pending++;
+    if (argc == 2) {
+        if ((err = maint_window_stop(domain, (uint32_t)r->peer_uid, maint_req_done, r)) != 0)
+            maint_req_err(r, err, domain);
+        return;
+    }
+    if (strcmp(argv[2], "-") != 0) {
+        char *end;
+        errno = 0;
+        until = strtoll(argv[2], &end, 10);
+        if (errno || *end || until <= 0) {
+            r->pending--;
+            req_err(r, EX_USAGE, "bad end time");
+            return;
+        }
+    }
+    size_t n = 0;
+    const char *p = strcmp(argv[3], "-") == 0 ? "" : argv[3];
+    for (; *p && n + 1 < sizeof note; p++) {
+        unsigned v;
+        if (*p == '%' && sscanf(p + 1, "%2x", &v) == 1 && isxdigit((unsigned char)p[1]) &&
+            isxdigit((unsigned char)p[2])) {
+            note[n++] = (char)v;
+            p += 2;
+        } else {
+            note[n++] = *p;
+        }
+        if ((unsigned char)note[n - 1] < 0x20 || note[n - 1] == 0x7f) {
+            r->pending--;
+            req_err(r, EX_USAGE, "the note may not hold control characters");
+            return;
+        }
+    }
+    note[n] = '\0';
+    if ((err = maint_window_start(domain, until, note, (uint32_t)r->peer_uid, maint_req_done,
+                                  r)) != 0)
+        maint_req_err(r, err, domain);
 }
 
 static void delete_done(void *arg, int err)
@@ -1294,6 +1392,7 @@ static void control_on_accept(struct evconnlistener *l, evutil_socket_t fd,
         req_err(r, EX_NOPERM, "permission denied");
         return;
     }
+    r->peer_uid = cr.uid;
     if (!peer_allowed(ctl, &cr)) {
         log_warn("control: refused connection from uid %ld gid %ld pid %ld", (long)cr.uid,
                  (long)cr.gid, (long)cr.pid);

@@ -15,7 +15,10 @@
  * hold DOMAIN, release DOMAIN, delete QID, delete-domain DOMAIN,
  * bounce QID, reload, stats, status DOMAIN, and status with no argument
  * (one JSON object per line, every destination: mxkeepctl summary),
- * cluster-summary (one JSON object per fleet node and destination).
+ * cluster-summary (one JSON object per fleet node and destination),
+ * maintenance-start DOMAIN UNTIL NOTE (UNTIL unix seconds or "-", NOTE
+ * percent-encoded or "-") and maintenance-stop DOMAIN (maint.h: hold,
+ * release and these are persisted with the peer's uid).
  *
  * Ownership: control_new() -> control_free() (accepts NULL; unlinks the
  * socket).  The delivery and spool are borrowed.

@@ -17,6 +17,7 @@
 #include "bounce.h"
 #include "dns.h"
 #include "log.h"
+#include "maint.h"
 #include "qid.h"
 #include "quarantine.h"
 #include "queue_db.h"
@@ -241,6 +242,14 @@ void delivery_on_expire(evutil_socket_t fd, short what, void *arg)
                 e->next_due = r->expiry;
             continue;
         }
+        /* In maintenance its retention clock is paused (maint.h): the
+         * window's end moves the expiry out; look again after it. */
+        int64_t paused = maint_paused_until(r->domain, (int64_t)now);
+        if (paused) {
+            if (e->next_due == 0 || paused < e->next_due)
+                e->next_due = paused;
+            continue;
+        }
         if (msg_owner(s, dest_find(s, r->domain), qid) == MSG_DELIVERING) {
             /* Being delivered right now: look again shortly. */
             e->next_due = (int64_t)now + 1;
@@ -285,8 +294,9 @@ void delivery_on_expire(evutil_socket_t fd, short what, void *arg)
     int warning = nb == 0 && dw > 0 && when == e->m.arrival + dw;
     for (size_t i = 0; warning && i < e->nrcpt; i++) {
         struct qrcpt *r = &e->rcpt[i];
-        if (r->state != QRCPT_PENDING || !bounce_wanted(&e->m, r, BOUNCE_DELAYED))
-            continue;
+        if (r->state != QRCPT_PENDING || !bounce_wanted(&e->m, r, BOUNCE_DELAYED) ||
+            maint_paused_until(r->domain, (int64_t)now))
+            continue;           /* delay warnings pause with the retention clock */
         snprintf(diag[nb], sizeof diag[nb], "X-mxkeep; %s",
                  r->last_reply[0] ? r->last_reply : "primary unreachable; still trying");
         br[nb].r = r;

@@ -29,6 +29,7 @@
 #include "bounce.h"
 #include "dns.h"
 #include "log.h"
+#include "maint.h"
 #include "qid.h"
 #include "queue_db.h"
 #include "smtpc.h"
@@ -97,7 +98,9 @@ int delivery_configure(struct delivery *s, const struct conf *c, char *err, size
         dest_get(s, c->domains[i].name);
     for (struct dest *d = s->dests; d; d = d->next) {
         int was_held = d->held;
-        d->hold_override = -1;      /* a reload hands hold back to the config */
+        /* A reload hands hold back to the config, but for the holds and
+         * windows maint.c keeps (persisted, they outlive a reload). */
+        d->hold_override = maint_holds(d->name) ? 1 : -1;
         dest_apply_conf(d);
         if (was_held != d->held) {
             log_info("destination %s: %s", d->name, d->held ? "held" : "released");
@@ -302,11 +305,20 @@ int delivery_hold(struct delivery *s, const char *domain, int hold)
         if ((d = dest_get(s, domain)) == NULL)
             return -1;
     }
-    d->hold_override = hold ? 1 : 0;
-    if (d->held == (hold ? 1 : 0))
+    int was = d->held;
+    d->hold_override = hold < 0 ? -1 : hold ? 1 : 0;
+    if (hold < 0) {
+        /* back to the config's word */
+        const struct conf_domain *cd = conf_domain_find(s->conf, d->name);
+        d->held = cd != NULL && cd->hold;
+    } else {
+        d->held = hold ? 1 : 0;
+    }
+    if (d->held == was)
         return 0;
-    d->held = hold ? 1 : 0;
-    log_info("destination %s: %s by the administrator", d->name, hold ? "held" : "released");
+    hold = d->held;
+    log_info("destination %s: %s%s", d->name, hold ? "held" : "released",
+             d->hold_override < 0 ? "" : " by the administrator");
     dest_save(d);
     if (hold) {
         for (struct conn *c = d->conns; c; c = c->next)

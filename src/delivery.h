@@ -63,9 +63,11 @@ void delivery_queued(void *arg, const char *qid);
  * started), so the caller's reply tells the count and state every listing
  * shows. */
 long delivery_flush(struct delivery *s, const char *domain, struct delivery_dest_info *out);
-/* Hold or release a destination at run time (mxkeepctl hold/release).
- * Lasts until the next reload or restart, where the config's `hold`
- * decides again.  0, or -1 when the domain is unknown here. */
+/* Hold (1) or release (0) a destination at run time, or hand it back to
+ * the config's `hold` (-1).  Persistence is maint.c's (mxkeepctl
+ * hold/release, maintenance windows): a reload keeps what maint_holds()
+ * says, the rest goes back to the config.  0, or -1 when the domain is
+ * unknown here. */
 int delivery_hold(struct delivery *s, const char *domain, int hold);
 
 /*

@@ -30,6 +30,7 @@
 #include "domain_source.h"
 #include "listen.h"
 #include "log.h"
+#include "maint.h"
 #include "metrics.h"
 #include "pg.h"
 #include "policy.h"
@@ -153,6 +154,7 @@ static void main_apply(struct daemon *dm, struct conf *nc, struct policy *np)
     smtpd_configure(dm->smtpd, nc, np);
     if (delivery_configure(dm->delivery, nc, err, sizeof err) != 0)
         log_warn("reload: %s", err);
+    maint_configure(nc);
     cluster_reload(dm->cluster, nc);
     listen_set_limits(dm->lst, nc->limits.connections, nc->limits.per_client);
     if (dm->control)
@@ -552,6 +554,10 @@ int main(int argc, char **argv)
      * heartbeat, through the same dns. */
     if (heartbeat_init(dm.base, dm.dns, dm.conf, err, sizeof err) != 0)
         log_fatal(EX_OSERR_CODE, "heartbeat: %s", err);
+    /* Holds and windows kept in the spool: read before the scheduler's
+     * configure asks which domains they hold. */
+    if (maint_init(dm.base, dm.spool, dm.conf, err, sizeof err) != 0)
+        log_fatal(EX_OSERR_CODE, "%s", err);
     dm.delivery = delivery_new(dm.base, dm.spool, dm.dns, err, sizeof err);
     if (dm.delivery == NULL || delivery_configure(dm.delivery, dm.conf, err, sizeof err) != 0)
         log_fatal(EX_OSERR_CODE, "delivery: %s", err);
@@ -571,6 +577,7 @@ int main(int argc, char **argv)
     /* Kept copies: replay, and dropped first when the disk runs short. */
     if (replay_init(dm.base, dm.spool, dm.delivery, dm.conf, err, sizeof err) != 0)
         log_fatal(EX_OSERR_CODE, "replay: %s", err);
+    maint_start(dm.delivery);
     metrics_start(dm.metrics, dm.spool, dm.delivery, main_control_gauges, &dm);
     if (dm.control) {
         control_start(dm.control, dm.spool, dm.delivery, main_control_reload,
@@ -599,6 +606,7 @@ int main(int argc, char **argv)
     control_set_cluster(dm.control, NULL);
     delivery_set_fleet(dm.delivery, NULL, NULL);
     replay_shutdown();
+    maint_shutdown();                   /* before the scheduler it holds through */
     delivery_free(dm.delivery);
     /* verify first: it cancels its shared lookups through the cluster. */
     verify_shutdown();

@@ -35,6 +35,8 @@
 #include "conf.h"
 #include "delivery.h"
 #include "log.h"
+#include "maint.h"
+#include "timearg.h"
 #include "pg.h"
 #include "qid.h"
 #include "queue_db.h"
@@ -450,6 +452,104 @@ static void prom_domains(struct evbuffer *b, const struct snapshot *s, const cha
     }
 }
 
+/* Holds and maintenance windows (maint.h): per-domain state, counts by
+ * origin, so a forgotten hold is visible. */
+struct maint_prom {
+    struct evbuffer *b;
+    uint64_t holds[3], windows[3];      /* by enum qmaint_origin */
+    int pass;
+};
+
+static int prom_maint_each(void *arg, const struct maint_entry *e)
+{
+    struct maint_prom *p = arg;
+    int o = e->q.origin == QMAINT_CONFIG ? QMAINT_CONFIG : QMAINT_RUNTIME;
+    if (!e->active)
+        return 0;
+    if (p->pass == 0) {
+        if (e->q.kind == QMAINT_HOLD)
+            p->holds[o]++;
+        else
+            p->windows[o]++;
+        return 0;
+    }
+    if (e->q.kind != QMAINT_WINDOW)
+        return 0;
+    ADD(p->b, "mxkeep_maintenance{domain=\"");
+    out_label(p->b, e->q.domain);
+    evbuffer_add_printf(p->b, "\",origin=\"%s\",phase=\"%s\",until=\"%" PRId64 "\"} 1\n",
+                        maint_origin_name(e->q.origin), e->q.phase == 1 ? "ending" : "running",
+                        e->q.until);
+    return 0;
+}
+
+static void prom_maint(struct evbuffer *b)
+{
+    struct maint_prom p = { .b = b };
+    maint_each(prom_maint_each, &p);
+    prom_head(b, "holds", "gauge", "Domains held, by where the hold came from (config, runtime)");
+    evbuffer_add_printf(b, "mxkeep_holds{origin=\"config\"} %" PRIu64 "\n"
+                           "mxkeep_holds{origin=\"runtime\"} %" PRIu64 "\n",
+                        p.holds[QMAINT_CONFIG], p.holds[QMAINT_RUNTIME]);
+    prom_head(b, "maintenance_windows", "gauge",
+              "Maintenance windows holding a domain now, by origin (config, runtime)");
+    evbuffer_add_printf(b, "mxkeep_maintenance_windows{origin=\"config\"} %" PRIu64 "\n"
+                           "mxkeep_maintenance_windows{origin=\"runtime\"} %" PRIu64 "\n",
+                        p.windows[QMAINT_CONFIG], p.windows[QMAINT_RUNTIME]);
+    prom_head(b, "maintenance", "gauge",
+              "1 per domain in maintenance (held, retention paused), with origin, phase, end");
+    p.pass = 1;
+    maint_each(prom_maint_each, &p);
+}
+
+/* /status: a band on the backlog chart for each maintenance period. */
+struct maint_band_ctx {
+    struct evbuffer *b;
+    int64_t now;
+    int n;
+};
+
+static double chart_x(int64_t t, int64_t now);
+
+static void chart_maint_band(void *arg, const char *domain, int64_t start, int64_t end)
+{
+    struct maint_band_ctx *c = arg;
+    double x0 = chart_x(start, c->now), x1 = chart_x(end, c->now);
+    if (x1 - x0 < 2)
+        x1 = x0 + 2;            /* a short window still shows */
+    evbuffer_add_printf(c->b, "<rect class=\"maint-band\" x=\"%.1f\" y=\"%d\" width=\"%.1f\" "
+                              "height=\"%d\" fill=\"#bf8700\" fill-opacity=\"0.15\"><title>",
+                        x0, PLOT_Y0, x1 - x0, PLOT_Y1 - PLOT_Y0);
+    out_html(c->b, domain);
+    ADD(c->b, " in maintenance</title></rect>\n");
+    c->n++;
+}
+
+/* /status: the holds and windows table, with where each came from. */
+static int status_maint_row(void *arg, const struct maint_entry *e)
+{
+    struct evbuffer *b = arg;
+    char t1[32], t2[32];
+    ADD(b, "<tr data-hold-domain=\"");
+    out_html(b, e->q.domain);
+    evbuffer_add_printf(b, "\" data-kind=\"%s\" data-origin=\"%s\"><td>",
+                        maint_kind_name(e->q.kind), maint_origin_name(e->q.origin));
+    out_html(b, e->q.domain);
+    evbuffer_add_printf(b, "</td><td>%s</td><td>%s</td><td>%s</td><td>%s</td><td>%s</td><td>",
+                        maint_kind_name(e->q.kind), maint_origin_name(e->q.origin),
+                        e->active ? "active" : "scheduled",
+                        e->q.start ? timearg_format((time_t)e->q.start, t1) : "&ndash;",
+                        e->q.until ? timearg_format((time_t)e->q.until, t2) : "&ndash;");
+    if (e->q.uid != QMAINT_UID_NONE)
+        evbuffer_add_printf(b, "%" PRIu32, e->q.uid);
+    else
+        ADD(b, "&ndash;");
+    ADD(b, "</td><td>");
+    out_html(b, e->q.note[0] ? e->q.note : e->schedule ? e->schedule : "");
+    ADD(b, "</td></tr>\n");
+    return 0;
+}
+
 static void prom_pgsql_up(void *arg, const char *name, int up)
 {
     struct evbuffer *b = arg;
@@ -524,6 +624,7 @@ static void render_metrics(struct metrics *m, const struct snapshot *s, struct e
                                       s->row[i].state > QDEST_HELD)));
         }
     }
+    prom_maint(b);
     prom_domains(b, s, "destination_connections", "Open outbound connections per destination",
                  DF_CONNECTIONS);
     prom_domains(b, s, "destination_next_probe_timestamp_seconds",
@@ -831,6 +932,10 @@ static void render_chart(struct metrics *m, struct evbuffer *b, int64_t now)
             evbuffer_add_printf(b, "<text x=\"%.1f\" y=\"%d\" text-anchor=\"middle\" "
                                    "class=\"ax\">-%dh</text>\n", x, PLOT_Y1 + 16, hours_ago);
     }
+    {
+        struct maint_band_ctx mb = { b, now, 0 };
+        maint_bands(now - HISTORY_SECONDS, now, chart_maint_band, &mb);
+    }
     if (h->n == 0)
         evbuffer_add_printf(b, "<text x=\"%d\" y=\"%d\" text-anchor=\"middle\" class=\"ax\">"
                                "no samples yet</text>\n",
@@ -1054,6 +1159,11 @@ static void render_status(struct metrics *m, struct snapshot *s, struct evbuffer
     ADD(b, "<section><h2>Backlog, last 24 hours</h2>\n");
     render_chart(m, b, s->now);
     ADD(b, "</section>\n");
+    ADD(b, "<section><h2>Holds and maintenance</h2>\n<table id=\"holds\"><thead><tr>"
+           "<th>Domain</th><th>Kind</th><th>Origin</th><th>State</th><th>Start</th>"
+           "<th>Until</th><th>UID</th><th>Note</th></tr></thead>\n<tbody>\n");
+    maint_each(status_maint_row, b);
+    ADD(b, "</tbody></table></section>\n");
 
     evbuffer_add_printf(b, "<section><h2>Destinations (%zu)</h2>\n<table id=\"destinations\">"
                            "<thead><tr><th>Domain</th><th>Messages</th><th>Size</th>"

@@ -82,8 +82,10 @@
 #include "conf.h"
 #include "json.h"
 #include "log.h"
+#include "maint.h"
 #include "qid.h"
 #include "queue_db.h"
+#include "timearg.h"
 #include "table_lmdb.h"
 #include "smtp_parse.h"
 #include "utf8.h"
@@ -126,10 +128,11 @@ struct ctl {
     int yes;                            /* --yes (delete --domain) */
     int probe;                          /* --probe (verify ADDRESS) */
     int deliver, notify;                /* --deliver / --notify (quarantine release) */
-    const char *since, *until;          /* --since / --until TIME (replay) */
+    const char *since, *until;          /* --since (replay), --until TIME (replay, maintenance) */
     const char *recipient;              /* --recipient ADDR (replay) */
     const char *domain;                 /* --domain D (delete) */
     const char *output;                 /* -o OUT (map compile) */
+    const char *note;                   /* --note TEXT (maintenance start) */
     int64_t now;
     struct qrcpt *rcpt;                 /* reused recipient buffer */
     size_t rcpt_cap;
@@ -1309,7 +1312,10 @@ static void summary_json(struct ctl *c, const struct dest_list *l)
     struct qdb_kept_stats ks;
     if (qdb_kept_stats(c->db, &ks) != 0)
         memset(&ks, 0, sizeof ks);
-    fprintf(f, "%s],\"quarantine_messages\":%ld", l->n == 0 ? "" : "\n", nh > 0 ? nh : 0);
+    fprintf(f, "%s],\"quarantine_messages\":%ld,\"holds\":", l->n == 0 ? "" : "\n", nh > 0 ? nh : 0);
+    /* Holds and windows with where they came from (maint.h). */
+    if (maint_listing(f, MAINT_LIST_ARRAY, c->db, c->conf, c->now, 0) != 0)
+        fputs("null", f);
     fprintf(f, ",\"kept\":{\"copies\":%ld,\"messages\":%ld,\"bytes\":%" PRIu64 "}}\n",
             ks.copies, ks.messages, ks.bytes);
 }
@@ -1383,6 +1389,9 @@ static void summary_text(struct ctl *c, const struct dest_list *l)
         fprintf(f, "quarantine: %ld message%s (mxkeepctl quarantine list)\n", nh,
                 nh == 1 ? "" : "s");
     summary_kept_text(c, l);
+    /* Holds and windows with where they came from (maint.h): a forgotten
+     * hold shows here. */
+    maint_listing(f, MAINT_LIST_SUMMARY, c->db, c->conf, c->now, 0);
 }
 
 static int cmd_summary(struct ctl *c, int argc, char **argv)
@@ -2650,13 +2659,112 @@ static int cmd_replay(struct ctl *c, int argc, char **argv)
 /* ------------------------------------------------------------------ */
 
 /* Command options a command takes (struct ctl_cmd.opts). */
+/* ------------------------------------------------------------------ */
+/* Holds and maintenance windows (maint.h)                             */
+/* ------------------------------------------------------------------ */
+
+static int cmd_holds(struct ctl *c, int argc, char **argv)
+{
+    (void)argc;
+    (void)argv;
+    if (maint_listing(c->out, c->json ? MAINT_LIST_JSON : MAINT_LIST_TEXT, c->db, c->conf,
+                      c->now, 0) != 0) {
+        ctl_error("index read failed", NULL);
+        return EX_IOERR;
+    }
+    return 0;
+}
+
+/* maintenance list | maintenance DOMAIN start [--until TIME] [--note TEXT]
+ * | maintenance DOMAIN stop.  TIME is parsed here (timearg.h), so a bad
+ * one is refused before the daemon is asked; the note goes percent-
+ * encoded (the control line is space-separated). */
+static int cmd_maintenance(struct ctl *c, int argc, char **argv)
+{
+    char line[CTL_LINE_MAX], note[3 * QMAINT_NOTE_MAX + 1] = "-", until[32] = "-", err[200];
+    const char *domain = argv[1];
+    struct daemon_reply r;
+    int rc;
+
+    if (argc == 2 && strcmp(argv[1], "list") == 0) {
+        if (c->until || c->note) {
+            fprintf(stderr, CTL_PROG ": maintenance list takes no --until or --note\n");
+            return EX_USAGE;
+        }
+        if (maint_listing(c->out, c->json ? MAINT_LIST_JSON : MAINT_LIST_TEXT, c->db, c->conf,
+                          c->now, QMAINT_WINDOW) != 0) {
+            ctl_error("index read failed", NULL);
+            return EX_IOERR;
+        }
+        return 0;
+    }
+    if (argc != 3 || (strcmp(argv[2], "start") != 0 && strcmp(argv[2], "stop") != 0)) {
+        fprintf(stderr, "usage: " CTL_PROG " maintenance DOMAIN start [--until TIME] "
+                        "[--note TEXT] | maintenance DOMAIN stop | maintenance list\n");
+        return EX_USAGE;
+    }
+    if (!arg_domain_ok(domain)) {
+        ctl_error("not a domain", domain);
+        return EX_USAGE;
+    }
+    if (strcmp(argv[2], "stop") == 0) {
+        if (c->until || c->note) {
+            fprintf(stderr, CTL_PROG ": maintenance stop takes no --until or --note\n");
+            return EX_USAGE;
+        }
+        return daemon_simple(c, "maintenance-stop", domain);
+    }
+    if (c->until) {
+        time_t t;
+        if (timearg_parse(c->until, (time_t)c->now, &t, err, sizeof err) != 0) {
+            fprintf(stderr, CTL_PROG ": --until: %s\n", err);
+            return EX_USAGE;
+        }
+        if ((int64_t)t <= c->now) {
+            fprintf(stderr, CTL_PROG ": --until: %s is not in the future\n", c->until);
+            return EX_USAGE;
+        }
+        snprintf(until, sizeof until, "%lld", (long long)t);
+    }
+    if (c->note && c->note[0]) {
+        size_t n = 0;
+        if (strlen(c->note) >= QMAINT_NOTE_MAX) {
+            fprintf(stderr, CTL_PROG ": --note: at most %d characters\n", QMAINT_NOTE_MAX - 1);
+            return EX_USAGE;
+        }
+        for (const unsigned char *p = (const unsigned char *)c->note; *p; p++) {
+            if (*p < 0x20 || *p == 0x7f) {
+                fprintf(stderr, CTL_PROG ": --note: no control characters\n");
+                return EX_USAGE;
+            }
+            if (*p == ' ' || *p == '%' || *p >= 0x80 || (*p == '-' && n == 0 && !p[1]))
+                n += (size_t)snprintf(note + n, sizeof note - n, "%%%02X", *p);
+            else
+                note[n++] = (char)*p;
+        }
+        note[n] = '\0';
+    }
+    if ((size_t)snprintf(line, sizeof line, "maintenance-start %s %s %s\n", domain, until, note) >=
+        sizeof line) {
+        ctl_error("argument too long", NULL);
+        return EX_USAGE;
+    }
+    rc = daemon_request(c, line, &r, 0);
+    if (rc == 0)
+        print_ok(c, &r);
+    daemon_reply_free(&r);
+    return rc;
+}
+
 #define CTL_OPT_ALL    0x1u
 #define CTL_OPT_DOMAIN 0x2u
 #define CTL_OPT_YES    0x4u
 #define CTL_OPT_OUTPUT 0x8u
 #define CTL_OPT_PROBE  0x10u
 #define CTL_OPT_RELEASE 0x20u   /* --deliver, --notify */
-#define CTL_OPT_REPLAY  0x40u   /* --since, --until, --recipient */
+#define CTL_OPT_REPLAY  0x40u   /* --since, --recipient */
+#define CTL_OPT_MAINT   0x80u   /* --note */
+#define CTL_OPT_UNTIL   0x100u  /* --until: replay and maintenance */
 
 /* struct ctl_cmd.needs_daemon: what a command works on. */
 #define CTL_ON_INDEX      0     /* the spool's index, read-only */
@@ -2681,7 +2789,13 @@ static const struct ctl_cmd ctl_cmds[] = {
     { "count", "", 0, 0, 0, 0, cmd_count, "number of queued messages" },
     { "flush", "DOMAIN|--all", 0, 1, CTL_OPT_ALL, 1, cmd_flush,
       "deliver now (every destination with --all)" },
-    { "hold", "DOMAIN", 1, 1, 0, 1, cmd_hold, "stop delivering to DOMAIN (until release or reload)" },
+    { "hold", "DOMAIN", 1, 1, 0, 1, cmd_hold,
+      "stop delivering to DOMAIN (until release; kept across restarts)" },
+    { "holds", "", 0, 0, 0, CTL_ON_INDEX, cmd_holds,
+      "every hold and maintenance window, with its origin, time and uid" },
+    { "maintenance", "DOMAIN start [--until TIME] [--note TEXT] | DOMAIN stop | list", 1, 2,
+      CTL_OPT_MAINT | CTL_OPT_UNTIL, CTL_ON_INDEX, cmd_maintenance,
+      "hold DOMAIN with its retention clock paused; flush at the end" },
     { "release", "DOMAIN", 1, 1, 0, 1, cmd_hold, "resume delivering to DOMAIN" },
     { "delete", "QID|--domain D --yes", 0, 1, CTL_OPT_DOMAIN | CTL_OPT_YES, 1, cmd_delete,
       "remove a message, or all waiting for D, without notice" },
@@ -2698,7 +2812,7 @@ static const struct ctl_cmd ctl_cmds[] = {
       CTL_OPT_RELEASE, CTL_ON_INDEX, cmd_quarantine,
       "messages held instead of bounced: list, show, release, delete" },
     { "replay", "DOMAIN --since T [--until T] [--recipient ADDR] [--yes]", 1, 1,
-      CTL_OPT_REPLAY | CTL_OPT_YES, CTL_ON_INDEX, cmd_replay,
+      CTL_OPT_REPLAY | CTL_OPT_UNTIL | CTL_OPT_YES, CTL_ON_INDEX, cmd_replay,
       "queue kept copies of delivered mail again (count first; --yes does it)" },
 };
 
@@ -2780,7 +2894,7 @@ static int ctl_db_open(struct ctl *c)
 }
 
 enum { OPT_JSON = 256, OPT_ALL, OPT_DOMAIN, OPT_YES, OPT_PROBE, OPT_DELIVER, OPT_NOTIFY,
-       OPT_SINCE, OPT_UNTIL, OPT_RECIPIENT };
+       OPT_SINCE, OPT_UNTIL, OPT_RECIPIENT, OPT_NOTE };
 
 /* A command option the command does not take: name it. */
 static int opt_refused(const struct ctl_cmd *cmd, unsigned given)
@@ -2790,7 +2904,9 @@ static int opt_refused(const struct ctl_cmd *cmd, unsigned given)
         { CTL_OPT_OUTPUT, "-o" },
         { CTL_OPT_PROBE, "--probe" },
         { CTL_OPT_RELEASE, "--deliver/--notify" },
-        { CTL_OPT_REPLAY, "--since/--until/--recipient" },
+        { CTL_OPT_REPLAY, "--since/--recipient" },
+        { CTL_OPT_MAINT, "--note" },
+        { CTL_OPT_UNTIL, "--until" },
     };
     size_t i;
 
@@ -2821,6 +2937,7 @@ int main(int argc, char **argv)
         { "since", required_argument, NULL, OPT_SINCE },
         { "until", required_argument, NULL, OPT_UNTIL },
         { "recipient", required_argument, NULL, OPT_RECIPIENT },
+        { "note", required_argument, NULL, OPT_NOTE },
         { NULL, 0, NULL, 0 },
     };
     const char *conf_path = CTL_CONF_DEFAULT;
@@ -2881,11 +2998,15 @@ int main(int argc, char **argv)
             break;
         case OPT_UNTIL:
             c.until = optarg;
-            given |= CTL_OPT_REPLAY;
+            given |= CTL_OPT_UNTIL;
             break;
         case OPT_RECIPIENT:
             c.recipient = optarg;
             given |= CTL_OPT_REPLAY;
+            break;
+        case OPT_NOTE:
+            c.note = optarg;
+            given |= CTL_OPT_MAINT;
             break;
         case 'h':
             usage(stdout);

@@ -79,6 +79,8 @@ struct qdb {
     int has_held;                       /* 0: read-only on a spool made before it */
     MDB_dbi kept, kept_msg;             /* kept copies (keep_delivered) */
     int has_kept;                       /* as has_held */
+    MDB_dbi maint;                      /* holds and maintenance windows (maint.c) */
+    int has_maint;                      /* 0: read-only on a spool made before it */
     pthread_rwlock_t maplock;
     char *dir;                  /* for qdb_reopen() */
     size_t map_size;
@@ -491,8 +493,8 @@ static int open_dbis(struct qdb *db, char *err, size_t errlen)
         { "msg", 0, &db->msg },         { "rcpt", 0, &db->rcpt },
         { "body", 0, &db->body },       { "dest", 0, &db->dest },
         { "by_dest", MDB_DUPSORT, &db->by_dest }, { "due", 0, &db->due },
-        { "held", 0, &db->held },
         { "kept", 0, &db->kept },       { "kept_msg", 0, &db->kept_msg },
+        { "held", 0, &db->held },       { "maint", 0, &db->maint },
     };
     db->has_kept = 1;
     for (size_t i = 0; i < sizeof t / sizeof t[0]; i++) {
@@ -506,6 +508,12 @@ static int open_dbis(struct qdb *db, char *err, size_t errlen)
             db->has_kept = 0;           /* made before keep_delivered: none kept */
             continue;
         }
+        if (rc == MDB_NOTFOUND && db->readonly && t[i].dbi == &db->maint) {
+            db->has_maint = 0;          /* no holds stored yet */
+            continue;
+        }
+        if (t[i].dbi == &db->maint)
+            db->has_maint = 1;
         if (t[i].dbi == &db->held)
             db->has_held = 1;
 
@@ -1845,6 +1853,151 @@ int qdb_due_put(struct qdb_txn *t, int64_t when, const char *qid)
 int qdb_due_del(struct qdb_txn *t, int64_t when, const char *qid)
 {
     return due_op(t->db, t->txn, when, qid, 1);
+}
+
+/* ---------- holds and maintenance windows (maint.c) ---------- */
+
+/* Key: folded domain, NUL, kind, origin (the clock record: "", NUL, kind). */
+#define QDB_MAINT_VERSION 1
+#define QDB_MAINT_KEY_MAX (SMTP_DOMAIN_MAX + 4)
+
+static size_t maint_key(unsigned char *kb, const char *domain, int kind, int origin)
+{
+    char dom[SMTP_DOMAIN_MAX + 1];
+    size_t n = domain_key(dom, domain, strnlen(domain, SMTP_DOMAIN_MAX));
+    memcpy(kb, dom, n);
+    kb[n] = '\0';
+    kb[n + 1] = (unsigned char)kind;
+    kb[n + 2] = (unsigned char)origin;
+    return n + 3;
+}
+
+int qdb_maint_put(struct qdb_txn *t, const struct qmaint *m)
+{
+    unsigned char kb[QDB_MAINT_KEY_MAX], buf[QDB_REC_MAX];
+    struct enc e = { buf, 0, sizeof buf, 0 };
+    enc_u8(&e, QDB_MAINT_VERSION);
+    enc_u32(&e, (uint32_t)m->kind);
+    enc_u32(&e, (uint32_t)m->origin);
+    enc_u64(&e, (uint64_t)m->start);
+    enc_u64(&e, (uint64_t)m->until);
+    enc_u64(&e, (uint64_t)m->created);
+    enc_u32(&e, m->uid);
+    enc_str(&e, m->domain, sizeof m->domain);
+    enc_str(&e, m->note, sizeof m->note);
+    enc_u32(&e, (uint32_t)m->phase);
+    enc_u64(&e, (uint64_t)m->ended);
+    enc_str(&e, m->cursor, sizeof m->cursor);
+    if (e.bad)
+        return QDB_ERR;
+    MDB_val k = val_of(kb, maint_key(kb, m->domain, m->kind, m->origin)), v = val_of(buf, e.len);
+    int rc = mdb_put(t->txn, t->db->maint, &k, &v, 0);
+    return rc ? rc_fail(rc, "maint put", m->domain) : 0;
+}
+
+int qdb_maint_del(struct qdb_txn *t, const char *domain, int kind, int origin)
+{
+    unsigned char kb[QDB_MAINT_KEY_MAX];
+    MDB_val k = val_of(kb, maint_key(kb, domain, kind, origin));
+    int rc = mdb_del(t->txn, t->db->maint, &k, NULL);
+    return rc ? rc_fail(rc, "maint del", domain) : 0;
+}
+
+static int maint_decode(const MDB_val *v, struct qmaint *m)
+{
+    struct dec d = { v->mv_data, v->mv_size, 0 };
+    memset(m, 0, sizeof *m);
+    if (dec_u8(&d) != QDB_MAINT_VERSION || d.bad)
+        return QDB_ERR;
+    m->kind = (int)dec_u32(&d);
+    m->origin = (int)dec_u32(&d);
+    m->start = (int64_t)dec_u64(&d);
+    m->until = (int64_t)dec_u64(&d);
+    m->created = (int64_t)dec_u64(&d);
+    m->uid = dec_u32(&d);
+    dec_str(&d, m->domain, sizeof m->domain);
+    dec_str(&d, m->note, sizeof m->note);
+    m->phase = (int)dec_u32(&d);
+    m->ended = (int64_t)dec_u64(&d);
+    dec_str(&d, m->cursor, sizeof m->cursor);
+    return dec_finish(&d) < 0 ? QDB_ERR : 0;
+}
+
+long qdb_maint_each(struct qdb *db, int (*fn)(void *arg, const struct qmaint *m), void *arg)
+{
+    MDB_txn *txn;
+    MDB_cursor *c;
+    long n = 0;
+    struct qmaint m;
+    if (!db->has_maint)
+        return 0;
+    if (rd_begin(db, &txn))
+        return -1;
+    if (mdb_cursor_open(txn, db->maint, &c)) {
+        rd_end(db, txn);
+        return -1;
+    }
+    MDB_val k, v;
+    for (int rc = mdb_cursor_get(c, &k, &v, MDB_FIRST); rc == 0;
+         rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
+        if (maint_decode(&v, &m) != 0) {
+            log_warn("maint: a record of an unknown version or damaged; skipped");
+            continue;
+        }
+        n++;
+        if (fn(arg, &m))
+            break;
+    }
+    mdb_cursor_close(c);
+    rd_end(db, txn);
+    return n;
+}
+
+int qdb_msg_pause(struct qdb_txn *t, const char *qid, const char *domain, int64_t start,
+                  int64_t end)
+{
+    struct qmsg *m = malloc(sizeof *m);
+    struct qrcpt *r = malloc(sizeof *r);
+    int rv = QDB_ERR;
+    if (m == NULL || r == NULL)
+        goto out;
+    if ((rv = qdb_msg_get_txn(t, qid, m)) != 0)
+        goto out;
+    /* Mail that came during the window lost only the part after it came. */
+    int64_t shift = end - (m->arrival > start ? m->arrival : start);
+    int64_t old_min = 0, new_min = 0;
+    if (shift <= 0) {
+        rv = 0;
+        goto out;
+    }
+    for (uint32_t i = 0; i < m->nrcpt; i++) {
+        if ((rv = qdb_rcpt_get(t, qid, i, r)) == QDB_NOTFOUND)
+            continue;
+        if (rv != 0)
+            goto out;
+        if (r->state != QRCPT_PENDING)
+            continue;
+        if (old_min == 0 || r->expiry < old_min)
+            old_min = r->expiry;
+        if (strcasecmp(r->domain, domain) == 0) {
+            r->expiry += shift;
+            if ((rv = qdb_rcpt_update(t, qid, r)) != 0)
+                goto out;
+        }
+        if (new_min == 0 || r->expiry < new_min)
+            new_min = r->expiry;
+    }
+    rv = 0;
+    if (new_min != old_min) {
+        /* The due entry qdb_msg_put made sits at the earliest expiry. */
+        if ((rv = qdb_due_del(t, old_min, qid)) != 0 && rv != QDB_NOTFOUND)
+            goto out;
+        rv = qdb_due_put(t, new_min, qid);
+    }
+out:
+    free(m);
+    free(r);
+    return rv;
 }
 
 /* ---------- transactions (writer thread) ---------- */

@@ -18,6 +18,7 @@
  *            copy: a recipient QRCPT_KEPT, by domain then delivery time)
  *   kept_msg QID -> be64(size)  (messages that stay only for kept copies:
  *            no pending or quarantined recipient; QID order is oldest first)
+ *   maint    domain '\0' kind origin     -> struct qmaint (holds, windows)
  *
  * Threads: reads may run on any thread (each call opens and closes its own
  * short read transaction; MDB_NOTLS).  Writes happen only inside a write
@@ -137,6 +138,28 @@ struct qdest {
     char last_error[512];
 };
 
+/* Holds and maintenance windows (maint.c): who asked, when, until when. */
+enum qmaint_kind { QMAINT_HOLD = 1, QMAINT_WINDOW = 2, QMAINT_CLOCK = 3 };
+enum qmaint_origin { QMAINT_RUNTIME = 1, QMAINT_CONFIG = 2 };
+#define QMAINT_NOTE_MAX 256
+#define QMAINT_UID_NONE 0xffffffffu
+struct qmaint {
+    char domain[SMTP_DOMAIN_MAX + 1];   /* "" for the clock record */
+    int kind;                           /* enum qmaint_kind */
+    int origin;                         /* enum qmaint_origin */
+    int64_t start;                      /* unix seconds: since when (clock: last seen) */
+    int64_t until;                      /* unix seconds, 0 = until stopped */
+    int64_t created;                    /* when the record was made */
+    uint32_t uid;                       /* who asked, QMAINT_UID_NONE = the config */
+    char note[QMAINT_NOTE_MAX];
+    /* A window's end (maint.c): 0 running; 1 ended at `ended`, expiry
+     * being moved out (cursor: the last QID done); 2 done (a scheduled
+     * window kept until its end so it does not start again). */
+    int phase;
+    int64_t ended;
+    char cursor[QID_SIZE];
+};
+
 struct qdb;
 struct qdb_txn;                         /* a write transaction (writer thread) */
 
@@ -189,6 +212,8 @@ int qdb_newest_qid(struct qdb *db, char qid[QID_SIZE]);
  * in QID order until fn returns non-zero; the count visited or -1. */
 long qdb_held_count(struct qdb *db);
 long qdb_held_each(struct qdb *db, int (*fn)(void *arg, const char *qid), void *arg);
+/* Every hold/window record, in key order (domain, kind, origin). */
+long qdb_maint_each(struct qdb *db, int (*fn)(void *arg, const struct qmaint *m), void *arg);
 /* Messages in msg that are mail (waiting or in quarantine): kept-only
  * messages (kept_msg) are not counted (O(1) from LMDB's stats). */
 long qdb_msg_count(struct qdb *db);
@@ -279,6 +304,16 @@ int qdb_msg_delete(struct qdb_txn *t, const char *qid);
 int qdb_dest_put(struct qdb_txn *t, const struct qdest *d);   /* state fields; counters kept */
 int qdb_due_put(struct qdb_txn *t, int64_t when, const char *qid);
 int qdb_due_del(struct qdb_txn *t, int64_t when, const char *qid);
+
+/* Holds and windows: one record per (domain, kind, origin), replaced. */
+int qdb_maint_put(struct qdb_txn *t, const struct qmaint *m);
+int qdb_maint_del(struct qdb_txn *t, const char *domain, int kind, int origin);
+/* The end of a maintenance window [start, end) of domain: every PENDING
+ * recipient of qid for domain has its expiry moved out by the time the
+ * message spent in the window (end - max(start, arrival)); the message's
+ * due entry moves to the new earliest expiry. */
+int qdb_msg_pause(struct qdb_txn *t, const char *qid, const char *domain, int64_t start,
+                  int64_t end);
 
 /* --- For spool.c's writer only. --- */
 int qdb_txn_begin(struct qdb *db, struct qdb_txn **t);

@@ -1269,6 +1269,11 @@ long spool_kept_oldest(struct spool *s, char (*out)[QID_SIZE], uint64_t *size, l
     return qdb_kept_oldest(s->db, out, size, max);
 }
 
+long spool_maint_each(struct spool *s, int (*fn)(void *arg, const struct qmaint *m), void *arg)
+{
+    return qdb_maint_each(s->db, fn, arg);
+}
+
 long spool_page(struct spool *s, const char *domain, char after[QID_SIZE],
                 char (*out)[QID_SIZE], long max)
 {

@@ -96,6 +96,8 @@ int spool_kept_stats(struct spool *s, struct qdb_kept_stats *out);
 long spool_kept_count(struct spool *s, const char *domain, int64_t since, int64_t until,
                       const char *addr);
 long spool_kept_oldest(struct spool *s, char (*out)[QID_SIZE], uint64_t *size, long max);
+/* Hold and window records (maint.c), as qdb_maint_each. */
+long spool_maint_each(struct spool *s, int (*fn)(void *arg, const struct qmaint *m), void *arg);
 long spool_page(struct spool *s, const char *domain, char after[QID_SIZE],
                 char (*out)[QID_SIZE], long max);
 /* The index itself, for the unit tests (t_spool) only: the daemon's
