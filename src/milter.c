@@ -126,16 +126,11 @@ int milter_socket_parse(const char *s, struct sockaddr_storage *ss, socklen_t *l
     return -1;
 }
 
+static void mods_free(struct milter_mod *mods, size_t n);
+
 static void result_clear(struct milter *m)
 {
-    for (size_t i = 0; i < m->nmods; i++) {
-        free(m->mods[i].name);
-        free(m->mods[i].value);
-        free(m->mods[i].addr);
-        free(m->mods[i].args);
-        free(m->mods[i].body);
-    }
-    free(m->mods);
+    mods_free(m->mods, m->nmods);
     m->mods = NULL;
     m->nmods = 0;
     free(m->text);
@@ -144,7 +139,20 @@ static void result_clear(struct milter *m)
     memset(&m->res, 0, sizeof m->res);
 }
 
-/* Hand the answer to the caller; the step is over. */
+static void mods_free(struct milter_mod *mods, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        free(mods[i].name);
+        free(mods[i].value);
+        free(mods[i].addr);
+        free(mods[i].args);
+        free(mods[i].body);
+    }
+    free(mods);
+}
+
+/* Hand the answer to the caller; the step is over.  The answer is taken
+ * out of m first: the callback may step m again or free it. */
 static void milter_answer(struct milter *m)
 {
     milter_done_fn done = m->done;
@@ -156,13 +164,23 @@ static void milter_answer(struct milter *m)
         milter_set_state(m, MS_READY);
     if (m->bev)
         bufferevent_set_timeouts(m->bev, NULL, NULL);
-    m->res.text = m->text;
-    m->res.quarantine = m->quarantine;
-    m->res.mods = m->mods;
-    m->res.nmods = m->nmods;
+    struct milter_result res = m->res;
+    char *text = m->text, *quarantine = m->quarantine;
+    struct milter_mod *mods = m->mods;
+    size_t nmods = m->nmods;
+    res.text = text;
+    res.quarantine = quarantine;
+    res.mods = mods;
+    res.nmods = nmods;
+    m->text = m->quarantine = NULL;
+    m->mods = NULL;
+    m->nmods = 0;
+    memset(&m->res, 0, sizeof m->res);
     if (done)
-        done(arg, &m->res);
-    result_clear(m);
+        done(arg, &res);
+    mods_free(mods, nmods);
+    free(text);
+    free(quarantine);
 }
 
 static void milter_fail(struct milter *m, const char *why)

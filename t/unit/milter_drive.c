@@ -153,6 +153,9 @@ static void next(void)
         send_step(MILTER_STEP_QUIT, &b, "quit");
         return;
     }
+    /* freed from inside its own callback, as a session that ends does */
+    milter_free(mlt);
+    mlt = NULL;
     event_base_loopexit(base, NULL);
 }
 
