@@ -37,6 +37,18 @@ struct conf_listen {
     int port;
 };
 
+/* One `milters` entry (global or per domain): a string "unix:/path" /
+ * "inet:host:port", or a group with the action on failure and timeouts. */
+struct conf_milter {
+    char *socket;
+    int fail_accept;            /* default_action = "accept"; else tempfail */
+    long connect_timeout, command_timeout, content_timeout;    /* seconds */
+};
+struct conf_milters {
+    struct conf_milter *v;
+    size_t n;
+};
+
 /* A network prefix for ETRN access (and later, other ACLs). */
 struct conf_cidr {
     int family;                 /* AF_INET or AF_INET6 */
@@ -61,6 +73,7 @@ struct conf_domain {
     char *tls_fingerprint;      /* "sha256:hex" pin, or NULL */
     int hold;                   /* 1: deliver nothing until released */
     int from_db;                /* 1: added by domains_from, not the file */
+    struct conf_milters milters;    /* run after the global ones (smtpd.c) */
 };
 
 /* Most bound parameters a custom query may use (%s, %u, %d occurrences). */
@@ -176,6 +189,7 @@ struct conf {
     size_t npgsql;
     char *domains_from;         /* NAME of "pgsql:NAME", or NULL */
     struct conf_cluster cluster;
+    struct conf_milters milters;    /* global: every transaction */
     unsigned long refs;         /* conf.c's own: conf_ref / conf_free */
     const struct conf *parent;  /* conf.c's own: conf_with_domains' base */
 };

@@ -36,6 +36,7 @@
 #include "dns.h"
 #include "listen.h"
 #include "log.h"
+#include "milter_run.h"
 #include "policy.h"
 #include "qid.h"
 #include "queue_db.h"
@@ -84,13 +85,14 @@ enum sstate {
     S_CHUNKING,     /* between BDAT chunks */
     S_COMMIT,       /* end of data seen; waiting for the spool */
     S_RCPT_WAIT,    /* a RCPT's verdict is pending (table, callout) */
+    S_MILTER,       /* end of data seen; the milters look at the message */
     S_TLS,          /* TLS handshake in progress */
     S_CLOSING,      /* last reply queued; free once it is written */
     S_DEAD          /* free at the end of the current callback */
 };
 
 static const char *const sstate_names[] = {
-    "init", "helo", "mail", "rcpt", "data", "bdat", "chunking", "commit", "rcpt-wait", "tls",
+    "init", "helo", "mail", "rcpt", "data", "bdat", "chunking", "commit", "rcpt-wait", "milter", "tls",
     "closing", "dead",
 };
 _Static_assert(sizeof sstate_names / sizeof sstate_names[0] == S_DEAD + 1,
@@ -108,12 +110,14 @@ static const unsigned sstate_next[] = {
     [S_HELO] = ST(S_MAIL) | ST(S_BDAT) | ST(S_TLS) | ST_END,
     [S_MAIL] = ST(S_HELO) | ST(S_RCPT) | ST(S_BDAT) | ST(S_RCPT_WAIT) | ST_END,
     [S_RCPT] = ST(S_HELO) | ST(S_DATA) | ST(S_BDAT) | ST(S_RCPT_WAIT) | ST_END,
-    [S_DATA] = ST(S_HELO) | ST(S_COMMIT) | ST_END,
-    [S_BDAT] = ST(S_INIT) | ST(S_HELO) | ST(S_CHUNKING) | ST(S_COMMIT) | ST_END,
+    [S_DATA] = ST(S_HELO) | ST(S_COMMIT) | ST(S_MILTER) | ST_END,
+    [S_BDAT] = ST(S_INIT) | ST(S_HELO) | ST(S_CHUNKING) | ST(S_COMMIT) | ST(S_MILTER) | ST_END,
     [S_CHUNKING] = ST(S_HELO) | ST(S_BDAT) | ST_END,
     [S_COMMIT] = ST(S_HELO) | ST_END,
     /* back to where the RCPT came from, or on to S_RCPT when accepted */
     [S_RCPT_WAIT] = ST(S_MAIL) | ST(S_RCPT) | ST_END,
+    /* refused or discarded by a milter, or on to the commit */
+    [S_MILTER] = ST(S_HELO) | ST(S_COMMIT) | ST_END,
     [S_TLS] = ST(S_INIT) | ST_END,
     [S_CLOSING] = ST(S_DEAD),
     [S_DEAD] = 0,
@@ -171,6 +175,15 @@ struct session {
     struct rcpt_wait *wait;             /* the RCPT in S_RCPT_WAIT; ditto */
     int throttled;                      /* RCPTs refused: client throttled */
     int client_slot;                    /* holds its client's place (listen.c) */
+    /* Milters of the transaction (global, then the recipients' domains',
+     * each socket once), the copy of the stored message they read, and
+     * the run while in S_MILTER. */
+    struct conf_milter *mlist;          /* copies: a reload may free the conf */
+    size_t nmlist;
+    struct evbuffer *mcopy;
+    struct milter_run *mrun;
+    const char **mrcpts;                /* the run's recipient list */
+    int m8bit;
     time_t started;
 };
 
@@ -306,6 +319,8 @@ static void session_end(struct session *s)
     /* A verdict still pending would call back into a session that has
      * left the dialogue (or is freed): it never runs. */
     recipient_cancel(s->rreq);
+    milter_run_cancel(s->mrun);
+    s->mrun = NULL;
     if (s->commit != NULL) {
         s->commit->s = NULL;
         s->commit = NULL;
@@ -331,6 +346,18 @@ static void session_txn_reset(struct session *s)
     s->bdat_last = 0;
     s->bdat_reply = NULL;
     memset(&s->mp, 0, sizeof s->mp);
+    milter_run_cancel(s->mrun);
+    s->mrun = NULL;
+    if (s->mcopy)
+        evbuffer_free(s->mcopy);
+    s->mcopy = NULL;
+    free(s->mrcpts);
+    s->mrcpts = NULL;
+    for (size_t i = 0; i < s->nmlist; i++)
+        free(s->mlist[i].socket);
+    free(s->mlist);
+    s->mlist = NULL;
+    s->nmlist = 0;
 }
 
 static void session_set_timeout(struct session *s, long read_seconds)
@@ -583,6 +610,54 @@ static int session_body_out(void *arg, const char *buf, size_t n)
         s->body_errno = errno ? errno : EIO;
         return -1;
     }
+    if (s->mcopy && evbuffer_add(s->mcopy, buf, n) != 0) {
+        s->body_errno = ENOMEM;
+        return -1;
+    }
+    return 0;
+}
+
+/* The transaction's milters: the global list, then each recipient
+ * domain's, in recipient order, a socket named twice run once.  With any,
+ * the message is also kept in memory (bounded by message_size) for them
+ * to read at end of data.  -1 on allocation failure. */
+static int session_milters_begin(struct session *s)
+{
+    const struct conf *c = s->d->conf;
+    size_t cap = c->milters.n;
+    for (size_t i = 0; i < s->nrcpt; i++) {
+        const struct conf_domain *d = conf_domain_find(c, s->rcpt[i].domain);
+        if (d)
+            cap += d->milters.n;
+    }
+    if (cap == 0)
+        return 0;
+    if (!(s->mlist = calloc(cap, sizeof *s->mlist)))
+        return -1;
+    s->nmlist = 0;
+    for (size_t i = 0; i <= s->nrcpt; i++) {
+        const struct conf_milters *ms = &c->milters;
+        if (i > 0) {
+            const struct conf_domain *d = conf_domain_find(c, s->rcpt[i - 1].domain);
+            if (!d)
+                continue;
+            ms = &d->milters;
+        }
+        for (size_t k = 0; k < ms->n; k++) {
+            size_t j;
+            for (j = 0; j < s->nmlist; j++)
+                if (strcmp(s->mlist[j].socket, ms->v[k].socket) == 0)
+                    break;
+            if (j < s->nmlist)
+                continue;
+            s->mlist[j] = ms->v[k];
+            if (!(s->mlist[j].socket = strdup(ms->v[k].socket)))
+                return -1;
+            s->nmlist++;
+        }
+    }
+    if (!(s->mcopy = evbuffer_new()))
+        return -1;
     return 0;
 }
 
@@ -619,7 +694,9 @@ static const char *session_body_begin(struct session *s, int bdat)
                                : "451 4.3.0 Error: queue file write error";
     }
     s->dp = data_new(&lim, bdat);
-    if (s->dp == NULL || spool_body_write(s->body, hdr, (size_t)n) != 0) {
+    if (session_milters_begin(s) < 0 || s->dp == NULL ||
+        spool_body_write(s->body, hdr, (size_t)n) != 0 ||
+        (s->mcopy && evbuffer_add(s->mcopy, hdr, (size_t)n) != 0)) {
         int e = errno;
         session_txn_reset(s);
         return e == ENOSPC ? "452 4.3.1 Error: insufficient system storage"
@@ -957,7 +1034,11 @@ static void commit_done(void *arg, int err)
         session_committed(s, qid, err);
 }
 
-/* The message text is complete: refuse it, or hand it to the spool. */
+static void session_commit(struct session *s);
+static void session_milters_start(struct session *s);
+
+/* The message text is complete: refuse it, hand it to the milters, or
+ * hand it to the spool. */
 static void session_data_end(struct session *s)
 {
     enum data_status st = data_finish(s->dp, session_body_out, s);
@@ -996,14 +1077,24 @@ static void session_data_end(struct session *s)
         session_set_timeout(s, s->d->conf->limits.command_timeout);
         return;
     }
+    s->m8bit = data_has_8bit(s->dp);
+    if (s->nmlist > 0) {
+        session_milters_start(s);
+        return;
+    }
+    session_commit(s);
+}
 
+/* Hand the finished message to the spool; 250 comes from commit_done. */
+static void session_commit(struct session *s)
+{
     struct qmsg m;
     memset(&m, 0, sizeof m);
     snprintf(m.qid, sizeof m.qid, "%s", s->qid);
     m.arrival = (int64_t)s->started;
     m.size = spool_body_size(s->body);
     m.nrcpt = (uint32_t)s->nrcpt;
-    m.flags = (data_has_8bit(s->dp) ? QMSG_F_8BIT : 0) | (s->mp.smtputf8 ? QMSG_F_SMTPUTF8 : 0);
+    m.flags = (s->m8bit ? QMSG_F_8BIT : 0) | (s->mp.smtputf8 ? QMSG_F_SMTPUTF8 : 0);
     m.body = s->mp.body;
     m.ret = s->mp.ret;
     snprintf(m.envid, sizeof m.envid, "%s", s->mp.envid);
@@ -1050,6 +1141,385 @@ static void session_data_end(struct session *s)
         c->next->prev = c;
     s->d->commits = c;
     s->commit = c;
+}
+
+/* ------------------------------------------------------------------ */
+/* Milters (milter_run.c): after the end of data, before the commit    */
+
+/* A header field of the rewritten message: "Name: value" with CRLF. */
+struct mhdr {
+    char *text;
+    size_t len;
+};
+
+/* Milter text uses "\n" between folded lines: stored text wants CRLF. */
+static int mtext_add_crlf(struct evbuffer *out, const char *p, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (p[i] == '\n' && (i == 0 || p[i - 1] != '\r')) {
+            if (evbuffer_add(out, "\r\n", 2) != 0)
+                return -1;
+        } else if (evbuffer_add(out, p + i, 1) != 0) {
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static char *mhdr_make(const char *name, const char *value, size_t *len)
+{
+    struct evbuffer *b = evbuffer_new();
+    char *t = NULL;
+    if (b && evbuffer_add_printf(b, "%s: ", name) >= 0 &&
+        mtext_add_crlf(b, value, strlen(value)) == 0 && evbuffer_add(b, "\r\n", 2) == 0) {
+        *len = evbuffer_get_length(b);
+        if ((t = malloc(*len + 1)) != NULL) {
+            evbuffer_remove(b, t, *len);
+            t[*len] = '\0';
+        }
+    }
+    if (b)
+        evbuffer_free(b);
+    return t;
+}
+
+/* Does header field h have this name (case-insensitive)? */
+static int mhdr_is(const struct mhdr *h, const char *name)
+{
+    size_t n = strlen(name);
+    return h->len > n && strncasecmp(h->text, name, n) == 0 && h->text[n] == ':';
+}
+
+static void mhdrs_free(struct mhdr *h, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        free(h[i].text);
+    free(h);
+}
+
+/* Strip <> from a milter's address argument into out ("" for <>). */
+static int maddr(const char *in, char *out, size_t len, struct smtp_addr *a, int rcpt)
+{
+    char path[SMTP_PATH_MAX + 3];
+    const char *rest;
+    if (in[0] == '<')
+        snprintf(path, sizeof path, "%s", in);
+    else
+        snprintf(path, sizeof path, "<%s>", in);
+    if (smtp_parse_path(path, &rest, a, !rcpt, 1, rcpt) != NULL)
+        return -1;
+    return smtp_addr_format(a, out, len) < 0 ? -1 : 0;
+}
+
+/* Apply the milters' recipient and sender changes.  An added recipient
+ * goes through the same policy as RCPT (served domains only: a milter
+ * is never a way to relay); its refusal is logged and it is not added.
+ * Returns -1 on allocation failure. */
+static int session_milter_envelope(struct session *s, const struct milter_run_result *r)
+{
+    for (size_t i = 0; i < r->nmods; i++) {
+        const struct milter_mod *d = &r->mods[i];
+        char addr[SMTP_PATH_MAX + 1];
+        struct smtp_addr a;
+        if (d->cmd == SMFIR_CHGFROM) {
+            if (maddr(d->addr, addr, sizeof addr, &a, 0) < 0) {
+                log_warn("%s: milter change of sender to %s refused: bad address", s->qid, d->addr);
+                continue;
+            }
+            log_info("%s: milter: sender <%s> -> <%s>", s->qid, s->sender, addr);
+            snprintf(s->sender, SMTP_PATH_MAX + 1, "%s", addr);
+        } else if (d->cmd == SMFIR_DELRCPT) {
+            if (maddr(d->addr, addr, sizeof addr, &a, 1) < 0)
+                continue;
+            for (size_t k = 0; k < s->nrcpt; k++) {
+                if (strcasecmp(s->rcpt[k].addr, addr) == 0) {
+                    log_info("%s: milter: recipient <%s> removed", s->qid, addr);
+                    memmove(&s->rcpt[k], &s->rcpt[k + 1], (s->nrcpt - k - 1) * sizeof *s->rcpt);
+                    s->nrcpt--;
+                    break;
+                }
+            }
+        } else if (d->cmd == SMFIR_ADDRCPT || d->cmd == SMFIR_ADDRCPT_PAR) {
+            const struct conf_domain *dom = NULL;
+            char buf[SMTP_PATH_MAX + 128];
+            const char *why;
+            if (maddr(d->addr, addr, sizeof addr, &a, 1) < 0 ||
+                (why = policy_check_rcpt(s->d->policy, &a, &dom, NULL, buf, sizeof buf)) != NULL ||
+                dom == NULL) {
+                log_warn("%s: milter: recipient %s not added: %s", s->qid, d->addr,
+                         "not a recipient of a served domain");
+                continue;
+            }
+            size_t k;
+            for (k = 0; k < s->nrcpt; k++)
+                if (strcasecmp(s->rcpt[k].addr, addr) == 0)
+                    break;
+            if (k < s->nrcpt)
+                continue;
+            if ((long)s->nrcpt >= s->d->conf->limits.recipients) {
+                log_warn("%s: milter: recipient <%s> not added: too many recipients", s->qid, addr);
+                continue;
+            }
+            if (s->nrcpt == s->rcpt_cap) {
+                size_t cap = s->rcpt_cap ? s->rcpt_cap * 2 : 4;
+                struct qrcpt *nr = realloc(s->rcpt, cap * sizeof *nr);
+                if (!nr)
+                    return -1;
+                s->rcpt = nr;
+                s->rcpt_cap = cap;
+            }
+            struct qrcpt *q = &s->rcpt[s->nrcpt];
+            memset(q, 0, sizeof *q);
+            q->state = QRCPT_PENDING;
+            q->expiry = (int64_t)time(NULL) + dom->retention;
+            snprintf(q->addr, sizeof q->addr, "%s", addr);
+            snprintf(q->domain, sizeof q->domain, "%s", dom->name);
+            s->nrcpt++;
+            log_info("%s: milter: recipient <%s> added", s->qid, addr);
+        }
+    }
+    for (size_t k = 0; k < s->nrcpt; k++)
+        s->rcpt[k].index = (uint32_t)k;
+    return 0;
+}
+
+/* Rewrite the stored message with the milters' header and body changes:
+ * a new body under the same queue ID replaces the uncommitted one.
+ * Returns NULL, or the reply to refuse the message with. */
+static const char *session_milter_rewrite(struct session *s, const struct milter_run_result *r)
+{
+    int headers = 0, body = 0;
+    for (size_t i = 0; i < r->nmods; i++) {
+        char c = r->mods[i].cmd;
+        headers |= c == SMFIR_ADDHEADER || c == SMFIR_INSHEADER || c == SMFIR_CHGHEADER;
+        body |= c == SMFIR_REPLBODY;
+    }
+    if (!headers && !body)
+        return NULL;
+    const char *fail = "451 4.3.0 Error: queue file write error";
+    size_t len = evbuffer_get_length(s->mcopy);
+    const char *msg = (const char *)evbuffer_pullup(s->mcopy, -1);
+    struct mhdr *h = NULL;
+    size_t nh = 0, cap = 0, off = 0, body_start = len;
+    struct evbuffer *out = NULL;
+    /* split the header into fields (folded lines stay with their field) */
+    while (off < len) {
+        if (len - off >= 2 && msg[off] == '\r' && msg[off + 1] == '\n') {
+            body_start = off + 2;
+            break;
+        }
+        size_t e = off;
+        for (;;) {
+            const char *nl = memchr(msg + e, '\n', len - e);
+            e = nl ? (size_t)(nl - msg) + 1 : len;
+            if (e >= len || (msg[e] != ' ' && msg[e] != '\t'))
+                break;
+        }
+        if (nh == cap) {
+            cap = cap ? cap * 2 : 32;
+            struct mhdr *n = realloc(h, cap * sizeof *h);
+            if (!n)
+                goto out;
+            h = n;
+        }
+        if (!(h[nh].text = malloc(e - off + 1)))
+            goto out;
+        memcpy(h[nh].text, msg + off, e - off);
+        h[nh].text[e - off] = '\0';
+        h[nh].len = e - off;
+        nh++;
+        off = e;
+    }
+    if (!(out = evbuffer_new()))
+        goto out;
+    for (size_t i = 0; i < r->nmods; i++) {
+        const struct milter_mod *d = &r->mods[i];
+        if (d->cmd != SMFIR_ADDHEADER && d->cmd != SMFIR_INSHEADER && d->cmd != SMFIR_CHGHEADER)
+            continue;
+        if (d->cmd == SMFIR_CHGHEADER) {
+            /* index: the n-th field of that name, from 1 (0 taken as 1) */
+            uint32_t want = d->index ? d->index : 1, seen = 0;
+            size_t k;
+            for (k = 0; k < nh; k++)
+                if (mhdr_is(&h[k], d->name) && ++seen == want)
+                    break;
+            if (k == nh) {
+                if (d->value[0] == '\0')
+                    continue;       /* deleting what is not there */
+                /* changing a field that is not there adds it (libmilter) */
+            } else {
+                free(h[k].text);
+                if (d->value[0] == '\0') {
+                    memmove(&h[k], &h[k + 1], (nh - k - 1) * sizeof *h);
+                    nh--;
+                    continue;
+                }
+                if (!(h[k].text = mhdr_make(d->name, d->value, &h[k].len))) {
+                    memmove(&h[k], &h[k + 1], (nh - k - 1) * sizeof *h);
+                    nh--;
+                    goto out;
+                }
+                continue;
+            }
+        }
+        if (nh == cap) {
+            cap = cap ? cap * 2 : 32;
+            struct mhdr *n = realloc(h, cap * sizeof *h);
+            if (!n)
+                goto out;
+            h = n;
+        }
+        size_t at = nh;
+        if (d->cmd == SMFIR_INSHEADER && d->index < nh)
+            at = d->index;
+        memmove(&h[at + 1], &h[at], (nh - at) * sizeof *h);
+        if (!(h[at].text = mhdr_make(d->name, d->value, &h[at].len))) {
+            memmove(&h[at], &h[at + 1], (nh - at) * sizeof *h);
+            goto out;
+        }
+        nh++;
+    }
+    for (size_t k = 0; k < nh; k++)
+        if (evbuffer_add(out, h[k].text, h[k].len) != 0)
+            goto out;
+    if (evbuffer_add(out, "\r\n", 2) != 0)
+        goto out;
+    if (body) {
+        for (size_t i = 0; i < r->nmods; i++)
+            if (r->mods[i].cmd == SMFIR_REPLBODY &&
+                mtext_add_crlf(out, (const char *)r->mods[i].body, r->mods[i].body_len) != 0)
+                goto out;
+    } else if (body_start < len && evbuffer_add(out, msg + body_start, len - body_start) != 0) {
+        goto out;
+    }
+    if ((long)evbuffer_get_length(out) > s->d->conf->limits.message_size + SMTPD_RECEIVED_MAX) {
+        fail = "552 5.3.4 Error: message file too big";
+        goto out;
+    }
+    /* the new body replaces the uncommitted one (same queue ID) */
+    spool_body_free(s->body);
+    s->body = spool_body_new(s->d->spool, s->qid);
+    if (s->body == NULL) {
+        fail = errno == ENOSPC ? "452 4.3.1 Error: insufficient system storage" : fail;
+        goto out;
+    }
+    {
+        struct evbuffer_iovec v[64];
+        int n = evbuffer_peek(out, -1, NULL, v, 64);
+        const unsigned char *flat = n > 64 ? evbuffer_pullup(out, -1) : NULL;
+        if (flat) {
+            if (spool_body_write(s->body, flat, evbuffer_get_length(out)) != 0)
+                goto out;
+        } else {
+            for (int i = 0; i < n; i++)
+                if (spool_body_write(s->body, v[i].iov_base, v[i].iov_len) != 0)
+                    goto out;
+        }
+    }
+    log_info("%s: milter: message rewritten (%zu modifications)", s->qid, r->nmods);
+    fail = NULL;
+out:
+    if (fail)
+        log_warn("%s: cannot apply the milters' changes: %s", s->qid, fail);
+    mhdrs_free(h, nh);
+    if (out)
+        evbuffer_free(out);
+    return fail;
+}
+
+/* The milters' verdict: refuse, discard, or rewrite and commit. */
+static void session_on_milters(void *arg, const struct milter_run_result *r)
+{
+    struct session *s = arg;
+    const char *reply = NULL;
+    s->mrun = NULL;
+    if (s->state != S_MILTER)
+        log_panic("[%s]: milter verdict in state %s", s->addr, sstate_names[s->state]);
+    if (r->verdict == MILTER_REJECT || r->verdict == MILTER_TEMPFAIL) {
+        reply = r->text;
+    } else if (r->verdict == MILTER_DISCARD) {
+        log_info("%s: discard: end of data from %s[%s]: by milter; from=<%s>", s->qid, s->name,
+                 s->addr, s->sender);
+        stats_inc(STAT_REJ_CONTENT);
+        session_reply(s, "250 2.0.0 Ok: queued as %s", s->qid);
+        session_txn_reset(s);
+        session_set_state(s, S_HELO);
+        goto resume;
+    } else {
+        if (r->quarantine)
+            log_info("%s: milter quarantine: %s (kept; the spool has no quarantine yet)", s->qid,
+                     r->quarantine);
+        if (session_milter_envelope(s, r) < 0)
+            reply = "451 4.3.0 Error: insufficient resources";
+        else if (s->nrcpt == 0) {
+            log_info("%s: discard: every recipient removed by milters", s->qid);
+            session_reply(s, "250 2.0.0 Ok: queued as %s", s->qid);
+            session_txn_reset(s);
+            session_set_state(s, S_HELO);
+            goto resume;
+        } else {
+            reply = session_milter_rewrite(s, r);
+        }
+    }
+    if (reply) {
+        log_info("%s: reject: end of data from %s[%s]: %s; from=<%s>", s->qid, s->name, s->addr,
+                 reply, s->sender);
+        session_reject(s, STAT_REJ_CONTENT, reply);
+        session_txn_reset(s);
+        session_set_state(s, S_HELO);
+        goto resume;
+    }
+    session_commit(s);
+    return;
+resume:
+    session_set_timeout(s, s->d->conf->limits.command_timeout);
+    bufferevent_enable(s->bev, EV_READ);
+    session_drive(s);
+    if (s->state == S_DEAD)
+        session_free(s);
+}
+
+static void session_milters_start(struct session *s)
+{
+    const char **rc = calloc(s->nrcpt, sizeof *rc);
+    const struct sockaddr *sa = (const struct sockaddr *)&s->sa;
+    unsigned port = sa->sa_family == AF_INET ? ntohs(((const struct sockaddr_in *)sa)->sin_port)
+                  : sa->sa_family == AF_INET6 ? ntohs(((const struct sockaddr_in6 *)sa)->sin6_port)
+                  : 0;
+    const char *addr = strncmp(s->addr, "IPv6:", 5) == 0 ? s->addr + 5 : s->addr;
+    for (size_t i = 0; rc && i < s->nrcpt; i++)
+        rc[i] = s->rcpt[i].addr;
+    struct milter_run_txn t = {
+        .qid = s->qid,
+        .hostname = s->d->conf->hostname,
+        .client_name = s->name,
+        .client_addr = addr,
+        .family = sa->sa_family == AF_INET ? '4' : sa->sa_family == AF_INET6 ? '6' : 'U',
+        .port = port,
+        .helo = s->helo,
+        .sender = s->sender,
+        .rcpts = rc,
+        .nrcpt = s->nrcpt,
+        .tls_version = s->tls ? s->tls_desc : NULL,
+        .msg = evbuffer_pullup(s->mcopy, -1),
+        .len = evbuffer_get_length(s->mcopy),
+    };
+    session_set_state(s, S_MILTER);
+    /* no read timeout: the milters' own timeouts bound this state */
+    session_set_timeout(s, 0);
+    if (rc == NULL ||
+        (s->mrun = milter_run_start(s->d->base, s->mlist, s->nmlist, &t, session_on_milters, s)) == NULL) {
+        free(rc);
+        session_reject(s, STAT_REJ_STORAGE, "451 4.3.0 Error: insufficient resources");
+        session_txn_reset(s);
+        session_set_state(s, S_HELO);
+        session_set_timeout(s, s->d->conf->limits.command_timeout);
+        return;
+    }
+    /* milter_run copied the transaction but borrows its strings: the
+     * recipient pointers must live as long as the run */
+    free(s->mrcpts);
+    s->mrcpts = rc;
 }
 
 /* ------------------------------------------------------------------ */

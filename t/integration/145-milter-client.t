@@ -138,6 +138,7 @@ def run_actions(sock):
     like(out, r"(?m)^mod \+ 0 \[\] \[\] \[<added@example.org>\]", "addrcpt")
     like(out, r"(?m)^mod 2 0 \[\] \[\] \[<added2@example.org>\] \[NOTIFY=NEVER\]",
          "addrcpt_par with ESMTP args")
+    like(out, r"(?m)^mod \+ 0 \[\] \[\] \[<victim@unserved.test>\]", "addrcpt of any address reaches the client (smtpd decides)")
     like(out, r"(?m)^mod - 0 \[\] \[\] \[<chgfrom-rcpts@example.org>\]", "delrcpt")
 
     out, _ = drive(sock, "tempfail", "replbody-quarantine@example.org")

@@ -3,7 +3,8 @@
 # for the milter tests: every action, chosen by the recipient's local part.
 #   addhdr      add, insert, change and delete headers
 #   chgfrom     change the envelope sender
-#   rcpts       add <added@example.org> (with and without ESMTP args), delete the original
+#   rcpts       add <added@example.org> (with and without ESMTP args) and
+#               <victim@unserved.test> (a relay attempt), delete the original
 #   replbody    replace the body
 #   quarantine  quarantine with a reason
 #   reject / tempfail   at end of message with our own reply
@@ -57,6 +58,7 @@ class T(Milter.Base):
         if "rcpts" in who:
             self.addrcpt("<added@example.org>")
             self.addrcpt("<added2@example.org>", "NOTIFY=NEVER")
+            self.addrcpt("<victim@unserved.test>")
             self.delrcpt(self.rcpts[0])
         if "replbody" in who:
             self.replacebody(b"replaced body\r\n")
