@@ -183,6 +183,8 @@ struct session {
     struct evbuffer *mcopy;
     struct milter_run *mrun;
     const char **mrcpts;                /* the run's recipient list */
+    char *mquarantine;                  /* a milter's quarantine reason, for the
+                                           commit (the spool's quarantine: G4) */
     int m8bit;
     time_t started;
 };
@@ -353,6 +355,8 @@ static void session_txn_reset(struct session *s)
     s->mcopy = NULL;
     free(s->mrcpts);
     s->mrcpts = NULL;
+    free(s->mquarantine);
+    s->mquarantine = NULL;
     for (size_t i = 0; i < s->nmlist; i++)
         free(s->mlist[i].socket);
     free(s->mlist);
@@ -1446,9 +1450,15 @@ static void session_on_milters(void *arg, const struct milter_run_result *r)
         session_set_state(s, S_HELO);
         goto resume;
     } else {
-        if (r->quarantine)
-            log_info("%s: milter quarantine: %s (kept; the spool has no quarantine yet)", s->qid,
+        if (r->quarantine) {
+            /* kept for the commit; until the spool's record has a
+             * quarantine, the message is queued as usual and this is
+             * the one trace of it */
+            log_info("%s: milter quarantine: %s (queued: no quarantine in this spool)", s->qid,
                      r->quarantine);
+            free(s->mquarantine);
+            s->mquarantine = strdup(r->quarantine);
+        }
         if (session_milter_envelope(s, r) < 0)
             reply = "451 4.3.0 Error: insufficient resources";
         else if (s->nrcpt == 0) {

@@ -10,7 +10,8 @@
 #   body replaced; sender changed; recipients added (a served domain only:
 #   an added recipient of an unserved domain is never kept) and deleted;
 #   per-domain milters: a domain's list runs only for its recipients;
-#   a milter that is down: tempfail (451 4.7.1, nothing kept) by default,
+#   a milter that is down or slower than its timeout: tempfail (451 4.7.1,
+#   nothing kept) by default,
 #   the message kept unchanged with default_action = "accept".
 # On the old code `milters` is an unknown setting: the daemon refuses the
 # configuration, so every check fails there.
@@ -124,6 +125,12 @@ def run(mport):
     is_(len(srv.qids()), before, "nothing kept")
     code, text = send(srv, ["x@example.org"], "notdown")
     is_(code, 250, "the down milter does not apply to another domain's mail")
+    code, text = send(srv, ["slow@example.org"], "slow")
+    is_((code, text), (451, "4.7.1 Service unavailable - try again later"),
+        "milter slower than its timeout mid-body, default tempfail: 451 4.7.1")
+    code, text = send(srv, ["quarantine@example.org"], "quar")
+    is_(code, 250, "quarantine: accepted")
+    ok(wait_log(srv, r"milter quarantine: held by test milter"), "the milter's quarantine reason is kept (logged)")
     code, text = send(srv, ["x@open.test"], "open")
     is_(code, 250, "milter down, default_action accept: accepted")
     like(stored(srv, qid_of(text)), r"body of open", "kept unchanged")
