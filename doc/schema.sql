@@ -20,6 +20,7 @@ CREATE TABLE IF NOT EXISTS domains (
     recipients    text,     -- "pgsql:main", "/abs/list", "lmdb:/abs/map"; NULL: any local part
     verify        text CHECK (verify IN ('off', 'callout')),
     unverified    text CHECK (unverified IN ('accept', 'tempfail')),
+    accept        text CHECK (accept IN ('always', 'when-primary-down')),
     tls           text CHECK (tls IN ('none', 'may', 'encrypt', 'verify')),
     hold          boolean
 );

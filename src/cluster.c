@@ -377,9 +377,13 @@ uint64_t cluster_flush(struct cluster *cl, const char *domain)
     return pg_is_up(cl->pg) ? others_count(cl, domain) : 0;
 }
 
-uint64_t cluster_etrn_count(void *arg, const char *domain)
+uint64_t cluster_etrn_count(void *arg, const char *domain, int flush)
 {
-    return cluster_flush(arg, domain);
+    const struct cluster *cl = arg;
+
+    if (flush)
+        return cluster_flush(arg, domain);
+    return cl != NULL && pg_is_up(cl->pg) ? others_count(cl, domain) : 0;
 }
 
 /* ------------------------------------------------------------------ */

@@ -58,9 +58,10 @@ void cluster_hold(struct cluster *cl, const char *domain, int hold);
  * the other nodes' last known backlog for it (0 when the database is down:
  * they flush when the request reaches them). */
 uint64_t cluster_flush(struct cluster *cl, const char *domain);
-/* delivery_etrn's fleet hook (delivery_set_fleet): publish the flush of a
- * domain that is not held and give the others' count.  arg: the cluster. */
-uint64_t cluster_etrn_count(void *arg, const char *domain);
+/* delivery_etrn's fleet hook (delivery_set_fleet): the others' last known
+ * count of domain (0 while the database is down); with flush 1 publish
+ * the flush first (a domain that is not held).  arg: the cluster. */
+uint64_t cluster_etrn_count(void *arg, const char *domain, int flush);
 
 /* mxkeepctl cluster summary: one query over the fleet's status; cb runs
  * once on the loop with payload (one JSON object per line and per node

@@ -38,6 +38,7 @@
 #include <ctype.h>
 #include <errno.h>
 #include <libconfig.h>
+#include <libpq-fe.h>
 #include <limits.h>
 #include <netinet/in.h>
 #include <stdarg.h>
@@ -129,6 +130,14 @@ static const char *const bare_newline_names[] = { "normalize", "reject", NULL };
 static const char *const tls_names[] = { "none", "may", "encrypt", "verify", NULL };
 static const char *const verify_names[] = { "off", "callout", NULL };
 static const char *const unverified_names[] = { "accept", "tempfail", NULL };
+static const char *const accept_names[] = { "always", "when-primary-down", NULL };
+_Static_assert(sizeof(enum accept_mode) == sizeof(int), "enum stored as int");
+_Static_assert(ACCEPT_ALWAYS == 0 && ACCEPT_WHEN_PRIMARY_DOWN == 1,
+               "accept_names follows enum accept_mode");
+static const char *const bounce_names[] = { "always", "authenticated", NULL };
+_Static_assert(sizeof(enum bounce_policy) == sizeof(int), "enum stored as int");
+_Static_assert(BOUNCE_ALWAYS == 0 && BOUNCE_AUTHENTICATED == 1,
+               "bounce_names follows enum bounce_policy");
 _Static_assert(sizeof(enum verify_mode) == sizeof(int), "enum stored as int");
 _Static_assert(sizeof(enum unverified_policy) == sizeof(int), "enum stored as int");
 _Static_assert(VERIFY_OFF == 0 && VERIFY_CALLOUT == 1, "verify_names follows enum verify_mode");
@@ -145,6 +154,7 @@ static int conf_recipients_parse(struct conf_loader *L, const config_setting_t *
 static int conf_tls_check(struct conf_loader *L, const config_setting_t *s, void *base);
 static int conf_limits_check(struct conf_loader *L, const config_setting_t *s, void *base);
 static int conf_delivery_check(struct conf_loader *L, const config_setting_t *s, void *base);
+static int conf_verify_check(struct conf_loader *L, const config_setting_t *s, void *base);
 static int conf_control_check(struct conf_loader *L, const config_setting_t *s, void *base);
 static int conf_pgsql_parse(struct conf_loader *L, const config_setting_t *s, void *base);
 static int conf_domains_from_parse(struct conf_loader *L, const config_setting_t *s, void *base);
@@ -152,6 +162,8 @@ static int conf_cluster_check(struct conf_loader *L, const config_setting_t *s, 
 static int conf_milters_top(struct conf_loader *L, const config_setting_t *s, void *base);
 static void conf_milters_release(struct conf_milters *m);
 static int conf_milters_dom(struct conf_loader *L, const config_setting_t *s, void *base);
+static int conf_allow_clients_parse(struct conf_loader *L, const config_setting_t *s, void *base);
+static int conf_dnsbl_zones_parse(struct conf_loader *L, const config_setting_t *s, void *base);
 
 #define LIM(f) offsetof(struct conf_limits, f)
 static const struct conf_setting limits_table[] = {
@@ -191,6 +203,12 @@ static const struct conf_setting delivery_table[] = {
     /* Port for MX-routed destinations (bounces, domains without a
      * primary).  25 in production; tests point it at a loopback sink. */
     { "mx_port", CK_INT, DLV(mx_port), 25, 1, 65535, 0, 0, 0, 0 },
+    /* Gated domains (accept = "when-primary-down", heartbeat.h): how often
+     * their primaries are checked, how long each step of a check may take,
+     * and how old the last answer may be before the gate opens (stale). */
+    { "heartbeat",         CK_DURATION, DLV(heartbeat),         20 * SECOND, SECOND, HOUR, 0, 0, 0, 0 },
+    { "heartbeat_timeout", CK_DURATION, DLV(heartbeat_timeout), 10 * SECOND, SECOND, 5 * MINUTE, 0, 0, 0, 0 },
+    { "heartbeat_stale",   CK_DURATION, DLV(heartbeat_stale),   MINUTE, SECOND, DAY, 0, 0, 0, 0 },
     { NULL, 0, 0, 0, 0, 0, 0, 0, 0, 0 },
 };
 #undef DLV
@@ -209,6 +227,70 @@ static const struct conf_setting cluster_table[] = {
     { NULL, 0, 0, 0, 0, 0, 0, 0, 0, 0 },
 };
 #undef CLU
+
+/* Per-client limits, off (0) by default: a real sender falling back to
+ * the backup (Postfix at its default concurrency of 20, one message per
+ * connection) delivers thousands of messages a minute from one address
+ * (t/smtp/14-per-client: 10,000 in a few seconds), so any count that
+ * never bites it stops no flood either.  Set them for the traffic a site
+ * sees; allow_clients exempts the primary and partners.  The tarpit is on:
+ * it only slows clients that guess recipients. */
+#define RTL(f) offsetof(struct conf_ratelimit, f)
+static const struct conf_setting ratelimit_table[] = {
+    { "window",          CK_DURATION, RTL(window),          MINUTE, SECOND, DAY, 0, 0, 0, 0 },
+    { "connections",     CK_INT,      RTL(connections),       0, 0, 100000000, 0, 0, 0, 0 },
+    { "net_connections", CK_INT,      RTL(net_connections),   0, 0, 100000000, 0, 0, 0, 0 },
+    { "messages",        CK_INT,      RTL(messages),          0, 0, 100000000, 0, 0, 0, 0 },
+    { "net_messages",    CK_INT,      RTL(net_messages),      0, 0, 100000000, 0, 0, 0, 0 },
+    { "recipients",      CK_INT,      RTL(recipients),        0, 0, 100000000, 0, 0, 0, 0 },
+    { "net_recipients",  CK_INT,      RTL(net_recipients),    0, 0, 100000000, 0, 0, 0, 0 },
+    { "ipv4_prefix",     CK_INT,      RTL(ipv4_prefix),     24, 8, 32, 0, 0, 0, 0 },
+    { "ipv6_prefix",     CK_INT,      RTL(ipv6_prefix),     64, 16, 128, 0, 0, 0, 0 },
+    { "clients",         CK_INT,      RTL(clients),         100000, 16, 10000000, 0, 0, 0, 0 },
+    /* Unknown-recipient tarpit: after this many 5xx RCPT replies in a
+     * session each further one waits tarpit_delay, doubling up to
+     * tarpit_max (0 = no tarpit). */
+    { "tarpit_after",    CK_INT,      RTL(tarpit_after),    3, 0, 100000, 0, 0, 0, 0 },
+    { "tarpit_delay",    CK_DURATION, RTL(tarpit_delay),    SECOND, SECOND, MINUTE, 0, 0, 0, 0 },
+    { "tarpit_max",      CK_DURATION, RTL(tarpit_max),      10 * SECOND, SECOND, 5 * MINUTE, 0, 0, 0, 0 },
+    { NULL, 0, 0, 0, 0, 0, 0, 0, 0, 0 },
+};
+#undef RTL
+
+/* Postgrey's defaults: 5 min delay, 36 h to retry (its --retry-window is
+ * 2 d; 36 h per our issue), 36 d to remember a passed triplet (--max-age
+ * 35 d). */
+#define GRY(f) offsetof(struct conf_greylist, f)
+static const struct conf_setting greylist_table[] = {
+    { "delay",           CK_DURATION, GRY(delay),           5 * MINUTE, SECOND, DAY, 0, 0, 0, 0 },
+    { "retry_window",    CK_DURATION, GRY(retry_window),    36 * HOUR, SECOND, 30 * DAY, 0, 0, 0, 0 },
+    { "pass_expire",     CK_DURATION, GRY(pass_expire),     36 * DAY, SECOND, 365 * DAY, 0, 0, 0, 0 },
+    { "sweep",           CK_DURATION, GRY(sweep),           HOUR, SECOND, DAY, 0, 0, 0, 0 },
+    { "map_size",        CK_SIZE,     GRY(map_size),        64 * MIB, MIB, 1024 * GIB, 0, 0, 0, 0 },
+    { NULL, 0, 0, 0, 0, 0, 0, 0, 0, 0 },
+};
+#undef GRY
+
+/* dnsbl = { zones = ( { zone = "zen.example"; weight = 2; reply = "..."; } );
+ *           threshold = 1; } */
+#define DZN(f) offsetof(struct conf_dnsbl_zone, f)
+static const struct conf_setting dnsbl_zone_table[] = {
+    { "zone",   CK_HOSTNAME, DZN(zone),   0, 0, 0, CF_REQUIRED, 0, 0, 0 },
+    { "weight", CK_INT,      DZN(weight), 1, -1000, 1000, 0, 0, 0, 0 },
+    { "reply",  CK_STRING,   DZN(reply),  0, 0, 0, 0, 0, 0, 0 },
+    { NULL, 0, 0, 0, 0, 0, 0, 0, 0, 0 },
+};
+#undef DZN
+#define DBL(f) offsetof(struct conf_dnsbl, f)
+static const struct conf_setting dnsbl_table[] = {
+    { "zones",      CK_CUSTOM,   0,               0, 0, 0, 0, 0, 0, conf_dnsbl_zones_parse },
+    { "threshold",  CK_INT,      DBL(threshold),  1, 1, 100000, 0, 0, 0, 0 },
+    { "timeout",    CK_DURATION, DBL(timeout),    5 * SECOND, SECOND, MINUTE, 0, 0, 0, 0 },
+    { "cache_ttl",  CK_DURATION, DBL(cache_ttl),  5 * MINUTE, 0, DAY, 0, 0, 0, 0 },
+    { "cache_size", CK_INT,      DBL(cache_size), 10000, 16, 10000000, 0, 0, 0, 0 },
+    { NULL, 0, 0, 0, 0, 0, 0, 0, 0, 0 },
+};
+#undef DBL
 /* Postfix's address_verify_* defaults: positive 31d/7d, negative 3d/3h. */
 #define VRF(f) offsetof(struct conf_verify, f)
 static const struct conf_setting verify_table[] = {
@@ -251,11 +333,17 @@ static const struct conf_setting domain_table[] = {
     { "recipients",      CK_CUSTOM,   0,               0, 0, 0, 0, 0, 0, conf_recipients_parse },
     { "verify",          CK_ENUM,     DOM(verify),     VERIFY_OFF, 0, 0, 0, verify_names, 0, 0 },
     { "unverified",      CK_ENUM,     DOM(unverified), UNVERIFIED_ACCEPT, 0, 0, 0, unverified_names, 0, 0 },
+    { "accept",          CK_ENUM,     DOM(accept),     ACCEPT_ALWAYS, 0, 0, 0, accept_names, 0, 0 },
     { "tls",             CK_ENUM,     DOM(tls),        TLS_POLICY_MAY, 0, 0, 0, tls_names, 0, 0 },
     { "tls_ca",          CK_RFILE,    DOM(tls_ca),     0, 0, 0, 0, 0, 0, 0 },
     { "tls_fingerprint", CK_CUSTOM,   0,               0, 0, 0, 0, 0, 0, conf_fingerprint_parse },
     { "hold",            CK_BOOL,     DOM(hold),       0, 0, 1, 0, 0, 0, 0 },
     { "milters",         CK_CUSTOM,   0,               0, 0, 0, 0, 0, 0, conf_milters_dom },
+    /* Quotas on what this domain may hold in the spool (0 = none). */
+    { "max_messages",    CK_INT,      DOM(max_messages), 0, 0, 1000000000, 0, 0, 0, 0 },
+    { "max_bytes",       CK_SIZE,     DOM(max_bytes),  0, 0, LONG_MAX, 0, 0, 0, 0 },
+    { "greylist",        CK_BOOL,     DOM(greylist),   0, 0, 1, 0, 0, 0, 0 },
+    { "bounce",          CK_ENUM,     DOM(bounce),     BOUNCE_ALWAYS, 0, 0, 0, bounce_names, 0, 0 },
     { NULL, 0, 0, 0, 0, 0, 0, 0, 0, 0 },
 };
 #undef DOM
@@ -288,6 +376,22 @@ static const struct conf_setting pgsql_table[] = {
 #define PGSQL_DEFAULT_RECIPIENT_ARGS "sc"
 #define PGSQL_DEFAULT_DOMAIN_SQL "SELECT * FROM domains"
 #define PGSQL_NAME_MAX 64
+
+/* SPF and DKIM workers (spf.c, dkim.c).  spf.timeout bounds how long the
+ * 250 after DATA may wait for an SPF result still being looked up (the
+ * message is then recorded with temperror); 0: never wait. */
+#define AUTH(f) offsetof(struct conf_auth, f)
+static const struct conf_setting spf_table[] = {
+    { "timeout", CK_DURATION, AUTH(timeout), 3 * SECOND, 0, MINUTE, 0, 0, 0, 0 },
+    { "threads", CK_INT,      AUTH(threads), 4, 1, 64, 0, 0, 0, 0 },
+    { NULL, 0, 0, 0, 0, 0, 0, 0, 0, 0 },
+};
+static const struct conf_setting dkim_table[] = {
+    { "timeout", CK_DURATION, AUTH(timeout), 5 * SECOND, SECOND, MINUTE, 0, 0, 0, 0 },
+    { "threads", CK_INT,      AUTH(threads), 2, 1, 64, 0, 0, 0, 0 },
+    { NULL, 0, 0, 0, 0, 0, 0, 0, 0, 0 },
+};
+#undef AUTH
 
 /* Sub-groups whose fields live directly in struct conf use base = conf. */
 #define CNF(f) offsetof(struct conf, f)
@@ -323,21 +427,30 @@ static const struct conf_setting top_table[] = {
     { "user",          CK_STRING,   CNF(user),          0, 0, 0, 0, 0, 0, 0 },
     { "group",         CK_STRING,   CNF(group),         0, 0, 0, 0, 0, 0, 0 },
     { "resolver",      CK_CUSTOM,   0,                  0, 0, 0, 0, 0, 0, conf_resolver_parse },
+    { "authserv_id",   CK_HOSTNAME, CNF(authserv_id),   0, 0, 0, 0, 0, 0, 0 },
+    { "spf",           CK_GROUP,    CNF(spf),           0, 0, 0, 0, 0, spf_table, 0 },
+    { "dkim",          CK_GROUP,    CNF(dkim),          0, 0, 0, 0, 0, dkim_table, 0 },
     { "etrn",          CK_GROUP,    0,                  0, 0, 0, 0, 0, etrn_table, 0 },
     { "tls",           CK_GROUP,    0,                  0, 0, 0, 0, 0, tls_table, conf_tls_check },
     { "limits",        CK_GROUP,    CNF(limits),        0, 0, 0, 0, 0, limits_table, conf_limits_check },
     { "delivery",      CK_GROUP,    CNF(delivery),      0, 0, 0, 0, 0, delivery_table, conf_delivery_check },
-    { "verify",        CK_GROUP,    CNF(verify),        0, 0, 0, 0, 0, verify_table, 0 },
+    { "verify",        CK_GROUP,    CNF(verify),        0, 0, 0, 0, 0, verify_table, conf_verify_check },
     { "domains",       CK_CUSTOM,   0,                  0, 0, 0, 0, 0, 0, conf_domains_parse },
     { "control",       CK_GROUP,    0,                  0, 0, 0, 0, 0, control_table, conf_control_check },
     { "metrics",       CK_GROUP,    0,                  0, 0, 0, 0, 0, metrics_table, 0 },
     { "pid_file",      CK_PATH,     CNF(pid_file),      0, 0, 0, 0, 0, 0, 0 },
     { "lmdb_map_size", CK_SIZE,     CNF(lmdb_map_size), GIB, MIB, 1024 * GIB, 0, 0, 0, 0 },
     { "commit_batch",  CK_INT,      CNF(commit_batch),  256, 1, 100000, 0, 0, 0, 0 },
+    /* How long a quarantined message is kept before it is removed (quarantine.c). */
+    { "quarantine_retention", CK_DURATION, CNF(quarantine_retention), 14 * DAY, HOUR, 365 * DAY, 0, 0, 0, 0 },
     { "pgsql",         CK_CUSTOM,   0,                  0, 0, 0, 0, 0, 0, conf_pgsql_parse },
     { "domains_from",  CK_CUSTOM,   0,                  0, 0, 0, 0, 0, 0, conf_domains_from_parse },
     { "cluster",       CK_GROUP,    CNF(cluster),       0, 0, 0, 0, 0, cluster_table, conf_cluster_check },
     { "milters",       CK_CUSTOM,   0,                  0, 0, 0, 0, 0, 0, conf_milters_top },
+    { "ratelimit",     CK_GROUP,    CNF(ratelimit),     0, 0, 0, 0, 0, ratelimit_table, 0 },
+    { "greylist",      CK_GROUP,    CNF(greylist),      0, 0, 0, 0, 0, greylist_table, 0 },
+    { "dnsbl",         CK_GROUP,    CNF(dnsbl),         0, 0, 0, 0, 0, dnsbl_table, 0 },
+    { "allow_clients", CK_CUSTOM,   0,                  0, 0, 0, 0, 0, 0, conf_allow_clients_parse },
     { NULL, 0, 0, 0, 0, 0, 0, 0, 0, 0 },
 };
 #undef CNF
@@ -848,6 +961,76 @@ static int conf_etrn_allow_parse(struct conf_loader *L, const config_setting_t *
     return 0;
 }
 
+/* allow_clients = ( "192.0.2.0/24", "2001:db8::/32" ): the primary and
+ * partners, exempt from rate limits, greylisting and DNSBL. */
+static int conf_allow_clients_parse(struct conf_loader *L, const config_setting_t *s, void *base)
+{
+    struct conf *c = base;
+    int n;
+    if (!conf_is_sequence(s))
+        return conf_fail(L, s, "allow_clients must be a list of prefixes ( \"192.0.2.0/24\" )");
+    n = config_setting_length(s);
+    c->allow_clients = calloc((size_t)n + 1, sizeof *c->allow_clients);
+    if (!c->allow_clients)
+        return conf_fail(L, s, "out of memory");
+    for (int i = 0; i < n; i++) {
+        const config_setting_t *e = config_setting_get_elem(s, (unsigned)i);
+        const char *v = config_setting_get_string(e);
+        if (!v)
+            return conf_fail(L, e, "allow_clients: every entry must be a string");
+        if (conf_parse_cidr(v, &c->allow_clients[i]) < 0)
+            return conf_fail(L, e, "allow_clients: \"%s\" is not an address or prefix "
+                             "such as 192.0.2.0/24 or 2001:db8::/32", v);
+        c->nallow_clients = (size_t)i + 1;
+    }
+    return 0;
+}
+
+/* A reply text may hold one %s (the zone) and %% only: it is a format. */
+static int conf_reply_format_ok(const char *r)
+{
+    int conv = 0;
+    for (const char *p = r; *p; p++) {
+        unsigned char ch = (unsigned char)*p;
+        if (ch < ' ' || ch >= 0x7f)
+            return 0;
+        if (*p != '%')
+            continue;
+        if (p[1] == '%') {
+            p++;
+            continue;
+        }
+        if (p[1] != 's' || conv++)
+            return 0;
+        p++;
+    }
+    return 1;
+}
+
+static int conf_dnsbl_zones_parse(struct conf_loader *L, const config_setting_t *s, void *base)
+{
+    struct conf_dnsbl *b = base;
+    int n;
+    if (!config_setting_is_list(s))
+        return conf_fail(L, s, "dnsbl.zones must be a list ( { zone = \"...\"; weight = 1; }, ... )");
+    n = config_setting_length(s);
+    b->zones = calloc((size_t)n + 1, sizeof *b->zones);
+    if (!b->zones)
+        return conf_fail(L, s, "out of memory");
+    for (int i = 0; i < n; i++) {
+        const config_setting_t *e = config_setting_get_elem(s, (unsigned)i);
+        struct conf_dnsbl_zone *z = &b->zones[i];
+        b->nzones = (size_t)i + 1;
+        conf_defaults(dnsbl_zone_table, z);
+        if (conf_group_load(L, e, dnsbl_zone_table, z, "dnsbl.zones") < 0)
+            return -1;
+        if (z->reply && !conf_reply_format_ok(z->reply))
+            return conf_fail(L, config_setting_get_member((config_setting_t *)e, "reply"),
+                             "dnsbl.zones.reply: printable text with at most one %%s (the zone)");
+    }
+    return 0;
+}
+
 /* "sha256:" + 64 hex digits, colons between octets allowed; stored as
  * "sha256:" + 64 lower-case hex digits so tls.c compares with strcmp. */
 /* recipients = "PATH" | "lmdb:PATH" | "pgsql:NAME" (table.h).  Paths are
@@ -1114,14 +1297,44 @@ int conf_pgsql_query(const char *q, char **out, char *args, char *why, size_t wh
         snprintf(why, whylen, "out of memory");
         return -1;
     }
+    /* in_literal: inside an SQL string literal ('...', '' an escaped
+     * quote).  An escape there cannot become a parameter: '%u@%d' would turn
+     * into the text '$1@$2' and every lookup fail at run time.  Such a query,
+     * and an unterminated literal, are refused here, at file:line. */
+    int in_literal = 0;
     for (size_t i = 0; i < len; i++) {
         const char *p = q + i;
         int quoted = 0;
         char kind;
+        if (in_literal) {
+            if (p[0] == '%' && p[1] == '%') {
+                sql[o++] = '%';
+                i++;
+                continue;
+            }
+            if (p[0] == '%') {
+                snprintf(why, whylen, "\"%%%c\" inside a quoted string cannot be a parameter "
+                         "(quote only a whole '%%s', '%%u' or '%%d')", p[1] ? p[1] : '?');
+                free(sql);
+                return -1;
+            }
+            if (p[0] == '\'' && p[1] == '\'') {
+                sql[o++] = '\'';
+                sql[o++] = '\'';
+                i++;
+                continue;
+            }
+            if (p[0] == '\'')
+                in_literal = 0;
+            sql[o++] = p[0];
+            continue;
+        }
         if (p[0] == '\'' && p[1] == '%' && p[2] != '\0' && strchr("sud", p[2]) && p[3] == '\'') {
             quoted = 1;
             p++;
         } else if (p[0] != '%') {
+            if (p[0] == '\'')
+                in_literal = 1;
             sql[o++] = p[0];
             continue;
         }
@@ -1145,10 +1358,39 @@ int conf_pgsql_query(const char *q, char **out, char *args, char *why, size_t wh
         o += (size_t)sprintf(sql + o, "$%zu", n);
         i += quoted ? 3 : 1;
     }
+    if (in_literal) {
+        snprintf(why, whylen, "a quoted string is not closed");
+        free(sql);
+        return -1;
+    }
     sql[o] = '\0';
     args[n] = '\0';
     *out = sql;
     return 0;
+}
+
+/* A conninfo libpq cannot parse (an unknown keyword, a missing "=") would
+ * otherwise only show at run time, as a database that is never up.  Parsing
+ * is pure (no connection).  libpq's message may quote a fragment of the
+ * string, which may be a password: only the unknown-keyword message, which
+ * names a keyword and nothing else, is passed on. */
+static int conf_pgsql_conninfo_check(const char *conninfo, char *why, size_t whylen)
+{
+    char *err = NULL;
+    PQconninfoOption *opts = PQconninfoParse(conninfo, &err);
+    if (opts) {
+        PQconninfoFree(opts);
+        return 0;
+    }
+    if (err && strncmp(err, "invalid connection option ", 26) == 0) {
+        size_t n = strcspn(err, "\n");
+        snprintf(why, whylen, "%.*s", (int)n, err);
+    } else {
+        snprintf(why, whylen, "%s", err ? "not a libpq connection string (keyword=value ...)"
+                                        : "out of memory");
+    }
+    PQfreemem(err);
+    return -1;
 }
 
 static int conf_pgsql_finish(struct conf_loader *L, const config_setting_t *e,
@@ -1161,6 +1403,9 @@ static int conf_pgsql_finish(struct conf_loader *L, const config_setting_t *e,
                              "pgsql.name: \"%s\" may hold only a-z, 0-9, _ and -", p->name);
     if (strlen(p->name) > PGSQL_NAME_MAX)
         return conf_fail(L, e, "pgsql.name: longer than %d", PGSQL_NAME_MAX);
+    if (conf_pgsql_conninfo_check(p->conninfo, why, sizeof why) < 0)
+        return conf_fail(L, config_setting_get_member((config_setting_t *)e, "conninfo"),
+                         "pgsql.conninfo: %s", why);
     if (p->recipient_query) {
         if (conf_pgsql_query(p->recipient_query, &p->recipient_sql, p->recipient_args, why,
                              sizeof why) < 0)
@@ -1267,6 +1512,26 @@ static int conf_limits_check(struct conf_loader *L, const config_setting_t *s, v
     const struct conf_limits *l = base;
     if (l->header_size > l->message_size)
         return conf_fail(L, s, "limits.header_size must not exceed limits.message_size");
+    return 0;
+}
+
+/* A refresh after the expiry would never happen: the answer is gone
+ * first, and the RCPT waits for a probe instead of a background refresh. */
+static int conf_verify_check(struct conf_loader *L, const config_setting_t *s, void *base)
+{
+    const struct conf_verify *v = base;
+    const char *field = NULL;
+    if (v->positive_refresh > v->positive_expire)
+        field = "positive";
+    else if (v->negative_refresh > v->negative_expire)
+        field = "negative";
+    if (field) {
+        char key[32];
+        snprintf(key, sizeof key, "%s_refresh", field);
+        const config_setting_t *m = config_setting_get_member((config_setting_t *)s, key);
+        return conf_fail(L, m ? m : s, "verify.%s_refresh must not exceed verify.%s_expire",
+                         field, field);
+    }
     return 0;
 }
 
@@ -1377,6 +1642,11 @@ struct conf *conf_load(const char *path, char *err, size_t errlen)
         goto out;
     if (conf_hostname_default(&L, c) < 0)
         goto out;
+    /* Our Authentication-Results headers name this host unless told. */
+    if (!c->authserv_id && !(c->authserv_id = strdup(c->hostname))) {
+        conf_fail(&L, NULL, "out of memory");
+        goto out;
+    }
     if (conf_pgsql_refs_check(&L, &cfg, c) < 0)
         goto out;
     ok = 1;
@@ -1458,7 +1728,14 @@ void conf_free(const struct conf *cc)
     free(c->user);
     free(c->group);
     free(c->resolver);
+    free(c->authserv_id);
     free(c->etrn_allow);
+    free(c->allow_clients);
+    for (size_t i = 0; i < c->dnsbl.nzones; i++) {
+        free(c->dnsbl.zones[i].zone);
+        free(c->dnsbl.zones[i].reply);
+    }
+    free(c->dnsbl.zones);
     free(c->tls_certificate);
     free(c->tls_key);
     for (size_t i = 0; i < c->ndomains; i++)

@@ -28,6 +28,9 @@ enum bare_newline { BARE_NL_NORMALIZE = 0, BARE_NL_REJECT = 1 };
 enum verify_mode { VERIFY_OFF = 0, VERIFY_CALLOUT = 1 };
 /* What a verified domain does with an address no probe could answer. */
 enum unverified_policy { UNVERIFIED_ACCEPT = 0, UNVERIFIED_TEMPFAIL = 1 };
+/* When a domain takes mail (heartbeat.h): always, or only while its
+ * primary is not known to be up. */
+enum accept_mode { ACCEPT_ALWAYS = 0, ACCEPT_WHEN_PRIMARY_DOWN = 1 };
 
 /* Outbound TLS policy for one destination. */
 enum tls_policy { TLS_POLICY_NONE = 0, TLS_POLICY_MAY, TLS_POLICY_ENCRYPT, TLS_POLICY_VERIFY };
@@ -56,6 +59,11 @@ struct conf_cidr {
     int bits;
 };
 
+/* Failure notices for a domain's mail (quarantine.h decides): always, or
+ * only to senders that authenticated (SPF pass or a sender DKIM pass);
+ * the rest go to quarantine, so a forged sender gets no backscatter. */
+enum bounce_policy { BOUNCE_ALWAYS = 0, BOUNCE_AUTHENTICATED };
+
 struct conf_domain {
     char *name;                 /* lower case, no trailing dot */
     char *primary;              /* as written, or NULL: MX lookup of name */
@@ -68,12 +76,17 @@ struct conf_domain {
     int recipients_line;        /* its line in the config file, for errors */
     enum verify_mode verify;    /* default off */
     enum unverified_policy unverified;  /* default accept */
+    enum accept_mode accept;    /* default always */
     enum tls_policy tls;        /* default may */
     char *tls_ca;               /* CA file for verify, or NULL (system store) */
     char *tls_fingerprint;      /* "sha256:hex" pin, or NULL */
     int hold;                   /* 1: deliver nothing until released */
+    enum bounce_policy bounce;  /* default always */
     int from_db;                /* 1: added by domains_from, not the file */
     struct conf_milters milters;    /* run after the global ones (smtpd.c) */
+    long max_messages;          /* queued messages before RCPT gets 452 4.2.2; 0 = no quota */
+    long max_bytes;             /* queued body octets before 452 4.2.2; 0 = no quota */
+    int greylist;               /* 1: greylist.h decides after the recipient is valid */
 };
 
 /* Most bound parameters a custom query may use (%s, %u, %d occurrences). */
@@ -128,6 +141,9 @@ struct conf_delivery {
     long bounce_retention;      /* seconds; default 5d */
     long messages_per_connection;
     long mx_port;               /* port for MX-routed destinations (25) */
+    long heartbeat;             /* seconds between checks of a gated primary */
+    long heartbeat_timeout;     /* seconds each heartbeat step may take */
+    long heartbeat_stale;       /* no answer this long: the gate state is stale */
 };
 
 /* The fleet (cluster.h): present when the file has a `cluster` group. */
@@ -156,6 +172,56 @@ struct conf_verify {
     long clients;               /* client addresses tracked for the throttle */
     long map_size;              /* initial LMDB map of the cache, octets */
 };
+/* Per-client limits (ratelimit.h) and the unknown-recipient tarpit: the
+ * `ratelimit` group.  Every count is per `window`; 0 turns a limit off. */
+struct conf_ratelimit {
+    long window;                /* seconds */
+    long connections;           /* per client address */
+    long net_connections;       /* per client network (ipv4_prefix, ipv6_prefix) */
+    long messages;              /* MAIL commands */
+    long net_messages;
+    long recipients;            /* RCPT commands */
+    long net_recipients;
+    long ipv4_prefix;           /* bits of a client network */
+    long ipv6_prefix;
+    long clients;               /* table entries; the least recently seen is evicted */
+    long tarpit_after;          /* 5xx RCPT replies in a session before the tarpit */
+    long tarpit_delay;          /* first delay, seconds; doubles each time */
+    long tarpit_max;            /* bound of one delay, seconds */
+};
+
+/* Greylisting (greylist.h): the `greylist` group. */
+struct conf_greylist {
+    long delay;                 /* a new triplet is refused this long */
+    long retry_window;          /* ... and forgotten if not retried within it */
+    long pass_expire;           /* a passed triplet is remembered this long */
+    long sweep;                 /* expiry sweep period, seconds */
+    long map_size;              /* initial LMDB map, octets */
+};
+
+/* DNSBL/DNSWL (dnsbl.h): the `dnsbl` group.  A zone with a negative
+ * weight is an allow-list (DNSWL). */
+struct conf_dnsbl_zone {
+    char *zone;                 /* lower case, no trailing dot */
+    long weight;
+    char *reply;                /* with at most one %s (the zone), or NULL */
+};
+struct conf_dnsbl {
+    struct conf_dnsbl_zone *zones;
+    size_t nzones;
+    long threshold;             /* sum of weights that blocks */
+    long timeout;               /* seconds the queries may take */
+    long cache_ttl;             /* seconds an answer is reused */
+    long cache_size;            /* client addresses kept */
+};
+
+/* SPF at MAIL (spf.h) and DKIM after the commit (dkim.h). */
+struct conf_auth {
+    long timeout;               /* spf: end of data waits at most this for SPF;
+                                   dkim: DNS time per query try */
+    long threads;               /* worker threads */
+};
+
 struct conf {
     char *path;                 /* the file this was read from */
     char *hostname;
@@ -168,6 +234,9 @@ struct conf {
     char *user;                 /* NULL: do not change user */
     char *group;                /* NULL: user's primary group */
     char *resolver;             /* "ip" or "ip:port", NULL: system */
+    char *authserv_id;          /* RFC 8601 authserv-id; default: hostname */
+    struct conf_auth spf;
+    struct conf_auth dkim;
     struct conf_cidr *etrn_allow;
     size_t netrn_allow;
     char *tls_certificate;      /* absolute, or NULL: no STARTTLS */
@@ -185,11 +254,19 @@ struct conf {
     char *pid_file;             /* absolute, or NULL */
     long lmdb_map_size;         /* initial map size, octets */
     long commit_batch;          /* most messages in one group commit */
+    long quarantine_retention;  /* seconds a quarantined message is kept (14d) */
     struct conf_pgsql *pgsql;
     size_t npgsql;
     char *domains_from;         /* NAME of "pgsql:NAME", or NULL */
+    int domains_unknown;        /* 1: domains_from has not answered since start: a
+                                 * domain not in the file may be the database's */
     struct conf_cluster cluster;
     struct conf_milters milters;    /* global: every transaction */
+    struct conf_ratelimit ratelimit;
+    struct conf_greylist greylist;
+    struct conf_dnsbl dnsbl;
+    struct conf_cidr *allow_clients;    /* exempt from rate limits, greylisting, DNSBL */
+    size_t nallow_clients;
     unsigned long refs;         /* conf.c's own: conf_ref / conf_free */
     const struct conf *parent;  /* conf.c's own: conf_with_domains' base */
 };
@@ -220,8 +297,8 @@ const struct conf_pgsql *conf_pgsql_find(const struct conf *c, const char *name)
  * A new conf (one reference) that is base plus the domains in rows, for
  * domains_from: nrows rows of ncols columns (cols[j] names column j; a
  * row's value may be NULL), columns as in doc/schema.sql's `domains`
- * (name, primary_route, retention, recipients, verify, unverified, tls,
- * hold; unknown columns are ignored).  A domain already in base keeps
+ * (name, primary_route, retention, recipients, verify, unverified, accept,
+ * tls, hold; unknown columns are ignored).  A domain already in base keeps
  * base's settings and is reported through dup_cb (the file wins); a row
  * that fails the file's validation is reported through bad_cb with the
  * reason and skipped.  NULL only when out of memory.

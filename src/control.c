@@ -40,6 +40,7 @@
 #include "stats.h"
 #include "util.h"
 #include "verify.h"
+#include "heartbeat.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -154,6 +155,16 @@ static void dest_info_json(struct evbuffer *b, const struct delivery_dest_info *
                         ",\"bytes\":%" PRIu64 ",\"last_error\":",
                         i->connections, i->concurrency, i->nmsg, i->nbytes);
     json_str(b, i->last_error);
+    /* accept = "when-primary-down": the gate and since when (heartbeat.h). */
+    enum gate_state gs;
+    time_t since;
+    if (i->served && heartbeat_gate_name(i->domain, &gs, &since) == 0) {
+        evbuffer_add_printf(b, ",\"gate\":\"%s\",\"gate_since\":", gate_state_name(gs));
+        if (since != 0)
+            evbuffer_add_printf(b, "%" PRId64, (int64_t)since);
+        else
+            evbuffer_add_printf(b, "null");
+    }
     evbuffer_add_printf(b, "}");
 }
 
@@ -341,6 +352,8 @@ static void cmd_verify(struct ctl_req *r, int argc, char **argv);
 static void cmd_verify_probe(struct ctl_req *r, int argc, char **argv);
 static void cmd_verify_list(struct ctl_req *r, int argc, char **argv);
 static void cmd_verify_forget(struct ctl_req *r, int argc, char **argv);
+static void cmd_quarantine_release(struct ctl_req *r, int argc, char **argv);
+static void cmd_quarantine_delete(struct ctl_req *r, int argc, char **argv);
 
 struct ctl_cmd {
     const char *name;
@@ -363,6 +376,8 @@ static const struct ctl_cmd ctl_cmds[] = {
     { "verify-probe", 1, 1, cmd_verify_probe },
     { "verify-list", 0, 1, cmd_verify_list },
     { "verify-forget", 1, 1, cmd_verify_forget },
+    { "quarantine-release", 2, 2, cmd_quarantine_release },
+    { "quarantine-delete", 1, 1, cmd_quarantine_delete },
 };
 
 #define NELEM(a) (sizeof(a) / sizeof((a)[0]))
@@ -545,6 +560,104 @@ static void cmd_bounce(struct ctl_req *r, int argc, char **argv)
     }
 }
 
+/* quarantine-release QID deliver|notify: back to the queue for the
+ * primary (recipients get a fresh retention from now), or the withheld
+ * failure notice sent (an admin bounce of the released recipients). */
+static void qrelease_notified(void *arg, int err)
+{
+    struct ctl_req *r = arg;
+
+    r->pending--;
+    if (err == 0) {
+        log_info("%s: released from quarantine: notice sent", r->qid);
+        req_reply(r, NULL, "OK released %s: notice sent", r->qid);
+    } else
+        errno_reply(r, err, "release --notify");
+}
+
+static void qrelease_done(void *arg, int err)
+{
+    struct ctl_req *r = arg;
+
+    if (err != 0) {
+        r->pending--;
+        errno_reply(r, err == ENOENT ? ENOENT : err, "release");
+        return;
+    }
+    if (r->failed == 'n') {
+        err = delivery_bounce(r->ctl->dl, r->qid, qrelease_notified, r);
+        if (err != 0) {
+            r->pending--;
+            errno_reply(r, err, "release --notify");
+        }
+        return;
+    }
+    r->pending--;
+    log_info("%s: released from quarantine: back in the queue", r->qid);
+    delivery_queued(r->ctl->dl, r->qid);
+    req_reply(r, NULL, "OK released %s: queued for delivery", r->qid);
+}
+
+static void cmd_quarantine_release(struct ctl_req *r, int argc, char **argv)
+{
+    struct qrcpt rc[64];
+    size_t n = 0;
+    long keep = 0;
+
+    (void)argc;
+    if (arg_qid(argv[1], r->qid) != 0) {
+        req_err(r, EX_USAGE, "not a queue ID");
+        return;
+    }
+    if (strcmp(argv[2], "deliver") != 0 && strcmp(argv[2], "notify") != 0) {
+        req_err(r, EX_USAGE, "release needs deliver or notify");
+        return;
+    }
+    r->failed = argv[2][0];             /* 'd' or 'n': what the completion does */
+    /* A fresh retention (the longest of its domains'), so a released
+     * message is not expired straight back into quarantine. */
+    if (spool_rcpt_list(r->ctl->spool, r->qid, rc, sizeof rc / sizeof rc[0], &n) == 0)
+        for (size_t i = 0; i < n; i++) {
+            const struct conf_domain *d = conf_domain_find(r->ctl->conf, rc[i].domain);
+            if (d && d->retention > keep)
+                keep = d->retention;
+        }
+    if (keep == 0)
+        keep = 7 * 86400L;
+    r->pending++;
+    if (spool_release(r->ctl->spool, r->qid, (int64_t)time(NULL) + keep, qrelease_done, r) ==
+        NULL) {
+        r->pending--;
+        errno_reply(r, errno ? errno : EIO, "release");
+    }
+}
+
+static void qdelete_done(void *arg, int err)
+{
+    struct ctl_req *r = arg;
+
+    r->pending--;
+    if (err == 0) {
+        log_info("%s: removed from quarantine by the administrator", r->qid);
+        req_reply(r, NULL, "OK deleted %s", r->qid);
+    } else
+        errno_reply(r, err, "delete");
+}
+
+static void cmd_quarantine_delete(struct ctl_req *r, int argc, char **argv)
+{
+    (void)argc;
+    if (arg_qid(argv[1], r->qid) != 0) {
+        req_err(r, EX_USAGE, "not a queue ID");
+        return;
+    }
+    r->pending++;
+    if (spool_quarantine_delete(r->ctl->spool, r->qid, qdelete_done, r) == NULL) {
+        r->pending--;
+        errno_reply(r, errno ? errno : EIO, "delete");
+    }
+}
+
 /*
  * delete-domain walks by_dest a page at a time and deletes the page; the
  * next page starts after the last QID seen, so messages that stay (busy
@@ -674,6 +787,7 @@ static void cmd_stats(struct ctl_req *r, int argc, char **argv)
     size_t in = 0, out = 0;
     int64_t up = (int64_t)time(NULL) - stats_started();
     long nmsg = spool_msg_count(ctl->spool);
+    long nheld = spool_held_count(ctl->spool);
     int s;
 
     if (b == NULL) {
@@ -686,8 +800,9 @@ static void cmd_stats(struct ctl_req *r, int argc, char **argv)
     for (s = 0; s < STAT_COUNT_; s++)
         evbuffer_add_printf(b, "\"%s\":%" PRIu64 ",", stats_name(s), stats_get(s));
     evbuffer_add_printf(b, "\"in_sessions\":%zu,\"out_connections\":%zu,"
-                           "\"uptime_seconds\":%" PRId64 ",\"queue_messages\":%ld}\n",
-                        in, out, up < 0 ? 0 : up, nmsg < 0 ? 0 : nmsg);
+                           "\"uptime_seconds\":%" PRId64 ",\"queue_messages\":%ld,"
+                           "\"quarantine_messages\":%ld}\n",
+                        in, out, up < 0 ? 0 : up, nmsg < 0 ? 0 : nmsg, nheld < 0 ? 0 : nheld);
     req_reply(r, b, "OK");
     evbuffer_free(b);
 }
@@ -839,7 +954,15 @@ static void cmd_verify_probe(struct ctl_req *r, int argc, char **argv)
     r->pending++;
     if (verify_probe(argv[1], verify_probe_done, r, err, sizeof err) == NULL) {
         r->pending--;
-        req_err(r, EX_UNAVAILABLE, "%s", err);
+        /* The operator's mistakes get the codes mxkeepctl(8) gives them
+         * everywhere (64 malformed, 67 unknown domain), not 69, which
+         * says the daemon is not there. */
+        int code = EX_UNAVAILABLE;
+        if (strcmp(err, "not an address") == 0)
+            code = EX_USAGE;
+        else if (strcmp(err, "not a served domain") == 0)
+            code = EX_NOUSER;
+        req_err(r, code, "%s", err);
     }
 }
 

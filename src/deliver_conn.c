@@ -25,6 +25,7 @@
 #include "delivery.h"
 #include "bounce.h"
 #include "dns.h"
+#include "heartbeat.h"
 #include "log.h"
 #include "qid.h"
 #include "queue_db.h"
@@ -231,6 +232,8 @@ static void conn_on_closed(void *arg, struct smtpc *c, enum smtpc_end how, enum 
         return;
     switch (how) {
     case SMTPC_END_OK:
+        /* A session that ended well is a heartbeat answer "up". */
+        heartbeat_note(d->name, 1);
         break;
     case SMTPC_END_TLS_RETRY:
         log_info("destination %s: TLS failed (%s); next connections in clear", d->name, why);
@@ -257,6 +260,8 @@ static void conn_on_closed(void *arg, struct smtpc *c, enum smtpc_end how, enum 
     case SMTPC_END_GREETING:
     case SMTPC_END_TLS:
         stats_inc(STAT_CONN_OUT_FAILED);
+        if (how == SMTPC_END_CONNECT)
+            heartbeat_note(d->name, 0);     /* a failed heartbeat */
         /* Refused before the greeting while the primary works: fewer,
          * spaced connections rather than "down" (dest_refused). */
         refused = stage <= SMTPC_STAGE_GREETING && dest_refused(d, why);

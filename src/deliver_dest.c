@@ -24,6 +24,7 @@
 #include "config.h"
 #include "deliver_int.h"
 #include "delivery.h"
+#include "authres.h"
 #include "bounce.h"
 #include "dns.h"
 #include "log.h"
@@ -391,6 +392,63 @@ int dest_redo_add(struct dest *d, const char *qid)
     return 0;
 }
 
+/* Room past limits.header_size for the header section of a stored
+ * message: our own Received header, and what normalizing added. */
+#define DELIVER_HEADER_SLACK (64 * 1024)
+
+/*
+ * The message as the primary gets it: our one Authentication-Results
+ * header (RFC 8601) on top, with the SPF/DKIM results of the record, and
+ * every earlier one claiming our authserv-id removed (RFC 8601 section 5:
+ * a forgery, or a copy from a loop; the primary trusts our id).  Works on
+ * the header section only (the stored body is never touched), so both the
+ * BDAT and the DATA writer of smtpc.c send it.  0, or -1 out of memory.
+ */
+static int job_authres(const struct delivery *s, struct job *j)
+{
+    const struct conf *c = s->conf;
+    struct evbuffer *b = j->body;
+    size_t len = evbuffer_get_length(b), bound = (size_t)c->limits.header_size + DELIVER_HEADER_SLACK;
+    size_t hlen = len < bound ? len : bound;
+    struct evbuffer_ptr end;
+    char ar[AUTHRES_HEADER_MAX];
+    int arlen, removed = 0;
+
+    evbuffer_ptr_set(b, &end, hlen, EVBUFFER_PTR_SET);
+    struct evbuffer_ptr hit = evbuffer_search_range(b, "\r\n\r\n", 4, NULL, &end);
+    if (hit.pos >= 0)
+        hlen = (size_t)hit.pos + 2;     /* the blank line stays with the body */
+    char *in = malloc(hlen + 1), *out = malloc(hlen + 1);
+    if (in == NULL || out == NULL) {
+        free(in);
+        free(out);
+        return -1;
+    }
+    if (evbuffer_copyout(b, in, hlen) != (ev_ssize_t)hlen) {
+        free(in);
+        free(out);
+        return -1;
+    }
+    if (hit.pos < 0 && hlen < len) {
+        /* no end of header within the bound (data.c refuses such headers):
+         * filter whole lines only */
+        while (hlen > 0 && in[hlen - 1] != '\n')
+            hlen--;
+    }
+    size_t n = authres_filter(in, hlen, c->authserv_id, out, &removed);
+    if (removed > 0)
+        log_info("%s: removed %d earlier Authentication-Results header%s claiming %s",
+                 j->m.qid, removed, removed == 1 ? "" : "s", c->authserv_id);
+    arlen = authres_format(c->authserv_id, j->m.auth_results, ar, sizeof ar);
+    int rc = 0;
+    if (evbuffer_drain(b, hlen) != 0 || evbuffer_prepend(b, out, n) != 0 ||
+        (arlen > 0 && evbuffer_prepend(b, ar, (size_t)arlen) != 0))
+        rc = -1;
+    free(in);
+    free(out);
+    return rc;
+}
+
 /* Load qid into a new job for d: its pending recipients here, at most
  * rcpt_limit of them.  NULL with *fatal 0 when there is nothing to send
  * (skip it), with *fatal 1 on out of memory. */
@@ -404,6 +462,12 @@ static struct job *job_load(struct dest *d, const char *qid, int *fatal)
     *fatal = 0;
     if (j == NULL) {
         *fatal = 1;
+        return NULL;
+    }
+    /* Still being verified (DKIM): its verifier schedules it when the
+     * result is in the record, so the primary's A-R header carries it. */
+    if (s->busy && s->busy(s->busy_arg, qid)) {
+        free(j);
         return NULL;
     }
     j->s = s;
@@ -441,6 +505,11 @@ static struct job *job_load(struct dest *d, const char *qid, int *fatal)
     if (spool_body_read(s->spool, &j->m, j->body) != 0) {
         log_warn("%s: body unreadable (%s); skipped", qid, strerror(errno));
         job_free(j);
+        return NULL;
+    }
+    if (job_authres(s, j) != 0) {
+        job_free(j);
+        *fatal = 1;
         return NULL;
     }
     if (dest_inflight_add(d, qid) != 0) {

@@ -18,6 +18,7 @@
 #include "dns.h"
 #include "log.h"
 #include "qid.h"
+#include "quarantine.h"
 #include "queue_db.h"
 #include "smtpc.h"
 #include "stats.h"
@@ -49,6 +50,7 @@ struct expire_job {
     int64_t next_due;
     int nbounce;
     size_t nlate;               /* expired here but settled in the spool */
+    int purge;                  /* a quarantine whose retention ran out */
 };
 
 /* Writer thread.  Only the recipients this job expired are written, and
@@ -61,12 +63,14 @@ static int expire_commit_fn(struct qdb_txn *t, void *arg)
     int r = qdb_due_del(t, e->due, e->m.qid);
     if (r != 0 && r != QDB_NOTFOUND)
         return r;
+    if (e->purge)
+        return qdb_msg_unhold_delete(t, e->m.qid);
     if (e->next_due && (r = qdb_due_put(t, e->next_due, e->m.qid)) != 0)
         return r;
     e->nlate = 0;
     for (size_t i = 0; i < e->nrcpt; i++) {
         struct qrcpt cur;
-        if (e->rcpt[i].state != QRCPT_EXPIRED)
+        if (e->rcpt[i].state != QRCPT_EXPIRED && e->rcpt[i].state != QRCPT_QUARANTINED)
             continue;
         r = qdb_rcpt_get(t, e->m.qid, e->rcpt[i].index, &cur);
         if (r == QDB_NOTFOUND || (r == 0 && cur.state != QRCPT_PENDING)) {
@@ -76,6 +80,8 @@ static int expire_commit_fn(struct qdb_txn *t, void *arg)
         if (r != 0 || (r = qdb_rcpt_update(t, e->m.qid, &e->rcpt[i])) != 0)
             return r;
     }
+    if ((r = outcome_hold(t, &e->m, e->rcpt, e->nrcpt)) != 0)
+        return r;
     return qdb_msg_settle(t, e->m.qid);
 }
 
@@ -108,10 +114,22 @@ static void expire_end(struct expire_job *e)
 static void expire_committed(void *arg, int err)
 {
     struct expire_job *e = arg;
-    if (err)
+    if (err && !(e->purge && err == ENOENT))
         log_warn("%s: expiry not saved: %s", e->m.qid, strerror(err));
-    else
+    else if (e->purge) {
+        char span[32];
+        quarantine_span(span, sizeof span, e->m.quarantine_until - e->m.quarantined);
+        if (err == 0)
+            log_info("%s: removed from quarantine after %s: %s", e->m.qid, span,
+                     e->m.quarantine_reason);
         outcome_written(e->s, &e->m);
+    } else {
+        outcome_written(e->s, &e->m);
+        if (outcome_held(e->rcpt, e->nrcpt)) {
+            log_info("%s: quarantined: %s", e->m.qid, e->m.quarantine_reason);
+            stats_inc(STAT_QUARANTINED_EXPIRED);
+        }
+    }
     /* msg_owner makes this impossible; if it happens anyway, the spool
      * kept the other outcome and this says so once. */
     if (err == 0 && e->nlate)
@@ -129,7 +147,7 @@ static void expire_notice_done(void *arg, int err)
         log_warn("%s: expiry notice not queued (%s); trying again later", e->m.qid,
                  strerror(err));
         for (size_t i = 0; i < e->nrcpt; i++)
-            if (e->rcpt[i].state == QRCPT_EXPIRED)
+            if (e->rcpt[i].state == QRCPT_EXPIRED || e->rcpt[i].state == QRCPT_QUARANTINED)
                 e->rcpt[i].state = QRCPT_PENDING;
         e->next_due = (int64_t)time(NULL) + e->s->conf->delivery.probe_min;
     }
@@ -171,8 +189,17 @@ void delivery_on_expire(evutil_socket_t fd, short what, void *arg)
         expire_notice_done(e, 0);
         return;
     }
+    if ((e->m.flags & QMSG_F_QUARANTINE) && e->m.quarantine_until &&
+        e->m.quarantine_until <= (int64_t)now) {
+        /* Its time in quarantine is over: quarantine.h's retention. */
+        e->purge = 1;
+        e->nbounce = 1;
+        expire_notice_done(e, 0);
+        return;
+    }
     struct bounce_rcpt *br = calloc(e->nrcpt ? e->nrcpt : 1, sizeof *br);
     char (*diag)[600] = calloc(e->nrcpt ? e->nrcpt : 1, sizeof *diag);
+    char why[200];
     size_t nb = 0;
     if (br == NULL || diag == NULL) {
         /* Out of memory: leave the entry due and look again shortly. */
@@ -202,10 +229,27 @@ void delivery_on_expire(evutil_socket_t fd, short what, void *arg)
         }
         r->state = QRCPT_EXPIRED;
         stats_inc(STAT_EXPIRED);
-        log_info("%s: to=<%s>, relay=none, delay=%lld, dsn=4.4.7, status=expired (%s)", qid,
+        int wanted = bounce_wanted(&e->m, r, BOUNCE_FAILED);
+        if (wanted && !quarantine_notice_allowed(conf_domain_find(s->conf, r->domain), &e->m,
+                                                 why, sizeof why)) {
+            /* No backscatter: hold it instead of telling a forged sender. */
+            r->state = QRCPT_QUARANTINED;
+            wanted = 0;
+            if (!e->m.quarantine_reason[0]) {
+                char last[600];
+                snprintf(last, sizeof last, "message kept too long: %s",
+                         r->last_reply[0] ? r->last_reply : "primary unreachable");
+                quarantine_reason(e->m.quarantine_reason, sizeof e->m.quarantine_reason, why,
+                                  last);
+                e->m.quarantined = (int64_t)now;
+                e->m.quarantine_until = (int64_t)now + s->conf->quarantine_retention;
+            }
+        }
+        log_info("%s: to=<%s>, relay=none, delay=%lld, dsn=4.4.7, status=%s (%s)", qid,
                  r->addr, (long long)(now - e->m.arrival),
+                 r->state == QRCPT_QUARANTINED ? "quarantined" : "expired",
                  r->last_reply[0] ? r->last_reply : "retention period ran out");
-        if (bounce_wanted(&e->m, r, BOUNCE_FAILED)) {
+        if (wanted) {
             snprintf(diag[nb], sizeof diag[nb], "X-mxkeep; message kept too long: %s",
                      r->last_reply[0] ? r->last_reply : "primary unreachable");
             br[nb].r = r;

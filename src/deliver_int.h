@@ -137,6 +137,8 @@ struct delivery {
                                    every alias and listen address */
     delivery_fleet_fn fleet;    /* ETRN's fleet part (cluster.c), or NULL */
     void *fleet_arg;
+    delivery_busy_fn busy;      /* a message not ready yet (dkim.c), or NULL */
+    void *busy_arg;
 };
 
 /* ------------------------------------------------------------------ */
@@ -210,6 +212,11 @@ void dest_on_route(void *arg, const struct dns_route *r);
  * expiry and mxkeepctl bounce: the only writer of recipient outcomes,
  * called only by the owner msg_owner() names. */
 int outcome_write(struct qdb_txn *t, const char *qid, const struct qrcpt *r, size_t n);
+/* Recipients an outcome set QRCPT_QUARANTINED (the failure notice withheld,
+ * quarantine.h): outcome_held tells, outcome_hold (writer thread, after
+ * outcome_write) marks the message with m's quarantine reason and times. */
+int outcome_held(const struct qrcpt *r, size_t n);
+int outcome_hold(struct qdb_txn *t, const struct qmsg *m, const struct qrcpt *r, size_t n);
 /* Loop thread, after outcome_write committed. */
 void outcome_written(struct delivery *s, const struct qmsg *m);
 /* A notice (failure, expiry, relayed) about some recipients of m, queued

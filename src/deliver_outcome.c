@@ -25,6 +25,7 @@
 #include "dns.h"
 #include "log.h"
 #include "qid.h"
+#include "quarantine.h"
 #include "queue_db.h"
 #include "smtpc.h"
 #include "stats.h"
@@ -80,10 +81,29 @@ void outcome_written(struct delivery *s, const struct qmsg *m)
         spool_body_unlink_if_gone(s->spool, m->qid);
 }
 
+/* Did the outcome put a recipient in quarantine (the notice withheld)? */
+int outcome_held(const struct qrcpt *r, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (r[i].state == QRCPT_QUARANTINED)
+            return 1;
+    return 0;
+}
+
+/* Writer thread: the quarantine mark for recipients an outcome held
+ * (m carries the reason and times the loop decided). */
+int outcome_hold(struct qdb_txn *t, const struct qmsg *m, const struct qrcpt *r, size_t n)
+{
+    if (!outcome_held(r, n))
+        return 0;
+    return qdb_msg_hold(t, m->qid, m->quarantine_reason, m->quarantined, m->quarantine_until, 0);
+}
+
 static int job_commit_fn(struct qdb_txn *t, void *arg)
 {
     struct job *j = arg;
-    return outcome_write(t, j->m.qid, j->rcpt, j->nrcpt);
+    int rc = outcome_write(t, j->m.qid, j->rcpt, j->nrcpt);
+    return rc ? rc : outcome_hold(t, &j->m, j->rcpt, j->nrcpt);
 }
 
 static void job_committed(void *arg, int err)
@@ -96,8 +116,13 @@ static void job_committed(void *arg, int err)
          * timer, as for a 4xx, instead of leaving the message to wait for
          * new mail or an ETRN. */
         d->pass_deferred = 1;
-    } else
+    } else {
         outcome_written(j->s, &j->m);
+        if (outcome_held(j->rcpt, j->nrcpt)) {
+            log_info("%s: quarantined: %s", j->m.qid, j->m.quarantine_reason);
+            stats_inc(STAT_QUARANTINED_BOUNCED);
+        }
+    }
     dest_inflight_del(d, j->m.qid);
     if (err == 0 && j->redo && dest_redo_add(d, j->m.qid) == 0) {
         /* Recipients the primary's limit left over go out now, in a
@@ -271,6 +296,7 @@ int job_outcome(struct job *j, size_t lim)
     char (*diag)[600] = calloc(j->nrcpt, sizeof *diag);
     char (*dsns)[16] = calloc(j->nrcpt, sizeof *dsns);
     size_t nb = 0, nrel = 0;
+    char why[200];
     int any4 = 0, oom = br == NULL || rel == NULL || diag == NULL || dsns == NULL;
 
     for (size_t i = 0; i < j->nrcpt; i++) {
@@ -294,6 +320,21 @@ int job_outcome(struct job *j, size_t lim)
                 rel[nrel].remote_mta = j->peer;
                 rel[nrel].diagnostic = NULL;
                 nrel++;
+            }
+        } else if (code >= 500 && !oom && bounce_wanted(&j->m, r, BOUNCE_FAILED) &&
+                   !quarantine_notice_allowed(conf_domain_find(j->s->conf, r->domain), &j->m,
+                                              why, sizeof why)) {
+            /* No backscatter: the notice would go to a sender nobody
+             * vouched for; the message waits in quarantine instead. */
+            r->state = QRCPT_QUARANTINED;
+            status = "quarantined";
+            stats_inc(STAT_BOUNCED);
+            if (!j->m.quarantine_reason[0]) {
+                char said[600];
+                snprintf(said, sizeof said, "primary said %s", j->text[i]);
+                quarantine_reason(j->m.quarantine_reason, sizeof j->m.quarantine_reason, why, said);
+                j->m.quarantined = (int64_t)now;
+                j->m.quarantine_until = (int64_t)now + j->s->conf->quarantine_retention;
             }
         } else if (code >= 500 && !oom) {
             r->state = QRCPT_BOUNCED;

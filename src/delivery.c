@@ -197,8 +197,8 @@ long delivery_flush(struct delivery *s, const char *domain, struct delivery_dest
  * wait.  Held nodes among others are named in the 25x text by count.
  * doms may include held domains: whether a domain is held is the
  * scheduler's to say (config hold or mxkeepctl hold), not the policy's.
- * In a fleet (delivery_set_fleet) the count started is the fleet's: ours
- * plus the other nodes' last reported backlog, each told to flush.
+ * In a fleet (delivery_set_fleet) both counts are the fleet's: ours plus
+ * the other nodes' last reported backlog (each told to flush for 253).
  */
 #define ETRN_HELD_NOTE_SIZE 128    /* " (N held domains: M messages waiting)" */
 
@@ -215,10 +215,13 @@ void delivery_etrn(void *arg, const char *node, const struct conf_domain **doms,
         if (delivery_flush(s, doms[i]->name, &info) < 0) {
             held++;
             waiting_held += info.nmsg;
+            /* Held everywhere: the 458 counts the fleet's mail, as 253 does. */
+            if (s->fleet != NULL)
+                waiting_held += s->fleet(s->fleet_arg, doms[i]->name, 0);
         } else {
             started += info.nmsg;
             if (s->fleet != NULL)
-                started += s->fleet(s->fleet_arg, doms[i]->name);
+                started += s->fleet(s->fleet_arg, doms[i]->name, 1);
         }
     }
     if (n > 0 && held == n) {
@@ -236,6 +239,12 @@ void delivery_etrn(void *arg, const char *node, const struct conf_domain **doms,
                  started, started == 1 ? "" : "s", node, extra);
     else
         snprintf(buf, len, "251 2.0.0 OK, no messages waiting for node %s%s", node, extra);
+}
+
+void delivery_set_busy(struct delivery *s, delivery_busy_fn fn, void *arg)
+{
+    s->busy = fn;
+    s->busy_arg = arg;
 }
 
 void delivery_set_fleet(struct delivery *s, delivery_fleet_fn fn, void *arg)

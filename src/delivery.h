@@ -39,11 +39,17 @@ void delivery_start(struct delivery *s);
 /* smtpd hooks (smtpd_etrn_fn / smtpd_queued_fn); arg is the sched. */
 void delivery_etrn(void *arg, const char *node, const struct conf_domain **doms, size_t n,
                 char *buf, size_t len);
-/* The fleet's part of an ETRN (cluster.c): for each covered domain that
- * is not held, fn publishes the flush to the other nodes and returns
- * their last known backlog, which the 253 count includes.  NULL: none. */
-typedef uint64_t (*delivery_fleet_fn)(void *arg, const char *domain);
+/* The fleet's part of an ETRN (cluster.c): fn returns the other nodes'
+ * last known backlog of domain, which the 253 (and 458) count includes;
+ * with flush 1 (a covered domain that is not held) it first publishes the
+ * flush to them.  NULL: no fleet. */
+typedef uint64_t (*delivery_fleet_fn)(void *arg, const char *domain, int flush);
 void delivery_set_fleet(struct delivery *s, delivery_fleet_fn fn, void *arg);
+/* A message whose results are still being recorded (DKIM after the
+ * commit): not picked until then; its owner calls delivery_queued() when
+ * it is ready.  fn(arg, qid) returns nonzero for such a message. */
+typedef int (*delivery_busy_fn)(void *arg, const char *qid);
+void delivery_set_busy(struct delivery *s, delivery_busy_fn fn, void *arg);
 /* A message is durable: schedule it (every destination it waits for),
  * enter its delay warning, arm the expiry.  Commit completion owns
  * "queued": this is called from the completion of the commit that made

@@ -165,6 +165,20 @@ struct dns_ptr_req {
     struct dns_ptr_name names[DNS_PTR_MAX_NAMES];
 };
 
+/* A dns_lookup() question; same lifetime as dns_ptr_req: linked in
+ * d->lookups until freed, kept (fn cleared) while c-ares still holds it. */
+struct dns_lookup_req {
+    struct dns *d;
+    struct dns_lookup_req *prev, *next;
+    dns_lookup_fn fn;             /* NULL once cancelled */
+    void *arg;
+    int pending;
+    int in_cb;
+    enum dns_qtype type;
+    struct event *done_ev;
+    struct dns_lookup_answer ans;
+};
+
 struct dns {
     struct event_base *base;
     ares_channel ch;
@@ -175,6 +189,7 @@ struct dns {
     struct dns_sock *socks;
     struct dns_req *reqs;
     struct dns_ptr_req *ptrs;
+    struct dns_lookup_req *lookups;
 };
 
 static void dns_req_resolve(struct dns_req *r);
@@ -1143,6 +1158,124 @@ void dns_ptr_cancel(struct dns_ptr_req *r)
     }
 }
 
+/* ---------- dns_lookup: one A or TXT question ---------- */
+
+static void dns_lookup_unlink(struct dns_lookup_req *r)
+{
+    if (r->prev)
+        r->prev->next = r->next;
+    else if (r->d->lookups == r)
+        r->d->lookups = r->next;
+    if (r->next)
+        r->next->prev = r->prev;
+    r->prev = r->next = NULL;
+}
+
+static void dns_lookup_free(struct dns_lookup_req *r)
+{
+    if (!r)
+        return;
+    if (r->done_ev)
+        event_free(r->done_ev);
+    free(r);
+}
+
+static void dns_lookup_done_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct dns_lookup_req *r = arg;
+    (void)fd;
+    (void)what;
+    dns_lookup_unlink(r);
+    r->in_cb = 1;
+    r->fn(r->arg, &r->ans);
+    dns_lookup_free(r);
+}
+
+static void dns_on_lookup(void *arg, int status, int timeouts, unsigned char *abuf, int alen)
+{
+    struct dns_lookup_req *r = arg;
+    (void)timeouts;
+
+    if (status == ARES_EDESTRUCTION || status == ARES_ECANCELLED || r->d->dying)
+        return;
+    r->pending = 0;
+    if (!r->fn) {
+        dns_lookup_unlink(r);
+        dns_lookup_free(r);
+        return;
+    }
+    r->ans.status = DNS_TEMP;
+    if (status == ARES_ENOTFOUND || status == ARES_ENODATA) {
+        r->ans.status = DNS_PERM;
+    } else if (status == ARES_SUCCESS && r->ans.na == 0 && r->ans.txt[0] == '\0') {
+        struct ares_addrttl at[DNS_LOOKUP_MAX_A];
+        int nat = DNS_LOOKUP_MAX_A;
+        struct ares_txt_ext *txt = NULL;
+        if (r->type == DNS_QTYPE_A && abuf != NULL &&
+            ares_parse_a_reply(abuf, alen, NULL, at, &nat) == ARES_SUCCESS) {
+            for (int i = 0; i < nat && r->ans.na < DNS_LOOKUP_MAX_A; i++)
+                memcpy(r->ans.a[r->ans.na++], &at[i].ipaddr, 4);
+            r->ans.status = r->ans.na ? DNS_OK : DNS_PERM;
+        } else if (r->type == DNS_QTYPE_TXT && abuf != NULL &&
+                   ares_parse_txt_reply_ext(abuf, alen, &txt) == ARES_SUCCESS) {
+            size_t off = 0;
+            /* the first record only: its strings joined (RFC 7208 3.3) */
+            for (struct ares_txt_ext *t = txt; t; t = t->next) {
+                if (t != txt && t->record_start)
+                    break;
+                for (size_t i = 0; i < t->length && off + 1 < sizeof r->ans.txt; i++) {
+                    unsigned char ch = t->txt[i];
+                    r->ans.txt[off++] = (ch < ' ' || ch >= 0x7f) ? '?' : (char)ch;
+                }
+            }
+            r->ans.txt[off] = '\0';
+            ares_free_data(txt);
+            r->ans.status = DNS_OK;
+        } else {
+            r->ans.status = DNS_PERM;   /* an answer, but not of the type asked */
+        }
+    }
+    event_active(r->done_ev, EV_TIMEOUT, 1);
+}
+
+struct dns_lookup_req *dns_lookup(struct dns *d, const char *name, enum dns_qtype type,
+                                  dns_lookup_fn fn, void *arg)
+{
+    struct dns_lookup_req *r;
+
+    if (!d || !name || !fn)
+        log_panic("dns_lookup: called without resolver, name or callback");
+    if (!(r = calloc(1, sizeof *r)))
+        return NULL;
+    r->d = d;
+    r->fn = fn;
+    r->arg = arg;
+    if (!(r->done_ev = event_new(d->base, -1, 0, dns_lookup_done_cb, r))) {
+        dns_lookup_free(r);
+        return NULL;
+    }
+    r->next = d->lookups;
+    if (d->lookups)
+        d->lookups->prev = r;
+    d->lookups = r;
+    r->pending = 1;
+    r->type = type;
+    ares_query(d->ch, name, C_IN, (int)type, dns_on_lookup, r);
+    dns_timer_update(d);
+    return r;
+}
+
+void dns_lookup_cancel(struct dns_lookup_req *r)
+{
+    if (!r || r->in_cb)
+        return;
+    r->fn = NULL;
+    if (r->pending == 0) {
+        dns_lookup_unlink(r);
+        dns_lookup_free(r);
+    }
+}
+
 /* ---------- lifetime ---------- */
 
 struct dns *dns_new(struct event_base *base, const char *resolver, char *err, size_t errlen)
@@ -1224,6 +1357,11 @@ void dns_free(struct dns *d)
         struct dns_ptr_req *r = d->ptrs;
         dns_ptr_unlink(r);
         dns_ptr_free(r);
+    }
+    while (d->lookups) {
+        struct dns_lookup_req *r = d->lookups;
+        dns_lookup_unlink(r);
+        dns_lookup_free(r);
     }
     if (d->timer)
         event_free(d->timer);

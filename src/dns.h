@@ -105,4 +105,31 @@ struct dns_ptr_req *dns_ptr(struct dns *d, const struct sockaddr *sa, dns_ptr_fn
 /* Accepts NULL. */
 void dns_ptr_cancel(struct dns_ptr_req *h);
 
+/*
+ * dns_lookup() asks one question (DNS_QTYPE_A or DNS_QTYPE_TXT) for the
+ * DNSBL checks (dnsbl.h).  The answer: status DNS_OK with up to
+ * DNS_LOOKUP_MAX_A IPv4 addresses (network order) or the first TXT
+ * record's text (its strings joined, control octets replaced, cut to
+ * DNS_LOOKUP_TXT_MAX - 1), DNS_PERM for NXDOMAIN or no such record,
+ * DNS_TEMP for every failure (timeout, SERVFAIL, refused).  Same lifetime
+ * rules as dns_ptr: the callback runs from the loop, never from inside
+ * dns_lookup(), and never after dns_lookup_cancel().
+ */
+#define DNS_LOOKUP_MAX_A 8
+#define DNS_LOOKUP_TXT_MAX 256
+enum dns_qtype { DNS_QTYPE_A = 1, DNS_QTYPE_TXT = 16 };     /* RFC 1035 3.2.2 TYPE values */
+struct dns_lookup_answer {
+    enum dns_status status;
+    size_t na;
+    unsigned char a[DNS_LOOKUP_MAX_A][4];
+    char txt[DNS_LOOKUP_TXT_MAX];
+};
+struct dns_lookup_req;
+typedef void (*dns_lookup_fn)(void *arg, const struct dns_lookup_answer *ans);
+/* NULL when out of memory (fn is not called). */
+struct dns_lookup_req *dns_lookup(struct dns *d, const char *name, enum dns_qtype type,
+                                  dns_lookup_fn fn, void *arg);
+/* Accepts NULL. */
+void dns_lookup_cancel(struct dns_lookup_req *r);
+
 #endif

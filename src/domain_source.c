@@ -197,7 +197,8 @@ static void ds_on_result(void *arg, const PGresult *res)
     if (!res) {
         if (!ds->have_rows && !ds->waiting_logged) {
             log_warn("domains_from pgsql:%s: no answer from the database; serving the "
-                     "file's %zu domains until it answers", ds->pgname, ds->conf->ndomains);
+                     "file's %zu domains until it answers (other domains get 451 4.3.0)",
+                     ds->pgname, ds->conf->ndomains);
             ds->waiting_logged = 1;
         }
         ds->again = 0;                  /* the next connect reads again */
@@ -332,6 +333,10 @@ struct conf *domain_source_configure(struct domain_source *ds, const struct conf
         event_add(ds->ev_reread, &tv);
     }
     nc = ds_compose(ds, 1);
+    /* Until the database has answered once, a domain missing from this
+     * set may be one of its own: policy answers it 451, not 550. */
+    if (nc)
+        nc->domains_unknown = !ds->have_rows;
     /* Now, or when the connection comes up (queued meanwhile). */
     ds_read(ds);
     return nc;

@@ -34,9 +34,12 @@
 #include "pg.h"
 #include "policy.h"
 #include "smtpd.h"
+#include "spf.h"
+#include "dkim.h"
 #include "spool.h"
 #include "tls.h"
 #include "verify.h"
+#include "heartbeat.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -72,6 +75,8 @@ struct daemon {
     struct spool *spool;
     struct smtpd *smtpd;
     struct dns *dns;
+    struct spf_pool *spf;
+    struct dkim_pool *dkim;
     struct delivery *delivery;
     struct control *control;
     struct metrics *metrics;
@@ -154,6 +159,8 @@ static void main_apply(struct daemon *dm, struct conf *nc, struct policy *np)
     metrics_set_conf(dm->metrics, nc);
     if (verify_reload(nc) != 0)
         log_warn("reload: verify: out of memory; callouts keep the previous settings");
+    if (heartbeat_reload(nc) != 0)
+        log_warn("reload: heartbeat: out of memory; gated primaries may be missing");
     /* Drop our references only: whoever still holds the old policy or
      * conf (the scheduler, a policy, a connection's SSL_CTX) keeps it. */
     policy_free(dm->policy);
@@ -526,14 +533,28 @@ int main(int argc, char **argv)
     if (dm.dns == NULL)
         log_fatal(EX_CONFIG_CODE, "%s: resolver: %s", dm.conf->path, err);
     smtpd_set_dns(dm.smtpd, dm.dns);
+    /* Worker threads: after daemonize's fork, like the spool's writer. */
+    dm.spf = spf_pool_new(dm.base, dm.conf, err, sizeof err);
+    if (dm.spf == NULL)
+        log_fatal(EX_OSERR_CODE, "%s", err);
+    smtpd_set_spf(dm.smtpd, dm.spf);
+    dm.dkim = dkim_pool_new(dm.base, dm.spool, dm.conf, err, sizeof err);
+    if (dm.dkim == NULL)
+        log_fatal(EX_OSERR_CODE, "%s", err);
+    smtpd_set_dkim(dm.smtpd, dm.dkim);
     /* The callout cache lives beside the spool index, in its own
      * environment; probes resolve primaries through the same dns. */
     if (verify_init(dm.base, dm.dns, dm.conf, err, sizeof err) != 0)
         log_fatal(EX_OSERR_CODE, "verify: %s", err);
+    /* Gated domains (accept = "when-primary-down"): their primaries'
+     * heartbeat, through the same dns. */
+    if (heartbeat_init(dm.base, dm.dns, dm.conf, err, sizeof err) != 0)
+        log_fatal(EX_OSERR_CODE, "heartbeat: %s", err);
     dm.delivery = delivery_new(dm.base, dm.spool, dm.dns, err, sizeof err);
     if (dm.delivery == NULL || delivery_configure(dm.delivery, dm.conf, err, sizeof err) != 0)
         log_fatal(EX_OSERR_CODE, "delivery: %s", err);
     smtpd_set_hooks(dm.smtpd, delivery_etrn, delivery_queued, dm.delivery);
+    delivery_set_busy(dm.delivery, dkim_busy, dm.dkim);
     /* Before delivery_start: the fleet's holds are read first. */
     dm.cluster = cluster_new(dm.base, dm.conf, dm.delivery, dm.spool, err, sizeof err);
     if (dm.cluster == NULL && err[0] != '\0')
@@ -568,11 +589,14 @@ int main(int argc, char **argv)
     domain_source_free(dm.domains);
     metrics_free(dm.metrics);
     smtpd_free(dm.smtpd);
+    spf_pool_free(dm.spf);              /* after the sessions that used it */
+    dkim_pool_free(dm.dkim);            /* before the spool it reads */
     control_set_cluster(dm.control, NULL);
     delivery_set_fleet(dm.delivery, NULL, NULL);
     delivery_free(dm.delivery);
     /* verify first: it cancels its shared lookups through the cluster. */
     verify_shutdown();
+    heartbeat_shutdown();
     cluster_free(dm.cluster);
     dns_free(dm.dns);
     listen_free(dm.lst);

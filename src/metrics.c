@@ -41,6 +41,7 @@
 #include "spool.h"
 #include "stats.h"
 #include "verify.h"
+#include "heartbeat.h"
 #include "utf8.h"
 #include "util.h"
 
@@ -480,6 +481,10 @@ static void render_metrics(struct metrics *m, const struct snapshot *s, struct e
         long nq = spool_msg_count(m->sp);
         prom_u64(b, "spool_messages", "gauge", "Messages in the spool, each counted once",
                  nq > 0 ? (uint64_t)nq : 0);
+        long nh = spool_held_count(m->sp);
+        prom_u64(b, "quarantine_messages", "gauge",
+                 "Messages in quarantine (kept instead of bounced; mxkeepctl quarantine)",
+                 nh > 0 ? (uint64_t)nh : 0);
     }
     prom_u64(b, "destinations", "gauge", "Destinations with mail, known or configured", s->n);
     prom_u64(b, "start_time_seconds", "gauge", "Process start, unix seconds",
@@ -513,6 +518,7 @@ static void render_metrics(struct metrics *m, const struct snapshot *s, struct e
     prom_domains(b, s, "destination_next_probe_timestamp_seconds",
                  "When a down destination is probed next, unix seconds", DF_NEXT_PROBE);
     verify_metrics(b);
+    heartbeat_metrics(b);
 }
 
 /* ------------------------------------------------------------------ */
@@ -1024,6 +1030,10 @@ static void render_status(struct metrics *m, struct snapshot *s, struct evbuffer
     render_total(b, "bounced", stats_get(STAT_BOUNCED));
     render_total(b, "deferred", stats_get(STAT_DEFERRED));
     render_total(b, "expired", stats_get(STAT_EXPIRED));
+    {
+        long nh = spool_held_count(m->sp);
+        render_total(b, "quarantined", nh > 0 ? (uint64_t)nh : 0);
+    }
     ADD(b, "</div>\n");
 
     ADD(b, "<section><h2>Backlog, last 24 hours</h2>\n");
@@ -1048,7 +1058,15 @@ static void render_status(struct metrics *m, struct snapshot *s, struct evbuffer
                                "<td class=\"num\">%s</td>",
                             r->nmsg, human_bytes(r->nbytes, t1),
                             r->oldest ? human_age(row_age(s, r), t2) : "&ndash;");
-        evbuffer_add_printf(b, "<td><span class=\"badge b-%s\">%s</span></td>", st, st);
+        evbuffer_add_printf(b, "<td><span class=\"badge b-%s\">%s</span>", st, st);
+        /* accept = "when-primary-down": the gate and since when. */
+        enum gate_state gs;
+        time_t gsince;
+        if (r->configured && heartbeat_gate_name(r->domain, &gs, &gsince) == 0)
+            evbuffer_add_printf(b, " <span class=\"gate\" data-gate=\"%s\">gate %s%s%s</span>",
+                                gate_state_name(gs), gate_state_name(gs),
+                                gsince ? " since " : "", gsince ? utc_time(gsince, t1) : "");
+        ADD(b, "</td>");
         if (r->next_probe > 0)
             evbuffer_add_printf(b, "<td>in %s</td>",
                                 human_age(r->next_probe > s->now ? r->next_probe - s->now : 0, t1));

@@ -66,6 +66,7 @@
 #include <getopt.h>
 #include <poll.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -123,6 +124,7 @@ struct ctl {
     int all;                            /* --all (flush) */
     int yes;                            /* --yes (delete --domain) */
     int probe;                          /* --probe (verify ADDRESS) */
+    int deliver, notify;                /* --deliver / --notify (quarantine release) */
     const char *domain;                 /* --domain D (delete) */
     const char *output;                 /* -o OUT (map compile) */
     int64_t now;
@@ -237,6 +239,7 @@ static const char *rcpt_state_name(int state)
     case QRCPT_BOUNCED: return "bounced";
     case QRCPT_EXPIRED: return "expired";
     case QRCPT_DELETED: return "deleted";
+    case QRCPT_QUARANTINED: return "quarantined";
     default: return "invalid";
     }
 }
@@ -282,6 +285,7 @@ static const struct ctl_flag_name msg_flag_names[] = {
     { QMSG_F_8BIT, "8bit" },
     { QMSG_F_SMTPUTF8, "smtputf8" },
     { QMSG_F_DSN, "dsn" },
+    { QMSG_F_QUARANTINE, "quarantine" },
 };
 
 static const struct ctl_flag_name notify_names[] = {
@@ -1065,6 +1069,9 @@ struct dest_row {
     int64_t oldest;
     int live;                           /* state from the running daemon */
     int connections;                    /* its open connections (live only) */
+    char gate[16];                      /* accept = "when-primary-down": the
+                                           daemon's gate state, "" none */
+    int64_t gate_since;                 /* since when, 0 unknown */
 };
 
 struct dest_list {
@@ -1148,6 +1155,8 @@ struct live_dest {
     int connections;
     int has_domain;
     int has_counts;                     /* the daemon sent messages/bytes */
+    char gate[16];
+    int64_t gate_since;
 };
 
 static int dest_state_parse(const char *s)
@@ -1182,6 +1191,10 @@ static void live_member(void *arg, const char *key, const char *value, int is_st
         l->has_counts = 1;
     } else if (strcmp(key, "bytes") == 0 && !is_string) {
         l->d.nbytes = strtoull(value, NULL, 10);
+    } else if (strcmp(key, "gate") == 0 && is_string) {
+        snprintf(l->gate, sizeof l->gate, "%s", value);
+    } else if (strcmp(key, "gate_since") == 0 && !is_string) {
+        l->gate_since = strcmp(value, "null") == 0 ? 0 : strtoll(value, NULL, 10);
     }
 }
 
@@ -1230,6 +1243,8 @@ static void summary_merge_live(struct ctl *c, struct dest_list *l)
             row->d.nbytes = ld.d.nbytes;
         }
         row->connections = ld.connections;
+        snprintf(row->gate, sizeof row->gate, "%s", ld.gate);
+        row->gate_since = ld.gate_since;
         row->d.state = ld.d.state;
         row->d.next_probe = ld.d.next_probe;
         snprintf(row->d.last_error, sizeof row->d.last_error, "%s", ld.d.last_error);
@@ -1260,12 +1275,19 @@ static void summary_json(struct ctl *c, const struct dest_list *l)
         json_time_or_null(f, r->d.next_probe);
         fputs(",\"last_error\":", f);
         json_str(f, r->d.last_error);
+        if (r->gate[0] != '\0') {
+            fputs(",\"gate\":", f);
+            json_str(f, r->gate);
+            fputs(",\"gate_since\":", f);
+            json_time_or_null(f, r->gate_since);
+        }
         if (r->live)
             fprintf(f, ",\"source\":\"daemon\",\"connections\":%d}", r->connections);
         else
             fputs(",\"source\":\"index\",\"connections\":null}", f);
     }
-    fputs(l->n == 0 ? "]}\n" : "\n]}\n", f);
+    long nh = qdb_held_count(c->db);
+    fprintf(f, "%s],\"quarantine_messages\":%ld}\n", l->n == 0 ? "" : "\n", nh > 0 ? nh : 0);
 }
 
 static void summary_text(struct ctl *c, const struct dest_list *l)
@@ -1296,6 +1318,24 @@ static void summary_text(struct ctl *c, const struct dest_list *l)
         text_str(f, r->d.last_error[0] != '\0' ? r->d.last_error : "-");
         fputc('\n', f);
     }
+    /* Gated domains (accept = "when-primary-down"): the gate, apart, so
+     * the table above keeps its columns. */
+    for (i = 0; i < l->n; i++) {
+        const struct dest_row *r = &l->row[i];
+        char since[CTL_ISO_SIZE] = "-";
+
+        if (r->gate[0] == '\0')
+            continue;
+        if (r->gate_since != 0)
+            fmt_iso(r->gate_since, since);
+        fputs("gate ", f);
+        text_str(f, r->d.domain);
+        fprintf(f, ": %s since %s\n", r->gate, since);
+    }
+    long nh = qdb_held_count(c->db);
+    if (nh > 0)
+        fprintf(f, "quarantine: %ld message%s (mxkeepctl quarantine list)\n", nh,
+                nh == 1 ? "" : "s");
 }
 
 static int cmd_summary(struct ctl *c, int argc, char **argv)
@@ -2283,6 +2323,143 @@ static int cmd_verify(struct ctl *c, int argc, char **argv)
 }
 
 /* ------------------------------------------------------------------ */
+/* quarantine                                                          */
+/* ------------------------------------------------------------------ */
+
+static void quarantine_print(struct ctl *c, const struct qmsg *m, const struct qrcpt *r, size_t n,
+                             int extended)
+{
+    char since[CTL_ISO_SIZE], until[CTL_ISO_SIZE];
+    FILE *f = c->out;
+
+    fmt_iso(m->quarantined, since);
+    fmt_iso(m->quarantine_until, until);
+    if (c->json) {
+        print_msg_json_open(f, m, r, n, NULL, extended);
+        fprintf(f, ",\"quarantined\":%" PRId64 ",\"quarantined_iso\":\"%s\",\"until\":%" PRId64
+                ",\"until_iso\":\"%s\",\"reason\":", m->quarantined, since,
+                m->quarantine_until, until);
+        json_str(f, m->quarantine_reason);
+        fprintf(f, ",\"auth_flags\":%" PRIu32 ",\"auth_results\":", m->auth_flags);
+        json_str(f, m->auth_results);
+        fputs("}\n", f);
+        return;
+    }
+    if (!extended) {
+        fprintf(f, "%s  %s  until %s  <", m->qid, since, until);
+        text_str(f, m->sender);
+        fputs(">  ", f);
+        text_str(f, m->quarantine_reason);
+        fputc('\n', f);
+        return;
+    }
+    fprintf(f, "qid: %s\nquarantined: %s\nuntil: %s\nreason: ", m->qid, since, until);
+    text_str(f, m->quarantine_reason);
+    fputs("\nsender: <", f);
+    text_str(f, m->sender);
+    fputs(">\nauthentication: ", f);
+    text_str(f, m->auth_results[0] ? m->auth_results : "none");
+    fputc('\n', f);
+    for (size_t i = 0; i < n; i++) {
+        fputs("recipient: <", f);
+        text_str(f, r[i].addr);
+        fprintf(f, "> %s ", rcpt_state_name(r[i].state));
+        text_str(f, r[i].last_reply);
+        fputc('\n', f);
+    }
+}
+
+/* The QIDs of quarantined messages, collected first: recipients are read
+ * afterwards, in read transactions of their own, not inside the walk. */
+struct qlist {
+    char (*qid)[QID_SIZE];
+    size_t n, cap;
+    int oom;
+};
+
+static int quarantine_collect(void *arg, const char *qid)
+{
+    struct qlist *q = arg;
+
+    if (q->n == q->cap) {
+        size_t nc = q->cap ? q->cap * 2 : 64;
+        void *p = realloc(q->qid, nc * sizeof *q->qid);
+        if (p == NULL) {
+            q->oom = 1;
+            return 1;
+        }
+        q->qid = p;
+        q->cap = nc;
+    }
+    memcpy(q->qid[q->n++], qid, QID_SIZE);
+    return 0;
+}
+
+static int quarantine_list(struct ctl *c, const char *domain)
+{
+    struct qlist q = { NULL, 0, 0, 0 };
+    struct qmsg m;
+    int rc = 0;
+
+    if (qdb_held_each(c->db, quarantine_collect, &q) < 0 || q.oom) {
+        free(q.qid);
+        ctl_error(q.oom ? "out of memory" : "cannot read the index", NULL);
+        return q.oom ? EX_OSERR : EX_IOERR;
+    }
+    for (size_t k = 0; rc == 0 && k < q.n; k++) {
+        size_t n = 0;
+        int sel = domain == NULL;
+        if (qdb_msg_get(c->db, q.qid[k], &m) != 0 || !(m.flags & QMSG_F_QUARANTINE))
+            continue;           /* released or removed since the walk */
+        if ((rc = ctl_rcpts_load(c, &m, &n)) != 0)
+            break;
+        for (size_t i = 0; !sel && i < n; i++)
+            sel = c->rcpt[i].state == QRCPT_QUARANTINED &&
+                  strcasecmp(c->rcpt[i].domain, domain) == 0;
+        if (sel)
+            quarantine_print(c, &m, c->rcpt, n, 0);
+    }
+    free(q.qid);
+    return rc;
+}
+
+static int cmd_quarantine(struct ctl *c, int argc, char **argv)
+{
+    const char *verb = argv[1];
+    if (strcmp(verb, "list") == 0 && argc <= 3 && !c->deliver && !c->notify) {
+        return quarantine_list(c, argc == 3 ? argv[2] : NULL);
+    }
+    if (strcmp(verb, "show") == 0 && argc == 3 && !c->deliver && !c->notify) {
+        struct qmsg m;
+        size_t n;
+        int rc = ctl_msg_lookup(c, argv[2], &m);
+        if (rc == 0 && !(m.flags & QMSG_F_QUARANTINE)) {
+            ctl_error("not in quarantine", argv[2]);
+            return EX_NOINPUT;
+        }
+        if (rc == 0)
+            rc = ctl_rcpts_load(c, &m, &n);
+        if (rc == 0)
+            quarantine_print(c, &m, c->rcpt, n, 1);
+        return rc;
+    }
+    if (strcmp(verb, "release") == 0 && argc == 3 && c->deliver != c->notify) {
+        char arg[QID_SIZE + 16];
+        if (strlen(argv[2]) > QID_LEN) {
+            ctl_error("not a queue ID", argv[2]);
+            return EX_USAGE;
+        }
+        snprintf(arg, sizeof arg, "%s %s", argv[2], c->deliver ? "deliver" : "notify");
+        return daemon_simple(c, "quarantine-release", arg);
+    }
+    if (strcmp(verb, "delete") == 0 && argc == 3 && !c->deliver && !c->notify)
+        return daemon_simple(c, "quarantine-delete", argv[2]);
+    fprintf(stderr, "usage: " CTL_PROG " [--json] quarantine list [DOMAIN] | show QID | "
+                    "release QID --deliver|--notify | delete QID\n");
+    return EX_USAGE;
+}
+
+/* ------------------------------------------------------------------ */
 /* Command table and main                                              */
 /* ------------------------------------------------------------------ */
 
@@ -2292,6 +2469,7 @@ static int cmd_verify(struct ctl *c, int argc, char **argv)
 #define CTL_OPT_YES    0x4u
 #define CTL_OPT_OUTPUT 0x8u
 #define CTL_OPT_PROBE  0x10u
+#define CTL_OPT_RELEASE 0x20u   /* --deliver, --notify */
 
 /* struct ctl_cmd.needs_daemon: what a command works on. */
 #define CTL_ON_INDEX      0     /* the spool's index, read-only */
@@ -2329,6 +2507,9 @@ static const struct ctl_cmd ctl_cmds[] = {
       "every node's backlog per destination, from the fleet's database" },
     { "verify", "ADDRESS [--probe] | list [DOMAIN] | forget ADDRESS|DOMAIN", 1, 2, CTL_OPT_PROBE,
       1, cmd_verify, "recipient verification: cached answer, probe, list, forget" },
+    { "quarantine", "list [DOMAIN] | show QID | release QID --deliver|--notify | delete QID", 1, 3,
+      CTL_OPT_RELEASE, CTL_ON_INDEX, cmd_quarantine,
+      "messages held instead of bounced: list, show, release, delete" },
 };
 
 static void usage(FILE *f)
@@ -2408,7 +2589,7 @@ static int ctl_db_open(struct ctl *c)
     return 0;
 }
 
-enum { OPT_JSON = 256, OPT_ALL, OPT_DOMAIN, OPT_YES, OPT_PROBE };
+enum { OPT_JSON = 256, OPT_ALL, OPT_DOMAIN, OPT_YES, OPT_PROBE, OPT_DELIVER, OPT_NOTIFY };
 
 /* A command option the command does not take: name it. */
 static int opt_refused(const struct ctl_cmd *cmd, unsigned given)
@@ -2417,6 +2598,7 @@ static int opt_refused(const struct ctl_cmd *cmd, unsigned given)
         { CTL_OPT_ALL, "--all" }, { CTL_OPT_DOMAIN, "--domain" }, { CTL_OPT_YES, "--yes" },
         { CTL_OPT_OUTPUT, "-o" },
         { CTL_OPT_PROBE, "--probe" },
+        { CTL_OPT_RELEASE, "--deliver/--notify" },
     };
     size_t i;
 
@@ -2442,6 +2624,8 @@ int main(int argc, char **argv)
         { "yes", no_argument, NULL, OPT_YES },
         { "output", required_argument, NULL, 'o' },
         { "probe", no_argument, NULL, OPT_PROBE },
+        { "deliver", no_argument, NULL, OPT_DELIVER },
+        { "notify", no_argument, NULL, OPT_NOTIFY },
         { NULL, 0, NULL, 0 },
     };
     const char *conf_path = CTL_CONF_DEFAULT;
@@ -2487,6 +2671,14 @@ int main(int argc, char **argv)
         case OPT_PROBE:
             c.probe = 1;
             given |= CTL_OPT_PROBE;
+            break;
+        case OPT_DELIVER:
+            c.deliver = 1;
+            given |= CTL_OPT_RELEASE;
+            break;
+        case OPT_NOTIFY:
+            c.notify = 1;
+            given |= CTL_OPT_RELEASE;
             break;
         case 'h':
             usage(stdout);

@@ -385,6 +385,13 @@ const char *policy_check_rcpt(const struct policy *p, const struct smtp_addr *a,
         return reply(buf, len, "550 5.7.1 <%s>: Relay access denied", text);
     size_t dn = domain_len(a->domain, strnlen(a->domain, sizeof a->domain));
     long k = dom_find(p, a->domain, dn);
+    if (k < 0 && p->c->domains_unknown) {
+        /* domains_from has not answered since start: the domain may be
+         * the database's, and a 550 would bounce its mail for good. */
+        *why = STAT_REJ_LOOKUP;
+        return reply(buf, len, "451 4.3.0 <%s>: Temporary lookup failure: served domains "
+                     "not yet read", text);
+    }
     if (k < 0)
         return reply(buf, len, "550 5.7.1 <%s>: Relay access denied", text);
     struct table *t = p->tables[k];

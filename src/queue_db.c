@@ -49,12 +49,15 @@
 #include "log.h"
 
 #define QDB_VERSION        1
+/* msg records: version 2 adds the auth and quarantine fields; version 1
+ * records still read (those fields zero). */
+#define QDB_MSG_VERSION    2
 #define QDB_MAXDBS         8
 #define QDB_FILE_MODE      0600
 #define QDB_DIR_MODE       0700
 /* Growth stops here: past this the disk is the limit anyway. */
 #define QDB_MAP_CEILING    ((size_t)1 << 40)
-#define QDB_REC_MAX        4096            /* largest encoded record */
+#define QDB_REC_MAX        8192            /* largest encoded record */
 #define QDB_STR_MAX        0xffffu         /* be16 length */
 #define QDB_RCPT_KEY_LEN   (QID_LEN + 1 + 4)
 #define QDB_DUE_KEY_LEN    (8 + QID_LEN)
@@ -67,6 +70,8 @@
 struct qdb {
     MDB_env *env;               /* NULL while a reopen has not succeeded */
     MDB_dbi msg, rcpt, body, dest, by_dest, due;
+    MDB_dbi held;                       /* QID -> "": messages in quarantine */
+    int has_held;                       /* 0: read-only on a spool made before it */
     pthread_rwlock_t maplock;
     char *dir;                  /* for qdb_reopen() */
     size_t map_size;
@@ -225,7 +230,7 @@ static int dec_finish(const struct dec *d)
 
 static int msg_encode(const struct qmsg *m, struct enc *e)
 {
-    enc_u8(e, QDB_VERSION);
+    enc_u8(e, QDB_MSG_VERSION);
     enc_u64(e, (uint64_t)m->arrival);
     enc_u64(e, m->size);
     enc_u32(e, m->flags);
@@ -237,14 +242,20 @@ static int msg_encode(const struct qmsg *m, struct enc *e)
     enc_str(e, m->client_addr, sizeof m->client_addr);
     enc_str(e, m->client_name, sizeof m->client_name);
     enc_str(e, m->helo, sizeof m->helo);
+    enc_u32(e, m->auth_flags);
+    enc_str(e, m->auth_results, sizeof m->auth_results);
+    enc_u64(e, (uint64_t)m->quarantined);
+    enc_u64(e, (uint64_t)m->quarantine_until);
+    enc_str(e, m->quarantine_reason, sizeof m->quarantine_reason);
     return e->bad ? -1 : 0;
 }
 
 static int msg_decode(const char *qid, const MDB_val *v, struct qmsg *m)
 {
-    struct dec d;
+    struct dec d = { v->mv_data, v->mv_size, 0 };
     memset(m, 0, sizeof *m);
-    if (dec_start(&d, v) < 0) {
+    unsigned ver = dec_u8(&d);
+    if (d.bad || (ver != 1 && ver != QDB_MSG_VERSION)) {
         log_warn("%.*s: msg record: unknown version or empty", QID_LEN, qid);
         return QDB_ERR;
     }
@@ -259,6 +270,13 @@ static int msg_decode(const char *qid, const MDB_val *v, struct qmsg *m)
     dec_str(&d, m->client_addr, sizeof m->client_addr);
     dec_str(&d, m->client_name, sizeof m->client_name);
     dec_str(&d, m->helo, sizeof m->helo);
+    if (ver >= 2) {
+        m->auth_flags = dec_u32(&d);
+        dec_str(&d, m->auth_results, sizeof m->auth_results);
+        m->quarantined = (int64_t)dec_u64(&d);
+        m->quarantine_until = (int64_t)dec_u64(&d);
+        dec_str(&d, m->quarantine_reason, sizeof m->quarantine_reason);
+    }
     if (dec_finish(&d) < 0) {
         log_warn("%.*s: msg record: malformed", QID_LEN, qid);
         return QDB_ERR;
@@ -437,9 +455,16 @@ static int open_dbis(struct qdb *db, char *err, size_t errlen)
         { "msg", 0, &db->msg },         { "rcpt", 0, &db->rcpt },
         { "body", 0, &db->body },       { "dest", 0, &db->dest },
         { "by_dest", MDB_DUPSORT, &db->by_dest }, { "due", 0, &db->due },
+        { "held", 0, &db->held },
     };
     for (size_t i = 0; i < sizeof t / sizeof t[0]; i++) {
         rc = mdb_dbi_open(txn, t[i].name, t[i].flags | create, t[i].dbi);
+        if (rc == MDB_NOTFOUND && db->readonly && t[i].dbi == &db->held) {
+            db->has_held = 0;           /* no quarantine yet: an empty one */
+            continue;
+        }
+        if (t[i].dbi == &db->held)
+            db->has_held = 1;
         if (rc) {
             snprintf(err, errlen, "lmdb database %s: %s", t[i].name, mdb_strerror(rc));
             mdb_txn_abort(txn);
@@ -946,6 +971,49 @@ out:
     return r;
 }
 
+long qdb_held_count(struct qdb *db)
+{
+    MDB_txn *txn;
+    MDB_stat st;
+    if (!db->has_held)
+        return 0;
+    if (rd_begin(db, &txn))
+        return -1;
+    int rc = mdb_stat(txn, db->held, &st);
+    rd_end(db, txn);
+    return rc ? -1 : (long)st.ms_entries;
+}
+
+long qdb_held_each(struct qdb *db, int (*fn)(void *arg, const char *qid), void *arg)
+{
+    MDB_txn *txn;
+    MDB_cursor *c;
+    long n = 0;
+    if (!db->has_held)
+        return 0;
+    if (rd_begin(db, &txn))
+        return -1;
+    if (mdb_cursor_open(txn, db->held, &c)) {
+        rd_end(db, txn);
+        return -1;
+    }
+    MDB_val k, v;
+    char qid[QID_SIZE];
+    for (int rc = mdb_cursor_get(c, &k, &v, MDB_FIRST); rc == 0;
+         rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
+        if (k.mv_size != QID_LEN)
+            continue;
+        memcpy(qid, k.mv_data, QID_LEN);
+        qid[QID_LEN] = '\0';
+        n++;
+        if (fn(arg, qid))
+            break;
+    }
+    mdb_cursor_close(c);
+    rd_end(db, txn);
+    return n;
+}
+
 long qdb_msg_count(struct qdb *db)
 {
     MDB_txn *txn;
@@ -1073,6 +1141,16 @@ static int64_t earliest_expiry(const struct qrcpt *r, size_t n)
     return e;
 }
 
+/* The quarantine index entry of qid: put, or delete (a missing one is fine). */
+static int held_op(struct qdb *db, MDB_txn *txn, const char *qid, int del)
+{
+    MDB_val k = val_of(qid, QID_LEN), v = val_of("", 0);
+    int rc = del ? mdb_del(txn, db->held, &k, NULL) : mdb_put(txn, db->held, &k, &v, 0);
+    if (del && rc == MDB_NOTFOUND)
+        return 0;
+    return rc ? rc_fail(rc, del ? "held del" : "held put", qid) : 0;
+}
+
 static int due_op(struct qdb *db, MDB_txn *txn, int64_t when, const char *qid, int del)
 {
     unsigned char kb[QDB_DUE_KEY_LEN];
@@ -1106,9 +1184,17 @@ int qdb_msg_put(struct qdb_txn *t, const struct qmsg *m, const struct qrcpt *r, 
     }
     if (rc)
         return rc_fail(rc, "msg put", m->qid);
+    int quar = (m->flags & QMSG_F_QUARANTINE) != 0;
     for (size_t i = 0; i < n; i++) {
         e.len = 0;
-        if (rcpt_encode(&r[i], (uint32_t)i, &e) < 0) {
+        struct qrcpt held;
+        const struct qrcpt *ri = &r[i];
+        if (quar && r[i].state == QRCPT_PENDING) {
+            held = r[i];
+            held.state = QRCPT_QUARANTINED;
+            ri = &held;
+        }
+        if (rcpt_encode(ri, (uint32_t)i, &e) < 0) {
             log_warn("%s: rcpt %zu does not encode", m->qid, i);
             return QDB_ERR;
         }
@@ -1117,7 +1203,7 @@ int qdb_msg_put(struct qdb_txn *t, const struct qmsg *m, const struct qrcpt *r, 
         v = val_of(buf, e.len);
         if ((rc = mdb_put(t->txn, db->rcpt, &k, &v, 0)) != 0)
             return rc_fail(rc, "rcpt put", m->qid);
-        if (r[i].state != QRCPT_PENDING)
+        if (ri->state != QRCPT_PENDING)
             continue;
         /* dest_attach ignores a domain already attached, so repeats of
          * a domain among the recipients count once. */
@@ -1132,8 +1218,36 @@ int qdb_msg_put(struct qdb_txn *t, const struct qmsg *m, const struct qrcpt *r, 
         if ((rc = mdb_put(t->txn, db->body, &k, &v, 0)) != 0)
             return rc_fail(rc, "body put", m->qid);
     }
-    int64_t exp = earliest_expiry(r, n);
+    if (quar && (rc = held_op(db, t->txn, m->qid, 0)) != 0)
+        return rc;
+    int64_t exp = quar ? m->quarantine_until : earliest_expiry(r, n);
     return exp ? due_op(db, t->txn, exp, m->qid, 0) : 0;
+}
+
+int qdb_msg_get_txn(struct qdb_txn *t, const char *qid, struct qmsg *out)
+{
+    if (!qid_valid(qid))
+        return QDB_NOTFOUND;
+    return msg_get_txn(t->db, t->txn, qid, out);
+}
+
+int qdb_msg_update(struct qdb_txn *t, const struct qmsg *m)
+{
+    unsigned char buf[QDB_REC_MAX];
+    struct enc e = { buf, 0, sizeof buf, 0 };
+    if (!qid_valid(m->qid))
+        return QDB_NOTFOUND;
+    MDB_val k = val_of(m->qid, QID_LEN), v;
+    int rc = mdb_get(t->txn, t->db->msg, &k, &v);
+    if (rc)
+        return rc_fail(rc, "msg get", m->qid);
+    if (msg_encode(m, &e) < 0) {
+        log_warn("%s: msg record does not encode", m->qid);
+        return QDB_ERR;
+    }
+    v = val_of(buf, e.len);
+    rc = mdb_put(t->txn, t->db->msg, &k, &v, 0);
+    return rc ? rc_fail(rc, "msg put", m->qid) : 0;
 }
 
 /* Re-balance by_dest and counters for one domain after a change. */
@@ -1309,6 +1423,11 @@ int qdb_msg_delete(struct qdb_txn *t, const char *qid)
             goto out;
     if (exp && (r = due_op(db, t->txn, exp, qid, 1)) != 0 && r != QDB_NOTFOUND)
         goto out;
+    if (m->quarantine_until && m->quarantine_until != exp &&
+        (r = due_op(db, t->txn, m->quarantine_until, qid, 1)) != 0 && r != QDB_NOTFOUND)
+        goto out;
+    if ((m->flags & QMSG_F_QUARANTINE) && (r = held_op(db, t->txn, qid, 1)) != 0)
+        goto out;
     k = val_of(qid, QID_LEN);
     rc = mdb_del(t->txn, db->body, &k, NULL);
     if (rc && rc != MDB_NOTFOUND) {
@@ -1323,6 +1442,140 @@ out:
     free(doms);
     free(m);
     return r;
+}
+
+int qdb_msg_hold(struct qdb_txn *t, const char *qid, const char *reason, int64_t now,
+                 int64_t until, int all)
+{
+    struct qmsg *m = malloc(sizeof *m);
+    struct qrcpt *r = malloc(sizeof *r);
+    int rv, held = 0;
+    if (!m || !r) {
+        rv = QDB_ERR;
+        goto out;
+    }
+    if ((rv = qdb_msg_get_txn(t, qid, m)) != 0)
+        goto out;
+    for (uint32_t i = 0; i < m->nrcpt; i++) {
+        if ((rv = qdb_rcpt_get(t, qid, i, r)) == QDB_NOTFOUND)
+            continue;
+        if (rv != 0)
+            goto out;
+        if (all && r->state == QRCPT_PENDING) {
+            r->state = QRCPT_QUARANTINED;
+            if ((rv = qdb_rcpt_update(t, qid, r)) != 0)
+                goto out;
+        }
+        if (r->state == QRCPT_QUARANTINED)
+            held = 1;
+    }
+    rv = 0;
+    if (m->flags & QMSG_F_QUARANTINE)
+        goto out;
+    if (!held) {
+        rv = QDB_NOTFOUND;
+        goto out;
+    }
+    m->flags |= QMSG_F_QUARANTINE;
+    m->quarantined = now;
+    m->quarantine_until = until;
+    snprintf(m->quarantine_reason, sizeof m->quarantine_reason, "%s", reason ? reason : "");
+    if ((rv = qdb_msg_update(t, m)) == 0)
+        rv = held_op(t->db, t->txn, qid, 0);
+    if (rv == 0 && until)
+        rv = due_op(t->db, t->txn, until, qid, 0);
+out:
+    free(m);
+    free(r);
+    return rv;
+}
+
+int qdb_msg_unhold_delete(struct qdb_txn *t, const char *qid)
+{
+    struct qmsg *m = malloc(sizeof *m);
+    struct qrcpt *r = malloc(sizeof *r);
+    int rv;
+    if (!m || !r) {
+        rv = QDB_ERR;
+        goto out;
+    }
+    if ((rv = qdb_msg_get_txn(t, qid, m)) != 0)
+        goto out;
+    if (!(m->flags & QMSG_F_QUARANTINE)) {
+        rv = QDB_NOTFOUND;
+        goto out;
+    }
+    for (uint32_t i = 0; i < m->nrcpt; i++) {
+        if ((rv = qdb_rcpt_get(t, qid, i, r)) == QDB_NOTFOUND)
+            continue;
+        if (rv != 0)
+            goto out;
+        if (r->state != QRCPT_QUARANTINED)
+            continue;
+        r->state = QRCPT_DELETED;
+        if ((rv = qdb_rcpt_update(t, qid, r)) != 0)
+            goto out;
+    }
+    if (m->quarantine_until &&
+        (rv = due_op(t->db, t->txn, m->quarantine_until, qid, 1)) != 0 && rv != QDB_NOTFOUND)
+        goto out;
+    m->flags &= ~QMSG_F_QUARANTINE;
+    m->quarantine_until = 0;
+    if ((rv = qdb_msg_update(t, m)) == 0 && (rv = held_op(t->db, t->txn, qid, 1)) == 0)
+        rv = qdb_msg_settle(t, qid);
+out:
+    free(m);
+    free(r);
+    return rv;
+}
+
+int qdb_msg_release(struct qdb_txn *t, const char *qid, int64_t expiry)
+{
+    struct qmsg *m = malloc(sizeof *m);
+    struct qrcpt *r = malloc(sizeof *r);
+    int64_t due = 0;
+    int rv;
+    if (!m || !r) {
+        rv = QDB_ERR;
+        goto out;
+    }
+    if ((rv = qdb_msg_get_txn(t, qid, m)) != 0)
+        goto out;
+    if (!(m->flags & QMSG_F_QUARANTINE)) {
+        rv = QDB_NOTFOUND;
+        goto out;
+    }
+    for (uint32_t i = 0; i < m->nrcpt; i++) {
+        if ((rv = qdb_rcpt_get(t, qid, i, r)) == QDB_NOTFOUND)
+            continue;
+        if (rv != 0)
+            goto out;
+        if (r->state != QRCPT_QUARANTINED)
+            continue;
+        r->state = QRCPT_PENDING;
+        r->attempts = 0;
+        if (expiry)
+            r->expiry = expiry;
+        if (r->expiry && (due == 0 || r->expiry < due))
+            due = r->expiry;
+        if ((rv = qdb_rcpt_update(t, qid, r)) != 0)
+            goto out;
+    }
+    if (m->quarantine_until &&
+        (rv = due_op(t->db, t->txn, m->quarantine_until, qid, 1)) != 0 && rv != QDB_NOTFOUND)
+        goto out;
+    m->flags &= ~QMSG_F_QUARANTINE;
+    m->quarantined = 0;
+    m->quarantine_until = 0;
+    m->quarantine_reason[0] = '\0';
+    if ((rv = qdb_msg_update(t, m)) == 0)
+        rv = held_op(t->db, t->txn, qid, 1);
+    if (rv == 0 && due)
+        rv = due_op(t->db, t->txn, due, qid, 0);
+out:
+    free(m);
+    free(r);
+    return rv;
 }
 
 int qdb_dest_put(struct qdb_txn *t, const struct qdest *d)
@@ -1494,7 +1747,9 @@ int qdb_msg_settle(struct qdb_txn *t, const char *qid)
         size_t dl;
         if ((r = rcpt_peek(qid, &v, &st, &dom, &dl)) != 0)
             break;
-        pending = st == QRCPT_PENDING;
+        /* A quarantined recipient keeps the message too: quarantine.c
+         * releases or removes it. */
+        pending = st == QRCPT_PENDING || st == QRCPT_QUARANTINED;
     }
     mdb_cursor_close(c);
     if (r != 0)

@@ -13,6 +13,7 @@
  *   by_dest  domain -> QID  (DUPSORT: oldest first, one entry per message
  *                            and destination with a pending recipient)
  *   due      be64(time) QID              -> "" (expiry / retry timers)
+ *   held     QID                         -> "" (messages in quarantine)
  *
  * Threads: reads may run on any thread (each call opens and closes its own
  * short read transaction; MDB_NOTLS).  Writes happen only inside a write
@@ -51,6 +52,18 @@
 #define QMSG_F_SMTPUTF8  0x02u   /* SMTPUTF8 given at MAIL */
 #define QMSG_F_INLINE    0x04u   /* body stored in the body database */
 #define QMSG_F_DSN       0x08u   /* a bounce or delay notice we made */
+#define QMSG_F_QUARANTINE 0x10u  /* held in quarantine (quarantine.c): its
+                                    recipients are QRCPT_QUARANTINED */
+
+/* What the backup learned about the sender (spf.c, dkim.c); recorded, not
+ * enforced: the primary decides, bounce = "authenticated" consults it. */
+#define QMSG_AUTH_SPF_DONE         0x01u  /* SPF of MAIL FROM evaluated */
+#define QMSG_AUTH_SPF_PASS         0x02u  /* ... and the MAIL FROM identity passed */
+#define QMSG_AUTH_DKIM_DONE        0x04u  /* DKIM verification finished */
+#define QMSG_AUTH_DKIM_SENDER_PASS 0x08u  /* a valid signature whose d= is the
+                                             sender's domain or a parent of it */
+#define QMSG_AUTH_RESULTS_MAX 1024        /* RFC 8601 resinfo text, NUL incl. */
+#define QMSG_QREASON_MAX      512         /* quarantine reason, NUL incl. */
 
 struct qmsg {
     char qid[QID_SIZE];
@@ -65,6 +78,13 @@ struct qmsg {
     char client_addr[64];
     char client_name[256];
     char helo[256];
+    /* Record version 2 (version 1 records read with these zero). */
+    uint32_t auth_flags;                /* QMSG_AUTH_* */
+    char auth_results[QMSG_AUTH_RESULTS_MAX]; /* "spf=pass smtp.mailfrom=a.example; ..."
+                                           (RFC 8601 resinfo, no authserv-id) */
+    int64_t quarantined;                /* unix seconds it went to quarantine, 0 never */
+    int64_t quarantine_until;           /* its due entry: removed from quarantine then */
+    char quarantine_reason[QMSG_QREASON_MAX];
 };
 
 enum qrcpt_state {
@@ -72,7 +92,8 @@ enum qrcpt_state {
     QRCPT_SENT,        /* final: primary accepted */
     QRCPT_BOUNCED,     /* final: primary refused for good, DSN queued */
     QRCPT_EXPIRED,     /* final: retention over, DSN queued */
-    QRCPT_DELETED      /* final: admin removed it */
+    QRCPT_DELETED,     /* final: admin removed it */
+    QRCPT_QUARANTINED  /* held: not scheduled, keeps the message (quarantine.c) */
 };
 
 struct qrcpt {
@@ -149,22 +170,52 @@ long qdb_page(struct qdb *db, const char *domain, char after[QID_SIZE], char (*o
 int qdb_due_first(struct qdb *db, int64_t *when, char qid[QID_SIZE]);
 /* The newest QID in msg ("" when empty), to seed qid_seed(). */
 int qdb_newest_qid(struct qdb *db, char qid[QID_SIZE]);
+/* Messages in quarantine (the held index, O(1)), and each of their QIDs
+ * in QID order until fn returns non-zero; the count visited or -1. */
+long qdb_held_count(struct qdb *db);
+long qdb_held_each(struct qdb *db, int (*fn)(void *arg, const char *qid), void *arg);
 /* Total messages in msg (O(1) from LMDB's stats). */
 long qdb_msg_count(struct qdb *db);
 
 /* --- Writes: only with a qdb_txn from the writer (spool.c). --- */
 /* Store a new message: msg record, its recipients, by_dest entries and the
  * dest counters (one per distinct recipient domain), an inline body when
- * body != NULL, and a due entry at the earliest recipient expiry. */
+ * body != NULL, and a due entry at the earliest recipient expiry.  A
+ * message with QMSG_F_QUARANTINE goes straight into quarantine: its
+ * pending recipients are stored QRCPT_QUARANTINED (no by_dest, no dest
+ * counters) and the due entry is at m->quarantine_until instead. */
 int qdb_msg_put(struct qdb_txn *t, const struct qmsg *m, const struct qrcpt *r, size_t n,
                 const void *body, size_t body_len);
+/* The message record as this write transaction sees it. */
+int qdb_msg_get_txn(struct qdb_txn *t, const char *qid, struct qmsg *out);
+/* Rewrite the message record's own fields (auth, quarantine, flags);
+ * size, nrcpt and the recipients are not touched by this. */
+int qdb_msg_update(struct qdb_txn *t, const struct qmsg *m);
+/* Quarantine (the record side; policy is quarantine.c's).  qdb_msg_hold
+ * marks the message QMSG_F_QUARANTINE with reason, since = now and a due
+ * entry at until; with all, it turns every recipient still PENDING into
+ * QRCPT_QUARANTINED too (by_dest and dest counters follow); recipients the
+ * caller already set QRCPT_QUARANTINED in this transaction stay so.  A
+ * message already held keeps its first reason and times.  QDB_NOTFOUND
+ * when the message is gone or has nothing to hold.
+ * qdb_msg_release puts every QRCPT_QUARANTINED recipient back to PENDING
+ * with the given expiry (0: keep each one's own) and no attempts, moves
+ * the due entry there and clears the mark; QDB_NOTFOUND unless held. */
+int qdb_msg_hold(struct qdb_txn *t, const char *qid, const char *reason, int64_t now,
+                 int64_t until, int all);
+/* The end of a quarantine (its retention ran out, or the admin deleted
+ * it): QRCPT_QUARANTINED recipients become QRCPT_DELETED, the mark and
+ * its due entry go, and the message is settled (removed unless a
+ * recipient is still pending).  QDB_NOTFOUND unless held. */
+int qdb_msg_unhold_delete(struct qdb_txn *t, const char *qid);
+int qdb_msg_release(struct qdb_txn *t, const char *qid, int64_t expiry);
 /* Update one recipient; when it goes final and it was the last pending one
  * for its domain, drops the by_dest entry and the dest counters. */
 int qdb_rcpt_update(struct qdb_txn *t, const char *qid, const struct qrcpt *r);
 /* One recipient as this write transaction sees it (a writer that must
  * decide on the current state, not on a copy read earlier). */
 int qdb_rcpt_get(struct qdb_txn *t, const char *qid, uint32_t index, struct qrcpt *out);
-/* Remove the message when no recipient is pending any more (the outcome
+/* Remove the message when no recipient is pending or quarantined any more (the outcome
  * of its last delivery or expiry); a message already gone is fine.  Run
  * it in the same transaction as the recipient updates, so two
  * destinations finishing one message at once cannot both miss it. */

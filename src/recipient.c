@@ -7,7 +7,8 @@
  * the policy a pending one holds.  Decides the reply and its reject class
  * for every refusal after the policy's: 451 4.3.0 (table down), 550 5.1.1
  * (table or primary says unknown), 450 4.1.1 (unverifiable, probe still
- * running), 450 4.7.1 (client throttled).
+ * running), 450 4.7.1 (client throttled), 450 4.7.0 (gated domain, its
+ * primary is up: heartbeat.h).
  *
  * Never: blocks (tables and probes answer through callbacks); calls back
  * after recipient_cancel(); touches a request after handing it to the
@@ -30,6 +31,7 @@
 #include <string.h>
 #include <sys/socket.h>
 
+#include "heartbeat.h"
 #include "log.h"
 #include "table.h"
 #include "util.h"
@@ -286,6 +288,17 @@ int recipient_check(struct recipient_req **rp, const struct policy *p,
         now->why = why;
         if (why == STAT_REJ_UNKNOWN_USER)
             verify_note_unknown(family, client);
+        return 0;
+    }
+    /* accept = "when-primary-down": while the primary is known up, the
+     * sender is sent there (an in-memory read of the heartbeat's gate).
+     * Before the table and the probe: neither is needed for a refusal. */
+    if (heartbeat_gate(dom, NULL, NULL)) {
+        char text[SMTP_PATH_MAX + 1];
+        if (smtp_addr_format(a, text, sizeof text) < 0)
+            snprintf(text, sizeof text, "recipient");
+        answer(now, RECIPIENT_REFUSE, STAT_REJ_GATED,
+               "450 4.7.0 <%s>: primary MX is up, deliver there", text);
         return 0;
     }
     /* A table that answers at once (file, lmdb) was asked inside

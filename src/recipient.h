@@ -4,7 +4,9 @@
  *
  * One decision in three steps, each only when the one before accepted:
  *   1. policy_check_rcpt (policy.h): served domain, relay tricks, and a
- *      table that answers at once (file, lmdb), all at once;
+ *      table that answers at once (file, lmdb), all at once; then, for a
+ *      domain with accept = "when-primary-down", its gate (heartbeat.h,
+ *      an in-memory read): 450 4.7.0 while its primary is known up;
  *   2. a table that may answer later (policy_domain_async_table: pgsql):
  *      FOUND, NOTFOUND or TEMPFAIL at once (its cache), or later through
  *      a callback;

@@ -32,17 +32,23 @@
  */
 #include "config.h"
 #include "smtpd.h"
+#include "authres.h"
 #include "data.h"
+#include "dkim.h"
 #include "dns.h"
+#include "dnsbl.h"
 #include "listen.h"
+#include "greylist.h"
 #include "log.h"
 #include "milter_run.h"
 #include "policy.h"
 #include "qid.h"
 #include "queue_db.h"
+#include "ratelimit.h"
 #include "received.h"
 #include "recipient.h"
 #include "smtp_parse.h"
+#include "spf.h"
 #include "spool.h"
 #include "stats.h"
 #include "tls.h"
@@ -74,6 +80,10 @@
 #define SMTPD_RECEIVED_MAX (4 * 1024 + SMTP_PATH_MAX)
 /* Seconds a statvfs() answer is trusted. */
 #define SMTPD_DISK_CHECK_EVERY 1
+/* A DNSBL refusal: formatted in a buffer that holds every part, then cut
+ * to one reply line of 512 octets with its CRLF (RFC 5321 4.5.3.1.5). */
+#define SMTPD_DNSBL_REPLY_BUF 1024
+#define SMTP_REPLY_LINE_MAX 510
 
 enum sstate {
     S_INIT = 0,     /* greeted; no HELO/EHLO yet */
@@ -186,7 +196,23 @@ struct session {
     char *mquarantine;                  /* a milter's quarantine reason, for the
                                            commit (the spool's quarantine: G4) */
     int m8bit;
+    /* SPF of this transaction (spf.h): started at MAIL, awaited at most
+     * spf.timeout at end of data, kept in the message record. */
+    struct spf_req *spf;                /* the check in flight */
+    int spf_done;                       /* spf_ans holds its answer */
+    struct spf_answer spf_ans;
+    struct event *spf_wait;             /* end of data waits for spf (S_COMMIT
+                                           with no commit yet); made on use */
+    int spf_waiting;
     time_t started;
+    int allowed;                        /* in allow_clients: no rate limits */
+    long rcpt_5xx;                      /* RCPTs refused 5xx: the tarpit's count */
+    struct event *tarpit;               /* a delayed RCPT refusal (S_RCPT_WAIT) */
+    enum sstate tarpit_back;
+    enum stat_id tarpit_why;
+    char *tarpit_reply;
+    struct dnsbl_req *dnsbl;            /* pending DNSBL check; the greeting waits */
+    char *dnsbl_reply;                  /* listed: the 554 5.7.1 every MAIL gets */
 };
 
 struct smtpd {
@@ -195,6 +221,8 @@ struct smtpd {
     struct spool *spool;
     SSL_CTX *tls;
     struct dns *dns;                    /* borrowed; NULL: no client names */
+    struct spf_pool *spf;               /* borrowed; NULL: no SPF checks */
+    struct dkim_pool *dkim;             /* borrowed; NULL: no DKIM checks */
     const struct conf *conf;
     const struct policy *policy;
     smtpd_etrn_fn etrn;
@@ -204,6 +232,11 @@ struct smtpd {
     size_t nsessions;
     struct smtpd_commit *commits;       /* handed to the spool, not yet done */
     int draining;
+    struct ratelimit *rl;               /* per-client counts (ratelimit.h) */
+    struct dnsbl *dnsbl;                /* DNSBL answer cache (dnsbl.h) */
+    struct greylist *gl;                /* SPOOL/greylist, opened at first need */
+    struct event *gl_sweep;             /* its periodic expiry sweep */
+    int gl_failed;                      /* its open failed: logged once */
     time_t disk_checked;
     unsigned long long disk_free;
 };
@@ -323,6 +356,12 @@ static void session_end(struct session *s)
     recipient_cancel(s->rreq);
     milter_run_cancel(s->mrun);
     s->mrun = NULL;
+    if (s->tarpit != NULL)
+        evtimer_del(s->tarpit);
+    dnsbl_cancel(s->dnsbl);
+    s->dnsbl = NULL;
+    spf_cancel(s->spf);
+    s->spf = NULL;
     if (s->commit != NULL) {
         s->commit->s = NULL;
         s->commit = NULL;
@@ -335,6 +374,12 @@ static void session_end(struct session *s)
 
 static void session_txn_reset(struct session *s)
 {
+    spf_cancel(s->spf);
+    s->spf = NULL;
+    s->spf_done = 0;
+    s->spf_waiting = 0;
+    if (s->spf_wait)
+        evtimer_del(s->spf_wait);
     spool_body_free(s->body);
     s->body = NULL;
     data_free(s->dp);
@@ -388,6 +433,155 @@ static int smtpd_disk_ok(struct smtpd *d, unsigned long long need)
 }
 
 /* ------------------------------------------------------------------ */
+/* Per-client limits and quotas                                       */
+
+static int session_client(const struct session *s, unsigned char a[16]);
+
+/*
+ * Count one event of kind for the session's client, by address and by
+ * network (ratelimit.h).  Returns NULL, or "address"/"network" when that
+ * count is over its limit (the event is then refused, not counted).
+ * Allow-listed clients are not counted.
+ */
+static const char *session_rate(struct session *s, enum ratelimit_kind kind)
+{
+    const struct conf_ratelimit *c = &s->d->conf->ratelimit;
+    long lim_addr, lim_net;
+    unsigned char a[16], net[16];
+
+    if (s->allowed)
+        return NULL;
+    switch (kind) {
+    case RL_CONNECT: lim_addr = c->connections; lim_net = c->net_connections; break;
+    case RL_MAIL:    lim_addr = c->messages;    lim_net = c->net_messages;    break;
+    default:         lim_addr = c->recipients;  lim_net = c->net_recipients;  break;
+    }
+    if (lim_addr == 0 && lim_net == 0)
+        return NULL;
+    if (s->d->rl == NULL && (s->d->rl = ratelimit_new((size_t)c->clients)) == NULL)
+        return NULL;                    /* fail open: no memory for counting */
+    int family = session_client(s, a);
+    size_t len = family == AF_INET6 ? 16 : 4;
+    int64_t now = (int64_t)time(NULL);
+    /* Address and network keys differ by a leading octet. */
+    unsigned char key[17];
+    if (lim_addr > 0) {
+        key[0] = 'a';
+        memcpy(key + 1, a, len);
+        if (ratelimit_hit(s->d->rl, kind, key, len + 1, now, c->window, lim_addr) >
+            (uint64_t)lim_addr)
+            return "address";
+    }
+    if (lim_net > 0) {
+        ratelimit_network(family, a, (int)(family == AF_INET6 ? c->ipv6_prefix : c->ipv4_prefix),
+                          net);
+        key[0] = 'n';
+        memcpy(key + 1, net, len);
+        if (ratelimit_hit(s->d->rl, kind, key, len + 1, now, c->window, lim_net) >
+            (uint64_t)lim_net)
+            return "network";
+    }
+    return NULL;
+}
+
+/*
+ * Would one more message of size octets put dom over its spool quota?
+ * The counts are the index's per-destination record (one short read
+ * transaction); messages still being committed are not in it yet, so a
+ * burst may pass the quota by what is in flight (bounded by the
+ * connection limits and message_size).
+ */
+static int smtpd_quota_full(struct smtpd *d, const struct conf_domain *dom,
+                            unsigned long long size)
+{
+    struct qdest q;
+
+    if (dom->max_messages <= 0 && dom->max_bytes <= 0)
+        return 0;
+    if (spool_dest_get(d->spool, dom->name, &q) != 0)
+        return 0;                       /* nothing queued for it */
+    if (dom->max_messages > 0 && q.nmsg >= (uint64_t)dom->max_messages)
+        return 1;
+    if (dom->max_bytes > 0 && q.nbytes + size > (uint64_t)dom->max_bytes)
+        return 1;
+    return 0;
+}
+
+static void smtpd_greylist_sweep(evutil_socket_t fd, short what, void *arg)
+{
+    struct smtpd *d = arg;
+    (void)fd;
+    (void)what;
+    long n = greylist_sweep(d->gl, &d->conf->greylist, (int64_t)time(NULL));
+    if (n < 0)
+        log_warn("greylist: expiry sweep failed");
+    else if (n > 0)
+        log_info("greylist: %ld expired triplets removed", n);
+}
+
+/* The greylist store, opened at first need (SPOOL/greylist, beside the
+ * spool's index; the spool is ours by then).  NULL: not available, the
+ * reason logged once; greylisting then passes everything (fail open). */
+static struct greylist *smtpd_greylist(struct smtpd *d)
+{
+    char dir[PATH_MAX], err[512];
+
+    if (d->gl != NULL)
+        return d->gl;
+    snprintf(dir, sizeof dir, "%s/greylist", d->conf->spool);
+    d->gl = greylist_open(dir, (size_t)d->conf->greylist.map_size, err, sizeof err);
+    if (d->gl == NULL) {
+        if (!d->gl_failed)
+            log_warn("greylist: cannot open %s; greylisting passes all mail", err);
+        d->gl_failed = 1;
+        return NULL;
+    }
+    if (d->gl_failed)
+        log_info("greylist: %s open again", dir);
+    d->gl_failed = 0;
+    d->gl_sweep = event_new(d->base, -1, EV_PERSIST, smtpd_greylist_sweep, d);
+    struct timeval tv = { d->conf->greylist.sweep, 0 };
+    if (d->gl_sweep != NULL)
+        evtimer_add(d->gl_sweep, &tv);
+    return d->gl;
+}
+
+/*
+ * Greylisting for a valid recipient of a domain with `greylist = true`.
+ * Returns 0 to accept, or 1 with the 450 4.2.0 refusal in reply.
+ */
+static int session_greylisted(struct session *s, const struct conf_domain *dom, const char *addr,
+                              char *reply, size_t len)
+{
+    const struct conf *c = s->d->conf;
+    unsigned char a[16], net[16];
+    enum greylist_result res;
+    long wait;
+
+    if (!dom->greylist || s->allowed)
+        return 0;
+    struct greylist *g = smtpd_greylist(s->d);
+    if (g == NULL)
+        return 0;
+    int family = session_client(s, a);
+    ratelimit_network(family, a,
+                      (int)(family == AF_INET6 ? c->ratelimit.ipv6_prefix : c->ratelimit.ipv4_prefix),
+                      net);
+    if (greylist_check(g, &c->greylist, family, net, s->sender ? s->sender : "", addr,
+                       (int64_t)time(NULL), &res, &wait) != 0) {
+        log_warn("%s: greylist: lookup failed for <%s>; passed", s->qid, addr);
+        return 0;
+    }
+    if (res == GREYLIST_PASS)
+        return 0;
+    log_info("%s: reject: RCPT from %s[%s]: <%s>: greylisted for %lds; from=<%s>", s->qid,
+             s->name, s->addr, addr, wait, s->sender);
+    snprintf(reply, len, "450 4.2.0 <%s>: Recipient address rejected: Greylisted, "
+             "please try again in %ld seconds", addr, wait);
+    return 1;
+}
+
+/* ------------------------------------------------------------------ */
 /* Commands                                                           */
 
 static void cmd_helo_common(struct session *s, const char *arg, int esmtp)
@@ -419,6 +613,56 @@ static void cmd_helo_common(struct session *s, const char *arg, int esmtp)
 
 static void cmd_helo(struct session *s, const char *arg) { cmd_helo_common(s, arg, 0); }
 static void cmd_ehlo(struct session *s, const char *arg) { cmd_helo_common(s, arg, 1); }
+
+static int session_client(const struct session *s, unsigned char a[16]);
+static void session_data_commit(struct session *s);
+
+/* SPF finished: keep the answer; an end of data waiting for it goes on. */
+static void session_on_spf(void *arg, const struct spf_answer *a)
+{
+    struct session *s = arg;
+    s->spf = NULL;
+    s->spf_ans = *a;
+    s->spf_done = 1;
+    if (s->spf_waiting) {
+        s->spf_waiting = 0;
+        evtimer_del(s->spf_wait);
+        session_data_commit(s);
+        if (s->state != S_COMMIT)
+            session_drive(s);           /* refused: go on with what was read */
+        if (s->state == S_DEAD)
+            session_free(s);
+    }
+}
+
+/* The end of data waited spf.timeout: commit without the answer (the
+ * record says temperror), never holding the 250 longer. */
+static void session_on_spf_timeout(evutil_socket_t fd, short what, void *arg)
+{
+    struct session *s = arg;
+    log_info("%s: spf not done after %lds: recorded as temperror", s->qid,
+             s->d->conf->spf.timeout);
+    s->spf_waiting = 0;
+    spf_pool_note_late(s->d->spf);
+    session_data_commit(s);
+    if (s->state != S_COMMIT)
+        session_drive(s);
+    if (s->state == S_DEAD)
+        session_free(s);
+}
+
+/* Start the SPF check of this transaction (MAIL accepted); the loop goes
+ * on at once, the pool's workers do the DNS. */
+static void session_spf_start(struct session *s)
+{
+    unsigned char a[16];
+    if (s->d->spf == NULL)
+        return;
+    int family = session_client(s, a);
+    s->spf = spf_check(s->d->spf, family, a, s->helo, s->sender, session_on_spf, s);
+    if (s->spf == NULL)
+        log_warn("%s: spf check not started: out of memory", s->qid);
+}
 
 static void cmd_mail(struct session *s, const char *arg)
 {
@@ -457,11 +701,26 @@ static void cmd_mail(struct session *s, const char *arg)
         session_error(s, STAT_REJ_PROTOCOL, "501 5.1.7 Error: sender address too long");
         return;
     }
+    if (s->dnsbl_reply != NULL) {
+        log_info("reject: MAIL from %s[%s]: %s", s->name, s->addr, s->dnsbl_reply);
+        session_reject(s, STAT_REJ_DNSBL, s->dnsbl_reply);
+        return;
+    }
+    const char *over = session_rate(s, RL_MAIL);
+    if (over != NULL) {
+        log_info("reject: MAIL from %s[%s]: too many messages from this %s", s->name, s->addr,
+                 over);
+        session_reject(s, STAT_REJ_RATE, over[0] == 'a'
+                       ? "450 4.7.1 Error: too many messages from your address, try again later"
+                       : "450 4.7.1 Error: too many messages from your network, try again later");
+        return;
+    }
     qid_next(s->qid);
     s->started = time(NULL);
     log_info("%s: client=%s[%s], helo=%s", s->qid, s->name, s->addr, s->helo);
     session_set_state(s, S_MAIL);
     session_reply(s, "250 2.1.0 Ok");
+    session_spf_start(s);
 }
 
 /* The client's address for recipient.c: family and network-order octets,
@@ -483,6 +742,63 @@ static int session_client(const struct session *s, unsigned char a[16])
 
 /* Apply a RCPT verdict, in command order: the reply and, when accepted,
  * the recipient.  addr is NULL when it did not fit. */
+static void session_sync_check(struct session *s, enum smtp_cmd cmd);
+
+/* The tarpit's delay is over: send the refusal it held back and go on
+ * with what the client pipelined meanwhile. */
+static void session_on_tarpit(evutil_socket_t fd, short what, void *arg)
+{
+    struct session *s = arg;
+    (void)fd;
+    (void)what;
+    if (s->state != S_RCPT_WAIT)
+        log_panic("[%s]: tarpit ended in state %s", s->addr, sstate_names[s->state]);
+    session_set_state(s, s->tarpit_back);
+    session_error(s, s->tarpit_why, s->tarpit_reply);
+    session_sync_check(s, SMTP_CMD_RCPT);
+    session_drive(s);
+    if (s->state == S_DEAD)
+        session_free(s);
+}
+
+/*
+ * Unknown-recipient tarpit: after tarpit_after 5xx RCPT replies in this
+ * session, each further one is held back tarpit_delay, doubling up to
+ * tarpit_max, on a timer (the loop never sleeps).  Returns 1 when the
+ * reply was held (the session waits in S_RCPT_WAIT), 0 to send it now.
+ */
+static int session_tarpit(struct session *s, enum stat_id why, const char *reply)
+{
+    const struct conf_ratelimit *c = &s->d->conf->ratelimit;
+
+    if (reply[0] != '5' || s->allowed)
+        return 0;
+    s->rcpt_5xx++;
+    if (c->tarpit_after <= 0 || s->rcpt_5xx <= c->tarpit_after)
+        return 0;
+    long steps = s->rcpt_5xx - c->tarpit_after - 1;
+    long delay = c->tarpit_delay;
+    while (steps-- > 0 && delay < c->tarpit_max)
+        delay *= 2;
+    if (delay > c->tarpit_max)
+        delay = c->tarpit_max;
+    if (s->tarpit == NULL && (s->tarpit = evtimer_new(s->d->base, session_on_tarpit, s)) == NULL)
+        return 0;
+    if (s->tarpit_reply == NULL && (s->tarpit_reply = malloc(RECIPIENT_REPLY_MAX)) == NULL)
+        return 0;
+    snprintf(s->tarpit_reply, RECIPIENT_REPLY_MAX, "%s", reply);
+    s->tarpit_why = why;
+    s->tarpit_back = s->state;
+    struct timeval tv = { delay, 0 };
+    if (evtimer_add(s->tarpit, &tv) != 0)
+        return 0;
+    stats_inc(STAT_TARPIT);
+    log_info("[%s]: tarpit: RCPT reply delayed %lds after %ld refused recipients", s->addr,
+             delay, s->rcpt_5xx - 1);
+    session_set_state(s, S_RCPT_WAIT);
+    return 1;
+}
+
 static void session_rcpt_verdict(struct session *s, const struct recipient_answer *v,
                                  const char *addr, const struct smtp_rcpt_params *rp)
 {
@@ -502,6 +818,8 @@ static void session_rcpt_verdict(struct session *s, const struct recipient_answe
                           "421 4.7.0 Error: too many unknown recipients, try again later");
             return;
         }
+        if (session_tarpit(s, v->why, v->reply))
+            return;
         session_error(s, v->why, v->reply);
         return;
     }
@@ -529,6 +847,22 @@ static void session_rcpt_verdict(struct session *s, const struct recipient_answe
         s->rcpt_cap = cap;
     }
     const struct conf_domain *dom = v->dom;
+    if (smtpd_quota_full(s->d, dom, s->mp.size > 0 ? (unsigned long long)s->mp.size : 0)) {
+        log_info("%s: reject: RCPT from %s[%s]: <%s>: domain %s quota exceeded; from=<%s>",
+                 s->qid, s->name, s->addr, addr, dom->name, s->sender);
+        char reply[RECIPIENT_REPLY_MAX];
+        snprintf(reply, sizeof reply, "452 4.2.2 <%s>: Recipient address rejected: "
+                 "mailbox full: domain quota exceeded, try again later", addr);
+        session_reject(s, STAT_REJ_QUOTA, reply);
+        return;
+    }
+    {
+        char reply[RECIPIENT_REPLY_MAX];
+        if (session_greylisted(s, dom, addr, reply, sizeof reply)) {
+            session_reject(s, STAT_REJ_GREYLIST, reply);
+            return;
+        }
+    }
     struct qrcpt *r = &s->rcpt[s->nrcpt];
     memset(r, 0, sizeof *r);
     r->index = (uint32_t)s->nrcpt;
@@ -543,8 +877,6 @@ static void session_rcpt_verdict(struct session *s, const struct recipient_answe
     session_set_state(s, S_RCPT);
     session_reply(s, "250 2.1.5 Ok");
 }
-
-static void session_sync_check(struct session *s, enum smtp_cmd cmd);
 
 /* recipient_cb: the pending RCPT's verdict.  Answer it, then go on with
  * what the client pipelined meanwhile. */
@@ -583,6 +915,15 @@ static void cmd_rcpt(struct session *s, const char *arg)
     }
     if (a.utf8 && !s->mp.smtputf8) {
         session_error(s, STAT_REJ_PROTOCOL, "553 5.6.7 Error: non-ASCII address requires SMTPUTF8");
+        return;
+    }
+    const char *over = session_rate(s, RL_RCPT);
+    if (over != NULL) {
+        log_info("%s: reject: RCPT from %s[%s]: too many recipients from this %s", s->qid,
+                 s->name, s->addr, over);
+        session_reject(s, STAT_REJ_RATE, over[0] == 'a'
+                       ? "450 4.7.1 Error: too many recipients from your address, try again later"
+                       : "450 4.7.1 Error: too many recipients from your network, try again later");
         return;
     }
     int family = session_client(s, client);
@@ -1024,7 +1365,10 @@ static void commit_done(void *arg, int err)
         stats_add(STAT_ACCEPTED_BYTES, (uint64_t)c->size);
         if (c->s == NULL)
             log_info("%s: queued after %s disconnected", c->qid, c->client);
-        if (d->queued)
+        /* DKIM first (after the 250, never before it): the message goes
+         * to delivery once its result is in the record, so the primary's
+         * Authentication-Results header carries it. */
+        if (d->queued && dkim_check(d->dkim, c->qid, d->queued, d->hook_arg) != 0)
             d->queued(d->hook_arg, c->qid);
     } else {
         stats_inc(STAT_REJ_STORAGE);
@@ -1089,8 +1433,74 @@ static void session_data_end(struct session *s)
     session_commit(s);
 }
 
-/* Hand the finished message to the spool; 250 comes from commit_done. */
+/* After the milters, if any: the quota again with the real size, then
+ * SPF (waited for at most spf.timeout), then the commit. */
 static void session_commit(struct session *s)
+{
+    /* The quota again with the real size: refused only when every
+     * recipient's domain would cross its quota.  When some would not, the
+     * message is taken (it is stored once, for all its recipients) and
+     * the full domains overshoot by this one message. */
+    unsigned long long real = spool_body_size(s->body);
+    size_t fits = 0;
+    for (size_t i = 0; i < s->nrcpt && fits == 0; i++) {
+        const struct conf_domain *dom = conf_domain_find(s->d->conf, s->rcpt[i].domain);
+        if (dom == NULL || !smtpd_quota_full(s->d, dom, real))
+            fits++;
+    }
+    if (fits == 0 && s->nrcpt > 0) {
+        log_info("%s: reject: end of data from %s[%s]: domain quota exceeded (%llu octets); "
+                 "from=<%s>", s->qid, s->name, s->addr, real, s->sender);
+        session_reject(s, STAT_REJ_QUOTA,
+                       "452 4.2.2 Error: mailbox full: domain quota exceeded, try again later");
+        session_txn_reset(s);
+        session_set_state(s, S_HELO);
+        session_set_timeout(s, s->d->conf->limits.command_timeout);
+        return;
+    }
+
+    /* SPF still looking: wait for it, at most spf.timeout, in S_COMMIT
+     * (no input read: the client waits for our reply anyway). */
+    if (s->spf != NULL && s->d->conf->spf.timeout > 0 && !spf_pool_late(s->d->spf)) {
+        if (s->spf_wait == NULL)
+            s->spf_wait = evtimer_new(s->d->base, session_on_spf_timeout, s);
+        if (s->spf_wait != NULL) {
+            struct timeval tv = { s->d->conf->spf.timeout, 0 };
+            session_set_state(s, S_COMMIT);
+            session_set_timeout(s, 0);
+            s->spf_waiting = 1;
+            evtimer_add(s->spf_wait, &tv);
+            return;
+        }
+    }
+    session_data_commit(s);
+}
+
+/* The message's authentication results as far as known: SPF of both
+ * identities (temperror when the check did not finish in time). */
+static void session_auth_fill(struct session *s, struct qmsg *m)
+{
+    if (s->spf == NULL && !s->spf_done)
+        return;                         /* no check made (no pool, no memory) */
+    struct spf_answer a = s->spf_ans;
+    if (!s->spf_done) {
+        a.mailfrom = SPF_RES_TEMPERROR;
+        a.helo = SPF_RES_TEMPERROR;
+    }
+    if (s->sender[0]) {
+        m->auth_flags |= QMSG_AUTH_SPF_DONE;
+        if (a.mailfrom == SPF_RES_PASS)
+            m->auth_flags |= QMSG_AUTH_SPF_PASS;
+    }
+    if (spf_answer_resinfo(&a, s->sender, s->helo, m->auth_results, sizeof m->auth_results) < 0)
+        log_warn("%s: spf results do not fit the record", s->qid);
+    log_info("%s: spf: mailfrom=%s helo=%s", s->qid, s->sender[0] ? spf_result_name(a.mailfrom) : "-",
+             spf_result_name(a.helo));
+}
+
+/* Hand the finished message to the spool (S_DATA/S_BDAT, or S_COMMIT when
+ * it waited for SPF). */
+static void session_data_commit(struct session *s)
 {
     struct qmsg m;
     memset(&m, 0, sizeof m);
@@ -1106,6 +1516,9 @@ static void session_commit(struct session *s)
     snprintf(m.client_addr, sizeof m.client_addr, "%s", s->addr);
     snprintf(m.client_name, sizeof m.client_name, "%s", s->name);
     snprintf(m.helo, sizeof m.helo, "%s", s->helo);
+    session_auth_fill(s, &m);
+    spf_cancel(s->spf);
+    s->spf = NULL;
 
     struct spool_body *b = s->body;
     s->body = NULL;                     /* the spool owns it now */
@@ -1699,6 +2112,14 @@ static void session_on_read(struct bufferevent *bev, void *arg)
 static void session_on_write(struct bufferevent *bev, void *arg)
 {
     struct session *s = arg;
+    /* Callbacks are deferred (BEV_OPT_DEFER_CALLBACKS): this one may have
+     * been scheduled when an earlier reply drained, before an asynchronous
+     * completion (RCPT verdict, commit) queued more replies and a pipelined
+     * QUIT closed the session.  Acting on the state alone would then free
+     * the session with its last replies unsent; act only once the output
+     * is really empty (libevent calls back again when it is). */
+    if (evbuffer_get_length(bufferevent_get_output(bev)) > 0)
+        return;
     if (s->state == S_CLOSING) {
         session_free(s);
         return;
@@ -1764,6 +2185,13 @@ static void session_on_event(struct bufferevent *bev, short what, void *arg)
                 snprintf(buf, sizeof buf, "%s", evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
             log_info("[%s]: TLS error in state %s: %s", s->addr, sstate_names[s->state], buf);
         }
+    }
+    if (s->state == S_COMMIT && s->spf_waiting) {
+        /* The whole message is here: it is stored as it would have been
+         * (what the spool does with a commit in flight), SPF as far as known. */
+        s->spf_waiting = 0;
+        evtimer_del(s->spf_wait);
+        session_data_commit(s);
     }
     if (s->state == S_COMMIT)
         log_info("%s: lost connection after end of data from %s[%s]; the commit goes on",
@@ -1843,6 +2271,13 @@ static void session_free(struct session *s)
     dns_ptr_cancel(s->ptr);
     recipient_req_free(s->rreq);
     free(s->wait);
+    if (s->tarpit != NULL)
+        event_free(s->tarpit);
+    free(s->tarpit_reply);
+    free(s->dnsbl_reply);
+    if (s->spf_wait)
+        event_free(s->spf_wait);
+    s->spf_wait = NULL;
     session_txn_reset(s);
     free(s->rcpt);
     free(s->sender);
@@ -1912,6 +2347,35 @@ static int session_is_loopback(const struct session *s)
     return IN6_IS_ADDR_LOOPBACK(a6);
 }
 
+/* A DNSBL verdict: a listed client is greeted like any other and gets
+ * 554 5.7.1 with the list's reason at every MAIL (a client sees and logs
+ * a refusal of MAIL better than one of the greeting). */
+static void session_dnsbl_note(struct session *s, const struct dnsbl_result *r)
+{
+    if (!r->blocked || s->dnsbl_reply != NULL)
+        return;
+    if ((s->dnsbl_reply = malloc(SMTPD_DNSBL_REPLY_BUF)) == NULL)
+        return;                         /* fail open */
+    snprintf(s->dnsbl_reply, SMTPD_DNSBL_REPLY_BUF,
+             "554 5.7.1 Service unavailable; client [%s] blocked using %s; %s", s->addr, r->zone,
+             r->reason);
+    /* a list's TXT may be long: one reply line (RFC 5321 4.5.3.1.5) */
+    s->dnsbl_reply[SMTP_REPLY_LINE_MAX] = '\0';
+    log_info("[%s]: listed (score %ld): %s: %s", s->addr, r->score, r->zone, r->reason);
+}
+
+static void session_on_dnsbl(void *arg, const struct dnsbl_result *r)
+{
+    struct session *s = arg;
+
+    s->dnsbl = NULL;
+    session_dnsbl_note(s, r);
+    if (s->state >= S_CLOSING)
+        return;
+    session_reply(s, "220 %s ESMTP mxkeep", s->d->conf->hostname);
+    bufferevent_enable(s->bev, EV_READ);
+}
+
 void smtpd_accept(void *arg, evutil_socket_t fd, const struct sockaddr *sa, int salen)
 {
     struct smtpd *d = arg;
@@ -1965,6 +2429,22 @@ void smtpd_accept(void *arg, evutil_socket_t fd, const struct sockaddr *sa, int 
         session_close(s, SMTPD_NO_REJECT, "421 4.3.2 Error: server shutting down");
         return;
     }
+    {
+        unsigned char ca[16];
+        int fam = session_client(s, ca);
+        s->allowed = conf_cidr_match(d->conf->allow_clients, d->conf->nallow_clients, fam, ca);
+    }
+    const char *over = session_rate(s, RL_CONNECT);
+    if (over != NULL) {
+        log_info("reject: CONNECT from %s[%s]: too many connections from this %s", s->name,
+                 s->addr, over);
+        stats_inc(STAT_REJ_RATE);
+        session_reply(s, "421 4.7.1 %s Error: too many connections from your %s, "
+                      "try again later", d->conf->hostname, over);
+        session_set_state(s, S_CLOSING);
+        bufferevent_disable(s->bev, EV_READ);
+        return;
+    }
     /* Not awaited: a slow or dead resolver must not delay the greeting.
      * A loopback client is this machine: with the system resolver it is
      * "localhost" without a query (a burst of local connections must not
@@ -1974,6 +2454,21 @@ void smtpd_accept(void *arg, evutil_socket_t fd, const struct sockaddr *sa, int 
         snprintf(s->name, sizeof s->name, "localhost");
     else if (d->dns && !(s->ptr = dns_ptr(d->dns, (struct sockaddr *)&s->sa, session_on_ptr, s)))
         log_warn("[%s]: cannot start the reverse lookup; client stays unknown", s->addr);
+    if (!s->allowed && d->dns != NULL && d->conf->dnsbl.nzones > 0) {
+        struct dnsbl_result now;
+        unsigned char ca[16];
+        int fam = session_client(s, ca);
+        if (d->dnsbl == NULL)
+            d->dnsbl = dnsbl_new(d->base);
+        s->dnsbl = dnsbl_check(d->dnsbl, d->dns, d->conf, fam, ca, session_on_dnsbl, s, &now);
+        if (s->dnsbl != NULL) {
+            /* The greeting waits for the lists (bounded by dnsbl.timeout),
+             * so that the verdict is known before any command. */
+            bufferevent_disable(s->bev, EV_READ);
+            return;
+        }
+        session_dnsbl_note(s, &now);
+    }
     session_reply(s, "220 %s ESMTP mxkeep", d->conf->hostname);
 }
 
@@ -1999,6 +2494,9 @@ void smtpd_configure(struct smtpd *d, const struct conf *c, const struct policy 
     d->policy = p;
     d->disk_checked = 0;
 }
+
+void smtpd_set_spf(struct smtpd *d, struct spf_pool *p) { d->spf = p; }
+void smtpd_set_dkim(struct smtpd *d, struct dkim_pool *p) { d->dkim = p; }
 
 void smtpd_set_dns(struct smtpd *d, struct dns *dns)
 {
@@ -2037,5 +2535,10 @@ void smtpd_free(struct smtpd *d)
      * the committed ones at the next start. */
     while (d->commits)
         commit_free(d->commits);
+    ratelimit_free(d->rl);
+    dnsbl_free(d->dnsbl);
+    if (d->gl_sweep != NULL)
+        event_free(d->gl_sweep);
+    greylist_close(d->gl);
     free(d);
 }

@@ -50,6 +50,12 @@ void smtpd_set_hooks(struct smtpd *d, smtpd_etrn_fn etrn, smtpd_queued_fn queued
  * borrowed and must outlive the smtpd; NULL (the default): every client
  * is "unknown". */
 void smtpd_set_dns(struct smtpd *d, struct dns *dns);
+/* SPF checks of each transaction (spf.h), borrowed; NULL: none. */
+struct spf_pool;
+void smtpd_set_spf(struct smtpd *d, struct spf_pool *p);
+/* DKIM verification after each commit, before the queued hook (dkim.h). */
+struct dkim_pool;
+void smtpd_set_dkim(struct smtpd *d, struct dkim_pool *p);
 /* listen_accept_fn: arg is the struct smtpd. */
 void smtpd_accept(void *arg, evutil_socket_t fd, const struct sockaddr *sa, int salen);
 /* Shutdown: close idle sessions now (421), let transactions finish. */

@@ -427,6 +427,133 @@ struct spool_ticket *spool_delete(struct spool *s, const char *qid,
     return t;
 }
 
+/* ---------- post-commit updates of a message record ---------- */
+
+enum msg_upd_kind { UPD_AUTH, UPD_HOLD, UPD_RELEASE, UPD_UNHOLD };
+
+struct msg_upd {
+    enum msg_upd_kind kind;
+    char qid[QID_SIZE];
+    uint32_t flags;
+    int64_t now, when;
+    char text[QMSG_AUTH_RESULTS_MAX];
+    spool_done_fn done;
+    void *arg;
+    struct spool *spool;
+};
+
+/* Writer thread; reads the record inside the transaction, so a retried
+ * batch computes the same result (idempotent). */
+static int msg_upd_fn(struct qdb_txn *t, void *arg)
+{
+    struct msg_upd *u = arg;
+    if (u->kind == UPD_HOLD)
+        return qdb_msg_hold(t, u->qid, u->text, u->now, u->when, 1);
+    if (u->kind == UPD_RELEASE)
+        return qdb_msg_release(t, u->qid, u->when);
+    if (u->kind == UPD_UNHOLD)
+        return qdb_msg_unhold_delete(t, u->qid);
+    struct qmsg *m = malloc(sizeof *m);
+    if (!m)
+        return QDB_ERR;
+    int r = qdb_msg_get_txn(t, u->qid, m);
+    if (r == 0) {
+        m->auth_flags |= u->flags;
+        /* Appended and cut at the field's bound (a resinfo cut short is
+         * still readable; a longer one has no room in the record). */
+        size_t len = strlen(m->auth_results), cap = sizeof m->auth_results - 1;
+        if (u->text[0] && len > 0 && len + 2 < cap) {
+            memcpy(m->auth_results + len, "; ", 2);
+            len += 2;
+        }
+        if (u->text[0] && len < cap) {
+            size_t n = strlen(u->text);
+            if (n > cap - len)
+                n = cap - len;
+            memcpy(m->auth_results + len, u->text, n);
+            m->auth_results[len + n] = '\0';
+        }
+        r = qdb_msg_update(t, m);
+    }
+    free(m);
+    return r;
+}
+
+static void msg_upd_done(void *arg, int err)
+{
+    struct msg_upd *u = arg;
+    if (u->kind == UPD_UNHOLD && err == 0)
+        spool_body_unlink_if_gone(u->spool, u->qid);
+    if (u->done)
+        u->done(u->arg, err);
+    free(u);
+}
+
+static struct spool_ticket *msg_upd_queue(struct spool *s, struct msg_upd *u)
+{
+    u->spool = s;
+    struct spool_ticket *t = spool_write(s, msg_upd_fn, u, msg_upd_done, u);
+    if (!t)
+        free(u);
+    return t;
+}
+
+static struct msg_upd *msg_upd_new(enum msg_upd_kind kind, const char *qid, const char *text,
+                                   spool_done_fn done, void *arg)
+{
+    if (!qid_valid(qid)) {
+        errno = EINVAL;
+        return NULL;
+    }
+    struct msg_upd *u = calloc(1, sizeof *u);
+    if (!u)
+        return NULL;
+    u->kind = kind;
+    memcpy(u->qid, qid, QID_SIZE);
+    snprintf(u->text, sizeof u->text, "%s", text ? text : "");
+    u->done = done;
+    u->arg = arg;
+    return u;
+}
+
+struct spool_ticket *spool_msg_auth_set(struct spool *s, const char *qid, uint32_t flags,
+                                        const char *text, spool_done_fn done, void *arg)
+{
+    struct msg_upd *u = msg_upd_new(UPD_AUTH, qid, text, done, arg);
+    if (!u)
+        return NULL;
+    u->flags = flags;
+    return msg_upd_queue(s, u);
+}
+
+struct spool_ticket *spool_quarantine(struct spool *s, const char *qid, const char *reason,
+                                      int64_t until, spool_done_fn done, void *arg)
+{
+    struct msg_upd *u = msg_upd_new(UPD_HOLD, qid, reason, done, arg);
+    if (!u)
+        return NULL;
+    u->now = (int64_t)time(NULL);
+    u->when = until;
+    return msg_upd_queue(s, u);
+}
+
+struct spool_ticket *spool_release(struct spool *s, const char *qid, int64_t expiry,
+                                   spool_done_fn done, void *arg)
+{
+    struct msg_upd *u = msg_upd_new(UPD_RELEASE, qid, NULL, done, arg);
+    if (!u)
+        return NULL;
+    u->when = expiry;
+    return msg_upd_queue(s, u);
+}
+
+struct spool_ticket *spool_quarantine_delete(struct spool *s, const char *qid,
+                                             spool_done_fn done, void *arg)
+{
+    struct msg_upd *u = msg_upd_new(UPD_UNHOLD, qid, NULL, done, arg);
+    return u ? msg_upd_queue(s, u) : NULL;
+}
+
 /* ---------- the writer thread ---------- */
 
 static void fail_all(struct spool_ticket **req, size_t n, int err)
@@ -1119,6 +1246,11 @@ int spool_due_first(struct spool *s, int64_t *when, char qid[QID_SIZE])
 long spool_msg_count(struct spool *s)
 {
     return qdb_msg_count(s->db);
+}
+
+long spool_held_count(struct spool *s)
+{
+    return qdb_held_count(s->db);
 }
 
 long spool_page(struct spool *s, const char *domain, char after[QID_SIZE],

@@ -89,6 +89,7 @@ int spool_dest_get(struct spool *s, const char *domain, struct qdest *out);
 long spool_dest_each(struct spool *s, int (*fn)(void *arg, const struct qdest *d), void *arg);
 int spool_due_first(struct spool *s, int64_t *when, char qid[QID_SIZE]);
 long spool_msg_count(struct spool *s);
+long spool_held_count(struct spool *s);         /* messages in quarantine */
 long spool_page(struct spool *s, const char *domain, char after[QID_SIZE],
                 char (*out)[QID_SIZE], long max);
 /* The index itself, for the unit tests (t_spool) only: the daemon's
@@ -136,6 +137,31 @@ struct spool_ticket *spool_write(struct spool *s, spool_txn_fn fn, void *arg,
 /* Remove a message (records and body) in the next batch. */
 struct spool_ticket *spool_delete(struct spool *s, const char *qid,
                                   spool_done_fn done, void *arg);
+
+/*
+ * Post-commit updates of a message record, in the next batch (done as for
+ * spool_write: ENOENT when the message is gone or, for release, not held).
+ * spool_msg_auth_set: OR flags (QMSG_AUTH_*) into auth_flags and append
+ * text (RFC 8601 resinfo, may be NULL) to auth_results with "; " between
+ * (DKIM finishes after the 250; the text is cut at the field's bound).
+ * spool_quarantine: hold every pending recipient of a committed message
+ * in quarantine (qdb_msg_hold) with reason, until a removal at `until`.
+ * spool_release: back from quarantine to the queue, recipients expiring
+ * at `expiry` (qdb_msg_release).
+ * To quarantine at commit instead, set QMSG_F_QUARANTINE, quarantined,
+ * quarantine_until and quarantine_reason in the qmsg given to
+ * spool_commit (quarantine_prepare() in quarantine.h does).
+ */
+struct spool_ticket *spool_msg_auth_set(struct spool *s, const char *qid, uint32_t flags,
+                                        const char *text, spool_done_fn done, void *arg);
+struct spool_ticket *spool_quarantine(struct spool *s, const char *qid, const char *reason,
+                                      int64_t until, spool_done_fn done, void *arg);
+struct spool_ticket *spool_release(struct spool *s, const char *qid, int64_t expiry,
+                                   spool_done_fn done, void *arg);
+/* Remove what quarantine holds of a message (qdb_msg_unhold_delete); the
+ * body file goes when the message is gone. */
+struct spool_ticket *spool_quarantine_delete(struct spool *s, const char *qid,
+                                             spool_done_fn done, void *arg);
 
 /* After a spool_write() that may have removed a message (qdb_msg_settle):
  * if its record is gone, unlink its body file.  Loop thread. */

@@ -43,6 +43,15 @@ static const struct {
     [STAT_REJ_UNVERIFIED] = { "rejected_unverified_total", "Recipients refused 4xx: verification by callout failed or still running" },
     [STAT_REJ_LOOKUP] = { "rejected_lookup_total", "Recipients refused 4xx: recipient table lookup failed" },
     [STAT_REJ_THROTTLED] = { "rejected_throttled_total", "Recipients refused 4xx: client made too many unknown recipients" },
+    [STAT_REJ_GATED] = { "rejected_gated_total", "Recipients refused 4xx: accept = \"when-primary-down\" and the primary is up" },
+    [STAT_REJ_QUOTA] = { "rejected_quota_total", "Recipients or messages refused 452 4.2.2: the domain's spool quota is full" },
+    [STAT_REJ_RATE] = { "rejected_rate_total", "Connections, messages or recipients refused 4.7.1: a per-client rate limit" },
+    [STAT_REJ_GREYLIST] = { "rejected_greylist_total", "Recipients refused 450 4.2.0: greylisted" },
+    [STAT_REJ_DNSBL] = { "rejected_dnsbl_total", "Messages refused 554 5.7.1: the client is listed in DNSBL zones" },
+    [STAT_TARPIT] = { "tarpit_delays_total", "RCPT replies delayed by the unknown-recipient tarpit" },
+    [STAT_QUARANTINED_EXPIRED] = { "quarantined_expired_total", "Messages quarantined: expired, failure notice withheld" },
+    [STAT_QUARANTINED_BOUNCED] = { "quarantined_bounced_total", "Messages quarantined: refused by the primary, failure notice withheld" },
+    [STAT_QUARANTINED_MILTER] = { "quarantined_milter_total", "Messages quarantined by a milter" },
 };
 
 /*
@@ -54,6 +63,7 @@ static const struct {
  */
 #define REJ_HELP "Recipients, messages or commands refused, by reason"
 #define RCPT_HELP "Recipient outcomes of delivery attempts (deferred counts attempts)"
+#define QUAR_HELP "Messages put in quarantine, by reason"
 #define CONN_IN_HELP "Inbound SMTP connections, accepted or refused at connect (limits)"
 
 static const struct stats_series stats_family_map[STAT_COUNT_] = {
@@ -69,10 +79,19 @@ static const struct stats_series stats_family_map[STAT_COUNT_] = {
     [STAT_REJ_UNVERIFIED] = { "rejected_total", REJ_HELP, "reason", "unverified" },
     [STAT_REJ_LOOKUP] = { "rejected_total", REJ_HELP, "reason", "lookup" },
     [STAT_REJ_THROTTLED] = { "rejected_total", REJ_HELP, "reason", "throttled" },
+    [STAT_REJ_GATED] = { "rejected_total", REJ_HELP, "reason", "gated" },
+    [STAT_REJ_QUOTA] = { "rejected_total", REJ_HELP, "reason", "quota" },
+    [STAT_REJ_RATE] = { "rejected_total", REJ_HELP, "reason", "rate" },
+    [STAT_REJ_GREYLIST] = { "rejected_total", REJ_HELP, "reason", "greylist" },
+    [STAT_REJ_DNSBL] = { "rejected_total", REJ_HELP, "reason", "dnsbl" },
+    [STAT_TARPIT] = { "tarpit_delays_total", "RCPT replies delayed by the unknown-recipient tarpit", NULL, NULL },
     [STAT_DELIVERED] = { "recipients_total", RCPT_HELP, "outcome", "delivered" },
     [STAT_DEFERRED] = { "recipients_total", RCPT_HELP, "outcome", "deferred" },
     [STAT_BOUNCED] = { "recipients_total", RCPT_HELP, "outcome", "bounced" },
     [STAT_EXPIRED] = { "recipients_total", RCPT_HELP, "outcome", "expired" },
+    [STAT_QUARANTINED_EXPIRED] = { "quarantined_total", QUAR_HELP, "reason", "expired" },
+    [STAT_QUARANTINED_BOUNCED] = { "quarantined_total", QUAR_HELP, "reason", "bounced" },
+    [STAT_QUARANTINED_MILTER] = { "quarantined_total", QUAR_HELP, "reason", "milter" },
     [STAT_CONN_OUT_FAILED] = { "smtp_connection_failures_total",
                                "Outbound connections that failed before the greeting", NULL,
                                NULL },

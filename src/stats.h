@@ -41,6 +41,16 @@ enum stat_id {
     STAT_REJ_UNVERIFIED,        /* 450 4.1.1: callout gave no answer (yet) */
     STAT_REJ_LOOKUP,            /* 451 4.3.0: recipient table unreachable */
     STAT_REJ_THROTTLED,         /* 450 4.7.1/421: client made too many unknown recipients */
+    STAT_REJ_GATED,             /* 450 4.7.0: gated domain, its primary is up */
+    STAT_REJ_QUOTA,             /* 452 4.2.2: the domain's spool quota is full */
+    STAT_REJ_RATE,              /* 421/450 4.7.1: a per-client rate limit */
+    STAT_REJ_GREYLIST,          /* 450 4.2.0: greylisted */
+    STAT_REJ_DNSBL,             /* 554 5.7.1: client listed in DNSBL zones */
+    STAT_TARPIT,                /* RCPT replies delayed by the unknown-recipient tarpit */
+    /* Messages put in quarantine (quarantine.h), by reason */
+    STAT_QUARANTINED_EXPIRED,   /* expired, sender not authenticated: notice withheld */
+    STAT_QUARANTINED_BOUNCED,   /* 5xx from the primary, sender not authenticated */
+    STAT_QUARANTINED_MILTER,    /* a milter's quarantine action */
     STAT_COUNT_
 };
 

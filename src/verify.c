@@ -579,10 +579,41 @@ static void random_local(char *out, size_t len)
 
 typedef void vs_reply_fn(struct vsess *s);
 
+/*
+ * Does the greeting name us?  A primary route that points back at this
+ * node ([own address]:port, a NAT, a stale MX) would make every probe's
+ * RCPT start another probe; Postfix's "mail for X loops back to myself"
+ * check compares the same word.  The first word after "220 " or "220-".
+ */
+static int greets_as_us(const struct smtpc_reply *r)
+{
+    const char *w = r->text;
+    size_t n;
+
+    if (strlen(w) < 4)
+        return 0;
+    w += 4;
+    n = strcspn(w, " \t\r\n");
+    if (n == 0)
+        return 0;
+    if (strlen(V.conf->hostname) == n && strncasecmp(w, V.conf->hostname, n) == 0)
+        return 1;
+    for (size_t i = 0; i < V.conf->naliases; i++)
+        if (strlen(V.conf->aliases[i]) == n && strncasecmp(w, V.conf->aliases[i], n) == 0)
+            return 1;
+    return 0;
+}
+
 static void on_greeting(struct vsess *s)
 {
     if (s->rep.code != 220) {
         vs_close(s, 1, "greeting refused");
+        return;
+    }
+    if (greets_as_us(&s->rep)) {
+        /* host_down: the host is "unreachable" for a while and that line
+         * carries the reason, once per `unreachable`, not once per RCPT. */
+        vs_close(s, 1, "loops back to myself: the primary greets with our name");
         return;
     }
     vs_send(s, VS_EHLO, "EHLO %s", V.conf->hostname);

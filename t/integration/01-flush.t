@@ -61,15 +61,18 @@ def main():
     is_(len(got), N, "smtp-sink got exactly %d messages" % N)
     dumped = {}
     for m in got:
-        dumped.setdefault(m["data"], []).append(m)
+        dumped.setdefault(strip_our_ar(m["data"]), []).append(m)
     missing = [q for q in qids if SmtpSink.as_dumped(stored[q]) not in dumped]
-    is_(missing, [], "every stored body (our Received + original) arrived exactly")
+    is_(missing, [], "every stored body (our Received + original) arrived exactly, "
+        "below our Authentication-Results header")
     bad_env = [m for m in got if m["mail"] is None or not m["mail"].startswith("<sender@example.com>")
                or m["rcpts"] != ["<user@example.org>"]]
     is_(len(bad_env), 0, "envelope kept: MAIL FROM:<sender@example.com>, RCPT TO:<user@example.org>")
     recv = [len(re.findall(rb"(?m)^Received:", m["data"])) for m in got]
     is_(set(recv), {1}, "each delivered message carries exactly one Received header")
-    ok(all(m["data"].startswith(b"Received: ") for m in got), "our Received header is on top")
+    ok(all(strip_our_ar(m["data"]).startswith(b"Received: ") and
+           m["data"].startswith(b"Authentication-Results: mx2.example.net;") for m in got),
+       "our Authentication-Results header on top, then our Received header")
     log = srv.log()[mark:]
     n_sent = len(re.findall(r"to=<user@example\.org>, relay=[^,]*\[127\.0\.0\.1\]:%d, delay=\d+, "
                             r"dsn=2\.\d\.\d, status=sent \(250" % sink.port, log))

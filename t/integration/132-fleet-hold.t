@@ -56,6 +56,10 @@ def main():
     ok(wait_for(lambda: etrn(c, "example.org").code == 458, HOLD_WAIT),
        "node c after a restart: 458 (read from the holds table)")
     ok(wait_for(lambda: c.dest_state("example.org") == "held", 5), "node c: summary says held")
+    # 458 counts the fleet's held mail as 253 does (each node's own part
+    # plus the others' last status rows, refreshed every second here).
+    ok(wait_for(lambda: " 6 messages waiting" in etrn(a, "example.org").text, 10),
+       "node a's 458 counts the fleet's held mail (2 + 3 + 1)")
     time.sleep(1)
     is_(fake.count(), 0, "restarted node c delivers nothing while held")
 

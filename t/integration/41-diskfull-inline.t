@@ -83,12 +83,19 @@ def scenario(srv, mnt):
     ok(before is not None, "storage counter readable (%s)" % before)
 
     # Each transaction is opened while the daemon still sees room (MAIL
-    # passes its free-space check); the disk is full when the text ends.
+    # passes its free-space check, whose statvfs answer is trusted for a
+    # second); the disk is full when the text ends.  Once the daemon has
+    # measured again, MAIL itself gets 452 4.3.1: also right.
     replies = []
+    at_commit = []
     filler = None
     for i in range(ATTEMPTS):
-        rs = [c.cmd("MAIL FROM:<d@example.com>"), c.cmd("RCPT TO:<user@example.org>"),
-              c.cmd("DATA")]
+        # A real client stops at a refused MAIL: sending RCPT and DATA after
+        # it would earn 503s, which count towards bad_commands and end the
+        # session before the disk has room again.
+        rs = [c.cmd("MAIL FROM:<d@example.com>")]
+        if rs[0].code == 250:
+            rs += [c.cmd("RCPT TO:<user@example.org>"), c.cmd("DATA")]
         if [x.code for x in rs] != [250, 250, 354]:
             replies.append(rs[-1] if rs[0].code == 250 else rs[0])
             c.cmd("RSET")
@@ -101,11 +108,12 @@ def scenario(srv, mnt):
         c.send(dot_stuff(m))
         r = c.reply(timeout=20)
         replies.append(r)
+        at_commit.append(r)
         if r.code == 250:
             acked[qid_of(r.text)] = m     # it fit: durable, so 250 is right
     codes = [r.code for r in replies]
     diag("replies while full: %s" % codes)
-    ok(452 in codes, "a full disk at commit: 452")
+    ok(452 in [r.code for r in at_commit], "a full disk at commit: 452")
     is_([str(r) for r in replies if r.code not in (250, 452)], [],
         "no other reply while full (in particular no 451 4.3.0)")
     is_([r.last for r in replies if r.code == 452 and not r.last.startswith("4.3.1 ")], [],
@@ -114,14 +122,23 @@ def scenario(srv, mnt):
     after = storage_count(srv)
     is_(after - before if after is not None and before is not None else None, n452,
         "storage counter up by the number of 452s (%d)" % n452)
-    is_(len(re.findall(r"not queued: spool full", srv.log())), n452,
-        "each logged as 'spool full'")
+    is_(len(re.findall(r"not queued: spool full", srv.log())),
+        len([r for r in at_commit if r.code == 452]),
+        "each refusal at commit logged as 'spool full'")
+    is_(len(re.findall(r"refusing mail: spool .* is short of space", srv.log())),
+        n452 - len([r for r in at_commit if r.code == 452]),
+        "each refusal at MAIL logged as short of space")
     is_(c.cmd("NOOP").code, 250, "the session goes on")
     ok(srv.running(), "daemon still running")
 
     os.unlink(filler)
     m = make_message("recovered", size=2000)
-    rs = c.transaction("d@example.com", ["user@example.org"], m)
+    deadline = time.monotonic() + 5   # the daemon trusts a free-space answer 1 s
+    while True:
+        rs = c.transaction("d@example.com", ["user@example.org"], m)
+        if rs[-1].code == 250 or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
     is_(rs[-1].code, 250, "accepted again once space returned")
     if rs[-1].code == 250:
         acked[qid_of(rs[-1].text)] = m

@@ -590,6 +590,55 @@ static void test_cluster(void)
 #undef PG
 }
 
+/* Issue 9, section 5: quotas, ratelimit, greylist, dnsbl, allow_clients. */
+static void test_limits_issue9(void)
+{
+    struct conf *c = load_text(BASE "domains = ( { name = \"a.example\"; max_messages = 100;\n"
+                               "  max_bytes = \"2G\"; greylist = true; }, { name = \"b.example\"; } );\n"
+                               "ratelimit = { connections = 5; net_messages = 0; tarpit_after = 2; };\n"
+                               "greylist = { delay = \"1m\"; };\n"
+                               "allow_clients = ( \"192.0.2.0/24\", \"2001:db8::/32\" );\n"
+                               "dnsbl = { zones = ( { zone = \"BL.Example.\"; weight = 2;\n"
+                               "  reply = \"listed at %s, 100%%\"; }, { zone = \"wl.example\"; weight = -3; } );\n"
+                               "  threshold = 2; };\n");
+    if (!ok(c != NULL, "issue 9 settings load"))
+        diag("  %s", errbuf);
+    if (c == NULL)
+        return;
+    const struct conf_domain *a = conf_domain_find(c, "a.example");
+    const struct conf_domain *b = conf_domain_find(c, "b.example");
+    ok(a && a->max_messages == 100 && a->max_bytes == 2L * 1024 * 1024 * 1024 && a->greylist,
+       "max_messages, max_bytes \"2G\", greylist");
+    ok(b && b->max_messages == 0 && b->max_bytes == 0 && !b->greylist, "quotas off by default");
+    ok(c->ratelimit.connections == 5 && c->ratelimit.net_messages == 0 &&
+       c->ratelimit.net_connections == 0 && c->ratelimit.window == 60 &&
+       c->ratelimit.ipv4_prefix == 24 && c->ratelimit.ipv6_prefix == 64 &&
+       c->ratelimit.tarpit_after == 2 && c->ratelimit.tarpit_delay == 1 &&
+       c->ratelimit.tarpit_max == 10, "ratelimit values and defaults");
+    ok(c->greylist.delay == 60 && c->greylist.retry_window == 36 * 3600 &&
+       c->greylist.pass_expire == 36 * 86400, "greylist values and defaults");
+    ok(c->nallow_clients == 2, "allow_clients");
+    ok(c->dnsbl.nzones == 2 && strcmp(c->dnsbl.zones[0].zone, "bl.example") == 0 &&
+       c->dnsbl.zones[0].weight == 2 && c->dnsbl.zones[1].weight == -3 &&
+       c->dnsbl.zones[1].reply == NULL && c->dnsbl.threshold == 2 && c->dnsbl.timeout == 5,
+       "dnsbl zones (name normalized), weights, threshold, defaults");
+    conf_free(c);
+    c = load_text(BASE);
+    ok(c && c->dnsbl.nzones == 0 && c->ratelimit.messages == 0 && c->nallow_clients == 0,
+       "without the groups: no zones, default limits");
+    conf_free(c);
+
+    expect_err(BASE "dnsbl = { zones = ( { zone = \"bl.example\";\n reply = \"%s %s\"; } ); };\n",
+               4, "at most one %s", "dnsbl reply with two %s");
+    expect_err(BASE "dnsbl = { zones = ( { zone = \"bl.example\";\n reply = \"%d\"; } ); };\n",
+               4, "at most one %s", "dnsbl reply with %d");
+    expect_err(BASE "dnsbl = { zones = ( { weight = 1; } ); };\n", 3, "zone", "dnsbl zone missing");
+    expect_err(BASE "allow_clients = ( \"300.1.1.1\" );\n", 3, "allow_clients", "bad allow prefix");
+    expect_err(BASE "ratelimit = { ipv4_prefix = 33; };\n", 3, "between", "ipv4_prefix 33");
+    expect_err(BASE "domains = ( { name = \"a.example\"; max_messages = -1; } );\n", 3, "between",
+               "negative max_messages");
+}
+
 int main(void)
 {
     if (!mkdtemp(dir) || chdir(dir) < 0 || !getcwd(cwd, sizeof cwd)) {
@@ -610,6 +659,7 @@ int main(void)
     test_cidr();
     test_primary();
     test_cluster();
+    test_limits_issue9();
 
     cleanup();
     return done_testing();

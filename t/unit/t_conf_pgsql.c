@@ -77,6 +77,15 @@ static void test_query(void)
            0, "'%%%%' is a quoted literal %%");
     is_str(out, "SELECT 1 WHERE a LIKE '%' AND b = $1", "... kept with its quotes");
     free(out);
+    /* An escape inside a literal would be text, not a parameter. */
+    is_int(conf_pgsql_query("SELECT 1 FROM m WHERE username = '%u@%d'", &out, args, why,
+                            sizeof why), -1, "'%%u@%%d' refused");
+    is_int(conf_pgsql_query("SELECT 1 WHERE a = %s AND b = 'x", &out, args, why, sizeof why), -1,
+           "unterminated literal refused");
+    is_int(conf_pgsql_query("SELECT 1 WHERE a = %s AND b <> 'it''s %%'", &out, args, why,
+                            sizeof why), 0, "'' inside a literal");
+    is_str(out, "SELECT 1 WHERE a = $1 AND b <> 'it''s %'", "... kept as is, %%%% a literal %%");
+    free(out);
 }
 
 static void test_entries(void)
@@ -113,20 +122,20 @@ static void test_entries(void)
 
     expect_err(BASE "domains = ( { name = \"a.test\"; recipients = \"pgsql:nope\"; } );\n", 3,
                "recipients: no pgsql entry is called \"nope\"", "recipients naming no entry");
-    expect_err(BASE "pgsql = ( { name = \"main\"; conninfo = \"x\"; } );\ndomains_from = \"pgsql:m\";\n",
+    expect_err(BASE "pgsql = ( { name = \"main\"; conninfo = \"dbname=x\"; } );\ndomains_from = \"pgsql:m\";\n",
                4, "domains_from: no pgsql entry is called \"m\"", "domains_from naming no entry");
     expect_err(BASE "domains_from = \"main\";\n", 3, "is not \"pgsql:NAME\"", "domains_from without pgsql:");
     expect_err(BASE "pgsql = ( { name = \"main\"; } );\n", 3, "missing required setting \"pgsql.conninfo\"",
                "conninfo required");
-    expect_err(BASE "pgsql = ( { name = \"Main!\"; conninfo = \"x\"; } );\n", 3, "may hold only",
+    expect_err(BASE "pgsql = ( { name = \"Main!\"; conninfo = \"dbname=x\"; } );\n", 3, "may hold only",
                "bad entry name");
-    expect_err(BASE "pgsql = ( { name = \"a\"; conninfo = \"x\"; },\n { name = \"a\"; conninfo = \"y\"; } );\n",
+    expect_err(BASE "pgsql = ( { name = \"a\"; conninfo = \"dbname=x\"; },\n { name = \"a\"; conninfo = \"dbname=y\"; } );\n",
                4, "listed twice", "duplicate entry");
-    expect_err(BASE "pgsql = ( { name = \"a\"; conninfo = \"x\";\n recipient_query = \"SELECT %z\"; } );\n",
+    expect_err(BASE "pgsql = ( { name = \"a\"; conninfo = \"dbname=x\";\n recipient_query = \"SELECT %z\"; } );\n",
                4, "\"%z\" is not", "bad escape in recipient_query");
-    expect_err(BASE "pgsql = ( { name = \"a\"; conninfo = \"x\";\n domain_query = \"SELECT * FROM d WHERE n = %s\"; } );\n",
+    expect_err(BASE "pgsql = ( { name = \"a\"; conninfo = \"dbname=x\";\n domain_query = \"SELECT * FROM d WHERE n = %s\"; } );\n",
                4, "takes no", "parameters in domain_query");
-    expect_err(BASE "pgsql = ( { name = \"a\"; conninfo = \"x\"; cache_sise = 1; } );\n", 3,
+    expect_err(BASE "pgsql = ( { name = \"a\"; conninfo = \"dbname=x\"; cache_sise = 1; } );\n", 3,
                "unknown setting \"cache_sise\" in pgsql", "misspelt key");
 }
 
@@ -212,6 +221,21 @@ static void test_with_domains(void)
     static const char *rows2[] = { "x.test", "y.test" };
     c = conf_with_domains(base, cols2, 1, rows2, 2, on_dup, on_bad, NULL);
     ok(c && c->ndomains == 1 && nbad == 1, "no name column: reported once, file's domains only");
+    conf_free(c);
+
+    /* accept (issue 9): a column like the file's key, checked the same. */
+    nbad = 0;
+    static const char *cols3[] = { "name", "accept" };
+    static const char *rows3[] = { "gated.test", "when-primary-down", "open.test", NULL,
+                                   "badaccept.test", "sometimes" };
+    c = conf_with_domains(base, cols3, 2, rows3, 3, on_dup, on_bad, NULL);
+    ok(c != NULL, "conf_with_domains with accept");
+    d = c ? conf_domain_find(c, "gated.test") : NULL;
+    ok(d && d->accept == ACCEPT_WHEN_PRIMARY_DOWN, "accept when-primary-down from the database");
+    d = c ? conf_domain_find(c, "open.test") : NULL;
+    ok(d && d->accept == ACCEPT_ALWAYS, "accept NULL: always (the default)");
+    ok(c && conf_domain_find(c, "badaccept.test") == NULL && nbad == 1,
+       "accept \"sometimes\": the row is reported and not served");
     conf_free(c);
     conf_free(base);
 }

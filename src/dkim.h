@@ -1,0 +1,42 @@
+/*
+ * dkim.h - DKIM (RFC 6376) verification of committed messages with
+ * libopendkim, in worker threads, after the 250: it never delays a reply.
+ *
+ * For each message the result goes into its record (spool_msg_auth_set:
+ * QMSG_AUTH_DKIM_DONE, QMSG_AUTH_DKIM_SENDER_PASS, and "dkim=R header.d=D
+ * header.s=S" per signature in auth_results), and only then is the message
+ * handed to delivery, so the Authentication-Results header the primary
+ * gets carries it.  The wait is bounded by dkim.timeout per DNS query.
+ *
+ * Threads: every function here is called on the loop thread; results come
+ * back through a notify event, as the spool's writer does.
+ * Ownership: dkim_pool_new() -> dkim_pool_free() (accepts NULL; checks not
+ * finished are dropped: their messages are in the spool and delivery
+ * finds them at the next start).
+ */
+#ifndef MXKEEP_DKIM_H
+#define MXKEEP_DKIM_H
+
+#include <stddef.h>
+
+struct event_base;
+struct conf;
+struct spool;
+struct dkim_pool;
+
+/* What runs once the message's result is recorded (the delivery hook). */
+typedef void (*dkim_then_fn)(void *arg, const char *qid);
+
+struct dkim_pool *dkim_pool_new(struct event_base *base, struct spool *sp, const struct conf *c,
+                                char *err, size_t errlen);
+void dkim_pool_free(struct dkim_pool *p);
+
+/* Verify committed message qid, then call then(arg, qid) exactly once.
+ * -1 when it could not start (then the caller calls then itself). */
+int dkim_check(struct dkim_pool *p, const char *qid, dkim_then_fn then, void *arg);
+/* Nonzero while qid is being verified (delivery_busy_fn; arg: the pool):
+ * delivery leaves it alone until `then` runs.  Linear in the messages
+ * being verified, which the queue bound keeps small. */
+int dkim_busy(void *arg, const char *qid);
+
+#endif

@@ -1,0 +1,84 @@
+/*
+ * spf.h - SPF (RFC 7208) checks of the HELO and MAIL FROM identities, in a
+ * pool of worker threads so the loop never waits on DNS.
+ *
+ * The result is recorded, not enforced: the backup records, the primary
+ * decides (from our Authentication-Results header, authres.h).
+ *
+ * Threads: spf_pool_new/spf_check/spf_cancel/spf_pool_free are called on
+ * the loop thread, and callbacks run there (a notify event made active by
+ * the worker, as the spool's writer does).
+ * Ownership: spf_pool_new() -> spf_pool_free() (accepts NULL; waits for
+ * the workers to finish their current check).  A request handed out by
+ * spf_check() is the pool's; the caller either gets its callback (after
+ * which the request is gone) or calls spf_cancel() (no callback then).
+ */
+#ifndef MXKEEP_SPF_H
+#define MXKEEP_SPF_H
+
+#include <stddef.h>
+
+struct event_base;
+struct conf;
+struct spf_pool;
+struct spf_req;
+
+/* RFC 7208 section 2.6 results, in RFC 8601's spelling. */
+enum spf_result {
+    SPF_RES_NONE = 0,
+    SPF_RES_NEUTRAL,
+    SPF_RES_PASS,
+    SPF_RES_FAIL,
+    SPF_RES_SOFTFAIL,
+    SPF_RES_TEMPERROR,
+    SPF_RES_PERMERROR,
+};
+const char *spf_result_name(enum spf_result r);
+
+/* What a check found, for both identities. */
+struct spf_answer {
+    enum spf_result mailfrom;           /* SPF_RES_NONE for the null sender */
+    enum spf_result helo;               /* SPF_RES_NONE for an address literal */
+};
+
+typedef void (*spf_done_fn)(void *arg, const struct spf_answer *a);
+
+/* Start `threads` workers; DNS from c->resolver with c->spf.timeout per
+ * query try.  NULL with a reason in err on failure. */
+struct spf_pool *spf_pool_new(struct event_base *base, const struct conf *c, char *err,
+                              size_t errlen);
+void spf_pool_free(struct spf_pool *p);
+
+/*
+ * Check the client at family/addr (AF_INET: 4 octets, AF_INET6: 16,
+ * network order) for sender ("" = null sender: only HELO is checked) and
+ * helo.  NULL when the request could not be queued (out of memory): no
+ * callback will run.
+ */
+struct spf_req *spf_check(struct spf_pool *p, int family, const unsigned char *addr,
+                          const char *helo, const char *sender, spf_done_fn done, void *arg);
+/*
+ * Whether DNS is answering SPF checks within spf.timeout.  A check that
+ * took longer (or an end of data that gave up waiting: spf_pool_note_late)
+ * makes the pool "late"; one finished in time makes it prompt again.
+ * While late, the end of data does not wait (the record says temperror):
+ * a resolver that is down must not slow every message by spf.timeout.
+ */
+int spf_pool_late(const struct spf_pool *p);
+void spf_pool_note_late(struct spf_pool *p);
+
+/* Forget a request: its callback never runs.  Accepts NULL. */
+void spf_cancel(struct spf_req *r);
+
+/* Synchronous check in the calling thread (the workers' job; the bench
+ * and unit tests).  Blocks on DNS: never on the loop. */
+void spf_check_sync(const char *resolver, long timeout, int family, const unsigned char *addr,
+                    const char *helo, const char *sender, struct spf_answer *out);
+
+/* Add this answer's resinfo entries to buf (authres_add): "spf=R
+ * smtp.mailfrom=SENDER" (when there is a sender) and "spf=R
+ * smtp.helo=HELO".  0, or -1 when it does not fit. */
+int spf_answer_resinfo(const struct spf_answer *a, const char *sender, const char *helo,
+                       char *buf, size_t cap);
+
+#endif
