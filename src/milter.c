@@ -270,6 +270,48 @@ void milter_free(struct milter *m)
     free(m);
 }
 
+/* QUIT, written straight to the socket when nothing else is waiting to
+ * go out (a best effort: closing the socket ends the session for the
+ * milter just the same), then everything freed. */
+void milter_quit_free(struct milter *m)
+{
+    if (!m)
+        return;
+    if (m->state == MS_READY && !m->have_step && m->bev &&
+        evbuffer_get_length(bufferevent_get_output(m->bev)) == 0) {
+        struct milter_buf b = { 0 };
+        if (milter_proto_simple(&b, SMFIC_QUIT) == 0)
+            (void)send(bufferevent_getfd(m->bev), b.data, b.len, MSG_DONTWAIT | MSG_NOSIGNAL);
+        milter_buf_free(&b);
+    }
+    milter_free(m);
+}
+
+void milter_notify(struct milter *m, const struct milter_buf *pkts)
+{
+    if (m->state != MS_READY || m->have_step || !pkts->len)
+        return;
+    if (bufferevent_write(m->bev, pkts->data, pkts->len) < 0)
+        milter_fail(m, "write failed");
+}
+
+void milter_abandon(struct milter *m)
+{
+    if (!m->have_step)
+        return;
+    m->done = NULL;
+    m->arg = NULL;
+    m->have_step = 0;
+    if (m->state != MS_DEAD)
+        log_info("milter %s %s: step %s abandoned; the session with it ends", m->spec.socket,
+                 m->log_id, step_flags[m->step].name);
+    milter_set_state(m, MS_DEAD);
+    if (m->bev) {
+        bufferevent_free(m->bev);
+        m->bev = NULL;
+    }
+}
+
 int milter_is_dead(const struct milter *m) { return m->state == MS_DEAD; }
 uint32_t milter_protocol(const struct milter *m) { return m->protocol; }
 

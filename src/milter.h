@@ -97,6 +97,14 @@ void milter_step(struct milter *m, enum milter_step step, const struct milter_bu
                  milter_done_fn done, void *arg);
 /* Cancel the pending callback (the caller goes away); the milter stays. */
 void milter_cancel(struct milter *m);
+/* Send packets the milter never answers (SMFIC_ABORT) now, when it is
+ * idle and negotiated; otherwise nothing (it has seen no transaction). */
+void milter_notify(struct milter *m, const struct milter_buf *pkts);
+/* The caller cannot wait for the pending step any more: no callback, and
+ * the session is closed (dead) since its replies would be out of step. */
+void milter_abandon(struct milter *m);
+/* SMFIC_QUIT (best effort, never blocks), then milter_free. */
+void milter_quit_free(struct milter *m);
 /* 1 if the milter failed and answers its default action from now on. */
 int milter_is_dead(const struct milter *m);
 /* Negotiated protocol flags (after the first step's answer). */

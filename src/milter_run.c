@@ -34,7 +34,9 @@ enum run_phase { RP_CONNECT, RP_HELO, RP_MAIL, RP_RCPT, RP_DATA, RP_HEADER, RP_E
 struct milter_run {
     struct event_base *base;
     const struct conf_milter *list;
-    size_t n, cur;
+    struct milter_run_live *live;   /* borrowed sessions, first, from DATA on */
+    size_t nlive;
+    size_t n, cur;                  /* cur counts the live ones, then list's */
     struct milter_run_txn t;
     milter_run_fn done;
     void *arg;
@@ -68,9 +70,20 @@ static void run_mods_free(struct milter_run *r)
     r->nmods = 0;
 }
 
+static int run_is_live(const struct milter_run *r) { return r->cur < r->nlive; }
+
+static const struct conf_milter *run_spec(const struct milter_run *r)
+{
+    return run_is_live(r) ? &r->live[r->cur].spec : &r->list[r->cur - r->nlive];
+}
+
 static void run_free(struct milter_run *r)
 {
-    milter_free(r->m);
+    if (r->m && run_is_live(r))
+        milter_abandon(r->m);   /* cancelled mid-step: the session's owner sees it dead */
+    else
+        milter_free(r->m);
+    free(r->live);
     run_mods_free(r);
     free(r->quarantine);
     if (r->soon)
@@ -129,19 +142,32 @@ static void run_milter_done(struct milter_run *r)
     r->phase = RP_QUIT;
 }
 
+/* The next milter: a live one stays with its owner (no QUIT), a replayed
+ * one is quit and freed. */
+static void run_advance(struct milter_run *r)
+{
+    if (run_is_live(r)) {
+        r->m = NULL;
+    } else {
+        milter_free(r->m);
+        r->m = NULL;
+    }
+    r->cur++;
+    r->phase = run_is_live(r) ? RP_DATA : RP_CONNECT;
+    r->idx = 0;
+}
+
 static void on_answer(void *arg, const struct milter_result *mr)
 {
     struct milter_run *r = arg;
-    const struct conf_milter *cm = &r->list[r->cur];
+    const struct conf_milter *cm = run_spec(r);
     enum run_phase ph = r->phase;
 
+    if (run_is_live(r) && (ph == RP_EOM || mr->failed) && r->live[r->cur].eom_seen)
+        *r->live[r->cur].eom_seen = 1;     /* its message is over: no ABORT for it */
     if (ph == RP_QUIT) {
-        milter_free(r->m);
-        r->m = NULL;
-        r->cur++;
-        r->phase = RP_CONNECT;
-        r->idx = 0;
-        if (r->finished || r->cur >= r->n) {
+        run_advance(r);
+        if (r->finished || r->cur >= r->nlive + r->n) {
             event_active(r->soon, 0, 0);
             return;
         }
@@ -258,19 +284,83 @@ static size_t next_header(const struct milter_run *r, size_t off, char **name, c
     return e;
 }
 
+void milter_run_packets(struct milter_buf *b, enum milter_step st, const struct milter_run_txn *t,
+                        const char *rcpt)
+{
+    char addr[1100];
+    switch (st) {
+    case MILTER_STEP_CONNECT: {
+        char port[16];
+        snprintf(port, sizeof port, "%u", t->port);
+        const char *n[] = { "j", "{daemon_name}", "{client_addr}", "{client_name}",
+                            "{client_port}", "_" };
+        char underscore[600];
+        snprintf(underscore, sizeof underscore, "%s [%s]", t->client_name, t->client_addr);
+        const char *v[] = { t->hostname, MILTER_RUN_DAEMON, t->client_addr, t->client_name, port,
+                            underscore };
+        milter_proto_macro(b, SMFIC_CONNECT, n, v, 6);
+        milter_proto_connect(b, t->client_name, (char)t->family, (uint16_t)t->port, t->client_addr);
+        break;
+    }
+    case MILTER_STEP_HELO: {
+        const char *n[] = { "{tls_version}", "{cipher}" };
+        const char *v[] = { t->tls_version ? t->tls_version : "", "" };
+        if (t->tls_version)
+            milter_proto_macro(b, SMFIC_HELO, n, v, 1);
+        milter_proto_helo(b, t->helo);
+        break;
+    }
+    case MILTER_STEP_MAIL: {
+        const char *n[] = { "i", "{mail_addr}", "{auth_type}", "{auth_authen}", "{mail_mailer}" };
+        const char *v[] = { t->qid, t->sender, "", "", "smtp" };
+        milter_proto_macro(b, SMFIC_MAIL, n, v, 5);
+        snprintf(addr, sizeof addr, "<%s>", t->sender);
+        const char *argv[] = { addr };
+        milter_proto_args(b, SMFIC_MAIL, argv, 1);
+        break;
+    }
+    case MILTER_STEP_RCPT: {
+        const char *n[] = { "{rcpt_addr}", "{rcpt_mailer}" };
+        const char *v[] = { rcpt, "smtp" };
+        milter_proto_macro(b, SMFIC_RCPT, n, v, 2);
+        snprintf(addr, sizeof addr, "<%s>", rcpt);
+        const char *argv[] = { addr };
+        milter_proto_args(b, SMFIC_RCPT, argv, 1);
+        break;
+    }
+    case MILTER_STEP_ABORT:
+        milter_proto_simple(b, SMFIC_ABORT);
+        break;
+    default:
+        milter_proto_simple(b, SMFIC_QUIT);
+        break;
+    }
+}
+
 static void run_next(struct milter_run *r)
 {
     struct milter_buf b = { 0 };
     const struct milter_run_txn *t = &r->t;
     enum milter_step st;
-    char addr[1100];
 
-    if (r->cur >= r->n) {
+    if (r->phase == RP_QUIT && run_is_live(r) && r->m) {
+        /* a live session stays open for the next transaction */
+        run_advance(r);
+        if (r->finished) {
+            event_active(r->soon, 0, 0);
+            return;
+        }
+    }
+    if (r->cur >= r->nlive + r->n) {
         event_active(r->soon, 0, 0);
         return;
     }
+    if (r->m == NULL && run_is_live(r)) {
+        r->m = r->live[r->cur].m;
+        r->phase = RP_DATA;
+    }
     if (r->m == NULL) {
-        const struct conf_milter *cm = &r->list[r->cur];
+        const struct conf_milter *cm = run_spec(r);
         struct milter_spec spec;
         memset(&spec, 0, sizeof spec);
         snprintf(spec.socket, sizeof spec.socket, "%s", cm->socket);
@@ -290,56 +380,28 @@ static void run_next(struct milter_run *r)
     }
     enum run_phase ph = r->phase;
     switch (ph) {
-    case RP_CONNECT: {
-        char port[16];
-        snprintf(port, sizeof port, "%u", t->port);
-        const char *n[] = { "j", "{daemon_name}", "{client_addr}", "{client_name}",
-                            "{client_port}", "_" };
-        char underscore[600];
-        snprintf(underscore, sizeof underscore, "%s [%s]", t->client_name, t->client_addr);
-        const char *v[] = { t->hostname, MILTER_RUN_DAEMON, t->client_addr, t->client_name, port,
-                            underscore };
-        milter_proto_macro(&b, SMFIC_CONNECT, n, v, 6);
-        milter_proto_connect(&b, t->client_name, (char)t->family, (uint16_t)t->port, t->client_addr);
+    case RP_CONNECT:
         st = MILTER_STEP_CONNECT;
+        milter_run_packets(&b, st, t, NULL);
         r->phase = RP_HELO;
         break;
-    }
-    case RP_HELO: {
-        const char *n[] = { "{tls_version}", "{cipher}" };
-        const char *v[] = { t->tls_version ? t->tls_version : "", "" };
-        if (t->tls_version)
-            milter_proto_macro(&b, SMFIC_HELO, n, v, 1);
-        milter_proto_helo(&b, t->helo);
+    case RP_HELO:
         st = MILTER_STEP_HELO;
+        milter_run_packets(&b, st, t, NULL);
         r->phase = RP_MAIL;
         break;
-    }
-    case RP_MAIL: {
-        const char *n[] = { "i", "{mail_addr}", "{auth_type}", "{auth_authen}", "{mail_mailer}" };
-        const char *v[] = { t->qid, t->sender, "", "", "smtp" };
-        milter_proto_macro(&b, SMFIC_MAIL, n, v, 5);
-        snprintf(addr, sizeof addr, "<%s>", t->sender);
-        const char *argv[] = { addr };
-        milter_proto_args(&b, SMFIC_MAIL, argv, 1);
+    case RP_MAIL:
         st = MILTER_STEP_MAIL;
-        r->phase = RP_RCPT;
+        milter_run_packets(&b, st, t, NULL);
+        r->phase = t->nrcpt ? RP_RCPT : RP_DATA;
         r->idx = 0;
         break;
-    }
-    case RP_RCPT: {
-        const char *rc = t->rcpts[r->idx];
-        const char *n[] = { "{rcpt_addr}", "{rcpt_mailer}" };
-        const char *v[] = { rc, "smtp" };
-        milter_proto_macro(&b, SMFIC_RCPT, n, v, 2);
-        snprintf(addr, sizeof addr, "<%s>", rc);
-        const char *argv[] = { addr };
-        milter_proto_args(&b, SMFIC_RCPT, argv, 1);
+    case RP_RCPT:
         st = MILTER_STEP_RCPT;
+        milter_run_packets(&b, st, t, t->rcpts[r->idx]);
         if (++r->idx >= t->nrcpt)
             r->phase = RP_DATA;
         break;
-    }
     case RP_DATA:
         milter_proto_simple(&b, SMFIC_DATA);
         st = MILTER_STEP_DATA;
@@ -398,13 +460,20 @@ static void run_next(struct milter_run *r)
     milter_buf_free(&b);
 }
 
-struct milter_run *milter_run_start(struct event_base *base, const struct conf_milter *list,
-                                    size_t n, const struct milter_run_txn *t, milter_run_fn done,
-                                    void *arg)
+struct milter_run *milter_run_start(struct event_base *base, const struct milter_run_live *live,
+                                    size_t nlive, const struct conf_milter *list, size_t n,
+                                    const struct milter_run_txn *t, milter_run_fn done, void *arg)
 {
     struct milter_run *r = calloc(1, sizeof *r);
     if (!r)
         return NULL;
+    if (nlive && !(r->live = calloc(nlive, sizeof *r->live))) {
+        free(r);
+        return NULL;
+    }
+    for (size_t i = 0; i < nlive; i++)
+        r->live[i] = live[i];
+    r->nlive = nlive;
     r->base = base;
     r->list = list;
     r->n = n;
@@ -414,6 +483,7 @@ struct milter_run *milter_run_start(struct event_base *base, const struct conf_m
     r->res.verdict = MILTER_CONTINUE;
     r->soon = event_new(base, -1, 0, run_finish, r);
     if (!r->soon) {
+        free(r->live);
         free(r);
         return NULL;
     }

@@ -47,10 +47,25 @@ typedef void (*milter_run_fn)(void *arg, const struct milter_run_result *r);
 
 struct milter_run;
 
-/* list: the milters in order (n >= 1).  NULL on allocation failure. */
-struct milter_run *milter_run_start(struct event_base *base, const struct conf_milter *list,
-                                    size_t n, const struct milter_run_txn *t, milter_run_fn done,
-                                    void *arg);
+/* A milter session that already saw this transaction's connect, HELO,
+ * MAIL and RCPT live (milter_set.h): the run borrows it and goes on from
+ * DATA, and leaves it open.  Cancelled mid-step, it is abandoned (dead). */
+struct milter_run_live {
+    struct milter *m;
+    struct conf_milter spec;        /* socket borrowed from the owner */
+    int *eom_seen;                  /* set to 1 once it answered EOM (or failed) */
+};
+
+/* live: sessions that saw the dialogue (first, from DATA on); list: the
+ * milters replayed from connect (each connected for this message).
+ * nlive + n >= 1.  NULL on allocation failure. */
+struct milter_run *milter_run_start(struct event_base *base, const struct milter_run_live *live,
+                                    size_t nlive, const struct conf_milter *list, size_t n,
+                                    const struct milter_run_txn *t, milter_run_fn done, void *arg);
+/* One step's packets (macros, then the command) for the dialogue's steps:
+ * CONNECT, HELO, MAIL, RCPT (rcpt), ABORT; anything else is QUIT. */
+void milter_run_packets(struct milter_buf *b, enum milter_step st, const struct milter_run_txn *t,
+                        const char *rcpt);
 void milter_run_cancel(struct milter_run *r);
 
 #endif

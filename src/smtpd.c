@@ -41,6 +41,8 @@
 #include "greylist.h"
 #include "log.h"
 #include "milter_run.h"
+#include "milter_set.h"
+#include "quarantine.h"
 #include "policy.h"
 #include "qid.h"
 #include "queue_db.h"
@@ -96,13 +98,15 @@ enum sstate {
     S_COMMIT,       /* end of data seen; waiting for the spool */
     S_RCPT_WAIT,    /* a RCPT's verdict is pending (table, callout) */
     S_MILTER,       /* end of data seen; the milters look at the message */
+    S_MILTER_WAIT,  /* a HELO or MAIL waits for the live milters' verdict */
     S_TLS,          /* TLS handshake in progress */
     S_CLOSING,      /* last reply queued; free once it is written */
     S_DEAD          /* free at the end of the current callback */
 };
 
 static const char *const sstate_names[] = {
-    "init", "helo", "mail", "rcpt", "data", "bdat", "chunking", "commit", "rcpt-wait", "milter", "tls",
+    "init", "helo", "mail", "rcpt", "data", "bdat", "chunking", "commit", "rcpt-wait", "milter",
+    "milter-wait", "tls",
     "closing", "dead",
 };
 _Static_assert(sizeof sstate_names / sizeof sstate_names[0] == S_DEAD + 1,
@@ -117,8 +121,8 @@ _Static_assert(sizeof sstate_names / sizeof sstate_names[0] == S_DEAD + 1,
  * the states it may move to (staying put is always allowed). */
 static const unsigned sstate_next[] = {
     [S_INIT] = ST(S_HELO) | ST(S_BDAT) | ST(S_TLS) | ST_END,
-    [S_HELO] = ST(S_MAIL) | ST(S_BDAT) | ST(S_TLS) | ST_END,
-    [S_MAIL] = ST(S_HELO) | ST(S_RCPT) | ST(S_BDAT) | ST(S_RCPT_WAIT) | ST_END,
+    [S_HELO] = ST(S_MAIL) | ST(S_BDAT) | ST(S_TLS) | ST(S_MILTER_WAIT) | ST_END,
+    [S_MAIL] = ST(S_HELO) | ST(S_RCPT) | ST(S_BDAT) | ST(S_RCPT_WAIT) | ST(S_MILTER_WAIT) | ST_END,
     [S_RCPT] = ST(S_HELO) | ST(S_DATA) | ST(S_BDAT) | ST(S_RCPT_WAIT) | ST_END,
     [S_DATA] = ST(S_HELO) | ST(S_COMMIT) | ST(S_MILTER) | ST_END,
     [S_BDAT] = ST(S_INIT) | ST(S_HELO) | ST(S_CHUNKING) | ST(S_COMMIT) | ST(S_MILTER) | ST_END,
@@ -128,6 +132,8 @@ static const unsigned sstate_next[] = {
     [S_RCPT_WAIT] = ST(S_MAIL) | ST(S_RCPT) | ST_END,
     /* refused or discarded by a milter, or on to the commit */
     [S_MILTER] = ST(S_HELO) | ST(S_COMMIT) | ST_END,
+    /* a HELO (from S_HELO) or MAIL (from S_MAIL): refused or accepted */
+    [S_MILTER_WAIT] = ST(S_INIT) | ST(S_HELO) | ST(S_MAIL) | ST_END,
     [S_TLS] = ST(S_INIT) | ST_END,
     [S_CLOSING] = ST(S_DEAD),
     [S_DEAD] = 0,
@@ -193,8 +199,15 @@ struct session {
     struct evbuffer *mcopy;
     struct milter_run *mrun;
     const char **mrcpts;                /* the run's recipient list */
-    char *mquarantine;                  /* a milter's quarantine reason, for the
-                                           commit (the spool's quarantine: G4) */
+    char *mquarantine;                  /* a milter's quarantine reason: the
+                                           commit goes into quarantine */
+    /* The global milters, live from connect (milter_set.h), NULL without;
+     * a milter's refusal at connect (every later command but QUIT, RSET
+     * and NOOP gets it, as Postfix does); what S_MILTER_WAIT resumes. */
+    struct milter_set *mset;
+    char *mconn_reply;
+    enum sstate mwait_back;
+    int mwait_init;                     /* the HELO came before any: back to S_INIT */
     int m8bit;
     /* SPF of this transaction (spf.h): started at MAIL, awaited at most
      * spf.timeout at end of data, kept in the message record. */
@@ -259,12 +272,14 @@ struct smtpd_commit {
     char client[SMTPD_NAME_MAX + INET6_ADDRSTRLEN + 16];
     unsigned long long size;
     size_t nrcpt;
+    char *quarantine;                   /* a milter's reason: into quarantine */
 };
 
 /* A RCPT whose verdict is pending: what applying it needs. */
 struct rcpt_wait {
     enum sstate back;                   /* S_MAIL or S_RCPT */
     int addr_ok;                        /* addr fitted */
+    char dom[SMTP_DOMAIN_MAX + 1];      /* its domain, while the milters look */
     char addr[SMTP_PATH_MAX + 1];
     struct smtp_rcpt_params rp;
 };
@@ -356,6 +371,7 @@ static void session_end(struct session *s)
     recipient_cancel(s->rreq);
     milter_run_cancel(s->mrun);
     s->mrun = NULL;
+    milter_set_cancel(s->mset);
     if (s->tarpit != NULL)
         evtimer_del(s->tarpit);
     dnsbl_cancel(s->dnsbl);
@@ -395,6 +411,9 @@ static void session_txn_reset(struct session *s)
     memset(&s->mp, 0, sizeof s->mp);
     milter_run_cancel(s->mrun);
     s->mrun = NULL;
+    /* the live milters saw a transaction that did not reach its end of
+     * message (RSET, HELO, a refusal): SMFIC_ABORT */
+    milter_set_abort(s->mset);
     if (s->mcopy)
         evbuffer_free(s->mcopy);
     s->mcopy = NULL;
@@ -582,10 +601,147 @@ static int session_greylisted(struct session *s, const struct conf_domain *dom, 
 }
 
 /* ------------------------------------------------------------------ */
+/* Live milters (milter_set.c): connect, HELO, MAIL, RCPT              */
+
+static void session_sync_check(struct session *s, enum smtp_cmd cmd);
+
+/* The session as the milters' macros see it (milter_run.h). */
+static void session_milter_txn(const struct session *s, struct milter_run_txn *t)
+{
+    const struct sockaddr *sa = (const struct sockaddr *)&s->sa;
+    memset(t, 0, sizeof *t);
+    t->qid = s->qid;
+    t->hostname = s->d->conf->hostname;
+    t->client_name = s->name;
+    t->client_addr = strncmp(s->addr, "IPv6:", 5) == 0 ? s->addr + 5 : s->addr;
+    t->family = sa->sa_family == AF_INET ? '4' : sa->sa_family == AF_INET6 ? '6' : 'U';
+    t->port = sa->sa_family == AF_INET ? ntohs(((const struct sockaddr_in *)sa)->sin_port)
+            : sa->sa_family == AF_INET6 ? ntohs(((const struct sockaddr_in6 *)sa)->sin6_port)
+            : 0;
+    t->helo = s->helo;
+    t->sender = s->sender ? s->sender : "";
+    t->tls_version = s->tls ? s->tls_desc : NULL;
+}
+
+/* A milter's refusal of a command: its own reply; a 421 ends the session. */
+static void session_milter_refuse(struct session *s, const char *text)
+{
+    if (strncmp(text, "421", 3) == 0)
+        session_close(s, STAT_REJ_CONTENT, text);
+    else
+        session_error(s, STAT_REJ_CONTENT, text);
+}
+
+/* After a milter verdict: what the client pipelined meanwhile. */
+static void session_milter_resume(struct session *s, enum smtp_cmd cmd)
+{
+    session_sync_check(s, cmd);
+    session_drive(s);
+    if (s->state == S_DEAD)
+        session_free(s);
+}
+
+static void session_helo_reply(struct session *s);
+
+static void session_on_milter_helo(void *arg, const struct milter_set_answer *a)
+{
+    struct session *s = arg;
+    if (s->state != S_MILTER_WAIT)
+        log_panic("[%s]: milter HELO verdict in state %s", s->addr, sstate_names[s->state]);
+    if (a->verdict == MILTER_REJECT || a->verdict == MILTER_TEMPFAIL) {
+        log_info("reject: HELO from %s[%s]: %s; helo=%s", s->name, s->addr, a->text, s->helo);
+        session_set_state(s, s->mwait_init ? S_INIT : S_HELO);
+        if (s->mwait_init)
+            s->helo[0] = '\0';
+        session_milter_refuse(s, a->text);
+    } else {
+        session_set_state(s, S_HELO);
+        session_helo_reply(s);
+    }
+    session_milter_resume(s, SMTP_CMD_HELO);
+}
+
+static void session_spf_start(struct session *s);
+
+static void session_on_milter_mail(void *arg, const struct milter_set_answer *a)
+{
+    struct session *s = arg;
+    if (s->state != S_MILTER_WAIT)
+        log_panic("[%s]: milter MAIL verdict in state %s", s->addr, sstate_names[s->state]);
+    if (a->verdict == MILTER_REJECT || a->verdict == MILTER_TEMPFAIL) {
+        log_info("%s: reject: MAIL from %s[%s]: %s; from=<%s>", s->qid, s->name, s->addr,
+                 a->text, s->sender);
+        session_set_state(s, S_HELO);
+        session_txn_reset(s);
+        session_milter_refuse(s, a->text);
+    } else {
+        session_set_state(s, S_MAIL);
+        session_reply(s, "250 2.1.0 Ok");
+        session_spf_start(s);
+    }
+    session_milter_resume(s, SMTP_CMD_MAIL);
+}
+
+/* The greeting, once the connect-time checks are done: the live milters'
+ * connect event first.  A milter's 4xx makes the greeting a 421 with its
+ * text and ends the session; a 5xx greets as usual and refuses every
+ * later command but QUIT, RSET and NOOP with it (Postfix's behaviour). */
+static void session_on_milter_connect(void *arg, const struct milter_set_answer *a);
+
+static void session_greet(struct session *s)
+{
+    const struct conf *c = s->d->conf;
+    if (c->milters.n > 0 && s->mset == NULL &&
+        (s->mset = milter_set_new(s->d->base, &c->milters, s->addr)) != NULL) {
+        struct milter_run_txn t;
+        session_milter_txn(s, &t);
+        if (milter_set_event(s->mset, MILTER_STEP_CONNECT, &t, NULL, session_on_milter_connect,
+                             s)) {
+            bufferevent_disable(s->bev, EV_READ);
+            return;
+        }
+    }
+    session_reply(s, "220 %s ESMTP mxkeep", c->hostname);
+    bufferevent_enable(s->bev, EV_READ);
+}
+
+static void session_on_milter_connect(void *arg, const struct milter_set_answer *a)
+{
+    struct session *s = arg;
+    if (s->state != S_INIT)
+        log_panic("[%s]: milter connect verdict in state %s", s->addr, sstate_names[s->state]);
+    if (a->verdict == MILTER_TEMPFAIL) {
+        char reply[sizeof a->text];
+        /* every line's code becomes 421: the client must not go on */
+        snprintf(reply, sizeof reply, "%s", a->text);
+        for (char *p = reply; p != NULL; p = strstr(p, "\n")) {
+            if (*p == '\n')
+                p++;
+            if (p[0] == '4' && p[1] && p[2])
+                memcpy(p, "421", 3);
+        }
+        log_info("reject: CONNECT from %s[%s]: %s", s->name, s->addr, reply);
+        session_close(s, STAT_REJ_CONTENT, reply);
+        if (s->state == S_DEAD)
+            session_free(s);
+        return;
+    }
+    if (a->verdict == MILTER_REJECT) {
+        log_info("reject: CONNECT from %s[%s]: %s (every command refused)", s->name, s->addr,
+                 a->text);
+        stats_inc(STAT_REJ_CONTENT);
+        s->mconn_reply = strdup(a->text);
+    }
+    session_reply(s, "220 %s ESMTP mxkeep", s->d->conf->hostname);
+    bufferevent_enable(s->bev, EV_READ);
+}
+
+/* ------------------------------------------------------------------ */
 /* Commands                                                           */
 
 static void cmd_helo_common(struct session *s, const char *arg, int esmtp)
 {
+    int first = s->state == S_INIT;
     const char *err = smtp_parse_helo(arg, s->helo, sizeof s->helo);
     if (err) {
         session_error(s, STAT_REJ_PROTOCOL, err);
@@ -594,7 +750,21 @@ static void cmd_helo_common(struct session *s, const char *arg, int esmtp)
     session_txn_reset(s);
     s->esmtp = esmtp;
     session_set_state(s, S_HELO);
-    if (!esmtp) {
+    if (s->mset != NULL) {
+        struct milter_run_txn t;
+        session_milter_txn(s, &t);
+        if (milter_set_event(s->mset, MILTER_STEP_HELO, &t, NULL, session_on_milter_helo, s)) {
+            s->mwait_init = first;
+            session_set_state(s, S_MILTER_WAIT);
+            return;
+        }
+    }
+    session_helo_reply(s);
+}
+
+static void session_helo_reply(struct session *s)
+{
+    if (!s->esmtp) {
         session_reply(s, "250 %s", s->d->conf->hostname);
         return;
     }
@@ -719,6 +889,14 @@ static void cmd_mail(struct session *s, const char *arg)
     s->started = time(NULL);
     log_info("%s: client=%s[%s], helo=%s", s->qid, s->name, s->addr, s->helo);
     session_set_state(s, S_MAIL);
+    if (s->mset != NULL) {
+        struct milter_run_txn t;
+        session_milter_txn(s, &t);
+        if (milter_set_event(s->mset, MILTER_STEP_MAIL, &t, NULL, session_on_milter_mail, s)) {
+            session_set_state(s, S_MILTER_WAIT);
+            return;
+        }
+    }
     session_reply(s, "250 2.1.0 Ok");
     session_spf_start(s);
 }
@@ -799,6 +977,33 @@ static int session_tarpit(struct session *s, enum stat_id why, const char *reply
     return 1;
 }
 
+static void session_rcpt_add(struct session *s, const struct conf_domain *dom, const char *addr,
+                             const struct smtp_rcpt_params *rp);
+
+/* The live milters' verdict on a RCPT: a refusal refuses that recipient
+ * only, with the milter's reply; then on with what was pipelined. */
+static void session_on_milter_rcpt(void *arg, const struct milter_set_answer *a)
+{
+    struct session *s = arg;
+    struct rcpt_wait *w = s->wait;
+    if (s->state != S_RCPT_WAIT)
+        log_panic("[%s]: milter RCPT verdict in state %s", s->addr, sstate_names[s->state]);
+    session_set_state(s, w->back);
+    if (a->verdict == MILTER_REJECT || a->verdict == MILTER_TEMPFAIL) {
+        log_info("%s: reject: RCPT from %s[%s]: <%s>: %s; from=<%s>", s->qid, s->name, s->addr,
+                 w->addr, a->text, s->sender);
+        session_milter_refuse(s, a->text);
+    } else {
+        const struct conf_domain *dom = conf_domain_find(s->d->conf, w->dom);
+        if (dom == NULL)                /* a reload dropped the domain meanwhile */
+            session_reject(s, STAT_REJ_LOOKUP, "451 4.3.0 Error: configuration changed, "
+                           "try again later");
+        else
+            session_rcpt_add(s, dom, w->addr, &w->rp);
+    }
+    session_milter_resume(s, SMTP_CMD_RCPT);
+}
+
 static void session_rcpt_verdict(struct session *s, const struct recipient_answer *v,
                                  const char *addr, const struct smtp_rcpt_params *rp)
 {
@@ -863,6 +1068,31 @@ static void session_rcpt_verdict(struct session *s, const struct recipient_answe
             return;
         }
     }
+    /* The live milters' envrcpt: the RCPT waits for it in S_RCPT_WAIT,
+     * pipelined commands behind it in order. */
+    if (s->mset != NULL && (s->wait != NULL || (s->wait = malloc(sizeof *s->wait)) != NULL)) {
+        struct milter_run_txn t;
+        session_milter_txn(s, &t);
+        if (milter_set_event(s->mset, MILTER_STEP_RCPT, &t, addr, session_on_milter_rcpt, s)) {
+            struct rcpt_wait *w = s->wait;
+            w->back = s->state;
+            w->addr_ok = 1;
+            if (w->addr != addr)
+                snprintf(w->addr, sizeof w->addr, "%s", addr);
+            if (&w->rp != rp)
+                w->rp = *rp;
+            snprintf(w->dom, sizeof w->dom, "%s", dom->name);
+            session_set_state(s, S_RCPT_WAIT);
+            return;
+        }
+    }
+    session_rcpt_add(s, dom, addr, rp);
+}
+
+/* The recipient is accepted: into the transaction. */
+static void session_rcpt_add(struct session *s, const struct conf_domain *dom, const char *addr,
+                             const struct smtp_rcpt_params *rp)
+{
     struct qrcpt *r = &s->rcpt[s->nrcpt];
     memset(r, 0, sizeof *r);
     r->index = (uint32_t)s->nrcpt;
@@ -962,25 +1192,29 @@ static int session_body_out(void *arg, const char *buf, size_t n)
     return 0;
 }
 
-/* The transaction's milters: the global list, then each recipient
- * domain's, in recipient order, a socket named twice run once.  With any,
- * the message is also kept in memory (bounded by message_size) for them
- * to read at end of data.  -1 on allocation failure. */
+/* The transaction's milters at end of data: the live ones (the global
+ * list, milter_set.c) go on from DATA; the global list when it could not
+ * be opened live, then each recipient domain's, in recipient order, are
+ * replayed from connect, a socket named twice run once.  With any, the
+ * message is also kept in memory (bounded by message_size) for them to
+ * read at end of data.  -1 on allocation failure. */
 static int session_milters_begin(struct session *s)
 {
     const struct conf *c = s->d->conf;
-    size_t cap = c->milters.n;
+    size_t cap = s->mset ? 0 : c->milters.n;
+    struct milter_run_live one;
+    int live = milter_set_live(s->mset, &one, 1) > 0;
     for (size_t i = 0; i < s->nrcpt; i++) {
         const struct conf_domain *d = conf_domain_find(c, s->rcpt[i].domain);
         if (d)
             cap += d->milters.n;
     }
-    if (cap == 0)
+    if (cap == 0 && !live)
         return 0;
-    if (!(s->mlist = calloc(cap, sizeof *s->mlist)))
+    if (!(s->mlist = calloc(cap ? cap : 1, sizeof *s->mlist)))
         return -1;
     s->nmlist = 0;
-    for (size_t i = 0; i <= s->nrcpt; i++) {
+    for (size_t i = s->mset ? 1 : 0; i <= s->nrcpt; i++) {
         const struct conf_milters *ms = &c->milters;
         if (i > 0) {
             const struct conf_domain *d = conf_domain_find(c, s->rcpt[i - 1].domain);
@@ -993,7 +1227,7 @@ static int session_milters_begin(struct session *s)
             for (j = 0; j < s->nmlist; j++)
                 if (strcmp(s->mlist[j].socket, ms->v[k].socket) == 0)
                     break;
-            if (j < s->nmlist)
+            if (j < s->nmlist || milter_set_has(s->mset, ms->v[k].socket))
                 continue;
             s->mlist[j] = ms->v[k];
             if (!(s->mlist[j].socket = strdup(ms->v[k].socket)))
@@ -1290,6 +1524,12 @@ static void session_command(struct session *s, const char *line, size_t len)
         session_error(s, STAT_REJ_PROTOCOL, "500 5.5.1 Error: command unrecognized");
         return;
     }
+    if (s->mconn_reply != NULL && sc.cmd != SMTP_CMD_QUIT && sc.cmd != SMTP_CMD_RSET &&
+        sc.cmd != SMTP_CMD_NOOP) {
+        /* a milter refused the connection */
+        session_error(s, STAT_REJ_CONTENT, s->mconn_reply);
+        return;
+    }
     if (!(c->allowed & ST(s->state))) {
         session_error(s, STAT_REJ_PROTOCOL, smtpd_refusal(s, c));
         return;
@@ -1329,6 +1569,7 @@ static void commit_free(struct smtpd_commit *c)
         c->d->commits = c->next;
     if (c->next)
         c->next->prev = c->prev;
+    free(c->quarantine);
     free(c);
 }
 
@@ -1358,7 +1599,20 @@ static void commit_done(void *arg, int err)
 {
     struct smtpd_commit *c = arg;
     struct smtpd *d = c->d;
-    if (err == 0) {
+    if (err == 0 && c->quarantine != NULL) {
+        /* a milter's quarantine: held in the spool, never scheduled */
+        struct qmsg *q = calloc(1, sizeof *q);
+        log_info("%s: from=<%s>, size=%llu, nrcpt=%zu (quarantine)", c->qid, c->sender,
+                 c->size, c->nrcpt);
+        stats_inc(STAT_ACCEPTED);
+        stats_add(STAT_ACCEPTED_BYTES, (uint64_t)c->size);
+        if (q != NULL) {
+            snprintf(q->qid, sizeof q->qid, "%s", c->qid);
+            snprintf(q->quarantine_reason, sizeof q->quarantine_reason, "%s", c->quarantine);
+            quarantine_committed(q);
+            free(q);
+        }
+    } else if (err == 0) {
         log_info("%s: from=<%s>, size=%llu, nrcpt=%zu (queue active)", c->qid, c->sender,
                  c->size, c->nrcpt);
         stats_inc(STAT_ACCEPTED);
@@ -1426,7 +1680,18 @@ static void session_data_end(struct session *s)
         return;
     }
     s->m8bit = data_has_8bit(s->dp);
-    if (s->nmlist > 0) {
+    if (milter_set_discarded(s->mset)) {
+        /* a live milter said discard at MAIL or RCPT: 250, nothing kept */
+        log_info("%s: discard: end of data from %s[%s]: by milter; from=<%s>", s->qid, s->name,
+                 s->addr, s->sender);
+        stats_inc(STAT_REJ_CONTENT);
+        session_reply(s, "250 2.0.0 Ok: queued as %s", s->qid);
+        session_txn_reset(s);
+        session_set_state(s, S_HELO);
+        session_set_timeout(s, s->d->conf->limits.command_timeout);
+        return;
+    }
+    if (s->mcopy != NULL) {
         session_milters_start(s);
         return;
     }
@@ -1516,6 +1781,8 @@ static void session_data_commit(struct session *s)
     snprintf(m.client_addr, sizeof m.client_addr, "%s", s->addr);
     snprintf(m.client_name, sizeof m.client_name, "%s", s->name);
     snprintf(m.helo, sizeof m.helo, "%s", s->helo);
+    if (s->mquarantine != NULL)         /* a milter's quarantine action */
+        quarantine_prepare(&m, s->d->conf, s->mquarantine, (int64_t)time(NULL));
     session_auth_fill(s, &m);
     spf_cancel(s->spf);
     s->spf = NULL;
@@ -1541,6 +1808,8 @@ static void session_data_commit(struct session *s)
     snprintf(c->client, sizeof c->client, "%s[%s]", s->name, s->addr);
     c->size = (unsigned long long)m.size;
     c->nrcpt = s->nrcpt;
+    if (s->mquarantine != NULL)
+        c->quarantine = strdup(s->mquarantine);
     session_set_state(s, S_COMMIT);
     /* No read timeout while the disk works: the client is waiting on us. */
     session_set_timeout(s, 0);
@@ -1864,15 +2133,15 @@ static void session_on_milters(void *arg, const struct milter_run_result *r)
         goto resume;
     } else {
         if (r->quarantine) {
-            /* kept for the commit; until the spool's record has a
-             * quarantine, the message is queued as usual and this is
-             * the one trace of it */
-            log_info("%s: milter quarantine: %s (queued: no quarantine in this spool)", s->qid,
-                     r->quarantine);
+            /* committed into the spool's quarantine, not delivered */
+            log_info("%s: milter quarantine: %s", s->qid, r->quarantine);
             free(s->mquarantine);
-            s->mquarantine = strdup(r->quarantine);
+            if ((s->mquarantine = strdup(r->quarantine)) == NULL)
+                reply = "451 4.3.0 Error: insufficient resources";
         }
-        if (session_milter_envelope(s, r) < 0)
+        if (reply != NULL)
+            ;
+        else if (session_milter_envelope(s, r) < 0)
             reply = "451 4.3.0 Error: insufficient resources";
         else if (s->nrcpt == 0) {
             log_info("%s: discard: every recipient removed by milters", s->qid);
@@ -1904,34 +2173,31 @@ resume:
 
 static void session_milters_start(struct session *s)
 {
-    const char **rc = calloc(s->nrcpt, sizeof *rc);
-    const struct sockaddr *sa = (const struct sockaddr *)&s->sa;
-    unsigned port = sa->sa_family == AF_INET ? ntohs(((const struct sockaddr_in *)sa)->sin_port)
-                  : sa->sa_family == AF_INET6 ? ntohs(((const struct sockaddr_in6 *)sa)->sin6_port)
-                  : 0;
-    const char *addr = strncmp(s->addr, "IPv6:", 5) == 0 ? s->addr + 5 : s->addr;
+    const char **rc = calloc(s->nrcpt ? s->nrcpt : 1, sizeof *rc);
+    size_t cap = milter_set_count(s->mset);
+    struct milter_run_live *live = calloc(cap ? cap : 1, sizeof *live);
+    size_t nlive = live ? milter_set_live(s->mset, live, cap) : 0;
     for (size_t i = 0; rc && i < s->nrcpt; i++)
         rc[i] = s->rcpt[i].addr;
-    struct milter_run_txn t = {
-        .qid = s->qid,
-        .hostname = s->d->conf->hostname,
-        .client_name = s->name,
-        .client_addr = addr,
-        .family = sa->sa_family == AF_INET ? '4' : sa->sa_family == AF_INET6 ? '6' : 'U',
-        .port = port,
-        .helo = s->helo,
-        .sender = s->sender,
-        .rcpts = rc,
-        .nrcpt = s->nrcpt,
-        .tls_version = s->tls ? s->tls_desc : NULL,
-        .msg = evbuffer_pullup(s->mcopy, -1),
-        .len = evbuffer_get_length(s->mcopy),
-    };
+    struct milter_run_txn t;
+    session_milter_txn(s, &t);
+    t.rcpts = rc;
+    t.nrcpt = s->nrcpt;
+    t.msg = evbuffer_pullup(s->mcopy, -1);
+    t.len = evbuffer_get_length(s->mcopy);
     session_set_state(s, S_MILTER);
     /* no read timeout: the milters' own timeouts bound this state */
     session_set_timeout(s, 0);
-    if (rc == NULL ||
-        (s->mrun = milter_run_start(s->d->base, s->mlist, s->nmlist, &t, session_on_milters, s)) == NULL) {
+    if (rc == NULL || live == NULL || nlive + s->nmlist == 0 ||
+        (s->mrun = milter_run_start(s->d->base, live, nlive, s->mlist, s->nmlist, &t,
+                                    session_on_milters, s)) == NULL) {
+        free(live);
+        if (rc != NULL && live != NULL && nlive + s->nmlist == 0) {
+            /* every live milter left the transaction meanwhile: commit */
+            free(rc);
+            session_commit(s);
+            return;
+        }
         free(rc);
         session_reject(s, STAT_REJ_STORAGE, "451 4.3.0 Error: insufficient resources");
         session_txn_reset(s);
@@ -1939,6 +2205,7 @@ static void session_milters_start(struct session *s)
         session_set_timeout(s, s->d->conf->limits.command_timeout);
         return;
     }
+    free(live);
     /* milter_run copied the transaction but borrows its strings: the
      * recipient pointers must live as long as the run */
     free(s->mrcpts);
@@ -2268,6 +2535,10 @@ static void session_free(struct session *s)
 {
     struct smtpd *d = s->d;
     session_end(s);
+    session_txn_reset(s);               /* ABORT first, then QUIT */
+    milter_set_free(s->mset);
+    s->mset = NULL;
+    free(s->mconn_reply);
     dns_ptr_cancel(s->ptr);
     recipient_req_free(s->rreq);
     free(s->wait);
@@ -2372,8 +2643,7 @@ static void session_on_dnsbl(void *arg, const struct dnsbl_result *r)
     session_dnsbl_note(s, r);
     if (s->state >= S_CLOSING)
         return;
-    session_reply(s, "220 %s ESMTP mxkeep", s->d->conf->hostname);
-    bufferevent_enable(s->bev, EV_READ);
+    session_greet(s);
 }
 
 void smtpd_accept(void *arg, evutil_socket_t fd, const struct sockaddr *sa, int salen)
@@ -2469,7 +2739,7 @@ void smtpd_accept(void *arg, evutil_socket_t fd, const struct sockaddr *sa, int 
         }
         session_dnsbl_note(s, &now);
     }
-    session_reply(s, "220 %s ESMTP mxkeep", d->conf->hostname);
+    session_greet(s);
 }
 
 /* ------------------------------------------------------------------ */
