@@ -20,6 +20,7 @@ import threading
 import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
 from mxtest import *  # noqa: F401,F403
+from raw_milter import RawMilter  # noqa: E402
 
 DRIVE = os.path.join(ROOT, "t", "unit", "milter_drive")
 MILTER = os.path.join(ROOT, "t", "lib", "test_milter.py")
@@ -43,62 +44,6 @@ def drive(sock, default, rcpt, msg=MSG, timeout_ms=TIMEOUT_MS):
 def step(out, name):
     """The answer lines of one step, e.g. 'eom accept'."""
     return [ln for ln in out.splitlines() if ln.split(" ")[0] == name]
-
-
-class RawMilter:
-    """A milter that negotiates properly, then misbehaves at the body:
-    mode 'close' closes the connection, 'garbage' sends an unknown reply,
-    'huge' announces a 2 GB packet."""
-
-    def __init__(self, mode):
-        self.mode = mode
-        self.ls = socket.socket()
-        self.ls.bind(("127.0.0.1", 0))
-        self.ls.listen(4)
-        self.port = self.ls.getsockname()[1]
-        self.stop = False
-        threading.Thread(target=self.serve, daemon=True).start()
-
-    def serve(self):
-        self.ls.settimeout(0.2)
-        while not self.stop:
-            try:
-                c, _ = self.ls.accept()
-            except OSError:
-                continue
-            threading.Thread(target=self.conn, args=(c,), daemon=True).start()
-
-    def conn(self, c):
-        c.settimeout(10)
-        buf = b""
-        try:
-            while True:
-                while len(buf) < 4 or len(buf) < 4 + struct.unpack(">I", buf[:4])[0]:
-                    d = c.recv(65536)
-                    if not d:
-                        return
-                    buf += d
-                n = struct.unpack(">I", buf[:4])[0]
-                cmd, data, buf = buf[4:5], buf[5:4 + n], buf[4 + n:]
-                if cmd == b"O":
-                    c.sendall(struct.pack(">IcIII", 13, b"O", 6, 0x1ff, 0))
-                elif cmd in (b"D", b"A"):
-                    pass
-                elif cmd == b"Q":
-                    return
-                elif cmd == b"B":
-                    if self.mode == "close":
-                        return
-                    if self.mode == "garbage":
-                        c.sendall(struct.pack(">Ic", 1, b"Z"))
-                    if self.mode == "huge":
-                        c.sendall(struct.pack(">Ic", 0x7fffffff, b"c"))
-                else:
-                    c.sendall(struct.pack(">Ic", 1, b"c"))
-        except OSError:
-            pass
-        finally:
-            c.close()
 
 
 def main():
