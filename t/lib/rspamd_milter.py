@@ -42,16 +42,24 @@ class Rspamd:
         self.proc = None
 
     def start(self, ready):
+        """Start rspamd and wait for ready(); an rspamd that exits at start
+        (seen under load, right after another test's rspamd stopped) is
+        started again, three times at most."""
         d = self.dir
-        self.proc = subprocess.Popen(
-            [RSPAMD, "-f", "-i", "-c", os.path.join(d, "rspamd.conf"), "--var", "DBDIR=" + d,
-             "--var", "RUNDIR=" + d, "--var", "LOGDIR=" + d, "--var", "LOCAL_CONFDIR=" + d + "/local"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        deadline = time.time() + 60
-        while time.time() < deadline and self.proc.poll() is None:
-            if ready():
-                return True
-            time.sleep(0.3)
+        for _ in range(3):
+            self.proc = subprocess.Popen(
+                [RSPAMD, "-f", "-i", "-c", os.path.join(d, "rspamd.conf"), "--var", "DBDIR=" + d,
+                 "--var", "RUNDIR=" + d, "--var", "LOGDIR=" + d, "--var",
+                 "LOCAL_CONFDIR=" + d + "/local"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+            deadline = time.time() + 60
+            while time.time() < deadline and self.proc.poll() is None:
+                if ready():
+                    return True
+                time.sleep(0.3)
+            if self.proc.poll() is None:
+                return False
+            time.sleep(1)
         return False
 
     def log(self):
