@@ -12,9 +12,10 @@
 #   RSET after MAIL/RCPT: the milter gets ABORT; the connection's end:
 #     the milter's close;
 #   discard at RCPT: 250, nothing kept, logged;
-#   failures during the dialogue (a milter that closes at RCPT, or sends a
-#     malformed packet there) with each default action: tempfail refuses
-#     the RCPT 451 4.7.1 and keeps nothing; accept goes on without it;
+#   failures of a live milter (it closes, or sends a malformed packet, at
+#     RCPT or in the body; it is slower than its timeout) with each default
+#     action: tempfail refuses that command 451 4.7.1 and keeps nothing;
+#     accept goes on without that milter for the rest of the connection;
 #   nothing answered 250 is lost: every 250's queue ID is in the spool.
 # On the old code the milters ran only at end of data: the connect, HELO,
 # MAIL and RCPT checks here fail there (the refusals come at end of data
@@ -161,8 +162,9 @@ def run(tmp):
         c2.close()
         s2.stop()
 
-    # failures at RCPT, each default action
-    for mode in ("rcptclose", "rcptgarbage"):
+    # failures of a live milter at RCPT and in the body (closes, malformed
+    # packet), each default action
+    for mode in ("rcptclose", "rcptgarbage", "close", "garbage"):
         for action in ("tempfail", "accept"):
             raw = RawMilter(mode)
             s3 = server([{"socket": "inet:127.0.0.1:%d" % raw.port, "timeout": "3s",
@@ -171,8 +173,10 @@ def run(tmp):
             c3.cmd("EHLO client.example.com")
             rs = c3.transaction("a@sender.test", ["one@example.org"], make_message(mode))
             if action == "tempfail":
-                is_(str(rs[1]), "451 4.7.1 Service unavailable - try again later",
-                    "%s, default tempfail: RCPT 451 4.7.1" % mode)
+                at = 1 if mode.startswith("rcpt") else -1
+                is_(str(rs[at]), "451 4.7.1 Service unavailable - try again later",
+                    "%s, default tempfail: %s 451 4.7.1" % (mode, "RCPT" if at == 1 else
+                                                            "end of data"))
                 is_(s3.qids(), [], "%s, default tempfail: nothing kept" % mode)
             else:
                 is_([x.code for x in rs], [250, 250, 354, 250],
@@ -182,6 +186,20 @@ def run(tmp):
             c3.close()
             raw.stop = True
             s3.stop()
+
+    # a live milter slower than its content timeout, default accept: the
+    # message is kept without it, and the session goes on without it
+    s4 = server([{"socket": sock, "timeout": "2s", "default_action": "accept"}])
+    c4 = s4.raw()
+    c4.cmd("EHLO client.example.com")
+    rs = c4.transaction("a@sender.test", ["slow@example.org"], make_message("slow"))
+    is_([x.code for x in rs], [250, 250, 354, 250], "slow milter, default accept: accepted")
+    q = qid_of(rs[-1].text)
+    ok(q and q in s4.qids(), "slow milter, default accept: kept")
+    rs = c4.transaction("a@sender.test", ["rcptreject@example.org"], make_message("after"))
+    is_(rs[1].code, 250, "the failed milter is out of this connection (its RCPT refusal not asked)")
+    c4.close()
+    s4.stop()
 
     # nothing answered 250 was lost
     kept = srv.qids()
