@@ -1,7 +1,8 @@
 # rspamd_milter.py - a real rspamd (Debian's package) for the milter tests:
 # only the proxy worker, in milter mode, self-scanning, on a loopback port,
 # from a temporary config dir; no internet (DNS points at a dead port), no
-# redis.  rspamd's milter_headers module adds its X-Spamd-Result /
+# redis, no hyperscan (its regexps compile for minutes on a loaded machine
+# at every start in a fresh directory).  rspamd's milter_headers module adds its X-Spamd-Result /
 # X-Rspamd-* headers to every message, loopback clients included.
 import os
 import shutil
@@ -15,6 +16,7 @@ CONF = """.include "$CONFDIR/common.conf"
 options {
     pidfile = "%(dir)s/rspamd.pid";
     .include "$CONFDIR/options.inc"
+    disable_hyperscan = true;
     dns { nameserver = ["127.0.0.1:9"]; timeout = 0.2s; retransmits = 1; }
 }
 logging { type = "file"; filename = "%(dir)s/rspamd.log"; level = "notice"; }
@@ -39,6 +41,12 @@ class Rspamd:
             f.write(CONF % {"dir": self.dir, "port": port})
         with open(os.path.join(self.dir, "local", "local.d", "milter_headers.conf"), "w") as f:
             f.write(HEADERS)
+        # Its fuzzy_check resolves rspamd.com's fuzzy servers with the
+        # system resolver while starting: offline, with an unreachable
+        # resolver, that made the start take over a minute.  Off, and the
+        # resolver's waits bounded (RES_OPTIONS) for what else it looks up.
+        with open(os.path.join(self.dir, "local", "local.d", "fuzzy_check.conf"), "w") as f:
+            f.write("enabled = false;\n")
         self.proc = None
 
     def start(self, ready):
@@ -51,8 +59,9 @@ class Rspamd:
                 [RSPAMD, "-f", "-i", "-c", os.path.join(d, "rspamd.conf"), "--var", "DBDIR=" + d,
                  "--var", "RUNDIR=" + d, "--var", "LOGDIR=" + d, "--var",
                  "LOCAL_CONFDIR=" + d + "/local"],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-            deadline = time.time() + 60
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                env=dict(os.environ, RES_OPTIONS="timeout:1 attempts:1"))
+            deadline = time.time() + 180    # a loaded machine: it compiles its regexps
             while time.time() < deadline and self.proc.poll() is None:
                 if ready():
                     return True
