@@ -11,7 +11,7 @@ PKGS="build-essential autoconf automake libtool pkg-config libevent-dev libssl-d
 lmdb-utils libconfig-dev libc-ares-dev openssl python3 swaks postfix dnsmasq-base clang
 libclang-rt-14-dev libnet-ssleay-perl faketime procps iproute2 ca-certificates chromium fetchmail jq
 libpq-dev postgresql postgresql-client postfix-lmdb postfix-pgsql
-libspf2-dev libopendkim-dev opendkim-tools python3-cryptography"
+libspf2-dev libopendkim-dev opendkim-tools python3-cryptography python3-milter rspamd"
 
 missing=""
 for p in $PKGS; do

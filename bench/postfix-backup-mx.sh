@@ -65,6 +65,8 @@ biff = no
 syslog_name = postfix-bench
 maillog_file = $dir/maillog
 EOF
+    # PFBMX_EXTRA: more main.cf lines (bench/accept-milter: smtpd_milters)
+    if [ -n "${PFBMX_EXTRA:-}" ]; then printf '%s\n' "$PFBMX_EXTRA" >>"$dir/etc/main.cf"; fi
 
     sed "s/@PORT@/$port/" "$PFBMX_DIR/postfix-master.cf" >"$dir/etc/master.cf"
 

@@ -31,6 +31,7 @@
  */
 #include "config.h"
 #include "conf.h"
+#include "milter.h"
 #include "util.h"
 #include "maint.h"
 #include "queue_db.h"
@@ -162,6 +163,9 @@ static int conf_control_check(struct conf_loader *L, const config_setting_t *s, 
 static int conf_pgsql_parse(struct conf_loader *L, const config_setting_t *s, void *base);
 static int conf_domains_from_parse(struct conf_loader *L, const config_setting_t *s, void *base);
 static int conf_cluster_check(struct conf_loader *L, const config_setting_t *s, void *base);
+static int conf_milters_top(struct conf_loader *L, const config_setting_t *s, void *base);
+static void conf_milters_release(struct conf_milters *m);
+static int conf_milters_dom(struct conf_loader *L, const config_setting_t *s, void *base);
 static int conf_allow_clients_parse(struct conf_loader *L, const config_setting_t *s, void *base);
 static int conf_dnsbl_zones_parse(struct conf_loader *L, const config_setting_t *s, void *base);
 
@@ -341,6 +345,7 @@ static const struct conf_setting domain_table[] = {
     { "tls_ca",          CK_RFILE,    DOM(tls_ca),     0, 0, 0, 0, 0, 0, 0 },
     { "tls_fingerprint", CK_CUSTOM,   0,               0, 0, 0, 0, 0, 0, conf_fingerprint_parse },
     { "hold",            CK_BOOL,     DOM(hold),       0, 0, 1, 0, 0, 0, 0 },
+    { "milters",         CK_CUSTOM,   0,               0, 0, 0, 0, 0, 0, conf_milters_dom },
     /* Quotas on what this domain may hold in the spool (0 = none). */
     { "max_messages",    CK_INT,      DOM(max_messages), 0, 0, 1000000000, 0, 0, 0, 0 },
     { "max_bytes",       CK_SIZE,     DOM(max_bytes),  0, 0, LONG_MAX, 0, 0, 0, 0 },
@@ -453,6 +458,7 @@ static const struct conf_setting top_table[] = {
     { "pgsql",         CK_CUSTOM,   0,                  0, 0, 0, 0, 0, 0, conf_pgsql_parse },
     { "domains_from",  CK_CUSTOM,   0,                  0, 0, 0, 0, 0, 0, conf_domains_from_parse },
     { "cluster",       CK_GROUP,    CNF(cluster),       0, 0, 0, 0, 0, cluster_table, conf_cluster_check },
+    { "milters",       CK_CUSTOM,   0,                  0, 0, 0, 0, 0, 0, conf_milters_top },
     { "ratelimit",     CK_GROUP,    CNF(ratelimit),     0, 0, 0, 0, 0, ratelimit_table, 0 },
     { "greylist",      CK_GROUP,    CNF(greylist),      0, 0, 0, 0, 0, greylist_table, 0 },
     { "dnsbl",         CK_GROUP,    CNF(dnsbl),         0, 0, 0, 0, 0, dnsbl_table, 0 },
@@ -1042,6 +1048,109 @@ static int conf_dnsbl_zones_parse(struct conf_loader *L, const config_setting_t 
 /* recipients = "PATH" | "lmdb:PATH" | "pgsql:NAME" (table.h).  Paths are
  * made absolute and must be readable now; a pgsql NAME is checked against
  * the pgsql entries once the whole file is read. */
+/* Postfix's milter defaults: milter_connect_timeout, milter_command_timeout,
+ * milter_content_timeout. */
+#define MILTER_CONNECT_TIMEOUT_DEF (30 * SECOND)
+#define MILTER_COMMAND_TIMEOUT_DEF (30 * SECOND)
+#define MILTER_CONTENT_TIMEOUT_DEF (300 * SECOND)
+#define MILTER_TIMEOUT_MAX         (3600 * SECOND)
+#define MILTERS_MAX                16      /* entries in one list */
+
+static int conf_milter_duration(struct conf_loader *L, const config_setting_t *g,
+                                const char *name, long *out)
+{
+    const config_setting_t *t = config_setting_get_member(g, name);
+    if (!t)
+        return 0;
+    long v;
+    if (config_setting_type(t) == CONFIG_TYPE_INT)
+        v = config_setting_get_int(t);
+    else if (config_setting_type(t) != CONFIG_TYPE_STRING ||
+             conf_parse_duration(config_setting_get_string(t), &v) < 0)
+        return conf_fail(L, t, "milters: %s must be a duration such as \"30s\"", name);
+    if (v < 1 || v > MILTER_TIMEOUT_MAX)
+        return conf_fail(L, t, "milters: %s must be between 1s and 1h", name);
+    *out = v;
+    return 0;
+}
+
+/* `milters = ( "inet:127.0.0.1:11332", { socket = "unix:/run/x.sock";
+ * default_action = "accept"; timeout = "30s"; content_timeout = "5m"; } );` */
+static int conf_milters_parse(struct conf_loader *L, const config_setting_t *s,
+                              struct conf_milters *out)
+{
+    if (config_setting_type(s) != CONFIG_TYPE_LIST && config_setting_type(s) != CONFIG_TYPE_ARRAY)
+        return conf_fail(L, s, "milters must be a list: ( \"inet:host:port\", { socket = ...; } )");
+    int n = config_setting_length(s);
+    if (n > MILTERS_MAX)
+        return conf_fail(L, s, "milters: at most %d entries", MILTERS_MAX);
+    conf_milters_release(out);
+    if (n == 0)
+        return 0;
+    if (!(out->v = calloc((size_t)n, sizeof *out->v)))
+        return conf_fail(L, s, "out of memory");
+    for (int i = 0; i < n; i++) {
+        const config_setting_t *e = config_setting_get_elem(s, (unsigned)i);
+        struct conf_milter *m = &out->v[out->n];
+        const char *sock = NULL, *why;
+        m->connect_timeout = MILTER_CONNECT_TIMEOUT_DEF;
+        m->command_timeout = MILTER_COMMAND_TIMEOUT_DEF;
+        m->content_timeout = MILTER_CONTENT_TIMEOUT_DEF;
+        if (config_setting_type(e) == CONFIG_TYPE_STRING) {
+            sock = config_setting_get_string(e);
+        } else if (config_setting_type(e) == CONFIG_TYPE_GROUP) {
+            for (int k = 0; k < config_setting_length(e); k++) {
+                const char *key = config_setting_name(config_setting_get_elem(e, (unsigned)k));
+                if (strcmp(key, "socket") && strcmp(key, "default_action") && strcmp(key, "timeout") &&
+                    strcmp(key, "connect_timeout") && strcmp(key, "command_timeout") &&
+                    strcmp(key, "content_timeout"))
+                    return conf_fail(L, config_setting_get_elem(e, (unsigned)k),
+                                     "milters: unknown setting \"%s\"", key);
+            }
+            if (!config_setting_lookup_string(e, "socket", &sock))
+                return conf_fail(L, e, "milters: an entry needs socket = \"unix:/path\" or \"inet:host:port\"");
+            const char *act = NULL;
+            if (config_setting_lookup_string(e, "default_action", &act)) {
+                if (!strcmp(act, "accept"))
+                    m->fail_accept = 1;
+                else if (strcmp(act, "tempfail"))
+                    return conf_fail(L, config_setting_get_member(e, "default_action"),
+                                     "milters: default_action must be \"tempfail\" or \"accept\"");
+            }
+            long all = 0;
+            if (conf_milter_duration(L, e, "timeout", &all) < 0)
+                return -1;
+            if (all)
+                m->connect_timeout = m->command_timeout = m->content_timeout = all;
+            if (conf_milter_duration(L, e, "connect_timeout", &m->connect_timeout) < 0 ||
+                conf_milter_duration(L, e, "command_timeout", &m->command_timeout) < 0 ||
+                conf_milter_duration(L, e, "content_timeout", &m->content_timeout) < 0)
+                return -1;
+        } else {
+            return conf_fail(L, e, "milters: each entry is a string or a group");
+        }
+        struct sockaddr_storage ss;
+        socklen_t sl;
+        if (!sock || strlen(sock) >= MILTER_SOCKET_MAX || milter_socket_parse(sock, &ss, &sl, &why) < 0)
+            return conf_fail(L, e, "milters: \"%s\": %s", sock ? sock : "",
+                             sock && strlen(sock) >= MILTER_SOCKET_MAX ? "too long" : why);
+        if (!(m->socket = strdup(sock)))
+            return conf_fail(L, e, "out of memory");
+        out->n++;
+    }
+    return 0;
+}
+
+static int conf_milters_top(struct conf_loader *L, const config_setting_t *s, void *base)
+{
+    return conf_milters_parse(L, s, &((struct conf *)base)->milters);
+}
+
+static int conf_milters_dom(struct conf_loader *L, const config_setting_t *s, void *base)
+{
+    return conf_milters_parse(L, s, &((struct conf_domain *)base)->milters);
+}
+
 static int conf_recipients_parse(struct conf_loader *L, const config_setting_t *s, void *base)
 {
     struct conf_domain *d = base;
@@ -1649,8 +1758,18 @@ const struct conf *conf_ref(const struct conf *cc)
     return cc;
 }
 
+static void conf_milters_release(struct conf_milters *m)
+{
+    for (size_t i = 0; i < m->n; i++)
+        free(m->v[i].socket);
+    free(m->v);
+    m->v = NULL;
+    m->n = 0;
+}
+
 static void conf_domain_release(struct conf_domain *d)
 {
+    conf_milters_release(&d->milters);
     free(d->name);
     free(d->primary);
     free(d->primary_host);
@@ -1686,6 +1805,7 @@ void conf_free(const struct conf *cc)
         return;
     }
     free(c->domain_index);
+    conf_milters_release(&c->milters);
     free(c->path);
     free(c->hostname);
     for (size_t i = 0; i < c->naliases; i++)

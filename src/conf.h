@@ -40,6 +40,18 @@ struct conf_listen {
     int port;
 };
 
+/* One `milters` entry (global or per domain): a string "unix:/path" /
+ * "inet:host:port", or a group with the action on failure and timeouts. */
+struct conf_milter {
+    char *socket;
+    int fail_accept;            /* default_action = "accept"; else tempfail */
+    long connect_timeout, command_timeout, content_timeout;    /* seconds */
+};
+struct conf_milters {
+    struct conf_milter *v;
+    size_t n;
+};
+
 /* A network prefix for ETRN access (and later, other ACLs). */
 struct conf_cidr {
     int family;                 /* AF_INET or AF_INET6 */
@@ -82,6 +94,7 @@ struct conf_domain {
     int hold;                   /* 1: deliver nothing until released */
     enum bounce_policy bounce;  /* default always */
     int from_db;                /* 1: added by domains_from, not the file */
+    struct conf_milters milters;    /* run after the global ones (smtpd.c) */
     long max_messages;          /* queued messages before RCPT gets 452 4.2.2; 0 = no quota */
     long max_bytes;             /* queued body octets before 452 4.2.2; 0 = no quota */
     int greylist;               /* 1: greylist.h decides after the recipient is valid */
@@ -263,6 +276,7 @@ struct conf {
     int domains_unknown;        /* 1: domains_from has not answered since start: a
                                  * domain not in the file may be the database's */
     struct conf_cluster cluster;
+    struct conf_milters milters;    /* global: every transaction */
     struct conf_ratelimit ratelimit;
     struct conf_greylist greylist;
     struct conf_dnsbl dnsbl;

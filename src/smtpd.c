@@ -40,6 +40,9 @@
 #include "listen.h"
 #include "greylist.h"
 #include "log.h"
+#include "milter_run.h"
+#include "milter_set.h"
+#include "quarantine.h"
 #include "policy.h"
 #include "qid.h"
 #include "queue_db.h"
@@ -94,13 +97,16 @@ enum sstate {
     S_CHUNKING,     /* between BDAT chunks */
     S_COMMIT,       /* end of data seen; waiting for the spool */
     S_RCPT_WAIT,    /* a RCPT's verdict is pending (table, callout) */
+    S_MILTER,       /* end of data seen; the milters look at the message */
+    S_MILTER_WAIT,  /* a HELO or MAIL waits for the live milters' verdict */
     S_TLS,          /* TLS handshake in progress */
     S_CLOSING,      /* last reply queued; free once it is written */
     S_DEAD          /* free at the end of the current callback */
 };
 
 static const char *const sstate_names[] = {
-    "init", "helo", "mail", "rcpt", "data", "bdat", "chunking", "commit", "rcpt-wait", "tls",
+    "init", "helo", "mail", "rcpt", "data", "bdat", "chunking", "commit", "rcpt-wait", "milter",
+    "milter-wait", "tls",
     "closing", "dead",
 };
 _Static_assert(sizeof sstate_names / sizeof sstate_names[0] == S_DEAD + 1,
@@ -115,15 +121,19 @@ _Static_assert(sizeof sstate_names / sizeof sstate_names[0] == S_DEAD + 1,
  * the states it may move to (staying put is always allowed). */
 static const unsigned sstate_next[] = {
     [S_INIT] = ST(S_HELO) | ST(S_BDAT) | ST(S_TLS) | ST_END,
-    [S_HELO] = ST(S_MAIL) | ST(S_BDAT) | ST(S_TLS) | ST_END,
-    [S_MAIL] = ST(S_HELO) | ST(S_RCPT) | ST(S_BDAT) | ST(S_RCPT_WAIT) | ST_END,
+    [S_HELO] = ST(S_MAIL) | ST(S_BDAT) | ST(S_TLS) | ST(S_MILTER_WAIT) | ST_END,
+    [S_MAIL] = ST(S_HELO) | ST(S_RCPT) | ST(S_BDAT) | ST(S_RCPT_WAIT) | ST(S_MILTER_WAIT) | ST_END,
     [S_RCPT] = ST(S_HELO) | ST(S_DATA) | ST(S_BDAT) | ST(S_RCPT_WAIT) | ST_END,
-    [S_DATA] = ST(S_HELO) | ST(S_COMMIT) | ST_END,
-    [S_BDAT] = ST(S_INIT) | ST(S_HELO) | ST(S_CHUNKING) | ST(S_COMMIT) | ST_END,
+    [S_DATA] = ST(S_HELO) | ST(S_COMMIT) | ST(S_MILTER) | ST_END,
+    [S_BDAT] = ST(S_INIT) | ST(S_HELO) | ST(S_CHUNKING) | ST(S_COMMIT) | ST(S_MILTER) | ST_END,
     [S_CHUNKING] = ST(S_HELO) | ST(S_BDAT) | ST_END,
     [S_COMMIT] = ST(S_HELO) | ST_END,
     /* back to where the RCPT came from, or on to S_RCPT when accepted */
     [S_RCPT_WAIT] = ST(S_MAIL) | ST(S_RCPT) | ST_END,
+    /* refused or discarded by a milter, or on to the commit */
+    [S_MILTER] = ST(S_HELO) | ST(S_COMMIT) | ST_END,
+    /* a HELO (from S_HELO) or MAIL (from S_MAIL): refused or accepted */
+    [S_MILTER_WAIT] = ST(S_INIT) | ST(S_HELO) | ST(S_MAIL) | ST_END,
     [S_TLS] = ST(S_INIT) | ST_END,
     [S_CLOSING] = ST(S_DEAD),
     [S_DEAD] = 0,
@@ -181,6 +191,24 @@ struct session {
     struct rcpt_wait *wait;             /* the RCPT in S_RCPT_WAIT; ditto */
     int throttled;                      /* RCPTs refused: client throttled */
     int client_slot;                    /* holds its client's place (listen.c) */
+    /* Milters of the transaction (global, then the recipients' domains',
+     * each socket once), the copy of the stored message they read, and
+     * the run while in S_MILTER. */
+    struct conf_milter *mlist;          /* copies: a reload may free the conf */
+    size_t nmlist;
+    struct evbuffer *mcopy;
+    struct milter_run *mrun;
+    const char **mrcpts;                /* the run's recipient list */
+    char *mquarantine;                  /* a milter's quarantine reason: the
+                                           commit goes into quarantine */
+    /* The global milters, live from connect (milter_set.h), NULL without;
+     * a milter's refusal at connect (every later command but QUIT, RSET
+     * and NOOP gets it, as Postfix does); what S_MILTER_WAIT resumes. */
+    struct milter_set *mset;
+    char *mconn_reply;
+    enum sstate mwait_back;
+    int mwait_init;                     /* the HELO came before any: back to S_INIT */
+    int m8bit;
     /* SPF of this transaction (spf.h): started at MAIL, awaited at most
      * spf.timeout at end of data, kept in the message record. */
     struct spf_req *spf;                /* the check in flight */
@@ -244,12 +272,14 @@ struct smtpd_commit {
     char client[SMTPD_NAME_MAX + INET6_ADDRSTRLEN + 16];
     unsigned long long size;
     size_t nrcpt;
+    char *quarantine;                   /* a milter's reason: into quarantine */
 };
 
 /* A RCPT whose verdict is pending: what applying it needs. */
 struct rcpt_wait {
     enum sstate back;                   /* S_MAIL or S_RCPT */
     int addr_ok;                        /* addr fitted */
+    char dom[SMTP_DOMAIN_MAX + 1];      /* its domain, while the milters look */
     char addr[SMTP_PATH_MAX + 1];
     struct smtp_rcpt_params rp;
 };
@@ -339,6 +369,9 @@ static void session_end(struct session *s)
     /* A verdict still pending would call back into a session that has
      * left the dialogue (or is freed): it never runs. */
     recipient_cancel(s->rreq);
+    milter_run_cancel(s->mrun);
+    s->mrun = NULL;
+    milter_set_cancel(s->mset);
     if (s->tarpit != NULL)
         evtimer_del(s->tarpit);
     dnsbl_cancel(s->dnsbl);
@@ -376,6 +409,23 @@ static void session_txn_reset(struct session *s)
     s->bdat_last = 0;
     s->bdat_reply = NULL;
     memset(&s->mp, 0, sizeof s->mp);
+    milter_run_cancel(s->mrun);
+    s->mrun = NULL;
+    /* the live milters saw a transaction that did not reach its end of
+     * message (RSET, HELO, a refusal): SMFIC_ABORT */
+    milter_set_abort(s->mset);
+    if (s->mcopy)
+        evbuffer_free(s->mcopy);
+    s->mcopy = NULL;
+    free(s->mrcpts);
+    s->mrcpts = NULL;
+    free(s->mquarantine);
+    s->mquarantine = NULL;
+    for (size_t i = 0; i < s->nmlist; i++)
+        free(s->mlist[i].socket);
+    free(s->mlist);
+    s->mlist = NULL;
+    s->nmlist = 0;
 }
 
 static void session_set_timeout(struct session *s, long read_seconds)
@@ -551,10 +601,147 @@ static int session_greylisted(struct session *s, const struct conf_domain *dom, 
 }
 
 /* ------------------------------------------------------------------ */
+/* Live milters (milter_set.c): connect, HELO, MAIL, RCPT              */
+
+static void session_sync_check(struct session *s, enum smtp_cmd cmd);
+
+/* The session as the milters' macros see it (milter_run.h). */
+static void session_milter_txn(const struct session *s, struct milter_run_txn *t)
+{
+    const struct sockaddr *sa = (const struct sockaddr *)&s->sa;
+    memset(t, 0, sizeof *t);
+    t->qid = s->qid;
+    t->hostname = s->d->conf->hostname;
+    t->client_name = s->name;
+    t->client_addr = strncmp(s->addr, "IPv6:", 5) == 0 ? s->addr + 5 : s->addr;
+    t->family = sa->sa_family == AF_INET ? '4' : sa->sa_family == AF_INET6 ? '6' : 'U';
+    t->port = sa->sa_family == AF_INET ? ntohs(((const struct sockaddr_in *)sa)->sin_port)
+            : sa->sa_family == AF_INET6 ? ntohs(((const struct sockaddr_in6 *)sa)->sin6_port)
+            : 0;
+    t->helo = s->helo;
+    t->sender = s->sender ? s->sender : "";
+    t->tls_version = s->tls ? s->tls_desc : NULL;
+}
+
+/* A milter's refusal of a command: its own reply; a 421 ends the session. */
+static void session_milter_refuse(struct session *s, const char *text)
+{
+    if (strncmp(text, "421", 3) == 0)
+        session_close(s, STAT_REJ_CONTENT, text);
+    else
+        session_error(s, STAT_REJ_CONTENT, text);
+}
+
+/* After a milter verdict: what the client pipelined meanwhile. */
+static void session_milter_resume(struct session *s, enum smtp_cmd cmd)
+{
+    session_sync_check(s, cmd);
+    session_drive(s);
+    if (s->state == S_DEAD)
+        session_free(s);
+}
+
+static void session_helo_reply(struct session *s);
+
+static void session_on_milter_helo(void *arg, const struct milter_set_answer *a)
+{
+    struct session *s = arg;
+    if (s->state != S_MILTER_WAIT)
+        log_panic("[%s]: milter HELO verdict in state %s", s->addr, sstate_names[s->state]);
+    if (a->verdict == MILTER_REJECT || a->verdict == MILTER_TEMPFAIL) {
+        log_info("reject: HELO from %s[%s]: %s; helo=%s", s->name, s->addr, a->text, s->helo);
+        session_set_state(s, s->mwait_init ? S_INIT : S_HELO);
+        if (s->mwait_init)
+            s->helo[0] = '\0';
+        session_milter_refuse(s, a->text);
+    } else {
+        session_set_state(s, S_HELO);
+        session_helo_reply(s);
+    }
+    session_milter_resume(s, SMTP_CMD_HELO);
+}
+
+static void session_spf_start(struct session *s);
+
+static void session_on_milter_mail(void *arg, const struct milter_set_answer *a)
+{
+    struct session *s = arg;
+    if (s->state != S_MILTER_WAIT)
+        log_panic("[%s]: milter MAIL verdict in state %s", s->addr, sstate_names[s->state]);
+    if (a->verdict == MILTER_REJECT || a->verdict == MILTER_TEMPFAIL) {
+        log_info("%s: reject: MAIL from %s[%s]: %s; from=<%s>", s->qid, s->name, s->addr,
+                 a->text, s->sender);
+        session_set_state(s, S_HELO);
+        session_txn_reset(s);
+        session_milter_refuse(s, a->text);
+    } else {
+        session_set_state(s, S_MAIL);
+        session_reply(s, "250 2.1.0 Ok");
+        session_spf_start(s);
+    }
+    session_milter_resume(s, SMTP_CMD_MAIL);
+}
+
+/* The greeting, once the connect-time checks are done: the live milters'
+ * connect event first.  A milter's 4xx makes the greeting a 421 with its
+ * text and ends the session; a 5xx greets as usual and refuses every
+ * later command but QUIT, RSET and NOOP with it (Postfix's behaviour). */
+static void session_on_milter_connect(void *arg, const struct milter_set_answer *a);
+
+static void session_greet(struct session *s)
+{
+    const struct conf *c = s->d->conf;
+    if (c->milters.n > 0 && s->mset == NULL &&
+        (s->mset = milter_set_new(s->d->base, &c->milters, s->addr)) != NULL) {
+        struct milter_run_txn t;
+        session_milter_txn(s, &t);
+        if (milter_set_event(s->mset, MILTER_STEP_CONNECT, &t, NULL, session_on_milter_connect,
+                             s)) {
+            bufferevent_disable(s->bev, EV_READ);
+            return;
+        }
+    }
+    session_reply(s, "220 %s ESMTP mxkeep", c->hostname);
+    bufferevent_enable(s->bev, EV_READ);
+}
+
+static void session_on_milter_connect(void *arg, const struct milter_set_answer *a)
+{
+    struct session *s = arg;
+    if (s->state != S_INIT)
+        log_panic("[%s]: milter connect verdict in state %s", s->addr, sstate_names[s->state]);
+    if (a->verdict == MILTER_TEMPFAIL) {
+        char reply[sizeof a->text];
+        /* every line's code becomes 421: the client must not go on */
+        snprintf(reply, sizeof reply, "%s", a->text);
+        for (char *p = reply; p != NULL; p = strstr(p, "\n")) {
+            if (*p == '\n')
+                p++;
+            if (p[0] == '4' && p[1] && p[2])
+                memcpy(p, "421", 3);
+        }
+        log_info("reject: CONNECT from %s[%s]: %s", s->name, s->addr, reply);
+        session_close(s, STAT_REJ_CONTENT, reply);
+        if (s->state == S_DEAD)
+            session_free(s);
+        return;
+    }
+    if (a->verdict == MILTER_REJECT) {
+        log_info("reject: CONNECT from %s[%s]: %s (every command refused)", s->name, s->addr,
+                 a->text);
+        stats_inc(STAT_REJ_CONTENT);
+        s->mconn_reply = strdup(a->text);
+    }
+    session_reply(s, "220 %s ESMTP mxkeep", s->d->conf->hostname);
+    bufferevent_enable(s->bev, EV_READ);
+}
+
+/* ------------------------------------------------------------------ */
 /* Commands                                                           */
 
 static void cmd_helo_common(struct session *s, const char *arg, int esmtp)
 {
+    int first = s->state == S_INIT;
     const char *err = smtp_parse_helo(arg, s->helo, sizeof s->helo);
     if (err) {
         session_error(s, STAT_REJ_PROTOCOL, err);
@@ -563,7 +750,21 @@ static void cmd_helo_common(struct session *s, const char *arg, int esmtp)
     session_txn_reset(s);
     s->esmtp = esmtp;
     session_set_state(s, S_HELO);
-    if (!esmtp) {
+    if (s->mset != NULL) {
+        struct milter_run_txn t;
+        session_milter_txn(s, &t);
+        if (milter_set_event(s->mset, MILTER_STEP_HELO, &t, NULL, session_on_milter_helo, s)) {
+            s->mwait_init = first;
+            session_set_state(s, S_MILTER_WAIT);
+            return;
+        }
+    }
+    session_helo_reply(s);
+}
+
+static void session_helo_reply(struct session *s)
+{
+    if (!s->esmtp) {
         session_reply(s, "250 %s", s->d->conf->hostname);
         return;
     }
@@ -688,6 +889,14 @@ static void cmd_mail(struct session *s, const char *arg)
     s->started = time(NULL);
     log_info("%s: client=%s[%s], helo=%s", s->qid, s->name, s->addr, s->helo);
     session_set_state(s, S_MAIL);
+    if (s->mset != NULL) {
+        struct milter_run_txn t;
+        session_milter_txn(s, &t);
+        if (milter_set_event(s->mset, MILTER_STEP_MAIL, &t, NULL, session_on_milter_mail, s)) {
+            session_set_state(s, S_MILTER_WAIT);
+            return;
+        }
+    }
     session_reply(s, "250 2.1.0 Ok");
     session_spf_start(s);
 }
@@ -768,6 +977,33 @@ static int session_tarpit(struct session *s, enum stat_id why, const char *reply
     return 1;
 }
 
+static void session_rcpt_add(struct session *s, const struct conf_domain *dom, const char *addr,
+                             const struct smtp_rcpt_params *rp);
+
+/* The live milters' verdict on a RCPT: a refusal refuses that recipient
+ * only, with the milter's reply; then on with what was pipelined. */
+static void session_on_milter_rcpt(void *arg, const struct milter_set_answer *a)
+{
+    struct session *s = arg;
+    struct rcpt_wait *w = s->wait;
+    if (s->state != S_RCPT_WAIT)
+        log_panic("[%s]: milter RCPT verdict in state %s", s->addr, sstate_names[s->state]);
+    session_set_state(s, w->back);
+    if (a->verdict == MILTER_REJECT || a->verdict == MILTER_TEMPFAIL) {
+        log_info("%s: reject: RCPT from %s[%s]: <%s>: %s; from=<%s>", s->qid, s->name, s->addr,
+                 w->addr, a->text, s->sender);
+        session_milter_refuse(s, a->text);
+    } else {
+        const struct conf_domain *dom = conf_domain_find(s->d->conf, w->dom);
+        if (dom == NULL)                /* a reload dropped the domain meanwhile */
+            session_reject(s, STAT_REJ_LOOKUP, "451 4.3.0 Error: configuration changed, "
+                           "try again later");
+        else
+            session_rcpt_add(s, dom, w->addr, &w->rp);
+    }
+    session_milter_resume(s, SMTP_CMD_RCPT);
+}
+
 static void session_rcpt_verdict(struct session *s, const struct recipient_answer *v,
                                  const char *addr, const struct smtp_rcpt_params *rp)
 {
@@ -832,6 +1068,31 @@ static void session_rcpt_verdict(struct session *s, const struct recipient_answe
             return;
         }
     }
+    /* The live milters' envrcpt: the RCPT waits for it in S_RCPT_WAIT,
+     * pipelined commands behind it in order. */
+    if (s->mset != NULL && (s->wait != NULL || (s->wait = malloc(sizeof *s->wait)) != NULL)) {
+        struct milter_run_txn t;
+        session_milter_txn(s, &t);
+        if (milter_set_event(s->mset, MILTER_STEP_RCPT, &t, addr, session_on_milter_rcpt, s)) {
+            struct rcpt_wait *w = s->wait;
+            w->back = s->state;
+            w->addr_ok = 1;
+            if (w->addr != addr)
+                snprintf(w->addr, sizeof w->addr, "%s", addr);
+            if (&w->rp != rp)
+                w->rp = *rp;
+            snprintf(w->dom, sizeof w->dom, "%s", dom->name);
+            session_set_state(s, S_RCPT_WAIT);
+            return;
+        }
+    }
+    session_rcpt_add(s, dom, addr, rp);
+}
+
+/* The recipient is accepted: into the transaction. */
+static void session_rcpt_add(struct session *s, const struct conf_domain *dom, const char *addr,
+                             const struct smtp_rcpt_params *rp)
+{
     struct qrcpt *r = &s->rcpt[s->nrcpt];
     memset(r, 0, sizeof *r);
     r->index = (uint32_t)s->nrcpt;
@@ -924,6 +1185,58 @@ static int session_body_out(void *arg, const char *buf, size_t n)
         s->body_errno = errno ? errno : EIO;
         return -1;
     }
+    if (s->mcopy && evbuffer_add(s->mcopy, buf, n) != 0) {
+        s->body_errno = ENOMEM;
+        return -1;
+    }
+    return 0;
+}
+
+/* The transaction's milters at end of data: the live ones (the global
+ * list, milter_set.c) go on from DATA; the global list when it could not
+ * be opened live, then each recipient domain's, in recipient order, are
+ * replayed from connect, a socket named twice run once.  With any, the
+ * message is also kept in memory (bounded by message_size) for them to
+ * read at end of data.  -1 on allocation failure. */
+static int session_milters_begin(struct session *s)
+{
+    const struct conf *c = s->d->conf;
+    size_t cap = s->mset ? 0 : c->milters.n;
+    struct milter_run_live one;
+    int live = milter_set_live(s->mset, &one, 1) > 0;
+    for (size_t i = 0; i < s->nrcpt; i++) {
+        const struct conf_domain *d = conf_domain_find(c, s->rcpt[i].domain);
+        if (d)
+            cap += d->milters.n;
+    }
+    if (cap == 0 && !live)
+        return 0;
+    if (!(s->mlist = calloc(cap ? cap : 1, sizeof *s->mlist)))
+        return -1;
+    s->nmlist = 0;
+    for (size_t i = s->mset ? 1 : 0; i <= s->nrcpt; i++) {
+        const struct conf_milters *ms = &c->milters;
+        if (i > 0) {
+            const struct conf_domain *d = conf_domain_find(c, s->rcpt[i - 1].domain);
+            if (!d)
+                continue;
+            ms = &d->milters;
+        }
+        for (size_t k = 0; k < ms->n; k++) {
+            size_t j;
+            for (j = 0; j < s->nmlist; j++)
+                if (strcmp(s->mlist[j].socket, ms->v[k].socket) == 0)
+                    break;
+            if (j < s->nmlist || milter_set_has(s->mset, ms->v[k].socket))
+                continue;
+            s->mlist[j] = ms->v[k];
+            if (!(s->mlist[j].socket = strdup(ms->v[k].socket)))
+                return -1;
+            s->nmlist++;
+        }
+    }
+    if (!(s->mcopy = evbuffer_new()))
+        return -1;
     return 0;
 }
 
@@ -960,7 +1273,9 @@ static const char *session_body_begin(struct session *s, int bdat)
                                : "451 4.3.0 Error: queue file write error";
     }
     s->dp = data_new(&lim, bdat);
-    if (s->dp == NULL || spool_body_write(s->body, hdr, (size_t)n) != 0) {
+    if (session_milters_begin(s) < 0 || s->dp == NULL ||
+        spool_body_write(s->body, hdr, (size_t)n) != 0 ||
+        (s->mcopy && evbuffer_add(s->mcopy, hdr, (size_t)n) != 0)) {
         int e = errno;
         session_txn_reset(s);
         return e == ENOSPC ? "452 4.3.1 Error: insufficient system storage"
@@ -1209,6 +1524,12 @@ static void session_command(struct session *s, const char *line, size_t len)
         session_error(s, STAT_REJ_PROTOCOL, "500 5.5.1 Error: command unrecognized");
         return;
     }
+    if (s->mconn_reply != NULL && sc.cmd != SMTP_CMD_QUIT && sc.cmd != SMTP_CMD_RSET &&
+        sc.cmd != SMTP_CMD_NOOP) {
+        /* a milter refused the connection */
+        session_error(s, STAT_REJ_CONTENT, s->mconn_reply);
+        return;
+    }
     if (!(c->allowed & ST(s->state))) {
         session_error(s, STAT_REJ_PROTOCOL, smtpd_refusal(s, c));
         return;
@@ -1248,6 +1569,7 @@ static void commit_free(struct smtpd_commit *c)
         c->d->commits = c->next;
     if (c->next)
         c->next->prev = c->prev;
+    free(c->quarantine);
     free(c);
 }
 
@@ -1277,7 +1599,20 @@ static void commit_done(void *arg, int err)
 {
     struct smtpd_commit *c = arg;
     struct smtpd *d = c->d;
-    if (err == 0) {
+    if (err == 0 && c->quarantine != NULL) {
+        /* a milter's quarantine: held in the spool, never scheduled */
+        struct qmsg *q = calloc(1, sizeof *q);
+        log_info("%s: from=<%s>, size=%llu, nrcpt=%zu (quarantine)", c->qid, c->sender,
+                 c->size, c->nrcpt);
+        stats_inc(STAT_ACCEPTED);
+        stats_add(STAT_ACCEPTED_BYTES, (uint64_t)c->size);
+        if (q != NULL) {
+            snprintf(q->qid, sizeof q->qid, "%s", c->qid);
+            snprintf(q->quarantine_reason, sizeof q->quarantine_reason, "%s", c->quarantine);
+            quarantine_committed(q);
+            free(q);
+        }
+    } else if (err == 0) {
         log_info("%s: from=<%s>, size=%llu, nrcpt=%zu (queue active)", c->qid, c->sender,
                  c->size, c->nrcpt);
         stats_inc(STAT_ACCEPTED);
@@ -1301,7 +1636,11 @@ static void commit_done(void *arg, int err)
         session_committed(s, qid, err);
 }
 
-/* The message text is complete: refuse it, or hand it to the spool. */
+static void session_commit(struct session *s);
+static void session_milters_start(struct session *s);
+
+/* The message text is complete: refuse it, hand it to the milters, or
+ * hand it to the spool. */
 static void session_data_end(struct session *s)
 {
     enum data_status st = data_finish(s->dp, session_body_out, s);
@@ -1340,7 +1679,29 @@ static void session_data_end(struct session *s)
         session_set_timeout(s, s->d->conf->limits.command_timeout);
         return;
     }
+    s->m8bit = data_has_8bit(s->dp);
+    if (milter_set_discarded(s->mset)) {
+        /* a live milter said discard at MAIL or RCPT: 250, nothing kept */
+        log_info("%s: discard: end of data from %s[%s]: by milter; from=<%s>", s->qid, s->name,
+                 s->addr, s->sender);
+        stats_inc(STAT_REJ_CONTENT);
+        session_reply(s, "250 2.0.0 Ok: queued as %s", s->qid);
+        session_txn_reset(s);
+        session_set_state(s, S_HELO);
+        session_set_timeout(s, s->d->conf->limits.command_timeout);
+        return;
+    }
+    if (s->mcopy != NULL) {
+        session_milters_start(s);
+        return;
+    }
+    session_commit(s);
+}
 
+/* After the milters, if any: the quota again with the real size, then
+ * SPF (waited for at most spf.timeout), then the commit. */
+static void session_commit(struct session *s)
+{
     /* The quota again with the real size: refused only when every
      * recipient's domain would cross its quota.  When some would not, the
      * message is taken (it is stored once, for all its recipients) and
@@ -1412,7 +1773,7 @@ static void session_data_commit(struct session *s)
     m.arrival = (int64_t)s->started;
     m.size = spool_body_size(s->body);
     m.nrcpt = (uint32_t)s->nrcpt;
-    m.flags = (data_has_8bit(s->dp) ? QMSG_F_8BIT : 0) | (s->mp.smtputf8 ? QMSG_F_SMTPUTF8 : 0);
+    m.flags = (s->m8bit ? QMSG_F_8BIT : 0) | (s->mp.smtputf8 ? QMSG_F_SMTPUTF8 : 0);
     m.body = s->mp.body;
     m.ret = s->mp.ret;
     snprintf(m.envid, sizeof m.envid, "%s", s->mp.envid);
@@ -1420,6 +1781,8 @@ static void session_data_commit(struct session *s)
     snprintf(m.client_addr, sizeof m.client_addr, "%s", s->addr);
     snprintf(m.client_name, sizeof m.client_name, "%s", s->name);
     snprintf(m.helo, sizeof m.helo, "%s", s->helo);
+    if (s->mquarantine != NULL)         /* a milter's quarantine action */
+        quarantine_prepare(&m, s->d->conf, s->mquarantine, (int64_t)time(NULL));
     session_auth_fill(s, &m);
     spf_cancel(s->spf);
     s->spf = NULL;
@@ -1445,6 +1808,8 @@ static void session_data_commit(struct session *s)
     snprintf(c->client, sizeof c->client, "%s[%s]", s->name, s->addr);
     c->size = (unsigned long long)m.size;
     c->nrcpt = s->nrcpt;
+    if (s->mquarantine != NULL)
+        c->quarantine = strdup(s->mquarantine);
     session_set_state(s, S_COMMIT);
     /* No read timeout while the disk works: the client is waiting on us. */
     session_set_timeout(s, 0);
@@ -1462,6 +1827,389 @@ static void session_data_commit(struct session *s)
         c->next->prev = c;
     s->d->commits = c;
     s->commit = c;
+}
+
+/* ------------------------------------------------------------------ */
+/* Milters (milter_run.c): after the end of data, before the commit    */
+
+/* A header field of the rewritten message: "Name: value" with CRLF. */
+struct mhdr {
+    char *text;
+    size_t len;
+};
+
+/* Milter text uses "\n" between folded lines: stored text wants CRLF. */
+static int mtext_add_crlf(struct evbuffer *out, const char *p, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (p[i] == '\n' && (i == 0 || p[i - 1] != '\r')) {
+            if (evbuffer_add(out, "\r\n", 2) != 0)
+                return -1;
+        } else if (evbuffer_add(out, p + i, 1) != 0) {
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static char *mhdr_make(const char *name, const char *value, size_t *len)
+{
+    struct evbuffer *b = evbuffer_new();
+    char *t = NULL;
+    if (b && evbuffer_add_printf(b, "%s: ", name) >= 0 &&
+        mtext_add_crlf(b, value, strlen(value)) == 0 && evbuffer_add(b, "\r\n", 2) == 0) {
+        *len = evbuffer_get_length(b);
+        if ((t = malloc(*len + 1)) != NULL) {
+            evbuffer_remove(b, t, *len);
+            t[*len] = '\0';
+        }
+    }
+    if (b)
+        evbuffer_free(b);
+    return t;
+}
+
+/* Does header field h have this name (case-insensitive)? */
+static int mhdr_is(const struct mhdr *h, const char *name)
+{
+    size_t n = strlen(name);
+    return h->len > n && strncasecmp(h->text, name, n) == 0 && h->text[n] == ':';
+}
+
+static void mhdrs_free(struct mhdr *h, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        free(h[i].text);
+    free(h);
+}
+
+/* Strip <> from a milter's address argument into out ("" for <>). */
+static int maddr(const char *in, char *out, size_t len, struct smtp_addr *a, int rcpt)
+{
+    char path[SMTP_PATH_MAX + 3];
+    const char *rest;
+    if (in[0] == '<')
+        snprintf(path, sizeof path, "%s", in);
+    else
+        snprintf(path, sizeof path, "<%s>", in);
+    if (smtp_parse_path(path, &rest, a, !rcpt, 1, rcpt) != NULL)
+        return -1;
+    return smtp_addr_format(a, out, len) < 0 ? -1 : 0;
+}
+
+/* Apply the milters' recipient and sender changes.  An added recipient
+ * goes through the same policy as RCPT (served domains only: a milter
+ * is never a way to relay); its refusal is logged and it is not added.
+ * Returns -1 on allocation failure. */
+static int session_milter_envelope(struct session *s, const struct milter_run_result *r)
+{
+    for (size_t i = 0; i < r->nmods; i++) {
+        const struct milter_mod *d = &r->mods[i];
+        char addr[SMTP_PATH_MAX + 1];
+        struct smtp_addr a;
+        if (d->cmd == SMFIR_CHGFROM) {
+            if (maddr(d->addr, addr, sizeof addr, &a, 0) < 0) {
+                log_warn("%s: milter change of sender to %s refused: bad address", s->qid, d->addr);
+                continue;
+            }
+            log_info("%s: milter: sender <%s> -> <%s>", s->qid, s->sender, addr);
+            snprintf(s->sender, SMTP_PATH_MAX + 1, "%s", addr);
+        } else if (d->cmd == SMFIR_DELRCPT) {
+            if (maddr(d->addr, addr, sizeof addr, &a, 1) < 0)
+                continue;
+            for (size_t k = 0; k < s->nrcpt; k++) {
+                if (strcasecmp(s->rcpt[k].addr, addr) == 0) {
+                    log_info("%s: milter: recipient <%s> removed", s->qid, addr);
+                    memmove(&s->rcpt[k], &s->rcpt[k + 1], (s->nrcpt - k - 1) * sizeof *s->rcpt);
+                    s->nrcpt--;
+                    break;
+                }
+            }
+        } else if (d->cmd == SMFIR_ADDRCPT || d->cmd == SMFIR_ADDRCPT_PAR) {
+            const struct conf_domain *dom = NULL;
+            char buf[SMTP_PATH_MAX + 128];
+            const char *why;
+            if (maddr(d->addr, addr, sizeof addr, &a, 1) < 0 ||
+                (why = policy_check_rcpt(s->d->policy, &a, &dom, NULL, buf, sizeof buf)) != NULL ||
+                dom == NULL) {
+                log_warn("%s: milter: recipient %s not added: %s", s->qid, d->addr,
+                         "not a recipient of a served domain");
+                continue;
+            }
+            size_t k;
+            for (k = 0; k < s->nrcpt; k++)
+                if (strcasecmp(s->rcpt[k].addr, addr) == 0)
+                    break;
+            if (k < s->nrcpt)
+                continue;
+            if ((long)s->nrcpt >= s->d->conf->limits.recipients) {
+                log_warn("%s: milter: recipient <%s> not added: too many recipients", s->qid, addr);
+                continue;
+            }
+            if (s->nrcpt == s->rcpt_cap) {
+                size_t cap = s->rcpt_cap ? s->rcpt_cap * 2 : 4;
+                struct qrcpt *nr = realloc(s->rcpt, cap * sizeof *nr);
+                if (!nr)
+                    return -1;
+                s->rcpt = nr;
+                s->rcpt_cap = cap;
+            }
+            struct qrcpt *q = &s->rcpt[s->nrcpt];
+            memset(q, 0, sizeof *q);
+            q->state = QRCPT_PENDING;
+            q->expiry = (int64_t)time(NULL) + dom->retention;
+            snprintf(q->addr, sizeof q->addr, "%s", addr);
+            snprintf(q->domain, sizeof q->domain, "%s", dom->name);
+            s->nrcpt++;
+            log_info("%s: milter: recipient <%s> added", s->qid, addr);
+        }
+    }
+    for (size_t k = 0; k < s->nrcpt; k++)
+        s->rcpt[k].index = (uint32_t)k;
+    return 0;
+}
+
+/* Rewrite the stored message with the milters' header and body changes:
+ * a new body under the same queue ID replaces the uncommitted one.
+ * Returns NULL, or the reply to refuse the message with. */
+static const char *session_milter_rewrite(struct session *s, const struct milter_run_result *r)
+{
+    int headers = 0, body = 0;
+    for (size_t i = 0; i < r->nmods; i++) {
+        char c = r->mods[i].cmd;
+        headers |= c == SMFIR_ADDHEADER || c == SMFIR_INSHEADER || c == SMFIR_CHGHEADER;
+        body |= c == SMFIR_REPLBODY;
+    }
+    if (!headers && !body)
+        return NULL;
+    const char *fail = "451 4.3.0 Error: queue file write error";
+    size_t len = evbuffer_get_length(s->mcopy);
+    const char *msg = (const char *)evbuffer_pullup(s->mcopy, -1);
+    struct mhdr *h = NULL;
+    size_t nh = 0, cap = 0, off = 0, body_start = len;
+    struct evbuffer *out = NULL;
+    /* split the header into fields (folded lines stay with their field) */
+    while (off < len) {
+        if (len - off >= 2 && msg[off] == '\r' && msg[off + 1] == '\n') {
+            body_start = off + 2;
+            break;
+        }
+        size_t e = off;
+        for (;;) {
+            const char *nl = memchr(msg + e, '\n', len - e);
+            e = nl ? (size_t)(nl - msg) + 1 : len;
+            if (e >= len || (msg[e] != ' ' && msg[e] != '\t'))
+                break;
+        }
+        if (nh == cap) {
+            cap = cap ? cap * 2 : 32;
+            struct mhdr *n = realloc(h, cap * sizeof *h);
+            if (!n)
+                goto out;
+            h = n;
+        }
+        if (!(h[nh].text = malloc(e - off + 1)))
+            goto out;
+        memcpy(h[nh].text, msg + off, e - off);
+        h[nh].text[e - off] = '\0';
+        h[nh].len = e - off;
+        nh++;
+        off = e;
+    }
+    if (!(out = evbuffer_new()))
+        goto out;
+    for (size_t i = 0; i < r->nmods; i++) {
+        const struct milter_mod *d = &r->mods[i];
+        if (d->cmd != SMFIR_ADDHEADER && d->cmd != SMFIR_INSHEADER && d->cmd != SMFIR_CHGHEADER)
+            continue;
+        if (d->cmd == SMFIR_CHGHEADER) {
+            /* index: the n-th field of that name, from 1 (0 taken as 1) */
+            uint32_t want = d->index ? d->index : 1, seen = 0;
+            size_t k;
+            for (k = 0; k < nh; k++)
+                if (mhdr_is(&h[k], d->name) && ++seen == want)
+                    break;
+            if (k == nh) {
+                if (d->value[0] == '\0')
+                    continue;       /* deleting what is not there */
+                /* changing a field that is not there adds it (libmilter) */
+            } else {
+                free(h[k].text);
+                if (d->value[0] == '\0') {
+                    memmove(&h[k], &h[k + 1], (nh - k - 1) * sizeof *h);
+                    nh--;
+                    continue;
+                }
+                if (!(h[k].text = mhdr_make(d->name, d->value, &h[k].len))) {
+                    memmove(&h[k], &h[k + 1], (nh - k - 1) * sizeof *h);
+                    nh--;
+                    goto out;
+                }
+                continue;
+            }
+        }
+        if (nh == cap) {
+            cap = cap ? cap * 2 : 32;
+            struct mhdr *n = realloc(h, cap * sizeof *h);
+            if (!n)
+                goto out;
+            h = n;
+        }
+        size_t at = nh;
+        if (d->cmd == SMFIR_INSHEADER && d->index < nh)
+            at = d->index;
+        memmove(&h[at + 1], &h[at], (nh - at) * sizeof *h);
+        if (!(h[at].text = mhdr_make(d->name, d->value, &h[at].len))) {
+            memmove(&h[at], &h[at + 1], (nh - at) * sizeof *h);
+            goto out;
+        }
+        nh++;
+    }
+    for (size_t k = 0; k < nh; k++)
+        if (evbuffer_add(out, h[k].text, h[k].len) != 0)
+            goto out;
+    if (evbuffer_add(out, "\r\n", 2) != 0)
+        goto out;
+    if (body) {
+        for (size_t i = 0; i < r->nmods; i++)
+            if (r->mods[i].cmd == SMFIR_REPLBODY &&
+                mtext_add_crlf(out, (const char *)r->mods[i].body, r->mods[i].body_len) != 0)
+                goto out;
+    } else if (body_start < len && evbuffer_add(out, msg + body_start, len - body_start) != 0) {
+        goto out;
+    }
+    if ((long)evbuffer_get_length(out) > s->d->conf->limits.message_size + SMTPD_RECEIVED_MAX) {
+        fail = "552 5.3.4 Error: message file too big";
+        goto out;
+    }
+    /* the new body replaces the uncommitted one (same queue ID) */
+    spool_body_free(s->body);
+    s->body = spool_body_new(s->d->spool, s->qid);
+    if (s->body == NULL) {
+        fail = errno == ENOSPC ? "452 4.3.1 Error: insufficient system storage" : fail;
+        goto out;
+    }
+    {
+        struct evbuffer_iovec v[64];
+        int n = evbuffer_peek(out, -1, NULL, v, 64);
+        const unsigned char *flat = n > 64 ? evbuffer_pullup(out, -1) : NULL;
+        if (flat) {
+            if (spool_body_write(s->body, flat, evbuffer_get_length(out)) != 0)
+                goto out;
+        } else {
+            for (int i = 0; i < n; i++)
+                if (spool_body_write(s->body, v[i].iov_base, v[i].iov_len) != 0)
+                    goto out;
+        }
+    }
+    log_info("%s: milter: message rewritten (%zu modifications)", s->qid, r->nmods);
+    fail = NULL;
+out:
+    if (fail)
+        log_warn("%s: cannot apply the milters' changes: %s", s->qid, fail);
+    mhdrs_free(h, nh);
+    if (out)
+        evbuffer_free(out);
+    return fail;
+}
+
+/* The milters' verdict: refuse, discard, or rewrite and commit. */
+static void session_on_milters(void *arg, const struct milter_run_result *r)
+{
+    struct session *s = arg;
+    const char *reply = NULL;
+    s->mrun = NULL;
+    if (s->state != S_MILTER)
+        log_panic("[%s]: milter verdict in state %s", s->addr, sstate_names[s->state]);
+    if (r->verdict == MILTER_REJECT || r->verdict == MILTER_TEMPFAIL) {
+        reply = r->text;
+    } else if (r->verdict == MILTER_DISCARD) {
+        log_info("%s: discard: end of data from %s[%s]: by milter; from=<%s>", s->qid, s->name,
+                 s->addr, s->sender);
+        stats_inc(STAT_REJ_CONTENT);
+        session_reply(s, "250 2.0.0 Ok: queued as %s", s->qid);
+        session_txn_reset(s);
+        session_set_state(s, S_HELO);
+        goto resume;
+    } else {
+        if (r->quarantine) {
+            /* committed into the spool's quarantine, not delivered */
+            log_info("%s: milter quarantine: %s", s->qid, r->quarantine);
+            free(s->mquarantine);
+            if ((s->mquarantine = strdup(r->quarantine)) == NULL)
+                reply = "451 4.3.0 Error: insufficient resources";
+        }
+        if (reply != NULL)
+            ;
+        else if (session_milter_envelope(s, r) < 0)
+            reply = "451 4.3.0 Error: insufficient resources";
+        else if (s->nrcpt == 0) {
+            log_info("%s: discard: every recipient removed by milters", s->qid);
+            session_reply(s, "250 2.0.0 Ok: queued as %s", s->qid);
+            session_txn_reset(s);
+            session_set_state(s, S_HELO);
+            goto resume;
+        } else {
+            reply = session_milter_rewrite(s, r);
+        }
+    }
+    if (reply) {
+        log_info("%s: reject: end of data from %s[%s]: %s; from=<%s>", s->qid, s->name, s->addr,
+                 reply, s->sender);
+        session_reject(s, STAT_REJ_CONTENT, reply);
+        session_txn_reset(s);
+        session_set_state(s, S_HELO);
+        goto resume;
+    }
+    session_commit(s);
+    return;
+resume:
+    session_set_timeout(s, s->d->conf->limits.command_timeout);
+    bufferevent_enable(s->bev, EV_READ);
+    session_drive(s);
+    if (s->state == S_DEAD)
+        session_free(s);
+}
+
+static void session_milters_start(struct session *s)
+{
+    const char **rc = calloc(s->nrcpt ? s->nrcpt : 1, sizeof *rc);
+    size_t cap = milter_set_count(s->mset);
+    struct milter_run_live *live = calloc(cap ? cap : 1, sizeof *live);
+    size_t nlive = live ? milter_set_live(s->mset, live, cap) : 0;
+    for (size_t i = 0; rc && i < s->nrcpt; i++)
+        rc[i] = s->rcpt[i].addr;
+    struct milter_run_txn t;
+    session_milter_txn(s, &t);
+    t.rcpts = rc;
+    t.nrcpt = s->nrcpt;
+    t.msg = evbuffer_pullup(s->mcopy, -1);
+    t.len = evbuffer_get_length(s->mcopy);
+    session_set_state(s, S_MILTER);
+    /* no read timeout: the milters' own timeouts bound this state */
+    session_set_timeout(s, 0);
+    if (rc == NULL || live == NULL || nlive + s->nmlist == 0 ||
+        (s->mrun = milter_run_start(s->d->base, live, nlive, s->mlist, s->nmlist, &t,
+                                    session_on_milters, s)) == NULL) {
+        free(live);
+        if (rc != NULL && live != NULL && nlive + s->nmlist == 0) {
+            /* every live milter left the transaction meanwhile: commit */
+            free(rc);
+            session_commit(s);
+            return;
+        }
+        free(rc);
+        session_reject(s, STAT_REJ_STORAGE, "451 4.3.0 Error: insufficient resources");
+        session_txn_reset(s);
+        session_set_state(s, S_HELO);
+        session_set_timeout(s, s->d->conf->limits.command_timeout);
+        return;
+    }
+    free(live);
+    /* milter_run copied the transaction but borrows its strings: the
+     * recipient pointers must live as long as the run */
+    free(s->mrcpts);
+    s->mrcpts = rc;
 }
 
 /* ------------------------------------------------------------------ */
@@ -1787,6 +2535,10 @@ static void session_free(struct session *s)
 {
     struct smtpd *d = s->d;
     session_end(s);
+    session_txn_reset(s);               /* ABORT first, then QUIT */
+    milter_set_free(s->mset);
+    s->mset = NULL;
+    free(s->mconn_reply);
     dns_ptr_cancel(s->ptr);
     recipient_req_free(s->rreq);
     free(s->wait);
@@ -1891,8 +2643,7 @@ static void session_on_dnsbl(void *arg, const struct dnsbl_result *r)
     session_dnsbl_note(s, r);
     if (s->state >= S_CLOSING)
         return;
-    session_reply(s, "220 %s ESMTP mxkeep", s->d->conf->hostname);
-    bufferevent_enable(s->bev, EV_READ);
+    session_greet(s);
 }
 
 void smtpd_accept(void *arg, evutil_socket_t fd, const struct sockaddr *sa, int salen)
@@ -1988,7 +2739,7 @@ void smtpd_accept(void *arg, evutil_socket_t fd, const struct sockaddr *sa, int 
         }
         session_dnsbl_note(s, &now);
     }
-    session_reply(s, "220 %s ESMTP mxkeep", d->conf->hostname);
+    session_greet(s);
 }
 
 /* ------------------------------------------------------------------ */
