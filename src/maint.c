@@ -726,7 +726,7 @@ void maint_bands(int64_t from, int64_t to,
     }
     for (size_t i = 0; i < M.recs.n; i++) {
         const struct qmaint *q = &M.recs.r[i];
-        if (q->kind == QMAINT_WINDOW && maint_rec_active(q, now) && q->start < to)
+        if (q->kind == QMAINT_WINDOW && maint_rec_active(q, now) && q->start <= to)
             fn(arg, q->domain, q->start, q->phase == 1 ? q->ended : now);
     }
 }
