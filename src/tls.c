@@ -10,6 +10,9 @@
 
 #include <stdio.h>
 #include <string.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
 #include <openssl/err.h>
 
 const char *tls_last_error(char *buf, size_t len)
@@ -53,6 +56,14 @@ SSL_CTX *tls_server_ctx_new(const char *cert, const char *key, char *err, size_t
         return NULL;
     }
     return ctx;
+}
+
+SSL *tls_server_ssl_new(SSL_CTX *ctx, int fd)
+{
+    int one = 1;
+    /* A failure only costs latency: not worth refusing the session. */
+    (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    return SSL_new(ctx);
 }
 
 const char *tls_describe(SSL *ssl, char *buf, size_t len)
