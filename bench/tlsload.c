@@ -13,7 +13,8 @@
  * a connection carries several messages, to the 250 after the data) and of
  * the handshake (STARTTLS 220 to handshake done).
  *
- * With -i (idle mode) it opens S sessions, takes each through the
+ * With -i (idle mode) it opens S sessions (at most -o, default 100, being
+ * set up at a time), takes each through the
  * handshake and the second EHLO, prints "ready N" and holds them idle
  * until SIGUSR1 (or -w seconds); then it sends NOOP on each, counts the
  * 250s ("alive N of S"), sends one message on each with -I, and quits.
@@ -96,8 +97,9 @@ static struct {
     int idle;
     double hold;
     int idle_send;
+    int opening;
     const char *helo, *from, *to;
-} opt = { "127.0.0.1", 25, 20, 1000, 0, 4096, 0, 1, 0, 3600, 0,
+} opt = { "127.0.0.1", 25, 20, 1000, 0, 4096, 0, 1, 0, 3600, 0, 100,
           "tlsload.bench.example.net", "sender@example.net", "rcpt@example.org" };
 
 static SSL_CTX *ctx;
@@ -540,14 +542,14 @@ static void usage(void)
     fprintf(stderr,
             "usage: tlsload [-p PORT] [-H HOST] [-s SESSIONS] [-m MESSAGES | -d SECONDS]\n"
             "               [-l LENGTH] [-k MESSAGES_PER_CONNECTION] [-r]\n"
-            "               [-i [-w HOLD_SECONDS] [-I]]\n");
+            "               [-i [-w HOLD_SECONDS] [-o OPENING] [-I]]\n");
     exit(2);
 }
 
 int main(int argc, char **argv)
 {
     int ch;
-    while ((ch = getopt(argc, argv, "p:H:s:m:d:l:k:riw:I")) != -1) {
+    while ((ch = getopt(argc, argv, "p:H:s:m:d:l:k:riw:Io:")) != -1) {
         switch (ch) {
         case 'p': opt.port = atoi(optarg); break;
         case 'H': opt.host = optarg; break;
@@ -560,10 +562,11 @@ int main(int argc, char **argv)
         case 'i': opt.idle = 1; break;
         case 'w': opt.hold = atof(optarg); break;
         case 'I': opt.idle_send = 1; break;
+        case 'o': opt.opening = atoi(optarg); break;
         default: usage();
         }
     }
-    if (opt.sessions < 1 || opt.port < 1 || opt.per_conn < 1 || opt.length < 0)
+    if (opt.sessions < 1 || opt.port < 1 || opt.per_conn < 1 || opt.length < 0 || opt.opening < 1)
         usage();
 
     struct rlimit rl;
@@ -595,11 +598,12 @@ int main(int argc, char **argv)
         die("out of memory");
     t_start = now();
     t_end_limit = t_start + opt.duration;
+    int next_idle = 0;          /* idle mode: the next slot to open */
     for (int i = 0; i < opt.sessions; i++) {
         conns[i].slot = i;
         conns[i].fd = -1;
         conns[i].state = C_FREE;
-        if (opt.idle || may_start_message())
+        if (!opt.idle && may_start_message())
             conn_start(&conns[i]);
     }
 
@@ -608,6 +612,11 @@ int main(int argc, char **argv)
     double hold_until = 0;
     for (;;) {
         int active = 0;
+        /* Idle mode opens at most -o sessions at a time: 10,000 SYNs at
+         * once overflow the listen queue and measure SYN retries. */
+        while (opt.idle && next_idle < opt.sessions &&
+               next_idle - ready - failed < opt.opening)
+            conn_start(&conns[next_idle++]);
         for (int i = 0; i < opt.sessions; i++) {
             struct conn *c = &conns[i];
             if (c->state == C_FREE && !opt.idle && may_start_message())
