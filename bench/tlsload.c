@@ -234,11 +234,10 @@ static int may_start_message(void)
     return started_msgs < opt.messages;
 }
 
-/* The first message of a connection was counted when it was opened. */
+/* Every message was counted (started_msgs) when it was decided on: the
+ * first of a connection when it was opened, a next one before its RSET. */
 static void start_message(struct conn *c)
 {
-    if (c->msgs_here > 0)
-        started_msgs++;
     c->t_msg = !opt.idle && c->msgs_here == 0 && opt.per_conn == 1 ? c->t_conn : now();
     send_cmd(c, C_MAIL, "MAIL FROM:<%s>", opt.from);
 }
@@ -316,6 +315,7 @@ static int on_reply(struct conn *c, int code)
         lat_add(&lat_msg, &nlat_msg, &cap_lat_msg, now() - c->t_msg);
         c->msgs_here++;
         if (!opt.idle && c->msgs_here < opt.per_conn && may_start_message()) {
+            started_msgs++;
             send_cmd(c, C_RSET, "RSET");
             return 0;
         }
