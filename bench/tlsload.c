@@ -22,9 +22,11 @@
  * Owns: its sockets and SSL objects; nothing outside this process.
  * Never: connects anywhere but the address given (loopback in the bench);
  * verifies no certificate (a benchmark of the server, not of PKI).
- * Not part of mxkeep: built by bench/accept-tls with cc ... -lssl -lcrypto.
+ * Not part of mxkeep: built by bench/accept-tls with cc -I TOP ... -lssl
+ * -lcrypto (TOP: the configured tree, for config.h).
  */
-#define _GNU_SOURCE
+#include "config.h"     /* the system extensions (AC_USE_SYSTEM_EXTENSIONS) */
+
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
