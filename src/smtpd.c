@@ -2502,7 +2502,7 @@ static void session_tls_switch(struct session *s)
     if (evbuffer_get_length(in))
         log_warn("[%s]: discarded %zu octets pipelined after STARTTLS", s->addr,
                  evbuffer_get_length(in));
-    ssl = SSL_new(s->d->tls);
+    ssl = tls_server_ssl_new(s->d->tls, fd);
     if (ssl == NULL) {
         char buf[256];
         log_warn("[%s]: SSL_new: %s", s->addr, tls_last_error(buf, sizeof buf));

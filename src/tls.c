@@ -10,6 +10,9 @@
 
 #include <stdio.h>
 #include <string.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
 #include <openssl/err.h>
 
 const char *tls_last_error(char *buf, size_t len)
@@ -37,6 +40,10 @@ SSL_CTX *tls_server_ctx_new(const char *cert, const char *key, char *err, size_t
     /* Sessions are not resumed across our restarts anyway; a cache only
      * costs memory per peer. */
     SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
+    /* An idle session (most of them, most of the time) holds no record
+     * buffers: OpenSSL frees its 16 KiB read and write buffers whenever
+     * they are empty and takes them again for the next record. */
+    SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
     if (SSL_CTX_use_certificate_chain_file(ctx, cert) != 1) {
         snprintf(err, errlen, "%s: cannot load certificate: %s", cert, tls_last_error(why, sizeof why));
         SSL_CTX_free(ctx);
@@ -53,6 +60,14 @@ SSL_CTX *tls_server_ctx_new(const char *cert, const char *key, char *err, size_t
         return NULL;
     }
     return ctx;
+}
+
+SSL *tls_server_ssl_new(SSL_CTX *ctx, int fd)
+{
+    int one = 1;
+    /* A failure only costs latency: not worth refusing the session. */
+    (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    return SSL_new(ctx);
 }
 
 const char *tls_describe(SSL *ssl, char *buf, size_t len)

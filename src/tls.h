@@ -17,6 +17,13 @@
  * reason in err on failure (unreadable file, key does not match). */
 SSL_CTX *tls_server_ctx_new(const char *cert, const char *key, char *err, size_t errlen);
 
+/* A server-side SSL for one STARTTLS session on socket fd, from ctx.
+ * Also turns Nagle off on fd: OpenSSL writes a record per write and the
+ * session tickets after the handshake, and Nagle would hold the next
+ * record until the client's delayed ACK (40 ms per TLS session on Linux).
+ * NULL on failure (the reason is on OpenSSL's error queue). */
+SSL *tls_server_ssl_new(SSL_CTX *ctx, int fd);
+
 /* Client context: TLS 1.2+, peer verification against ca_file or (NULL)
  * the system CA store; whether a failed verification is fatal is the
  * caller's per-connection policy (smtpc.c).  NULL with a reason in err. */
