@@ -458,6 +458,63 @@ static void prom_pgsql_up(void *arg, const char *name, int up)
     evbuffer_add_printf(b, "\"} %d\n", up ? 1 : 0);
 }
 
+/* Adaptive concurrency and the primaries' limits (dest_limits.h), from
+ * the scheduler's live view; one pass per family (samples of a family
+ * stay together). */
+struct limits_pass {
+    struct evbuffer *b;
+    int what;                   /* 0 window, 1 ceiling, 2 limits */
+};
+
+static void prom_limit(struct evbuffer *b, const struct delivery_dest_info *i, const char *name,
+                       unsigned v, const char *src)
+{
+    if (v == 0)
+        return;
+    ADD(b, "mxkeep_primary_limit{domain=\"");
+    out_label(b, i->domain);
+    ADD(b, "\",host=\"");
+    out_label(b, i->limits_host);
+    evbuffer_add_printf(b, "\",limit=\"%s\",source=\"%s\"} %u\n", name, src, v);
+}
+
+static int prom_limits_row(void *arg, const struct delivery_dest_info *i)
+{
+    struct limits_pass *p = arg;
+
+    if (p->what == 2) {
+        prom_limit(p->b, i, "rcpt_max", i->rcpt_max, i->rcpt_max_source);
+        prom_limit(p->b, i, "mail_max", i->mail_max, i->mail_max_source);
+        prom_limit(p->b, i, "conn_max", i->conn_max, i->conn_max_source);
+        prom_limit(p->b, i, "rcptdomain_max", i->rcptdomain_max, "declared");
+        return 0;
+    }
+    evbuffer_add_printf(p->b, "mxkeep_destination_concurrency%s{domain=\"",
+                        p->what == 0 ? "" : "_ceiling");
+    out_label(p->b, i->domain);
+    evbuffer_add_printf(p->b, "\"} %d\n", p->what == 0 ? i->concurrency : i->ceiling);
+    return 0;
+}
+
+static void prom_dest_limits(struct evbuffer *b, struct delivery *dl)
+{
+    struct limits_pass p = { b, 0 };
+
+    if (dl == NULL)
+        return;
+    prom_head(b, "destination_concurrency", "gauge",
+              "Sessions allowed now per destination (the adaptive window)");
+    delivery_dest_each(dl, prom_limits_row, &p);
+    p.what = 1;
+    prom_head(b, "destination_concurrency_ceiling", "gauge",
+              "delivery.max_connections: the window's ceiling");
+    delivery_dest_each(dl, prom_limits_row, &p);
+    p.what = 2;
+    prom_head(b, "primary_limit", "gauge",
+              "A primary host's limit: declared (RFC 9422 LIMITS) or learned from its replies");
+    delivery_dest_each(dl, prom_limits_row, &p);
+}
+
 static void render_metrics(struct metrics *m, const struct snapshot *s, struct evbuffer *b)
 {
     size_t in = 0, out = 0, i, k;
@@ -517,6 +574,7 @@ static void render_metrics(struct metrics *m, const struct snapshot *s, struct e
                  DF_CONNECTIONS);
     prom_domains(b, s, "destination_next_probe_timestamp_seconds",
                  "When a down destination is probed next, unix seconds", DF_NEXT_PROBE);
+    prom_dest_limits(b, m->dl);
     verify_metrics(b);
     heartbeat_metrics(b);
 }
