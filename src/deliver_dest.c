@@ -170,6 +170,13 @@ void dest_window_update(struct dest *d)
     d->conn_limit = (int)w;
 }
 
+int dest_host_full(const struct dest *d)
+{
+    unsigned cap = d->phost ? dl_host_conn_max(&d->phost->lim, NULL) : 0;
+
+    return cap > 0 && d->phost->live > 0 && (unsigned)d->phost->live >= cap;
+}
+
 void dest_window_reset(struct dest *d)
 {
     const struct conf_delivery *dl = &d->s->conf->delivery;
@@ -630,7 +637,13 @@ void dest_kick(struct dest *d)
         }
     }
     if (d->state != QDEST_UP) {
-        /* Unknown or down and due: one probe, which delivers the oldest. */
+        /* Unknown or down and due: one probe, which delivers the oldest;
+         * not while our other destinations fill the host's learned
+         * ceiling (it would only be refused): look again in a second. */
+        if (d->nconns == 0 && dest_host_full(d)) {
+            dest_arm(d, now + 1);
+            return;
+        }
         if (d->nconns == 0) {
             d->pass_end = 0;
             d->cursor[0] = '\0';
@@ -653,9 +666,7 @@ void dest_kick(struct dest *d)
             break;
         /* A ceiling learned for the host counts every destination's
          * sessions to it. */
-        if (d->phost && d->phost->live > 0 &&
-            (unsigned)d->phost->live >= dl_host_conn_max(&d->phost->lim, NULL) &&
-            dl_host_conn_max(&d->phost->lim, NULL) > 0)
+        if (dest_host_full(d))
             break;
         if (dest_connect(d, 0) != 0)
             break;

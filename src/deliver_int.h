@@ -192,6 +192,8 @@ struct dest_host *dest_host_get(struct delivery *s, const char *name, int port);
 /* The window from the controller and the host's learned ceiling: sets
  * d->conn_limit, the one place that does. */
 void dest_window_update(struct dest *d);
+/* Our sessions to d's primary host fill the ceiling learned for it. */
+int dest_host_full(const struct dest *d);
 /* The end of a pass (nothing in flight): the window starts low again. */
 void dest_window_reset(struct dest *d);
 
