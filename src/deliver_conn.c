@@ -96,8 +96,9 @@ static void conn_window(struct dest *d, enum dl_event ev, const char *why)
         return;
     if (ev == DL_SHRINK)
         log_info("destination %s: %s: concurrency down to %d", d->name, why, d->conn_limit);
-    else
-        log_debug("destination %s: %s: concurrency up to %d", d->name, why, d->conn_limit);
+    else    /* the steps of one session are routine */
+        log_debug("destination %s: %s: concurrency %s to %d", d->name, why,
+                  ev == DL_GROW ? "up" : "down", d->conn_limit);
     if (ev == DL_GROW)
         dest_kick(d);
 }
@@ -159,6 +160,17 @@ static enum smtpc_next conn_on_next(void *arg, struct smtpc *c, struct smtpc_msg
         return SMTPC_NEXT_NONE;     /* a probe whose message was deferred ends */
     if ((long)cn->sent_any >= conf->delivery.messages_per_connection)
         return SMTPC_NEXT_NONE;
+    /* The window shrank below the sessions open: this one ends (the
+     * others that already chose to end are not counted twice). */
+    if (!cn->probe && !cn->quitting) {
+        int active = 0;
+        for (const struct conn *o = d->conns; o; o = o->next)
+            active += !o->quitting;
+        if (active > d->conn_limit) {
+            cn->quitting = 1;
+            return SMTPC_NEXT_NONE;
+        }
+    }
     /* Transactions per session the primary declared (smtpc holds to that
      * too) or taught us with a 421. */
     unsigned mail_max = cn->host ? dl_host_mail_max(&cn->host->lim, NULL) : 0;
@@ -263,6 +275,12 @@ static int dest_refused(struct dest *d, struct dest_host *host, int said421, con
         return 0;
     int step = working > 0 ? 0 : d->conn_refused++;
     int limit = working > 0 ? working : 1;
+    /* A ceiling learned from the primary's own refusal is the better
+     * number: the sessions still connecting count in it, not only those
+     * already greeted. */
+    unsigned learned = host ? dl_host_conn_max(&host->lim, NULL) : 0;
+    if (said421 && learned > (unsigned)limit)
+        limit = (int)learned;
     if (dl_aimd_cap(&d->aimd, (unsigned)limit) == DL_SHRINK || d->conn_limit > limit) {
         dest_window_update(d);
         log_info("destination %s: %s while %d session%s work%s: concurrency down to %d", d->name,

@@ -58,6 +58,7 @@ struct conn {
     struct dest_host *host;     /* where this session goes */
     unsigned completed;         /* transactions ended with a final reply */
     int got421;                 /* a transaction of it was ended by a 421 */
+    int quitting;               /* ends because the window shrank */
     struct smtpc *c;
     int probe;          /* the one connection of a probe */
     int ready;          /* greeted */

@@ -215,7 +215,9 @@ static enum dl_event decrease(struct dl_aimd *a, double factor, int force)
     a->window *= factor;
     if (a->window < 1.0)
         a->window = 1.0;
-    a->hold = dl_aimd_window(a);
+    /* The sessions open at the cut still report what they met before it:
+     * wait for about two rounds of the old window. */
+    a->hold = 2 * before;
     return dl_aimd_window(a) < before ? DL_SHRINK : DL_HOLD;
 }
 
@@ -226,28 +228,36 @@ enum dl_event dl_aimd_latency(struct dl_aimd *a, double ms, unsigned busy)
     if (ms < 0)
         ms = 0;
     a->samples++;
-    if (a->floor_ms <= 0 || ms < a->floor_ms)
-        a->floor_ms = ms > 0 ? ms : 0.001;
-    else
-        a->floor_ms += (ms - a->floor_ms) / DL_FLOOR_AGE;
-    if (a->samples == 1)
-        a->ewma_ms = ms;
-    else
-        a->ewma_ms += (ms - a->ewma_ms) / (double)(1u << DL_EWMA_SHIFT);
     if (a->hold > 0)
         a->hold--;
+    if (a->round_n == 0 || ms < a->round_min_ms)
+        a->round_min_ms = ms;
+    if (++a->round_n < before)
+        return DL_HOLD;
+    /* A round is over: decide on its smallest latency. */
+    double m = a->round_min_ms;
+    a->round_n = 0;
+    if (a->floor_ms <= 0 || m < a->floor_ms)
+        a->floor_ms = m > 0 ? m : 0.001;
+    else
+        a->floor_ms += (m - a->floor_ms) / DL_FLOOR_AGE;
     if (!a->adaptive)
         return DL_HOLD;
-    if (a->ewma_ms > a->floor_ms * DL_LATENCY_FACTOR + DL_LATENCY_SLACK_MS)
-        return decrease(a, DL_DECREASE_SLOW, 0);
-    if (a->ewma_ms <= a->floor_ms * DL_LATENCY_GROW + DL_LATENCY_SLACK_MS && busy >= before &&
-        a->window < (double)a->ceiling) {
-        a->window += 1.0 / a->window;
-        if (a->window > (double)a->ceiling)
-            a->window = (double)a->ceiling;
-        return dl_aimd_window(a) > before ? DL_GROW : DL_HOLD;
+    if (m > a->floor_ms * DL_LATENCY_FACTOR + DL_LATENCY_SLACK_MS) {
+        a->window *= DL_DECREASE_SLOW;
+    } else if (m > a->floor_ms * DL_LATENCY_STEP + DL_LATENCY_SLACK_MS) {
+        a->window = before > 1 ? (double)before - 1.0 : 1.0;
+        return before > 1 ? DL_STEP : DL_HOLD;
+    } else if (m <= a->floor_ms * DL_LATENCY_GROW + DL_LATENCY_SLACK_MS && busy >= before &&
+               before < a->ceiling) {
+        a->window = (double)before + 1.0;
+        return DL_GROW;
+    } else {
+        return DL_HOLD;
     }
-    return DL_HOLD;
+    if (a->window < 1.0)
+        a->window = 1.0;
+    return dl_aimd_window(a) < before ? DL_SHRINK : DL_HOLD;
 }
 
 enum dl_event dl_aimd_reply(struct dl_aimd *a, int deferred)

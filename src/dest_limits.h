@@ -15,14 +15,16 @@
  *     learned value only ever goes down; dl_host_forget drops them at the
  *     end of the flush.
  *   - An AIMD concurrency controller per destination: starts at
- *     DL_START_WINDOW, grows additively (+1 per window's worth of
- *     transactions) while the primary's reply latency stays near its
- *     unloaded value (a slowly ageing floor of the samples), shrinks
- *     multiplicatively on a 421, on a run of 4xx, or when the smoothed
- *     latency climbs past DL_LATENCY_FACTOR times the floor; never above
- *     its ceiling (delivery.max_connections) and never below 1.  With
- *     adaptation off it sits at the ceiling and only 421s and 4xx runs
- *     bring it down (the behaviour before adaptation).
+ *     DL_START_WINDOW and decides once per round (as many latency samples
+ *     as the window, about one reply per session) on the round's
+ *     smallest latency, which scheduling noise cannot inflate: grows by
+ *     one while it stays near the unloaded value (the floor: the smallest
+ *     seen, ageing slowly), steps back by one past DL_LATENCY_STEP x the
+ *     floor (the knee: Vegas's "too many queued"), shrinks
+ *     multiplicatively past DL_LATENCY_FACTOR x the floor, on a 421, or on
+ *     a run of 4xx; never above its ceiling (delivery.max_connections) and
+ *     never below 1.  With adaptation off it sits at the ceiling and only
+ *     421s and 4xx runs bring it down (the behaviour before adaptation).
  *
  * Owns nothing: the caller embeds the structs.  Never: reads the clock
  * (latencies are passed in), does I/O.
@@ -82,12 +84,12 @@ const char *dl_source_name(enum dl_source s);
 /* ---- AIMD concurrency controller --------------------------------------- */
 
 #define DL_START_WINDOW     2       /* sessions to start with ("start low") */
-#define DL_LATENCY_FACTOR   2.0     /* smoothed latency over floor x this: shrink */
-#define DL_LATENCY_GROW     1.5     /* ... under floor x this: may grow */
-#define DL_LATENCY_SLACK_MS 5.0     /* added to both thresholds: loopback jitter
+#define DL_LATENCY_FACTOR   2.0     /* round's latency over floor x this: x DL_DECREASE_SLOW */
+#define DL_LATENCY_STEP     1.3     /* ... over floor x this: one session less */
+#define DL_LATENCY_GROW     1.1     /* ... up to floor x this: one session more */
+#define DL_LATENCY_SLACK_MS 1.0     /* added to both thresholds: loopback jitter
                                        on a sub-millisecond floor is no load */
-#define DL_EWMA_SHIFT       3       /* smoothing: new = old + (x - old) / 8 */
-#define DL_FLOOR_AGE        256     /* floor drifts up by 1/256 of the gap a sample */
+#define DL_FLOOR_AGE        64      /* floor drifts up by 1/64 of the gap a round */
 #define DL_DECREASE_421     0.5     /* window x this on a 421 or a 4xx run */
 #define DL_DECREASE_SLOW    0.7     /* window x this when the latency climbs */
 #define DL_4XX_RUN          5       /* 4xx replies in a row that count as a run */
@@ -95,7 +97,8 @@ const char *dl_source_name(enum dl_source s);
 enum dl_event {
     DL_HOLD = 0,                    /* the window did not change */
     DL_GROW,                        /* grew (by a whole session, when rounded) */
-    DL_SHRINK                       /* shrank */
+    DL_SHRINK,                      /* shrank (multiplicatively) */
+    DL_STEP                         /* one session less (past the knee) */
 };
 
 struct dl_aimd {
@@ -103,8 +106,9 @@ struct dl_aimd {
     unsigned ceiling;               /* delivery.max_connections */
     double window;                  /* current, 1..ceiling */
     double floor_ms;                /* unloaded latency estimate; 0 = no sample yet */
-    double ewma_ms;
-    unsigned hold;                  /* samples before another decrease may happen */
+    double round_min_ms;            /* smallest latency of the round so far */
+    unsigned round_n;               /* samples in the round so far */
+    unsigned hold;                  /* samples before a 421 may decrease again */
     unsigned run_4xx;
     unsigned long samples;
 };

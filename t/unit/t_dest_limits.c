@@ -97,6 +97,22 @@ static void test_aimd(void)
     ok(dl_aimd_window(&a) < before, "window %u < %u", dl_aimd_window(&a), before);
     ok(dl_aimd_window(&a) >= 1, "never below one");
 
+    /* Past the knee but not twice the floor: one session less a round. */
+    dl_aimd_init(&a, 16, 1);
+    for (int i = 0; i < 2000; i++)
+        dl_aimd_latency(&a, 10.0, dl_aimd_window(&a));
+    int k = 0;
+    while (dl_aimd_window(&a) == 16 && k < 64) {
+        dl_aimd_latency(&a, 15.0, 16);
+        k++;
+    }
+    is_int(dl_aimd_window(&a), 15, "1.5x the floor: one session less");
+    ok(k <= 32, "within two rounds (%d replies)", k);
+    for (int i = 0; i < 15; i++)
+        dl_aimd_latency(&a, i == 7 ? 10.0 : 90.0, 15);
+    is_int(dl_aimd_window(&a), 16,
+           "a round with one reply at the floor is unloaded: the slow ones were noise");
+
     /* No growth while the window is not used. */
     dl_aimd_init(&a, 16, 1);
     for (int i = 0; i < 500; i++)
@@ -111,9 +127,9 @@ static void test_aimd(void)
     is_int(dl_aimd_window(&a), 8, "to half");
     is_int(dl_aimd_421(&a), DL_HOLD, "a second 421 of the same burst does not");
     is_int(dl_aimd_window(&a), 8, "still 8");
-    for (int i = 0; i < 8; i++)
+    for (int i = 0; i < 32; i++)
         dl_aimd_latency(&a, 10.0, 8);
-    is_int(dl_aimd_421(&a), DL_SHRINK, "a 421 after a window's worth of replies does");
+    is_int(dl_aimd_421(&a), DL_SHRINK, "a 421 after two rounds of the old window does");
     is_int(dl_aimd_window(&a), 4, "to 4");
 
     /* A run of 4xx. */
