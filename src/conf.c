@@ -191,7 +191,7 @@ static const struct conf_setting delivery_table[] = {
      * window starts at 2 and grows while the primary's reply latency stays
      * near its unloaded value (dest_limits.h), so the ceiling can sit
      * higher than a fixed count could (bench/drain). */
-    { "max_connections",  CK_INT,      DLV(max_connections),  4, 1, 1000, 0, 0, 0, 0 },
+    { "max_connections",  CK_INT,      DLV(max_connections),  16, 1, 1000, 0, 0, 0, 0 },
     { "adaptive",         CK_BOOL,     DLV(adaptive),         1, 0, 1, 0, 0, 0, 0 },
     { "max_rate",         CK_INT,      DLV(max_rate),         0, 0, 1000000, 0, 0, 0, 0 },
     { "connect_timeout",  CK_DURATION, DLV(connect_timeout),  30 * SECOND, SECOND, TIMEOUT_MAX, 0, 0, 0, 0 },
