@@ -19,10 +19,7 @@ def main():
                  settings={"delivery": fast_delivery(max_connections=1, probe_min="1s",
                                                      probe_max="2s")})
     srv.start()
-    sent = send_batch(srv, N, tag="mm")
-    ids = sorted(message_id(m) for _, m in sent)
-    ok(wait_log(srv, r"destination example\.org: \w+ -> down", 8) is not None,
-       "primary down at first: %d messages queued" % N)
+    ids = queue_while_down(srv, prim, N, tag="mm")
     prim.start()
     ok(wait_empty(srv, 30), "queue empty: all %d delivered" % N)
     is_(sorted(prim.message_ids()), ids, "every message once")

@@ -24,11 +24,8 @@ def main():
                  settings={"delivery": fast_delivery(max_connections=8, probe_min="1s",
                                                      probe_max="2s")})
     srv.start()
-    sent = send_batch(srv, N, tag="org", rcpt="user@example.org")
-    sent += send_batch(srv, N, tag="net", rcpt="user@example.net")
-    ids = sorted(message_id(m) for _, m in sent)
-    ok(wait_log(srv, r"destination example\.net: \w+ -> down", 8) is not None,
-       "primary down at first: %d messages queued" % (2 * N))
+    ids = sorted(queue_while_down(srv, prim, N, tag="org") +
+                 queue_while_down(srv, prim, N, domain="example.net", tag="net"))
     prim.start()
     learned = wait_log(srv, r"refused a session while (\d+) others were open: at most \d+ \(learned\)", 20)
     ok(learned is not None, "a 421 at the greeting taught the ceiling")

@@ -21,12 +21,7 @@ def main():
                  settings={"delivery": fast_delivery(max_connections=1, probe_min="1s",
                                                      probe_max="2s")})
     srv.start()
-    sent = send_batch(srv, N, tag="m4")
-    ids = sorted(message_id(m) for _, m in sent)
-    ok(wait_log(srv, r"destination example\.org: \w+ -> down", 8) is not None,
-       "primary down at first: %d messages queued" % N)
-    # The first probe's deferral would wait probe_min x 2; a long back-off
-    # shows that the learned limit, not a retry, carried the rest.
+    ids = queue_while_down(srv, prim, N, tag="m4")
     prim.start()
     ok(wait_empty(srv, 30), "queue empty: all %d delivered" % N)
     is_(sorted(prim.message_ids()), ids, "every message once")

@@ -934,6 +934,16 @@ def send_batch(srv, n, sender="sender@example.com", rcpt="user@example.org", tag
     return out
 
 
+def queue_while_down(srv, prim, n, domain="example.org", tag="m"):
+    """Queue n messages for user@domain while prim is not started, wait
+    until the destination is down, start prim; returns the sorted
+    Message-IDs (a backlog waiting for a primary that comes back)."""
+    sent = send_batch(srv, n, tag=tag, rcpt="user@" + domain)
+    ok(wait_log(srv, r"destination %s: \w+ -> down" % re.escape(domain), 8) is not None,
+       "primary down at first: %d messages queued for %s" % (n, domain))
+    return sorted(message_id(m) for _, m in sent)
+
+
 def etrn(srv, arg, source=None, in_transaction=False):
     """EHLO + ETRN arg on a fresh connection; returns the Reply."""
     c = srv.raw(source=source)
