@@ -237,6 +237,8 @@ enum dl_event dl_aimd_latency(struct dl_aimd *a, double ms, unsigned busy)
     /* A round is over: decide on its smallest latency. */
     double m = a->round_min_ms;
     a->round_n = 0;
+    if (m <= a->floor_ms * DL_LATENCY_FACTOR + DL_LATENCY_SLACK_MS)
+        a->loaded = 0;
     if (a->floor_ms <= 0 || m < a->floor_ms)
         a->floor_ms = m > 0 ? m : 0.001;
     else
@@ -244,6 +246,11 @@ enum dl_event dl_aimd_latency(struct dl_aimd *a, double ms, unsigned busy)
     if (!a->adaptive)
         return DL_HOLD;
     if (m > a->floor_ms * DL_LATENCY_FACTOR + DL_LATENCY_SLACK_MS) {
+        /* Two loaded rounds in a row: one can be our own loop running
+         * late (a busy host delays every reply we read, not the peer). */
+        if (++a->loaded < DL_LOADED_ROUNDS)
+            return DL_HOLD;
+        a->loaded = 0;
         a->window *= DL_DECREASE_SLOW;
     } else if (m > a->floor_ms * DL_LATENCY_STEP + DL_LATENCY_SLACK_MS) {
         a->window = before > 1 ? (double)before - 1.0 : 1.0;

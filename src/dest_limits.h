@@ -21,8 +21,8 @@
  *     one while it stays near the unloaded value (the floor: the smallest
  *     seen, ageing slowly), steps back by one past DL_LATENCY_STEP x the
  *     floor (the knee: Vegas's "too many queued"), shrinks
- *     multiplicatively past DL_LATENCY_FACTOR x the floor, on a 421, or on
- *     a run of 4xx; never above its ceiling (delivery.max_connections) and
+ *     multiplicatively past DL_LATENCY_FACTOR x the floor for
+ *     DL_LOADED_ROUNDS rounds in a row, on a 421, or on a run of 4xx; never above its ceiling (delivery.max_connections) and
  *     never below 1.  With adaptation off it sits at the ceiling and only
  *     421s and 4xx runs bring it down (the behaviour before adaptation).
  *
@@ -92,6 +92,7 @@ const char *dl_source_name(enum dl_source s);
 #define DL_FLOOR_AGE        64      /* floor drifts up by 1/64 of the gap a round */
 #define DL_DECREASE_421     0.5     /* window x this on a 421 or a 4xx run */
 #define DL_DECREASE_SLOW    0.7     /* window x this when the latency climbs */
+#define DL_LOADED_ROUNDS    2       /* ... for this many rounds in a row */
 #define DL_4XX_RUN          5       /* 4xx replies in a row that count as a run */
 
 enum dl_event {
@@ -108,6 +109,7 @@ struct dl_aimd {
     double floor_ms;                /* unloaded latency estimate; 0 = no sample yet */
     double round_min_ms;            /* smallest latency of the round so far */
     unsigned round_n;               /* samples in the round so far */
+    unsigned loaded;                /* rounds in a row past DL_LATENCY_FACTOR */
     unsigned hold;                  /* samples before a 421 may decrease again */
     unsigned run_4xx;
     unsigned long samples;

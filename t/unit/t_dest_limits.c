@@ -97,6 +97,20 @@ static void test_aimd(void)
     ok(dl_aimd_window(&a) < before, "window %u < %u", dl_aimd_window(&a), before);
     ok(dl_aimd_window(&a) >= 1, "never below one");
 
+    /* Twice the floor for one round is not enough: our own loop may have
+     * run late; two rounds in a row cut the window. */
+    dl_aimd_init(&a, 4, 1);
+    for (int i = 0; i < 200; i++)
+        dl_aimd_latency(&a, 10.0, dl_aimd_window(&a));
+    is_int(dl_aimd_window(&a), 4, "at the ceiling of 4");
+    int n50 = 0;
+    while (dl_aimd_window(&a) == 4 && n50 < 40) {
+        dl_aimd_latency(&a, 50.0, 4);
+        n50++;
+    }
+    ok(n50 > 4 && n50 <= 12, "cut after two loaded rounds, not one (%d replies)", n50);
+    is_int(dl_aimd_window(&a), 2, "x0.7 of 4, rounded down");
+
     /* Past the knee but not twice the floor: one session less a round. */
     dl_aimd_init(&a, 16, 1);
     for (int i = 0; i < 2000; i++)
