@@ -198,7 +198,12 @@ static const struct conf_setting limits_table[] = {
 static const struct conf_setting delivery_table[] = {
     { "probe_min",        CK_DURATION, DLV(probe_min),        30 * SECOND, SECOND, DAY, 0, 0, 0, 0 },
     { "probe_max",        CK_DURATION, DLV(probe_max),        15 * MINUTE, SECOND, 7 * DAY, 0, 0, 0, 0 },
-    { "max_connections",  CK_INT,      DLV(max_connections),  4, 1, 1000, 0, 0, 0, 0 },
+    /* The ceiling of the sessions per destination; with `adaptive` the
+     * window starts at 2 and grows while the primary's reply latency stays
+     * near its unloaded value (dest_limits.h), so the ceiling can sit
+     * higher than a fixed count could (bench/drain). */
+    { "max_connections",  CK_INT,      DLV(max_connections),  16, 1, 1000, 0, 0, 0, 0 },
+    { "adaptive",         CK_BOOL,     DLV(adaptive),         1, 0, 1, 0, 0, 0, 0 },
     { "max_rate",         CK_INT,      DLV(max_rate),         0, 0, 1000000, 0, 0, 0, 0 },
     { "connect_timeout",  CK_DURATION, DLV(connect_timeout),  30 * SECOND, SECOND, TIMEOUT_MAX, 0, 0, 0, 0 },
     { "greeting_timeout", CK_DURATION, DLV(greeting_timeout), 5 * MINUTE, SECOND, TIMEOUT_MAX, 0, 0, 0, 0 },

@@ -148,6 +148,7 @@ struct conf_delivery {
     long probe_max;             /* seconds */
     long max_connections;       /* per destination */
     long max_rate;              /* messages a second per destination, 0 = no cap */
+    int adaptive;               /* AIMD window up to max_connections (dest_limits.h) */
     long connect_timeout;       /* seconds */
     long greeting_timeout;      /* RFC 5321 4.5.3.2: 5m */
     long command_timeout;       /* MAIL/RCPT: 5m */

@@ -158,6 +158,15 @@ static void dest_info_json(struct evbuffer *b, const struct delivery_dest_info *
                         ",\"bytes\":%" PRIu64 ",\"last_error\":",
                         i->connections, i->concurrency, i->nmsg, i->nbytes);
     json_str(b, i->last_error);
+    /* Adaptive concurrency and the primary's limits (dest_limits.h); flat,
+     * as mxkeepctl reads it. */
+    evbuffer_add_printf(b, ",\"ceiling\":%d,\"adaptive\":%s,\"limits_host\":", i->ceiling,
+                        i->adaptive ? "true" : "false");
+    json_str(b, i->limits_host);
+    evbuffer_add_printf(b, ",\"rcpt_max\":%u,\"rcpt_max_source\":\"%s\",\"mail_max\":%u,"
+                        "\"mail_max_source\":\"%s\",\"conn_max\":%u,\"conn_max_source\":\"%s\","
+                        "\"rcptdomain_max\":%u", i->rcpt_max, i->rcpt_max_source, i->mail_max,
+                        i->mail_max_source, i->conn_max, i->conn_max_source, i->rcptdomain_max);
     /* accept = "when-primary-down": the gate and since when (heartbeat.h). */
     enum gate_state gs;
     time_t since;

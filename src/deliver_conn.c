@@ -10,9 +10,14 @@
  *
  * While up, a refusal at connect or greeting with other sessions working
  * means "fewer connections", not "down"; failures are classified by the
- * stage smtpc reports, never by their wording.  A primary's
- * per-transaction recipient limit (452/552 to RCPT) is learned for the
- * pass and what it left goes out at once in further transactions.
+ * stage smtpc reports, never by their wording.  A primary's limits,
+ * declared (RFC 9422 LIMITS in its EHLO) or learned (452/552 to RCPT
+ * after N recipients, 421 after N transactions, 421 at the greeting while
+ * K sessions live), are kept per primary host (struct dest_host) for the
+ * rest of the flush; what a recipient limit left goes out at once in
+ * further transactions.  The number of sessions is the window of the
+ * destination's AIMD controller (dest_limits.h), fed here with every
+ * transaction's end-of-data latency, its 4xx, and the 421s.
  *
  * Never: records a recipient's outcome itself (job_outcome in
  * deliver_outcome.c does, and commits it whatever becomes of the
@@ -47,9 +52,9 @@
 #include <event2/buffer.h>
 #include <event2/event.h>
 
-/* Consecutive 4xx replies (to MAIL/RCPT/data) that count as "the primary
- * is struggling" and halve the concurrency. */
-#define DELIVERY_4XX_RUN 5
+/* Latency samples only from messages up to this size: past it the time
+ * to send the body, not the primary's load, is what gets measured. */
+#define DELIVERY_LATENCY_SIZE_MAX (64 * 1024)
 /* After the last connection of a pass ends with deferred messages, the
  * next pass waits this many times probe_min. */
 #define DELIVERY_RETRY_FACTOR 2
@@ -77,6 +82,25 @@ static void conn_unlink(struct conn *cn)
     }
     d->nconns--;
     d->s->nconns--;
+    if (cn->host)
+        cn->host->live--;
+}
+
+/* The controller moved: apply it, say so, and open what it allows. */
+static void conn_window(struct dest *d, enum dl_event ev, const char *why)
+{
+    int before = d->conn_limit;
+
+    dest_window_update(d);
+    if (ev == DL_HOLD || d->conn_limit == before)
+        return;
+    if (ev == DL_SHRINK)
+        log_info("destination %s: %s: concurrency down to %d", d->name, why, d->conn_limit);
+    else    /* the steps of one session are routine */
+        log_debug("destination %s: %s: concurrency %s to %d", d->name, why,
+                  ev == DL_GROW ? "up" : "down", d->conn_limit);
+    if (ev == DL_GROW)
+        dest_kick(d);
 }
 
 static void conn_on_ready(void *arg, struct smtpc *c)
@@ -86,6 +110,16 @@ static void conn_on_ready(void *arg, struct smtpc *c)
     cn->ready = 1;
     d->conn_refused = 0;
     snprintf(cn->peer, sizeof cn->peer, "%s", smtpc_peer(c));
+    if (cn->host) {
+        /* RFC 9422 LIMITS: what this EHLO declares replaces the last. */
+        struct dl_declared dl;
+        smtpc_limits(c, &dl);
+        if (memcmp(&dl, &cn->host->lim.declared, sizeof dl) != 0) {
+            log_info("destination %s: %s declares LIMITS RCPTMAX=%u MAILMAX=%u RCPTDOMAINMAX=%u "
+                     "(0: none)", d->name, cn->peer, dl.rcptmax, dl.mailmax, dl.rcptdomainmax);
+            dl_host_declare(&cn->host->lim, &dl);
+        }
+    }
     if (d->state != QDEST_UP) {
         char why[400];
         snprintf(why, sizeof why, "%s answers", cn->peer);
@@ -126,6 +160,22 @@ static enum smtpc_next conn_on_next(void *arg, struct smtpc *c, struct smtpc_msg
         return SMTPC_NEXT_NONE;     /* a probe whose message was deferred ends */
     if ((long)cn->sent_any >= conf->delivery.messages_per_connection)
         return SMTPC_NEXT_NONE;
+    /* The window shrank below the sessions open: this one ends (the
+     * others that already chose to end are not counted twice). */
+    if (!cn->probe && !cn->quitting) {
+        int active = 0;
+        for (const struct conn *o = d->conns; o; o = o->next)
+            active += !o->quitting;
+        if (active > d->conn_limit) {
+            cn->quitting = 1;
+            return SMTPC_NEXT_NONE;
+        }
+    }
+    /* Transactions per session the primary declared (smtpc holds to that
+     * too) or taught us with a 421. */
+    unsigned mail_max = cn->host ? dl_host_mail_max(&cn->host->lim, NULL) : 0;
+    if (mail_max > 0 && smtpc_transactions(c) >= mail_max)
+        return SMTPC_NEXT_NONE;
     if (!dest_rate_ok(d)) {
         struct timeval tv = { 0, 1000000 / (conf->delivery.max_rate > 0 ? conf->delivery.max_rate : 1) };
         cn->waiting = 1;
@@ -150,37 +200,47 @@ static void conn_on_done(void *arg, struct smtpc *c, struct smtpc_msg *msg)
     struct dest *d = cn->d;
     struct job *j = msg->owner;
     size_t lim = msg->rcpt_limit;
-    int progress = 0, left = 0;
+    int progress = 0, left = 0, said421 = 0;
+    struct dl_declared decl;
 
-    /* The primary's recipient limit: learn it for the rest of the pass,
+    /* The primary's recipient limit: learn it for the rest of the flush,
      * and when this transaction got somewhere, send what is left at once. */
     for (size_t i = 0; i < j->nrcpt; i++) {
         if (j->code[i] >= 200 && j->code[i] < 300)
             progress = 1;
         else if (j->code[i] < 500)
             left = 1;
+        if (j->code[i] == 421)
+            said421 = 1;
     }
-    if (lim > 0 && (d->rcpt_limit == 0 || lim < d->rcpt_limit)) {
-        d->rcpt_limit = lim;
-        log_info("destination %s: %s takes %zu recipient%s per transaction", d->name, j->peer,
-                 lim, lim == 1 ? "" : "s");
-    }
+    if (said421)
+        cn->got421 = 1;
+    else
+        cn->completed++;
+    smtpc_limits(c, &decl);
+    /* Held to the declared RCPTMAX is no lesson; a refusal below it is. */
+    if (lim > 0 && cn->host && !(decl.rcptmax > 0 && lim >= decl.rcptmax) &&
+        dl_host_rcpt_refused(&cn->host->lim, (unsigned)lim))
+        log_info("destination %s: %s takes %zu recipient%s per transaction (learned)", d->name,
+                 j->peer, lim, lim == 1 ? "" : "s");
     j->redo = (lim > 0 || j->more) && progress && (left || j->more);
+    /* The primary's unloaded and current latency: a message it took
+     * whole, small enough that sending it is not what was timed. */
+    if (progress && !left && msg->latency_us >= 0 && j->m.size <= DELIVERY_LATENCY_SIZE_MAX)
+        conn_window(d, dl_aimd_latency(&d->aimd, (double)msg->latency_us / 1000.0,
+                                       (unsigned)d->nconns), "reply latency");
 
     /* The outcome is committed from here on whatever becomes of this
      * connection; j is not ours any more. */
     int any4 = job_outcome(j, lim);
     if (any4) {
         d->pass_deferred = 1;
-        if (++d->run_4xx >= DELIVERY_4XX_RUN && d->conn_limit > 1) {
-            d->conn_limit /= 2;
-            d->run_4xx = 0;
-            log_info("destination %s: %d deferrals in a row: concurrency down to %d", d->name,
-                     DELIVERY_4XX_RUN, d->conn_limit);
-        }
+        d->run_4xx++;
     } else {
         d->run_4xx = 0;
     }
+    /* d outlives the connection and the job: the window may still move. */
+    conn_window(d, dl_aimd_reply(&d->aimd, any4), "a run of deferrals");
 }
 
 /* Sessions of d that are greeted and working. */
@@ -199,21 +259,32 @@ static int dest_working(const struct dest *d)
  * with none working (ours just ended), a few spaced attempts before the
  * destination counts as down.  1 when handled.
  */
-static int dest_refused(struct dest *d, const char *why)
+static int dest_refused(struct dest *d, struct dest_host *host, int said421, const char *why)
 {
     int working = dest_working(d);
     time_t now = time(NULL);
 
+    /* A 421 at the greeting while K other sessions of ours to that host
+     * live: its connection ceiling is K, for every destination it serves. */
+    if (said421 && host && host->live > 0 && dl_host_greeting_421(&host->lim, (unsigned)host->live))
+        log_info("destination %s: %s refused a session while %d others were open: at most %d "
+                 "(learned)", d->name, host->name, host->live, host->live);
     if (d->state != QDEST_UP)
         return 0;
     if (working == 0 && d->conn_refused >= DELIVERY_REFUSED_MAX)
         return 0;
     int step = working > 0 ? 0 : d->conn_refused++;
     int limit = working > 0 ? working : 1;
-    if (d->conn_limit > limit) {
-        d->conn_limit = limit;
+    /* A ceiling learned from the primary's own refusal is the better
+     * number: the sessions still connecting count in it, not only those
+     * already greeted. */
+    unsigned learned = host ? dl_host_conn_max(&host->lim, NULL) : 0;
+    if (said421 && learned > (unsigned)limit)
+        limit = (int)learned;
+    if (dl_aimd_cap(&d->aimd, (unsigned)limit) == DL_SHRINK || d->conn_limit > limit) {
+        dest_window_update(d);
         log_info("destination %s: %s while %d session%s work%s: concurrency down to %d", d->name,
-                 why, working, working == 1 ? "" : "s", working == 1 ? "s" : "", limit);
+                 why, working, working == 1 ? "" : "s", working == 1 ? "s" : "", d->conn_limit);
     }
     d->conn_next = now + ((time_t)DELIVERY_CONN_SPACING << step);
     return 1;
@@ -224,8 +295,15 @@ static void conn_on_closed(void *arg, struct smtpc *c, enum smtpc_end how, enum 
 {
     struct conn *cn = arg;
     struct dest *d = cn->d;
-    int was_ready = cn->ready, refused = 0;
+    struct dest_host *host = cn->host;
+    int was_ready = cn->ready, refused = 0, learned = 0;
+    int said421 = smtpc_last_code(c) == 421;
 
+    /* 421 after N whole transactions of this session: its MAILMAX. */
+    if (how == SMTPC_END_421 && cn->got421 && cn->completed > 0 && host &&
+        (learned = dl_host_mail_421(&host->lim, cn->completed)) != 0)
+        log_info("destination %s: %s ended a session with 421 after %u messages: at most %u "
+                 "per session (learned)", d->name, cn->peer, cn->completed, cn->completed);
     conn_unlink(cn);
     free(cn);
     if (d->s->stopping)
@@ -240,9 +318,11 @@ static void conn_on_closed(void *arg, struct smtpc *c, enum smtpc_end how, enum 
         d->tls_clear_until = time(NULL) + DELIVERY_TLS_CLEAR_SECONDS;
         break;
     case SMTPC_END_421:
+        /* A limit just learned is no overload: the next sessions keep to it. */
+        if (learned)
+            break;
         if (d->conn_limit > 1) {
-            d->conn_limit /= 2;
-            log_info("destination %s: %s; concurrency down to %d", d->name, why, d->conn_limit);
+            conn_window(d, dl_aimd_421(&d->aimd), why);
         } else if (d->nconns == 0) {
             dest_down(d, why);
             return;
@@ -250,7 +330,7 @@ static void conn_on_closed(void *arg, struct smtpc *c, enum smtpc_end how, enum 
         break;
     case SMTPC_END_LOST:
         if (d->conn_limit > 1)
-            d->conn_limit /= 2;
+            conn_window(d, dl_aimd_421(&d->aimd), why);
         if (!was_ready && d->nconns == 0) {
             dest_down(d, why);
             return;
@@ -264,7 +344,8 @@ static void conn_on_closed(void *arg, struct smtpc *c, enum smtpc_end how, enum 
             heartbeat_note(d->name, 0);     /* a failed heartbeat */
         /* Refused before the greeting while the primary works: fewer,
          * spaced connections rather than "down" (dest_refused). */
-        refused = stage <= SMTPC_STAGE_GREETING && dest_refused(d, why);
+        refused = stage <= SMTPC_STAGE_GREETING &&
+                  dest_refused(d, host, said421 && stage == SMTPC_STAGE_GREETING, why);
         /* Another address of the route may answer; when every address
          * failed and nothing else is open, the destination is down. */
         d->try_addr++;
@@ -296,10 +377,12 @@ static void conn_on_closed(void *arg, struct smtpc *c, enum smtpc_end how, enum 
             d->pass_deferred = 0;
             dest_arm(d, time(NULL) + wait);
         }
-        d->conn_limit = (int)d->s->conf->delivery.max_connections;
+        dest_window_reset(d);
         d->conn_next = 0;
-        if (d->nredo == 0 && d->ninflight == 0)
-            d->rcpt_limit = 0;      /* learned again in the next pass */
+        /* The flush is over when nothing waits: what was learned is shown
+         * until the next one starts, which learns afresh. */
+        if (host && d->nredo == 0 && d->ninflight == 0 && dest_pending(d) == 0)
+            host->flush_over = 1;
         return;
     }
     dest_kick(d);
@@ -331,6 +414,18 @@ int dest_connect(struct dest *d, int probe)
         return -1;
     cn->d = d;
     cn->probe = probe;
+    cn->host = dest_host_get(d->s, h->name, d->port);
+    if (cn->host) {
+        if (cn->host->flush_over && cn->host->live == 0) {
+            dl_host_forget(&cn->host->lim);
+            cn->host->flush_over = 0;
+        }
+        cn->host->live++;
+        if (d->phost != cn->host) {
+            d->phost = cn->host;
+            dest_window_update(d);
+        }
+    }
     memset(&cfg, 0, sizeof cfg);
     cfg.helo = c->hostname;
     cfg.peer_name = h->name;

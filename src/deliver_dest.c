@@ -138,8 +138,51 @@ void dest_apply_conf(struct dest *d)
         d->held = d->hold_override > 0;
     }
     d->route_time = 0;      /* the route may have changed */
-    if (d->conn_limit <= 0 || d->conn_limit > c->delivery.max_connections)
-        d->conn_limit = (int)c->delivery.max_connections;
+    if (d->aimd.ceiling == 0)
+        dl_aimd_init(&d->aimd, (unsigned)c->delivery.max_connections, c->delivery.adaptive);
+    else
+        dl_aimd_configure(&d->aimd, (unsigned)c->delivery.max_connections, c->delivery.adaptive);
+    dest_window_update(d);
+}
+
+struct dest_host *dest_host_get(struct delivery *s, const char *name, int port)
+{
+    for (struct dest_host *h = s->hosts; h; h = h->next)
+        if (h->port == port && strcasecmp(h->name, name) == 0)
+            return h;
+    struct dest_host *h = calloc(1, sizeof *h);
+    if (h == NULL)
+        return NULL;
+    snprintf(h->name, sizeof h->name, "%s", name);
+    h->port = port;
+    h->next = s->hosts;
+    s->hosts = h;
+    return h;
+}
+
+void dest_window_update(struct dest *d)
+{
+    unsigned w = dl_aimd_window(&d->aimd);
+    unsigned cap = d->phost ? dl_host_conn_max(&d->phost->lim, NULL) : 0;
+
+    if (cap > 0 && w > cap)
+        w = cap;
+    d->conn_limit = (int)w;
+}
+
+int dest_host_full(const struct dest *d)
+{
+    unsigned cap = d->phost ? dl_host_conn_max(&d->phost->lim, NULL) : 0;
+
+    return cap > 0 && d->phost->live > 0 && (unsigned)d->phost->live >= cap;
+}
+
+void dest_window_reset(struct dest *d)
+{
+    const struct conf_delivery *dl = &d->s->conf->delivery;
+
+    dl_aimd_init(&d->aimd, (unsigned)dl->max_connections, dl->adaptive);
+    dest_window_update(d);
 }
 
 struct dest *dest_get(struct delivery *s, const char *name)
@@ -487,9 +530,11 @@ static struct job *job_load(struct dest *d, const char *qid, int *fatal)
         job_free(j);
         return NULL;
     }
-    /* No more RCPTs per transaction than the primary took. */
-    if (d->rcpt_limit > 0 && k > d->rcpt_limit) {
-        k = d->rcpt_limit;
+    /* No more RCPTs per transaction than the primary declared or took
+     * (smtpc holds to the declared RCPTMAX of its own session too). */
+    size_t rmax = d->phost ? dl_host_rcpt_max(&d->phost->lim, NULL) : 0;
+    if (rmax > 0 && k > rmax) {
+        k = rmax;
         j->more = 1;
     }
     j->rcpt = all;
@@ -592,7 +637,13 @@ void dest_kick(struct dest *d)
         }
     }
     if (d->state != QDEST_UP) {
-        /* Unknown or down and due: one probe, which delivers the oldest. */
+        /* Unknown or down and due: one probe, which delivers the oldest;
+         * not while our other destinations fill the host's learned
+         * ceiling (it would only be refused): look again in a second. */
+        if (d->nconns == 0 && dest_host_full(d)) {
+            dest_arm(d, now + 1);
+            return;
+        }
         if (d->nconns == 0) {
             d->pass_end = 0;
             d->cursor[0] = '\0';
@@ -612,6 +663,10 @@ void dest_kick(struct dest *d)
         if (pending <= d->nconns - 1 + 0 && d->nconns > 0)
             break;
         if (pending <= 0 && d->nconns == 0)
+            break;
+        /* A ceiling learned for the host counts every destination's
+         * sessions to it. */
+        if (dest_host_full(d))
             break;
         if (dest_connect(d, 0) != 0)
             break;

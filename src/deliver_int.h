@@ -18,6 +18,7 @@
 
 #include "delivery.h"
 #include "bounce.h"
+#include "dest_limits.h"
 #include "dns.h"
 #include "queue_db.h"
 #include "smtpc.h"
@@ -37,9 +38,27 @@
 struct delivery;
 struct dest;
 
+/* A primary host (name and port of a route entry) and what it allows:
+ * declared (RFC 9422 LIMITS) and learned from its replies, kept for the
+ * rest of the flush whichever destination taught it.  Never freed before
+ * delivery_free (few: one per primary). */
+struct dest_host {
+    struct dest_host *next;
+    char name[SMTP_DOMAIN_MAX + 1];
+    int port;
+    struct dl_host lim;
+    int live;                   /* our sessions to it now, every destination */
+    int flush_over;             /* a flush ended with nothing pending: the
+                                   next one starts with nothing learned */
+};
+
 struct conn {
     struct conn *next;
     struct dest *d;
+    struct dest_host *host;     /* where this session goes */
+    unsigned completed;         /* transactions ended with a final reply */
+    int got421;                 /* a transaction of it was ended by a 421 */
+    int quitting;               /* ends because the window shrank */
     struct smtpc *c;
     int probe;          /* the one connection of a probe */
     int ready;          /* greeted */
@@ -76,12 +95,12 @@ struct dest {
     /* Work. */
     struct conn *conns;
     int nconns;
-    int conn_limit;
+    int conn_limit;             /* the window: dest_window_update() only */
+    struct dl_aimd aimd;        /* adaptive concurrency (dest_limits.h) */
+    struct dest_host *phost;    /* the primary host last connected to */
     int run_4xx;
     time_t conn_next;           /* no new connection before this (spacing) */
     int conn_refused;           /* refusals in a row with no session working */
-    size_t rcpt_limit;          /* the primary's recipients per transaction,
-                                   learned in this pass; 0 = none seen */
     char (*redo)[QID_SIZE];     /* sent next, before the walk goes on:
                                    messages with recipients left by that
                                    limit (further transactions), and
@@ -139,6 +158,7 @@ struct delivery {
     void *fleet_arg;
     delivery_busy_fn busy;      /* a message not ready yet (dkim.c), or NULL */
     void *busy_arg;
+    struct dest_host *hosts;    /* primary hosts and their limits */
 };
 
 /* ------------------------------------------------------------------ */
@@ -168,6 +188,15 @@ int dest_inflight(const struct dest *d, const char *qid);
 void dest_inflight_del(struct dest *d, const char *qid);
 /* A message the primary's recipient limit left pending: sent next. */
 int dest_redo_add(struct dest *d, const char *qid);
+/* The primary host name:port (created when new; NULL out of memory). */
+struct dest_host *dest_host_get(struct delivery *s, const char *name, int port);
+/* The window from the controller and the host's learned ceiling: sets
+ * d->conn_limit, the one place that does. */
+void dest_window_update(struct dest *d);
+/* Our sessions to d's primary host fill the ceiling learned for it. */
+int dest_host_full(const struct dest *d);
+/* The end of a pass (nothing in flight): the window starts low again. */
+void dest_window_reset(struct dest *d);
 
 /*
  * One owner of a message's recipient states at a time.  A delivery owns a

@@ -343,6 +343,20 @@ static void dest_info_fill(const struct dest *d, struct delivery_dest_info *o)
     o->next_probe = d->state == QDEST_DOWN ? (int64_t)d->next_probe : 0;
     o->connections = d->nconns;
     o->concurrency = d->conn_limit;
+    o->ceiling = (int)d->aimd.ceiling;
+    o->adaptive = d->aimd.adaptive;
+    o->rcpt_max_source = o->mail_max_source = o->conn_max_source = dl_source_name(DL_NONE);
+    if (d->phost) {
+        enum dl_source src;
+        snprintf(o->limits_host, sizeof o->limits_host, "%s:%d", d->phost->name, d->phost->port);
+        o->rcpt_max = dl_host_rcpt_max(&d->phost->lim, &src);
+        o->rcpt_max_source = dl_source_name(src);
+        o->mail_max = dl_host_mail_max(&d->phost->lim, &src);
+        o->mail_max_source = dl_source_name(src);
+        o->conn_max = dl_host_conn_max(&d->phost->lim, &src);
+        o->conn_max_source = dl_source_name(src);
+        o->rcptdomain_max = d->phost->lim.declared.rcptdomainmax;
+    }
     snprintf(o->last_error, sizeof o->last_error, "%s", d->last_error);
     {
         /* The counts every listing shows: the index's record (a read
@@ -403,6 +417,11 @@ void delivery_free(struct delivery *s)
         free(d->redo);
         free(d->route);
         free(d);
+    }
+    while (s->hosts) {
+        struct dest_host *h = s->hosts;
+        s->hosts = h->next;
+        free(h);
     }
     if (s->expire_timer)
         event_free(s->expire_timer);

@@ -85,7 +85,14 @@ struct delivery_dest_info {
     int held;
     int64_t next_probe;         /* unix seconds, 0 = none */
     int connections;            /* open outbound connections */
-    int concurrency;            /* current cap */
+    int concurrency;            /* current cap: the window */
+    int ceiling;                /* delivery.max_connections */
+    int adaptive;               /* the window adapts (delivery.adaptive) */
+    /* The primary host last connected to and its limits (0 = none; the
+     * sources are "declared" (RFC 9422 LIMITS), "learned" or "none"). */
+    char limits_host[SMTP_DOMAIN_MAX + 8];
+    unsigned rcpt_max, mail_max, conn_max, rcptdomain_max;
+    const char *rcpt_max_source, *mail_max_source, *conn_max_source;
     uint64_t nmsg;              /* messages with a pending recipient here */
     uint64_t nbytes;            /* their body octets */
     char last_error[512];

@@ -558,6 +558,79 @@ static void prom_pgsql_up(void *arg, const char *name, int up)
     evbuffer_add_printf(b, "\"} %d\n", up ? 1 : 0);
 }
 
+/* Adaptive concurrency and the primaries' limits (dest_limits.h), from
+ * the scheduler's live view, for the destinations that have a primary host
+ * (connected at least once): one pass collects, one family at a time is
+ * printed (samples of a family stay together). */
+struct limits_pass {
+    struct delivery_dest_info *row;
+    size_t n, cap;
+};
+
+static int limits_collect(void *arg, const struct delivery_dest_info *i)
+{
+    struct limits_pass *p = arg;
+
+    if (i->limits_host[0] == '\0')
+        return 0;
+    if (p->n == p->cap) {
+        size_t cap = p->cap ? p->cap * 2 : 16;
+        struct delivery_dest_info *r = realloc(p->row, cap * sizeof *r);
+        if (r == NULL)
+            return 1;
+        p->row = r;
+        p->cap = cap;
+    }
+    p->row[p->n++] = *i;
+    return 0;
+}
+
+static void prom_limit(struct evbuffer *b, const struct delivery_dest_info *i, const char *name,
+                       unsigned v, const char *src)
+{
+    if (v == 0)
+        return;
+    ADD(b, "mxkeep_primary_limit{domain=\"");
+    out_label(b, i->domain);
+    ADD(b, "\",host=\"");
+    out_label(b, i->limits_host);
+    evbuffer_add_printf(b, "\",limit=\"%s\",source=\"%s\"} %u\n", name, src, v);
+}
+
+static void prom_dest_limits(struct evbuffer *b, struct delivery *dl)
+{
+    struct limits_pass p = { NULL, 0, 0 };
+    size_t k;
+
+    if (dl == NULL)
+        return;
+    delivery_dest_each(dl, limits_collect, &p);
+    prom_head(b, "destination_concurrency", "gauge",
+              "Sessions allowed now per destination (the adaptive window)");
+    for (k = 0; k < p.n; k++) {
+        ADD(b, "mxkeep_destination_concurrency{domain=\"");
+        out_label(b, p.row[k].domain);
+        evbuffer_add_printf(b, "\"} %d\n", p.row[k].concurrency);
+    }
+    prom_head(b, "destination_concurrency_ceiling", "gauge",
+              "delivery.max_connections: the window's ceiling");
+    for (k = 0; k < p.n; k++) {
+        ADD(b, "mxkeep_destination_concurrency_ceiling{domain=\"");
+        out_label(b, p.row[k].domain);
+        evbuffer_add_printf(b, "\"} %d\n", p.row[k].ceiling);
+    }
+    prom_head(b, "primary_limit", "gauge",
+              "A primary host's limit: declared (RFC 9422 LIMITS) or learned from its replies");
+    for (k = 0; k < p.n; k++) {
+        const struct delivery_dest_info *i = &p.row[k];
+        prom_limit(b, i, "rcpt_max", i->rcpt_max, i->rcpt_max_source);
+        prom_limit(b, i, "mail_max", i->mail_max, i->mail_max_source);
+        prom_limit(b, i, "conn_max", i->conn_max, i->conn_max_source);
+        prom_limit(b, i, "rcptdomain_max", i->rcptdomain_max, "declared");
+    }
+    free(p.row);
+}
+
 static void render_metrics(struct metrics *m, const struct snapshot *s, struct evbuffer *b)
 {
     size_t in = 0, out = 0, i, k;
@@ -629,6 +702,7 @@ static void render_metrics(struct metrics *m, const struct snapshot *s, struct e
                  DF_CONNECTIONS);
     prom_domains(b, s, "destination_next_probe_timestamp_seconds",
                  "When a down destination is probed next, unix seconds", DF_NEXT_PROBE);
+    prom_dest_limits(b, m->dl);
     verify_metrics(b);
     heartbeat_metrics(b);
 }

@@ -1084,6 +1084,97 @@ static int cmd_queue(struct ctl *c, int argc, char **argv)
 /* summary                                                             */
 /* ------------------------------------------------------------------ */
 
+/* The daemon's adaptive window and the primary host's limits, declared
+ * (RFC 9422 LIMITS) or learned from its replies (dest_limits.h). */
+struct dest_limits_row {
+    int has;
+    int concurrency, ceiling, adaptive;
+    char host[SMTP_DOMAIN_MAX + 8];
+    unsigned rcpt_max, mail_max, conn_max, rcptdomain_max;
+    char rcpt_src[12], mail_src[12], conn_src[12];
+};
+
+static void limits_member(struct dest_limits_row *l, const char *key, const char *value,
+                          int is_string)
+{
+    unsigned long v = is_string ? 0 : strtoul(value, NULL, 10);
+
+    if (strcmp(key, "concurrency") == 0 && !is_string)
+        l->concurrency = (int)v, l->has = 1;
+    else if (strcmp(key, "ceiling") == 0 && !is_string)
+        l->ceiling = (int)v;
+    else if (strcmp(key, "adaptive") == 0 && !is_string)
+        l->adaptive = strcmp(value, "true") == 0;
+    else if (strcmp(key, "limits_host") == 0 && is_string)
+        snprintf(l->host, sizeof l->host, "%s", value);
+    else if (strcmp(key, "rcpt_max") == 0 && !is_string)
+        l->rcpt_max = (unsigned)v;
+    else if (strcmp(key, "mail_max") == 0 && !is_string)
+        l->mail_max = (unsigned)v;
+    else if (strcmp(key, "conn_max") == 0 && !is_string)
+        l->conn_max = (unsigned)v;
+    else if (strcmp(key, "rcptdomain_max") == 0 && !is_string)
+        l->rcptdomain_max = (unsigned)v;
+    else if (strcmp(key, "rcpt_max_source") == 0 && is_string)
+        snprintf(l->rcpt_src, sizeof l->rcpt_src, "%s", value);
+    else if (strcmp(key, "mail_max_source") == 0 && is_string)
+        snprintf(l->mail_src, sizeof l->mail_src, "%s", value);
+    else if (strcmp(key, "conn_max_source") == 0 && is_string)
+        snprintf(l->conn_src, sizeof l->conn_src, "%s", value);
+}
+
+static void limits_json_one(FILE *f, const char *name, unsigned v, const char *src)
+{
+    fprintf(f, ",\"%s\":", name);
+    if (v > 0)
+        fprintf(f, "%u,\"%s_source\":\"%s\"", v, name, src);
+    else
+        fprintf(f, "null,\"%s_source\":null", name);
+}
+
+/* ,"concurrency":...: the summary and show-dest JSON members. */
+static void limits_json(FILE *f, const struct dest_limits_row *l)
+{
+    if (!l->has) {
+        fputs(",\"concurrency\":null,\"limits_host\":null", f);
+        return;
+    }
+    fprintf(f, ",\"concurrency\":%d,\"concurrency_ceiling\":%d,\"adaptive\":%s,\"limits_host\":",
+            l->concurrency, l->ceiling, l->adaptive ? "true" : "false");
+    if (l->host[0])
+        json_str(f, l->host);
+    else
+        fputs("null", f);
+    limits_json_one(f, "rcpt_max", l->rcpt_max, l->rcpt_src);
+    limits_json_one(f, "mail_max", l->mail_max, l->mail_src);
+    limits_json_one(f, "conn_max", l->conn_max, l->conn_src);
+    limits_json_one(f, "rcptdomain_max", l->rcptdomain_max, "declared");
+}
+
+static void limits_text_one(FILE *f, const char *name, unsigned v, const char *src)
+{
+    if (v > 0)
+        fprintf(f, " %s %u (%s)", name, v, src);
+}
+
+/* "concurrency 6/16 adaptive, primary H: rcpt_max 2 (declared) ..." */
+static void limits_text(FILE *f, const struct dest_limits_row *l)
+{
+    fprintf(f, "concurrency %d/%d %s", l->concurrency, l->ceiling,
+            l->adaptive ? "adaptive" : "fixed");
+    if (l->host[0] == '\0')
+        return;
+    fputs(", primary ", f);
+    text_str(f, l->host);
+    fputc(':', f);
+    if (l->rcpt_max == 0 && l->mail_max == 0 && l->conn_max == 0 && l->rcptdomain_max == 0)
+        fputs(" no limits known", f);
+    limits_text_one(f, "rcpt_max", l->rcpt_max, l->rcpt_src);
+    limits_text_one(f, "mail_max", l->mail_max, l->mail_src);
+    limits_text_one(f, "conn_max", l->conn_max, l->conn_src);
+    limits_text_one(f, "rcptdomain_max", l->rcptdomain_max, "declared");
+}
+
 struct dest_row {
     struct qdest d;
     int has_oldest;
@@ -1093,6 +1184,7 @@ struct dest_row {
     char gate[16];                      /* accept = "when-primary-down": the
                                            daemon's gate state, "" none */
     int64_t gate_since;                 /* since when, 0 unknown */
+    struct dest_limits_row lim;         /* window and the primary's limits (live only) */
 };
 
 struct dest_list {
@@ -1178,6 +1270,7 @@ struct live_dest {
     int has_counts;                     /* the daemon sent messages/bytes */
     char gate[16];
     int64_t gate_since;
+    struct dest_limits_row lim;
 };
 
 static int dest_state_parse(const char *s)
@@ -1216,6 +1309,8 @@ static void live_member(void *arg, const char *key, const char *value, int is_st
         snprintf(l->gate, sizeof l->gate, "%s", value);
     } else if (strcmp(key, "gate_since") == 0 && !is_string) {
         l->gate_since = strcmp(value, "null") == 0 ? 0 : strtoll(value, NULL, 10);
+    } else {
+        limits_member(&l->lim, key, value, is_string);
     }
 }
 
@@ -1266,6 +1361,7 @@ static void summary_merge_live(struct ctl *c, struct dest_list *l)
         row->connections = ld.connections;
         snprintf(row->gate, sizeof row->gate, "%s", ld.gate);
         row->gate_since = ld.gate_since;
+        row->lim = ld.lim;
         row->d.state = ld.d.state;
         row->d.next_probe = ld.d.next_probe;
         snprintf(row->d.last_error, sizeof row->d.last_error, "%s", ld.d.last_error);
@@ -1303,6 +1399,7 @@ static void summary_json(struct ctl *c, const struct dest_list *l)
             fputs(",\"gate_since\":", f);
             json_time_or_null(f, r->gate_since);
         }
+        limits_json(f, &r->lim);
         if (r->live)
             fprintf(f, ",\"source\":\"daemon\",\"connections\":%d}", r->connections);
         else
@@ -1384,6 +1481,18 @@ static void summary_text(struct ctl *c, const struct dest_list *l)
         text_str(f, r->d.domain);
         fprintf(f, ": %s since %s\n", r->gate, since);
     }
+    /* The primaries' limits and the adaptive window, apart too, for the
+     * destinations the daemon has connected to. */
+    for (i = 0; i < l->n; i++) {
+        const struct dest_limits_row *lr = &l->row[i].lim;
+        if (!lr->has || lr->host[0] == '\0')
+            continue;
+        fputs("limits ", f);
+        text_str(f, l->row[i].d.domain);
+        fputs(": ", f);
+        limits_text(f, lr);
+        fputc('\n', f);
+    }
     long nh = qdb_held_count(c->db);
     if (nh > 0)
         fprintf(f, "quarantine: %ld message%s (mxkeepctl quarantine list)\n", nh,
@@ -1394,9 +1503,11 @@ static void summary_text(struct ctl *c, const struct dest_list *l)
     maint_listing(f, MAINT_LIST_SUMMARY, c->db, c->conf, c->now, 0);
 }
 
-static int cmd_summary(struct ctl *c, int argc, char **argv)
+/* Every destination: the index's records, their oldest message, and the
+ * daemon's live view when it runs.  0, or an exit code. */
+static int dest_list_load(struct ctl *c, struct dest_list *lp)
 {
-    struct dest_list l = { 0 };
+    struct dest_list l = *lp;
     long got;
     int rc = 0;
     size_t i;
@@ -1420,6 +1531,77 @@ static int cmd_summary(struct ctl *c, int argc, char **argv)
             rc = EX_OSERR;
         }
     }
+    *lp = l;
+    return rc;
+}
+
+/* show-dest DOMAIN: one destination, with the adaptive window and what
+ * its primary declared or taught us. */
+static int cmd_show_dest(struct ctl *c, int argc, char **argv)
+{
+    struct dest_list l = { 0 };
+    char want[SMTP_DOMAIN_MAX + 1];
+    const struct dest_row *r = NULL;
+    int rc;
+
+    (void)argc;
+    snprintf(want, sizeof want, "%s", argv[1]);
+    domain_normalize(want);
+    rc = dest_list_load(c, &l);
+    for (size_t i = 0; rc == 0 && i < l.n && r == NULL; i++)
+        if (strcasecmp(l.row[i].d.domain, want) == 0)
+            r = &l.row[i];
+    if (rc == 0 && r == NULL) {
+        ctl_error("no such destination", argv[1]);
+        rc = EX_NOINPUT;
+    }
+    if (rc == 0 && c->json) {
+        FILE *f = c->out;
+        fputs("{\"domain\":", f);
+        json_str(f, r->d.domain);
+        fprintf(f, ",\"messages\":%" PRIu64 ",\"bytes\":%" PRIu64 ",\"state\":", r->d.nmsg,
+                r->d.nbytes);
+        json_str(f, dest_state_name(r->d.state));
+        fputs(",\"next_probe\":", f);
+        json_time_or_null(f, r->d.next_probe);
+        fputs(",\"last_error\":", f);
+        json_str(f, r->d.last_error);
+        limits_json(f, &r->lim);
+        if (r->live)
+            fprintf(f, ",\"source\":\"daemon\",\"connections\":%d}\n", r->connections);
+        else
+            fputs(",\"source\":\"index\",\"connections\":null}\n", f);
+    } else if (rc == 0) {
+        FILE *f = c->out;
+        char probe[CTL_ISO_SIZE] = "-";
+        if (r->d.next_probe != 0)
+            fmt_iso(r->d.next_probe, probe);
+        fputs("domain: ", f);
+        text_str(f, r->d.domain);
+        fprintf(f, "\nmessages: %" PRIu64 "\nbytes: %" PRIu64 "\nstate: %s\nnext probe: %s\n",
+                r->d.nmsg, r->d.nbytes, dest_state_name(r->d.state), probe);
+        fputs("last error: ", f);
+        text_str(f, r->d.last_error[0] ? r->d.last_error : "-");
+        fputc('\n', f);
+        if (r->live && r->lim.has) {
+            fprintf(f, "connections: %d\n", r->connections);
+            limits_text(f, &r->lim);
+            fputc('\n', f);
+        } else {
+            fputs("connections: - (daemon not running)\n", f);
+        }
+    }
+    free(l.row);
+    return rc;
+}
+
+static int cmd_summary(struct ctl *c, int argc, char **argv)
+{
+    struct dest_list l = { 0 };
+    int rc = dest_list_load(c, &l);
+
+    (void)argc;
+    (void)argv;
     if (rc == 0) {
         if (l.n > 1)
             qsort(l.row, l.n, sizeof *l.row, dest_row_cmp);
@@ -2784,6 +2966,8 @@ struct ctl_cmd {
 static const struct ctl_cmd ctl_cmds[] = {
     { "queue", "[DOMAIN]", 0, 1, 0, 0, cmd_queue, "list queued messages (for DOMAIN only)" },
     { "summary", "", 0, 0, 0, 0, cmd_summary, "one line per destination domain" },
+    { "show-dest", "DOMAIN", 1, 1, 0, 0, cmd_show_dest,
+      "one destination: state, window, the primary's declared and learned limits" },
     { "show", "QID", 1, 1, 0, 0, cmd_show, "envelope, recipients and headers of a message" },
     { "cat", "QID", 1, 1, 0, 0, cmd_cat, "write the stored message to stdout" },
     { "count", "", 0, 0, 0, 0, cmd_count, "number of queued messages" },

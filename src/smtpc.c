@@ -41,6 +41,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <event2/buffer.h>
@@ -137,6 +138,8 @@ struct smtpc {
 
     unsigned ext;                       /* EXT_* of the current EHLO */
     uint64_t size_max;                  /* 0: no limit announced */
+    struct dl_declared limits;          /* RFC 9422 LIMITS of the current EHLO */
+    unsigned ntxn;                      /* MAIL commands sent in this session */
     int is_tls;
     int tls_step;                       /* STARTTLS sent, session not ready yet */
 
@@ -147,6 +150,8 @@ struct smtpc {
     /* transaction */
     struct smtpc_msg *msg;
     size_t ri;                          /* next RCPT reply expected */
+    size_t nsend;                       /* RCPTs sent in this transaction (RCPTMAX) */
+    struct timespec t_eod;              /* end-of-data command queued */
     size_t naccepted;
     int mail_failed;
     int need_rset;                      /* a transaction failed midway */
@@ -440,6 +445,7 @@ static void send_ehlo(struct smtpc *c)
 {
     c->ext = 0;
     c->size_max = 0;
+    memset(&c->limits, 0, sizeof c->limits);
     evbuffer_add_printf(out(c), "EHLO %s\r\n", c->helo);
     set_state(c, S_EHLO);
     arm(c, c->t_command);
@@ -576,6 +582,7 @@ static void send_bdat(struct smtpc *c)
     evbuffer_add_printf(o, "BDAT %zu LAST\r\n", evbuffer_get_length(c->msg->body));
     /* Moves the chains (file segments included); nothing is copied. */
     evbuffer_add_buffer(o, c->msg->body);
+    clock_gettime(CLOCK_MONOTONIC, &c->t_eod);
     set_state(c, S_BDAT);
     arm(c, c->t_data);
 }
@@ -608,6 +615,7 @@ static void pump(struct smtpc *c)
             if (c->need_crlf)
                 evbuffer_add(o, "\r\n", 2);
             evbuffer_add(o, ".\r\n", 3);
+            clock_gettime(CLOCK_MONOTONIC, &c->t_eod);
             set_state(c, S_DOT);
             arm(c, c->t_data);
             return;
@@ -677,7 +685,7 @@ static void rcpt_limited(struct smtpc *c)
     }
     /* Learn a limit only from a reply that says so: status X.5.3 ("too
      * many recipients", RFC 3463), or a bare 452 / 552 without status. */
-    if (c->msg->rcpt_limit == 0 && c->naccepted > 0 &&
+    if ((c->msg->rcpt_limit == 0 || c->naccepted < c->msg->rcpt_limit) && c->naccepted > 0 &&
         (c->rep.status[0] == '\0' || strncmp(c->rep.status + 1, ".5.3", 5) == 0))
         c->msg->rcpt_limit = c->naccepted;
 }
@@ -715,10 +723,26 @@ static void start_txn(struct smtpc *c, struct smtpc_msg *m)
 
     c->msg = m;
     m->rcpt_limit = 0;
+    m->latency_us = -1;
     for (size_t i = 0; i < m->nrcpt; i++) {
         m->code[i] = 0;
         m->text[i][0] = '\0';
     }
+    /* RFC 9422 RCPTMAX: the recipients past it are not sent; they wait
+     * for the next transaction (452 4.5.3, as if the peer had said it). */
+    c->nsend = m->nrcpt;
+    if (c->limits.rcptmax > 0 && m->nrcpt > c->limits.rcptmax) {
+        char text[REPLY_TEXT_MAX];
+        c->nsend = c->limits.rcptmax;
+        m->rcpt_limit = c->nsend;
+        snprintf(text, sizeof text, "452 4.5.3 not sent in this transaction: %s declares "
+                 "LIMITS RCPTMAX=%u", c->peer, c->limits.rcptmax);
+        for (size_t i = c->nsend; i < m->nrcpt; i++) {
+            m->code[i] = 452;
+            set_text(m->text[i], text);
+        }
+    }
+    c->ntxn++;
     c->ri = 0;
     c->naccepted = 0;
     c->mail_failed = 0;
@@ -734,7 +758,7 @@ static void start_txn(struct smtpc *c, struct smtpc_msg *m)
     }
     write_mail(c);
     if (c->pipelined) {
-        for (size_t i = 0; i < m->nrcpt; i++)
+        for (size_t i = 0; i < c->nsend; i++)
             write_rcpt(c, i);
         if (!(c->ext & EXT_CHUNKING))
             evbuffer_add(o, "DATA\r\n", 6);
@@ -760,7 +784,8 @@ static void pull_next(struct smtpc *c)
         struct smtpc_msg *m = NULL;
         enum smtpc_next r;
 
-        if (c->abort_pending) {
+        /* RFC 9422 MAILMAX: no more transactions in this session. */
+        if (c->abort_pending || (c->limits.mailmax > 0 && c->ntxn >= c->limits.mailmax)) {
             send_quit(c);
             return;
         }
@@ -975,6 +1000,8 @@ static void ehlo_keyword(struct smtpc *c, const char *kw)
         c->ext |= EXT_CHUNKING;
     else if (KW("STARTTLS"))
         c->ext |= EXT_STARTTLS;
+    else if (KW("LIMITS"))
+        dl_limits_parse(arg, &c->limits);   /* RFC 9422, bounded there */
 #undef KW
 }
 
@@ -1009,6 +1036,7 @@ static void on_reply(struct smtpc *c)
         } else if (cls == 5) {
             c->ext = 0;
             c->size_max = 0;
+            memset(&c->limits, 0, sizeof c->limits);
             evbuffer_add_printf(out(c), "HELO %s\r\n", c->helo);
             set_state(c, S_HELO);
             arm(c, c->t_command);
@@ -1072,7 +1100,7 @@ static void on_reply(struct smtpc *c)
             if (cls == 2)
                 c->naccepted++;
         }
-        if (++c->ri < c->msg->nrcpt) {
+        if (++c->ri < c->nsend) {
             if (!c->pipelined)
                 write_rcpt(c, c->ri);
             arm(c, c->t_command);
@@ -1112,10 +1140,15 @@ static void on_reply(struct smtpc *c)
         txn_end(c);
         return;
     case S_DOT:
-    case S_BDAT:
+    case S_BDAT: {
+        struct timespec now;
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        c->msg->latency_us = (long)(now.tv_sec - c->t_eod.tv_sec) * 1000000L +
+                             (now.tv_nsec - c->t_eod.tv_nsec) / 1000;
         msg_fill_accepted(c->msg, code, c->rep.text);
         txn_end(c);
         return;
+    }
     case S_DOT_DISCARD:
         txn_end(c);
         return;
@@ -1450,4 +1483,19 @@ int smtpc_has_dsn(const struct smtpc *c)
 int smtpc_is_tls(const struct smtpc *c)
 {
     return c->is_tls;
+}
+
+void smtpc_limits(const struct smtpc *c, struct dl_declared *out)
+{
+    *out = c->limits;
+}
+
+unsigned smtpc_transactions(const struct smtpc *c)
+{
+    return c->ntxn;
+}
+
+int smtpc_last_code(const struct smtpc *c)
+{
+    return c->rep.code;
 }

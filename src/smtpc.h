@@ -38,6 +38,7 @@
 #include <sys/socket.h>
 #include <openssl/ssl.h>
 #include "conf.h"
+#include "dest_limits.h"
 #include "queue_db.h"
 
 struct event_base;
@@ -66,7 +67,12 @@ struct smtpc_msg {
     size_t rcpt_limit;                  /* out: >0 when the peer refused RCPTs for
                                            too many recipients (452, or 552 taken
                                            as 452: RFC 5321 4.5.3.1.10) after
-                                           accepting this many; those got 452 */
+                                           accepting this many; those got 452;
+                                           also set when the peer's LIMITS
+                                           RCPTMAX made us send only this many:
+                                           the rest got 452 4.5.3, never sent */
+    long latency_us;                    /* out: end-of-data command to its reply
+                                           (microseconds), -1 when not measured */
     struct evbuffer *body;              /* the stored message; smtpc drains it */
     void *owner;                        /* the scheduler's */
 };
@@ -165,5 +171,13 @@ const char *smtpc_peer(const struct smtpc *c);
 /* Did the peer advertise these?  (valid after ready) */
 int smtpc_has_dsn(const struct smtpc *c);
 int smtpc_is_tls(const struct smtpc *c);
+/* RFC 9422 LIMITS of the current EHLO reply (valid after ready); smtpc
+ * itself never sends more RCPTs per transaction (RCPTMAX) or transactions
+ * per session (MAILMAX: QUIT instead of asking next()) than declared. */
+void smtpc_limits(const struct smtpc *c, struct dl_declared *out);
+/* Transactions started in this session (MAIL commands sent). */
+unsigned smtpc_transactions(const struct smtpc *c);
+/* The code of the last reply read (e.g. the 421 of a refused greeting), 0 none. */
+int smtpc_last_code(const struct smtpc *c);
 
 #endif

@@ -983,6 +983,16 @@ def send_batch(srv, n, sender="sender@example.com", rcpt="user@example.org", tag
     return out
 
 
+def queue_while_down(srv, prim, n, domain="example.org", tag="m"):
+    """Queue n messages for user@domain while prim is not started, wait
+    until the destination is down, start prim; returns the sorted
+    Message-IDs (a backlog waiting for a primary that comes back)."""
+    sent = send_batch(srv, n, tag=tag, rcpt="user@" + domain)
+    ok(wait_log(srv, r"destination %s: \w+ -> down" % re.escape(domain), 8) is not None,
+       "primary down at first: %d messages queued for %s" % (n, domain))
+    return sorted(message_id(m) for _, m in sent)
+
+
 def etrn(srv, arg, source=None, in_transaction=False):
     """EHLO + ETRN arg on a fresh connection; returns the Reply."""
     c = srv.raw(source=source)
@@ -1143,11 +1153,18 @@ class FakeSMTP:
       eightbit: advertise 8BITMIME (default True)
       close_after_data: close the connection right after the 250 to the
               end of data (nothing else sent)
+      limits: RFC 9422 LIMITS parameters to declare in EHLO ("RCPTMAX=2");
+              the most RCPTs seen in one transaction and transactions in one
+              session are kept in .max_rcpts_txn and .max_txn_session
+      rcpt_max_reply: the reply past rcpt_max (default "552 5.5.3 ...")
+      mail_max_421: after this many transactions in a session, the next
+              MAIL gets "421 4.7.0 too many messages" and the session ends
     """
 
     def __init__(self, host="127.0.0.1", port=None, tls=None, bad_tls=False, name="fake.test",
                  rcpt=None, delay=0.0, pipelining=True, dsn=True, size=0, max_sessions=0,
-                 rcpt_max=0, inject_tls=False, eightbit=True, close_after_data=False):
+                 rcpt_max=0, inject_tls=False, eightbit=True, close_after_data=False,
+                 limits=None, rcpt_max_reply="552 5.5.3 Too many recipients", mail_max_421=0):
         self.host = host
         self.port = port or free_port_on(host)
         self.tls = tls
@@ -1163,6 +1180,12 @@ class FakeSMTP:
         self.inject_tls = inject_tls
         self.eightbit = eightbit
         self.close_after_data = close_after_data
+        self.limits = limits
+        self.rcpt_max_reply = rcpt_max_reply
+        self.mail_max_421 = mail_max_421
+        self.max_rcpts_txn = 0
+        self.max_txn_session = 0
+        self.max_sessions_seen = 0      # greeted sessions at once, most seen
         self.sessions = 0               # greeted sessions now (max_sessions)
         self.n_inject = 0               # STARTTLS answered with injected text
         self.greeting = None            # None: "220 name ESMTP"
@@ -1292,6 +1315,7 @@ class FakeSMTP:
                 busy = self.sessions >= self.max_sessions
                 if not busy:
                     self.sessions += 1
+                    self.max_sessions_seen = max(self.max_sessions_seen, self.sessions)
             if busy:
                 with self.lock:
                     self.n421 += 1
@@ -1323,6 +1347,7 @@ class FakeSMTP:
         rcpts = []
         rcpt_args = []
         ntxn = 0                        # RCPTs in this transaction (rcpt_max)
+        nmail = 0                       # transactions in this session
 
         def send(line):
             sock.sendall(line.encode() + CRLF)
@@ -1343,6 +1368,8 @@ class FakeSMTP:
                     caps.append("PIPELINING")
                 if self.dsn:
                     caps.append("DSN")
+                if self.limits:
+                    caps.append("LIMITS " + self.limits)
                 if (self.tls or self.bad_tls or self.inject_tls) and not tls:
                     caps.append("STARTTLS")
                 out = ["250-" + self.name] + ["250-" + c for c in caps[:-1]] + ["250 " + caps[-1]]
@@ -1373,6 +1400,15 @@ class FakeSMTP:
                 if self._overloaded():
                     self._send421(sock)
                     return
+                if self.mail_max_421 and nmail >= self.mail_max_421:
+                    with self.lock:
+                        self.n421 += 1
+                        self.t421.append(time.monotonic())
+                    send("421 4.7.0 too many messages in this session")
+                    return
+                nmail += 1
+                with self.lock:
+                    self.max_txn_session = max(self.max_txn_session, nmail)
                 sender = ln[10:].decode("latin-1")
                 mail_args = sender
                 m = re.match(r"\s*<([^>]*)>", sender)
@@ -1391,8 +1427,10 @@ class FakeSMTP:
                 fn = self.rcpt
                 reply = fn(addr_) if fn else None
                 ntxn += 1
+                with self.lock:
+                    self.max_rcpts_txn = max(self.max_rcpts_txn, ntxn)
                 if self.rcpt_max and ntxn > self.rcpt_max:
-                    reply = "552 5.5.3 Too many recipients"
+                    reply = self.rcpt_max_reply
                 with self.lock:
                     self.rcpt_log.append((addr_, int(reply[:3]) if reply else 250))
                 if reply:

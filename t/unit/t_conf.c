@@ -202,7 +202,8 @@ static void test_defaults(void)
     is_int(c->limits.line_length, 512, "line_length default 512");
     is_int(c->delivery.probe_min, 30, "probe_min default");
     is_int(c->delivery.probe_max, 900, "probe_max default");
-    is_int(c->delivery.max_connections, 4, "max_connections default");
+    is_int(c->delivery.max_connections, 16, "max_connections default");
+    is_int(c->delivery.adaptive, 1, "adaptive default");
     is_int(c->lmdb_map_size, 1L << 30, "lmdb_map_size default 1 GiB");
     is_int(c->commit_batch, 256, "commit_batch default");
     is_int(c->ndomains, 0, "no domains");
