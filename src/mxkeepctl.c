@@ -76,12 +76,14 @@
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <sysexits.h>
+#include <termios.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "conf.h"
 #include "json.h"
 #include "log.h"
+#include "odmr_auth.h"
 #include "qid.h"
 #include "queue_db.h"
 #include "table_lmdb.h"
@@ -90,6 +92,8 @@
 #include "util.h"
 #include "verify.h"
 #include "verify_cache.h"
+
+#include <openssl/crypto.h>
 
 #ifndef SYSCONFDIR
 #define SYSCONFDIR "/etc"
@@ -2460,6 +2464,70 @@ static int cmd_quarantine(struct ctl *c, int argc, char **argv)
 }
 
 /* ------------------------------------------------------------------ */
+/* odmr-secret                                                         */
+/* ------------------------------------------------------------------ */
+
+/*
+ * The `odmr_secret` of a domain (odmr_auth.h): read a password from the
+ * first line of stdin, or from the terminal without echo, and print the
+ * "{CRAM-MD5}" HMAC-MD5 contexts.  The password is never an argument (it
+ * would show in ps and shell history) and never printed.
+ */
+static int cmd_odmr_secret(struct ctl *c, int argc, char **argv)
+{
+    char pw[ODMR_AUTH_FIELD_MAX + 2], out[ODMR_SECRET_LEN + 1];
+    struct odmr_ctx ctx;
+    FILE *in = stdin, *tty = NULL;
+    size_t n;
+
+    (void)argc;
+    (void)argv;
+    if (isatty(STDIN_FILENO) && (tty = fopen("/dev/tty", "r+")) != NULL) {
+        struct termios old, quiet;
+        int echo_off = tcgetattr(fileno(tty), &old) == 0;
+        fputs("ODMR password: ", tty);
+        fflush(tty);
+        if (echo_off) {
+            quiet = old;
+            quiet.c_lflag &= ~(tcflag_t)ECHO;
+            tcsetattr(fileno(tty), TCSAFLUSH, &quiet);
+        }
+        in = tty;
+        if (fgets(pw, sizeof pw, in) == NULL)
+            pw[0] = '\0';
+        if (echo_off)
+            tcsetattr(fileno(tty), TCSAFLUSH, &old);
+        fputc('\n', tty);
+        fclose(tty);
+    } else if (fgets(pw, sizeof pw, in) == NULL) {
+        pw[0] = '\0';
+    }
+    n = strcspn(pw, "\r\n");
+    if (pw[n] == '\0' && n > ODMR_AUTH_FIELD_MAX) {
+        OPENSSL_cleanse(pw, sizeof pw);
+        ctl_error("password longer than 256 octets", NULL);
+        return EX_DATAERR;
+    }
+    pw[n] = '\0';
+    if (n == 0) {
+        ctl_error("empty password", NULL);
+        return EX_DATAERR;
+    }
+    odmr_ctx_from_password(pw, n, &ctx);
+    OPENSSL_cleanse(pw, sizeof pw);
+    odmr_secret_format(&ctx, out, sizeof out);
+    OPENSSL_cleanse(&ctx, sizeof ctx);
+    if (c->json) {
+        fputs("{\"odmr_secret\":", c->out);
+        json_str(c->out, out);
+        fputs("}\n", c->out);
+    } else {
+        fprintf(c->out, "%s\n", out);
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------ */
 /* Command table and main                                              */
 /* ------------------------------------------------------------------ */
 
@@ -2510,6 +2578,8 @@ static const struct ctl_cmd ctl_cmds[] = {
     { "quarantine", "list [DOMAIN] | show QID | release QID --deliver|--notify | delete QID", 1, 3,
       CTL_OPT_RELEASE, CTL_ON_INDEX, cmd_quarantine,
       "messages held instead of bounced: list, show, release, delete" },
+    { "odmr-secret", "", 0, 0, 0, CTL_ON_FILES, cmd_odmr_secret,
+      "read a password (stdin or prompt), print a domain's odmr_secret" },
 };
 
 static void usage(FILE *f)

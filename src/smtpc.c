@@ -1405,6 +1405,50 @@ fail:
     return NULL;
 }
 
+struct smtpc *smtpc_new_connected(struct event_base *base, const struct smtpc_config *cfg,
+                                  struct bufferevent *bev, int is_tls,
+                                  const struct smtpc_ops *ops, void *arg)
+{
+    struct smtpc *c;
+
+    if (cfg->addrlen > sizeof c->addr || cfg->addr == NULL)
+        log_panic("smtpc_new_connected: bad address length %u", (unsigned)cfg->addrlen);
+    c = calloc(1, sizeof *c);
+    if (c == NULL)
+        return NULL;
+    c->base = base;
+    c->ops = ops;
+    c->arg = arg;
+    c->st = S_GREETING;
+    c->helo = strdup(cfg->helo ? cfg->helo : "localhost");
+    c->peer_name = strdup(cfg->peer_name ? cfg->peer_name : "");
+    memcpy(&c->addr, cfg->addr, cfg->addrlen);
+    c->addrlen = cfg->addrlen;
+    c->tls = TLS_POLICY_NONE;           /* the link is what it is: no STARTTLS on it */
+    c->is_tls = is_tls;
+    c->t_connect = cfg->connect_timeout;
+    c->t_greeting = cfg->greeting_timeout;
+    c->t_command = cfg->command_timeout;
+    c->t_data = cfg->data_timeout;
+    c->ev_timer = evtimer_new(base, on_timer, c);
+    c->ev_finish = event_new(base, -1, 0, on_finish, c);
+    c->ev_resume = event_new(base, -1, 0, on_resume, c);
+    if (!c->helo || !c->peer_name || !c->ev_timer || !c->ev_finish || !c->ev_resume) {
+        smtpc_free(c);
+        return NULL;
+    }
+    format_peer(c);
+    c->bev = bev;
+    bufferevent_setcb(bev, on_read, on_write, on_event, c);
+    bufferevent_setwatermark(bev, EV_WRITE, PUMP_LOWAT, 0);
+    bufferevent_enable(bev, EV_READ | EV_WRITE);
+    arm(c, c->t_greeting);
+    /* The greeting may be in the input already. */
+    if (evbuffer_get_length(bufferevent_get_input(bev)) > 0)
+        on_read(bev, c);
+    return c;
+}
+
 void smtpc_resume(struct smtpc *c)
 {
     if (c->st == S_IDLE)
