@@ -1256,6 +1256,16 @@ static void summary_merge_live(struct ctl *c, struct dest_list *l)
     daemon_reply_free(&r);
 }
 
+/* An ODMR domain (odmr = true) is never connected to: its state is
+ * "odmr", waiting for its primary's ATRN, unless held. */
+static const char *row_state_name(const struct ctl *c, const struct dest_row *r)
+{
+    const struct conf_domain *cd = conf_domain_find(c->conf, r->d.domain);
+    if (cd != NULL && cd->odmr && r->d.state != QDEST_HELD)
+        return "odmr";
+    return dest_state_name(r->d.state);
+}
+
 static void summary_json(struct ctl *c, const struct dest_list *l)
 {
     FILE *f = c->out;
@@ -1274,7 +1284,7 @@ static void summary_json(struct ctl *c, const struct dest_list *l)
         else
             fputs(",\"oldest_arrival\":null,\"oldest_age\":null", f);
         fputs(",\"state\":", f);
-        json_str(f, dest_state_name(r->d.state));
+        json_str(f, row_state_name(c, r));
         fputs(",\"next_probe\":", f);
         json_time_or_null(f, r->d.next_probe);
         fputs(",\"last_error\":", f);
@@ -1318,7 +1328,7 @@ static void summary_text(struct ctl *c, const struct dest_list *l)
         text_str(f, r->d.domain);
         fprintf(f, "%*s", strlen(r->d.domain) < 30 ? (int)(30 - strlen(r->d.domain)) : 0, "");
         fprintf(f, " %8" PRIu64 " %12" PRIu64 " %7s %-7s %-20s ", r->d.nmsg, r->d.nbytes, age,
-                dest_state_name(r->d.state), probe);
+                row_state_name(c, r), probe);
         text_str(f, r->d.last_error[0] != '\0' ? r->d.last_error : "-");
         fputc('\n', f);
     }
