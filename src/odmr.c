@@ -153,6 +153,7 @@ struct sess {
     char domain[SMTP_DOMAIN_MAX + 1];   /* authenticated as */
     char secret[ODMR_SECRET_LEN + 1];   /* the stored secret it proved */
     int close_after_tarpit;
+    int tls_pending;                    /* STARTTLS: 220 queued, handshake next */
 };
 
 static void sess_read(struct bufferevent *bev, void *arg);
@@ -508,7 +509,10 @@ static void cmd_starttls(struct sess *s, const char *arg)
         return;
     }
     reply(s, "220 2.0.0 Ready to start TLS");
-    tls_begin(s);
+    /* The handshake starts once the 220 is written (sess_write); nothing
+     * more is read in clear. */
+    s->tls_pending = 1;
+    bufferevent_disable(s->bev, EV_READ);
 }
 
 static void cmd_auth(struct sess *s, const char *arg)
@@ -864,8 +868,16 @@ static void sess_write(struct bufferevent *bev, void *arg)
     struct sess *s = arg;
 
     (void)bev;
-    if (s->st == S_CLOSING && evbuffer_get_length(bufferevent_get_output(s->bev)) == 0)
+    if (evbuffer_get_length(bufferevent_get_output(s->bev)) != 0)
+        return;
+    if (s->st == S_CLOSING) {
         sess_free(s);
+        return;
+    }
+    if (s->tls_pending) {
+        s->tls_pending = 0;
+        tls_begin(s);
+    }
 }
 
 static void greet(struct sess *s)
@@ -936,28 +948,23 @@ static void sess_timer(evutil_socket_t fd, short what, void *arg)
     sess_free(s);
 }
 
-/* Switch this session's socket to TLS (implicit, or after STARTTLS's 220
- * has been queued: it is written in clear before the handshake starts,
- * since the clear bufferevent is flushed first). */
+/* After STARTTLS's 220 was written: the same socket, now in TLS. */
 static void tls_begin(struct sess *s)
 {
     struct bufferevent *old = s->bev, *nb;
     evutil_socket_t fd = bufferevent_getfd(old);
     SSL *ssl = SSL_new(s->o->tls);
-    struct evbuffer *pending = bufferevent_get_output(old);
 
     if (ssl == NULL) {
         log_warn("odmr %s: TLS set-up failed", s->peer);
         sess_free(s);
         return;
     }
-    /* The 220 of STARTTLS goes out in clear first, synchronously. */
-    while (evbuffer_get_length(pending) > 0) {
-        if (evbuffer_write(pending, fd) < 0 && errno != EAGAIN && errno != EINTR) {
-            SSL_free(ssl);
-            sess_free(s);
-            return;
-        }
+    if (evbuffer_get_length(bufferevent_get_input(old)) > 0) {
+        log_warn("odmr %s: data after STARTTLS; closing", s->peer);
+        SSL_free(ssl);
+        sess_free(s);
+        return;
     }
     bufferevent_setcb(old, NULL, NULL, NULL, NULL);
     bufferevent_setfd(old, -1);

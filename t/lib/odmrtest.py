@@ -136,3 +136,62 @@ class Fetchmail:
 
     def cleanup(self):
         shutil.rmtree(self.home, ignore_errors=True)
+
+
+def odmr_login(port, user, password, implicit=True):
+    """A Raw client on an ODMR listener, greeted, EHLO'd and authenticated
+    with CRAM-MD5 (Python's hmac: the client's view of RFC 2195)."""
+    from mxtest import Raw
+    c = Raw(port)
+    if implicit:
+        c.starttls()
+    c.greeting = c.reply()
+    c.ehlo_reply = c.ehlo("primary.example.org")
+    r = c.cmd("AUTH CRAM-MD5")
+    if r.code != 334:
+        raise RuntimeError("AUTH CRAM-MD5: %s" % r)
+    c.auth_reply = c.cmd(cram_response(user, password, r.lines[0]))
+    return c
+
+
+def serve_reversed(c, accept, drop_in_data=False, pipelining=False):
+    """After ATRN's 250: be the SMTP server on c (RFC 2645's role reversal).
+    Accept `accept` messages (250 after each end of data); then, with
+    drop_in_data, read the next message's whole body and close without
+    answering it (the link dropped mid-flight); else answer QUIT.  Returns
+    (bodies accepted, body of the dropped one or None)."""
+    got = []
+    c.send("220 primary.example.org ESMTP\r\n")
+    line = c.readline()
+    if line is None or not line.upper().startswith(b"EHLO"):
+        raise RuntimeError("no EHLO after the reversal: %r" % line)
+    c.send("250-primary.example.org\r\n%s250 8BITMIME\r\n" %
+           ("250-PIPELINING\r\n" if pipelining else ""))
+    while True:
+        line = c.readline()
+        if line is None:
+            return got, None
+        cmd = line.strip().upper()
+        if cmd.startswith(b"MAIL") or cmd.startswith(b"RCPT") or cmd.startswith(b"RSET"):
+            c.send("250 2.0.0 OK\r\n")
+        elif cmd == b"DATA":
+            c.send("354 go ahead\r\n")
+            body = b""
+            while True:
+                l = c.readline()
+                if l is None:
+                    return got, None
+                if l == b".\r\n":
+                    break
+                body += l[1:] if l.startswith(b"..") else l
+            if len(got) >= accept and drop_in_data:
+                c.close()
+                return got, body
+            got.append(body)
+            c.send("250 2.0.0 Ok: queued\r\n")
+        elif cmd == b"QUIT":
+            c.send("221 2.0.0 bye\r\n")
+            c.close()
+            return got, None
+        else:
+            c.send("502 5.5.1 what\r\n")
