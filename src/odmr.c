@@ -175,15 +175,22 @@ static void set_state(struct sess *s, enum sess_state st)
     s->st = st;
 }
 
-static void __attribute__((format(printf, 2, 3))) reply(struct sess *s, const char *fmt, ...)
+static void __attribute__((format(printf, 2, 0))) vreply(struct sess *s, const char *fmt,
+                                                           va_list ap)
 {
     struct evbuffer *out = bufferevent_get_output(s->bev);
+
+    evbuffer_add_vprintf(out, fmt, ap);
+    evbuffer_add(out, "\r\n", 2);
+}
+
+static void __attribute__((format(printf, 2, 3))) reply(struct sess *s, const char *fmt, ...)
+{
     va_list ap;
 
     va_start(ap, fmt);
-    evbuffer_add_vprintf(out, fmt, ap);
+    vreply(s, fmt, ap);
     va_end(ap);
-    evbuffer_add(out, "\r\n", 2);
 }
 
 /* Time left: the shorter of the command time-out and the login bound. */
@@ -221,6 +228,17 @@ static int bad(struct sess *s)
         return 1;
     }
     return 0;
+}
+
+/* A reply to a command in error, counted (bad). */
+static void __attribute__((format(printf, 2, 3))) refuse(struct sess *s, const char *fmt, ...)
+{
+    va_list ap;
+
+    va_start(ap, fmt);
+    vreply(s, fmt, ap);
+    va_end(ap);
+    bad(s);
 }
 
 /* ---- the tarpit ----------------------------------------------------------- */
@@ -351,8 +369,7 @@ static void auth_plain_response(struct sess *s, const char *b64)
         odmr_plain_parse(buf, n, user, sizeof user, pw, sizeof pw, &pwlen) != 0) {
         OPENSSL_cleanse(buf, sizeof buf);
         set_state(s, S_READY);
-        reply(s, "501 5.5.2 Malformed AUTH PLAIN response");
-        bad(s);
+        refuse(s, "501 5.5.2 Malformed AUTH PLAIN response");
         return;
     }
     check_password(s, "PLAIN", user, pw, pwlen);
@@ -370,8 +387,7 @@ static void auth_cram_response(struct sess *s, const char *b64)
     if (odmr_b64_decode(b64, strlen(b64), buf, sizeof buf, &n) != 0 ||
         odmr_cram_response_parse(buf, n, user, sizeof user, digest, sizeof digest) != 0) {
         set_state(s, S_READY);
-        reply(s, "501 5.5.2 Malformed AUTH CRAM-MD5 response");
-        bad(s);
+        refuse(s, "501 5.5.2 Malformed AUTH CRAM-MD5 response");
         return;
     }
     const struct conf_domain *cd = auth_domain(s, user, &ctx);
@@ -396,8 +412,7 @@ static void auth_login_user(struct sess *s, const char *b64)
     if (odmr_b64_decode(b64, strlen(b64), buf, sizeof buf - 1, &n) != 0 || n == 0 ||
         memchr(buf, '\0', n) != NULL) {
         set_state(s, S_READY);
-        reply(s, "501 5.5.2 Malformed AUTH LOGIN response");
-        bad(s);
+        refuse(s, "501 5.5.2 Malformed AUTH LOGIN response");
         return;
     }
     memcpy(s->user, buf, n);
@@ -413,8 +428,7 @@ static void auth_login_pass(struct sess *s, const char *b64)
 
     if (odmr_b64_decode(b64, strlen(b64), buf, sizeof buf, &n) != 0 || n == 0) {
         set_state(s, S_READY);
-        reply(s, "501 5.5.2 Malformed AUTH LOGIN response");
-        bad(s);
+        refuse(s, "501 5.5.2 Malformed AUTH LOGIN response");
         return;
     }
     check_password(s, "LOGIN", s->user, (const char *)buf, n);
@@ -454,8 +468,7 @@ static void cmd_ehlo(struct sess *s, const char *arg)
     const struct conf *c = s->o->conf;
 
     if (*arg == '\0') {
-        reply(s, "501 5.5.4 Syntax: EHLO hostname");
-        bad(s);
+        refuse(s, "501 5.5.4 Syntax: EHLO hostname");
         return;
     }
     if (s->st == S_GREETED)
@@ -473,8 +486,7 @@ static void cmd_ehlo(struct sess *s, const char *arg)
 static void cmd_helo(struct sess *s, const char *arg)
 {
     if (*arg == '\0') {
-        reply(s, "501 5.5.4 Syntax: HELO hostname");
-        bad(s);
+        refuse(s, "501 5.5.4 Syntax: HELO hostname");
         return;
     }
     if (s->st == S_GREETED)
@@ -487,18 +499,15 @@ static void tls_begin(struct sess *s);
 static void cmd_starttls(struct sess *s, const char *arg)
 {
     if (s->listener_tls != ODMR_TLS_STARTTLS || s->is_tls) {
-        reply(s, "502 5.5.1 STARTTLS not offered here");
-        bad(s);
+        refuse(s, "502 5.5.1 STARTTLS not offered here");
         return;
     }
     if (*arg) {
-        reply(s, "501 5.5.4 Syntax: STARTTLS");
-        bad(s);
+        refuse(s, "501 5.5.4 Syntax: STARTTLS");
         return;
     }
     if (s->st != S_READY) {
-        reply(s, "503 5.5.1 EHLO first");
-        bad(s);
+        refuse(s, "503 5.5.1 EHLO first");
         return;
     }
     if (evbuffer_get_length(bufferevent_get_input(s->bev)) > 0) {
@@ -521,13 +530,11 @@ static void cmd_auth(struct sess *s, const char *arg)
     const char *initial = NULL;
 
     if (s->st == S_AUTHED) {
-        reply(s, "503 5.5.1 Already authenticated");
-        bad(s);
+        refuse(s, "503 5.5.1 Already authenticated");
         return;
     }
     if (s->st != S_READY) {
-        reply(s, "503 5.5.1 EHLO first");
-        bad(s);
+        refuse(s, "503 5.5.1 EHLO first");
         return;
     }
     snprintf(mech, sizeof mech, "%s", arg);
@@ -541,8 +548,7 @@ static void cmd_auth(struct sess *s, const char *arg)
         unsigned char rnd[8];
         char b64[2 * ODMR_CHALLENGE_MAX];
         if (initial && *initial) {
-            reply(s, "501 5.5.2 CRAM-MD5 takes no initial response");
-            bad(s);
+            refuse(s, "501 5.5.2 CRAM-MD5 takes no initial response");
             return;
         }
         if (RAND_bytes(rnd, sizeof rnd) != 1)
@@ -556,8 +562,7 @@ static void cmd_auth(struct sess *s, const char *arg)
         return;
     }
     if (strcasecmp(mech, "PLAIN") != 0 && strcasecmp(mech, "LOGIN") != 0) {
-        reply(s, "504 5.5.4 Unrecognized authentication type");
-        bad(s);
+        refuse(s, "504 5.5.4 Unrecognized authentication type");
         return;
     }
     if (!s->is_tls) {
@@ -651,13 +656,11 @@ static void cmd_atrn(struct sess *s, const char *arg)
     long total = 0;
 
     if (s->st != S_AUTHED) {
-        reply(s, "530 5.7.0 Authentication required");
-        bad(s);
+        refuse(s, "530 5.7.0 Authentication required");
         return;
     }
     if (strlen(arg) >= sizeof list) {
-        reply(s, "501 5.5.2 Domain list too long");
-        bad(s);
+        refuse(s, "501 5.5.2 Domain list too long");
         return;
     }
     snprintf(list, sizeof list, "%s", *arg ? arg : s->domain);
@@ -800,16 +803,14 @@ static void command(struct sess *s, char *line)
         if (strlen(c->name) != n || strncasecmp(line, c->name, n) != 0)
             continue;
         if ((c->flags & C_HELLO) && s->st == S_GREETED) {
-            reply(s, "503 5.5.1 EHLO first");
-            bad(s);
+            refuse(s, "503 5.5.1 EHLO first");
             return;
         }
         c->fn(s, arg);
         return;
     }
     /* RFC 2645 4.3's 502 for what this service does not do (MAIL, ETRN...). */
-    reply(s, "502 5.5.1 Command not implemented");
-    bad(s);
+    refuse(s, "502 5.5.1 Command not implemented");
 }
 
 /* ---- I/O ---------------------------------------------------------------- */
