@@ -728,9 +728,20 @@ static void cmd_atrn(struct sess *s, const char *arg)
         s->bev = f;
     }
     event_del(s->timer);
+    if (delivery_odmr_run(s->o->dl, doms, n, s->bev, s->is_tls,
+                          (const struct sockaddr *)&s->peer_sa, s->peer_len, reversed_end,
+                          s) != 0) {
+        /* The 250 is out: the peer serves now, so no reply; just close. */
+        log_warn("odmr %s: cannot start the reversed session; closing", s->peer);
+        bufferevent_setcb(s->bev, sess_read, sess_write, sess_event, s);
+        sess_close(s);
+        free(doms);
+        return;
+    }
+    /* The scheduler has the connection (and frees it); reversed_end frees
+     * the session.  Unlinked from the sessions odmr_stop closes. */
+    s->bev = NULL;
     set_state(s, S_REVERSED);
-    /* Unlinked from the sessions the listener side closes: the scheduler
-     * has it now, and reversed_end frees it. */
     if (s->prev)
         s->prev->next = s->next;
     else
@@ -741,15 +752,6 @@ static void cmd_atrn(struct sess *s, const char *arg)
     stats_inc(STAT_ODMR_ATRN);
     log_info("odmr %s: ATRN as %s: %ld message%s; reversing the connection", s->peer,
              s->domain, total, total == 1 ? "" : "s");
-    struct bufferevent *link = s->bev;
-    s->bev = NULL;
-    if (delivery_odmr_run(s->o->dl, doms, n, link, s->is_tls,
-                          (const struct sockaddr *)&s->peer_sa, s->peer_len, reversed_end,
-                          s) != 0) {
-        log_warn("odmr %s: cannot start the reversed session; closing", s->peer);
-        bufferevent_free(link);
-        reversed_end(s, 0, 0, "not started");
-    }
     free(doms);
 }
 
