@@ -182,6 +182,9 @@ static const struct conf_setting limits_table[] = {
     /* Free spool space kept beyond an announced SIZE, so commits in flight
      * and the index can still grow; below it MAIL gets 452 4.3.1. */
     { "disk_reserve",    CK_SIZE,     LIM(disk_reserve),   4 * MIB, 0, 1024 * GIB, 0, 0, 0, 0 },
+    /* Kept copies (keep_delivered) are dropped, oldest first, while free
+     * space is below disk_reserve + keep_reserve: they go before mail does. */
+    { "keep_reserve",    CK_SIZE,     LIM(keep_reserve),   64 * MIB, 0, 1024 * GIB, 0, 0, 0, 0 },
     { NULL, 0, 0, 0, 0, 0, 0, 0, 0, 0 },
 };
 #undef LIM
@@ -345,6 +348,8 @@ static const struct conf_setting domain_table[] = {
     /* ODMR (RFC 2645): never connected to; the primary comes and ATRNs. */
     { "odmr",            CK_BOOL,     DOM(odmr),       0, 0, 1, 0, 0, 0, 0 },
     { "odmr_secret",     CK_CUSTOM,   0,               0, 0, 0, 0, 0, 0, conf_odmr_secret_parse },
+    /* A copy of delivered mail kept this long for `mxkeepctl replay` (0: none). */
+    { "keep_delivered",  CK_DURATION, DOM(keep_delivered), 0, 0, 365 * DAY, 0, 0, 0, 0 },
     { NULL, 0, 0, 0, 0, 0, 0, 0, 0, 0 },
 };
 #undef DOM

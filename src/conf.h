@@ -74,6 +74,7 @@ struct conf_domain {
     long max_messages;          /* queued messages before RCPT gets 452 4.2.2; 0 = no quota */
     long max_bytes;             /* queued body octets before 452 4.2.2; 0 = no quota */
     int greylist;               /* 1: greylist.h decides after the recipient is valid */
+    long keep_delivered;        /* seconds a delivered copy is kept (replay); 0 = none */
     int odmr;                   /* 1: never connected to; the primary fetches its
                                    mail with ATRN (odmr.h, RFC 2645) */
     char *odmr_secret;          /* "{CRAM-MD5}<64 hex>" (mxkeepctl odmr-secret), or NULL */
@@ -136,6 +137,7 @@ struct conf_limits {
     long bad_commands;          /* errors before 421 */
     long junk_commands;         /* NOOP/RSET/VRFY/HELP/unknown before 421 */
     long disk_reserve;          /* free spool octets kept beyond SIZE */
+    long keep_reserve;          /* kept copies go while free < disk_reserve + this */
 };
 
 struct conf_delivery {

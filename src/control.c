@@ -41,6 +41,7 @@
 #include "util.h"
 #include "verify.h"
 #include "heartbeat.h"
+#include "replay.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -65,7 +66,7 @@
 
 #define CONTROL_LINE_MAX        1024    /* request line octets, LF excluded */
 #define CONTROL_TIMEOUT_SECONDS 10      /* to send the line / take the reply */
-#define CONTROL_ARGS_MAX        4       /* command word included */
+#define CONTROL_ARGS_MAX        6       /* command word included */
 #define CONTROL_BACKLOG         16
 #define CONTROL_SOCKET_MODE     0660
 #define CONTROL_UMASK           0117    /* socket born 0660, never wider */
@@ -354,6 +355,7 @@ static void cmd_verify_list(struct ctl_req *r, int argc, char **argv);
 static void cmd_verify_forget(struct ctl_req *r, int argc, char **argv);
 static void cmd_quarantine_release(struct ctl_req *r, int argc, char **argv);
 static void cmd_quarantine_delete(struct ctl_req *r, int argc, char **argv);
+static void cmd_replay(struct ctl_req *r, int argc, char **argv);
 
 struct ctl_cmd {
     const char *name;
@@ -378,6 +380,7 @@ static const struct ctl_cmd ctl_cmds[] = {
     { "verify-forget", 1, 1, cmd_verify_forget },
     { "quarantine-release", 2, 2, cmd_quarantine_release },
     { "quarantine-delete", 1, 1, cmd_quarantine_delete },
+    { "replay", 4, 4, cmd_replay },
 };
 
 #define NELEM(a) (sizeof(a) / sizeof((a)[0]))
@@ -658,6 +661,66 @@ static void cmd_quarantine_delete(struct ctl_req *r, int argc, char **argv)
     }
 }
 
+/* replay DOMAIN SINCE UNTIL ADDR|-: kept copies of DOMAIN delivered in
+ * [SINCE, UNTIL] (unix seconds, UNTIL 0: no end), to ADDR only unless
+ * "-", queued again (replay.c); the reply once the write committed. */
+static void replay_reply(void *arg, int err, long copies, size_t messages)
+{
+    struct ctl_req *r = arg;
+
+    r->pending--;
+    if (err == 0)
+        req_reply(r, NULL, "OK replayed %ld %zu", copies, messages);
+    else
+        errno_reply(r, err, "replay");
+}
+
+static int arg_time(const char *in, int64_t *out)
+{
+    char *end;
+    long long v;
+
+    errno = 0;
+    v = strtoll(in, &end, 10);
+    if (errno != 0 || end == in || *end != '\0' || v < 0)
+        return -1;
+    *out = (int64_t)v;
+    return 0;
+}
+
+static void cmd_replay(struct ctl_req *r, int argc, char **argv)
+{
+    int64_t since, until;
+    const char *addr = NULL;
+    int err;
+
+    (void)argc;
+    if (arg_domain(argv[1], r->domain) != 0) {
+        req_err(r, EX_USAGE, "bad domain");
+        return;
+    }
+    if (arg_time(argv[2], &since) != 0 || arg_time(argv[3], &until) != 0 ||
+        (until != 0 && until < since)) {
+        req_err(r, EX_USAGE, "bad time range");
+        return;
+    }
+    if (strcmp(argv[4], "-") != 0) {
+        if (strlen(argv[4]) > SMTP_PATH_MAX || strchr(argv[4], '@') == NULL) {
+            req_err(r, EX_USAGE, "bad recipient address");
+            return;
+        }
+        addr = argv[4];
+    }
+    r->pending++;
+    if ((err = replay_run(r->domain, since, until, addr, replay_reply, r)) != 0) {
+        r->pending--;
+        if (err == ENOENT)
+            req_err(r, EX_NOINPUT, "not a served domain");
+        else
+            errno_reply(r, err, "replay");
+    }
+}
+
 /*
  * delete-domain walks by_dest a page at a time and deletes the page; the
  * next page starts after the last QID seen, so messages that stay (busy
@@ -799,10 +862,15 @@ static void cmd_stats(struct ctl_req *r, int argc, char **argv)
     evbuffer_add(b, "{", 1);
     for (s = 0; s < STAT_COUNT_; s++)
         evbuffer_add_printf(b, "\"%s\":%" PRIu64 ",", stats_name(s), stats_get(s));
+    struct qdb_kept_stats ks;
+    if (spool_kept_stats(ctl->spool, &ks) != 0)
+        memset(&ks, 0, sizeof ks);
     evbuffer_add_printf(b, "\"in_sessions\":%zu,\"out_connections\":%zu,"
                            "\"uptime_seconds\":%" PRId64 ",\"queue_messages\":%ld,"
-                           "\"quarantine_messages\":%ld}\n",
-                        in, out, up < 0 ? 0 : up, nmsg < 0 ? 0 : nmsg, nheld < 0 ? 0 : nheld);
+                           "\"quarantine_messages\":%ld,\"kept_copies\":%ld,"
+                           "\"kept_messages\":%ld,\"kept_bytes\":%" PRIu64 "}\n",
+                        in, out, up < 0 ? 0 : up, nmsg < 0 ? 0 : nmsg, nheld < 0 ? 0 : nheld,
+                        ks.copies, ks.messages, ks.bytes);
     req_reply(r, b, "OK");
     evbuffer_free(b);
 }

@@ -51,6 +51,8 @@ struct expire_job {
     int nbounce;
     size_t nlate;               /* expired here but settled in the spool */
     int purge;                  /* a quarantine whose retention ran out */
+    int64_t unkeep;             /* keep_delivered over for kept copies: now */
+    long nkept;                 /* kept copies it removed */
 };
 
 /* Writer thread.  Only the recipients this job expired are written, and
@@ -65,6 +67,8 @@ static int expire_commit_fn(struct qdb_txn *t, void *arg)
         return r;
     if (e->purge)
         return qdb_msg_unhold_delete(t, e->m.qid);
+    if (e->unkeep)
+        return qdb_kept_expire(t, e->m.qid, e->unkeep, &e->nkept);
     if (e->next_due && (r = qdb_due_put(t, e->next_due, e->m.qid)) != 0)
         return r;
     e->nlate = 0;
@@ -114,9 +118,16 @@ static void expire_end(struct expire_job *e)
 static void expire_committed(void *arg, int err)
 {
     struct expire_job *e = arg;
-    if (err && !(e->purge && err == ENOENT))
+    if (err && !((e->purge || e->unkeep) && err == ENOENT))
         log_warn("%s: expiry not saved: %s", e->m.qid, strerror(err));
-    else if (e->purge) {
+    else if (e->unkeep) {
+        if (err == 0 && e->nkept > 0) {
+            log_info("%s: %ld kept cop%s removed: keep_delivered over", e->m.qid, e->nkept,
+                     e->nkept == 1 ? "y" : "ies");
+            stats_add(STAT_KEPT_EXPIRED, (uint64_t)e->nkept);
+        }
+        outcome_written(e->s, &e->m);
+    } else if (e->purge) {
         char span[32];
         quarantine_span(span, sizeof span, e->m.quarantine_until - e->m.quarantined);
         if (err == 0)
@@ -193,6 +204,14 @@ void delivery_on_expire(evutil_socket_t fd, short what, void *arg)
         e->m.quarantine_until <= (int64_t)now) {
         /* Its time in quarantine is over: quarantine.h's retention. */
         e->purge = 1;
+        e->nbounce = 1;
+        expire_notice_done(e, 0);
+        return;
+    }
+    if ((e->m.flags & QMSG_F_KEPT) && e->m.kept_until && e->m.kept_until <= (int64_t)now) {
+        /* keep_delivered is over for kept copies: they go, the message
+         * with them unless mail remains (qdb_kept_expire). */
+        e->unkeep = (int64_t)now;
         e->nbounce = 1;
         expire_notice_done(e, 0);
         return;

@@ -122,6 +122,13 @@ static void job_committed(void *arg, int err)
             log_info("%s: quarantined: %s", j->m.qid, j->m.quarantine_reason);
             stats_inc(STAT_QUARANTINED_BOUNCED);
         }
+        /* A kept copy's removal (kept_until) may come before anything
+         * the expiry timer waits for. */
+        for (size_t i = 0; i < j->nrcpt; i++)
+            if (j->rcpt[i].state == QRCPT_KEPT) {
+                delivery_expire_arm(j->s);
+                break;
+            }
     }
     dest_inflight_del(d, j->m.qid);
     if (err == 0 && j->redo && dest_redo_add(d, j->m.qid) == 0) {
@@ -312,6 +319,16 @@ int job_outcome(struct job *j, size_t lim)
             r->state = QRCPT_SENT;
             status = "sent";
             stats_inc(STAT_DELIVERED);
+            /* keep_delivered: the copy stays, marked delivered, for a
+             * replay (the primary restored from a backup); the index
+             * counts it apart and the expiry removes it at kept_until. */
+            const struct conf_domain *kd = conf_domain_find(j->s->conf, r->domain);
+            if (kd && kd->keep_delivered > 0 && !(j->m.flags & QMSG_F_DSN)) {
+                r->state = QRCPT_KEPT;
+                r->delivered = (int64_t)now;
+                r->kept_until = (int64_t)now + kd->keep_delivered;
+                stats_inc(STAT_KEPT);
+            }
             if (!oom && (r->notify & SMTP_NOTIFY_SUCCESS) && !j->peer_dsn &&
                 bounce_wanted(&j->m, r, BOUNCE_RELAYED)) {
                 rel[nrel].r = r;

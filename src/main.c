@@ -41,6 +41,7 @@
 #include "tls.h"
 #include "verify.h"
 #include "heartbeat.h"
+#include "replay.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -164,6 +165,7 @@ static void main_apply(struct daemon *dm, struct conf *nc, struct policy *np)
         log_warn("reload: verify: out of memory; callouts keep the previous settings");
     if (heartbeat_reload(nc) != 0)
         log_warn("reload: heartbeat: out of memory; gated primaries may be missing");
+    replay_reload(nc);
     /* Drop our references only: whoever still holds the old policy or
      * conf (the scheduler, a policy, a connection's SSL_CTX) keeps it. */
     policy_free(dm->policy);
@@ -574,6 +576,9 @@ int main(int argc, char **argv)
     }
     spool_set_reopen_hook(dm.spool, main_on_index_reopened, &dm);
     delivery_start(dm.delivery);
+    /* Kept copies: replay, and dropped first when the disk runs short. */
+    if (replay_init(dm.base, dm.spool, dm.delivery, dm.conf, err, sizeof err) != 0)
+        log_fatal(EX_OSERR_CODE, "replay: %s", err);
     metrics_start(dm.metrics, dm.spool, dm.delivery, main_control_gauges, &dm);
     if (dm.control) {
         control_start(dm.control, dm.spool, dm.delivery, main_control_reload,
@@ -603,6 +608,7 @@ int main(int argc, char **argv)
     dkim_pool_free(dm.dkim);            /* before the spool it reads */
     control_set_cluster(dm.control, NULL);
     delivery_set_fleet(dm.delivery, NULL, NULL);
+    replay_shutdown();
     delivery_free(dm.delivery);
     /* verify first: it cancels its shared lookups through the cluster. */
     verify_shutdown();

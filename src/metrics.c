@@ -479,12 +479,23 @@ static void render_metrics(struct metrics *m, const struct snapshot *s, struct e
         /* Each message once; sum(mxkeep_queue_messages) counts a message
          * once per destination it waits for. */
         long nq = spool_msg_count(m->sp);
-        prom_u64(b, "spool_messages", "gauge", "Messages in the spool, each counted once",
+        prom_u64(b, "spool_messages", "gauge", "Messages in the spool, each counted once (kept copies apart)",
                  nq > 0 ? (uint64_t)nq : 0);
         long nh = spool_held_count(m->sp);
         prom_u64(b, "quarantine_messages", "gauge",
                  "Messages in quarantine (kept instead of bounced; mxkeepctl quarantine)",
                  nh > 0 ? (uint64_t)nh : 0);
+        /* Kept copies of delivered mail (keep_delivered): not queued mail,
+         * apart from spool_messages; the first thing dropped for space. */
+        struct qdb_kept_stats ks;
+        if (spool_kept_stats(m->sp, &ks) != 0)
+            memset(&ks, 0, sizeof ks);
+        prom_u64(b, "kept_copies", "gauge", "Copies of delivered mail kept for replay",
+                 ks.copies > 0 ? (uint64_t)ks.copies : 0);
+        prom_u64(b, "kept_messages", "gauge",
+                 "Messages in the spool only for their kept copies",
+                 ks.messages > 0 ? (uint64_t)ks.messages : 0);
+        prom_u64(b, "kept_bytes", "gauge", "Body octets of those messages", ks.bytes);
     }
     prom_u64(b, "destinations", "gauge", "Destinations with mail, known or configured", s->n);
     prom_u64(b, "start_time_seconds", "gauge", "Process start, unix seconds",
@@ -1033,6 +1044,10 @@ static void render_status(struct metrics *m, struct snapshot *s, struct evbuffer
     {
         long nh = spool_held_count(m->sp);
         render_total(b, "quarantined", nh > 0 ? (uint64_t)nh : 0);
+        struct qdb_kept_stats ks;
+        if (spool_kept_stats(m->sp, &ks) != 0)
+            memset(&ks, 0, sizeof ks);
+        render_total(b, "kept copies", ks.copies > 0 ? (uint64_t)ks.copies : 0);
     }
     ADD(b, "</div>\n");
 

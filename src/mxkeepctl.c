@@ -92,6 +92,7 @@
 #include "util.h"
 #include "verify.h"
 #include "verify_cache.h"
+#include "timearg.h"
 
 #include <openssl/crypto.h>
 
@@ -129,6 +130,8 @@ struct ctl {
     int yes;                            /* --yes (delete --domain) */
     int probe;                          /* --probe (verify ADDRESS) */
     int deliver, notify;                /* --deliver / --notify (quarantine release) */
+    const char *since, *until;          /* --since / --until TIME (replay) */
+    const char *recipient;              /* --recipient ADDR (replay) */
     const char *domain;                 /* --domain D (delete) */
     const char *output;                 /* -o OUT (map compile) */
     int64_t now;
@@ -244,6 +247,7 @@ static const char *rcpt_state_name(int state)
     case QRCPT_EXPIRED: return "expired";
     case QRCPT_DELETED: return "deleted";
     case QRCPT_QUARANTINED: return "quarantined";
+    case QRCPT_KEPT: return "kept";
     default: return "invalid";
     }
 }
@@ -751,6 +755,10 @@ static void print_rcpt_json(FILE *f, const struct qrcpt *r)
     json_str(f, r->orcpt);
     fputs(",\"notify\":", f);
     print_flags(f, 1, (unsigned)r->notify, notify_names, NELEM(notify_names));
+    fputs(",\"delivered\":", f);
+    json_time_or_null(f, r->state == QRCPT_KEPT ? r->delivered : 0);
+    fputs(",\"kept_until\":", f);
+    json_time_or_null(f, r->state == QRCPT_KEPT ? r->kept_until : 0);
     fputc('}', f);
 }
 
@@ -898,6 +906,16 @@ static int queue_emit(struct queue_listing *q, const struct qmsg *m)
     rc = ctl_rcpts_load(c, m, &n);
     if (rc != 0)
         return rc;
+    /* Kept copies of delivered mail are not queued mail (summary and
+     * replay show them): a message that stays only for them is left out. */
+    if (m->flags & QMSG_F_KEPT) {
+        size_t i;
+        for (i = 0; i < n; i++)
+            if (c->rcpt[i].state == QRCPT_PENDING || c->rcpt[i].state == QRCPT_QUARANTINED)
+                break;
+        if (i == n)
+            return 0;
+    }
     if (c->json) {
         fputs(q->count == 0 ? "\n " : ",\n ", c->out);
         print_msg_json_open(c->out, m, c->rcpt, n, q->domain, 0);
@@ -1287,6 +1305,7 @@ static void summary_json(struct ctl *c, const struct dest_list *l)
         json_str(f, row_state_name(c, r));
         fputs(",\"next_probe\":", f);
         json_time_or_null(f, r->d.next_probe);
+        fprintf(f, ",\"kept_copies\":%ld", qdb_kept_count(c->db, r->d.domain, 0, 0, NULL));
         fputs(",\"last_error\":", f);
         json_str(f, r->d.last_error);
         if (r->gate[0] != '\0') {
@@ -1301,7 +1320,34 @@ static void summary_json(struct ctl *c, const struct dest_list *l)
             fputs(",\"source\":\"index\",\"connections\":null}", f);
     }
     long nh = qdb_held_count(c->db);
-    fprintf(f, "%s],\"quarantine_messages\":%ld}\n", l->n == 0 ? "" : "\n", nh > 0 ? nh : 0);
+    struct qdb_kept_stats ks;
+    if (qdb_kept_stats(c->db, &ks) != 0)
+        memset(&ks, 0, sizeof ks);
+    fprintf(f, "%s],\"quarantine_messages\":%ld", l->n == 0 ? "" : "\n", nh > 0 ? nh : 0);
+    fprintf(f, ",\"kept\":{\"copies\":%ld,\"messages\":%ld,\"bytes\":%" PRIu64 "}}\n",
+            ks.copies, ks.messages, ks.bytes);
+}
+
+/* Kept copies of delivered mail (keep_delivered), apart from the queue:
+ * per domain, then the totals (what dropping them would give back). */
+static void summary_kept_text(struct ctl *c, const struct dest_list *l)
+{
+    struct qdb_kept_stats ks;
+
+    if (qdb_kept_stats(c->db, &ks) != 0 || ks.copies <= 0)
+        return;
+    for (size_t i = 0; i < l->n; i++) {
+        long n = qdb_kept_count(c->db, l->row[i].d.domain, 0, 0, NULL);
+        if (n <= 0)
+            continue;
+        fputs("kept ", c->out);
+        text_str(c->out, l->row[i].d.domain);
+        fprintf(c->out, ": %ld cop%s of delivered mail (mxkeepctl replay)\n", n,
+                n == 1 ? "y" : "ies");
+    }
+    fprintf(c->out, "kept: %ld cop%s in %ld message%s kept only for them, %" PRIu64 " bytes\n",
+            ks.copies, ks.copies == 1 ? "y" : "ies", ks.messages, ks.messages == 1 ? "" : "s",
+            ks.bytes);
 }
 
 static void summary_text(struct ctl *c, const struct dest_list *l)
@@ -1350,6 +1396,7 @@ static void summary_text(struct ctl *c, const struct dest_list *l)
     if (nh > 0)
         fprintf(f, "quarantine: %ld message%s (mxkeepctl quarantine list)\n", nh,
                 nh == 1 ? "" : "s");
+    summary_kept_text(c, l);
 }
 
 static int cmd_summary(struct ctl *c, int argc, char **argv)
@@ -1650,6 +1697,12 @@ static void show_text(struct ctl *c, const struct qmsg *m, const struct qrcpt *r
                 rcpt_state_name(r[i].state), r[i].attempts, when);
         fmt_iso(r[i].expiry, when);
         fprintf(f, "  expiry:     %s\n", when);
+        if (r[i].state == QRCPT_KEPT) {
+            char until[CTL_ISO_SIZE];
+            fmt_iso(r[i].delivered, when);
+            fmt_iso(r[i].kept_until, until);
+            fprintf(f, "  delivered:  %s (copy kept until %s)\n", when, until);
+        }
         if (r[i].orcpt[0] != '\0') {
             fputs("  orcpt:      ", f);
             text_str(f, r[i].orcpt);
@@ -2538,6 +2591,139 @@ static int cmd_odmr_secret(struct ctl *c, int argc, char **argv)
 }
 
 /* ------------------------------------------------------------------ */
+/* replay                                                              */
+/* ------------------------------------------------------------------ */
+
+/* replay DOMAIN --since T [--until T] [--recipient ADDR] [--yes]: the
+ * kept copies of DOMAIN delivered in that span (keep_delivered) are
+ * counted from the index; with --yes the daemon queues them again (it
+ * owns the index writes: with it stopped, nothing is changed). */
+/* The fields a replay answers with, before messages and replayed. */
+static void replay_json(struct ctl *c, const char *domain, const char *since,
+                        const char *until, long copies)
+{
+    fputs("{\"domain\":", c->out);
+    json_str(c->out, domain);
+    fprintf(c->out, ",\"since\":\"%s\",\"until\":", since);
+    if (until)
+        fprintf(c->out, "\"%s\"", until);
+    else
+        fputs("null", c->out);
+    fputs(",\"recipient\":", c->out);
+    if (c->recipient)
+        json_str(c->out, c->recipient);
+    else
+        fputs("null", c->out);
+    fprintf(c->out, ",\"copies\":%ld", copies);
+}
+
+static int cmd_replay(struct ctl *c, int argc, char **argv)
+{
+    char domain[SMTP_DOMAIN_MAX + 2], err[CTL_ERR_SIZE], t1[TIMEARG_ISO_SIZE],
+        t2[TIMEARG_ISO_SIZE], line[CTL_LINE_MAX];
+    time_t since, until = 0;
+    long n;
+    int rc;
+
+    (void)argc;
+    if (c->since == NULL) {
+        fprintf(stderr, CTL_PROG ": replay needs --since TIME (ISO 8601 UTC or +2h/-30m)\n");
+        return EX_USAGE;
+    }
+    if (timearg_parse(c->since, (time_t)c->now, &since, err, sizeof err) != 0) {
+        fprintf(stderr, CTL_PROG ": --since: %s\n", err);
+        return EX_USAGE;
+    }
+    if (c->until && timearg_parse(c->until, (time_t)c->now, &until, err, sizeof err) != 0) {
+        fprintf(stderr, CTL_PROG ": --until: %s\n", err);
+        return EX_USAGE;
+    }
+    if (c->until && until < since) {
+        fprintf(stderr, CTL_PROG ": --until is before --since\n");
+        return EX_USAGE;
+    }
+    if (since < 0)
+        since = 0;
+    if (c->recipient && (strchr(c->recipient, '@') == NULL ||
+                         strlen(c->recipient) > SMTP_PATH_MAX ||
+                         strpbrk(c->recipient, " \t\r\n") != NULL)) {
+        ctl_error("not a recipient address", c->recipient);
+        return EX_USAGE;
+    }
+    if (strlen(argv[1]) >= sizeof domain - 1 || argv[1][0] == '\0') {
+        ctl_error("not a domain", argv[1]);
+        return EX_USAGE;
+    }
+    snprintf(domain, sizeof domain, "%s", argv[1]);
+    domain_normalize(domain);
+    if (conf_domain_find(c->conf, domain) == NULL) {
+        ctl_error("not a served domain", domain);
+        return EX_NOINPUT;
+    }
+    n = qdb_kept_count(c->db, domain, (int64_t)since, (int64_t)until, c->recipient);
+    if (n < 0) {
+        ctl_error("index read failed", NULL);
+        return EX_IOERR;
+    }
+    timearg_format(since, t1);
+    if (c->until)
+        timearg_format(until, t2);
+    if (!c->yes || n == 0) {
+        if (c->json) {
+            replay_json(c, domain, t1, c->until ? t2 : NULL, n);
+            fputs(",\"messages\":null,\"replayed\":false}\n", c->out);
+        } else {
+            text_str(c->out, domain);
+            fprintf(c->out, ": %ld kept cop%s delivered since %s%s%s", n, n == 1 ? "y" : "ies",
+                    t1, c->until ? " until " : "", c->until ? t2 : "");
+            if (c->recipient) {
+                fputs(" to ", c->out);
+                text_str(c->out, c->recipient);
+            }
+            fputs(n == 0 ? ": nothing to replay\n"
+                  : c->yes ? "\n" : " would be queued again (add --yes to do it)\n", c->out);
+        }
+        return 0;
+    }
+    /* --yes: the daemon writes; without it, refuse rather than write an
+     * index another process may open any moment. */
+    int fd = daemon_connect(c, 1);
+    if (fd < 0) {
+        fprintf(stderr, CTL_PROG ": mxkeepd is not running: replay needs it (the daemon owns "
+                        "the spool's writes and flushes the domain); start it and run this "
+                        "again\n");
+        return -fd;
+    }
+    close(fd);
+    if ((size_t)snprintf(line, sizeof line, "replay %s %lld %lld %s\n", domain,
+                         (long long)since, (long long)until,
+                         c->recipient ? c->recipient : "-") >= sizeof line) {
+        ctl_error("argument too long", NULL);
+        return EX_USAGE;
+    }
+    struct daemon_reply r;
+    long copies = 0;
+    size_t msgs = 0;
+    rc = daemon_request(c, line, &r, 0);
+    if (rc == 0 && sscanf(r.text, "replayed %ld %zu", &copies, &msgs) != 2) {
+        ctl_error("malformed reply from the daemon", NULL);
+        rc = EX_PROTOCOL;
+    }
+    daemon_reply_free(&r);
+    if (rc != 0)
+        return rc;
+    if (c->json) {
+        replay_json(c, domain, t1, c->until ? t2 : NULL, copies);
+        fprintf(c->out, ",\"messages\":%zu,\"replayed\":true}\n", msgs);
+    } else {
+        text_str(c->out, domain);
+        fprintf(c->out, ": %ld kept cop%s of %zu message%s queued again; flushing\n", copies,
+                copies == 1 ? "y" : "ies", msgs, msgs == 1 ? "" : "s");
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------ */
 /* Command table and main                                              */
 /* ------------------------------------------------------------------ */
 
@@ -2548,6 +2734,7 @@ static int cmd_odmr_secret(struct ctl *c, int argc, char **argv)
 #define CTL_OPT_OUTPUT 0x8u
 #define CTL_OPT_PROBE  0x10u
 #define CTL_OPT_RELEASE 0x20u   /* --deliver, --notify */
+#define CTL_OPT_REPLAY  0x40u   /* --since, --until, --recipient */
 
 /* struct ctl_cmd.needs_daemon: what a command works on. */
 #define CTL_ON_INDEX      0     /* the spool's index, read-only */
@@ -2590,6 +2777,9 @@ static const struct ctl_cmd ctl_cmds[] = {
       "messages held instead of bounced: list, show, release, delete" },
     { "odmr-secret", "", 0, 0, 0, CTL_ON_FILES, cmd_odmr_secret,
       "read a password (stdin or prompt), print a domain's odmr_secret" },
+    { "replay", "DOMAIN --since T [--until T] [--recipient ADDR] [--yes]", 1, 1,
+      CTL_OPT_REPLAY | CTL_OPT_YES, CTL_ON_INDEX, cmd_replay,
+      "queue kept copies of delivered mail again (count first; --yes does it)" },
 };
 
 static void usage(FILE *f)
@@ -2669,7 +2859,8 @@ static int ctl_db_open(struct ctl *c)
     return 0;
 }
 
-enum { OPT_JSON = 256, OPT_ALL, OPT_DOMAIN, OPT_YES, OPT_PROBE, OPT_DELIVER, OPT_NOTIFY };
+enum { OPT_JSON = 256, OPT_ALL, OPT_DOMAIN, OPT_YES, OPT_PROBE, OPT_DELIVER, OPT_NOTIFY,
+       OPT_SINCE, OPT_UNTIL, OPT_RECIPIENT };
 
 /* A command option the command does not take: name it. */
 static int opt_refused(const struct ctl_cmd *cmd, unsigned given)
@@ -2679,6 +2870,7 @@ static int opt_refused(const struct ctl_cmd *cmd, unsigned given)
         { CTL_OPT_OUTPUT, "-o" },
         { CTL_OPT_PROBE, "--probe" },
         { CTL_OPT_RELEASE, "--deliver/--notify" },
+        { CTL_OPT_REPLAY, "--since/--until/--recipient" },
     };
     size_t i;
 
@@ -2706,6 +2898,9 @@ int main(int argc, char **argv)
         { "probe", no_argument, NULL, OPT_PROBE },
         { "deliver", no_argument, NULL, OPT_DELIVER },
         { "notify", no_argument, NULL, OPT_NOTIFY },
+        { "since", required_argument, NULL, OPT_SINCE },
+        { "until", required_argument, NULL, OPT_UNTIL },
+        { "recipient", required_argument, NULL, OPT_RECIPIENT },
         { NULL, 0, NULL, 0 },
     };
     const char *conf_path = CTL_CONF_DEFAULT;
@@ -2759,6 +2954,18 @@ int main(int argc, char **argv)
         case OPT_NOTIFY:
             c.notify = 1;
             given |= CTL_OPT_RELEASE;
+            break;
+        case OPT_SINCE:
+            c.since = optarg;
+            given |= CTL_OPT_REPLAY;
+            break;
+        case OPT_UNTIL:
+            c.until = optarg;
+            given |= CTL_OPT_REPLAY;
+            break;
+        case OPT_RECIPIENT:
+            c.recipient = optarg;
+            given |= CTL_OPT_REPLAY;
             break;
         case 'h':
             usage(stdout);

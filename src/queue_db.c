@@ -51,8 +51,12 @@
 #define QDB_VERSION        1
 /* msg records: version 2 adds the auth and quarantine fields; version 1
  * records still read (those fields zero). */
-#define QDB_MSG_VERSION    2
-#define QDB_MAXDBS         8
+#define QDB_MSG_VERSION    3           /* v3: kept_until (keep_delivered) */
+/* rcpt records: version 2 adds delivered and kept_until (QRCPT_KEPT);
+ * version 1 records still read (those fields zero), and both share the
+ * fixed offsets rcpt_peek() reads. */
+#define QDB_RCPT_VERSION   2
+#define QDB_MAXDBS         16          /* named databases, room to grow */
 #define QDB_FILE_MODE      0600
 #define QDB_DIR_MODE       0700
 /* Growth stops here: past this the disk is the limit anyway. */
@@ -61,6 +65,7 @@
 #define QDB_STR_MAX        0xffffu         /* be16 length */
 #define QDB_RCPT_KEY_LEN   (QID_LEN + 1 + 4)
 #define QDB_DUE_KEY_LEN    (8 + QID_LEN)
+#define QDB_KEPT_KEY_MAX   (SMTP_DOMAIN_MAX + 1 + 8 + QID_LEN + 4)
 /* Fixed offsets in a v1 rcpt record, read without a full decode when only
  * state and domain matter (the pending scans). */
 #define QDB_RCPT_OFF_STATE  (1 + 4)
@@ -72,6 +77,8 @@ struct qdb {
     MDB_dbi msg, rcpt, body, dest, by_dest, due;
     MDB_dbi held;                       /* QID -> "": messages in quarantine */
     int has_held;                       /* 0: read-only on a spool made before it */
+    MDB_dbi kept, kept_msg;             /* kept copies (keep_delivered) */
+    int has_kept;                       /* as has_held */
     pthread_rwlock_t maplock;
     char *dir;                  /* for qdb_reopen() */
     size_t map_size;
@@ -247,6 +254,7 @@ static int msg_encode(const struct qmsg *m, struct enc *e)
     enc_u64(e, (uint64_t)m->quarantined);
     enc_u64(e, (uint64_t)m->quarantine_until);
     enc_str(e, m->quarantine_reason, sizeof m->quarantine_reason);
+    enc_u64(e, (uint64_t)m->kept_until);
     return e->bad ? -1 : 0;
 }
 
@@ -255,7 +263,7 @@ static int msg_decode(const char *qid, const MDB_val *v, struct qmsg *m)
     struct dec d = { v->mv_data, v->mv_size, 0 };
     memset(m, 0, sizeof *m);
     unsigned ver = dec_u8(&d);
-    if (d.bad || (ver != 1 && ver != QDB_MSG_VERSION)) {
+    if (d.bad || ver < 1 || ver > QDB_MSG_VERSION) {
         log_warn("%.*s: msg record: unknown version or empty", QID_LEN, qid);
         return QDB_ERR;
     }
@@ -277,6 +285,8 @@ static int msg_decode(const char *qid, const MDB_val *v, struct qmsg *m)
         m->quarantine_until = (int64_t)dec_u64(&d);
         dec_str(&d, m->quarantine_reason, sizeof m->quarantine_reason);
     }
+    if (ver >= 3)
+        m->kept_until = (int64_t)dec_u64(&d);
     if (dec_finish(&d) < 0) {
         log_warn("%.*s: msg record: malformed", QID_LEN, qid);
         return QDB_ERR;
@@ -290,7 +300,7 @@ static int msg_decode(const char *qid, const MDB_val *v, struct qmsg *m)
  * QDB_RCPT_OFF_*) for rcpt_peek(). */
 static int rcpt_encode(const struct qrcpt *r, uint32_t index, struct enc *e)
 {
-    enc_u8(e, QDB_VERSION);
+    enc_u8(e, QDB_RCPT_VERSION);
     enc_u32(e, index);
     enc_u32(e, (uint32_t)r->state);
     enc_u32(e, (uint32_t)r->notify);
@@ -301,14 +311,17 @@ static int rcpt_encode(const struct qrcpt *r, uint32_t index, struct enc *e)
     enc_str(e, r->addr, sizeof r->addr);
     enc_str(e, r->orcpt, sizeof r->orcpt);
     enc_str(e, r->last_reply, sizeof r->last_reply);
+    enc_u64(e, (uint64_t)r->delivered);
+    enc_u64(e, (uint64_t)r->kept_until);
     return e->bad ? -1 : 0;
 }
 
 static int rcpt_decode(const char *qid, const MDB_val *v, struct qrcpt *r)
 {
-    struct dec d;
+    struct dec d = { v->mv_data, v->mv_size, 0 };
     memset(r, 0, sizeof *r);
-    if (dec_start(&d, v) < 0) {
+    unsigned ver = dec_u8(&d);
+    if (d.bad || ver < 1 || ver > QDB_RCPT_VERSION) {
         log_warn("%.*s: rcpt record: unknown version or empty", QID_LEN, qid);
         return QDB_ERR;
     }
@@ -322,6 +335,10 @@ static int rcpt_decode(const char *qid, const MDB_val *v, struct qrcpt *r)
     dec_str(&d, r->addr, sizeof r->addr);
     dec_str(&d, r->orcpt, sizeof r->orcpt);
     dec_str(&d, r->last_reply, sizeof r->last_reply);
+    if (ver >= 2) {
+        r->delivered = (int64_t)dec_u64(&d);
+        r->kept_until = (int64_t)dec_u64(&d);
+    }
     if (dec_finish(&d) < 0) {
         log_warn("%.*s: rcpt record: malformed", QID_LEN, qid);
         return QDB_ERR;
@@ -334,7 +351,7 @@ static int rcpt_peek(const char *qid, const MDB_val *v, int *state, const char *
                      size_t *domlen)
 {
     const unsigned char *p = v->mv_data;
-    if (v->mv_size < QDB_RCPT_OFF_DOMAIN + 2 || p[0] != QDB_VERSION)
+    if (v->mv_size < QDB_RCPT_OFF_DOMAIN + 2 || p[0] < 1 || p[0] > QDB_RCPT_VERSION)
         goto bad;
     *state = (int)get_be32(p + QDB_RCPT_OFF_STATE);
     *domlen = (size_t)p[QDB_RCPT_OFF_DOMAIN] << 8 | p[QDB_RCPT_OFF_DOMAIN + 1];
@@ -420,6 +437,25 @@ static size_t domain_key(char out[SMTP_DOMAIN_MAX + 1], const char *dom, size_t 
     return n;
 }
 
+/* kept key: domain '\0' be64(delivered) QID be32(index); only the domain
+ * and time when qid is NULL (the start of a range).  Its length, 0 on a
+ * bad domain. */
+static size_t kept_key(unsigned char k[QDB_KEPT_KEY_MAX], const char *dom, int64_t delivered,
+                       const char *qid, uint32_t index)
+{
+    char key[SMTP_DOMAIN_MAX + 1];
+    size_t kl = domain_key(key, dom, strnlen(dom, SMTP_DOMAIN_MAX + 1));
+    if (!kl)
+        return 0;
+    memcpy(k, key, kl + 1);
+    put_be64(k + kl + 1, (uint64_t)(delivered < 0 ? 0 : delivered));
+    if (!qid)
+        return kl + 1 + 8;
+    memcpy(k + kl + 1 + 8, qid, QID_LEN);
+    put_be32(k + kl + 1 + 8 + QID_LEN, index);
+    return kl + 1 + 8 + QID_LEN + 4;
+}
+
 static int rc_map(int rc)
 {
     switch (rc) {
@@ -456,15 +492,23 @@ static int open_dbis(struct qdb *db, char *err, size_t errlen)
         { "body", 0, &db->body },       { "dest", 0, &db->dest },
         { "by_dest", MDB_DUPSORT, &db->by_dest }, { "due", 0, &db->due },
         { "held", 0, &db->held },
+        { "kept", 0, &db->kept },       { "kept_msg", 0, &db->kept_msg },
     };
+    db->has_kept = 1;
     for (size_t i = 0; i < sizeof t / sizeof t[0]; i++) {
         rc = mdb_dbi_open(txn, t[i].name, t[i].flags | create, t[i].dbi);
         if (rc == MDB_NOTFOUND && db->readonly && t[i].dbi == &db->held) {
             db->has_held = 0;           /* no quarantine yet: an empty one */
             continue;
         }
+        if (rc == MDB_NOTFOUND && db->readonly &&
+            (t[i].dbi == &db->kept || t[i].dbi == &db->kept_msg)) {
+            db->has_kept = 0;           /* made before keep_delivered: none kept */
+            continue;
+        }
         if (t[i].dbi == &db->held)
             db->has_held = 1;
+
         if (rc) {
             snprintf(err, errlen, "lmdb database %s: %s", t[i].name, mdb_strerror(rc));
             mdb_txn_abort(txn);
@@ -1017,12 +1061,142 @@ long qdb_held_each(struct qdb *db, int (*fn)(void *arg, const char *qid), void *
 long qdb_msg_count(struct qdb *db)
 {
     MDB_txn *txn;
-    MDB_stat st;
+    MDB_stat st, ks = { 0 };
     if (rd_begin(db, &txn))
         return -1;
     int rc = mdb_stat(txn, db->msg, &st);
+    if (rc == 0 && db->has_kept)
+        rc = mdb_stat(txn, db->kept_msg, &ks);
     rd_end(db, txn);
-    return rc ? -1 : (long)st.ms_entries;
+    /* Kept-only messages are not mail waiting: counted apart. */
+    return rc ? -1 : (long)(st.ms_entries - (ks.ms_entries < st.ms_entries ? ks.ms_entries
+                                                                             : st.ms_entries));
+}
+
+/* ---------- kept copies: reads ---------- */
+
+int qdb_kept_stats(struct qdb *db, struct qdb_kept_stats *out)
+{
+    MDB_txn *txn;
+    MDB_cursor *c;
+    MDB_stat st;
+    memset(out, 0, sizeof *out);
+    if (!db->has_kept)
+        return 0;
+    if (rd_begin(db, &txn))
+        return QDB_ERR;
+    int rc = mdb_stat(txn, db->kept, &st);
+    if (rc == 0) {
+        out->copies = (long)st.ms_entries;
+        rc = mdb_stat(txn, db->kept_msg, &st);
+    }
+    if (rc == 0) {
+        out->messages = (long)st.ms_entries;
+        rc = mdb_cursor_open(txn, db->kept_msg, &c);
+    }
+    if (rc == 0) {
+        MDB_val k, v;
+        for (int r = mdb_cursor_get(c, &k, &v, MDB_FIRST); r == 0;
+             r = mdb_cursor_get(c, &k, &v, MDB_NEXT))
+            if (v.mv_size == 8)
+                out->bytes += get_be64(v.mv_data);
+        mdb_cursor_close(c);
+    }
+    rd_end(db, txn);
+    return rc ? rc_fail(rc, "kept stats", NULL) : 0;
+}
+
+/* Walk the kept copies of domain delivered in [since, until] (until 0:
+ * no end), to addr only when addr is non-NULL; fn gets each copy's QID and
+ * index.  Returns how many matched, or -1. */
+static long kept_walk(struct qdb *db, MDB_txn *txn, const char *domain, int64_t since,
+                      int64_t until, const char *addr,
+                      int (*fn)(void *arg, const char *qid, uint32_t index), void *arg)
+{
+    unsigned char kb[QDB_KEPT_KEY_MAX];
+    MDB_cursor *c;
+    long n = 0;
+    size_t pl = kept_key(kb, domain, since, NULL, 0);
+    if (!pl)
+        return 0;
+    size_t dl = pl - 8;                 /* domain and its '\0' */
+    int rc = mdb_cursor_open(txn, db->kept, &c);
+    if (rc) {
+        rc_fail(rc, "kept cursor", domain);
+        return -1;
+    }
+    MDB_val k = val_of(kb, pl), v;
+    for (rc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE); rc == 0;
+         rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
+        const unsigned char *p = k.mv_data;
+        if (k.mv_size != dl + 8 + QID_LEN + 4 || memcmp(p, kb, dl) != 0)
+            break;
+        int64_t when = (int64_t)get_be64(p + dl);
+        if (until && when > until)
+            break;
+        char qid[QID_SIZE];
+        memcpy(qid, p + dl + 8, QID_LEN);
+        qid[QID_LEN] = '\0';
+        uint32_t index = get_be32(p + dl + 8 + QID_LEN);
+        if (addr) {
+            unsigned char rk[QDB_RCPT_KEY_LEN];
+            struct qrcpt r;
+            rcpt_key(rk, qid, index);
+            MDB_val k2 = val_of(rk, sizeof rk), v2;
+            if (mdb_get(txn, db->rcpt, &k2, &v2) != 0 || rcpt_decode(qid, &v2, &r) != 0 ||
+                strcasecmp(r.addr, addr) != 0)
+                continue;
+        }
+        n++;
+        if (fn && fn(arg, qid, index) != 0) {
+            n = -1;
+            break;
+        }
+    }
+    mdb_cursor_close(c);
+    return n;
+}
+
+long qdb_kept_count(struct qdb *db, const char *domain, int64_t since, int64_t until,
+                    const char *addr)
+{
+    MDB_txn *txn;
+    if (!db->has_kept)
+        return 0;
+    if (rd_begin(db, &txn))
+        return -1;
+    long n = kept_walk(db, txn, domain, since, until, addr, NULL, NULL);
+    rd_end(db, txn);
+    return n;
+}
+
+long qdb_kept_oldest(struct qdb *db, char (*out)[QID_SIZE], uint64_t *size, long max)
+{
+    MDB_txn *txn;
+    MDB_cursor *c;
+    long n = 0;
+    if (!db->has_kept || max <= 0)
+        return 0;
+    if (rd_begin(db, &txn))
+        return -1;
+    if (mdb_cursor_open(txn, db->kept_msg, &c) != 0) {
+        rd_end(db, txn);
+        return -1;
+    }
+    MDB_val k, v;
+    for (int rc = mdb_cursor_get(c, &k, &v, MDB_FIRST); rc == 0 && n < max;
+         rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
+        if (k.mv_size != QID_LEN)
+            continue;
+        memcpy(out[n], k.mv_data, QID_LEN);
+        out[n][QID_LEN] = '\0';
+        if (size)
+            size[n] = v.mv_size == 8 ? get_be64(v.mv_data) : 0;
+        n++;
+    }
+    mdb_cursor_close(c);
+    rd_end(db, txn);
+    return n;
 }
 
 /* ---------- writes ---------- */
@@ -1275,6 +1449,50 @@ static int dest_rebalance(struct qdb *db, MDB_txn *txn, const char *qid, const c
                  : dest_detach(db, txn, dom, dl, qid, *size);
 }
 
+/* The kept index follows a recipient entering or leaving QRCPT_KEPT;
+ * entering also marks the message QMSG_F_KEPT with a due entry at the
+ * earliest kept_until.  A missing entry on the way out is fine. */
+static int kept_track(struct qdb_txn *t, const char *qid, const struct qrcpt *old,
+                      const struct qrcpt *r)
+{
+    struct qdb *db = t->db;
+    unsigned char kb[QDB_KEPT_KEY_MAX];
+    size_t kl;
+    int rc;
+    if (old && old->state == QRCPT_KEPT &&
+        (kl = kept_key(kb, old->domain, old->delivered, qid, old->index)) != 0) {
+        MDB_val k = val_of(kb, kl);
+        rc = mdb_del(t->txn, db->kept, &k, NULL);
+        if (rc && rc != MDB_NOTFOUND)
+            return rc_fail(rc, "kept del", qid);
+    }
+    if (r->state != QRCPT_KEPT)
+        return 0;
+    if ((kl = kept_key(kb, r->domain, r->delivered, qid, r->index)) == 0) {
+        log_warn("%s: kept copy without a valid domain", qid);
+        return QDB_ERR;
+    }
+    MDB_val k = val_of(kb, kl), v = val_of("", 0);
+    if ((rc = mdb_put(t->txn, db->kept, &k, &v, 0)) != 0)
+        return rc_fail(rc, "kept put", qid);
+    struct qmsg *m = malloc(sizeof *m);
+    if (!m)
+        return QDB_ERR;
+    int x = msg_get_txn(db, t->txn, qid, m);
+    if (x == 0 && (!(m->flags & QMSG_F_KEPT) || !m->kept_until ||
+                   (r->kept_until && r->kept_until < m->kept_until))) {
+        /* An earlier due entry, if any, stays: it finds nothing due and
+         * moves on (qdb_kept_expire). */
+        m->flags |= QMSG_F_KEPT;
+        m->kept_until = r->kept_until;
+        x = qdb_msg_update(t, m);
+        if (x == 0 && r->kept_until)
+            x = due_op(db, t->txn, r->kept_until, qid, 0);
+    }
+    free(m);
+    return x;
+}
+
 int qdb_rcpt_get(struct qdb_txn *t, const char *qid, uint32_t index, struct qrcpt *out)
 {
     unsigned char kb[QDB_RCPT_KEY_LEN];
@@ -1320,6 +1538,9 @@ int qdb_rcpt_update(struct qdb_txn *t, const char *qid, const struct qrcpt *r)
         v = val_of(buf, e.len);
         rc = mdb_put(t->txn, db->rcpt, &k, &v, 0);
         rv = rc ? rc_fail(rc, "rcpt put", qid) : 0;
+        if (rv == 0 && r->state == QRCPT_KEPT &&
+            (old->delivered != r->delivered || old->kept_until != r->kept_until))
+            rv = kept_track(t, qid, old, r);
         goto out;
     }
     int before_old, before_new = 0;
@@ -1343,6 +1564,8 @@ int qdb_rcpt_update(struct qdb_txn *t, const char *qid, const struct qrcpt *r)
     rv = dest_rebalance(db, t->txn, qid, old->domain, before_old, &size, &have_size);
     if (rv == 0 && !same_dom)
         rv = dest_rebalance(db, t->txn, qid, r->domain, before_new, &size, &have_size);
+    if (rv == 0 && (old->state == QRCPT_KEPT || r->state == QRCPT_KEPT))
+        rv = kept_track(t, qid, old, r);
 out:
     free(old);
     return rv;
@@ -1383,6 +1606,12 @@ int qdb_msg_delete(struct qdb_txn *t, const char *qid)
         size_t dl;
         if ((r = rcpt_peek(qid, &v, &st, &dom, &dl)) != 0)
             goto out;
+        if (st == QRCPT_KEPT) {
+            struct qrcpt kr;
+            if ((r = rcpt_decode(qid, &v, &kr)) != 0 || (r = kept_track(t, qid, &kr, &(struct qrcpt){
+                                                            .state = QRCPT_SENT })) != 0)
+                goto out;
+        }
         /* The expiry (for the due entry qdb_msg_put made) sits just before
          * the domain; rcpt_peek checked the record is long enough. */
         int64_t x = (int64_t)get_be64((const unsigned char *)v.mv_data + QDB_RCPT_OFF_EXPIRY);
@@ -1428,7 +1657,18 @@ int qdb_msg_delete(struct qdb_txn *t, const char *qid)
         goto out;
     if ((m->flags & QMSG_F_QUARANTINE) && (r = held_op(db, t->txn, qid, 1)) != 0)
         goto out;
+    if (m->kept_until && m->kept_until != exp && m->kept_until != m->quarantine_until &&
+        (r = due_op(db, t->txn, m->kept_until, qid, 1)) != 0 && r != QDB_NOTFOUND)
+        goto out;
     k = val_of(qid, QID_LEN);
+    {
+        /* Whatever the flag says now (qdb_kept_expire clears it first). */
+        rc = mdb_del(t->txn, db->kept_msg, &k, NULL);
+        if (rc && rc != MDB_NOTFOUND) {
+            r = rc_fail(rc, "kept_msg del", qid);
+            goto out;
+        }
+    }
     rc = mdb_del(t->txn, db->body, &k, NULL);
     if (rc && rc != MDB_NOTFOUND) {
         r = rc_fail(rc, "body del", qid);
@@ -1724,12 +1964,40 @@ int qdb_grow(struct qdb *db)
     return 0;
 }
 
+/* The kept_msg entry of qid: there (with the message's size) or not. */
+static int kept_msg_op(struct qdb_txn *t, const char *qid, int put)
+{
+    struct qdb *db = t->db;
+    MDB_val k = val_of(qid, QID_LEN), v;
+    int rc = mdb_get(t->txn, db->kept_msg, &k, &v);
+    if (rc && rc != MDB_NOTFOUND)
+        return rc_fail(rc, "kept_msg get", qid);
+    if (!put)
+        return rc == MDB_NOTFOUND ? 0 : (rc = mdb_del(t->txn, db->kept_msg, &k, NULL)) != 0
+                                            ? rc_fail(rc, "kept_msg del", qid) : 0;
+    if (rc == 0)
+        return 0;
+    struct qmsg *m = malloc(sizeof *m);
+    if (!m)
+        return QDB_ERR;
+    unsigned char sb[8];
+    int x = msg_get_txn(db, t->txn, qid, m);
+    if (x == 0) {
+        put_be64(sb, m->size);
+        v = val_of(sb, sizeof sb);
+        rc = mdb_put(t->txn, db->kept_msg, &k, &v, 0);
+        x = rc ? rc_fail(rc, "kept_msg put", qid) : 0;
+    }
+    free(m);
+    return x;
+}
+
 int qdb_msg_settle(struct qdb_txn *t, const char *qid)
 {
     struct qdb *db = t->db;
     MDB_cursor *c;
     unsigned char kb[QDB_RCPT_KEY_LEN];
-    int pending = 0, r = 0;
+    int pending = 0, kept = 0, r = 0;
 
     if (!qid_valid(qid))
         return QDB_NOTFOUND;
@@ -1750,12 +2018,188 @@ int qdb_msg_settle(struct qdb_txn *t, const char *qid)
         /* A quarantined recipient keeps the message too: quarantine.c
          * releases or removes it. */
         pending = st == QRCPT_PENDING || st == QRCPT_QUARANTINED;
+        kept |= st == QRCPT_KEPT;
     }
     mdb_cursor_close(c);
     if (r != 0)
         return r;
-    if (pending)
-        return 0;
+    /* Kept copies keep the message too, but as kept-only (kept_msg) once
+     * nothing else does: the copies count apart and go first. */
+    if (pending || kept)
+        return kept_msg_op(t, qid, !pending);
     r = qdb_msg_delete(t, qid);
     return r == QDB_NOTFOUND ? 0 : r;
+}
+
+/* ---------- kept copies: writes ---------- */
+
+/* Each recipient of qid in this transaction (m: the message record, read
+ * first): fn's non-zero result stops the walk and is returned. */
+static int msg_rcpt_walk(struct qdb_txn *t, const char *qid, struct qmsg *m,
+                         int (*fn)(struct qdb_txn *t, const char *qid, struct qrcpt *r,
+                                   void *arg),
+                         void *arg)
+{
+    struct qrcpt *r = malloc(sizeof *r);
+    int rv;
+    if (!r)
+        return QDB_ERR;
+    if ((rv = qdb_msg_get_txn(t, qid, m)) != 0)
+        goto out;
+    for (uint32_t i = 0; i < m->nrcpt && rv == 0; i++) {
+        if ((rv = qdb_rcpt_get(t, qid, i, r)) == QDB_NOTFOUND)
+            rv = 0;
+        else if (rv == 0)
+            rv = fn(t, qid, r, arg);
+    }
+out:
+    free(r);
+    return rv;
+}
+
+struct kept_exp {
+    int64_t now, next, pend;
+    long n;
+};
+
+static int kept_expire_one(struct qdb_txn *t, const char *qid, struct qrcpt *r, void *arg)
+{
+    struct kept_exp *x = arg;
+    if (r->state == QRCPT_PENDING && r->expiry && (x->pend == 0 || r->expiry < x->pend))
+        x->pend = r->expiry;
+    if (r->state != QRCPT_KEPT)
+        return 0;
+    if (r->kept_until > x->now) {
+        if (x->next == 0 || r->kept_until < x->next)
+            x->next = r->kept_until;
+        return 0;
+    }
+    r->state = QRCPT_SENT;              /* delivered, and now no copy */
+    r->kept_until = 0;
+    x->n++;
+    return qdb_rcpt_update(t, qid, r);
+}
+
+int qdb_kept_expire(struct qdb_txn *t, const char *qid, int64_t now, long *n)
+{
+    struct qmsg *m = malloc(sizeof *m);
+    struct kept_exp x = { .now = now };
+    int rv;
+    *n = 0;
+    if (!m)
+        return QDB_ERR;
+    if ((rv = msg_rcpt_walk(t, qid, m, kept_expire_one, &x)) != 0)
+        goto out;
+    *n = x.n;
+    if (x.next) {
+        m->kept_until = x.next;
+        rv = due_op(t->db, t->txn, x.next, qid, 0);
+    } else {
+        m->flags &= ~QMSG_F_KEPT;
+        m->kept_until = 0;
+    }
+    /* The caller drops the due entry that fired, which may have been the
+     * pending recipients' expiry too: theirs again. */
+    if (rv == 0 && x.pend)
+        rv = due_op(t->db, t->txn, x.pend, qid, 0);
+    if (rv == 0 && (rv = qdb_msg_update(t, m)) == 0)
+        rv = qdb_msg_settle(t, qid);
+out:
+    free(m);
+    return rv;
+}
+
+static int kept_drop_one(struct qdb_txn *t, const char *qid, struct qrcpt *r, void *arg)
+{
+    (void)t;
+    (void)qid;
+    if (r->state == QRCPT_PENDING || r->state == QRCPT_QUARANTINED)
+        return QDB_NOTFOUND;            /* not kept-only after all: mail */
+    if (r->state == QRCPT_KEPT)
+        (*(long *)arg)++;
+    return 0;
+}
+
+int qdb_kept_drop(struct qdb_txn *t, const char *qid, long *n)
+{
+    struct qmsg *m = malloc(sizeof *m);
+    int rv;
+    *n = 0;
+    if (!m)
+        return QDB_ERR;
+    MDB_val k = val_of(qid, QID_LEN), v;
+    int rc = qid_valid(qid) ? mdb_get(t->txn, t->db->kept_msg, &k, &v) : MDB_NOTFOUND;
+    if (rc)
+        rv = rc_fail(rc, "kept_msg get", qid);
+    else if ((rv = msg_rcpt_walk(t, qid, m, kept_drop_one, n)) == 0)
+        rv = qdb_msg_delete(t, qid);
+    free(m);
+    return rv;
+}
+
+struct kept_sel {
+    struct { char qid[QID_SIZE]; uint32_t index; } *v;
+    size_t n, cap;
+};
+
+static int kept_sel_add(void *arg, const char *qid, uint32_t index)
+{
+    struct kept_sel *s = arg;
+    if (s->n == s->cap) {
+        size_t nc = s->cap ? s->cap * 2 : 64;
+        void *p = realloc(s->v, nc * sizeof *s->v);
+        if (!p)
+            return -1;
+        s->v = p;
+        s->cap = nc;
+    }
+    memcpy(s->v[s->n].qid, qid, QID_SIZE);
+    s->v[s->n++].index = index;
+    return 0;
+}
+
+int qdb_kept_replay(struct qdb_txn *t, const char *domain, int64_t since, int64_t until,
+                    const char *addr, int64_t expiry, long *n, char (*qids)[QID_SIZE],
+                    size_t max, size_t *nq)
+{
+    struct kept_sel sel = { 0 };
+    struct qrcpt *r = malloc(sizeof *r);
+    int rv = 0;
+    *n = 0;
+    *nq = 0;
+    if (!r)
+        return QDB_ERR;
+    /* The selection first: the updates below change the index walked. */
+    if (kept_walk(t->db, t->txn, domain, since, until, addr, kept_sel_add, &sel) < 0) {
+        rv = QDB_ERR;
+        goto out;
+    }
+    for (size_t i = 0; i < sel.n; i++) {
+        const char *qid = sel.v[i].qid;
+        if ((rv = qdb_rcpt_get(t, qid, sel.v[i].index, r)) == QDB_NOTFOUND)
+            continue;
+        if (rv != 0)
+            goto out;
+        if (r->state != QRCPT_KEPT)
+            continue;
+        r->state = QRCPT_PENDING;       /* a new attempt: at-least-once */
+        r->attempts = 0;
+        r->expiry = expiry;
+        r->delivered = 0;
+        r->kept_until = 0;
+        if ((rv = qdb_rcpt_update(t, qid, r)) != 0 || (rv = qdb_msg_settle(t, qid)) != 0 ||
+            (expiry && (rv = due_op(t->db, t->txn, expiry, qid, 0)) != 0))
+            goto out;
+        (*n)++;
+        size_t j;
+        for (j = 0; j < *nq; j++)
+            if (strcmp(qids[j], qid) == 0)
+                break;
+        if (j == *nq && *nq < max)
+            memcpy(qids[(*nq)++], qid, QID_SIZE);
+    }
+out:
+    free(sel.v);
+    free(r);
+    return rv;
 }

@@ -14,6 +14,10 @@
  *                            and destination with a pending recipient)
  *   due      be64(time) QID              -> "" (expiry / retry timers)
  *   held     QID                         -> "" (messages in quarantine)
+ *   kept     domain '\0' be64(delivered) QID be32(index) -> ""  (one per kept
+ *            copy: a recipient QRCPT_KEPT, by domain then delivery time)
+ *   kept_msg QID -> be64(size)  (messages that stay only for kept copies:
+ *            no pending or quarantined recipient; QID order is oldest first)
  *
  * Threads: reads may run on any thread (each call opens and closes its own
  * short read transaction; MDB_NOTLS).  Writes happen only inside a write
@@ -54,6 +58,8 @@
 #define QMSG_F_DSN       0x08u   /* a bounce or delay notice we made */
 #define QMSG_F_QUARANTINE 0x10u  /* held in quarantine (quarantine.c): its
                                     recipients are QRCPT_QUARANTINED */
+#define QMSG_F_KEPT      0x20u   /* has (or had) kept copies: kept_until is
+                                    their due entry (keep_delivered) */
 
 /* What the backup learned about the sender (spf.c, dkim.c); recorded, not
  * enforced: the primary decides, bounce = "authenticated" consults it. */
@@ -85,6 +91,9 @@ struct qmsg {
     int64_t quarantined;                /* unix seconds it went to quarantine, 0 never */
     int64_t quarantine_until;           /* its due entry: removed from quarantine then */
     char quarantine_reason[QMSG_QREASON_MAX];
+    /* Record version 3 (older records read with it zero). */
+    int64_t kept_until;                 /* due entry of the earliest kept copy's
+                                           removal (QMSG_F_KEPT), 0 none */
 };
 
 enum qrcpt_state {
@@ -93,7 +102,10 @@ enum qrcpt_state {
     QRCPT_BOUNCED,     /* final: primary refused for good, DSN queued */
     QRCPT_EXPIRED,     /* final: retention over, DSN queued */
     QRCPT_DELETED,     /* final: admin removed it */
-    QRCPT_QUARANTINED  /* held: not scheduled, keeps the message (quarantine.c) */
+    QRCPT_QUARANTINED, /* held: not scheduled, keeps the message (quarantine.c) */
+    QRCPT_KEPT         /* delivered (primary's 2xx) and its copy kept until
+                          kept_until (keep_delivered): never scheduled, keeps
+                          the message, back to PENDING only by a replay */
 };
 
 struct qrcpt {
@@ -107,6 +119,9 @@ struct qrcpt {
     char domain[SMTP_DOMAIN_MAX + 1];   /* destination: the served domain */
     char orcpt[SMTP_ORCPT_MAX + 40];    /* "rfc822;addr", "" when not given */
     char last_reply[512];               /* last reply from the primary */
+    /* Record version 2 (version 1 records read with these zero). */
+    int64_t delivered;                  /* unix seconds of the 2xx, while QRCPT_KEPT */
+    int64_t kept_until;                 /* the copy goes then (QRCPT_KEPT) */
 };
 
 enum qdest_state { QDEST_UNKNOWN = 0, QDEST_UP, QDEST_DOWN, QDEST_HELD };
@@ -174,8 +189,27 @@ int qdb_newest_qid(struct qdb *db, char qid[QID_SIZE]);
  * in QID order until fn returns non-zero; the count visited or -1. */
 long qdb_held_count(struct qdb *db);
 long qdb_held_each(struct qdb *db, int (*fn)(void *arg, const char *qid), void *arg);
-/* Total messages in msg (O(1) from LMDB's stats). */
+/* Messages in msg that are mail (waiting or in quarantine): kept-only
+ * messages (kept_msg) are not counted (O(1) from LMDB's stats). */
 long qdb_msg_count(struct qdb *db);
+
+/* Kept copies (keep_delivered).  Totals: copies (kept recipients), the
+ * messages that stay only for them and their octets (what dropping them
+ * would give back).  O(1) but for bytes, a walk of kept_msg. */
+struct qdb_kept_stats {
+    long copies;
+    long messages;
+    uint64_t bytes;
+};
+int qdb_kept_stats(struct qdb *db, struct qdb_kept_stats *out);
+/* Kept copies of domain delivered in [since, until] (until 0: no end),
+ * only those to addr when addr is non-NULL (case-insensitive); -1 on a
+ * read failure.  A range of the kept index: no scan of other domains. */
+long qdb_kept_count(struct qdb *db, const char *domain, int64_t since, int64_t until,
+                    const char *addr);
+/* Up to max kept-only messages, oldest first, into out (and their body
+ * octets into size, when not NULL); how many or -1. */
+long qdb_kept_oldest(struct qdb *db, char (*out)[QID_SIZE], uint64_t *size, long max);
 
 /* --- Writes: only with a qdb_txn from the writer (spool.c). --- */
 /* Store a new message: msg record, its recipients, by_dest entries and the
@@ -210,7 +244,11 @@ int qdb_msg_hold(struct qdb_txn *t, const char *qid, const char *reason, int64_t
 int qdb_msg_unhold_delete(struct qdb_txn *t, const char *qid);
 int qdb_msg_release(struct qdb_txn *t, const char *qid, int64_t expiry);
 /* Update one recipient; when it goes final and it was the last pending one
- * for its domain, drops the by_dest entry and the dest counters. */
+ * for its domain, drops the by_dest entry and the dest counters.  A
+ * recipient entering QRCPT_KEPT (delivered set, kept_until its removal)
+ * gets its kept index entry, and the message QMSG_F_KEPT with a due entry
+ * at the earliest kept_until; leaving QRCPT_KEPT drops the index entry
+ * (the due entry stays: qdb_kept_expire finds nothing then). */
 int qdb_rcpt_update(struct qdb_txn *t, const char *qid, const struct qrcpt *r);
 /* One recipient as this write transaction sees it (a writer that must
  * decide on the current state, not on a copy read earlier). */
@@ -220,6 +258,22 @@ int qdb_rcpt_get(struct qdb_txn *t, const char *qid, uint32_t index, struct qrcp
  * it in the same transaction as the recipient updates, so two
  * destinations finishing one message at once cannot both miss it. */
 int qdb_msg_settle(struct qdb_txn *t, const char *qid);
+/* Kept copies, the writes (keep_delivered; replay.c, deliver_expire.c).
+ * qdb_kept_expire: every QRCPT_KEPT recipient whose kept_until <= now
+ * becomes QRCPT_SENT (*n of them), the message's kept due entry moves to
+ * the next kept copy's kept_until (or goes), and the message is settled.
+ * qdb_kept_drop: every kept copy of a kept-only message goes (the disk
+ * is short), and with them the message; *n copies.  QDB_NOTFOUND when it
+ * is not kept-only.
+ * qdb_kept_replay: the kept copies qdb_kept_count would count become
+ * PENDING again (attempts 0, expiry as given, a new attempt: at-least-
+ * once), by_dest and counters follow, due entries at expiry; *n copies,
+ * and up to max of their QIDs (each once) into qids, *nq of them. */
+int qdb_kept_expire(struct qdb_txn *t, const char *qid, int64_t now, long *n);
+int qdb_kept_drop(struct qdb_txn *t, const char *qid, long *n);
+int qdb_kept_replay(struct qdb_txn *t, const char *domain, int64_t since, int64_t until,
+                    const char *addr, int64_t expiry, long *n, char (*qids)[QID_SIZE],
+                    size_t max, size_t *nq);
 /* Remove a message and everything that points to it (counters adjusted). */
 int qdb_msg_delete(struct qdb_txn *t, const char *qid);
 int qdb_dest_put(struct qdb_txn *t, const struct qdest *d);   /* state fields; counters kept */

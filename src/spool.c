@@ -1253,6 +1253,22 @@ long spool_held_count(struct spool *s)
     return qdb_held_count(s->db);
 }
 
+int spool_kept_stats(struct spool *s, struct qdb_kept_stats *out)
+{
+    return qdb_kept_stats(s->db, out);
+}
+
+long spool_kept_count(struct spool *s, const char *domain, int64_t since, int64_t until,
+                      const char *addr)
+{
+    return qdb_kept_count(s->db, domain, since, until, addr);
+}
+
+long spool_kept_oldest(struct spool *s, char (*out)[QID_SIZE], uint64_t *size, long max)
+{
+    return qdb_kept_oldest(s->db, out, size, max);
+}
+
 long spool_page(struct spool *s, const char *domain, char after[QID_SIZE],
                 char (*out)[QID_SIZE], long max)
 {

@@ -90,6 +90,12 @@ long spool_dest_each(struct spool *s, int (*fn)(void *arg, const struct qdest *d
 int spool_due_first(struct spool *s, int64_t *when, char qid[QID_SIZE]);
 long spool_msg_count(struct spool *s);
 long spool_held_count(struct spool *s);         /* messages in quarantine */
+/* Kept copies (keep_delivered; replay.c): totals, a domain's copies in a
+ * range of delivery times, the oldest kept-only messages. */
+int spool_kept_stats(struct spool *s, struct qdb_kept_stats *out);
+long spool_kept_count(struct spool *s, const char *domain, int64_t since, int64_t until,
+                      const char *addr);
+long spool_kept_oldest(struct spool *s, char (*out)[QID_SIZE], uint64_t *size, long max);
 long spool_page(struct spool *s, const char *domain, char after[QID_SIZE],
                 char (*out)[QID_SIZE], long max);
 /* The index itself, for the unit tests (t_spool) only: the daemon's

@@ -54,6 +54,10 @@ static const struct {
     [STAT_QUARANTINED_EXPIRED] = { "quarantined_expired_total", "Messages quarantined: expired, failure notice withheld" },
     [STAT_QUARANTINED_BOUNCED] = { "quarantined_bounced_total", "Messages quarantined: refused by the primary, failure notice withheld" },
     [STAT_QUARANTINED_MILTER] = { "quarantined_milter_total", "Messages quarantined by a milter" },
+    [STAT_KEPT] = { "kept_copies_kept_total", "Copies of delivered mail kept (keep_delivered)" },
+    [STAT_KEPT_EXPIRED] = { "kept_copies_expired_total", "Kept copies removed after keep_delivered" },
+    [STAT_KEPT_DROPPED] = { "kept_copies_dropped_total", "Kept copies dropped because the spool ran short of space" },
+    [STAT_KEPT_REPLAYED] = { "kept_copies_replayed_total", "Kept copies queued again by mxkeepctl replay" },
 };
 
 /*
@@ -66,6 +70,7 @@ static const struct {
 #define REJ_HELP "Recipients, messages or commands refused, by reason"
 #define RCPT_HELP "Recipient outcomes of delivery attempts (deferred counts attempts)"
 #define QUAR_HELP "Messages put in quarantine, by reason"
+#define KEPT_HELP "Copies of delivered mail (keep_delivered): kept, expired, dropped, replayed"
 #define CONN_IN_HELP "Inbound SMTP connections, accepted or refused at connect (limits)"
 
 static const struct stats_series stats_family_map[STAT_COUNT_] = {
@@ -94,6 +99,10 @@ static const struct stats_series stats_family_map[STAT_COUNT_] = {
     [STAT_QUARANTINED_EXPIRED] = { "quarantined_total", QUAR_HELP, "reason", "expired" },
     [STAT_QUARANTINED_BOUNCED] = { "quarantined_total", QUAR_HELP, "reason", "bounced" },
     [STAT_QUARANTINED_MILTER] = { "quarantined_total", QUAR_HELP, "reason", "milter" },
+    [STAT_KEPT] = { "kept_copies_total", KEPT_HELP, "event", "kept" },
+    [STAT_KEPT_EXPIRED] = { "kept_copies_total", KEPT_HELP, "event", "expired" },
+    [STAT_KEPT_DROPPED] = { "kept_copies_total", KEPT_HELP, "event", "dropped" },
+    [STAT_KEPT_REPLAYED] = { "kept_copies_total", KEPT_HELP, "event", "replayed" },
     [STAT_CONN_OUT_FAILED] = { "smtp_connection_failures_total",
                                "Outbound connections that failed before the greeting", NULL,
                                NULL },

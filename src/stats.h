@@ -53,6 +53,11 @@ enum stat_id {
     STAT_QUARANTINED_EXPIRED,   /* expired, sender not authenticated: notice withheld */
     STAT_QUARANTINED_BOUNCED,   /* 5xx from the primary, sender not authenticated */
     STAT_QUARANTINED_MILTER,    /* a milter's quarantine action */
+    /* Kept copies of delivered mail (keep_delivered, mxkeepctl replay) */
+    STAT_KEPT,                  /* copies kept after delivery */
+    STAT_KEPT_EXPIRED,          /* removed after keep_delivered */
+    STAT_KEPT_DROPPED,          /* dropped first, the spool short of space */
+    STAT_KEPT_REPLAYED,         /* queued again by mxkeepctl replay */
     STAT_COUNT_
 };
 

@@ -5,23 +5,12 @@
 # Then the admin's ways out: release --deliver (the primary takes it now),
 # release --notify (the withheld notice goes to the sender), delete.
 # Counted in mxkeepctl stats/summary, /metrics and /status.
-import http.client
 import json
 import os
 import re
 import sys
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
 from mxtest import *  # noqa: F401,F403
-
-
-def get(port, path):
-    c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    try:
-        c.request("GET", path)
-        r = c.getresponse()
-        return r.status, r.read().decode("utf-8", "replace")
-    finally:
-        c.close()
 
 
 def held(srv):
@@ -69,11 +58,11 @@ def main():
     is_(st.get("quarantined_bounced_total"), 3, "stats: quarantined_bounced_total 3")
     r = srv.ctl("--json", "summary")
     is_(json.loads(r.stdout.decode()).get("quarantine_messages"), 3, "summary counts them")
-    code, body = get(mport, "/metrics")
+    code, body = http_get(mport, "/metrics")
     like(body, r"(?m)^mxkeep_quarantine_messages 3$", "/metrics: mxkeep_quarantine_messages 3")
     like(body, r'(?m)^mxkeep_quarantined_total\{reason="bounced"\} 3$',
          "/metrics: mxkeep_quarantined_total{reason=\"bounced\"} 3")
-    code, body = get(mport, "/status")
+    code, body = http_get(mport, "/status")
     like(body, r'<div class="n">3</div><div class="l">quarantined</div>', "/status shows 3")
 
     # release --deliver: the primary now knows the user.
@@ -104,7 +93,7 @@ def main():
     is_(r.returncode, 64, "release without --deliver/--notify is a usage error")
     time.sleep(1)
     is_(smx.count(), 1, "exactly one notice in all")
-    code, body = get(mport, "/metrics")
+    code, body = http_get(mport, "/metrics")
     like(body, r"(?m)^mxkeep_quarantine_messages 0$", "/metrics gauge back to 0")
     is_(srv.stop(), 0, "mxkeepd exits 0")
 

@@ -17,7 +17,6 @@ MAP_SIZE = 64 * 1024 * 1024     # larger than the disk: the disk fills first
 LEFT = 12288                    # free octets left: less than a commit writes
 SIZES = (60000, 20000, 2000)    # all below the inline limit (64 KiB)
 ATTEMPTS = 12
-CHUNK = 65536
 
 
 def storage_count(srv):
@@ -30,40 +29,13 @@ def storage_count(srv):
     return sum(vals) if vals else None
 
 
-def fill(mnt, leave):
-    """Fill the file system to ENOSPC, then give back `leave` octets."""
-    path = os.path.join(mnt, "filler")
-    with open(path, "ab") as f:
-        try:
-            while True:
-                f.write(b"\0" * CHUNK)
-                f.flush()
-        except OSError:
-            pass
-    os.truncate(path, max(0, os.path.getsize(path) - leave))
-    return path
-
 
 def main():
     if not IS_ROOT:
         skip_all("needs root to mount a tmpfs")
     require_binaries()
     srv = Server(name="mxfullin", domains=[{"name": "example.org", "hold": True}])
-    mnt = os.path.join(srv.dir, "fs")
-    os.makedirs(mnt)
-    r = run(["mount", "-t", "tmpfs", "-o", "size=%s,mode=0755" % FS_SIZE, "tmpfs", mnt])
-    if r.returncode != 0:
-        skip_all("cannot mount tmpfs: %s" % r.stderr.decode("latin-1").strip())
-    try:
-        scenario(srv, mnt)
-    finally:
-        srv.stop()
-        for _ in range(20):
-            if run(["umount", mnt]).returncode == 0:
-                break
-            time.sleep(0.25)
-        else:
-            run(["umount", "-l", mnt])
+    on_tmpfs(srv, FS_SIZE, scenario)
 
 
 def scenario(srv, mnt):
@@ -101,7 +73,7 @@ def scenario(srv, mnt):
             c.cmd("RSET")
             continue
         if filler is None:
-            filler = fill(mnt, LEFT)
+            filler = fill_fs(mnt, LEFT)
             st = os.statvfs(mnt)
             diag("%d octets left" % (st.f_bavail * st.f_frsize))
         m = make_message("full%d" % i, size=SIZES[i % len(SIZES)])

@@ -905,6 +905,55 @@ def wait_log(srv, pattern, timeout=10.0, since=0):
     return wait_for(look, timeout, 0.1)
 
 
+def http_get(port, path, timeout=10):
+    """(status, text) of GET path on the metrics listener at 127.0.0.1:port."""
+    import http.client
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        c.request("GET", path)
+        r = c.getresponse()
+        return r.status, r.read().decode("utf-8", "replace")
+    finally:
+        c.close()
+
+
+def on_tmpfs(srv, size, fn, *args):
+    """Mount a tmpfs of size at srv.dir/fs (root only: skip_all otherwise),
+    run fn(srv, mnt, *args), then stop srv and unmount whatever happened."""
+    if not IS_ROOT:
+        skip_all("needs root to mount a tmpfs")
+    mnt = os.path.join(srv.dir, "fs")
+    os.makedirs(mnt)
+    r = run(["mount", "-t", "tmpfs", "-o", "size=%s,mode=0755" % size, "tmpfs", mnt])
+    if r.returncode != 0:
+        skip_all("cannot mount tmpfs: %s" % r.stderr.decode("latin-1").strip())
+    try:
+        fn(srv, mnt, *args)
+    finally:
+        srv.stop()
+        for _ in range(20):
+            if run(["umount", mnt]).returncode == 0:
+                break
+            time.sleep(0.25)
+        else:
+            run(["umount", "-l", mnt])
+
+
+def fill_fs(mnt, leave, chunk=65536):
+    """Fill the file system at mnt to ENOSPC with the file mnt/filler, then
+    give back `leave` octets; returns the filler's path."""
+    path = os.path.join(mnt, "filler")
+    with open(path, "ab") as f:
+        try:
+            while True:
+                f.write(b"\0" * chunk)
+                f.flush()
+        except OSError:
+            pass
+    os.truncate(path, max(0, os.path.getsize(path) - leave))
+    return path
+
+
 def rcpt_states(srv):
     """{address: state} over the whole queue (last one wins)."""
     out = {}

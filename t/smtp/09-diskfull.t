@@ -46,21 +46,7 @@ def main():
         skip_all("needs root to mount a tmpfs")
     require_binaries()
     srv = Server(name="mxfull")
-    mnt = os.path.join(srv.dir, "fs")
-    os.makedirs(mnt)
-    r = run(["mount", "-t", "tmpfs", "-o", "size=%s,mode=0755" % FS_SIZE, "tmpfs", mnt])
-    if r.returncode != 0:
-        skip_all("cannot mount tmpfs: %s" % r.stderr.decode("latin-1").strip())
-    try:
-        fill_and_recover(srv, mnt)
-    finally:
-        srv.stop()
-        for _ in range(20):
-            if run(["umount", mnt]).returncode == 0:
-                break
-            time.sleep(0.25)
-        else:
-            run(["umount", "-l", mnt])
+    on_tmpfs(srv, FS_SIZE, fill_and_recover)
 
 
 def fill_up(path, leave=0):
