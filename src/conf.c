@@ -138,6 +138,7 @@ _Static_assert(sizeof(enum accept_mode) == sizeof(int), "enum stored as int");
 _Static_assert(ACCEPT_ALWAYS == 0 && ACCEPT_WHEN_PRIMARY_DOWN == 1,
                "accept_names follows enum accept_mode");
 static const char *const bounce_names[] = { "always", "authenticated", NULL };
+static const char *const odmr_tls_names[] = { "implicit", "starttls", NULL };
 _Static_assert(sizeof(enum bounce_policy) == sizeof(int), "enum stored as int");
 _Static_assert(BOUNCE_ALWAYS == 0 && BOUNCE_AUTHENTICATED == 1,
                "bounce_names follows enum bounce_policy");
@@ -168,6 +169,8 @@ static void conf_milters_release(struct conf_milters *m);
 static int conf_milters_dom(struct conf_loader *L, const config_setting_t *s, void *base);
 static int conf_allow_clients_parse(struct conf_loader *L, const config_setting_t *s, void *base);
 static int conf_dnsbl_zones_parse(struct conf_loader *L, const config_setting_t *s, void *base);
+static int conf_odmr_listen_parse(struct conf_loader *L, const config_setting_t *s, void *base);
+static int conf_odmr_secret_parse(struct conf_loader *L, const config_setting_t *s, void *base);
 
 #define LIM(f) offsetof(struct conf_limits, f)
 static const struct conf_setting limits_table[] = {
@@ -356,6 +359,9 @@ static const struct conf_setting domain_table[] = {
     { "max_bytes",       CK_SIZE,     DOM(max_bytes),  0, 0, LONG_MAX, 0, 0, 0, 0 },
     { "greylist",        CK_BOOL,     DOM(greylist),   0, 0, 1, 0, 0, 0, 0 },
     { "bounce",          CK_ENUM,     DOM(bounce),     BOUNCE_ALWAYS, 0, 0, 0, bounce_names, 0, 0 },
+    /* ODMR (RFC 2645): never connected to; the primary comes and ATRNs. */
+    { "odmr",            CK_BOOL,     DOM(odmr),       0, 0, 1, 0, 0, 0, 0 },
+    { "odmr_secret",     CK_CUSTOM,   0,               0, 0, 0, 0, 0, 0, conf_odmr_secret_parse },
     /* A copy of delivered mail kept this long for `mxkeepctl replay` (0: none). */
     { "keep_delivered",  CK_DURATION, DOM(keep_delivered), 0, 0, 365 * DAY, 0, 0, 0, 0 },
     /* Scheduled windows: ( { start = "ISO"; end = "ISO"; note = ".."; },
@@ -364,6 +370,32 @@ static const struct conf_setting domain_table[] = {
     { NULL, 0, 0, 0, 0, 0, 0, 0, 0, 0 },
 };
 #undef DOM
+
+/* The `odmr` group (odmr.h).  A listener is bound as root before the
+ * privilege drop, like the SMTP ones; AUTH failures cost a delay that
+ * doubles per failure of the client address (a tarpit). */
+#define ODMR_DEFAULT_PORT 366       /* RFC 2645 */
+#define ODL(f) offsetof(struct conf_odmr_listen, f)
+static const struct conf_setting odmr_listen_table[] = {
+    { "address", CK_ADDRESS, ODL(address), 0, 0, 0, CF_REQUIRED, 0, 0, 0 },
+    { "port",    CK_PORT,    ODL(port),    ODMR_DEFAULT_PORT, PORT_MIN, PORT_MAX, 0, 0, 0, 0 },
+    { "tls",     CK_ENUM,    ODL(tls),     ODMR_TLS_IMPLICIT, 0, 0, 0, odmr_tls_names, 0, 0 },
+    { NULL, 0, 0, 0, 0, 0, 0, 0, 0, 0 },
+};
+#undef ODL
+#define ODM(f) offsetof(struct conf_odmr, f)
+static const struct conf_setting odmr_table[] = {
+    { "listen",         CK_CUSTOM,   0,                   0, 0, 0, 0, 0, 0, conf_odmr_listen_parse },
+    { "max_sessions",   CK_INT,      ODM(max_sessions),   16, 1, 10000, 0, 0, 0, 0 },
+    { "auth_attempts",  CK_INT,      ODM(auth_attempts),  3, 1, 20, 0, 0, 0, 0 },
+    { "auth_delay",     CK_DURATION, ODM(auth_delay),     2 * SECOND, 0, MINUTE, 0, 0, 0, 0 },
+    { "auth_delay_max", CK_DURATION, ODM(auth_delay_max), MINUTE, 0, HOUR, 0, 0, 0, 0 },
+    { "auth_window",    CK_DURATION, ODM(auth_window),    15 * MINUTE, SECOND, DAY, 0, 0, 0, 0 },
+    { "clients",        CK_INT,      ODM(clients),        1024, 16, 1000000, 0, 0, 0, 0 },
+    { "login_timeout",  CK_DURATION, ODM(login_timeout),  2 * MINUTE, SECOND, HOUR, 0, 0, 0, 0 },
+    { NULL, 0, 0, 0, 0, 0, 0, 0, 0, 0 },
+};
+#undef ODM
 
 /* One `pgsql` entry.  The cache keeps answers for cache_ttl (found) and
  * cache_negative_ttl (not found), so a database outage is ridden out on
@@ -467,6 +499,7 @@ static const struct conf_setting top_table[] = {
     { "ratelimit",     CK_GROUP,    CNF(ratelimit),     0, 0, 0, 0, 0, ratelimit_table, 0 },
     { "greylist",      CK_GROUP,    CNF(greylist),      0, 0, 0, 0, 0, greylist_table, 0 },
     { "dnsbl",         CK_GROUP,    CNF(dnsbl),         0, 0, 0, 0, 0, dnsbl_table, 0 },
+    { "odmr",          CK_GROUP,    CNF(odmr),          0, 0, 0, 0, 0, odmr_table, 0 },
     { "allow_clients", CK_CUSTOM,   0,                  0, 0, 0, 0, 0, 0, conf_allow_clients_parse },
     { NULL, 0, 0, 0, 0, 0, 0, 0, 0, 0 },
 };
@@ -1146,6 +1179,27 @@ static int conf_milters_parse(struct conf_loader *L, const config_setting_t *s,
     return 0;
 }
 
+static int conf_odmr_listen_parse(struct conf_loader *L, const config_setting_t *s, void *base)
+{
+    struct conf_odmr *o = base;
+    int n;
+    if (!config_setting_is_list(s))
+        return conf_fail(L, s, "odmr.listen must be a list ( { address = \"...\"; port = N; "
+                         "tls = \"implicit\"; } )");
+    n = config_setting_length(s);
+    o->listen = calloc((size_t)n + 1, sizeof *o->listen);
+    if (!o->listen)
+        return conf_fail(L, s, "out of memory");
+    for (int i = 0; i < n; i++) {
+        const config_setting_t *e = config_setting_get_elem(s, (unsigned)i);
+        o->nlisten = (size_t)i + 1;
+        conf_defaults(odmr_listen_table, &o->listen[i]);
+        if (conf_group_load(L, e, odmr_listen_table, &o->listen[i], "odmr.listen") < 0)
+            return -1;
+    }
+    return 0;
+}
+
 static int conf_milters_top(struct conf_loader *L, const config_setting_t *s, void *base)
 {
     return conf_milters_parse(L, s, &((struct conf *)base)->milters);
@@ -1154,6 +1208,30 @@ static int conf_milters_top(struct conf_loader *L, const config_setting_t *s, vo
 static int conf_milters_dom(struct conf_loader *L, const config_setting_t *s, void *base)
 {
     return conf_milters_parse(L, s, &((struct conf_domain *)base)->milters);
+}
+
+/* "{CRAM-MD5}" and 64 hex digits (odmr_auth.h): never a password in clear. */
+static int conf_odmr_secret_parse(struct conf_loader *L, const config_setting_t *s, void *base)
+{
+    struct conf_domain *d = base;
+    const char *v = config_setting_get_string(s);
+    static const char scheme[] = "{CRAM-MD5}";
+    size_t n = sizeof scheme - 1, i;
+    if (v == NULL)
+        return conf_fail(L, s, "domains.odmr_secret must be a string");
+    if (strncasecmp(v, scheme, n) != 0)
+        goto bad;
+    for (i = 0; v[n + i]; i++)
+        if (!isxdigit((unsigned char)v[n + i]))
+            goto bad;
+    if (i != 64)
+        goto bad;
+    if (!(d->odmr_secret = strdup(v)))
+        return conf_fail(L, s, "out of memory");
+    return 0;
+bad:
+    return conf_fail(L, s, "domains.odmr_secret: not \"{CRAM-MD5}\" and 64 hex digits (make "
+                     "it with mxkeepctl odmr-secret; a password is never written here)");
 }
 
 static int conf_recipients_parse(struct conf_loader *L, const config_setting_t *s, void *base)
@@ -1327,6 +1405,9 @@ static int conf_domain_finish(struct conf_loader *L, const config_setting_t *e,
     if (d->tls == TLS_POLICY_NONE && (d->tls_ca || d->tls_fingerprint))
         return conf_fail(L, e, "domain \"%s\": tls = \"none\" contradicts tls_ca / "
                          "tls_fingerprint", d->name);
+    if (d->odmr && !d->odmr_secret)
+        return conf_fail(L, e, "domain \"%s\": odmr = true needs odmr_secret (mxkeepctl "
+                         "odmr-secret)", d->name);
     return 0;
 }
 
@@ -1739,6 +1820,12 @@ struct conf *conf_load(const char *path, char *err, size_t errlen)
     }
     if (conf_pgsql_refs_check(&L, &cfg, c) < 0)
         goto out;
+    /* Both ODMR listener kinds speak TLS: the server's certificate. */
+    if (c->odmr.nlisten > 0 && !c->tls_certificate) {
+        conf_fail(&L, config_lookup(&cfg, "odmr"), "odmr.listen needs tls.certificate and "
+                  "tls.key (implicit TLS or STARTTLS)");
+        goto out;
+    }
     ok = 1;
 out:
     config_destroy(&cfg);
@@ -1786,6 +1873,7 @@ static void conf_domain_release(struct conf_domain *d)
         free(d->maint[i].note);
     }
     free(d->maint);
+    free(d->odmr_secret);
 }
 
 void conf_free(const struct conf *cc)
@@ -1831,6 +1919,9 @@ void conf_free(const struct conf *cc)
         free(c->dnsbl.zones[i].reply);
     }
     free(c->dnsbl.zones);
+    for (size_t i = 0; i < c->odmr.nlisten; i++)
+        free(c->odmr.listen[i].address);
+    free(c->odmr.listen);
     free(c->tls_certificate);
     free(c->tls_key);
     for (size_t i = 0; i < c->ndomains; i++)

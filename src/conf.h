@@ -101,6 +101,29 @@ struct conf_domain {
     long keep_delivered;        /* seconds a delivered copy is kept (replay); 0 = none */
     struct conf_maint_window *maint;    /* maintenance = ( ... ) (maint.h) */
     size_t nmaint;
+    int odmr;                   /* 1: never connected to; the primary fetches its
+                                   mail with ATRN (odmr.h, RFC 2645) */
+    char *odmr_secret;          /* "{CRAM-MD5}<64 hex>" (mxkeepctl odmr-secret), or NULL */
+};
+
+/* On-Demand Mail Relay (odmr.h): the `odmr` group.  TLS per listener:
+ * from the first octet (fetchmail's `ssl`), or offered with STARTTLS. */
+enum odmr_tls { ODMR_TLS_IMPLICIT = 0, ODMR_TLS_STARTTLS = 1 };
+struct conf_odmr_listen {
+    char *address;              /* numeric IPv4 or IPv6 address */
+    int port;                   /* default 366 (RFC 2645) */
+    int tls;                    /* enum odmr_tls */
+};
+struct conf_odmr {
+    struct conf_odmr_listen *listen;
+    size_t nlisten;             /* 0: no ODMR listener */
+    long max_sessions;          /* open ODMR sessions at most */
+    long auth_attempts;         /* AUTH failures before the session is closed */
+    long auth_delay;            /* first 535 delay, seconds; doubles per failure */
+    long auth_delay_max;        /* bound of one delay */
+    long auth_window;           /* a client's failures are forgotten after this */
+    long clients;               /* client addresses whose failures are kept */
+    long login_timeout;         /* connect to ATRN at most, seconds */
 };
 
 /* Most bound parameters a custom query may use (%s, %u, %d occurrences). */
@@ -281,6 +304,7 @@ struct conf {
     struct conf_ratelimit ratelimit;
     struct conf_greylist greylist;
     struct conf_dnsbl dnsbl;
+    struct conf_odmr odmr;
     struct conf_cidr *allow_clients;    /* exempt from rate limits, greylisting, DNSBL */
     size_t nallow_clients;
     unsigned long refs;         /* conf.c's own: conf_ref / conf_free */

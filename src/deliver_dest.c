@@ -137,6 +137,7 @@ void dest_apply_conf(struct dest *d)
         d->tls = TLS_POLICY_MAY;
         d->held = d->hold_override > 0;
     }
+    d->odmr = cd != NULL && cd->odmr;
     d->route_time = 0;      /* the route may have changed */
     if (d->aimd.ceiling == 0)
         dl_aimd_init(&d->aimd, (unsigned)c->delivery.max_connections, c->delivery.adaptive);
@@ -620,6 +621,10 @@ void dest_kick(struct dest *d)
 
     if (s->stopping || d->held || d->resolving)
         return;
+    if (d->odmr) {
+        odmr_run_kick(d);       /* never probed or connected to: RFC 2645 */
+        return;
+    }
     if (d->state == QDEST_DOWN && now < d->next_probe) {
         dest_arm(d, d->next_probe);
         return;

@@ -116,6 +116,8 @@ struct dest {
     size_t ninflight, capinflight;
     double tokens;
     struct timeval refill;
+    int odmr;                   /* never connected to: mail waits for ATRN */
+    struct odmr_run *odmr_run;  /* the ODMR session delivering it now, or NULL */
 };
 
 struct job {
@@ -261,6 +263,16 @@ int delivery_notice(struct delivery *s, const struct qmsg *m, struct bounce_rcpt
  * becomes of the connection (the caller must not touch j after).
  * Returns 1 when a recipient got a 4xx that counts against the primary. */
 int job_outcome(struct job *j, size_t lim);
+
+/* ------------------------------------------------------------------ */
+/* deliver_odmr.c: ODMR's reversed sessions (RFC 2645)                */
+
+struct odmr_run;
+/* dest_kick of an ODMR destination: never a connection; wakes the
+ * session delivering it when it waits for outcomes to be committed. */
+void odmr_run_kick(struct dest *d);
+/* Shutdown: end the reversed session d is in (QUIT after the message). */
+void odmr_run_abort(struct dest *d);
 
 /* ------------------------------------------------------------------ */
 /* deliver_expire.c: expiry and delay warnings                        */

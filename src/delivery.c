@@ -214,7 +214,13 @@ void delivery_etrn(void *arg, const char *node, const struct conf_domain **doms,
     size_t held = 0;
     char extra[ETRN_HELD_NOTE_SIZE] = "";
 
+    size_t odmr = 0;
     for (size_t i = 0; i < n; i++) {
+        if (doms[i]->odmr) {
+            /* Never connected to (RFC 2645): ETRN cannot start anything. */
+            odmr++;
+            continue;
+        }
         if (delivery_flush(s, doms[i]->name, &info) < 0) {
             held++;
             waiting_held += info.nmsg;
@@ -227,7 +233,13 @@ void delivery_etrn(void *arg, const char *node, const struct conf_domain **doms,
                 started += s->fleet(s->fleet_arg, doms[i]->name, 1);
         }
     }
-    if (n > 0 && held == n) {
+    if (n > 0 && odmr == n) {
+        /* RFC 1985's 459: this node is not flushed by ETRN at all. */
+        snprintf(buf, len, "459 4.7.0 Node %s not allowed: its mail waits to be fetched with "
+                 "ATRN (On-Demand Mail Relay, RFC 2645)", node);
+        return;
+    }
+    if (n > 0 && held + odmr == n) {
         snprintf(buf, len, "458 4.3.0 Unable to queue messages for node %s: held by the "
                  "administrator, %llu message%s waiting", node, waiting_held,
                  waiting_held == 1 ? "" : "s");
@@ -396,6 +408,8 @@ void delivery_stop(struct delivery *s)
         evtimer_del(d->timer);
         for (struct conn *c = d->conns; c; c = c->next)
             smtpc_abort(c->c);
+        if (d->odmr_run)
+            odmr_run_abort(d);
     }
     if (s->expire_timer)
         evtimer_del(s->expire_timer);

@@ -20,10 +20,12 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/socket.h>
 #include "conf.h"
 #include "queue_db.h"
 
 struct event_base;
+struct bufferevent;
 struct spool;
 struct dns;
 struct delivery;
@@ -114,6 +116,34 @@ int delivery_delete(struct delivery *s, const char *qid, delivery_done_fn done, 
 /* Fail every pending recipient now, with a notice to the sender
  * (mxkeepctl bounce): status 5.0.0 "returned by the administrator". */
 int delivery_bounce(struct delivery *s, const char *qid, delivery_done_fn done, void *arg);
+
+/*
+ * On-Demand Mail Relay (odmr.c, RFC 2645).  A domain with `odmr = true`
+ * is never probed or connected to; its primary connects, authenticates
+ * and sends ATRN, and its mail goes out over that connection.
+ * delivery_odmr_waiting: the messages waiting for domain (>= 0), or
+ * DELIVERY_ODMR_BUSY (another ODMR session delivers it right now) or
+ * DELIVERY_ODMR_HELD (held).
+ */
+#define DELIVERY_ODMR_BUSY (-1)
+#define DELIVERY_ODMR_HELD (-2)
+long delivery_odmr_waiting(struct delivery *s, const char *domain);
+/* The end of a reversed session: recipients the peer took (sent) and
+ * those left queued (deferred: a 4xx, or the link dropped before the
+ * peer's answer), and one line on how it ended. */
+typedef void (*delivery_odmr_end_fn)(void *arg, size_t sent, size_t deferred, const char *why);
+/*
+ * Role reversal: be the SMTP client over bev, an open connection whose
+ * peer is about to greet us, and deliver every queued message of the n
+ * domains, with per-recipient outcomes recorded as for any delivery
+ * (undecided recipients stay queued: at-least-once), then QUIT.  bev
+ * becomes the module's (freed when the session ends; end() runs once,
+ * from the loop).  0, or -1 (out of memory, stopping): bev is still the
+ * caller's.
+ */
+int delivery_odmr_run(struct delivery *s, const char *const *domains, size_t n,
+                      struct bufferevent *bev, int is_tls, const struct sockaddr *peer,
+                      socklen_t peerlen, delivery_odmr_end_fn end, void *arg);
 
 /* Stop starting work; abort connections (shutdown). */
 void delivery_stop(struct delivery *s);

@@ -29,6 +29,7 @@
 #include "dns.h"
 #include "domain_source.h"
 #include "listen.h"
+#include "odmr.h"
 #include "log.h"
 #include "maint.h"
 #include "metrics.h"
@@ -83,6 +84,7 @@ struct daemon {
     struct control *control;
     struct metrics *metrics;
     struct cluster *cluster;
+    struct odmr *odmr;              /* ODMR listener (RFC 2645), or NULL */
     SSL_CTX *tls;
     struct event *ev_term, *ev_int, *ev_hup, *ev_drain;
     int stopping;
@@ -160,6 +162,7 @@ static void main_apply(struct daemon *dm, struct conf *nc, struct policy *np)
     if (dm->control)
         control_set_conf(dm->control, nc);
     metrics_set_conf(dm->metrics, nc);
+    odmr_set_conf(dm->odmr, nc);
     if (verify_reload(nc) != 0)
         log_warn("reload: verify: out of memory; callouts keep the previous settings");
     if (heartbeat_reload(nc) != 0)
@@ -282,6 +285,7 @@ static void main_on_stop(evutil_socket_t sig, short what, void *arg)
     dm->stop_deadline = time(NULL) + SHUTDOWN_GRACE_SECONDS;
     log_info("stopping: no new connections, finishing transactions");
     listen_stop(dm->lst);
+    odmr_stop(dm->odmr);
     smtpd_drain(dm->smtpd);
     delivery_stop(dm->delivery);
     dm->ev_drain = event_new(dm->base, -1, EV_PERSIST, main_on_drain_tick, dm);
@@ -484,6 +488,10 @@ int main(int argc, char **argv)
     dm.metrics = metrics_new(dm.base, dm.conf, err, sizeof err);
     if (dm.metrics == NULL && err[0] != '\0')
         log_fatal(EX_OSERR_CODE, "%s", err);
+    /* ODMR's listeners too, as root (port 366 is privileged). */
+    dm.odmr = odmr_new(dm.base, dm.conf, err, sizeof err);
+    if (dm.odmr == NULL && err[0] != '\0')
+        log_fatal(EX_OSERR_CODE, "%s", err);
     if (dm.conf->control_socket) {
         dm.control = control_new(dm.base, dm.conf, uid, gid, err, sizeof err);
         if (dm.control == NULL)
@@ -593,12 +601,14 @@ int main(int argc, char **argv)
     event_add(dm.ev_hup, NULL);
 
     listen_start(dm.lst, smtpd_accept, dm.smtpd);
+    odmr_start(dm.odmr, dm.tls, dm.delivery);
     log_info("mxkeepd %s ready: %s, %zu domains, %zu recipient entries", PACKAGE_VERSION,
              dm.conf->hostname, dm.conf->ndomains, policy_entry_count(dm.policy));
 
     event_base_dispatch(dm.base);
 
     domain_source_free(dm.domains);
+    odmr_free(dm.odmr);
     metrics_free(dm.metrics);
     smtpd_free(dm.smtpd);
     spf_pool_free(dm.spf);              /* after the sessions that used it */

@@ -76,6 +76,7 @@
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <sysexits.h>
+#include <termios.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -83,6 +84,7 @@
 #include "json.h"
 #include "log.h"
 #include "maint.h"
+#include "odmr_auth.h"
 #include "qid.h"
 #include "queue_db.h"
 #include "timearg.h"
@@ -93,6 +95,8 @@
 #include "verify.h"
 #include "verify_cache.h"
 #include "timearg.h"
+
+#include <openssl/crypto.h>
 
 #ifndef SYSCONFDIR
 #define SYSCONFDIR "/etc"
@@ -1369,6 +1373,16 @@ static void summary_merge_live(struct ctl *c, struct dest_list *l)
     daemon_reply_free(&r);
 }
 
+/* An ODMR domain (odmr = true) is never connected to: its state is
+ * "odmr", waiting for its primary's ATRN, unless held. */
+static const char *row_state_name(const struct ctl *c, const struct dest_row *r)
+{
+    const struct conf_domain *cd = conf_domain_find(c->conf, r->d.domain);
+    if (cd != NULL && cd->odmr && r->d.state != QDEST_HELD)
+        return "odmr";
+    return dest_state_name(r->d.state);
+}
+
 static void summary_json(struct ctl *c, const struct dest_list *l)
 {
     FILE *f = c->out;
@@ -1387,7 +1401,7 @@ static void summary_json(struct ctl *c, const struct dest_list *l)
         else
             fputs(",\"oldest_arrival\":null,\"oldest_age\":null", f);
         fputs(",\"state\":", f);
-        json_str(f, dest_state_name(r->d.state));
+        json_str(f, row_state_name(c, r));
         fputs(",\"next_probe\":", f);
         json_time_or_null(f, r->d.next_probe);
         fprintf(f, ",\"kept_copies\":%ld", qdb_kept_count(c->db, r->d.domain, 0, 0, NULL));
@@ -1463,7 +1477,7 @@ static void summary_text(struct ctl *c, const struct dest_list *l)
         text_str(f, r->d.domain);
         fprintf(f, "%*s", strlen(r->d.domain) < 30 ? (int)(30 - strlen(r->d.domain)) : 0, "");
         fprintf(f, " %8" PRIu64 " %12" PRIu64 " %7s %-7s %-20s ", r->d.nmsg, r->d.nbytes, age,
-                dest_state_name(r->d.state), probe);
+                row_state_name(c, r), probe);
         text_str(f, r->d.last_error[0] != '\0' ? r->d.last_error : "-");
         fputc('\n', f);
     }
@@ -2704,6 +2718,70 @@ static int cmd_quarantine(struct ctl *c, int argc, char **argv)
 }
 
 /* ------------------------------------------------------------------ */
+/* odmr-secret                                                         */
+/* ------------------------------------------------------------------ */
+
+/*
+ * The `odmr_secret` of a domain (odmr_auth.h): read a password from the
+ * first line of stdin, or from the terminal without echo, and print the
+ * "{CRAM-MD5}" HMAC-MD5 contexts.  The password is never an argument (it
+ * would show in ps and shell history) and never printed.
+ */
+static int cmd_odmr_secret(struct ctl *c, int argc, char **argv)
+{
+    char pw[ODMR_AUTH_FIELD_MAX + 2], out[ODMR_SECRET_LEN + 1];
+    struct odmr_ctx ctx;
+    FILE *in = stdin, *tty = NULL;
+    size_t n;
+
+    (void)argc;
+    (void)argv;
+    if (isatty(STDIN_FILENO) && (tty = fopen("/dev/tty", "r+")) != NULL) {
+        struct termios old, quiet;
+        int echo_off = tcgetattr(fileno(tty), &old) == 0;
+        fputs("ODMR password: ", tty);
+        fflush(tty);
+        if (echo_off) {
+            quiet = old;
+            quiet.c_lflag &= ~(tcflag_t)ECHO;
+            tcsetattr(fileno(tty), TCSAFLUSH, &quiet);
+        }
+        in = tty;
+        if (fgets(pw, sizeof pw, in) == NULL)
+            pw[0] = '\0';
+        if (echo_off)
+            tcsetattr(fileno(tty), TCSAFLUSH, &old);
+        fputc('\n', tty);
+        fclose(tty);
+    } else if (fgets(pw, sizeof pw, in) == NULL) {
+        pw[0] = '\0';
+    }
+    n = strcspn(pw, "\r\n");
+    if (pw[n] == '\0' && n > ODMR_AUTH_FIELD_MAX) {
+        OPENSSL_cleanse(pw, sizeof pw);
+        ctl_error("password longer than 256 octets", NULL);
+        return EX_DATAERR;
+    }
+    pw[n] = '\0';
+    if (n == 0) {
+        ctl_error("empty password", NULL);
+        return EX_DATAERR;
+    }
+    odmr_ctx_from_password(pw, n, &ctx);
+    OPENSSL_cleanse(pw, sizeof pw);
+    odmr_secret_format(&ctx, out, sizeof out);
+    OPENSSL_cleanse(&ctx, sizeof ctx);
+    if (c->json) {
+        fputs("{\"odmr_secret\":", c->out);
+        json_str(c->out, out);
+        fputs("}\n", c->out);
+    } else {
+        fprintf(c->out, "%s\n", out);
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------ */
 /* replay                                                              */
 /* ------------------------------------------------------------------ */
 
@@ -2995,6 +3073,8 @@ static const struct ctl_cmd ctl_cmds[] = {
     { "quarantine", "list [DOMAIN] | show QID | release QID --deliver|--notify | delete QID", 1, 3,
       CTL_OPT_RELEASE, CTL_ON_INDEX, cmd_quarantine,
       "messages held instead of bounced: list, show, release, delete" },
+    { "odmr-secret", "", 0, 0, 0, CTL_ON_FILES, cmd_odmr_secret,
+      "read a password (stdin or prompt), print a domain's odmr_secret" },
     { "replay", "DOMAIN --since T [--until T] [--recipient ADDR] [--yes]", 1, 1,
       CTL_OPT_REPLAY | CTL_OPT_UNTIL | CTL_OPT_YES, CTL_ON_INDEX, cmd_replay,
       "queue kept copies of delivered mail again (count first; --yes does it)" },

@@ -1371,12 +1371,12 @@ static void format_peer(struct smtpc *c)
              port);
 }
 
-struct smtpc *smtpc_new(struct event_base *base, const struct smtpc_config *cfg,
-                        const struct smtpc_ops *ops, void *arg)
+/* A new session's struct, events and config copies, in state st; NULL on
+ * out of memory.  Shared by smtpc_new and smtpc_new_connected. */
+static struct smtpc *smtpc_alloc(struct event_base *base, const struct smtpc_config *cfg,
+                                 const struct smtpc_ops *ops, void *arg, enum state st)
 {
     struct smtpc *c;
-    evutil_socket_t fd;
-    int one = 1;
 
     if (cfg->addrlen > sizeof c->addr || cfg->addr == NULL)
         log_panic("smtpc_new: bad address length %u", (unsigned)cfg->addrlen);
@@ -1386,7 +1386,7 @@ struct smtpc *smtpc_new(struct event_base *base, const struct smtpc_config *cfg,
     c->base = base;
     c->ops = ops;
     c->arg = arg;
-    c->st = S_CONNECT;
+    c->st = st;
     c->helo = strdup(cfg->helo ? cfg->helo : "localhost");
     c->peer_name = strdup(cfg->peer_name ? cfg->peer_name : "");
     memcpy(&c->addr, cfg->addr, cfg->addrlen);
@@ -1405,9 +1405,24 @@ struct smtpc *smtpc_new(struct event_base *base, const struct smtpc_config *cfg,
     c->ev_timer = evtimer_new(base, on_timer, c);
     c->ev_finish = event_new(base, -1, 0, on_finish, c);
     c->ev_resume = event_new(base, -1, 0, on_resume, c);
-    if (!c->helo || !c->peer_name || !c->ev_timer || !c->ev_finish || !c->ev_resume)
-        goto fail;
+    if (!c->helo || !c->peer_name || !c->ev_timer || !c->ev_finish || !c->ev_resume) {
+        smtpc_free(c);
+        return NULL;
+    }
     format_peer(c);
+    return c;
+}
+
+struct smtpc *smtpc_new(struct event_base *base, const struct smtpc_config *cfg,
+                        const struct smtpc_ops *ops, void *arg)
+{
+    struct smtpc *c;
+    evutil_socket_t fd;
+    int one = 1;
+
+    c = smtpc_alloc(base, cfg, ops, arg, S_CONNECT);
+    if (c == NULL)
+        return NULL;
 
     fd = socket(c->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) {
@@ -1422,7 +1437,8 @@ struct smtpc *smtpc_new(struct event_base *base, const struct smtpc_config *cfg,
     c->bev = bufferevent_socket_new(base, fd, BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
     if (c->bev == NULL) {
         evutil_closesocket(fd);
-        goto fail;
+        smtpc_free(c);
+        return NULL;
     }
     bufferevent_setcb(c->bev, on_read, on_write, on_event, c);
     bufferevent_setwatermark(c->bev, EV_WRITE, PUMP_LOWAT, 0);
@@ -1432,10 +1448,30 @@ struct smtpc *smtpc_new(struct event_base *base, const struct smtpc_config *cfg,
         finish(c, SMTPC_END_CONNECT, 0, NULL, "connect to %s: %s", c->peer,
                evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
     return c;
+}
 
-fail:
-    smtpc_free(c);
-    return NULL;
+struct smtpc *smtpc_new_connected(struct event_base *base, const struct smtpc_config *cfg,
+                                  struct bufferevent *bev, int is_tls,
+                                  const struct smtpc_ops *ops, void *arg)
+{
+    struct smtpc_config own = *cfg;
+    struct smtpc *c;
+
+    own.tls = TLS_POLICY_NONE;          /* the link is what it is: no STARTTLS on it */
+    own.tls_ctx = NULL;
+    c = smtpc_alloc(base, &own, ops, arg, S_GREETING);
+    if (c == NULL)
+        return NULL;
+    c->is_tls = is_tls;
+    c->bev = bev;
+    bufferevent_setcb(bev, on_read, on_write, on_event, c);
+    bufferevent_setwatermark(bev, EV_WRITE, PUMP_LOWAT, 0);
+    bufferevent_enable(bev, EV_READ | EV_WRITE);
+    arm(c, c->t_greeting);
+    /* The greeting may be in the input already. */
+    if (evbuffer_get_length(bufferevent_get_input(bev)) > 0)
+        on_read(bev, c);
+    return c;
 }
 
 void smtpc_resume(struct smtpc *c)

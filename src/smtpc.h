@@ -43,6 +43,7 @@
 
 struct event_base;
 struct evbuffer;
+struct bufferevent;
 struct smtpc;
 
 struct smtpc_config {
@@ -162,6 +163,16 @@ struct smtpc_ops {
 /* Start connecting.  NULL on out of memory (no callback runs). */
 struct smtpc *smtpc_new(struct event_base *base, const struct smtpc_config *cfg,
                         const struct smtpc_ops *ops, void *arg);
+/* The same session over a connection that is already open (ODMR's role
+ * reversal, RFC 2645: the peer connected to us, and now serves).  bev
+ * becomes the smtpc's (freed with it; its callbacks are replaced); the
+ * session starts by waiting for the peer's 220.  cfg->addr is the peer's
+ * address, for logs; cfg->tls is ignored: no STARTTLS on this connection,
+ * is_tls says whether it is encrypted already.  NULL on out of memory
+ * (bev is then still the caller's). */
+struct smtpc *smtpc_new_connected(struct event_base *base, const struct smtpc_config *cfg,
+                                  struct bufferevent *bev, int is_tls,
+                                  const struct smtpc_ops *ops, void *arg);
 /* After SMTPC_NEXT_WAIT: ask next() again. */
 void smtpc_resume(struct smtpc *c);
 /* Close now (QUIT if idle); closed() follows from the loop. */

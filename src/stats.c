@@ -36,6 +36,8 @@ static const struct {
     [STAT_CONN_OUT] = { "smtp_connections_total", "Outbound SMTP connections started" },
     [STAT_CONN_OUT_FAILED] = { "smtp_connections_failed_total", "Outbound connections that failed before the greeting" },
     [STAT_ETRN] = { "etrn_total", "ETRN requests answered 25x" },
+    [STAT_ODMR_ATRN] = { "odmr_atrn_total", "ODMR: ATRN requests answered 250 (mail delivered on the primary's connection)" },
+    [STAT_ODMR_AUTH_FAILED] = { "odmr_auth_failures_total", "ODMR: AUTH attempts refused 535 (wrong secret)" },
     [STAT_FLUSHES] = { "flushes_total", "Flush passes completed" },
     [STAT_FLUSH_SECONDS] = { "flush_seconds_total", "Seconds spent in flush passes" },
     [STAT_SPOOL_INDEX_FAILURES] = { "spool_index_failures_total", "Times the spool index (LMDB) failed and refused all work" },

@@ -32,6 +32,8 @@ enum stat_id {
     STAT_CONN_OUT,              /* outbound connections started */
     STAT_CONN_OUT_FAILED,       /* outbound connections that failed to greet */
     STAT_ETRN,                  /* ETRN requests answered 25x */
+    STAT_ODMR_ATRN,             /* ODMR: ATRN answered 250 (role reversal) */
+    STAT_ODMR_AUTH_FAILED,      /* ODMR: AUTH answered 535 (wrong secret) */
     STAT_FLUSHES,               /* flush passes completed */
     STAT_FLUSH_SECONDS,         /* total seconds spent in flush passes */
     STAT_SPOOL_INDEX_FAILURES,  /* LMDB environment failed (MDB_PANIC) */
