@@ -125,13 +125,12 @@ static void odmr_on_done(void *arg, struct smtpc *c, struct smtpc_msg *msg)
             r->deferred++;
         }
     }
-    /* As deliver_conn.c: learn the primary's recipient limit for the
-     * session, and send what it left at once when this got somewhere. */
-    if (lim > 0 && (d->rcpt_limit == 0 || lim < d->rcpt_limit)) {
-        d->rcpt_limit = lim;
+    /* The primary took fewer recipients than were sent: what it left is
+     * sent at once in the next transaction of this session (there is no
+     * primary host to remember it for: the link is the primary's). */
+    if (lim > 0)
         log_info("destination %s: %s takes %zu recipient%s per transaction", d->name, j->peer,
                  lim, lim == 1 ? "" : "s");
-    }
     j->redo = (lim > 0 || j->more) && progress && (left || j->more);
     /* Committed from here on whatever becomes of the link; j is not ours. */
     job_outcome(j, lim);
@@ -148,8 +147,6 @@ static void odmr_on_closed(void *arg, struct smtpc *c, enum smtpc_end how, enum 
     for (size_t i = 0; i < r->nd; i++) {
         struct dest *d = r->d[i];
         d->odmr_run = NULL;
-        if (d->nredo == 0 && d->ninflight == 0)
-            d->rcpt_limit = 0;      /* learned again next time */
     }
     r->s->nconns--;
     if (r->end)
