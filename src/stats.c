@@ -52,6 +52,9 @@ static const struct {
     [STAT_QUARANTINED_EXPIRED] = { "quarantined_expired_total", "Messages quarantined: expired, failure notice withheld" },
     [STAT_QUARANTINED_BOUNCED] = { "quarantined_bounced_total", "Messages quarantined: refused by the primary, failure notice withheld" },
     [STAT_QUARANTINED_MILTER] = { "quarantined_milter_total", "Messages quarantined by a milter" },
+    [STAT_SPF_BREAKER_OPENED] = { "spf_breaker_opened_total", "Times SPF stopped querying a resolver that gave no answers" },
+    [STAT_SPF_UNCHECKED_RESOLVER] = { "spf_unchecked_resolver_total", "SPF checks answered temperror without a query: the resolver is failing" },
+    [STAT_SPF_UNCHECKED_QUEUE] = { "spf_unchecked_queue_total", "SPF checks answered temperror without a query: too many checks waiting" },
 };
 
 /*
@@ -64,6 +67,7 @@ static const struct {
 #define REJ_HELP "Recipients, messages or commands refused, by reason"
 #define RCPT_HELP "Recipient outcomes of delivery attempts (deferred counts attempts)"
 #define QUAR_HELP "Messages put in quarantine, by reason"
+#define SPFU_HELP "SPF checks answered temperror without a DNS query, by reason"
 #define CONN_IN_HELP "Inbound SMTP connections, accepted or refused at connect (limits)"
 
 static const struct stats_series stats_family_map[STAT_COUNT_] = {
@@ -92,6 +96,8 @@ static const struct stats_series stats_family_map[STAT_COUNT_] = {
     [STAT_QUARANTINED_EXPIRED] = { "quarantined_total", QUAR_HELP, "reason", "expired" },
     [STAT_QUARANTINED_BOUNCED] = { "quarantined_total", QUAR_HELP, "reason", "bounced" },
     [STAT_QUARANTINED_MILTER] = { "quarantined_total", QUAR_HELP, "reason", "milter" },
+    [STAT_SPF_UNCHECKED_RESOLVER] = { "spf_unchecked_total", SPFU_HELP, "reason", "resolver" },
+    [STAT_SPF_UNCHECKED_QUEUE] = { "spf_unchecked_total", SPFU_HELP, "reason", "queue" },
     [STAT_CONN_OUT_FAILED] = { "smtp_connection_failures_total",
                                "Outbound connections that failed before the greeting", NULL,
                                NULL },

@@ -51,6 +51,9 @@ enum stat_id {
     STAT_QUARANTINED_EXPIRED,   /* expired, sender not authenticated: notice withheld */
     STAT_QUARANTINED_BOUNCED,   /* 5xx from the primary, sender not authenticated */
     STAT_QUARANTINED_MILTER,    /* a milter's quarantine action */
+    STAT_SPF_BREAKER_OPENED,    /* SPF breaker opened: the resolver stopped answering */
+    STAT_SPF_UNCHECKED_RESOLVER, /* SPF answered temperror without a query: breaker open */
+    STAT_SPF_UNCHECKED_QUEUE,   /* SPF answered temperror without a query: queue full */
     STAT_COUNT_
 };
 
