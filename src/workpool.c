@@ -37,17 +37,24 @@ struct workpool {
     void *ctx;
 };
 
+/* Under wp->mu: append it to the list head..tail. */
+static void workpool_append(struct workpool_item **head, struct workpool_item **tail,
+                            struct workpool_item *it)
+{
+    it->next = NULL;
+    it->prev = *tail;
+    if (*tail)
+        (*tail)->next = it;
+    else
+        *head = it;
+    *tail = it;
+}
+
 /* Under wp->mu: append to the finished list and wake the loop. */
 static void workpool_finish_locked(struct workpool *wp, struct workpool_item *it)
 {
     it->state = WP_DONE;
-    it->next = NULL;
-    it->prev = wp->dtail;
-    if (wp->dtail)
-        wp->dtail->next = it;
-    else
-        wp->dhead = it;
-    wp->dtail = it;
+    workpool_append(&wp->dhead, &wp->dtail, it);
     event_active(wp->notify, EV_READ, 0);
 }
 
@@ -146,20 +153,15 @@ void workpool_free(struct workpool *wp)
     for (size_t i = 0; i < wp->nthreads; i++)
         pthread_join(wp->threads[i], NULL);
     /* The workers are gone: what is left is the loop's alone. */
-    for (struct workpool_item *l = wp->head; l;) {
-        struct workpool_item *it = l;
-        l = it->next;
-        it->state = WP_IDLE;
-        if (wp->ops && wp->ops->drop)
-            wp->ops->drop(wp->ctx, it);
-    }
-    for (struct workpool_item *l = wp->dhead; l;) {
-        struct workpool_item *it = l;
-        l = it->next;
-        it->state = WP_IDLE;
-        if (wp->ops && wp->ops->drop)
-            wp->ops->drop(wp->ctx, it);
-    }
+    struct workpool_item *lists[2] = { wp->head, wp->dhead };
+    for (int i = 0; i < 2; i++)
+        for (struct workpool_item *l = lists[i]; l;) {
+            struct workpool_item *it = l;
+            l = it->next;
+            it->state = WP_IDLE;
+            if (wp->ops && wp->ops->drop)
+                wp->ops->drop(wp->ctx, it);
+        }
     if (wp->notify)
         event_free(wp->notify);
     free(wp->threads);
@@ -176,13 +178,7 @@ int workpool_submit(struct workpool *wp, struct workpool_item *it)
         return -1;
     }
     it->state = WP_QUEUED;
-    it->next = NULL;
-    it->prev = wp->tail;
-    if (wp->tail)
-        wp->tail->next = it;
-    else
-        wp->head = it;
-    wp->tail = it;
+    workpool_append(&wp->head, &wp->tail, it);
     wp->queued++;
     pthread_cond_signal(&wp->cv);
     pthread_mutex_unlock(&wp->mu);

@@ -12,7 +12,6 @@
 #    /metrics), the 250 still never waits; when the resolver answers again
 #    one trial check finds it, the breaker closes (logged once) and checks
 #    give real results again.
-import http.client
 import os
 import sys
 import threading
@@ -76,25 +75,6 @@ class Relay:
         self.stopping = True
         self.thread.join(2)
         self.sock.close()
-
-
-def http_get(port, path):
-    c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    try:
-        c.request("GET", path)
-        r = c.getresponse()
-        return r.status, r.read().decode("utf-8")
-    finally:
-        c.close()
-
-
-def metric(text, name, **labels):
-    want = ",".join('%s="%s"' % kv for kv in sorted(labels.items()))
-    for ln in text.split("\n"):
-        m = re.match(r'^mxkeep_%s(?:\{(.*)\})? (\S+)$' % re.escape(name), ln)
-        if m and ",".join(sorted((m.group(1) or "").split(","))) == want:
-            return float(m.group(2))
-    return None
 
 
 def ar_headers(body):
@@ -178,9 +158,9 @@ def main():
     ok(wait_for(lambda: re.search(r"(\w+): spf: mailfrom=temperror helo=temperror\n", srv.log())
                 is not None, 5, 0.1), "breaker open: temperror recorded at the commit")
     is_(relay.seen, seen, "breaker open: no SPF query sent")
-    _, mtext = http_get(mport, "/metrics")
-    is_(metric(mtext, "spf_breaker_opened_total"), 1.0, "/metrics: the breaker opened once")
-    ok((metric(mtext, "spf_unchecked_total", reason="resolver") or 0) >= 1,
+    mtext = metrics_get(mport)
+    is_(metric_value(mtext, "spf_breaker_opened_total"), 1.0, "/metrics: the breaker opened once")
+    ok((metric_value(mtext, "spf_unchecked_total", reason="resolver") or 0) >= 1,
        "/metrics: checks answered without a query are counted")
     for tag in ("dead1", "dead2", "open"):
         ok(wait_for(lambda: by_tag(prim, tag) is not None, 30, 0.2), "%s: delivered" % tag)
