@@ -448,12 +448,14 @@ void dkim_pool_free(struct dkim_pool *p)
     free(p);
 }
 
-int dkim_check(struct dkim_pool *p, const char *qid, struct spf_req *spf,
+int dkim_check(struct dkim_pool *p, const char *qid, int verify, struct spf_req *spf,
                const struct spf_answer *spf_ans, dkim_then_fn then, void *arg)
 {
     struct qmsg m;
     struct dkim_job *j;
 
+    if (!verify && spf == NULL && spf_ans == NULL)
+        return -1;                      /* nothing to do: the caller goes on */
     if (p == NULL || (j = calloc(1, sizeof *j)) == NULL) {
         spf_cancel(spf);
         return -1;
@@ -477,7 +479,9 @@ int dkim_check(struct dkim_pool *p, const char *qid, struct spf_req *spf,
         j->spf_have = 1;
         j->spf_ans = *spf_ans;
     }
-    if ((j->body = evbuffer_new()) != NULL && spool_body_read(p->spool, &m, j->body) == 0) {
+    if (!verify) {
+        /* no signature: dkim=none is in the record already */
+    } else if ((j->body = evbuffer_new()) != NULL && spool_body_read(p->spool, &m, j->body) == 0) {
         if (workpool_submit(p->wp, &j->item) == 0)
             j->verifying = 1;
         else

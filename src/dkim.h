@@ -38,14 +38,15 @@ struct dkim_pool *dkim_pool_new(struct event_base *base, struct spool *sp, const
 void dkim_pool_free(struct dkim_pool *p);
 
 /*
- * Verify committed message qid and record the result with SPF's, then
- * call then(arg, qid) exactly once.  spf: the message's SPF check still
+ * Verify committed message qid (when verify is set: a message without a
+ * DKIM-Signature field was recorded dkim=none at its commit, by smtpd)
+ * and record the result with SPF's, then call then(arg, qid) exactly once.  spf: the message's SPF check still
  * running (the job takes it over: spf_redirect), or NULL; spf_ans: its
  * answer when it finished after the record was written, or NULL.  -1
  * when there is nothing to do or it could not start (spf is cancelled;
  * the caller calls then itself).
  */
-int dkim_check(struct dkim_pool *p, const char *qid, struct spf_req *spf,
+int dkim_check(struct dkim_pool *p, const char *qid, int verify, struct spf_req *spf,
                const struct spf_answer *spf_ans, dkim_then_fn then, void *arg);
 /* Nonzero while qid is being verified (delivery_busy_fn; arg: the pool):
  * delivery leaves it alone until `then` runs.  Linear in the messages

@@ -242,6 +242,7 @@ struct smtpd_commit {
     char client[SMTPD_NAME_MAX + INET6_ADDRSTRLEN + 16];
     unsigned long long size;
     size_t nrcpt;
+    int dkim_verify;                    /* DKIM-Signature fields: verify after */
     struct spf_req *spf;                /* SPF still running at the commit */
     int spf_have;                       /* ... finished since: spf_ans */
     struct spf_answer spf_ans;
@@ -403,7 +404,6 @@ static int smtpd_disk_ok(struct smtpd *d, unsigned long long need)
 /* Per-client limits and quotas                                       */
 
 static int session_client(const struct session *s, unsigned char a[16]);
-static void session_data_commit(struct session *s);
 
 /*
  * Count one event of kind for the session's client, by address and by
@@ -584,6 +584,7 @@ static void cmd_ehlo(struct session *s, const char *arg) { cmd_helo_common(s, ar
 
 static int session_client(const struct session *s, unsigned char a[16]);
 static void session_data_commit(struct session *s);
+static void session_spf_fill(struct session *s, struct qmsg *m);
 
 /* SPF finished: keep the answer for the record. */
 static void session_on_spf(void *arg, const struct spf_answer *a)
@@ -1275,8 +1276,8 @@ static void commit_done(void *arg, int err)
          * Authentication-Results header carries them. */
         struct spf_req *spf = c->spf;
         c->spf = NULL;                  /* dkim_check takes it over */
-        if (d->queued && dkim_check(d->dkim, c->qid, spf, c->spf_have ? &c->spf_ans : NULL,
-                                    d->queued, d->hook_arg) != 0)
+        if (d->queued && dkim_check(d->dkim, c->qid, c->dkim_verify, spf,
+                                    c->spf_have ? &c->spf_ans : NULL, d->queued, d->hook_arg) != 0)
             d->queued(d->hook_arg, c->qid);
         else if (!d->queued)
             spf_cancel(spf);
@@ -1360,8 +1361,19 @@ static void session_data_end(struct session *s)
 }
 
 /* The message's authentication results when SPF has finished (a check
- * still running is recorded after the commit). */
+ * still running is recorded after the commit), and DKIM's when the
+ * message has no signature: "none" needs no worker (dkim.h). */
 static void session_auth_fill(struct session *s, struct qmsg *m)
+{
+    session_spf_fill(s, m);
+    if (s->d->dkim != NULL && data_dkim_signatures(s->dp) == 0) {
+        m->auth_flags |= QMSG_AUTH_DKIM_DONE;
+        if (authres_add(m->auth_results, sizeof m->auth_results, "dkim", "none", NULL, NULL) < 0)
+            log_warn("%s: dkim result does not fit the record", s->qid);
+    }
+}
+
+static void session_spf_fill(struct session *s, struct qmsg *m)
 {
     if (!s->spf_done)
         return;                         /* running, or no check made */
@@ -1395,6 +1407,7 @@ static void session_data_commit(struct session *s)
     snprintf(m.client_name, sizeof m.client_name, "%s", s->name);
     snprintf(m.helo, sizeof m.helo, "%s", s->helo);
     session_auth_fill(s, &m);
+    int dkim_verify = data_dkim_signatures(s->dp) > 0;
     struct spf_req *spf = s->spf;       /* still running: the commit's now */
     s->spf = NULL;
 
@@ -1438,6 +1451,7 @@ static void session_data_commit(struct session *s)
         c->next->prev = c;
     s->d->commits = c;
     s->commit = c;
+    c->dkim_verify = dkim_verify;
     c->spf = spf;
     spf_redirect(spf, commit_on_spf, c);
 }
