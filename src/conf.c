@@ -426,18 +426,27 @@ static const struct conf_setting pgsql_table[] = {
 #define PGSQL_DEFAULT_DOMAIN_SQL "SELECT * FROM domains"
 #define PGSQL_NAME_MAX 64
 
-/* SPF and DKIM workers (spf.c, dkim.c).  spf.timeout bounds how long the
- * 250 after DATA may wait for an SPF result still being looked up (the
- * message is then recorded with temperror); 0: never wait. */
+/* SPF and DKIM workers (spf.c, dkim.c).  Neither delays the 250: a check
+ * not finished at the commit is recorded after it, and delivery waits.
+ * timeout: DNS time per query try (0 counts as 1 s).  queue: checks
+ * waiting for a worker, beyond which SPF answers temperror at once (a
+ * DKIM job is delivered unverified): a flood cannot grow memory.
+ * spf.breaker: SPF checks in a row that got no DNS answer at all before
+ * SPF stops querying (temperror at once), with one trial check every
+ * breaker_retry until the resolver answers. */
 #define AUTH(f) offsetof(struct conf_auth, f)
 static const struct conf_setting spf_table[] = {
     { "timeout", CK_DURATION, AUTH(timeout), 3 * SECOND, 0, MINUTE, 0, 0, 0, 0 },
     { "threads", CK_INT,      AUTH(threads), 4, 1, 64, 0, 0, 0, 0 },
+    { "queue",   CK_INT,      AUTH(queue),   512, 1, 100000, 0, 0, 0, 0 },
+    { "breaker", CK_INT,      AUTH(breaker), 5, 1, 1000, 0, 0, 0, 0 },
+    { "breaker_retry", CK_DURATION, AUTH(breaker_retry), 10 * SECOND, SECOND, HOUR, 0, 0, 0, 0 },
     { NULL, 0, 0, 0, 0, 0, 0, 0, 0, 0 },
 };
 static const struct conf_setting dkim_table[] = {
     { "timeout", CK_DURATION, AUTH(timeout), 5 * SECOND, SECOND, MINUTE, 0, 0, 0, 0 },
     { "threads", CK_INT,      AUTH(threads), 2, 1, 64, 0, 0, 0, 0 },
+    { "queue",   CK_INT,      AUTH(queue),   4096, 1, 100000, 0, 0, 0, 0 },
     { NULL, 0, 0, 0, 0, 0, 0, 0, 0, 0 },
 };
 #undef AUTH

@@ -256,9 +256,12 @@ struct conf_dnsbl {
 
 /* SPF at MAIL (spf.h) and DKIM after the commit (dkim.h). */
 struct conf_auth {
-    long timeout;               /* spf: end of data waits at most this for SPF;
-                                   dkim: DNS time per query try */
+    long timeout;               /* DNS time per query try */
     long threads;               /* worker threads */
+    long queue;                 /* checks waiting for a worker, at most */
+    long breaker;               /* spf: checks in a row with no DNS answer
+                                   that open the breaker */
+    long breaker_retry;         /* spf: seconds between trial checks while open */
 };
 
 struct conf {

@@ -38,6 +38,11 @@
 /* Header field counted for loop detection, compared ASCII-case-blind. */
 #define RECEIVED_NAME "received:"
 #define RECEIVED_NAME_LEN (sizeof RECEIVED_NAME - 1)
+/* A DKIM signature (RFC 6376 3.5): without one the message's DKIM result
+ * is "none" at once, and no worker needs to read it back (dkim.h). */
+#define DKIM_NAME "dkim-signature:"
+#define DKIM_NAME_LEN (sizeof DKIM_NAME - 1)
+#define PREFIX_LEN DKIM_NAME_LEN        /* the longest name looked for */
 
 #define CRLF "\r\n"
 #define CRLF_LEN 2
@@ -63,11 +68,12 @@ struct data_parser {
     int finished;           /* BDAT: data_finish() ran */
     int in_header;
     size_t line_len;        /* output octets of the current header line */
-    char prefix[RECEIVED_NAME_LEN];
+    char prefix[PREFIX_LEN];
     long size;
     long hdr_octets;
     long hdr_lines;
     long received;
+    int dkim_sigs;
     int has_8bit;
     int bare;
 };
@@ -138,8 +144,8 @@ static void hdr_content(struct data_parser *p, const char *b, size_t n)
 {
     if (!p->in_header || n == 0)
         return;
-    if (p->line_len < RECEIVED_NAME_LEN) {
-        size_t k = RECEIVED_NAME_LEN - p->line_len;
+    if (p->line_len < PREFIX_LEN) {
+        size_t k = PREFIX_LEN - p->line_len;
 
         if (k > n)
             k = n;
@@ -149,17 +155,19 @@ static void hdr_content(struct data_parser *p, const char *b, size_t n)
     hdr_octets_add(p, n);
 }
 
-static int is_received(const char *s)
+/* Does the line begin with header name `name` (lower case, colon
+ * included; len octets)? */
+static int is_name(const char *s, const char *name, size_t len)
 {
     size_t k;
 
-    for (k = 0; k < RECEIVED_NAME_LEN; k++) {
+    for (k = 0; k < len; k++) {
         unsigned char c = (unsigned char)s[k];
 
         /* ASCII only: locale must not change what a header name is. */
         if (c >= 'A' && c <= 'Z')
             c = (unsigned char)(c - 'A' + 'a');
-        if (c != (unsigned char)RECEIVED_NAME[k])
+        if (c != (unsigned char)name[k])
             return 0;
     }
     return 1;
@@ -177,11 +185,13 @@ static void hdr_eol(struct data_parser *p)
     hdr_octets_add(p, CRLF_LEN);
     if (p->lim.header_lines > 0 && p->hdr_lines > p->lim.header_lines)
         set_status(p, DATA_HEADER_TOO_BIG);
-    if (p->line_len >= RECEIVED_NAME_LEN && is_received(p->prefix)) {
+    if (p->line_len >= RECEIVED_NAME_LEN && is_name(p->prefix, RECEIVED_NAME, RECEIVED_NAME_LEN)) {
         p->received++;
         if (p->lim.received_max > 0 && p->received > p->lim.received_max)
             set_status(p, DATA_LOOP);
     }
+    if (p->line_len >= DKIM_NAME_LEN && is_name(p->prefix, DKIM_NAME, DKIM_NAME_LEN))
+        p->dkim_sigs++;
     p->line_len = 0;
 }
 
@@ -369,6 +379,8 @@ long data_size(const struct data_parser *p)
 {
     return p->size;
 }
+
+int data_dkim_signatures(const struct data_parser *p) { return p->dkim_sigs; }
 
 long data_received_count(const struct data_parser *p)
 {

@@ -74,6 +74,7 @@ enum data_status data_finish(struct data_parser *p, data_out_fn out, void *arg);
 enum data_status data_status(const struct data_parser *p);
 long data_size(const struct data_parser *p);          /* octets output so far */
 long data_received_count(const struct data_parser *p);
+int data_dkim_signatures(const struct data_parser *p); /* DKIM-Signature fields */
 int data_has_8bit(const struct data_parser *p);       /* any octet >= 0x80 */
 int data_bare_newlines(const struct data_parser *p);  /* count normalized */
 

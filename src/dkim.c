@@ -1,29 +1,35 @@
 /*
- * dkim.c - DKIM (RFC 6376) verification with libopendkim (OpenDKIM's
- * library), in worker threads, after the message is committed.
+ * dkim.c - what is authenticated after the commit: DKIM (RFC 6376)
+ * verification with libopendkim (OpenDKIM's library) in worker threads,
+ * and the SPF result of a check still running when the message was
+ * committed (spf.h: the 250 never waits for SPF).
  *
  * Flow per message (loop thread unless said): read the record and the
  * stored body (spool_body_read: inline octets or a file segment) into an
  * evbuffer that the job then owns alone; a worker feeds it to dkim_header/dkim_eoh/dkim_body
- * and evaluates every signature (worker thread); the loop writes the
- * result into the record (spool_msg_auth_set) and, when that completes,
- * calls the delivery hook, so the Authentication-Results header sent to
- * the primary includes DKIM.
+ * and evaluates every signature (worker thread); meanwhile the SPF check
+ * handed over by the commit (if any) reports to the job.  When both are
+ * in, the loop writes them into the record in one update
+ * (spool_msg_auth_set) and, when that completes, calls the delivery hook,
+ * so the Authentication-Results header sent to the primary carries both:
+ * the message waits once, and dkim_busy() keeps delivery off it till then.
  *
  * DNS: libopendkim's resolver hooks (dkim_dns_set_query_*) answer from
  * authdns.c, i.e. from the configured `resolver`, synchronously inside
  * query_start (we are in a worker thread already).
  *
  * Owns: the DKIM_LIB (shared by the workers, as opendkim's milter shares
- * it), the worker threads, the job queue and done list.
+ * it), the jobs (the threads, queue and notify are a workpool), the SPF
+ * requests handed over to them.
  * Must never: delay the 250 (the commit has completed before we start);
  * lose a message's scheduling (every path ends in `then`, or the message
  * is left to delivery's start-up scan when the daemon stops first);
  * touch an evbuffer from two threads (a job's body is the worker's while
  * it runs).
  * Security: a message is verified at most once and at most DKIM_SIGS_MAX
- * signatures are reported; DNS waits are bounded by dkim.timeout; the queue is bounded (DKIM_QUEUE_MAX): beyond
- * it a message goes on to delivery unverified.
+ * signatures are reported; DNS waits are bounded by dkim.timeout; the
+ * queue is bounded (dkim.queue): beyond it a message goes on to delivery
+ * unverified.
  */
 #include "config.h"
 #include "dkim.h"
@@ -32,7 +38,9 @@
 #include "conf.h"
 #include "log.h"
 #include "queue_db.h"
+#include "spf.h"
 #include "spool.h"
+#include "workpool.h"
 
 #include <arpa/nameser.h>
 #include <errno.h>
@@ -49,32 +57,33 @@
 
 #include <opendkim/dkim.h>
 
-#define DKIM_QUEUE_MAX 4096
 #define DKIM_SIGS_MAX  8                /* signatures evaluated per message */
 #define DKIM_FEED      (64 * 1024)      /* octets per dkim_body call */
 
 struct dkim_job {
-    struct dkim_pool *p;
-    struct dkim_job *next;
+    struct workpool_item item;          /* first: the pool hands this back */
+    struct dkim_pool *p;                /* NULL once the pool is gone */
     struct dkim_job *aprev, *anext;     /* p->active: loop thread only */
     char qid[QID_SIZE];
     char sender_domain[256];
     struct evbuffer *body;
     uint32_t flags;                     /* QMSG_AUTH_* found */
     char text[AUTHRES_RESINFO_MAX];     /* resinfo found */
+    /* loop thread only: */
+    int verifying;                      /* DKIM with the workers */
+    int verified;                       /* flags/text hold DKIM's result */
+    int recording;                      /* the record update is with the spool */
+    struct spf_req *spf;                /* SPF still running */
+    int spf_have;                       /* spf_ans is to be recorded */
+    struct spf_answer spf_ans;
+    char sender[SMTP_PATH_MAX + 1];     /* the identities, for SPF's resinfo */
+    char helo[256];
     dkim_then_fn then;
     void *arg;
 };
 
 struct dkim_pool {
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    struct dkim_job *head, *tail, *done;
-    size_t queued;
-    int stopping;
-    pthread_t *threads;
-    size_t nthreads;
-    struct event *notify;
+    struct workpool *wp;
     struct dkim_job *active;            /* from dkim_check to `then` (loop) */
     struct spool *spool;
     DKIM_LIB *lib;
@@ -252,32 +261,17 @@ static void dkim_job_run(struct dkim_pool *p, struct dkim_job *j)
     dkim_free(d);
 }
 
-static void *dkim_worker(void *arg)
+static void dkim_run(void *ctx, void *ts, struct workpool_item *it)
 {
-    struct dkim_pool *p = arg;
-    pthread_mutex_lock(&p->mu);
-    for (;;) {
-        while (p->head == NULL && !p->stopping)
-            pthread_cond_wait(&p->cv, &p->mu);
-        if (p->stopping)
-            break;
-        struct dkim_job *j = p->head;
-        p->head = j->next;
-        if (p->head == NULL)
-            p->tail = NULL;
-        p->queued--;
-        pthread_mutex_unlock(&p->mu);
+    (void)ts;
+    dkim_job_run(ctx, (struct dkim_job *)it);
+}
 
-        dkim_job_run(p, j);
-
-        pthread_mutex_lock(&p->mu);
-        j->next = p->done;
-        p->done = j;
-        event_active(p->notify, EV_READ, 0);
-    }
-    pthread_mutex_unlock(&p->mu);
+static void dkim_thread_end(void *ctx, void *ts)
+{
+    (void)ctx;
+    (void)ts;
     authdns_thread_end();
-    return NULL;
 }
 
 /* ---- the loop side -------------------------------------------------------- */
@@ -294,41 +288,105 @@ static void dkim_job_free(struct dkim_job *j)
         if (j->anext)
             j->anext->aprev = j->aprev;
     }
+    spf_cancel(j->spf);
     if (j->body)
         evbuffer_free(j->body);
     free(j);
 }
 
-/* The record holds the result: the message goes on to delivery. */
+/* The record holds the results: the message goes on to delivery. */
 static void dkim_on_recorded(void *arg, int err)
 {
     struct dkim_job *j = arg;
     if (err != 0 && err != ENOENT)
-        log_warn("%s: dkim result not recorded: %s", j->qid, strerror(err));
+        log_warn("%s: authentication results not recorded: %s", j->qid, strerror(err));
     if (err != ENOENT && j->then)
         j->then(j->arg, j->qid);        /* gone (ENOENT): nothing to deliver */
     dkim_job_free(j);
 }
 
-static void dkim_on_notify(evutil_socket_t fd, short what, void *arg)
+/* Both results in (or not coming): one record update, then delivery. */
+static void dkim_job_settle(struct dkim_job *j)
 {
-    struct dkim_pool *p = arg;
-    pthread_mutex_lock(&p->mu);
-    struct dkim_job *list = p->done;
-    p->done = NULL;
-    pthread_mutex_unlock(&p->mu);
-    while (list) {
-        struct dkim_job *j = list;
-        list = j->next;
-        log_info("%s: dkim: %s", j->qid, j->text[0] ? j->text : "none");
-        if (spool_msg_auth_set(p->spool, j->qid, j->flags, j->text, dkim_on_recorded, j) == NULL) {
-            log_warn("%s: dkim result not recorded: %s", j->qid, strerror(errno));
-            if (j->then)
-                j->then(j->arg, j->qid);
-            dkim_job_free(j);
+    char text[QMSG_AUTH_RESULTS_MAX] = "";
+    uint32_t flags = 0;
+
+    if (j->verifying || j->spf != NULL || j->recording)
+        return;
+    if (j->spf_have) {
+        if (j->sender[0]) {
+            flags |= QMSG_AUTH_SPF_DONE;
+            if (j->spf_ans.mailfrom == SPF_RES_PASS)
+                flags |= QMSG_AUTH_SPF_PASS;
         }
+        if (spf_answer_resinfo(&j->spf_ans, j->sender, j->helo, text, sizeof text) < 0)
+            log_warn("%s: spf results do not fit the record", j->qid);
+        log_info("%s: spf: mailfrom=%s helo=%s (after the commit)", j->qid,
+                 j->sender[0] ? spf_result_name(j->spf_ans.mailfrom) : "-",
+                 spf_result_name(j->spf_ans.helo));
+    }
+    if (j->verified) {
+        flags |= j->flags;
+        /* "; " between, cut at the record's bound as spool_msg_auth_set cuts */
+        size_t n = strlen(text), k = strlen(j->text);
+        if (k > 0 && n > 0 && n + 2 < sizeof text) {
+            memcpy(text + n, "; ", 2);
+            n += 2;
+        }
+        if (k > sizeof text - 1 - n)
+            k = sizeof text - 1 - n;
+        memcpy(text + n, j->text, k);
+        text[n + k] = '\0';
+    }
+    if (flags == 0 && text[0] == '\0') {
+        if (j->then)
+            j->then(j->arg, j->qid);
+        dkim_job_free(j);
+        return;
+    }
+    j->recording = 1;
+    if (spool_msg_auth_set(j->p->spool, j->qid, flags, text, dkim_on_recorded, j) == NULL) {
+        log_warn("%s: authentication results not recorded: %s", j->qid, strerror(errno));
+        if (j->then)
+            j->then(j->arg, j->qid);
+        dkim_job_free(j);
     }
 }
+
+/* Loop thread: DKIM is done. */
+static void dkim_done(void *ctx, struct workpool_item *it)
+{
+    struct dkim_job *j = (struct dkim_job *)it;
+    (void)ctx;
+    log_info("%s: dkim: %s", j->qid, j->text[0] ? j->text : "none");
+    j->verifying = 0;
+    j->verified = 1;
+    if (j->body) {
+        evbuffer_free(j->body);
+        j->body = NULL;
+    }
+    dkim_job_settle(j);
+}
+
+/* Loop thread: the SPF check handed over at the commit is done. */
+static void dkim_on_spf(void *arg, const struct spf_answer *a)
+{
+    struct dkim_job *j = arg;
+    j->spf = NULL;
+    j->spf_have = 1;
+    j->spf_ans = *a;
+    dkim_job_settle(j);
+}
+
+static void dkim_drop(void *ctx, struct workpool_item *it)
+{
+    (void)ctx;
+    dkim_job_free((struct dkim_job *)it);
+}
+
+static const struct workpool_ops dkim_ops = {
+    NULL, dkim_thread_end, dkim_run, dkim_done, dkim_drop,
+};
 
 struct dkim_pool *dkim_pool_new(struct event_base *base, struct spool *sp, const struct conf *c,
                                 char *err, size_t errlen)
@@ -338,16 +396,11 @@ struct dkim_pool *dkim_pool_new(struct event_base *base, struct spool *sp, const
         snprintf(err, errlen, "dkim: out of memory");
         return NULL;
     }
-    pthread_mutex_init(&p->mu, NULL);
-    pthread_cond_init(&p->cv, NULL);
     p->spool = sp;
     p->timeout = c->dkim.timeout;
     p->resolver = c->resolver ? strdup(c->resolver) : NULL;
-    p->notify = event_new(base, -1, 0, dkim_on_notify, p);
-    p->threads = calloc((size_t)c->dkim.threads, sizeof *p->threads);
     p->lib = dkim_init(NULL, NULL);
-    if (p->notify == NULL || p->threads == NULL || p->lib == NULL ||
-        (c->resolver && p->resolver == NULL)) {
+    if (p->lib == NULL || (c->resolver && p->resolver == NULL)) {
         snprintf(err, errlen, "dkim: cannot initialize libopendkim (out of memory)");
         dkim_pool_free(p);
         return NULL;
@@ -360,14 +413,11 @@ struct dkim_pool *dkim_pool_new(struct event_base *base, struct spool *sp, const
     dkim_dns_set_query_start(p->lib, dkimq_start);
     dkim_dns_set_query_cancel(p->lib, dkimq_cancel);
     dkim_dns_set_query_waitreply(p->lib, dkimq_wait);
-    for (long i = 0; i < c->dkim.threads; i++) {
-        int e = pthread_create(&p->threads[i], NULL, dkim_worker, p);
-        if (e != 0) {
-            snprintf(err, errlen, "dkim: cannot start a worker thread: %s", strerror(e));
-            dkim_pool_free(p);
-            return NULL;
-        }
-        p->nthreads++;
+    p->wp = workpool_new(base, "dkim", (size_t)c->dkim.threads, (size_t)c->dkim.queue, &dkim_ops,
+                         p, err, errlen);
+    if (p->wp == NULL) {
+        dkim_pool_free(p);
+        return NULL;
     }
     return p;
 }
@@ -376,77 +426,83 @@ void dkim_pool_free(struct dkim_pool *p)
 {
     if (p == NULL)
         return;
-    pthread_mutex_lock(&p->mu);
-    p->stopping = 1;
-    pthread_cond_broadcast(&p->cv);
-    pthread_mutex_unlock(&p->mu);
-    for (size_t i = 0; i < p->nthreads; i++)
-        pthread_join(p->threads[i], NULL);
-    /* Jobs whose record write is still with the spool outlive the pool
-     * (the spool drops their completion at close): detach them all. */
-    for (struct dkim_job *j = p->active; j; j = j->anext)
+    /* Jobs with the workers or finished: dropped (dkim_drop). */
+    workpool_free(p->wp);
+    /* What is left waits for SPF (dropped too: the message is in the
+     * spool, delivery finds it at the next start) or for its record write,
+     * which is still with the spool and outlives the pool (the spool drops
+     * its completion at close): detached. */
+    while (p->active) {
+        struct dkim_job *j = p->active;
+        p->active = j->anext;
         j->p = NULL;
-    while (p->head) {
-        struct dkim_job *j = p->head;
-        p->head = j->next;
-        dkim_job_free(j);
+        j->aprev = j->anext = NULL;
+        spf_cancel(j->spf);
+        j->spf = NULL;
+        if (!j->recording)
+            dkim_job_free(j);
     }
-    while (p->done) {
-        struct dkim_job *j = p->done;
-        p->done = j->next;
-        dkim_job_free(j);
-    }
-    if (p->notify)
-        event_free(p->notify);
     if (p->lib)
         dkim_close(p->lib);
-    free(p->threads);
     free(p->resolver);
-    pthread_cond_destroy(&p->cv);
-    pthread_mutex_destroy(&p->mu);
     free(p);
 }
 
-int dkim_check(struct dkim_pool *p, const char *qid, dkim_then_fn then, void *arg)
+int dkim_check(struct dkim_pool *p, const char *qid, int verify, struct spf_req *spf,
+               const struct spf_answer *spf_ans, dkim_then_fn then, void *arg)
 {
     struct qmsg m;
     struct dkim_job *j;
 
-    if (p == NULL)
-        return -1;
-    j = calloc(1, sizeof *j);
-    if (j == NULL)
-        return -1;
-    if (spool_msg_get(p->spool, qid, &m) != 0 || (j->body = evbuffer_new()) == NULL ||
-        spool_body_read(p->spool, &m, j->body) != 0) {
-        dkim_job_free(j);
+    if (!verify && spf == NULL && spf_ans == NULL)
+        return -1;                      /* nothing to do: the caller goes on */
+    if (p == NULL || (j = calloc(1, sizeof *j)) == NULL) {
+        spf_cancel(spf);
         return -1;
     }
-    j->p = p;
+    if (spool_msg_get(p->spool, qid, &m) != 0) {
+        spf_cancel(spf);                /* gone, or unreadable: nothing to record */
+        free(j);
+        return -1;
+    }
     snprintf(j->qid, sizeof j->qid, "%s", qid);
     const char *at = strrchr(m.sender, '@');
     snprintf(j->sender_domain, sizeof j->sender_domain, "%s", at ? at + 1 : "");
+    snprintf(j->sender, sizeof j->sender, "%s", m.sender);
+    snprintf(j->helo, sizeof j->helo, "%s", m.helo);
     j->then = then;
     j->arg = arg;
-    pthread_mutex_lock(&p->mu);
-    if (p->queued >= DKIM_QUEUE_MAX) {
-        pthread_mutex_unlock(&p->mu);
-        log_warn("%s: dkim queue full: delivered unverified", qid);
-        dkim_job_free(j);
+    if (spf != NULL) {
+        j->spf = spf;
+        spf_redirect(spf, dkim_on_spf, j);
+    } else if (spf_ans != NULL) {
+        j->spf_have = 1;
+        j->spf_ans = *spf_ans;
+    }
+    if (!verify) {
+        /* no signature: dkim=none is in the record already */
+    } else if ((j->body = evbuffer_new()) != NULL && spool_body_read(p->spool, &m, j->body) == 0) {
+        if (workpool_submit(p->wp, &j->item) == 0)
+            j->verifying = 1;
+        else
+            log_warn("%s: dkim queue full (dkim.queue): delivered unverified", qid);
+    } else {
+        log_warn("%s: dkim: message text not readable: delivered unverified", qid);
+    }
+    if (!j->verifying && j->body) {
+        evbuffer_free(j->body);
+        j->body = NULL;
+    }
+    if (!j->verifying && j->spf == NULL && !j->spf_have) {
+        free(j);                        /* nothing to wait for: the caller goes on */
         return -1;
     }
-    if (p->tail)
-        p->tail->next = j;
-    else
-        p->head = j;
-    p->tail = j;
-    p->queued++;
-    pthread_cond_signal(&p->cv);
-    pthread_mutex_unlock(&p->mu);
+    j->p = p;
     j->anext = p->active;
     if (p->active)
         p->active->aprev = j;
     p->active = j;
+    dkim_job_settle(j);                 /* SPF known, DKIM not started: record now */
     return 0;
 }
 

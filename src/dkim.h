@@ -1,12 +1,16 @@
 /*
  * dkim.h - DKIM (RFC 6376) verification of committed messages with
- * libopendkim, in worker threads, after the 250: it never delays a reply.
+ * libopendkim, in worker threads, after the 250: it never delays a reply;
+ * and the recording of an SPF check that was still running at the commit.
  *
  * For each message the result goes into its record (spool_msg_auth_set:
  * QMSG_AUTH_DKIM_DONE, QMSG_AUTH_DKIM_SENDER_PASS, and "dkim=R header.d=D
  * header.s=S" per signature in auth_results), and only then is the message
  * handed to delivery, so the Authentication-Results header the primary
  * gets carries it.  The wait is bounded by dkim.timeout per DNS query.
+ * An SPF result that was not in the record at the commit joins the same
+ * update ("spf=R smtp.mailfrom=S; spf=R smtp.helo=H; dkim=..."): the
+ * message waits for both, once.
  *
  * Threads: every function here is called on the loop thread; results come
  * back through a notify event, as the spool's writer does.
@@ -23,6 +27,8 @@ struct event_base;
 struct conf;
 struct spool;
 struct dkim_pool;
+struct spf_req;
+struct spf_answer;
 
 /* What runs once the message's result is recorded (the delivery hook). */
 typedef void (*dkim_then_fn)(void *arg, const char *qid);
@@ -31,9 +37,17 @@ struct dkim_pool *dkim_pool_new(struct event_base *base, struct spool *sp, const
                                 char *err, size_t errlen);
 void dkim_pool_free(struct dkim_pool *p);
 
-/* Verify committed message qid, then call then(arg, qid) exactly once.
- * -1 when it could not start (then the caller calls then itself). */
-int dkim_check(struct dkim_pool *p, const char *qid, dkim_then_fn then, void *arg);
+/*
+ * Verify committed message qid (when verify is set: a message without a
+ * DKIM-Signature field was recorded dkim=none at its commit, by smtpd)
+ * and record the result with SPF's, then call then(arg, qid) exactly once.  spf: the message's SPF check still
+ * running (the job takes it over: spf_redirect), or NULL; spf_ans: its
+ * answer when it finished after the record was written, or NULL.  -1
+ * when there is nothing to do or it could not start (spf is cancelled;
+ * the caller calls then itself).
+ */
+int dkim_check(struct dkim_pool *p, const char *qid, int verify, struct spf_req *spf,
+               const struct spf_answer *spf_ans, dkim_then_fn then, void *arg);
 /* Nonzero while qid is being verified (delivery_busy_fn; arg: the pool):
  * delivery leaves it alone until `then` runs.  Linear in the messages
  * being verified, which the queue bound keeps small. */

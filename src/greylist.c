@@ -18,6 +18,7 @@
  */
 #include "config.h"
 #include "greylist.h"
+#include "lmdb_env.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -26,14 +27,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
 #include <openssl/evp.h>
 
 #define GREYLIST_DIR_MODE  0700
 #define GREYLIST_FILE_MODE 0600
 #define GREYLIST_KEY_LEN   32           /* SHA-256 */
 #define GREYLIST_REC_LEN   (1 + 8 + 8 + 8 + 4)
-#define GREYLIST_GROW_TRIES 4
 #define GREYLIST_SWEEP_PAGE 256         /* keys deleted per write transaction */
 
 /* ---- the decision (pure) ---------------------------------------------- */
@@ -114,73 +113,31 @@ int greylist_decode(const unsigned char *buf, size_t len, struct greylist_rec *r
 /* ---- the store ---------------------------------------------------------- */
 
 struct greylist {
-    MDB_env *env;
-    MDB_dbi dbi;
-    size_t map_size;
+    struct lmdb_env *db;
 };
 
 struct greylist *greylist_open(const char *dir, size_t map_size, char *err, size_t errlen)
 {
     struct greylist *g = calloc(1, sizeof *g);
-    MDB_txn *txn = NULL;
-    MDB_envinfo info;
-    int rc;
-
     if (g == NULL) {
         snprintf(err, errlen, "out of memory");
         return NULL;
     }
-    if (mkdir(dir, GREYLIST_DIR_MODE) != 0 && errno != EEXIST) {
-        snprintf(err, errlen, "%s: %s", dir, strerror(errno));
+    g->db = lmdb_env_open(dir, MDB_NOTLS | MDB_NOSYNC | MDB_NOMETASYNC, GREYLIST_DIR_MODE,
+                          GREYLIST_FILE_MODE, map_size, err, errlen);
+    if (g->db == NULL) {
         free(g);
         return NULL;
     }
-    if ((rc = mdb_env_create(&g->env)) != 0)
-        goto fail;
-    rc = mdb_env_open(g->env, dir, MDB_NOTLS | MDB_NOSYNC | MDB_NOMETASYNC, GREYLIST_FILE_MODE);
-    if (rc != 0)
-        goto fail;
-    mdb_env_info(g->env, &info);
-    g->map_size = info.me_mapsize;
-    if (map_size > g->map_size) {
-        if ((rc = mdb_env_set_mapsize(g->env, map_size)) != 0)
-            goto fail;
-        g->map_size = map_size;
-    }
-    if ((rc = mdb_txn_begin(g->env, NULL, 0, &txn)) != 0)
-        goto fail;
-    if ((rc = mdb_dbi_open(txn, NULL, 0, &g->dbi)) != 0) {
-        mdb_txn_abort(txn);
-        goto fail;
-    }
-    if ((rc = mdb_txn_commit(txn)) != 0)
-        goto fail;
     return g;
-fail:
-    snprintf(err, errlen, "%s: %s", dir, mdb_strerror(rc));
-    if (g->env)
-        mdb_env_close(g->env);
-    free(g);
-    return NULL;
 }
 
 void greylist_close(struct greylist *g)
 {
     if (g == NULL)
         return;
-    mdb_env_sync(g->env, 1);
-    mdb_env_close(g->env);
+    lmdb_env_close(g->db, 1);
     free(g);
-}
-
-/* A full map doubles (no transaction is open between our calls). */
-static int greylist_grow(struct greylist *g)
-{
-    size_t ns = g->map_size * 2;
-    if (mdb_env_set_mapsize(g->env, ns) != 0)
-        return -1;
-    g->map_size = ns;
-    return 0;
 }
 
 static void hash_lower(EVP_MD_CTX *ctx, const char *s)
@@ -217,53 +174,67 @@ static int greylist_key(int family, const void *net, const char *sender, const c
     return ok ? 0 : -1;
 }
 
+struct greylist_upd {
+    const unsigned char *key;
+    const struct conf_greylist *c;
+    int64_t now;
+    enum greylist_result res;
+    long wait;
+};
+
+/* One triplet: read, decide, write back (lmdb_env_write may run it again). */
+static int greylist_upd_fn(MDB_txn *txn, MDB_dbi dbi, void *arg)
+{
+    struct greylist_upd *u = arg;
+    unsigned char buf[GREYLIST_REC_LEN];
+    MDB_val k = { GREYLIST_KEY_LEN, (void *)u->key }, v;
+    struct greylist_rec r;
+    int found = 0;
+
+    memset(&r, 0, sizeof r);
+    int rc = mdb_get(txn, dbi, &k, &v);
+    if (rc == 0)
+        found = greylist_decode(v.mv_data, v.mv_size, &r) == 0;
+    else if (rc != MDB_NOTFOUND)
+        return rc;
+    u->res = greylist_decide(&r, found, u->now, u->c, &u->wait);
+    MDB_val nv = { greylist_encode(&r, buf, sizeof buf), buf };
+    return mdb_put(txn, dbi, &k, &nv, 0);
+}
+
 int greylist_check(struct greylist *g, const struct conf_greylist *c, int family,
                    const void *net, const char *sender, const char *rcpt, int64_t now,
                    enum greylist_result *res, long *wait)
 {
-    unsigned char key[GREYLIST_KEY_LEN], buf[GREYLIST_REC_LEN];
+    unsigned char key[GREYLIST_KEY_LEN];
 
     *res = GREYLIST_PASS;
     *wait = 0;
     if (g == NULL || greylist_key(family, net, sender, rcpt, key) != 0)
         return -1;
-    for (int tries = 0; tries < GREYLIST_GROW_TRIES; tries++) {
-        MDB_txn *txn;
-        MDB_val k = { sizeof key, key }, v;
-        struct greylist_rec r;
-        int found = 0;
-        int rc = mdb_txn_begin(g->env, NULL, 0, &txn);
+    struct greylist_upd u = { key, c, now, GREYLIST_PASS, 0 };
+    if (lmdb_env_write(g->db, greylist_upd_fn, &u) != 0)
+        return -1;
+    *res = u.res;
+    *wait = u.wait;
+    return 0;
+}
 
-        if (rc == MDB_MAP_RESIZED) {
-            mdb_env_set_mapsize(g->env, 0);
-            continue;
-        }
-        if (rc != 0)
-            return -1;
-        memset(&r, 0, sizeof r);
-        rc = mdb_get(txn, g->dbi, &k, &v);
-        if (rc == 0)
-            found = greylist_decode(v.mv_data, v.mv_size, &r) == 0;
-        else if (rc != MDB_NOTFOUND) {
-            mdb_txn_abort(txn);
-            return -1;
-        }
-        enum greylist_result d = greylist_decide(&r, found, now, c, wait);
-        MDB_val nv = { greylist_encode(&r, buf, sizeof buf), buf };
-        rc = mdb_put(txn, g->dbi, &k, &nv, 0);
-        if (rc == 0)
-            rc = mdb_txn_commit(txn);
-        else
-            mdb_txn_abort(txn);
-        if (rc == 0) {
-            *res = d;
-            return 0;
-        }
-        *wait = 0;
-        if (rc != MDB_MAP_FULL || greylist_grow(g) != 0)
-            return -1;
+struct greylist_del {
+    unsigned char (*keys)[GREYLIST_KEY_LEN];
+    size_t n;
+};
+
+static int greylist_del_fn(MDB_txn *txn, MDB_dbi dbi, void *arg)
+{
+    struct greylist_del *d = arg;
+    for (size_t i = 0; i < d->n; i++) {
+        MDB_val dk = { GREYLIST_KEY_LEN, d->keys[i] };
+        int rc = mdb_del(txn, dbi, &dk, NULL);
+        if (rc != 0 && rc != MDB_NOTFOUND)
+            return rc;
     }
-    return -1;
+    return 0;
 }
 
 long greylist_sweep(struct greylist *g, const struct conf_greylist *c, int64_t now)
@@ -282,9 +253,9 @@ long greylist_sweep(struct greylist *g, const struct conf_greylist *c, int64_t n
         MDB_val k, v;
         int rc;
 
-        if (mdb_txn_begin(g->env, NULL, MDB_RDONLY, &txn) != 0)
+        if (mdb_txn_begin(lmdb_env_handle(g->db), NULL, MDB_RDONLY, &txn) != 0)
             return -1;
-        if (mdb_cursor_open(txn, g->dbi, &cur) != 0) {
+        if (mdb_cursor_open(txn, lmdb_env_dbi(g->db), &cur) != 0) {
             mdb_txn_abort(txn);
             return -1;
         }
@@ -300,31 +271,15 @@ long greylist_sweep(struct greylist *g, const struct conf_greylist *c, int64_t n
         mdb_txn_abort(txn);
         if (n == 0)
             break;
-        int done = 0;
-        for (int tries = 0; tries < GREYLIST_GROW_TRIES && !done; tries++) {
-            if ((rc = mdb_txn_begin(g->env, NULL, 0, &txn)) != 0)
-                return -1;
-            for (size_t i = 0; i < n && rc == 0; i++) {
-                MDB_val dk = { GREYLIST_KEY_LEN, keys[i] };
-                rc = mdb_del(txn, g->dbi, &dk, NULL);
-                if (rc == MDB_NOTFOUND)
-                    rc = 0;
-            }
-            if (rc == 0)
-                rc = mdb_txn_commit(txn);
-            else
-                mdb_txn_abort(txn);
-            if (rc == 0)
-                done = 1;
-            else if (rc != MDB_MAP_FULL || greylist_grow(g) != 0)
-                return -1;
-        }
-        if (!done)
+        /* grown and retried when the map is full: copy-on-write needs
+         * pages even to delete */
+        struct greylist_del d = { keys, n };
+        if (lmdb_env_write(g->db, greylist_del_fn, &d) != 0)
             return -1;
         total += (long)n;
         if (n < GREYLIST_SWEEP_PAGE)
             break;
     }
-    mdb_env_sync(g->env, 1);
+    mdb_env_sync(lmdb_env_handle(g->db), 1);
     return total;
 }

@@ -611,8 +611,9 @@ int main(int argc, char **argv)
     odmr_free(dm.odmr);
     metrics_free(dm.metrics);
     smtpd_free(dm.smtpd);
+    dkim_pool_free(dm.dkim);            /* before the spool it reads, and before
+                                           the SPF checks its jobs took over */
     spf_pool_free(dm.spf);              /* after the sessions that used it */
-    dkim_pool_free(dm.dkim);            /* before the spool it reads */
     control_set_cluster(dm.control, NULL);
     delivery_set_fleet(dm.delivery, NULL, NULL);
     replay_shutdown();

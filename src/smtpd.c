@@ -209,14 +209,12 @@ struct session {
     enum sstate mwait_back;
     int mwait_init;                     /* the HELO came before any: back to S_INIT */
     int m8bit;
-    /* SPF of this transaction (spf.h): started at MAIL, awaited at most
-     * spf.timeout at end of data, kept in the message record. */
+    /* SPF of this transaction (spf.h): started at MAIL, kept in the
+     * message record; never awaited (a check still running at the end of
+     * data passes to the commit and is recorded after it). */
     struct spf_req *spf;                /* the check in flight */
     int spf_done;                       /* spf_ans holds its answer */
     struct spf_answer spf_ans;
-    struct event *spf_wait;             /* end of data waits for spf (S_COMMIT
-                                           with no commit yet); made on use */
-    int spf_waiting;
     time_t started;
     int allowed;                        /* in allow_clients: no rate limits */
     long rcpt_5xx;                      /* RCPTs refused 5xx: the tarpit's count */
@@ -273,6 +271,10 @@ struct smtpd_commit {
     unsigned long long size;
     size_t nrcpt;
     char *quarantine;                   /* a milter's reason: into quarantine */
+    int dkim_verify;                    /* DKIM-Signature fields: verify after */
+    struct spf_req *spf;                /* SPF still running at the commit */
+    int spf_have;                       /* ... finished since: spf_ans */
+    struct spf_answer spf_ans;
 };
 
 /* A RCPT whose verdict is pending: what applying it needs. */
@@ -393,9 +395,6 @@ static void session_txn_reset(struct session *s)
     spf_cancel(s->spf);
     s->spf = NULL;
     s->spf_done = 0;
-    s->spf_waiting = 0;
-    if (s->spf_wait)
-        evtimer_del(s->spf_wait);
     spool_body_free(s->body);
     s->body = NULL;
     data_free(s->dp);
@@ -786,39 +785,15 @@ static void cmd_ehlo(struct session *s, const char *arg) { cmd_helo_common(s, ar
 
 static int session_client(const struct session *s, unsigned char a[16]);
 static void session_data_commit(struct session *s);
+static void session_spf_fill(struct session *s, struct qmsg *m);
 
-/* SPF finished: keep the answer; an end of data waiting for it goes on. */
+/* SPF finished: keep the answer for the record. */
 static void session_on_spf(void *arg, const struct spf_answer *a)
 {
     struct session *s = arg;
     s->spf = NULL;
     s->spf_ans = *a;
     s->spf_done = 1;
-    if (s->spf_waiting) {
-        s->spf_waiting = 0;
-        evtimer_del(s->spf_wait);
-        session_data_commit(s);
-        if (s->state != S_COMMIT)
-            session_drive(s);           /* refused: go on with what was read */
-        if (s->state == S_DEAD)
-            session_free(s);
-    }
-}
-
-/* The end of data waited spf.timeout: commit without the answer (the
- * record says temperror), never holding the 250 longer. */
-static void session_on_spf_timeout(evutil_socket_t fd, short what, void *arg)
-{
-    struct session *s = arg;
-    log_info("%s: spf not done after %lds: recorded as temperror", s->qid,
-             s->d->conf->spf.timeout);
-    s->spf_waiting = 0;
-    spf_pool_note_late(s->d->spf);
-    session_data_commit(s);
-    if (s->state != S_COMMIT)
-        session_drive(s);
-    if (s->state == S_DEAD)
-        session_free(s);
 }
 
 /* Start the SPF check of this transaction (MAIL accepted); the loop goes
@@ -1570,6 +1545,7 @@ static void commit_free(struct smtpd_commit *c)
     if (c->next)
         c->next->prev = c->prev;
     free(c->quarantine);
+    spf_cancel(c->spf);
     free(c);
 }
 
@@ -1592,6 +1568,16 @@ static void session_committed(struct session *s, const char *qid, int err)
     session_drive(s);
     if (s->state == S_DEAD)
         session_free(s);
+}
+
+/* SPF finished while the commit was with the spool: keep the answer for
+ * the post-commit record update. */
+static void commit_on_spf(void *arg, const struct spf_answer *a)
+{
+    struct smtpd_commit *c = arg;
+    c->spf = NULL;
+    c->spf_have = 1;
+    c->spf_ans = *a;
 }
 
 /* spool_done_fn of a commit: runs exactly once, on the loop thread. */
@@ -1619,11 +1605,17 @@ static void commit_done(void *arg, int err)
         stats_add(STAT_ACCEPTED_BYTES, (uint64_t)c->size);
         if (c->s == NULL)
             log_info("%s: queued after %s disconnected", c->qid, c->client);
-        /* DKIM first (after the 250, never before it): the message goes
-         * to delivery once its result is in the record, so the primary's
-         * Authentication-Results header carries it. */
-        if (d->queued && dkim_check(d->dkim, c->qid, d->queued, d->hook_arg) != 0)
+        /* DKIM first (after the 250, never before it), with SPF if it
+         * was still running at the commit: the message goes to delivery
+         * once both are in the record, so the primary's
+         * Authentication-Results header carries them. */
+        struct spf_req *spf = c->spf;
+        c->spf = NULL;                  /* dkim_check takes it over */
+        if (d->queued && dkim_check(d->dkim, c->qid, c->dkim_verify, spf,
+                                    c->spf_have ? &c->spf_ans : NULL, d->queued, d->hook_arg) != 0)
             d->queued(d->hook_arg, c->qid);
+        else if (!d->queued)
+            spf_cancel(spf);
     } else {
         stats_inc(STAT_REJ_STORAGE);
         log_warn("%s: not queued: %s", c->qid, err == ENOSPC ? "spool full" : strerror(err));
@@ -1724,34 +1716,29 @@ static void session_commit(struct session *s)
         return;
     }
 
-    /* SPF still looking: wait for it, at most spf.timeout, in S_COMMIT
-     * (no input read: the client waits for our reply anyway). */
-    if (s->spf != NULL && s->d->conf->spf.timeout > 0 && !spf_pool_late(s->d->spf)) {
-        if (s->spf_wait == NULL)
-            s->spf_wait = evtimer_new(s->d->base, session_on_spf_timeout, s);
-        if (s->spf_wait != NULL) {
-            struct timeval tv = { s->d->conf->spf.timeout, 0 };
-            session_set_state(s, S_COMMIT);
-            session_set_timeout(s, 0);
-            s->spf_waiting = 1;
-            evtimer_add(s->spf_wait, &tv);
-            return;
-        }
-    }
+    /* SPF still looking is not waited for: the commit takes the check
+     * over and its result is recorded after the 250 (dkim_check). */
     session_data_commit(s);
 }
 
-/* The message's authentication results as far as known: SPF of both
- * identities (temperror when the check did not finish in time). */
+/* The message's authentication results when SPF has finished (a check
+ * still running is recorded after the commit), and DKIM's when the
+ * message has no signature: "none" needs no worker (dkim.h). */
 static void session_auth_fill(struct session *s, struct qmsg *m)
 {
-    if (s->spf == NULL && !s->spf_done)
-        return;                         /* no check made (no pool, no memory) */
-    struct spf_answer a = s->spf_ans;
-    if (!s->spf_done) {
-        a.mailfrom = SPF_RES_TEMPERROR;
-        a.helo = SPF_RES_TEMPERROR;
+    session_spf_fill(s, m);
+    if (s->d->dkim != NULL && data_dkim_signatures(s->dp) == 0) {
+        m->auth_flags |= QMSG_AUTH_DKIM_DONE;
+        if (authres_add(m->auth_results, sizeof m->auth_results, "dkim", "none", NULL, NULL) < 0)
+            log_warn("%s: dkim result does not fit the record", s->qid);
     }
+}
+
+static void session_spf_fill(struct session *s, struct qmsg *m)
+{
+    if (!s->spf_done)
+        return;                         /* running, or no check made */
+    struct spf_answer a = s->spf_ans;
     if (s->sender[0]) {
         m->auth_flags |= QMSG_AUTH_SPF_DONE;
         if (a.mailfrom == SPF_RES_PASS)
@@ -1763,8 +1750,7 @@ static void session_auth_fill(struct session *s, struct qmsg *m)
              spf_result_name(a.helo));
 }
 
-/* Hand the finished message to the spool (S_DATA/S_BDAT, or S_COMMIT when
- * it waited for SPF). */
+/* Hand the finished message to the spool (S_DATA/S_BDAT). */
 static void session_data_commit(struct session *s)
 {
     struct qmsg m;
@@ -1784,7 +1770,8 @@ static void session_data_commit(struct session *s)
     if (s->mquarantine != NULL)         /* a milter's quarantine action */
         quarantine_prepare(&m, s->d->conf, s->mquarantine, (int64_t)time(NULL));
     session_auth_fill(s, &m);
-    spf_cancel(s->spf);
+    int dkim_verify = data_dkim_signatures(s->dp) > 0;
+    struct spf_req *spf = s->spf;       /* still running: the commit's now */
     s->spf = NULL;
 
     struct spool_body *b = s->body;
@@ -1793,6 +1780,7 @@ static void session_data_commit(struct session *s)
     s->dp = NULL;
     struct smtpd_commit *c = calloc(1, sizeof *c);
     if (c == NULL) {
+        spf_cancel(spf);
         spool_body_free(b);
         log_warn("%s: cannot queue commit: out of memory", s->qid);
         session_reject(s, STAT_REJ_STORAGE, "451 4.3.0 Error: queue file write error");
@@ -1815,6 +1803,7 @@ static void session_data_commit(struct session *s)
     session_set_timeout(s, 0);
     if (spool_commit(s->d->spool, b, &m, s->rcpt, s->nrcpt, commit_done, c) == NULL) {
         log_warn("%s: cannot queue commit: %s", s->qid, strerror(errno));
+        spf_cancel(spf);
         free(c);
         session_reject(s, STAT_REJ_STORAGE, "451 4.3.0 Error: queue file write error");
         session_txn_reset(s);
@@ -1827,6 +1816,9 @@ static void session_data_commit(struct session *s)
         c->next->prev = c;
     s->d->commits = c;
     s->commit = c;
+    c->dkim_verify = dkim_verify;
+    c->spf = spf;
+    spf_redirect(spf, commit_on_spf, c);
 }
 
 /* ------------------------------------------------------------------ */
@@ -2453,13 +2445,6 @@ static void session_on_event(struct bufferevent *bev, short what, void *arg)
             log_info("[%s]: TLS error in state %s: %s", s->addr, sstate_names[s->state], buf);
         }
     }
-    if (s->state == S_COMMIT && s->spf_waiting) {
-        /* The whole message is here: it is stored as it would have been
-         * (what the spool does with a commit in flight), SPF as far as known. */
-        s->spf_waiting = 0;
-        evtimer_del(s->spf_wait);
-        session_data_commit(s);
-    }
     if (s->state == S_COMMIT)
         log_info("%s: lost connection after end of data from %s[%s]; the commit goes on",
                  s->qid, s->name, s->addr);
@@ -2546,9 +2531,6 @@ static void session_free(struct session *s)
         event_free(s->tarpit);
     free(s->tarpit_reply);
     free(s->dnsbl_reply);
-    if (s->spf_wait)
-        event_free(s->spf_wait);
-    s->spf_wait = NULL;
     session_txn_reset(s);
     free(s->rcpt);
     free(s->sender);

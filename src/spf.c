@@ -15,15 +15,21 @@
  * dnsmasq and operators choose the resolver as for every other lookup.
  * libspf2's limits (10 DNS-querying mechanisms, RFC 7208 4.6.4) stand.
  *
- * Owns: the worker threads, each with its own SPF_server_t; the queue of
- * requests (mutex + condition) and the list of finished ones, handed to
- * the loop by event_active() on a notify event.
+ * Owns: the requests and the breaker; the threads, queue and notify are
+ * a workpool (workpool.h), each worker with its own SPF_server_t.
  * Must never: run a check on the loop thread; call back into a cancelled
  * request; let a peer's value (HELO, sender) reach libspf2 unbounded
- * (smtp_parse bounds both; libspf2 copies them).
+ * (smtp_parse bounds both; libspf2 copies them); make the 250 wait (the
+ * session commits without the answer and it is recorded after: dkim.c).
  * Security: checks are bounded by libspf2's DNS lookup limits and by the
- * resolver timeout per query; the queue is bounded (SPF_QUEUE_MAX): beyond
- * it a check is answered temperror at once rather than growing memory.
+ * resolver timeout per query; the queue is bounded (spf.queue): beyond it
+ * a check is answered temperror at once rather than growing memory.
+ * A resolver that stops answering costs each check its timeouts: after
+ * spf.breaker checks in a row found no answer at all, the breaker opens
+ * and checks are answered temperror at once without a query, while one
+ * trial check at a time (every spf.breaker_retry) asks for real; the
+ * first answer closes it.  Both switches are logged once; counted in
+ * /metrics (spf_breaker_opened_total, spf_unchecked_total).
  */
 #include "config.h"
 #include "spf.h"
@@ -31,6 +37,8 @@
 #include "authres.h"
 #include "conf.h"
 #include "log.h"
+#include "stats.h"
+#include "workpool.h"
 
 #include <arpa/inet.h>
 #include <arpa/nameser.h>
@@ -39,61 +47,48 @@
 #include <netinet/in.h>
 #include <pthread.h>
 #include <resolv.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <event2/event.h>
 
 #include <spf2/spf.h>
 
-/* Requests waiting for a worker beyond this are answered temperror: a
- * flood of MAILs cannot grow the queue without bound. */
-#define SPF_QUEUE_MAX 4096
 /* Largest DNS answer read (TCP fallback allows 64 KiB). */
 #define SPF_ANSWER_MAX 65536
 
-enum spf_req_state { SPFQ_QUEUED = 0, SPFQ_RUNNING, SPFQ_DONE };
-
 struct spf_req {
+    struct workpool_item item;          /* first: the pool hands this back */
     struct spf_pool *p;
-    struct spf_req *next;               /* queue or done list */
-    enum spf_req_state state;
     int cancelled;                      /* loop thread only */
     int family;
     unsigned char addr[16];
     char *helo, *sender;
     struct spf_answer answer;
-    spf_done_fn done;
+    spf_done_fn done;                   /* loop thread only (spf_redirect) */
     void *arg;
-    struct timeval started;             /* loop clock at spf_check */
-    int overload;                       /* answered at once: queue full */
+    int trial;                          /* the breaker's probe */
+    int unchecked;                      /* answered without a query (breaker) */
+    int opened, closed;                 /* this check switched the breaker */
 };
 
 struct spf_pool {
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    struct spf_req *head, *tail;        /* queued */
-    struct spf_req *done;               /* finished, for the loop */
-    size_t queued;
-    int stopping;
-    pthread_t *threads;
-    size_t nthreads;
-    struct event *notify;
+    struct workpool *wp;
+    struct event_base *base;
     char *resolver;
     long timeout;
-    struct event_base *base;
-    int late;                           /* loop thread: spf_pool_late */
-    time_t last_late;                   /* loop thread: when a check was last late */
+    /* The breaker: `open` is read without the lock by the DNS layer of
+     * every worker; the rest changes under mu. */
+    atomic_int open;
+    pthread_mutex_t mu;
+    long fails;                         /* checks in a row with no answer */
+    long fail_max, retry;               /* spf.breaker, spf.breaker_retry */
+    int trial_inflight;
+    time_t next_trial;
+    int overflowing;                    /* loop thread: queue full, logged */
 };
-
-/*
- * Seconds "late" holds after the last late check.  With a dead or slow
- * resolver most checks are late but some answer at once (no DNS needed);
- * without a hold each prompt one switched waiting back on and the next
- * messages waited spf.timeout each (bench/accept: 6 msg/s).  A hold of a
- * minute lets at most a few messages a minute wait while DNS is sick.
- */
-#define SPF_LATE_HOLD 60
 
 const char *spf_result_name(enum spf_result r)
 {
@@ -108,9 +103,12 @@ const char *spf_result_name(enum spf_result r)
 struct spf_dns_hook {
     const char *resolver;
     long timeout;
+    struct spf_pool *p;                 /* NULL: no breaker (spf_check_sync) */
 };
 
 static __thread unsigned char *spf_answer_buf;
+/* The check this worker runs: its queries' outcomes, for the breaker. */
+static __thread int spf_tl_answered, spf_tl_failed, spf_tl_trial;
 
 static SPF_dns_rr_t *spf_dns_lookup(SPF_dns_server_t *ds, const char *domain, ns_type type,
                                     int should_cache)
@@ -121,9 +119,18 @@ static SPF_dns_rr_t *spf_dns_lookup(SPF_dns_server_t *ds, const char *domain, ns
     ns_rr rr;
     char name[NS_MAXDNAME];
 
+    /* The breaker opened while this check ran: no more queries (a trial asks). */
+    if (h->p != NULL && atomic_load(&h->p->open) && !spf_tl_trial)
+        return SPF_dns_rr_new_init(ds, domain, type, 0, TRY_AGAIN);
     if (spf_answer_buf == NULL && (spf_answer_buf = malloc(SPF_ANSWER_MAX)) == NULL)
         return SPF_dns_rr_new_init(ds, domain, type, 0, TRY_AGAIN);
     n = authdns_query(h->resolver, h->timeout, domain, type, spf_answer_buf, SPF_ANSWER_MAX, &herr);
+    /* TRY_AGAIN: no answer in time, or SERVFAIL: the resolver failed us.
+     * Anything else (even NXDOMAIN) is an answer. */
+    if (n < 0 && herr == TRY_AGAIN)
+        spf_tl_failed++;
+    else
+        spf_tl_answered++;
     if (n < 0)
         return SPF_dns_rr_new_init(ds, domain, type, 0, herr);
     if (n > SPF_ANSWER_MAX)
@@ -295,26 +302,44 @@ out:
     return res;
 }
 
+/* HELO identity: a domain name only (an address literal has no record). */
+static int spf_helo_checked(const char *helo)
+{
+    return helo != NULL && helo[0] && helo[0] != '[' && strchr(helo, '.') != NULL;
+}
+
+static int spf_sender_checked(const char *sender)
+{
+    return sender != NULL && sender[0] && strchr(sender, '@') != NULL;
+}
+
+/* What a check that could not ask DNS says: temperror for each identity
+ * that would have been checked. */
+static void spf_answer_unchecked(const char *helo, const char *sender, struct spf_answer *out)
+{
+    out->helo = spf_helo_checked(helo) ? SPF_RES_TEMPERROR : SPF_RES_NONE;
+    out->mailfrom = spf_sender_checked(sender) ? SPF_RES_TEMPERROR : SPF_RES_NONE;
+}
+
 static void spf_check_with(SPF_server_t *srv, int family, const unsigned char *addr,
                            const char *helo, const char *sender, struct spf_answer *out)
 {
     out->mailfrom = SPF_RES_NONE;
     out->helo = SPF_RES_NONE;
     if (srv == NULL) {
-        out->mailfrom = out->helo = SPF_RES_TEMPERROR;
+        spf_answer_unchecked(helo, sender, out);
         return;
     }
-    /* HELO identity: a domain name only (an address literal has no record). */
-    if (helo != NULL && helo[0] && helo[0] != '[' && strchr(helo, '.') != NULL)
+    if (spf_helo_checked(helo))
         out->helo = spf_eval(srv, family, addr, helo, NULL);
-    if (sender != NULL && sender[0] && strchr(sender, '@') != NULL)
+    if (spf_sender_checked(sender))
         out->mailfrom = spf_eval(srv, family, addr, helo, sender);
 }
 
 void spf_check_sync(const char *resolver, long timeout, int family, const unsigned char *addr,
                     const char *helo, const char *sender, struct spf_answer *out)
 {
-    struct spf_dns_hook h = { resolver, timeout };
+    struct spf_dns_hook h = { resolver, timeout, NULL };
     SPF_server_t *srv = spf_server_make(&h);
     spf_check_with(srv, family, addr, helo, sender, out);
     spf_server_drop(srv);
@@ -332,7 +357,60 @@ int spf_answer_resinfo(const struct spf_answer *a, const char *sender, const cha
     return 0;
 }
 
+
+/* ---- the breaker ---------------------------------------------------------- */
+
+/* Worker thread: what the check just run says of the resolver. */
+static void spf_breaker_note(struct spf_pool *p, struct spf_req *r, int answered, int failed)
+{
+    pthread_mutex_lock(&p->mu);
+    if (r->trial)
+        p->trial_inflight = 0;
+    if (answered > 0) {
+        p->fails = 0;
+        if (atomic_load(&p->open)) {
+            atomic_store(&p->open, 0);
+            r->closed = 1;
+        }
+    } else if (failed > 0) {
+        p->fails++;
+        if (!atomic_load(&p->open) && p->fails >= p->fail_max) {
+            atomic_store(&p->open, 1);
+            r->opened = 1;
+        }
+        if (atomic_load(&p->open))
+            p->next_trial = time(NULL) + p->retry;
+    }
+    pthread_mutex_unlock(&p->mu);
+}
+
+/* Loop thread, at spf_check while the breaker is open: 1 when this check
+ * is the trial that asks DNS for real. */
+static int spf_breaker_trial(struct spf_pool *p)
+{
+    int trial = 0;
+    pthread_mutex_lock(&p->mu);
+    if (!p->trial_inflight && time(NULL) >= p->next_trial) {
+        p->trial_inflight = 1;
+        trial = 1;
+    }
+    pthread_mutex_unlock(&p->mu);
+    return trial;
+}
+
+static void spf_breaker_trial_gone(struct spf_pool *p)
+{
+    pthread_mutex_lock(&p->mu);
+    p->trial_inflight = 0;
+    pthread_mutex_unlock(&p->mu);
+}
+
 /* ---- the pool ------------------------------------------------------------ */
+
+struct spf_thread {
+    struct spf_dns_hook h;
+    SPF_server_t *srv;
+};
 
 static void spf_req_free(struct spf_req *r)
 {
@@ -343,84 +421,81 @@ static void spf_req_free(struct spf_req *r)
     free(r);
 }
 
-static void *spf_worker(void *arg)
+static void *spf_thread_start(void *ctx)
 {
-    struct spf_pool *p = arg;
-    struct spf_dns_hook h = { p->resolver, p->timeout };
-    SPF_server_t *srv = spf_server_make(&h);
+    struct spf_pool *p = ctx;
+    struct spf_thread *t = calloc(1, sizeof *t);
+    if (t == NULL)
+        return NULL;
+    t->h.resolver = p->resolver;
+    t->h.timeout = p->timeout;
+    t->h.p = p;
+    t->srv = spf_server_make(&t->h);
+    return t;
+}
 
-    pthread_mutex_lock(&p->mu);
-    for (;;) {
-        while (p->head == NULL && !p->stopping)
-            pthread_cond_wait(&p->cv, &p->mu);
-        if (p->stopping)
-            break;
-        struct spf_req *r = p->head;
-        p->head = r->next;
-        if (p->head == NULL)
-            p->tail = NULL;
-        p->queued--;
-        r->state = SPFQ_RUNNING;
-        pthread_mutex_unlock(&p->mu);
-
-        /* r's inputs are read-only while it runs; cancel only flags it. */
-        spf_check_with(srv, r->family, r->addr, r->helo, r->sender, &r->answer);
-
-        pthread_mutex_lock(&p->mu);
-        r->state = SPFQ_DONE;
-        r->next = p->done;
-        p->done = r;
-        event_active(p->notify, EV_READ, 0);
+static void spf_thread_end(void *ctx, void *ts)
+{
+    struct spf_thread *t = ts;
+    (void)ctx;
+    if (t != NULL) {
+        spf_server_drop(t->srv);
+        free(t);
     }
-    pthread_mutex_unlock(&p->mu);
-    spf_server_drop(srv);
     free(spf_answer_buf);
     spf_answer_buf = NULL;
     authdns_thread_end();
-    return NULL;
 }
 
-/* Loop thread: hand finished checks to their requesters. */
-static void spf_on_notify(evutil_socket_t fd, short what, void *arg)
+/* Worker thread: one check.  r's inputs are read-only while it runs;
+ * cancel only flags it. */
+static void spf_run(void *ctx, void *ts, struct workpool_item *it)
 {
-    struct spf_pool *p = arg;
-    pthread_mutex_lock(&p->mu);
-    struct spf_req *list = p->done;
-    p->done = NULL;
-    pthread_mutex_unlock(&p->mu);
-    /* oldest first */
-    struct spf_req *rev = NULL;
-    while (list) {
-        struct spf_req *n = list->next;
-        list->next = rev;
-        rev = list;
-        list = n;
+    struct spf_pool *p = ctx;
+    struct spf_thread *t = ts;
+    struct spf_req *r = (struct spf_req *)it;
+
+    if (atomic_load(&p->open) && !r->trial) {
+        /* queued before the breaker opened: no query now */
+        spf_answer_unchecked(r->helo, r->sender, &r->answer);
+        r->unchecked = 1;
+        return;
     }
-    struct timeval now;
-    event_base_gettimeofday_cached(p->base, &now);
-    while (rev) {
-        struct spf_req *r = rev;
-        rev = r->next;
-        long ms = (long)(now.tv_sec - r->started.tv_sec) * 1000 +
-                  (long)(now.tv_usec - r->started.tv_usec) / 1000;
-        int late = ms > p->timeout * 1000;
-        if (late && !r->overload)
-            p->last_late = now.tv_sec;
-        if (!late && p->late && now.tv_sec - p->last_late < SPF_LATE_HOLD)
-            late = 1;                   /* still within the hold: stay late */
-        if (!r->overload && late != p->late) {
-            if (late)
-                log_warn("spf: a check took %ld ms, more than spf.timeout: end of data "
-                         "stops waiting for SPF until checks are prompt again", ms);
-            else
-                log_info("spf: checks are prompt again: end of data waits for SPF");
-            p->late = late;
-        }
-        if (!r->cancelled && r->done)
-            r->done(r->arg, &r->answer);
-        spf_req_free(r);
-    }
+    spf_tl_answered = spf_tl_failed = 0;
+    spf_tl_trial = r->trial;
+    spf_check_with(t ? t->srv : NULL, r->family, r->addr, r->helo, r->sender, &r->answer);
+    spf_breaker_note(p, r, spf_tl_answered, spf_tl_failed);
 }
+
+/* Loop thread: hand a finished check to its requester. */
+static void spf_done(void *ctx, struct workpool_item *it)
+{
+    struct spf_pool *p = ctx;
+    struct spf_req *r = (struct spf_req *)it;
+    if (r->opened) {
+        stats_inc(STAT_SPF_BREAKER_OPENED);
+        log_warn("spf: the resolver gave no answer to %ld checks in a row: checks are answered "
+                 "temperror without a query, one trial check every %lds until it answers",
+                 p->fail_max, p->retry);
+    }
+    if (r->closed)
+        log_info("spf: the resolver answers again: checks query it again");
+    if (r->unchecked)
+        stats_inc(STAT_SPF_UNCHECKED_RESOLVER);
+    if (!r->cancelled && r->done)
+        r->done(r->arg, &r->answer);
+    spf_req_free(r);
+}
+
+static void spf_drop(void *ctx, struct workpool_item *it)
+{
+    (void)ctx;
+    spf_req_free((struct spf_req *)it);
+}
+
+static const struct workpool_ops spf_ops = {
+    spf_thread_start, spf_thread_end, spf_run, spf_done, spf_drop,
+};
 
 struct spf_pool *spf_pool_new(struct event_base *base, const struct conf *c, char *err,
                               size_t errlen)
@@ -436,25 +511,22 @@ struct spf_pool *spf_pool_new(struct event_base *base, const struct conf *c, cha
     SPF_info_handler = NULL;
     SPF_debug_handler = NULL;
     pthread_mutex_init(&p->mu, NULL);
-    pthread_cond_init(&p->cv, NULL);
+    atomic_init(&p->open, 0);
     p->timeout = c->spf.timeout;
+    p->fail_max = c->spf.breaker;
+    p->retry = c->spf.breaker_retry;
     p->base = base;
     p->resolver = c->resolver ? strdup(c->resolver) : NULL;
-    p->notify = event_new(base, -1, 0, spf_on_notify, p);
-    p->threads = calloc((size_t)c->spf.threads, sizeof *p->threads);
-    if (p->notify == NULL || p->threads == NULL || (c->resolver && p->resolver == NULL)) {
+    if (c->resolver && p->resolver == NULL) {
         snprintf(err, errlen, "spf: out of memory");
         spf_pool_free(p);
         return NULL;
     }
-    for (long i = 0; i < c->spf.threads; i++) {
-        int e = pthread_create(&p->threads[i], NULL, spf_worker, p);
-        if (e != 0) {
-            snprintf(err, errlen, "spf: cannot start a worker thread: %s", strerror(e));
-            spf_pool_free(p);
-            return NULL;
-        }
-        p->nthreads++;
+    p->wp = workpool_new(base, "spf", (size_t)c->spf.threads, (size_t)c->spf.queue, &spf_ops, p,
+                         err, errlen);
+    if (p->wp == NULL) {
+        spf_pool_free(p);
+        return NULL;
     }
     return p;
 }
@@ -463,29 +535,10 @@ void spf_pool_free(struct spf_pool *p)
 {
     if (p == NULL)
         return;
-    pthread_mutex_lock(&p->mu);
-    p->stopping = 1;
-    pthread_cond_broadcast(&p->cv);
-    pthread_mutex_unlock(&p->mu);
-    for (size_t i = 0; i < p->nthreads; i++)
-        pthread_join(p->threads[i], NULL);
     /* Requests never run or never delivered: their requesters are gone
-     * (sessions are freed before the pool). */
-    while (p->head) {
-        struct spf_req *r = p->head;
-        p->head = r->next;
-        spf_req_free(r);
-    }
-    while (p->done) {
-        struct spf_req *r = p->done;
-        p->done = r->next;
-        spf_req_free(r);
-    }
-    if (p->notify)
-        event_free(p->notify);
-    free(p->threads);
+     * (sessions, commits and post-commit jobs are freed before the pool). */
+    workpool_free(p->wp);
     free(p->resolver);
-    pthread_cond_destroy(&p->cv);
     pthread_mutex_destroy(&p->mu);
     free(p);
 }
@@ -503,72 +556,62 @@ struct spf_req *spf_check(struct spf_pool *p, int family, const unsigned char *a
     r->sender = strdup(sender ? sender : "");
     r->done = done;
     r->arg = arg;
-    event_base_gettimeofday_cached(p->base, &r->started);
     if (r->helo == NULL || r->sender == NULL) {
         spf_req_free(r);
         return NULL;
     }
-    pthread_mutex_lock(&p->mu);
-    if (p->queued >= SPF_QUEUE_MAX) {
-        /* Overloaded: answer at once rather than queue without bound. */
-        r->answer.mailfrom = r->sender[0] ? SPF_RES_TEMPERROR : SPF_RES_NONE;
-        r->answer.helo = SPF_RES_TEMPERROR;
-        r->overload = 1;                /* says nothing of DNS: not timed */
-        r->state = SPFQ_DONE;
-        r->next = p->done;
-        p->done = r;
-        event_active(p->notify, EV_READ, 0);
-    } else {
-        r->state = SPFQ_QUEUED;
-        if (p->tail)
-            p->tail->next = r;
-        else
-            p->head = r;
-        p->tail = r;
-        p->queued++;
-        pthread_cond_signal(&p->cv);
+    if (!spf_helo_checked(r->helo) && !spf_sender_checked(r->sender)) {
+        workpool_post(p->wp, &r->item);   /* nothing to look up: none, none */
+        return r;
     }
-    pthread_mutex_unlock(&p->mu);
+    if (atomic_load(&p->open) && !(r->trial = spf_breaker_trial(p))) {
+        /* The resolver is failing: temperror now, not after its timeouts. */
+        spf_answer_unchecked(r->helo, r->sender, &r->answer);
+        stats_inc(STAT_SPF_UNCHECKED_RESOLVER);
+        workpool_post(p->wp, &r->item);
+        return r;
+    }
+    if (workpool_submit(p->wp, &r->item) != 0) {
+        /* Overloaded: answer at once rather than queue without bound. */
+        if (r->trial) {
+            r->trial = 0;
+            spf_breaker_trial_gone(p);
+        }
+        if (!p->overflowing)
+            log_warn("spf: %zu checks waiting (spf.queue): new checks are answered temperror "
+                     "until the queue has room", workpool_queued(p->wp));
+        p->overflowing = 1;
+        spf_answer_unchecked(r->helo, r->sender, &r->answer);
+        stats_inc(STAT_SPF_UNCHECKED_QUEUE);
+        workpool_post(p->wp, &r->item);
+        return r;
+    }
+    if (p->overflowing) {
+        p->overflowing = 0;
+        log_info("spf: the check queue has room again");
+    }
     return r;
 }
 
-int spf_pool_late(const struct spf_pool *p) { return p != NULL && p->late; }
-
-void spf_pool_note_late(struct spf_pool *p)
+void spf_redirect(struct spf_req *r, spf_done_fn done, void *arg)
 {
-    if (p != NULL && !p->late) {
-        log_warn("spf: end of data gave up waiting: it stops waiting for SPF until "
-                 "checks are prompt again");
-        p->late = 1;
-    }
-    if (p != NULL)
-        p->last_late = time(NULL);
+    if (r == NULL)
+        return;
+    r->done = done;
+    r->arg = arg;
 }
 
 void spf_cancel(struct spf_req *r)
 {
     if (r == NULL)
         return;
-    struct spf_pool *p = r->p;
-    pthread_mutex_lock(&p->mu);
-    if (r->state == SPFQ_QUEUED) {
-        /* Still waiting: take it out of the queue and free it now. */
-        struct spf_req **pp = &p->head, *prev = NULL;
-        while (*pp && *pp != r) {
-            prev = *pp;
-            pp = &(*pp)->next;
-        }
-        if (*pp == r) {
-            *pp = r->next;
-            if (p->tail == r)
-                p->tail = prev;
-            p->queued--;
-            pthread_mutex_unlock(&p->mu);
-            spf_req_free(r);
-            return;
-        }
+    if (workpool_cancel(r->p->wp, &r->item)) {
+        /* Still waiting: out of the queue, freed now. */
+        if (r->trial)
+            spf_breaker_trial_gone(r->p);
+        spf_req_free(r);
+        return;
     }
-    /* Running or done: the notify frees it without calling back. */
+    /* Running or done: spf_done frees it without calling back. */
     r->cancelled = 1;
-    pthread_mutex_unlock(&p->mu);
 }

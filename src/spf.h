@@ -5,9 +5,13 @@
  * The result is recorded, not enforced: the backup records, the primary
  * decides (from our Authentication-Results header, authres.h).
  *
+ * Never delays a reply: a check not finished when its message is
+ * committed is recorded after the commit (dkim_check takes it over), and
+ * delivery waits for it.  A failing resolver opens a breaker: checks are
+ * answered temperror at once (spf.c says how it closes again).
+ *
  * Threads: spf_pool_new/spf_check/spf_cancel/spf_pool_free are called on
- * the loop thread, and callbacks run there (a notify event made active by
- * the worker, as the spool's writer does).
+ * the loop thread, and callbacks run there (workpool.h).
  * Ownership: spf_pool_new() -> spf_pool_free() (accepts NULL; waits for
  * the workers to finish their current check).  A request handed out by
  * spf_check() is the pool's; the caller either gets its callback (after
@@ -43,8 +47,9 @@ struct spf_answer {
 
 typedef void (*spf_done_fn)(void *arg, const struct spf_answer *a);
 
-/* Start `threads` workers; DNS from c->resolver with c->spf.timeout per
- * query try.  NULL with a reason in err on failure. */
+/* Start spf.threads workers, at most spf.queue checks waiting; DNS from
+ * c->resolver with spf.timeout per query try.  NULL with a reason in err
+ * on failure. */
 struct spf_pool *spf_pool_new(struct event_base *base, const struct conf *c, char *err,
                               size_t errlen);
 void spf_pool_free(struct spf_pool *p);
@@ -52,20 +57,16 @@ void spf_pool_free(struct spf_pool *p);
 /*
  * Check the client at family/addr (AF_INET: 4 octets, AF_INET6: 16,
  * network order) for sender ("" = null sender: only HELO is checked) and
- * helo.  NULL when the request could not be queued (out of memory): no
- * callback will run.
+ * helo.  The callback always runs from the loop, never from inside
+ * spf_check (a full queue or an open breaker answer temperror at once).
+ * NULL when out of memory: no callback will run.
  */
 struct spf_req *spf_check(struct spf_pool *p, int family, const unsigned char *addr,
                           const char *helo, const char *sender, spf_done_fn done, void *arg);
-/*
- * Whether DNS is answering SPF checks within spf.timeout.  A check that
- * took longer (or an end of data that gave up waiting: spf_pool_note_late)
- * makes the pool "late"; one finished in time makes it prompt again.
- * While late, the end of data does not wait (the record says temperror):
- * a resolver that is down must not slow every message by spf.timeout.
- */
-int spf_pool_late(const struct spf_pool *p);
-void spf_pool_note_late(struct spf_pool *p);
+/* Loop thread: the answer goes to done(arg) instead (a check still
+ * running when its message is committed passes from the session to the
+ * commit, then to the post-commit job that records it: dkim.h). */
+void spf_redirect(struct spf_req *r, spf_done_fn done, void *arg);
 
 /* Forget a request: its callback never runs.  Accepts NULL. */
 void spf_cancel(struct spf_req *r);

@@ -58,6 +58,9 @@ static const struct {
     [STAT_KEPT_EXPIRED] = { "kept_copies_expired_total", "Kept copies removed after keep_delivered" },
     [STAT_KEPT_DROPPED] = { "kept_copies_dropped_total", "Kept copies dropped because the spool ran short of space" },
     [STAT_KEPT_REPLAYED] = { "kept_copies_replayed_total", "Kept copies queued again by mxkeepctl replay" },
+    [STAT_SPF_BREAKER_OPENED] = { "spf_breaker_opened_total", "Times SPF stopped querying a resolver that gave no answers" },
+    [STAT_SPF_UNCHECKED_RESOLVER] = { "spf_unchecked_resolver_total", "SPF checks answered temperror without a query: the resolver is failing" },
+    [STAT_SPF_UNCHECKED_QUEUE] = { "spf_unchecked_queue_total", "SPF checks answered temperror without a query: too many checks waiting" },
 };
 
 /*
@@ -71,6 +74,7 @@ static const struct {
 #define RCPT_HELP "Recipient outcomes of delivery attempts (deferred counts attempts)"
 #define QUAR_HELP "Messages put in quarantine, by reason"
 #define KEPT_HELP "Copies of delivered mail (keep_delivered): kept, expired, dropped, replayed"
+#define SPFU_HELP "SPF checks answered temperror without a DNS query, by reason"
 #define CONN_IN_HELP "Inbound SMTP connections, accepted or refused at connect (limits)"
 
 static const struct stats_series stats_family_map[STAT_COUNT_] = {
@@ -103,6 +107,8 @@ static const struct stats_series stats_family_map[STAT_COUNT_] = {
     [STAT_KEPT_EXPIRED] = { "kept_copies_total", KEPT_HELP, "event", "expired" },
     [STAT_KEPT_DROPPED] = { "kept_copies_total", KEPT_HELP, "event", "dropped" },
     [STAT_KEPT_REPLAYED] = { "kept_copies_total", KEPT_HELP, "event", "replayed" },
+    [STAT_SPF_UNCHECKED_RESOLVER] = { "spf_unchecked_total", SPFU_HELP, "reason", "resolver" },
+    [STAT_SPF_UNCHECKED_QUEUE] = { "spf_unchecked_total", SPFU_HELP, "reason", "queue" },
     [STAT_CONN_OUT_FAILED] = { "smtp_connection_failures_total",
                                "Outbound connections that failed before the greeting", NULL,
                                NULL },

@@ -58,6 +58,9 @@ enum stat_id {
     STAT_KEPT_EXPIRED,          /* removed after keep_delivered */
     STAT_KEPT_DROPPED,          /* dropped first, the spool short of space */
     STAT_KEPT_REPLAYED,         /* queued again by mxkeepctl replay */
+    STAT_SPF_BREAKER_OPENED,    /* SPF breaker opened: the resolver stopped answering */
+    STAT_SPF_UNCHECKED_RESOLVER, /* SPF answered temperror without a query: breaker open */
+    STAT_SPF_UNCHECKED_QUEUE,   /* SPF answered temperror without a query: queue full */
     STAT_COUNT_
 };
 

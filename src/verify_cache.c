@@ -18,24 +18,21 @@
  */
 #include "config.h"
 #include "verify_cache.h"
+#include "lmdb_env.h"
 
 #include <errno.h>
 #include <lmdb.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 #define VCACHE_DIR_MODE   0700          /* as the rest of the spool */
 #define VCACHE_FILE_MODE  0600
 #define VCACHE_HEADER     11            /* version, result, source, int64 time */
 #define VCACHE_PAGE       256           /* records copied per read transaction */
-#define VCACHE_GROW_TRIES 4
 
 struct verify_cache {
-    MDB_env *env;
-    MDB_dbi dbi;
-    size_t map_size;
+    struct lmdb_env *db;
     int readonly;
 };
 
@@ -105,57 +102,27 @@ struct verify_cache *vcache_open(const char *dir, size_t map_size, int readonly,
                                  size_t errlen)
 {
     struct verify_cache *vc = calloc(1, sizeof *vc);
-    MDB_txn *txn = NULL;
-    MDB_envinfo info;
-    int rc;
 
     if (vc == NULL) {
         snprintf(err, errlen, "out of memory");
         return NULL;
     }
     vc->readonly = readonly;
-    if (!readonly && mkdir(dir, VCACHE_DIR_MODE) != 0 && errno != EEXIST) {
-        snprintf(err, errlen, "%s: %s", dir, strerror(errno));
+    /* MDB_NOSYNC: a cache; MDB_NOTLS: transactions only on the loop. */
+    vc->db = lmdb_env_open(dir, MDB_NOTLS | (readonly ? MDB_RDONLY : MDB_NOSYNC | MDB_NOMETASYNC),
+                           VCACHE_DIR_MODE, VCACHE_FILE_MODE, map_size, err, errlen);
+    if (vc->db == NULL) {
         free(vc);
         return NULL;
     }
-    if ((rc = mdb_env_create(&vc->env)) != 0)
-        goto fail;
-    /* MDB_NOSYNC: a cache; MDB_NOTLS: transactions only on the loop. */
-    rc = mdb_env_open(vc->env, dir,
-                      MDB_NOTLS | (readonly ? MDB_RDONLY : MDB_NOSYNC | MDB_NOMETASYNC),
-                      VCACHE_FILE_MODE);
-    if (rc != 0)
-        goto fail;
-    mdb_env_info(vc->env, &info);
-    vc->map_size = info.me_mapsize;
-    if (!readonly && map_size > vc->map_size) {
-        if ((rc = mdb_env_set_mapsize(vc->env, map_size)) != 0)
-            goto fail;
-        vc->map_size = map_size;
-    }
-    if ((rc = mdb_txn_begin(vc->env, NULL, readonly ? MDB_RDONLY : 0, &txn)) != 0)
-        goto fail;
-    if ((rc = mdb_dbi_open(txn, NULL, 0, &vc->dbi)) != 0) {
-        mdb_txn_abort(txn);
-        goto fail;
-    }
-    if ((rc = mdb_txn_commit(txn)) != 0)
-        goto fail;
     return vc;
-fail:
-    snprintf(err, errlen, "%s: %s", dir, mdb_strerror(rc));
-    if (vc->env)
-        mdb_env_close(vc->env);
-    free(vc);
-    return NULL;
 }
 
 void vcache_close(struct verify_cache *vc)
 {
     if (vc == NULL)
         return;
-    mdb_env_close(vc->env);
+    lmdb_env_close(vc->db, 0);
     free(vc);
 }
 
@@ -165,9 +132,9 @@ int vcache_get(struct verify_cache *vc, const char *key, struct verify_entry *e)
     MDB_val k = { strlen(key), (void *)key }, v;
     int rc, found = 0;
 
-    if (vc == NULL || mdb_txn_begin(vc->env, NULL, MDB_RDONLY, &txn) != 0)
+    if (vc == NULL || mdb_txn_begin(lmdb_env_handle(vc->db), NULL, MDB_RDONLY, &txn) != 0)
         return -1;
-    rc = mdb_get(txn, vc->dbi, &k, &v);
+    rc = mdb_get(txn, lmdb_env_dbi(vc->db), &k, &v);
     if (rc == 0)
         found = vcache_decode(key, k.mv_size, v.mv_data, v.mv_size, e) == 0 ? 1 : 0;
     else if (rc != MDB_NOTFOUND)
@@ -176,45 +143,42 @@ int vcache_get(struct verify_cache *vc, const char *key, struct verify_entry *e)
     return found;
 }
 
-/* A full map doubles (no transaction is open between our calls). */
-static int vcache_grow(struct verify_cache *vc)
+static int vcache_put_fn(MDB_txn *txn, MDB_dbi dbi, void *arg)
 {
-    size_t ns = vc->map_size * 2;
-
-    if (mdb_env_set_mapsize(vc->env, ns) != 0)
-        return -1;
-    vc->map_size = ns;
-    return 0;
+    MDB_val *kv = arg;
+    return mdb_put(txn, dbi, &kv[0], &kv[1], 0);
 }
 
 int vcache_put(struct verify_cache *vc, const struct verify_entry *e)
 {
     unsigned char buf[VCACHE_HEADER + sizeof e->reply];
     size_t n = vcache_encode(e, buf, sizeof buf);
-    MDB_val k = { strlen(e->key), (void *)e->key }, v = { n, buf };
+    MDB_val kv[2] = { { strlen(e->key), (void *)e->key }, { n, buf } };
 
-    if (vc == NULL || vc->readonly || n == 0 || k.mv_size == 0)
+    if (vc == NULL || vc->readonly || n == 0 || kv[0].mv_size == 0)
         return -1;
-    for (int tries = 0; tries < VCACHE_GROW_TRIES; tries++) {
-        MDB_txn *txn;
-        int rc = mdb_txn_begin(vc->env, NULL, 0, &txn);
-        if (rc == MDB_MAP_RESIZED) {
-            mdb_env_set_mapsize(vc->env, 0);
-            continue;
-        }
-        if (rc != 0)
-            return -1;
-        rc = mdb_put(txn, vc->dbi, &k, &v, 0);
+    return lmdb_env_write(vc->db, vcache_put_fn, kv) == 0 ? 0 : -1;
+}
+
+struct vcache_dels {
+    char (*keys)[VERIFY_KEY_MAX];
+    size_t n;
+    long del;                           /* of the run that commits */
+};
+
+static int vcache_del_fn(MDB_txn *txn, MDB_dbi dbi, void *arg)
+{
+    struct vcache_dels *d = arg;
+    d->del = 0;
+    for (size_t i = 0; i < d->n; i++) {
+        MDB_val k = { strlen(d->keys[i]), d->keys[i] };
+        int rc = mdb_del(txn, dbi, &k, NULL);
         if (rc == 0)
-            rc = mdb_txn_commit(txn);
-        else
-            mdb_txn_abort(txn);
-        if (rc == 0)
-            return 0;
-        if (rc != MDB_MAP_FULL || vcache_grow(vc) != 0)
-            return -1;
+            d->del++;
+        else if (rc != MDB_NOTFOUND)
+            return rc;
     }
-    return -1;
+    return 0;
 }
 
 /* Delete keys[0..n) in one short write transaction (grown and retried
@@ -222,36 +186,8 @@ int vcache_put(struct verify_cache *vc, const struct verify_entry *e)
  * Records deleted, or -1. */
 static long vcache_del(struct verify_cache *vc, char (*keys)[VERIFY_KEY_MAX], size_t n)
 {
-    for (int tries = 0; tries < VCACHE_GROW_TRIES; tries++) {
-        MDB_txn *txn;
-        long del = 0;
-        int rc = mdb_txn_begin(vc->env, NULL, 0, &txn);
-        size_t i;
-
-        if (rc == MDB_MAP_RESIZED) {
-            mdb_env_set_mapsize(vc->env, 0);
-            continue;
-        }
-        if (rc != 0)
-            return -1;
-        for (i = 0; i < n && rc == 0; i++) {
-            MDB_val k = { strlen(keys[i]), keys[i] };
-            rc = mdb_del(txn, vc->dbi, &k, NULL);
-            if (rc == 0)
-                del++;
-            else if (rc == MDB_NOTFOUND)
-                rc = 0;
-        }
-        if (rc == 0)
-            rc = mdb_txn_commit(txn);
-        else
-            mdb_txn_abort(txn);
-        if (rc == 0)
-            return del;
-        if (rc != MDB_MAP_FULL || vcache_grow(vc) != 0)
-            return -1;
-    }
-    return -1;
+    struct vcache_dels d = { keys, n, 0 };
+    return lmdb_env_write(vc->db, vcache_del_fn, &d) == 0 ? d.del : -1;
 }
 
 struct forget_page {
@@ -328,8 +264,8 @@ int vcache_each(struct verify_cache *vc, const char *domain,
         size_t n = 0, i;
         int rc;
 
-        if (mdb_txn_begin(vc->env, NULL, MDB_RDONLY, &txn) != 0 ||
-            mdb_cursor_open(txn, vc->dbi, &cur) != 0) {
+        if (mdb_txn_begin(lmdb_env_handle(vc->db), NULL, MDB_RDONLY, &txn) != 0 ||
+            mdb_cursor_open(txn, lmdb_env_dbi(vc->db), &cur) != 0) {
             free(page);
             return -1;
         }

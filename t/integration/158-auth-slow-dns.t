@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 # 158-auth-slow-dns (issue 9, section 3): authentication never delays the
 # 250.  With a resolver that never answers, a DKIM-signed message is
-# accepted at once (spf.timeout = 0: the end of data does not wait for
-# SPF; DKIM runs after the commit), and still reaches the primary, later,
+# accepted at once (the end of data never waits for SPF; DKIM runs after
+# the commit), and still reaches the primary, later,
 # with spf=temperror and dkim=temperror in its one A-R header: nothing is
 # lost or held for good because DNS is down.
 import base64

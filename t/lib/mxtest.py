@@ -837,6 +837,27 @@ def message_id(body):
     return m.group(1).decode("latin-1") if m else None
 
 
+def metrics_get(port):
+    """The text of mxkeepd's /metrics on 127.0.0.1:port."""
+    import http.client
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        c.request("GET", "/metrics")
+        return c.getresponse().read().decode("utf-8")
+    finally:
+        c.close()
+
+
+def metric_value(text, name, **labels):
+    """The value of series mxkeep_NAME{labels} in /metrics text, or None."""
+    want = ",".join('%s="%s"' % kv for kv in sorted(labels.items()))
+    for ln in text.split("\n"):
+        m = re.match(r'^mxkeep_%s(?:\{(.*)\})? (\S+)$' % re.escape(name), ln)
+        if m and ",".join(sorted((m.group(1) or "").split(","))) == want:
+            return float(m.group(2))
+    return None
+
+
 def free_port_on(host):
     """A TCP port free on host that is also free for UDP (for dnsmasq)."""
     for _ in range(50):

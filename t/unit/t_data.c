@@ -59,6 +59,7 @@ struct result {
     enum data_status status;
     long size;
     long received;
+    int dkim;
     int has_8bit;
     int bare;
 };
@@ -95,6 +96,7 @@ static void run_cuts(const char *in, size_t len, const struct data_limits *lim,
     r->done = data_done(p);
     r->size = data_size(p);
     r->received = data_received_count(p);
+    r->dkim = data_dkim_signatures(p);
     r->has_8bit = data_has_8bit(p);
     r->bare = data_bare_newlines(p);
     data_free(p);
@@ -110,7 +112,7 @@ static int same(const struct result *a, const struct result *b)
     return (out_same || (a->status != DATA_OK && a->status == b->status)) &&
            a->consumed == b->consumed && a->done == b->done &&
            a->status == b->status && a->size == b->size &&
-           a->received == b->received && a->has_8bit == b->has_8bit &&
+           a->received == b->received && a->dkim == b->dkim && a->has_8bit == b->has_8bit &&
            a->bare == b->bare;
 }
 
@@ -355,6 +357,25 @@ static void test_header(void)
     result_clear(&r);
 }
 
+/* DKIM-Signature fields (smtpd records dkim=none at once without one). */
+static void test_dkim_signature(void)
+{
+    static const char msg[] =
+        "DKIM-Signature: v=1; d=a.example\r\n\tb=x\r\ndkim-signature:v=1\r\n"
+        "X-DKIM-Signature: no\r\nDKIM-Signature : no\r\n DKIM-Signature: no\r\n"
+        "\r\nDKIM-Signature: in the body\r\n.\r\n";
+    static const char none[] = "Subject: x\r\nDKIM-Sig: no\r\n\r\nbody\r\n.\r\n";
+    struct data_limits lim = lim_norm;
+    struct result r;
+
+    check_splits("dkim signatures", S(msg), &lim, 0, &r);
+    is_int(r.dkim, 2, "DKIM-Signature counted case-blind, header only, by name");
+    result_clear(&r);
+    check_splits("no dkim signature", S(none), &lim, 0, &r);
+    is_int(r.dkim, 0, "no DKIM-Signature field: none counted");
+    result_clear(&r);
+}
+
 static void test_received(void)
 {
     static const char msg[] =
@@ -519,6 +540,7 @@ int main(void)
     test_smuggling();
     test_header();
     test_received();
+    test_dkim_signature();
     test_size_and_errors();
     test_8bit();
     test_bdat();
