@@ -19,6 +19,8 @@
  * Owns its sessions.  Never: listens beyond loopback, keeps bodies.  A
  * benchmark peer, not part of mxkeepd.
  */
+#include "config.h"     /* the system extensions (AC_USE_SYSTEM_EXTENSIONS) */
+
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
