@@ -1835,6 +1835,16 @@ struct conf *conf_load(const char *path, char *err, size_t errlen)
                   "tls.key (implicit TLS or STARTTLS)");
         goto out;
     }
+    /* An ODMR domain is only ever fetched: without a listener its mail
+     * would wait, accepted, until it expires. */
+    for (size_t i = 0; c->odmr.nlisten == 0 && i < c->ndomains; i++) {
+        if (c->domains[i].odmr) {
+            conf_fail(&L, config_lookup(&cfg, "domains"), "domain \"%s\": odmr = true needs an "
+                      "odmr.listen listener (its primary fetches its mail with ATRN)",
+                      c->domains[i].name);
+            goto out;
+        }
+    }
     ok = 1;
 out:
     config_destroy(&cfg);

@@ -483,6 +483,14 @@ static void cmd_flush(struct ctl_req *r, int argc, char **argv)
         req_err(r, EX_NOUSER, "unknown domain %s", domain);
         return;
     }
+    /* An ODMR domain is never connected to (RFC 2645): its primary
+     * fetches with ATRN, so a flush cannot start anything (as ETRN's 459). */
+    const struct conf_domain *cd = conf_domain_find(r->ctl->conf, domain);
+    if (cd != NULL && cd->odmr) {
+        req_err(r, EX_UNAVAILABLE, "%s is never connected to (odmr = true): its mail waits to "
+                "be fetched with ATRN", domain);
+        return;
+    }
     /* Count and state from the scheduler's record, as summary shows. */
     n = delivery_flush(r->ctl->dl, domain, &info);
     if (n < 0) {

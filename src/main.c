@@ -193,6 +193,10 @@ static void main_on_domains(void *arg, struct conf *nc)
 
 /* Re-read config and lists (SIGHUP, mxkeepctl reload).  0 done, -1 kept
  * the old ones; msg gets a one-line account either way. */
+/* The resolver the daemon started with (NULL: the system's): the DNS, SPF
+ * and DKIM clients keep it until a restart. */
+static char *main_resolver;
+
 static int main_reload(struct daemon *dm, char *msg, size_t len)
 {
     char err[1024];
@@ -227,11 +231,21 @@ static int main_reload(struct daemon *dm, char *msg, size_t len)
         conf_free(nc);
         return -1;
     }
+    /* The resolver is bound into the DNS, SPF and DKIM clients at start:
+     * say so rather than seem to take a new one. */
+    const char *or = main_resolver ? main_resolver : "";
+    const char *nr = nc->resolver ? nc->resolver : "";
+    int resolver_kept = strcmp(or, nr) != 0;
+    if (resolver_kept)
+        log_warn("reload: resolver changed to %s: it takes effect at the next restart; "
+                 "still using %s", nr[0] ? nr : "the system resolver",
+                 or[0] ? or : "the system resolver");
     main_apply(dm, nc, np);
     log_info("reloaded %s: %zu domains, %zu recipient entries", nc->path, nc->ndomains,
              policy_entry_count(np));
-    snprintf(msg, len, "reloaded %s: %zu domains, %zu recipient entries", nc->path,
-             nc->ndomains, policy_entry_count(np));
+    snprintf(msg, len, "reloaded %s: %zu domains, %zu recipient entries%s", nc->path,
+             nc->ndomains, policy_entry_count(np),
+             resolver_kept ? " (the new resolver needs a restart)" : "");
     return 0;
 }
 
@@ -541,6 +555,8 @@ int main(int argc, char **argv)
     if (dm.smtpd == NULL)
         log_fatal(EX_OSERR_CODE, "out of memory");
     smtpd_configure(dm.smtpd, dm.conf, dm.policy);
+    if (dm.conf->resolver && !(main_resolver = strdup(dm.conf->resolver)))
+        log_fatal(EX_OSERR_CODE, "out of memory");
     dm.dns = dns_new(dm.base, dm.conf->resolver, err, sizeof err);
     if (dm.dns == NULL)
         log_fatal(EX_CONFIG_CODE, "%s: resolver: %s", dm.conf->path, err);
@@ -637,6 +653,7 @@ int main(int argc, char **argv)
     policy_free(dm.policy);
     main_pid_file_remove(dm.conf);
     conf_free(dm.conf);
+    free(main_resolver);
     /* Last: the tables (closed with the policy) cancel their queries. */
     pg_shutdown();
     event_base_free(dm.base);

@@ -449,9 +449,35 @@ static void maint_schedule(int64_t now)
     }
 }
 
+/* A running window from the config whose entry is no longer there (a
+ * reload removed or moved it) ends now, as `stop` would: mail must not
+ * stay held for a window nobody asks for any more. */
+static void maint_unschedule(int64_t now)
+{
+    for (size_t i = 0; M.conf && i < M.recs.n; i++) {
+        struct qmaint *q = &M.recs.r[i];
+        if (q->kind != QMAINT_WINDOW || q->origin != QMAINT_CONFIG || q->phase != 0 ||
+            (q->until != 0 && q->until <= now))
+            continue;           /* not running, or ending at its own time */
+        const struct conf_domain *d = conf_domain_find(M.conf, q->domain);
+        int still = 0;
+        for (size_t k = 0; d && k < d->nmaint && !still; k++) {
+            int64_t s, e;
+            still = maint_window_at(&d->maint[k], now, &s, &e);
+        }
+        if (still)
+            continue;
+        log_info("maintenance of %s (config) is no longer in the configuration: it ends now",
+                 q->domain);
+        maint_end(q, now);
+        i = (size_t)-1;         /* maint_end may have removed records */
+    }
+}
+
 static void maint_tick(void)
 {
     int64_t now = (int64_t)time(NULL);
+    maint_unschedule(now);
     maint_schedule(now);
     for (size_t i = 0; i < M.recs.n; i++) {
         struct qmaint *q = &M.recs.r[i];
@@ -550,12 +576,19 @@ int maint_init(struct event_base *base, struct spool *sp, const struct conf *c, 
     maint_catch_up(now);
     M.ready = 1;
     maint_schedule(now);
-    for (size_t i = 0; i < M.recs.n; i++)
-        if (M.recs.r[i].kind != QMAINT_CLOCK)
-            log_info("%s of %s (%s, since %lld, uid %ld) restored from the spool",
-                     maint_kind_name(M.recs.r[i].kind), M.recs.r[i].domain,
-                     maint_origin_name(M.recs.r[i].origin), (long long)M.recs.r[i].start,
-                     M.recs.r[i].uid == QMAINT_UID_NONE ? -1L : (long)M.recs.r[i].uid);
+    for (size_t i = 0; i < M.recs.n; i++) {
+        const struct qmaint *q = &M.recs.r[i];
+        char iso[TIMEARG_ISO_SIZE], who[32];
+        if (q->kind == QMAINT_CLOCK || (q->kind == QMAINT_WINDOW && q->phase == 2))
+            continue;           /* a stopped window is only a marker */
+        if (q->uid == QMAINT_UID_NONE)
+            snprintf(who, sizeof who, "the configuration");
+        else
+            snprintf(who, sizeof who, "uid %lu", (unsigned long)q->uid);
+        log_info("%s of %s (%s, since %s, by %s) restored from the spool",
+                 maint_kind_name(q->kind), q->domain, maint_origin_name(q->origin),
+                 timearg_format((time_t)q->start, iso), who);
+    }
     return 0;
 }
 

@@ -52,7 +52,7 @@ def main():
     is_(srv.stop(), 0, "stopped")
     mark = len(srv.log())
     srv.start()
-    ok(wait_log(srv, r"hold of example\.org \(runtime, since \d+, uid %d\) restored" % os.getuid(),
+    ok(wait_log(srv, r"hold of example\.org \(runtime, since \d{4}-\d\d-\d\dT[\d:]+Z, by uid %d\) restored" % os.getuid(),
                 5, mark) is not None, "log: hold restored from the spool at start-up")
     time.sleep(3)
     is_(fake.count(), 0, "after restart: still held, nothing delivered")

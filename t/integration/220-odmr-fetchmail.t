@@ -54,6 +54,14 @@ def main():
     is_(r.returncode, 78, "odmr_secret in clear: config refused (78)")
     like((r.stdout + r.stderr).decode(), r"mxkeep\.conf:\d+: domains\.odmr_secret: not \"\{CRAM-MD5\}\"",
          "... file:line: reason")
+    # An ODMR domain without an ODMR listener could never be fetched.
+    bad = odmr_server([{"name": "example.org", "odmr": True, "odmr_secret": make_secret("x")}],
+                      implicit_port=False, starttls_port=False)
+    bad.write_config()
+    r = run([MXKEEPD, "-t", "-c", bad.conf])
+    is_(r.returncode, 78, "odmr = true without an odmr.listen: config refused (78)")
+    like((r.stdout + r.stderr).decode(), r"mxkeep\.conf:\d+: domain \"example\.org\": odmr = true "
+         r"needs an odmr\.listen", "... file:line: reason")
 
     primary = FakeSMTP(host="127.0.0.2")    # reachable, but never to be used
     primary.start()
@@ -88,6 +96,9 @@ def main():
     reply = etrn(srv, "example.org")
     is_(reply.code, 459, "ETRN for an ODMR domain: 459 (RFC 1985: node not allowed)")
     like(reply.text, r"ATRN", "... saying its mail waits for ATRN")
+    r = srv.ctl("flush", "example.org")
+    is_(r.returncode, 69, "mxkeepctl flush of an ODMR domain: refused (69), not a false OK")
+    like((r.stdout + r.stderr).decode(), r"never connected to \(odmr = true\)", "... saying why")
 
     fm = Fetchmail()
     # A wrong secret: 535, nothing delivered, nothing leaves the queue.
