@@ -1996,7 +1996,7 @@ static int cmd_domain_verb(struct ctl *c, const char *verb, const char *domain)
 static int cmd_flush(struct ctl *c, int argc, char **argv)
 {
     if (c->all != (argc == 1)) {
-        fprintf(stderr, "usage: " CTL_PROG " flush DOMAIN | flush --all\n");
+        fprintf(stderr, CTL_PROG ": usage: " CTL_PROG " flush DOMAIN | flush --all\n");
         return EX_USAGE;
     }
     if (c->all)
@@ -2022,7 +2022,7 @@ static int cmd_delete(struct ctl *c, int argc, char **argv)
         return daemon_simple(c, "delete", qid);
     }
     if (domain == NULL || argc != 1) {
-        fprintf(stderr, "usage: " CTL_PROG " delete QID | delete --domain DOMAIN --yes\n");
+        fprintf(stderr, CTL_PROG ": usage: " CTL_PROG " delete QID | delete --domain DOMAIN --yes\n");
         return EX_USAGE;
     }
     if (!c->yes) {
@@ -2289,7 +2289,7 @@ static int cmd_cluster(struct ctl *c, int argc, char **argv)
     int rc;
 
     if (strcmp(argv[1], "summary") != 0) {
-        fprintf(stderr, "usage: " CTL_PROG " cluster summary [--json]\n");
+        fprintf(stderr, CTL_PROG ": usage: " CTL_PROG " cluster summary [--json]\n");
         return EX_USAGE;
     }
     if ((rc = daemon_request(c, "cluster-summary\n", &r, 0)) != 0)
@@ -2532,14 +2532,14 @@ static int cmd_verify(struct ctl *c, int argc, char **argv)
         list = 1;
     } else if (strcmp(argv[1], "forget") == 0) {
         if (argc != 3) {
-            fprintf(stderr, "usage: " CTL_PROG " verify forget ADDRESS|DOMAIN\n");
+            fprintf(stderr, CTL_PROG ": usage: " CTL_PROG " verify forget ADDRESS|DOMAIN\n");
             return EX_USAGE;
         }
         verb = "verify-forget";
         arg = argv[2];
     } else {
         if (argc != 2) {
-            fprintf(stderr, "usage: " CTL_PROG " verify ADDRESS [--probe]\n");
+            fprintf(stderr, CTL_PROG ": usage: " CTL_PROG " verify ADDRESS [--probe]\n");
             return EX_USAGE;
         }
         verb = c->probe ? "verify-probe" : "verify";
@@ -2712,7 +2712,7 @@ static int cmd_quarantine(struct ctl *c, int argc, char **argv)
     }
     if (strcmp(verb, "delete") == 0 && argc == 3 && !c->deliver && !c->notify)
         return daemon_simple(c, "quarantine-delete", argv[2]);
-    fprintf(stderr, "usage: " CTL_PROG " [--json] quarantine list [DOMAIN] | show QID | "
+    fprintf(stderr, CTL_PROG ": usage: " CTL_PROG " [--json] quarantine list [DOMAIN] | show QID | "
                     "release QID --deliver|--notify | delete QID\n");
     return EX_USAGE;
 }
@@ -2959,7 +2959,7 @@ static int cmd_maintenance(struct ctl *c, int argc, char **argv)
         return 0;
     }
     if (argc != 3 || (strcmp(argv[2], "start") != 0 && strcmp(argv[2], "stop") != 0)) {
-        fprintf(stderr, "usage: " CTL_PROG " maintenance DOMAIN start [--until TIME] "
+        fprintf(stderr, CTL_PROG ": usage: " CTL_PROG " maintenance DOMAIN start [--until TIME] "
                         "[--note TEXT] | maintenance DOMAIN stop | maintenance list\n");
         return EX_USAGE;
     }
@@ -3178,7 +3178,7 @@ static int opt_refused(const struct ctl_cmd *cmd, unsigned given)
         if ((given & names[i].bit) && !(cmd->opts & names[i].bit)) {
             fprintf(stderr, CTL_PROG ": %s: option %s is not for this command\n", cmd->name,
                     names[i].name);
-            fprintf(stderr, "usage: " CTL_PROG " [-c FILE] [--json] %s %s\n", cmd->name,
+            fprintf(stderr, CTL_PROG ": usage: " CTL_PROG " [-c FILE] [--json] %s %s\n", cmd->name,
                     cmd->args);
             return EX_USAGE;
         }
@@ -3216,6 +3216,7 @@ int main(int argc, char **argv)
     /* No '+': options are taken anywhere (GNU permutation), so
      * `mxkeepctl queue --json` and `mxkeepctl --json queue` are the same;
      * `--` ends the options. */
+    opterr = 0;
     while ((opt = getopt_long(argc, argv, "c:ho:", longopts, NULL)) != -1) {
         switch (opt) {
         case 'c':
@@ -3276,7 +3277,9 @@ int main(int argc, char **argv)
             usage(stdout);
             return EX_OK;
         default:
-            usage(stderr);
+            /* One line, as every other error (getopt's own is off). */
+            fprintf(stderr, CTL_PROG ": %s: unknown option, or its value is missing (" CTL_PROG
+                    " -h lists them)\n", argv[optind - 1]);
             return EX_USAGE;
         }
     }
@@ -3296,7 +3299,8 @@ int main(int argc, char **argv)
     if ((rc = opt_refused(cmd, given)) != 0)
         return rc;
     if (nargs < cmd->min_args || nargs > cmd->max_args) {
-        fprintf(stderr, "usage: " CTL_PROG " [-c FILE] [--json] %s %s\n", cmd->name, cmd->args);
+        fprintf(stderr, CTL_PROG ": usage: " CTL_PROG " [-c FILE] [--json] %s %s\n", cmd->name,
+                cmd->args);
         return EX_USAGE;
     }
 
