@@ -331,10 +331,11 @@ class Server:
         if "etrn" not in self.settings:
             lines.append('etrn = { allow = ( "127.0.0.0/8" ); };')
         if "spf" not in self.settings and "resolver" not in self.settings:
-            # No resolver: the system's is unreachable from a test box, and
-            # every end of data would wait spf.timeout for SPF until the
-            # daemon notices (spf_pool_late).  Tests that check SPF set a
-            # resolver (dnsmasq) or spf themselves.
+            # No resolver: the system's is unreachable from a test box, so
+            # every SPF query would spend its timeout in the workers until
+            # the breaker opens (the 250 never waits for it: 190 shows the
+            # default).  Tests that check SPF set a resolver (dnsmasq) or
+            # spf themselves.
             lines.append('spf = { timeout = "0s"; };')
         user = mxkeep_user()
         if user and "user" not in self.settings:
