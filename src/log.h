@@ -21,6 +21,16 @@
  * May be called again (after privilege drop, on reload). */
 void log_open(const char *ident, int foreground);
 
+/* Batch stderr lines (foreground only; syslog lines are never held).
+ * arm is called, from whichever thread logged, when a line enters an
+ * empty batch: the caller then runs log_flush() soon, once per loop pass
+ * (main.c does it from an event it activates).  arm must not log.
+ * log_batch_stop writes what is held and goes back to a write per line.
+ * log_fatal, log_panic and exit() write the batch first. */
+void log_batch_start(void (*arm)(void));
+void log_batch_stop(void);
+void log_flush(void);
+
 /* Raise or lower verbosity: 0 normal, 1 adds session state transitions. */
 void log_set_debug(int level);
 int log_debug_level(void);

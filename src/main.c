@@ -69,6 +69,24 @@
 /* How long SIGTERM waits for transactions in progress. */
 #define SHUTDOWN_GRACE_SECONDS 30
 
+/* The end-of-pass flush of batched log lines (log_batch_start). */
+static struct event *main_log_ev;
+
+static void main_log_flush(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    (void)arg;
+    log_flush();
+}
+
+/* Any thread: activation is thread-safe (evthread_use_pthreads), and runs
+ * after the callbacks this pass had already queued. */
+static void main_log_arm(void)
+{
+    event_active(main_log_ev, EV_TIMEOUT, 1);
+}
+
 struct daemon {
     struct event_base *base;
     struct conf *conf;              /* what runs: the file's plus domains_from's */
@@ -476,6 +494,12 @@ int main(int argc, char **argv)
     dm.base = event_base_new();
     if (dm.base == NULL)
         log_fatal(EX_OSERR_CODE, "cannot create event base");
+    if (foreground) {
+        /* One write(2) of log lines per loop pass (log.h). */
+        main_log_ev = event_new(dm.base, -1, 0, main_log_flush, NULL);
+        if (main_log_ev != NULL)
+            log_batch_start(main_log_arm);
+    }
 
     main_spool_dir(dm.conf, uid, gid);
     /* Enter the spool while root: after the drop the mail user reaches it
@@ -656,6 +680,9 @@ int main(int argc, char **argv)
     free(main_resolver);
     /* Last: the tables (closed with the policy) cancel their queries. */
     pg_shutdown();
+    log_batch_stop();
+    if (main_log_ev)
+        event_free(main_log_ev);
     event_base_free(dm.base);
     log_info("mxkeepd stopped");
     return 0;

@@ -168,6 +168,15 @@ struct session {
     int discarding;                     /* skipping the rest of an over-long line */
     int out_blocked;                    /* waiting for the client to read replies */
     int tls_switch;                     /* 220 to STARTTLS queued; switch when written */
+    /* Replies on a cleartext socket are written by session_on_flush, once
+     * per loop pass, straight to the socket: the bufferevent's write event
+     * is enabled only while the kernel refuses part of them.  (Enabling it
+     * for every reply cost two epoll_ctl calls and a loop pass per reply,
+     * the largest system-call cost of accepting a message.)  TLS sessions
+     * write through their bufferevent as before. */
+    int direct;
+    int flush_pending;
+    struct event *flush_ev;
 
     /* The transaction. */
     char qid[QID_SIZE];
@@ -329,6 +338,12 @@ static void session_reply(struct session *s, const char *fmt, ...)
     evbuffer_add_vprintf(out, fmt, ap);
     va_end(ap);
     evbuffer_add(out, "\r\n", 2);
+    if (s->direct && !s->flush_pending) {
+        /* Later in this loop pass, after every command already read has
+         * been answered, so pipelined replies leave in one write. */
+        s->flush_pending = 1;
+        event_active(s->flush_ev, EV_TIMEOUT, 1);
+    }
 }
 
 /* The class of a reply that is not a refusal (session_close of a 221). */
@@ -2368,17 +2383,9 @@ static void session_on_read(struct bufferevent *bev, void *arg)
         session_free(s);
 }
 
-static void session_on_write(struct bufferevent *bev, void *arg)
+/* Every reply queued so far reached the kernel: what waited for that. */
+static void session_drained(struct session *s)
 {
-    struct session *s = arg;
-    /* Callbacks are deferred (BEV_OPT_DEFER_CALLBACKS): this one may have
-     * been scheduled when an earlier reply drained, before an asynchronous
-     * completion (RCPT verdict, commit) queued more replies and a pipelined
-     * QUIT closed the session.  Acting on the state alone would then free
-     * the session with its last replies unsent; act only once the output
-     * is really empty (libevent calls back again when it is). */
-    if (evbuffer_get_length(bufferevent_get_output(bev)) > 0)
-        return;
     if (s->state == S_CLOSING) {
         session_free(s);
         return;
@@ -2396,6 +2403,51 @@ static void session_on_write(struct bufferevent *bev, void *arg)
         if (s->state == S_DEAD)
             session_free(s);
     }
+}
+
+static void session_on_write(struct bufferevent *bev, void *arg)
+{
+    struct session *s = arg;
+    /* Callbacks are deferred (BEV_OPT_DEFER_CALLBACKS): this one may have
+     * been scheduled when an earlier reply drained, before an asynchronous
+     * completion (RCPT verdict, commit) queued more replies and a pipelined
+     * QUIT closed the session.  Acting on the state alone would then free
+     * the session with its last replies unsent; act only once the output
+     * is really empty (libevent calls back again when it is). */
+    if (evbuffer_get_length(bufferevent_get_output(bev)) > 0)
+        return;
+    /* A direct session goes back to writing by itself (see struct session). */
+    if (s->direct)
+        bufferevent_disable(bev, EV_WRITE);
+    session_drained(s);
+}
+
+/* The replies of this loop pass go to the socket (struct session, direct).
+ * What the kernel does not take now, and any error, is left to the
+ * bufferevent: it writes the rest when the socket is writable and reports
+ * an error through session_on_event, as for any session. */
+static void session_on_flush(evutil_socket_t fd, short what, void *arg)
+{
+    struct session *s = arg;
+    struct evbuffer *out;
+    (void)fd;
+    (void)what;
+    s->flush_pending = 0;
+    if (!s->direct)
+        return;
+    out = bufferevent_get_output(s->bev);
+    if (evbuffer_get_length(out) > 0) {
+        /* A bufferevent keeps its output's start frozen so that only it
+         * drains it; thaw it for this write as libevent's own does. */
+        evbuffer_unfreeze(out, 1);
+        evbuffer_write(out, bufferevent_getfd(s->bev));
+        evbuffer_freeze(out, 1);
+        if (evbuffer_get_length(out) > 0) {
+            bufferevent_enable(s->bev, EV_WRITE);
+            return;
+        }
+    }
+    session_drained(s);
 }
 
 static void session_on_event(struct bufferevent *bev, short what, void *arg)
@@ -2484,6 +2536,7 @@ static void session_tls_switch(struct session *s)
     struct bufferevent *tb;
 
     s->tls_switch = 0;
+    s->direct = 0;
     if (evbuffer_get_length(in))
         log_warn("[%s]: discarded %zu octets pipelined after STARTTLS", s->addr,
                  evbuffer_get_length(in));
@@ -2529,6 +2582,8 @@ static void session_free(struct session *s)
     free(s->wait);
     if (s->tarpit != NULL)
         event_free(s->tarpit);
+    if (s->flush_ev != NULL)
+        event_free(s->flush_ev);
     free(s->tarpit_reply);
     free(s->dnsbl_reply);
     session_txn_reset(s);
@@ -2655,11 +2710,17 @@ void smtpd_accept(void *arg, evutil_socket_t fd, const struct sockaddr *sa, int 
     session_addr_text(s);
     snprintf(s->name, sizeof s->name, "%s", SMTPD_NAME_UNKNOWN);
     s->bev = bufferevent_socket_new(d->base, fd, BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
-    if (s->bev == NULL) {
+    s->flush_ev = event_new(d->base, -1, 0, session_on_flush, s);
+    if (s->bev == NULL || s->flush_ev == NULL) {
+        if (s->bev != NULL)
+            bufferevent_free(s->bev);   /* closes fd (BEV_OPT_CLOSE_ON_FREE) */
+        else
+            evutil_closesocket(fd);
+        if (s->flush_ev != NULL)
+            event_free(s->flush_ev);
         log_warn("[%s]: cannot create bufferevent", s->addr);
         listen_release_client(d->lst, sa);
         listen_release(d->lst);
-        evutil_closesocket(fd);
         free(s->line);
         free(s);
         return;
@@ -2675,7 +2736,9 @@ void smtpd_accept(void *arg, evutil_socket_t fd, const struct sockaddr *sa, int 
     bufferevent_setcb(s->bev, session_on_read, session_on_write, session_on_event, s);
     bufferevent_setwatermark(s->bev, EV_READ, 0, SMTPD_INPUT_MAX);
     session_set_timeout(s, d->conf->limits.command_timeout);
-    bufferevent_enable(s->bev, EV_READ | EV_WRITE);
+    s->direct = 1;
+    bufferevent_disable(s->bev, EV_WRITE);  /* on by default in libevent */
+    bufferevent_enable(s->bev, EV_READ);
     session_set_state(s, S_INIT);
     if (d->draining) {
         session_close(s, SMTPD_NO_REJECT, "421 4.3.2 Error: server shutting down");
