@@ -495,8 +495,8 @@ class Server:
                          timeout=timeout)
         return s
 
-    def raw(self, timeout=REPLY_TIMEOUT, greet=True, source=None):
-        c = Raw(self.port, timeout=timeout, source=source)
+    def raw(self, timeout=REPLY_TIMEOUT, greet=True, source=None, rcvbuf=None):
+        c = Raw(self.port, timeout=timeout, source=source, rcvbuf=rcvbuf)
         if greet:
             c.greeting = c.reply()
         return c
@@ -658,10 +658,20 @@ class Raw:
     """A plain socket SMTP client that sends exactly the bytes it is given
     and reads replies with a bound on every wait."""
 
-    def __init__(self, port, host="127.0.0.1", timeout=REPLY_TIMEOUT, source=None):
+    def __init__(self, port, host="127.0.0.1", timeout=REPLY_TIMEOUT, source=None, rcvbuf=None):
+        """rcvbuf: a fixed receive buffer, set before connecting so that
+        the window is scaled for it (the kernel then stops tuning it)."""
         self.timeout = timeout
-        self.sock = socket.create_connection((host, port), timeout=timeout,
-                                             source_address=(source, 0) if source else None)
+        if rcvbuf is None:
+            self.sock = socket.create_connection((host, port), timeout=timeout,
+                                                 source_address=(source, 0) if source else None)
+        else:
+            self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+            self.sock.settimeout(timeout)
+            if source:
+                self.sock.bind((source, 0))
+            self.sock.connect((host, port))
         self.buf = b""
         self.eof = False
         self.greeting = None
