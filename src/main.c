@@ -646,6 +646,7 @@ int main(int argc, char **argv)
              dm.conf->hostname, dm.conf->ndomains, policy_entry_count(dm.policy));
 
     event_base_dispatch(dm.base);
+    log_batch_stop();                   /* no loop passes any more */
 
     domain_source_free(dm.domains);
     odmr_free(dm.odmr);
@@ -680,7 +681,6 @@ int main(int argc, char **argv)
     free(main_resolver);
     /* Last: the tables (closed with the policy) cancel their queries. */
     pg_shutdown();
-    log_batch_stop();
     if (main_log_ev)
         event_free(main_log_ev);
     event_base_free(dm.base);
