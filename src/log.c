@@ -169,7 +169,7 @@ void log_err(const char *fmt, ...) { LOG_BODY(LOG_ERR, "error: "); }
 
 void log_fatal(int code, const char *fmt, ...)
 {
-    log_batch_arm = NULL;               /* write through from here on */
+    log_batch_stop();                   /* write through from here on */
     LOG_BODY(LOG_CRIT, "fatal: ");
     exit(code);
 }
