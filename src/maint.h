@@ -57,6 +57,16 @@ int maint_window_at(const struct conf_maint_window *w, int64_t now, int64_t *sta
 #define MAINT_CATCHUP_WEEKS 520
 int64_t maint_window_missed(const struct conf_maint_window *w, int64_t from, int64_t to,
                             int64_t *last);
+/* Windows of one domain, w[0..n), may overlap or touch: they hold it for
+ * their union.  Is now inside one?  1 with the stretch [*start, *end) of
+ * back to back or overlapping occurrences around now; else 0. */
+#define MAINT_SPAN_ROUNDS 64
+int maint_windows_span(const struct conf_maint_window *w, size_t n, int64_t now,
+                       int64_t *start, int64_t *end);
+/* maint_window_missed for all of w[0..n): the union of the stretches
+ * that began after `from` and ended at or before `to`, each second once. */
+int64_t maint_windows_missed(const struct conf_maint_window *w, size_t n, int64_t from,
+                             int64_t to, int64_t *last);
 
 /* ---- listings (daemon and mxkeepctl) ---- */
 

@@ -137,6 +137,96 @@ int64_t maint_window_missed(const struct conf_maint_window *w, int64_t from, int
     return total;
 }
 
+/* The first occurrence of w that starts at or after t: 1 with its
+ * bounds, or 0 when none is left. */
+static int maint_next_occurrence(const struct conf_maint_window *w, int64_t t, int64_t *start,
+                                 int64_t *end)
+{
+    maint_window_at(w, t, start, end);
+    if (*start != 0 && *start < t)          /* running at t: the one after it */
+        maint_window_at(w, *end, start, end);
+    return !(*start == 0 && *end == 0) && *start >= t;
+}
+
+/* Stretch [*start, *end) over every occurrence of w[0..n) that overlaps
+ * or touches it: back to back windows are one stretch in maintenance. */
+static void maint_stretch(const struct conf_maint_window *w, size_t n, int64_t *start,
+                          int64_t *end)
+{
+    for (int round = 0, grew = 1; grew && round < MAINT_SPAN_ROUNDS; round++) {
+        grew = 0;
+        for (size_t k = 0; k < n; k++) {
+            int64_t s, e;
+            if (maint_window_at(&w[k], *end, &s, &e) && e > *end) {
+                *end = e;
+                grew = 1;
+            }
+            if (maint_window_at(&w[k], *start - 1, &s, &e) && s < *start) {
+                *start = s;
+                grew = 1;
+            }
+        }
+    }
+}
+
+int maint_windows_span(const struct conf_maint_window *w, size_t n, int64_t now,
+                       int64_t *start, int64_t *end)
+{
+    int in = 0;
+    *start = *end = 0;
+    for (size_t k = 0; k < n; k++) {
+        int64_t s, e;
+        if (!maint_window_at(&w[k], now, &s, &e))
+            continue;
+        if (!in || s < *start)
+            *start = s;
+        if (!in || e > *end)
+            *end = e;
+        in = 1;
+    }
+    if (in)
+        maint_stretch(w, n, start, end);
+    return in;
+}
+
+int64_t maint_windows_missed(const struct conf_maint_window *w, size_t n, int64_t from,
+                             int64_t to, int64_t *last)
+{
+    int64_t total = 0, t;
+    *last = 0;
+    if (to <= from)
+        return 0;
+    /* Bounded: only the last MAINT_CATCHUP_WEEKS weeks are looked at. */
+    if (to - from > (int64_t)MAINT_CATCHUP_WEEKS * 7 * MAINT_DAY)
+        from = to - (int64_t)MAINT_CATCHUP_WEEKS * 7 * MAINT_DAY;
+    /* Occurrences running at `from` were seen: the first missed one starts
+     * after it, and so does what it stretches to (the union, each second
+     * counted once however many windows cover it). */
+    int64_t seen = from, s0, e0;
+    if (maint_windows_span(w, n, from, &s0, &e0) && e0 > seen)
+        seen = e0;              /* running at `from`: its record's, as maint_schedule made it */
+    t = seen == from ? from + 1 : seen;
+    for (long i = 0; i < (long)MAINT_CATCHUP_WEEKS * 7 * 2 + 2; i++) {
+        int64_t s = 0, e = 0, a, b;
+        for (size_t k = 0; k < n; k++)
+            if (maint_next_occurrence(&w[k], t, &a, &b) && (s == 0 || a < s)) {
+                s = a;
+                e = b;
+            }
+        if (s == 0)
+            break;
+        maint_stretch(w, n, &s, &e);
+        if (s < seen)
+            s = seen;           /* stretched back over what was seen */
+        if (e > to)
+            break;              /* running now: maint_schedule's */
+        total += e - s;
+        *last = e;
+        t = seen = e;
+    }
+    return total;
+}
+
 /* ------------------------------------------------------------------ */
 /* Listings                                                           */
 
