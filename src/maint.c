@@ -731,8 +731,23 @@ int maint_window_start(const char *domain, int64_t until, const char *note, uint
              until ? timearg_format((time_t)until, iso) : "stopped", q->note[0] ? ": " : "",
              q->note);
     maint_apply(domain);
-    snprintf(msg, sizeof msg, "maintenance of %s until %s", domain,
-             until ? timearg_format((time_t)until, iso) : "stopped");
+    int len = snprintf(msg, sizeof msg, "maintenance of %s until %s", domain,
+                       until ? timearg_format((time_t)until, iso) : "stopped");
+    /* Already in a config window: the runtime window is added (it holds
+     * the domain until its own end should the config's end first), and
+     * the reply says so, with what holds the domain until when; `stop`
+     * ends both. */
+    const struct qmaint *c = maint_find(domain, QMAINT_WINDOW, QMAINT_CONFIG);
+    if (c && c->phase == 0 && maint_rec_active(c, now) && len > 0 && (size_t)len < sizeof msg) {
+        char ciso[TIMEARG_ISO_SIZE];
+        const char *cend = c->until ? timearg_format((time_t)c->until, ciso) : "stopped";
+        int64_t held = until == 0 || c->until == 0 ? 0 : until > c->until ? until : c->until;
+        snprintf(msg + len, sizeof msg - (size_t)len,
+                 "; already in the config window until %s: held until %s (stop ends both)",
+                 cend, held ? timearg_format((time_t)held, iso) : "stopped");
+        log_info("maintenance of %s: the runtime window of uid %" PRIu32 " overlaps the config "
+                 "window until %s", domain, uid, cend);
+    }
     return maint_save(q, 0, done, arg, msg);
 }
 

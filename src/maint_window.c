@@ -301,12 +301,28 @@ void maint_entries(const struct qmaint *recs, size_t n, const struct conf *c, in
             e.q.start = s;
             e.q.until = en;
             snprintf(e.q.note, sizeof e.q.note, "%s", d->maint[j].note ? d->maint[j].note : "");
-            e.active = 0;       /* not started yet: no record */
+            /* No record yet: it starts at its time (a running daemon makes
+             * the record within a second; a stopped one at its start). */
+            e.active = on;
             e.schedule = d->maint[j].text;
             if (fn(arg, &e))
                 return;
         }
     }
+}
+
+/* What an entry is doing, the same words online and offline: a window
+ * whose end has passed but that no daemon has ended yet (it was stopped)
+ * is "ended": its end is applied, expiry moved, when mxkeepd next starts. */
+static const char *maint_entry_state(const struct maint_entry *e, int64_t now)
+{
+    if (e->q.kind == QMAINT_HOLD)
+        return "held";
+    if (e->q.phase == 1)
+        return "ending";
+    if (e->q.until != 0 && e->q.until <= now)
+        return "ended";
+    return e->active ? "running" : "scheduled";
 }
 
 struct maint_list {
@@ -358,9 +374,7 @@ static int maint_list_one(void *arg, const struct maint_entry *e)
             fputs("null", f);
         else
             fprintf(f, "%" PRIu32, e->q.uid);
-        fprintf(f, ",\"phase\":\"%s\",\"note\":",
-                e->q.kind == QMAINT_HOLD ? "held" : !e->active ? "scheduled"
-                : e->q.phase == 1 ? "ending" : "running");
+        fprintf(f, ",\"phase\":\"%s\",\"note\":", maint_entry_state(e, l->now));
         json_escape(e->q.note, strlen(e->q.note), maint_emit, f);
         fputs(",\"schedule\":", f);
         if (e->schedule)
@@ -378,14 +392,14 @@ static int maint_list_one(void *arg, const struct maint_entry *e)
         if (e->q.uid != QMAINT_UID_NONE)
             snprintf(uid, sizeof uid, "%" PRIu32, e->q.uid);
         fprintf(f, " %-11s %-7s %-9s %-20s %-20s %-8s ", maint_kind_name(e->q.kind),
-                maint_origin_name(e->q.origin),
-                e->q.kind == QMAINT_HOLD ? "held" : !e->active ? "scheduled"
-                : e->q.phase == 1 ? "ending" : "running",
+                maint_origin_name(e->q.origin), maint_entry_state(e, l->now),
                 e->q.start ? timearg_format((time_t)e->q.start, a) : "-",
                 e->q.until ? timearg_format((time_t)e->q.until, b) : "-", uid);
         maint_text_field(f, e->q.note[0] ? e->q.note : e->schedule ? e->schedule : "-");
         if (e->q.created)
             fprintf(f, " (set %s)", timearg_format((time_t)e->q.created, c));
+        if (strcmp(maint_entry_state(e, l->now), "ended") == 0)
+            fputs(" (over; ends when mxkeepd runs)", f);
         fputc('\n', f);
     }
     l->n++;
