@@ -8,9 +8,12 @@
  * as for a hold) and its retention clock and delay warnings are paused:
  * when the window ends (its --until, its scheduled end, or `mxkeepctl
  * maintenance D stop`) every pending recipient of the domain has its
- * expiry moved out by the wall-clock time the message spent in the window
- * (whether or not the daemon ran), in bounded batches of short
- * transactions, and then the domain flushes by itself.
+ * expiry, and its delay warning while not sent, moved out by the
+ * wall-clock time the message spent in the window (whether or not the
+ * daemon ran), in bounded batches of short transactions, and then the
+ * domain flushes by itself.  Windows of one domain that overlap count
+ * their union: config windows that overlap or touch are one record (their
+ * stretch), and a window still running at another's end takes it over.
  *
  * Records live in the spool index (queue_db.h, DBI "maint", struct
  * qmaint), one per (domain, kind, origin); a scheduled window gets its
