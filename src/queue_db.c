@@ -1527,7 +1527,7 @@ int qdb_rcpt_update(struct qdb_txn *t, const char *qid, const struct qrcpt *r)
     struct qdb *db = t->db;
     unsigned char kb[QDB_RCPT_KEY_LEN], buf[QDB_REC_MAX];
     struct enc e = { buf, 0, sizeof buf, 0 };
-    struct qrcpt *old = malloc(sizeof *old);
+    struct qrcpt *old = malloc(2 * sizeof *old);
     int rv;
     if (!old)
         return QDB_ERR;
@@ -1544,6 +1544,14 @@ int qdb_rcpt_update(struct qdb_txn *t, const char *qid, const struct qrcpt *r)
     }
     if ((rv = rcpt_decode(qid, &v, old)) != 0)
         goto out;
+    /* paused (a maintenance end) and warned (the delay warning) only grow:
+     * a copy read before they changed (a delivery's) does not undo them. */
+    old[1] = *r;
+    if (old->paused > old[1].paused)
+        old[1].paused = old->paused;
+    if (old->warned > old[1].warned)
+        old[1].warned = old->warned;
+    r = &old[1];
     int same_dom = strcasecmp(old->domain, r->domain) == 0;
     if (old->state == r->state && same_dom) {
         /* No change in pending-ness: just the record. */

@@ -97,8 +97,11 @@ def main():
         is_(srv.log()[mark:].count("maintenance of both.test (config) ended after") +
             srv.log()[mark:].count("maintenance of both.test (runtime) ended after"), 1,
             "one move for the two windows, not one each")
+        # mxkeepctl runs on the real clock, where the config window still
+        # runs: only the records (created) say what the daemon holds.
         is_([x for x in json.loads(srv.ctl("--json", "holds").stdout.decode())["holds"]
-             if x["domain"] == "both.test" and x["active"]], [], "nothing holds both.test now")
+             if x["domain"] == "both.test" and x["active"] and x["created"]], [],
+            "no window record holds both.test now")
     is_(srv.stop(), 0, "mxkeepd exits 0")
 
 
