@@ -566,9 +566,28 @@ static void maint_catch_up(int64_t now)
         const struct conf_domain *d = &M.conf->domains[i];
         int64_t last = 0;
         int64_t total = maint_windows_missed(d->maint, d->nmaint, M.last_seen, now, &last);
-        if (total == 0 || maint_find(d->name, QMAINT_WINDOW, QMAINT_CONFIG) != NULL)
+        if (total == 0)
             continue;
-        struct qmaint *q;
+        struct qmaint *q = maint_find(d->name, QMAINT_WINDOW, QMAINT_CONFIG);
+        if (q && q->phase == 0 && q->until != 0 && q->until <= last - total) {
+            /* The window seen running when the daemon stopped ended while
+             * it was down, and later ones passed too: its end moves by
+             * their time.  Exact, since no mail came while stopped (every
+             * message arrived before its end): the move is its own part
+             * plus theirs. */
+            log_info("maintenance of %s: scheduled maintenance of %llds in all passed while "
+                     "stopped after the window running then", d->name, (long long)total);
+            q->until += total;
+            maint_save(q, 0, NULL, NULL, NULL);
+            continue;
+        }
+        if (q && q->phase == 2 && q->until <= now) {
+            maint_save(q, 1, NULL, NULL, NULL);         /* a stopped one's marker, over */
+            maint_forget(d->name, QMAINT_WINDOW, QMAINT_CONFIG);
+            q = NULL;
+        }
+        if (q != NULL)
+            continue;           /* ending when stopped: its move runs first */
         if (maint_new_window(d->name, QMAINT_CONFIG, last - total, last, "missed while stopped",
                              QMAINT_UID_NONE, &q) != 0)
             continue;

@@ -11,6 +11,9 @@
 #      overlap and both end while the daemon is stopped (libfaketime): at
 #      the next start the expiry moves out by their union (about 2 h),
 #      not by the sum (about 3 h).
+#   3. A config window running when the daemon stops and a later one that
+#      passes while it is stopped: the next start moves the expiry by the
+#      rest of the first and all of the second (the second was lost).
 import calendar
 import json
 import os
@@ -102,7 +105,42 @@ def main():
         is_([x for x in json.loads(srv.ctl("--json", "holds").stdout.decode())["holds"]
              if x["domain"] == "both.test" and x["active"] and x["created"]], [],
             "no window record holds both.test now")
+    is_(srv.stop(), 0, "mxkeepd stopped")
+
+    # 3. a config window running when the daemon stops, and a later one of
+    # the same domain, both over by the next start: each counts.
+    srv.domains.append({"name": "seen.test", "primary": "[127.0.0.2]:%d" % dead})
+    srv.write_config(srv.port)
+    srv.start(port=srv.port)
+    send_smtplib(srv, "s@sender.test", ["w@seen.test"], make_message("seen"))
+    arr, e0 = rcpt_of(srv, "w@seen.test")
+    is_(srv.stop(), 0, "stopped with a message for seen.test")
+    t = int(time.time())
+    a_end, b_start, b_end = t + 4, t + 6, t + 9
+    srv.domains[-1]["maintenance"] = [{"start": iso(t - 120), "end": iso(a_end)},
+                                      {"start": iso(b_start), "end": iso(b_end)}]
+    srv.write_config(srv.port)
+    srv.start(port=srv.port)
+    ok(wait_for(lambda: any(x["active"] and x["created"] for x in holds(srv, "seen.test")), 2),
+       "seen.test: its first window runs, with a record")
+    is_(srv.stop(), 0, "stopped in it")
+    ok(time.time() < a_end, "... before its end")
+    time.sleep(max(0, b_end + 1 - time.time()))
+    mark = len(srv.log())
+    srv.start(port=srv.port)
+    ok(wait_log(srv, r"maintenance of seen\.test \(config\) ended after", 10, mark) is not None,
+       "at the next start: its end applied")
+    _, e1 = rcpt_of(srv, "w@seen.test")
+    want = (a_end - arr) + (b_end - b_start)
+    ok(e1 is not None and abs((e1 - e0) - want) <= 1,
+       "expiry moved out by the rest of the first window and all of the second: %d s (got %s)"
+       % (want, e1 - e0 if e1 else "?"))
     is_(srv.stop(), 0, "mxkeepd exits 0")
+
+
+def holds(srv, domain):
+    return [x for x in json.loads(srv.ctl("--json", "holds").stdout.decode())["holds"]
+            if x["domain"] == domain]
 
 
 run_main(main)
