@@ -9,7 +9,6 @@
 #      whose --until has passed is "ended" (applied at the next start), not
 #      "scheduled"; a config window whose time has come is "running"; after
 #      the next start the ended window is gone, as the online listing says.
-import calendar
 import json
 import os
 import re
