@@ -54,6 +54,8 @@ struct expire_job {
     int purge;                  /* a quarantine whose retention ran out */
     int64_t unkeep;             /* keep_delivered over for kept copies: now */
     long nkept;                 /* kept copies it removed */
+    int64_t warned;             /* recipients with this warned time were warned here */
+    int rewarn;                 /* an older record's recipient now warned = 0 */
 };
 
 /* Writer thread.  Only the recipients this job expired are written, and
@@ -75,6 +77,21 @@ static int expire_commit_fn(struct qdb_txn *t, void *arg)
     e->nlate = 0;
     for (size_t i = 0; i < e->nrcpt; i++) {
         struct qrcpt cur;
+        if (e->rcpt[i].state == QRCPT_PENDING &&
+            (e->rcpt[i].warned == 0 ? e->rewarn : e->rcpt[i].warned == e->warned)) {
+            /* Its delay warning went (or is known not sent): only that
+             * field, on the spool's current record. */
+            r = qdb_rcpt_get(t, e->m.qid, e->rcpt[i].index, &cur);
+            if (r == QDB_NOTFOUND || (r == 0 && cur.state != QRCPT_PENDING))
+                continue;
+            if (r == 0 && cur.warned != e->rcpt[i].warned) {
+                cur.warned = e->rcpt[i].warned;
+                r = qdb_rcpt_update(t, e->m.qid, &cur);
+            }
+            if (r != 0)
+                return r;
+            continue;
+        }
         if (e->rcpt[i].state != QRCPT_EXPIRED && e->rcpt[i].state != QRCPT_QUARANTINED)
             continue;
         r = qdb_rcpt_get(t, e->m.qid, e->rcpt[i].index, &cur);
@@ -158,9 +175,15 @@ static void expire_notice_done(void *arg, int err)
          * recipients and try again a little later. */
         log_warn("%s: expiry notice not queued (%s); trying again later", e->m.qid,
                  strerror(err));
-        for (size_t i = 0; i < e->nrcpt; i++)
-            if (e->rcpt[i].state == QRCPT_EXPIRED || e->rcpt[i].state == QRCPT_QUARANTINED)
+        for (size_t i = 0; i < e->nrcpt; i++) {
+            if (e->rcpt[i].state == QRCPT_EXPIRED || e->rcpt[i].state == QRCPT_QUARANTINED) {
                 e->rcpt[i].state = QRCPT_PENDING;
+            } else if (e->rcpt[i].state == QRCPT_PENDING && e->warned &&
+                       e->rcpt[i].warned == e->warned) {
+                e->rcpt[i].warned = 0;  /* its delay warning is tried again too */
+                e->rewarn = 1;
+            }
+        }
         e->next_due = (int64_t)time(NULL) + e->s->conf->delivery.probe_min;
     }
     if (--e->nbounce == 0 &&
@@ -288,15 +311,42 @@ void delivery_on_expire(evutil_socket_t fd, short what, void *arg)
             nb++;
         }
     }
-    /* The delay warning's own due entry (delivery_queued): tell the sender
-     * the message is still waiting, and until when we keep trying. */
+    /* Delay warnings (delivery_warn_schedule made the first due entry):
+     * a recipient not warned yet whose warning time, arrival +
+     * delay_warning + the time maintenance moved it out (paused), has
+     * come is told the message is still waiting; in maintenance its
+     * warning waits with its retention clock (maint.h), never sent while
+     * the window runs.  Not in the same notice as an expiry. */
     long dw = s->conf->delivery.delay_warning;
-    int warning = nb == 0 && dw > 0 && when == e->m.arrival + dw;
-    for (size_t i = 0; warning && i < e->nrcpt; i++) {
+    size_t nexp = nb;
+    e->warned = (int64_t)now;
+    for (size_t i = 0; dw > 0 && e->m.sender[0] && !(e->m.flags & QMSG_F_DSN) && i < e->nrcpt;
+         i++) {
         struct qrcpt *r = &e->rcpt[i];
-        if (r->state != QRCPT_PENDING || !bounce_wanted(&e->m, r, BOUNCE_DELAYED) ||
-            maint_paused_until(r->domain, (int64_t)now))
-            continue;           /* delay warnings pause with the retention clock */
+        int64_t at = e->m.arrival + dw + r->paused;
+        if (r->state != QRCPT_PENDING || r->warned > 0 || !bounce_wanted(&e->m, r, BOUNCE_DELAYED))
+            continue;
+        if (r->warned < 0 && when != e->m.arrival + dw)
+            continue;           /* an older record: only its first due entry warns */
+        if (at > (int64_t)now) {
+            if (e->next_due == 0 || at < e->next_due)
+                e->next_due = at;
+            continue;
+        }
+        int64_t paused = maint_paused_until(r->domain, (int64_t)now);
+        if (paused || nexp) {
+            /* In maintenance: the window's end moves it out (qdb_msg_pause);
+             * with an expiry in this notice: in a second. */
+            int64_t again = paused ? paused : (int64_t)now + 1;
+            if (e->next_due == 0 || again < e->next_due)
+                e->next_due = again;
+            if (r->warned < 0) {
+                r->warned = 0;  /* an older record's, known not sent: kept */
+                e->rewarn = 1;
+            }
+            continue;
+        }
+        r->warned = e->warned;
         snprintf(diag[nb], sizeof diag[nb], "X-mxkeep; %s",
                  r->last_reply[0] ? r->last_reply : "primary unreachable; still trying");
         br[nb].r = r;
@@ -306,9 +356,9 @@ void delivery_on_expire(evutil_socket_t fd, short what, void *arg)
         br[nb].diagnostic = diag[nb];
         nb++;
     }
-    if (warning && nb)
-        log_info("%s: delay warning to <%s> for %zu recipient%s", qid, e->m.sender, nb,
-                 nb == 1 ? "" : "s");
+    if (nb > nexp)
+        log_info("%s: delay warning to <%s> for %zu recipient%s", qid, e->m.sender, nb - nexp,
+                 nb - nexp == 1 ? "" : "s");
     e->nbounce = 1;
     int nr = nb ? delivery_notice(s, &e->m, br, nb, expire_notice_done, e) : 1;
     free(br);

@@ -68,6 +68,7 @@ struct maint_shift {
     long npage;
     long moved;
     int last;                           /* this batch is the last */
+    int64_t warn_after;                 /* delay_warning when the job began */
 };
 
 static struct {
@@ -253,7 +254,7 @@ static int maint_shift_fn(struct qdb_txn *t, void *arg)
     struct maint_shift *j = arg;
     int r;
     for (long i = 0; i < j->npage; i++) {
-        r = qdb_msg_pause(t, j->page[i], j->domain, j->rec.start, j->rec.ended);
+        r = qdb_msg_pause(t, j->page[i], j->domain, j->rec.start, j->rec.ended, j->warn_after);
         if (r == QDB_NOTFOUND)
             continue;           /* delivered or gone meanwhile */
         if (r != 0)
@@ -356,20 +357,23 @@ static void maint_shift_start(struct qmaint *q)
     j->kind = q->kind;
     j->origin = q->origin;
     j->rec = *q;
+    j->warn_after = M.conf ? M.conf->delivery.delay_warning : 0;
     M.shift = j;
     maint_shift_next();
 }
 
 /* End window q at `when` (phase 0 -> 1).  Another window of the domain
- * still running takes this one's start (the pause is their union), and
- * this one goes without moving anything. */
+ * still running at `when` (it began by then and ends then or later, even
+ * if that is already past: ended in the same tick, or while stopped) takes
+ * this one's start, and this one goes without moving anything: the
+ * expiry moves once, by their union, each second counted once. */
 static void maint_end(struct qmaint *q, int64_t when)
 {
-    int64_t now = (int64_t)time(NULL);
     for (size_t i = 0; i < M.recs.n; i++) {
         struct qmaint *o = &M.recs.r[i];
         if (o == q || o->kind != QMAINT_WINDOW || o->phase != 0 ||
-            strcasecmp(o->domain, q->domain) != 0 || !maint_rec_active(o, now))
+            strcasecmp(o->domain, q->domain) != 0 || o->start > when ||
+            (o->until != 0 && o->until < when))
             continue;
         if (q->start < o->start) {
             o->start = q->start;
@@ -415,37 +419,51 @@ static int maint_new_window(const char *domain, int origin, int64_t start, int64
     return 0;
 }
 
-/* Scheduled windows now running get their record (and hold). */
+/* Scheduled windows now running get their record (and hold): one
+ * record for the stretch of overlapping or back to back occurrences
+ * (maint_windows_span), so that the domain stays held between them and
+ * its expiry moves once, by their union. */
 static void maint_schedule(int64_t now)
 {
     for (size_t i = 0; M.conf && i < M.conf->ndomains; i++) {
         const struct conf_domain *d = &M.conf->domains[i];
-        for (size_t k = 0; k < d->nmaint; k++) {
-            int64_t s, e;
-            if (!maint_window_at(&d->maint[k], now, &s, &e))
-                continue;
-            struct qmaint *q = maint_find(d->name, QMAINT_WINDOW, QMAINT_CONFIG);
-            if (q && q->phase == 2 && q->until <= s) {
-                maint_save(q, 1, NULL, NULL, NULL);     /* an older occurrence's */
-                maint_forget(d->name, QMAINT_WINDOW, QMAINT_CONFIG);
-                q = NULL;
-            }
-            if (q)
-                break;          /* running, ending, or stopped early */
-            if (maint_new_window(d->name, QMAINT_CONFIG, s, e, d->maint[k].note,
-                                 QMAINT_UID_NONE, &q) != 0)
-                break;
-            maint_save(q, 0, NULL, NULL, NULL);
-            /* The clock moves past its start now: a restart must not take
-             * this window for one missed while stopped. */
-            M.clock_written = 0;
-            char iso[TIMEARG_ISO_SIZE];
-            log_info("maintenance of %s (config %s) started: held until %s%s%s", d->name,
-                     d->maint[k].text, timearg_format((time_t)e, iso), q->note[0] ? ": " : "",
-                     q->note);
-            maint_apply(d->name);
-            break;
+        int64_t s, e;
+        char iso[TIMEARG_ISO_SIZE];
+        if (!maint_windows_span(d->maint, d->nmaint, now, &s, &e))
+            continue;
+        struct qmaint *q = maint_find(d->name, QMAINT_WINDOW, QMAINT_CONFIG);
+        if (q && q->phase == 2 && q->until <= s) {
+            maint_save(q, 1, NULL, NULL, NULL);     /* an older occurrence's */
+            maint_forget(d->name, QMAINT_WINDOW, QMAINT_CONFIG);
+            q = NULL;
         }
+        if (q) {
+            /* Running: a reload may have made its stretch longer. */
+            if (q->phase == 0 && q->until != 0 && e > q->until) {
+                q->until = e;
+                maint_save(q, 0, NULL, NULL, NULL);
+                log_info("maintenance of %s (config): an overlapping window holds it until %s",
+                         d->name, timearg_format((time_t)e, iso));
+            }
+            continue;           /* running, ending, or stopped early */
+        }
+        const struct conf_maint_window *w = NULL;
+        for (size_t k = 0; k < d->nmaint && w == NULL; k++) {
+            int64_t a, b;
+            if (maint_window_at(&d->maint[k], now, &a, &b))
+                w = &d->maint[k];
+        }
+        if (maint_new_window(d->name, QMAINT_CONFIG, s, e, w ? w->note : NULL, QMAINT_UID_NONE,
+                             &q) != 0)
+            continue;
+        maint_save(q, 0, NULL, NULL, NULL);
+        /* The clock moves past its start now: a restart must not take
+         * this window for one missed while stopped. */
+        M.clock_written = 0;
+        log_info("maintenance of %s (config %s) started: held until %s%s%s", d->name,
+                 w ? w->text : "", timearg_format((time_t)e, iso), q->note[0] ? ": " : "",
+                 q->note);
+        maint_apply(d->name);
     }
 }
 
@@ -460,13 +478,14 @@ static void maint_unschedule(int64_t now)
             (q->until != 0 && q->until <= now))
             continue;           /* not running, or ending at its own time */
         const struct conf_domain *d = conf_domain_find(M.conf, q->domain);
-        int still = 0;
-        for (size_t k = 0; d && k < d->nmaint && !still; k++) {
-            int64_t s, e;
-            still = maint_window_at(&d->maint[k], now, &s, &e);
-        }
-        if (still)
+        int64_t s, e;
+        if (d && maint_windows_span(d->maint, d->nmaint, now, &s, &e)) {
+            if (q->until != 0 && e < q->until) {
+                q->until = e;   /* a window of its stretch was removed */
+                maint_save(q, 0, NULL, NULL, NULL);
+            }
             continue;
+        }
         log_info("maintenance of %s (config) is no longer in the configuration: it ends now",
                  q->domain);
         maint_end(q, now);
@@ -479,15 +498,24 @@ static void maint_tick(void)
     int64_t now = (int64_t)time(NULL);
     maint_unschedule(now);
     maint_schedule(now);
+    /* Windows whose end has passed end in the order of their ends, so
+     * that one still running at another's end takes it over (maint_end). */
+    for (size_t n = M.recs.n + 1; n > 0; n--) {
+        struct qmaint *first = NULL;
+        for (size_t i = 0; i < M.recs.n; i++) {
+            struct qmaint *q = &M.recs.r[i];
+            if (q->kind == QMAINT_WINDOW && q->phase == 0 && q->until != 0 && q->until <= now &&
+                (first == NULL || q->until < first->until))
+                first = q;
+        }
+        if (first == NULL)
+            break;
+        maint_end(first, first->until);
+    }
     for (size_t i = 0; i < M.recs.n; i++) {
         struct qmaint *q = &M.recs.r[i];
         if (q->kind != QMAINT_WINDOW)
             continue;
-        if (q->phase == 0 && q->until != 0 && q->until <= now) {
-            maint_end(q, q->until);
-            i = (size_t)-1;     /* maint_end may have removed records */
-            continue;
-        }
         if (q->phase == 2 && q->until <= now) {
             maint_save(q, 1, NULL, NULL, NULL);
             maint_forget(q->domain, q->kind, q->origin);
@@ -536,16 +564,30 @@ static void maint_catch_up(int64_t now)
         return;                 /* first run: nothing known about the past */
     for (size_t i = 0; M.conf && i < M.conf->ndomains; i++) {
         const struct conf_domain *d = &M.conf->domains[i];
-        int64_t total = 0, last = 0;
-        for (size_t k = 0; k < d->nmaint; k++) {
-            int64_t l;
-            total += maint_window_missed(&d->maint[k], M.last_seen, now, &l);
-            if (l > last)
-                last = l;
-        }
-        if (total == 0 || maint_find(d->name, QMAINT_WINDOW, QMAINT_CONFIG) != NULL)
+        int64_t last = 0;
+        int64_t total = maint_windows_missed(d->maint, d->nmaint, M.last_seen, now, &last);
+        if (total == 0)
             continue;
-        struct qmaint *q;
+        struct qmaint *q = maint_find(d->name, QMAINT_WINDOW, QMAINT_CONFIG);
+        if (q && q->phase == 0 && q->until != 0 && q->until <= last - total) {
+            /* The window seen running when the daemon stopped ended while
+             * it was down, and later ones passed too: its end moves by
+             * their time.  Exact, since no mail came while stopped (every
+             * message arrived before its end): the move is its own part
+             * plus theirs. */
+            log_info("maintenance of %s: scheduled maintenance of %llds in all passed while "
+                     "stopped after the window running then", d->name, (long long)total);
+            q->until += total;
+            maint_save(q, 0, NULL, NULL, NULL);
+            continue;
+        }
+        if (q && q->phase == 2 && q->until <= now) {
+            maint_save(q, 1, NULL, NULL, NULL);         /* a stopped one's marker, over */
+            maint_forget(d->name, QMAINT_WINDOW, QMAINT_CONFIG);
+            q = NULL;
+        }
+        if (q != NULL)
+            continue;           /* ending when stopped: its move runs first */
         if (maint_new_window(d->name, QMAINT_CONFIG, last - total, last, "missed while stopped",
                              QMAINT_UID_NONE, &q) != 0)
             continue;
@@ -708,8 +750,23 @@ int maint_window_start(const char *domain, int64_t until, const char *note, uint
              until ? timearg_format((time_t)until, iso) : "stopped", q->note[0] ? ": " : "",
              q->note);
     maint_apply(domain);
-    snprintf(msg, sizeof msg, "maintenance of %s until %s", domain,
-             until ? timearg_format((time_t)until, iso) : "stopped");
+    int len = snprintf(msg, sizeof msg, "maintenance of %s until %s", domain,
+                       until ? timearg_format((time_t)until, iso) : "stopped");
+    /* Already in a config window: the runtime window is added (it holds
+     * the domain until its own end should the config's end first), and
+     * the reply says so, with what holds the domain until when; `stop`
+     * ends both. */
+    const struct qmaint *c = maint_find(domain, QMAINT_WINDOW, QMAINT_CONFIG);
+    if (c && c->phase == 0 && maint_rec_active(c, now) && len > 0 && (size_t)len < sizeof msg) {
+        char ciso[TIMEARG_ISO_SIZE];
+        const char *cend = c->until ? timearg_format((time_t)c->until, ciso) : "stopped";
+        int64_t held = until == 0 || c->until == 0 ? 0 : until > c->until ? until : c->until;
+        snprintf(msg + len, sizeof msg - (size_t)len,
+                 "; already in the config window until %s: held until %s (stop ends both)",
+                 cend, held ? timearg_format((time_t)held, iso) : "stopped");
+        log_info("maintenance of %s: the runtime window of uid %" PRIu32 " overlaps the config "
+                 "window until %s", domain, uid, cend);
+    }
     return maint_save(q, 0, done, arg, msg);
 }
 

@@ -8,9 +8,12 @@
  * as for a hold) and its retention clock and delay warnings are paused:
  * when the window ends (its --until, its scheduled end, or `mxkeepctl
  * maintenance D stop`) every pending recipient of the domain has its
- * expiry moved out by the wall-clock time the message spent in the window
- * (whether or not the daemon ran), in bounded batches of short
- * transactions, and then the domain flushes by itself.
+ * expiry, and its delay warning while not sent, moved out by the
+ * wall-clock time the message spent in the window (whether or not the
+ * daemon ran), in bounded batches of short transactions, and then the
+ * domain flushes by itself.  Windows of one domain that overlap count
+ * their union: config windows that overlap or touch are one record (their
+ * stretch), and a window still running at another's end takes it over.
  *
  * Records live in the spool index (queue_db.h, DBI "maint", struct
  * qmaint), one per (domain, kind, origin); a scheduled window gets its
@@ -57,6 +60,16 @@ int maint_window_at(const struct conf_maint_window *w, int64_t now, int64_t *sta
 #define MAINT_CATCHUP_WEEKS 520
 int64_t maint_window_missed(const struct conf_maint_window *w, int64_t from, int64_t to,
                             int64_t *last);
+/* Windows of one domain, w[0..n), may overlap or touch: they hold it for
+ * their union.  Is now inside one?  1 with the stretch [*start, *end) of
+ * back to back or overlapping occurrences around now; else 0. */
+#define MAINT_SPAN_ROUNDS 64
+int maint_windows_span(const struct conf_maint_window *w, size_t n, int64_t now,
+                       int64_t *start, int64_t *end);
+/* maint_window_missed for all of w[0..n): the union of the stretches
+ * that began after `from` and ended at or before `to`, each second once. */
+int64_t maint_windows_missed(const struct conf_maint_window *w, size_t n, int64_t from,
+                             int64_t to, int64_t *last);
 
 /* ---- listings (daemon and mxkeepctl) ---- */
 

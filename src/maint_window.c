@@ -137,6 +137,96 @@ int64_t maint_window_missed(const struct conf_maint_window *w, int64_t from, int
     return total;
 }
 
+/* The first occurrence of w that starts at or after t: 1 with its
+ * bounds, or 0 when none is left. */
+static int maint_next_occurrence(const struct conf_maint_window *w, int64_t t, int64_t *start,
+                                 int64_t *end)
+{
+    maint_window_at(w, t, start, end);
+    if (*start != 0 && *start < t)          /* running at t: the one after it */
+        maint_window_at(w, *end, start, end);
+    return !(*start == 0 && *end == 0) && *start >= t;
+}
+
+/* Stretch [*start, *end) over every occurrence of w[0..n) that overlaps
+ * or touches it: back to back windows are one stretch in maintenance. */
+static void maint_stretch(const struct conf_maint_window *w, size_t n, int64_t *start,
+                          int64_t *end)
+{
+    for (int round = 0, grew = 1; grew && round < MAINT_SPAN_ROUNDS; round++) {
+        grew = 0;
+        for (size_t k = 0; k < n; k++) {
+            int64_t s, e;
+            if (maint_window_at(&w[k], *end, &s, &e) && e > *end) {
+                *end = e;
+                grew = 1;
+            }
+            if (maint_window_at(&w[k], *start - 1, &s, &e) && s < *start) {
+                *start = s;
+                grew = 1;
+            }
+        }
+    }
+}
+
+int maint_windows_span(const struct conf_maint_window *w, size_t n, int64_t now,
+                       int64_t *start, int64_t *end)
+{
+    int in = 0;
+    *start = *end = 0;
+    for (size_t k = 0; k < n; k++) {
+        int64_t s, e;
+        if (!maint_window_at(&w[k], now, &s, &e))
+            continue;
+        if (!in || s < *start)
+            *start = s;
+        if (!in || e > *end)
+            *end = e;
+        in = 1;
+    }
+    if (in)
+        maint_stretch(w, n, start, end);
+    return in;
+}
+
+int64_t maint_windows_missed(const struct conf_maint_window *w, size_t n, int64_t from,
+                             int64_t to, int64_t *last)
+{
+    int64_t total = 0, t;
+    *last = 0;
+    if (to <= from)
+        return 0;
+    /* Bounded: only the last MAINT_CATCHUP_WEEKS weeks are looked at. */
+    if (to - from > (int64_t)MAINT_CATCHUP_WEEKS * 7 * MAINT_DAY)
+        from = to - (int64_t)MAINT_CATCHUP_WEEKS * 7 * MAINT_DAY;
+    /* Occurrences running at `from` were seen: the first missed one starts
+     * after it, and so does what it stretches to (the union, each second
+     * counted once however many windows cover it). */
+    int64_t seen = from, s0, e0;
+    if (maint_windows_span(w, n, from, &s0, &e0) && e0 > seen)
+        seen = e0;              /* running at `from`: its record's, as maint_schedule made it */
+    t = seen == from ? from + 1 : seen;
+    for (long i = 0; i < (long)MAINT_CATCHUP_WEEKS * 7 * 2 + 2; i++) {
+        int64_t s = 0, e = 0, a, b;
+        for (size_t k = 0; k < n; k++)
+            if (maint_next_occurrence(&w[k], t, &a, &b) && (s == 0 || a < s)) {
+                s = a;
+                e = b;
+            }
+        if (s == 0)
+            break;
+        maint_stretch(w, n, &s, &e);
+        if (s < seen)
+            s = seen;           /* stretched back over what was seen */
+        if (e > to)
+            break;              /* running now: maint_schedule's */
+        total += e - s;
+        *last = e;
+        t = seen = e;
+    }
+    return total;
+}
+
 /* ------------------------------------------------------------------ */
 /* Listings                                                           */
 
@@ -211,12 +301,28 @@ void maint_entries(const struct qmaint *recs, size_t n, const struct conf *c, in
             e.q.start = s;
             e.q.until = en;
             snprintf(e.q.note, sizeof e.q.note, "%s", d->maint[j].note ? d->maint[j].note : "");
-            e.active = 0;       /* not started yet: no record */
+            /* No record yet: it starts at its time (a running daemon makes
+             * the record within a second; a stopped one at its start). */
+            e.active = on;
             e.schedule = d->maint[j].text;
             if (fn(arg, &e))
                 return;
         }
     }
+}
+
+/* What an entry is doing, the same words online and offline: a window
+ * whose end has passed but that no daemon has ended yet (it was stopped)
+ * is "ended": its end is applied, expiry moved, when mxkeepd next starts. */
+static const char *maint_entry_state(const struct maint_entry *e, int64_t now)
+{
+    if (e->q.kind == QMAINT_HOLD)
+        return "held";
+    if (e->q.phase == 1)
+        return "ending";
+    if (e->q.until != 0 && e->q.until <= now)
+        return "ended";
+    return e->active ? "running" : "scheduled";
 }
 
 struct maint_list {
@@ -268,9 +374,7 @@ static int maint_list_one(void *arg, const struct maint_entry *e)
             fputs("null", f);
         else
             fprintf(f, "%" PRIu32, e->q.uid);
-        fprintf(f, ",\"phase\":\"%s\",\"note\":",
-                e->q.kind == QMAINT_HOLD ? "held" : !e->active ? "scheduled"
-                : e->q.phase == 1 ? "ending" : "running");
+        fprintf(f, ",\"phase\":\"%s\",\"note\":", maint_entry_state(e, l->now));
         json_escape(e->q.note, strlen(e->q.note), maint_emit, f);
         fputs(",\"schedule\":", f);
         if (e->schedule)
@@ -288,14 +392,14 @@ static int maint_list_one(void *arg, const struct maint_entry *e)
         if (e->q.uid != QMAINT_UID_NONE)
             snprintf(uid, sizeof uid, "%" PRIu32, e->q.uid);
         fprintf(f, " %-11s %-7s %-9s %-20s %-20s %-8s ", maint_kind_name(e->q.kind),
-                maint_origin_name(e->q.origin),
-                e->q.kind == QMAINT_HOLD ? "held" : !e->active ? "scheduled"
-                : e->q.phase == 1 ? "ending" : "running",
+                maint_origin_name(e->q.origin), maint_entry_state(e, l->now),
                 e->q.start ? timearg_format((time_t)e->q.start, a) : "-",
                 e->q.until ? timearg_format((time_t)e->q.until, b) : "-", uid);
         maint_text_field(f, e->q.note[0] ? e->q.note : e->schedule ? e->schedule : "-");
         if (e->q.created)
             fprintf(f, " (set %s)", timearg_format((time_t)e->q.created, c));
+        if (strcmp(maint_entry_state(e, l->now), "ended") == 0)
+            fputs(" (over; ends when mxkeepd runs)", f);
         fputc('\n', f);
     }
     l->n++;

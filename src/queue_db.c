@@ -55,7 +55,7 @@
 /* rcpt records: version 2 adds delivered and kept_until (QRCPT_KEPT);
  * version 1 records still read (those fields zero), and both share the
  * fixed offsets rcpt_peek() reads. */
-#define QDB_RCPT_VERSION   2
+#define QDB_RCPT_VERSION   3
 #define QDB_MAXDBS         16          /* named databases, room to grow */
 #define QDB_FILE_MODE      0600
 #define QDB_DIR_MODE       0700
@@ -315,6 +315,8 @@ static int rcpt_encode(const struct qrcpt *r, uint32_t index, struct enc *e)
     enc_str(e, r->last_reply, sizeof r->last_reply);
     enc_u64(e, (uint64_t)r->delivered);
     enc_u64(e, (uint64_t)r->kept_until);
+    enc_u64(e, (uint64_t)r->paused);
+    enc_u64(e, (uint64_t)r->warned);
     return e->bad ? -1 : 0;
 }
 
@@ -340,6 +342,12 @@ static int rcpt_decode(const char *qid, const MDB_val *v, struct qrcpt *r)
     if (ver >= 2) {
         r->delivered = (int64_t)dec_u64(&d);
         r->kept_until = (int64_t)dec_u64(&d);
+    }
+    if (ver >= 3) {
+        r->paused = (int64_t)dec_u64(&d);
+        r->warned = (int64_t)dec_u64(&d);
+    } else {
+        r->warned = -1;         /* sent or not: not recorded before version 3 */
     }
     if (dec_finish(&d) < 0) {
         log_warn("%.*s: rcpt record: malformed", QID_LEN, qid);
@@ -1519,7 +1527,7 @@ int qdb_rcpt_update(struct qdb_txn *t, const char *qid, const struct qrcpt *r)
     struct qdb *db = t->db;
     unsigned char kb[QDB_RCPT_KEY_LEN], buf[QDB_REC_MAX];
     struct enc e = { buf, 0, sizeof buf, 0 };
-    struct qrcpt *old = malloc(sizeof *old);
+    struct qrcpt *old = malloc(2 * sizeof *old);
     int rv;
     if (!old)
         return QDB_ERR;
@@ -1536,6 +1544,14 @@ int qdb_rcpt_update(struct qdb_txn *t, const char *qid, const struct qrcpt *r)
     }
     if ((rv = rcpt_decode(qid, &v, old)) != 0)
         goto out;
+    /* paused (a maintenance end) and warned (the delay warning) only grow:
+     * a copy read before they changed (a delivery's) does not undo them. */
+    old[1] = *r;
+    if (old->paused > old[1].paused)
+        old[1].paused = old->paused;
+    if (old->warned > old[1].warned)
+        old[1].warned = old->warned;
+    r = &old[1];
     int same_dom = strcasecmp(old->domain, r->domain) == 0;
     if (old->state == r->state && same_dom) {
         /* No change in pending-ness: just the record. */
@@ -1954,7 +1970,7 @@ long qdb_maint_each(struct qdb *db, int (*fn)(void *arg, const struct qmaint *m)
 }
 
 int qdb_msg_pause(struct qdb_txn *t, const char *qid, const char *domain, int64_t start,
-                  int64_t end)
+                  int64_t end, int64_t warn_after)
 {
     struct qmsg *m = malloc(sizeof *m);
     struct qrcpt *r = malloc(sizeof *r);
@@ -1964,7 +1980,8 @@ int qdb_msg_pause(struct qdb_txn *t, const char *qid, const char *domain, int64_
     if ((rv = qdb_msg_get_txn(t, qid, m)) != 0)
         goto out;
     /* Mail that came during the window lost only the part after it came. */
-    int64_t shift = end - (m->arrival > start ? m->arrival : start);
+    int64_t from = m->arrival > start ? m->arrival : start;
+    int64_t shift = end - from;
     int64_t old_min = 0, new_min = 0;
     if (shift <= 0) {
         rv = 0;
@@ -1981,6 +1998,18 @@ int qdb_msg_pause(struct qdb_txn *t, const char *qid, const char *domain, int64_
             old_min = r->expiry;
         if (strcasecmp(r->domain, domain) == 0) {
             r->expiry += shift;
+            if (warn_after > 0 && r->warned <= 0) {
+                int64_t warn = m->arrival + warn_after + r->paused;
+                /* Due in the window or after it: paused like the expiry.
+                 * An older record's warning due there was not sent. */
+                if (warn >= from) {
+                    r->paused += shift;
+                    r->warned = 0;
+                }
+                if (r->warned == 0 &&
+                    (rv = qdb_due_put(t, m->arrival + warn_after + r->paused, qid)) != 0)
+                    goto out;
+            }
             if ((rv = qdb_rcpt_update(t, qid, r)) != 0)
                 goto out;
         }

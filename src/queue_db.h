@@ -123,6 +123,12 @@ struct qrcpt {
     /* Record version 2 (version 1 records read with these zero). */
     int64_t delivered;                  /* unix seconds of the 2xx, while QRCPT_KEPT */
     int64_t kept_until;                 /* the copy goes then (QRCPT_KEPT) */
+    /* Record version 3 (older records read with paused 0, warned -1). */
+    int64_t paused;                     /* seconds its delay warning was moved out
+                                           by maintenance (qdb_msg_pause) */
+    int64_t warned;                     /* unix seconds its delay warning went,
+                                           0 not yet, -1 unknown (an older record:
+                                           only its first due entry warns) */
 };
 
 enum qdest_state { QDEST_UNKNOWN = 0, QDEST_UP, QDEST_DOWN, QDEST_HELD };
@@ -311,9 +317,13 @@ int qdb_maint_del(struct qdb_txn *t, const char *domain, int kind, int origin);
 /* The end of a maintenance window [start, end) of domain: every PENDING
  * recipient of qid for domain has its expiry moved out by the time the
  * message spent in the window (end - max(start, arrival)); the message's
- * due entry moves to the new earliest expiry. */
+ * due entry moves to the new earliest expiry.  With warn_after (the delay
+ * warning's delay, 0 = off) a recipient not warned yet whose warning was
+ * due at or after the window's start has it moved out by the same time
+ * (paused), and every recipient not warned yet gets a due entry at its
+ * warning's time (sent then, or at once if that time has passed). */
 int qdb_msg_pause(struct qdb_txn *t, const char *qid, const char *domain, int64_t start,
-                  int64_t end);
+                  int64_t end, int64_t warn_after);
 
 /* --- For spool.c's writer only. --- */
 int qdb_txn_begin(struct qdb *db, struct qdb_txn **t);

@@ -106,6 +106,45 @@ int main(void)
     ok(maint_window_missed(&w, 1, at("2026-12-01T00:00:00Z"), &last) <=
        (int64_t)MAINT_CATCHUP_WEEKS * 2 * 3600, "a long span is bounded");
 
+    /* several windows of one domain: their union, each second once */
+    struct conf_maint_window u[3];
+    memset(u, 0, sizeof u);
+    maint_weekly_parse("Sun 02:00-04:00", &u[0], err, sizeof err);
+    maint_weekly_parse("Sun 03:00-05:00", &u[1], err, sizeof err);
+    is_int(maint_windows_span(u, 2, at("2026-11-29T02:30:00Z"), &s, &e), 1,
+           "overlapping weekly windows: Sunday 02:30 is in");
+    is_int(s, at("2026-11-29T02:00:00Z"), "... the stretch begins at the first's start");
+    is_int(e, at("2026-11-29T05:00:00Z"), "... and ends at the second's end");
+    is_int(maint_windows_span(u, 2, at("2026-11-29T04:30:00Z"), &s, &e), 1,
+           "in the second only: the same stretch");
+    is_int(s, at("2026-11-29T02:00:00Z"), "... from the first's start");
+    is_int(maint_windows_span(u, 2, at("2026-11-29T05:00:00Z"), &s, &e), 0, "05:00 is out");
+    is_int(maint_windows_missed(u, 2, at("2026-11-28T00:00:00Z"), at("2026-12-07T00:00:00Z"),
+                                &last), 2 * 3 * 3600,
+           "two Sundays missed: their union, 6 hours (the sum would be 8)");
+    is_int(last, at("2026-12-06T05:00:00Z"), "... the last ended Dec 6 05:00");
+    is_int(maint_windows_missed(u, 2, at("2026-11-29T02:30:00Z"), at("2026-11-30T00:00:00Z"),
+                                &last), 0, "a stretch running when last seen is not missed");
+    is_int(maint_windows_missed(u, 2, at("2026-11-28T00:00:00Z"), at("2026-11-29T04:30:00Z"),
+                                &last), 0, "a stretch still running at start-up is not missed");
+    maint_weekly_parse("Sun 04:00-06:00", &u[1], err, sizeof err);
+    is_int(maint_windows_span(u, 2, at("2026-11-29T03:00:00Z"), &s, &e), 1,
+           "back to back windows ...");
+    is_int(e, at("2026-11-29T06:00:00Z"), "... are one stretch, without a gap");
+    u[2].start = at("2026-11-29T05:30:00Z");
+    u[2].end = at("2026-11-29T09:00:00Z");
+    is_int(maint_windows_span(u, 3, at("2026-11-29T02:00:00Z"), &s, &e), 1,
+           "a one-off window overlapping a weekly stretch ...");
+    is_int(e, at("2026-11-29T09:00:00Z"), "... makes it longer");
+    is_int(maint_windows_missed(u, 3, at("2026-11-28T00:00:00Z"), at("2026-11-30T00:00:00Z"),
+                                &last), 7 * 3600, "... missed: 02:00 to 09:00, 7 hours");
+    maint_weekly_parse("Sun,Mon,Tue,Wed,Thu,Fri,Sat 00:00-24:00", &u[0], err, sizeof err);
+    is_int(maint_windows_span(u, 1, at("2026-11-29T12:00:00Z"), &s, &e), 1,
+           "every day, all day: in ...");
+    ok(e - s <= (int64_t)(2 * MAINT_SPAN_ROUNDS + 1) * 86400, "... and the stretch is bounded");
+    ok(maint_windows_missed(u, 1, 1, at("2026-12-01T00:00:00Z"), &last) >= 0,
+       "... and so is the time missed");
+
     /* entries: records, a config hold, a config window without a record */
     struct conf_domain doms[2];
     struct conf c;
