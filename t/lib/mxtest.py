@@ -916,9 +916,17 @@ def faketime_env(offset):
     env = {"LD_PRELOAD": lib, "FAKETIME": offset, "FAKETIME_NO_CACHE": "1",
            "DONT_FAKE_MONOTONIC": "1", "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
     # An ASan build insists on coming first among the loaded libraries;
-    # the preload comes before it.  Harmless for a normal build.
+    # the preload comes before it.  And ASan's allocator reads the clock
+    # when it maps a size class's first region (for its release-to-OS
+    # timer): if that happens inside libfaketime's own lazy start, whose
+    # dlsym allocates in the class being mapped, the process deadlocks
+    # before main (seen as soon as a library constructor, p11-kit's via
+    # libpq, made the first allocation of that class).  Without the timer
+    # the allocator never reads the clock.  Both harmless for a normal
+    # build.
     asan = os.environ.get("ASAN_OPTIONS", "")
-    env["ASAN_OPTIONS"] = (asan + ":" if asan else "") + "verify_asan_link_order=0"
+    env["ASAN_OPTIONS"] = ((asan + ":" if asan else "") +
+                           "verify_asan_link_order=0:allocator_release_to_os_interval_ms=-1")
     return env
 
 
