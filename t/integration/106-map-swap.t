@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# run-all: alone (a reload under 1 s)
 # 106-map-swap: `mxkeepctl map compile` replaces a map under a running
 # daemon (issue 8, 2: "swapped atomically, reload is instant").  The new
 # map is written beside the old one and renamed over it; the daemon
