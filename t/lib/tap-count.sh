@@ -19,8 +19,9 @@ tap_out() {
 
 # tap_exec NAME CMD...: run CMD under the per-test time-out.  The
 # time-out's pid is in $out.pid while it runs, for t/run-all to stop it.
+# Its wall time is added to $logdir/durations ("SECONDS NAME").
 tap_exec() {
-    local out rc
+    local name=$1 out rc t0=$SECONDS
     out=$(tap_out "$1"); shift
     rm -f "$out.rc"
     timeout -k 10 "$PER_TEST_TIMEOUT" "$@" >"$out" 2>"$out.err" </dev/null &
@@ -29,6 +30,7 @@ tap_exec() {
     rc=$?
     echo "$rc" >"$out.rc"
     rm -f "$out.pid"
+    echo "$((SECONDS - t0)) $name" >>"$logdir/durations"
     return "$rc"
 }
 
