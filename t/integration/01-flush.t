@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# run-all: alone (new mail delivered within 2 s)
 # 01-flush: primary down -> mail kept and probed; primary (smtp-sink) up ->
 # the whole backlog flushed within a probe interval; bodies exact with one
 # Received header of ours; new mail to an up destination goes out at once;

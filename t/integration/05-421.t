@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# run-all: alone (the 421 overload is a 2 s window of wall time)
 # 05-421: the primary answers 421 in the middle of a flush (and to new
 # connections for a while): mxkeepd halves its concurrency, does not
 # hammer the struggling primary, and eventually delivers everything.

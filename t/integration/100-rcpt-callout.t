@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# run-all: alone (replies timed against reply_wait and the primary's delays)
 # 100-rcpt-callout (issue 8, part 1): the RCPT path end to end with the real
 # verifier against a scripted primary (FakeSMTP) that answers some RCPTs
 # slowly.  Pipelined RCPTs to a callout domain are answered in command

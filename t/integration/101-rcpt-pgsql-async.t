@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# run-all: alone (replies timed against the queries' delays)
 # 101-rcpt-pgsql-async (issue 8, parts 1 and 2): RCPTs whose table is in
 # PostgreSQL wait for the query without blocking the daemon.  The
 # recipient query goes through a function that sleeps for some local

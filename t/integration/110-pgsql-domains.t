@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# run-all: alone (an INSERT served within 1 s)
 # 110-pgsql-domains: served domains from PostgreSQL (domains_from) with a
 # real PostgreSQL.  A domain added by one INSERT is served within a second
 # (LISTEN/NOTIFY); its mail goes to the primary the row names; a domain in

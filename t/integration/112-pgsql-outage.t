@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# run-all: alone (a reply within 2 s of the query timeout)
 # 112-pgsql-outage: the database stops mid-run.  Answers already cached
 # keep working (an expired one too: stale beats a refusal in an outage);
 # an address never looked up gets 451 4.3.0, never a guess; mail accepted

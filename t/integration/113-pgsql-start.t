@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# run-all: alone (10,000 domains applied within 1 s)
 # 113-pgsql-start: start-up and scale of domains_from.  A config naming a
 # pgsql entry that does not exist (recipients or domains_from) or a bad
 # custom query is refused with file:line and exit 78.  With the database

@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# run-all: alone (replies within 0.5 s and windows around reply_wait)
 # 122-verify-failures (issue 8, part 1): what RCPT answers when the
 # primary gives no answer.
 #  - primary down (connection refused), unverified = "accept": 250, not

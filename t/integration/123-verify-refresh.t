@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# run-all: alone (cached answers within 0.5 s)
 # 123-verify-refresh (issue 8, part 1): cache expiry and background
 # refresh.
 #  A. short refresh times (2 s): a stale positive answer is still used

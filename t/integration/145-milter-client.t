@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# run-all: alone (a window around the milter timeout)
 # 145-milter-client (issue 9, part 2): src/milter.c, the asynchronous milter
 # client session, driven through one whole transaction (t/unit/milter_drive)
 # against a real milter library (python3-milter, t/lib/test_milter.py) and

@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# run-all: alone (250 within 1 s)
 # 158-auth-slow-dns (issue 9, section 3): authentication never delays the
 # 250.  With a resolver that never answers, a DKIM-signed message is
 # accepted at once (the end of data never waits for SPF; DKIM runs after

@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# run-all: alone (delays measured to 0.1 s)
 # 167-tarpit (issue 9, section 5): the unknown-recipient tarpit.  After
 # tarpit_after 5xx RCPT replies in a session, each further 5xx reply is
 # delayed tarpit_delay, doubling, bounded by tarpit_max (lower bounds

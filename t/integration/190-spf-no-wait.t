@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# run-all: alone (250 within 0.5 s)
 # 190-spf-no-wait (issue 10 section 5; SPF must never cost the accept
 # rate): the 250 after DATA never waits for SPF.
 # 1. A slow resolver (a relay in front of dnsmasq that holds each answer

@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# run-all: alone (250 within 0.8 s)
 # 191-spf-queue-bound (issue 10 section 5; SPF must never cost the accept
 # rate or memory): the checks waiting for a worker are bounded by
 # spf.queue.  With one worker stuck on a resolver that never answers and

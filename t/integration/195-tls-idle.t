@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# run-all: alone (400 idle TLS sessions, and a median EHLO latency under 30 ms)
 # 195-tls-idle: STARTTLS sessions that sit idle (the server lets go of their
 # record buffers, SSL_MODE_RELEASE_BUFFERS) come back to life: many sessions
 # are held open after the handshake and EHLO, then each answers NOOP and

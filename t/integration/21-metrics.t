@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# run-all: alone (a next probe time read from /metrics is compared with the clock seconds later)
 # 21-metrics: the HTTP listener.  Known traffic (accepted, relay and
 # unknown-user rejections, deliveries to a sink, one bounce from a primary
 # answering 550, mail kept for a down and a held destination) and then

@@ -1,20 +1,50 @@
-# t/lib/tap-count.sh - count one TAP producer's results for t/run-all.
+# t/lib/tap-count.sh - run and count TAP producers for t/run-all.
 # Sourced; the caller sets logdir and PER_TEST_TIMEOUT and starts the
-# totals passed, failed and skipped at 0.  run_tap adds to them and prints
-# one line per producer.  t/integration/90-runner.t checks the rules on
-# fake producers.
+# totals passed, failed and skipped at 0.  t/integration/90-runner.t checks
+# the counting rules on fake producers.
+#
+# Running and counting are apart so that t/run-all can run producers side
+# by side and still count and print them one at a time, in its own order:
+#   tap_exec NAME CMD...  run one producer (may be in a background job);
+#                         its output, stderr and exit status go to files
+#                         under $logdir, nothing to the terminal
+#   tap_count NAME        count one finished producer: add to the totals,
+#                         print its line (and what failed)
+#   run_tap NAME CMD...   both, one after the other
 
-# run_tap NAME CMD...: run one TAP producer, count its results.
-# "ok N - ... # SKIP" counts as skipped, not passed ("# TODO" stays what it
-# is); "1..0 # SKIP why" skips the whole file.  A crash, a time-out, a
-# missing plan or a plan that does not match the tests run is one more
-# failure.
-run_tap() {
-    local name=$1; shift
-    local out="$logdir/$(echo "$name" | tr '/ ' '__').tap"
-    timeout -k 10 "$PER_TEST_TIMEOUT" "$@" >"$out" 2>"$out.err"
-    local rc=$?
-    local p f s planned why=""
+# tap_out NAME: the file a producer's TAP goes to ($out.err, $out.rc beside).
+tap_out() {
+    echo "$logdir/$(echo "$1" | tr '/ ' '__').tap"
+}
+
+# tap_exec NAME CMD...: run CMD under the per-test time-out.  The
+# time-out's pid is in $out.pid while it runs, for t/run-all to stop it.
+# Its wall time is added to $logdir/durations ("SECONDS NAME").
+tap_exec() {
+    local name=$1 out rc t0=$SECONDS
+    out=$(tap_out "$1"); shift
+    rm -f "$out.rc"
+    timeout -k 10 "$PER_TEST_TIMEOUT" "$@" >"$out" 2>"$out.err" </dev/null &
+    echo $! >"$out.pid"
+    wait $!
+    rc=$?
+    echo "$rc" >"$out.rc"
+    rm -f "$out.pid"
+    echo "$((SECONDS - t0)) $name" >>"$logdir/durations"
+    return "$rc"
+}
+
+# tap_count NAME: "ok N - ... # SKIP" counts as skipped, not passed
+# ("# TODO" stays what it is); "1..0 # SKIP why" skips the whole file.  A
+# crash, a time-out, a missing plan or a plan that does not match the
+# tests run is one more failure; so is a producer that left no exit status.
+tap_count() {
+    local name=$1
+    local out rc p f s planned why=""
+    out=$(tap_out "$name")
+    touch "$out" "$out.err"
+    rc=$(cat "$out.rc" 2>/dev/null)
+    [ -n "$rc" ] || { rc=none; why="no exit status"; }
     s=$(grep -ciE '^(not )?ok\b[^#]*# *skip' "$out")
     p=$(( $(grep -cE '^ok\b' "$out") - $(grep -ciE '^ok\b[^#]*# *skip' "$out") ))
     f=$(( $(grep -cE '^not ok\b' "$out") - $(grep -ciE '^not ok\b[^#]*# *skip' "$out") ))
@@ -25,7 +55,7 @@ run_tap() {
         return
     fi
     local ran=$((p + f + s))
-    if [ "$rc" != 0 ] && [ "$f" = 0 ]; then f=$((f + 1)); why="exit $rc"; fi
+    if [ "$rc" != 0 ] && [ "$f" = 0 ]; then f=$((f + 1)); why="${why:-exit $rc}"; fi
     if [ -z "$planned" ]; then
         f=$((f + 1)); why="${why:+$why, }no plan"
     elif [ "$planned" != "$ran" ]; then
@@ -41,4 +71,10 @@ run_tap() {
         grep -E '^not ok|^#' "$out" | head -40 | sed 's/^/    /'
         tail -20 "$out.err" | sed 's/^/    stderr: /'
     fi
+}
+
+# run_tap NAME CMD...: run one producer and count it.
+run_tap() {
+    tap_exec "$@"
+    tap_count "$1"
 }
