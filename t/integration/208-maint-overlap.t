@@ -116,7 +116,8 @@ def main():
     arr, e0 = rcpt_of(srv, "w@seen.test")
     is_(srv.stop(), 0, "stopped with a message for seen.test")
     t = int(time.time())
-    a_end, b_start, b_end = t + 4, t + 6, t + 9
+    # Room for a slow start and stop (an ASan build beside other tests).
+    a_end, b_start, b_end = t + 10, t + 12, t + 15
     srv.domains[-1]["maintenance"] = [{"start": iso(t - 120), "end": iso(a_end)},
                                       {"start": iso(b_start), "end": iso(b_end)}]
     srv.write_config(srv.port)
