@@ -1404,7 +1404,7 @@ static void summary_json(struct ctl *c, const struct dest_list *l)
         json_str(f, row_state_name(c, r));
         fputs(",\"next_probe\":", f);
         json_time_or_null(f, r->d.next_probe);
-        fprintf(f, ",\"kept_copies\":%ld", qdb_kept_count(c->db, r->d.domain, 0, 0, NULL));
+        fprintf(f, ",\"kept_copies\":%ld", qdb_kept_count(c->db, r->d.domain, 0, 0, NULL, NULL));
         fputs(",\"last_error\":", f);
         json_str(f, r->d.last_error);
         if (r->gate[0] != '\0') {
@@ -1440,7 +1440,7 @@ static void summary_kept_text(struct ctl *c, const struct dest_list *l)
     if (qdb_kept_stats(c->db, &ks) != 0 || ks.copies <= 0)
         return;
     for (size_t i = 0; i < l->n; i++) {
-        long n = qdb_kept_count(c->db, l->row[i].d.domain, 0, 0, NULL);
+        long n = qdb_kept_count(c->db, l->row[i].d.domain, 0, 0, NULL, NULL);
         if (n <= 0)
             continue;
         fputs("kept ", c->out);
@@ -2813,7 +2813,7 @@ static int cmd_replay(struct ctl *c, int argc, char **argv)
     char domain[SMTP_DOMAIN_MAX + 2], err[CTL_ERR_SIZE], t1[TIMEARG_ISO_SIZE],
         t2[TIMEARG_ISO_SIZE], line[CTL_LINE_MAX];
     time_t since, until = 0;
-    long n;
+    long n, nmsg = 0;
     int rc;
 
     (void)argc;
@@ -2851,7 +2851,7 @@ static int cmd_replay(struct ctl *c, int argc, char **argv)
         ctl_error("not a served domain", domain);
         return EX_NOINPUT;
     }
-    n = qdb_kept_count(c->db, domain, (int64_t)since, (int64_t)until, c->recipient);
+    n = qdb_kept_count(c->db, domain, (int64_t)since, (int64_t)until, c->recipient, &nmsg);
     if (n < 0) {
         ctl_error("index read failed", NULL);
         return EX_IOERR;
@@ -2862,11 +2862,12 @@ static int cmd_replay(struct ctl *c, int argc, char **argv)
     if (!c->yes || n == 0) {
         if (c->json) {
             replay_json(c, domain, t1, c->until ? t2 : NULL, n);
-            fputs(",\"messages\":null,\"replayed\":false}\n", c->out);
+            fprintf(c->out, ",\"messages\":%ld,\"replayed\":false}\n", nmsg);
         } else {
             text_str(c->out, domain);
-            fprintf(c->out, ": %ld kept cop%s delivered since %s%s%s", n, n == 1 ? "y" : "ies",
-                    t1, c->until ? " until " : "", c->until ? t2 : "");
+            fprintf(c->out, ": %ld kept cop%s of %ld message%s delivered since %s%s%s", n,
+                    n == 1 ? "y" : "ies", nmsg, nmsg == 1 ? "" : "s", t1,
+                    c->until ? " until " : "", c->until ? t2 : "");
             if (c->recipient) {
                 fputs(" to ", c->out);
                 text_str(c->out, c->recipient);

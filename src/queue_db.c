@@ -1173,16 +1173,56 @@ static long kept_walk(struct qdb *db, MDB_txn *txn, const char *domain, int64_t 
     return n;
 }
 
+/* The QIDs of the copies kept_walk visits, to count distinct messages
+ * (the kept index is ordered by delivery time, so one message's copies
+ * need not be adjacent). */
+struct kept_qids {
+    char (*qid)[QID_SIZE];
+    size_t n, cap;
+};
+
+static int kept_qid_add(void *arg, const char *qid, uint32_t index)
+{
+    struct kept_qids *q = arg;
+    (void)index;
+    if (q->n == q->cap) {
+        size_t cap = q->cap ? q->cap * 2 : 64;
+        void *p = realloc(q->qid, cap * sizeof *q->qid);
+        if (p == NULL)
+            return -1;
+        q->qid = p;
+        q->cap = cap;
+    }
+    memcpy(q->qid[q->n++], qid, QID_SIZE);
+    return 0;
+}
+
+static int kept_qid_cmp(const void *a, const void *b)
+{
+    return memcmp(a, b, QID_SIZE);
+}
+
 long qdb_kept_count(struct qdb *db, const char *domain, int64_t since, int64_t until,
-                    const char *addr)
+                    const char *addr, long *messages)
 {
     MDB_txn *txn;
+    struct kept_qids q = { NULL, 0, 0 };
+    if (messages)
+        *messages = 0;
     if (!db->has_kept)
         return 0;
     if (rd_begin(db, &txn))
         return -1;
-    long n = kept_walk(db, txn, domain, since, until, addr, NULL, NULL);
+    long n = kept_walk(db, txn, domain, since, until, addr, messages ? kept_qid_add : NULL, &q);
     rd_end(db, txn);
+    if (messages && n > 0) {
+        long m = 0;
+        qsort(q.qid, q.n, sizeof *q.qid, kept_qid_cmp);
+        for (size_t i = 0; i < q.n; i++)
+            m += i == 0 || memcmp(q.qid[i], q.qid[i - 1], QID_SIZE) != 0;
+        *messages = m;
+    }
+    free(q.qid);
     return n;
 }
 

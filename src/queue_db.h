@@ -235,9 +235,11 @@ struct qdb_kept_stats {
 int qdb_kept_stats(struct qdb *db, struct qdb_kept_stats *out);
 /* Kept copies of domain delivered in [since, until] (until 0: no end),
  * only those to addr when addr is non-NULL (case-insensitive); -1 on a
- * read failure.  A range of the kept index: no scan of other domains. */
+ * read failure (or no memory for messages).  messages, when not NULL,
+ * gets how many distinct messages those copies belong to.  A range of the
+ * kept index: no scan of other domains. */
 long qdb_kept_count(struct qdb *db, const char *domain, int64_t since, int64_t until,
-                    const char *addr);
+                    const char *addr, long *messages);
 /* Up to max kept-only messages, oldest first, into out (and their body
  * octets into size, when not NULL); how many or -1. */
 long qdb_kept_oldest(struct qdb *db, char (*out)[QID_SIZE], uint64_t *size, long max);

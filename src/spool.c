@@ -1261,7 +1261,7 @@ int spool_kept_stats(struct spool *s, struct qdb_kept_stats *out)
 long spool_kept_count(struct spool *s, const char *domain, int64_t since, int64_t until,
                       const char *addr)
 {
-    return qdb_kept_count(s->db, domain, since, until, addr);
+    return qdb_kept_count(s->db, domain, since, until, addr, NULL);
 }
 
 long spool_kept_oldest(struct spool *s, char (*out)[QID_SIZE], uint64_t *size, long max)

@@ -62,14 +62,15 @@ def main():
 
     # Counts first, nothing changes.
     rc, out, _ = replay(srv, "--since", iso(t_mid))
-    is_((rc, out and out.get("copies"), out and out.get("replayed")), (0, 2, False),
-        "--since the middle: the 2 later copies, nothing done without --yes")
+    is_((rc, out and out.get("copies"), out and out.get("messages"), out and out.get("replayed")),
+        (0, 2, 2, False), "--since the middle: the 2 later copies of 2 messages, nothing done "
+        "without --yes")
     rc, out, _ = replay(srv, "--since", "-1h", "--until", iso(t_mid))
     is_((rc, out and out.get("copies")), (0, 2), "--until the middle: the 2 earlier copies")
     rc, out, _ = replay(srv, "--since", "-1h", "--recipient", "B@keep.test")
     is_((rc, out and out.get("copies")), (0, 1), "--recipient b@: 1 copy")
     r = srv.ctl("replay", "keep.test", "--since", iso(t_mid))
-    like(r.stdout.decode(), r"keep\.test: 2 kept copies delivered since \S+Z would be queued "
+    like(r.stdout.decode(), r"keep\.test: 2 kept copies of 2 messages delivered since \S+Z would be queued "
          r"again \(add --yes to do it\)", "text: the count and how to do it")
     time.sleep(1.5)
     is_(fake.count(), 4, "a count sends nothing")
