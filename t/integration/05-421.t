@@ -37,8 +37,14 @@ def main():
     ok(fake.max_active <= MAXC, "never more than max_connections=%d at once (max %d)" %
        (MAXC, fake.max_active))
     log = srv.log()
-    like(log, r"destination example\.org: .*421.*concurrency down to %d|"
-              r"destination example\.org: .*concurrency down to %d" % (MAXC // 2, MAXC // 2),
+    # The adaptive window may not have grown to the ceiling when the 421
+    # comes (a slow build): halving it then ends below MAXC // 2.
+    halved = "[1-%d]" % (MAXC // 2)
+    for line in log.splitlines():
+        if "concurrency" in line:
+            diag(line)
+    like(log, r"destination example\.org: .*421.*concurrency down to %s\b|"
+              r"destination example\.org: .*concurrency down to %s\b" % (halved, halved),
          "log: concurrency halved after the 421")
     # After the first 421 the connections opened never exceed the halved
     # limit together with those still running from before.
