@@ -1239,6 +1239,7 @@ class FakeSMTP:
         self.n421 = 0
         self.t421 = []                  # monotonic times of the 421s sent
         self.active_log = []            # (monotonic time, active) at each change
+        self._ended = set()             # sockets counted out before their last reply
         self._over_after = None
         self._over_secs = 0.0
         self._over_until = None
@@ -1328,9 +1329,15 @@ class FakeSMTP:
             self.active_log.append((time.monotonic(), self.active))
 
     def _send421(self, sock):
+        # The session is over once this 421 is decided: count it out before
+        # the client can read it, or the client's next connection may be
+        # accepted before this thread gets to its finally and the two look
+        # simultaneous (seen once: "max 5" with max_connections = 4).
         with self.lock:
             self.n421 += 1
             self.t421.append(time.monotonic())
+            self._ended.add(sock)
+        self._count(-1)
         sock.sendall(b"421 4.3.2 " + self.name.encode() + b" overloaded, closing\r\n")
 
     def _serve(self, sock, addr):
@@ -1341,7 +1348,11 @@ class FakeSMTP:
         except (OSError, ValueError, ssl.SSLError):
             pass
         finally:
-            self._count(-1)
+            with self.lock:
+                ended = sock in self._ended
+                self._ended.discard(sock)
+            if not ended:
+                self._count(-1)
             with self.lock:
                 self._socks.discard(sock)
             try:
