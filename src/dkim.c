@@ -19,7 +19,7 @@
  * query_start (we are in a worker thread already).
  *
  * Owns: the DKIM_LIB (shared by the workers, as opendkim's milter shares
- * it), the jobs (the threads, queue and notify are a workpool), the SPF
+ * it), the holds smtpd takes on commits in flight (dkim_hold), the jobs (the threads, queue and notify are a workpool), the SPF
  * requests handed over to them.
  * Must never: delay the 250 (the commit has completed before we start);
  * lose a message's scheduling (every path ends in `then`, or the message
@@ -82,9 +82,16 @@ struct dkim_job {
     void *arg;
 };
 
+/* A commit in flight whose results are still to come (dkim_hold). */
+struct dkim_held {
+    struct dkim_held *next;
+    char qid[QID_SIZE];
+};
+
 struct dkim_pool {
     struct workpool *wp;
     struct dkim_job *active;            /* from dkim_check to `then` (loop) */
+    struct dkim_held *held;             /* dkim_hold to dkim_unhold (loop) */
     struct spool *spool;
     DKIM_LIB *lib;
     char *resolver;
@@ -442,6 +449,11 @@ void dkim_pool_free(struct dkim_pool *p)
         if (!j->recording)
             dkim_job_free(j);
     }
+    while (p->held) {
+        struct dkim_held *h = p->held;
+        p->held = h->next;
+        free(h);
+    }
     if (p->lib)
         dkim_close(p->lib);
     free(p->resolver);
@@ -506,9 +518,36 @@ int dkim_check(struct dkim_pool *p, const char *qid, int verify, struct spf_req 
     return 0;
 }
 
+int dkim_hold(struct dkim_pool *p, const char *qid)
+{
+    if (p == NULL)
+        return 0;
+    struct dkim_held *h = calloc(1, sizeof *h);
+    if (h == NULL)
+        return -1;
+    snprintf(h->qid, sizeof h->qid, "%s", qid);
+    h->next = p->held;
+    p->held = h;
+    return 0;
+}
+
+void dkim_unhold(struct dkim_pool *p, const char *qid)
+{
+    for (struct dkim_held **hp = p ? &p->held : NULL; hp && *hp; hp = &(*hp)->next)
+        if (strcmp((*hp)->qid, qid) == 0) {
+            struct dkim_held *h = *hp;
+            *hp = h->next;
+            free(h);
+            return;
+        }
+}
+
 int dkim_busy(void *arg, const char *qid)
 {
     const struct dkim_pool *p = arg;
+    for (const struct dkim_held *h = p ? p->held : NULL; h; h = h->next)
+        if (strcmp(h->qid, qid) == 0)
+            return 1;
     for (const struct dkim_job *j = p ? p->active : NULL; j; j = j->anext)
         if (strcmp(j->qid, qid) == 0)
             return 1;

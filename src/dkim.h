@@ -48,7 +48,20 @@ void dkim_pool_free(struct dkim_pool *p);
  */
 int dkim_check(struct dkim_pool *p, const char *qid, int verify, struct spf_req *spf,
                const struct spf_answer *spf_ans, dkim_then_fn then, void *arg);
-/* Nonzero while qid is being verified (delivery_busy_fn; arg: the pool):
+/*
+ * Keep delivery off qid from before its commit is handed to the spool
+ * until dkim_check() has taken it (or the commit failed): delivery's walk
+ * of the index sees a record as soon as the spool's writer has committed
+ * it, before the commit's completion reaches the loop, and a message whose
+ * SPF or DKIM result is still to be recorded must not leave without it.
+ * dkim_hold: 0, or -1 on out of memory (errno ENOMEM; the message is then
+ * delivered as soon as it is found, possibly without its results).
+ * dkim_unhold: drops one hold on qid (none: no-op).  Loop thread only;
+ * the pool frees holds left at dkim_pool_free.
+ */
+int dkim_hold(struct dkim_pool *p, const char *qid);
+void dkim_unhold(struct dkim_pool *p, const char *qid);
+/* Nonzero while qid is held or being verified (delivery_busy_fn; arg: the pool):
  * delivery leaves it alone until `then` runs.  Linear in the messages
  * being verified, which the queue bound keeps small. */
 int dkim_busy(void *arg, const char *qid);

@@ -284,6 +284,7 @@ struct smtpd_commit {
     struct spf_req *spf;                /* SPF still running at the commit */
     int spf_have;                       /* ... finished since: spf_ans */
     struct spf_answer spf_ans;
+    int dkim_held;                      /* dkim_hold taken: delivery waits */
 };
 
 /* A RCPT whose verdict is pending: what applying it needs. */
@@ -1561,6 +1562,8 @@ static void commit_free(struct smtpd_commit *c)
         c->next->prev = c->prev;
     free(c->quarantine);
     spf_cancel(c->spf);
+    if (c->dkim_held)
+        dkim_unhold(c->d->dkim, c->qid);
     free(c);
 }
 
@@ -1626,11 +1629,19 @@ static void commit_done(void *arg, int err)
          * Authentication-Results header carries them. */
         struct spf_req *spf = c->spf;
         c->spf = NULL;                  /* dkim_check takes it over */
-        if (d->queued && dkim_check(d->dkim, c->qid, c->dkim_verify, spf,
-                                    c->spf_have ? &c->spf_ans : NULL, d->queued, d->hook_arg) != 0)
-            d->queued(d->hook_arg, c->qid);
-        else if (!d->queued)
+        int started = d->queued && dkim_check(d->dkim, c->qid, c->dkim_verify, spf,
+                                              c->spf_have ? &c->spf_ans : NULL, d->queued,
+                                              d->hook_arg) == 0;
+        if (!d->queued)
             spf_cancel(spf);
+        /* The job (if any) keeps delivery off the message now: the hold
+         * goes before the hook, which would find it held. */
+        if (c->dkim_held) {
+            dkim_unhold(d->dkim, c->qid);
+            c->dkim_held = 0;
+        }
+        if (d->queued && !started)
+            d->queued(d->hook_arg, c->qid);
     } else {
         stats_inc(STAT_REJ_STORAGE);
         log_warn("%s: not queued: %s", c->qid, err == ENOSPC ? "spool full" : strerror(err));
@@ -1813,12 +1824,24 @@ static void session_data_commit(struct session *s)
     c->nrcpt = s->nrcpt;
     if (s->mquarantine != NULL)
         c->quarantine = strdup(s->mquarantine);
+    /* Results still to come (SPF running, signatures to verify): delivery
+     * must not take the message before they are recorded, and its walk of
+     * the index sees the record before commit_done runs. */
+    if (c->quarantine == NULL && (spf != NULL || dkim_verify)) {
+        if (dkim_hold(s->d->dkim, c->qid) == 0)
+            c->dkim_held = 1;
+        else
+            log_warn("%s: out of memory: may be delivered before its SPF/DKIM results", c->qid);
+    }
     session_set_state(s, S_COMMIT);
     /* No read timeout while the disk works: the client is waiting on us. */
     session_set_timeout(s, 0);
     if (spool_commit(s->d->spool, b, &m, s->rcpt, s->nrcpt, commit_done, c) == NULL) {
         log_warn("%s: cannot queue commit: %s", s->qid, strerror(errno));
         spf_cancel(spf);
+        if (c->dkim_held)
+            dkim_unhold(s->d->dkim, c->qid);
+        free(c->quarantine);
         free(c);
         session_reject(s, STAT_REJ_STORAGE, "451 4.3.0 Error: queue file write error");
         session_txn_reset(s);

@@ -1360,6 +1360,8 @@ struct spool *spool_open(const struct conf *c, struct event_base *base, char *er
         goto fail;
     }
     s->writer_started = 1;
+    /* Named for admins (top -H, ps -L) and for tests that single it out. */
+    pthread_setname_np(s->writer, "mxkeep-spool");
     return s;
 fail:
     spool_close(s);

@@ -138,6 +138,9 @@ struct workpool *workpool_new(struct event_base *base, const char *name, size_t 
             return NULL;
         }
         wp->nthreads++;
+        char tname[16];                 /* the kernel's bound, with the NUL */
+        snprintf(tname, sizeof tname, "mxkeep-%s", name);
+        pthread_setname_np(wp->threads[i], tname);
     }
     return wp;
 }

@@ -607,6 +607,88 @@ def make_message(tag, body_lines=3, extra_headers=(), size=None):
     return msg
 
 
+# --- DKIM (tests 157, 159) ---
+
+def relaxed_header(name, value):
+    v = re.sub(r"\r\n", "", value)
+    v = re.sub(r"[ \t]+", " ", v).strip()
+    return name.strip().lower() + ":" + v
+
+
+def relaxed_body(body):
+    lines = body.split(b"\r\n")
+    out = [re.sub(rb"[ \t]+", b" ", ln).rstrip(b" \t") for ln in lines]
+    while out and out[-1] == b"":
+        out.pop()
+    return b"".join(ln + b"\r\n" for ln in out)
+
+
+def dkim_sign(msg, domain, selector, keyfile):
+    """A relaxed/relaxed rsa-sha256 DKIM signature (RFC 6376 3.4, 3.7),
+    made with the cryptography package: python3-dkim is not installed."""
+    import base64
+    import hashlib
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import padding
+    head, body = msg.split(b"\r\n\r\n", 1)
+    fields = []
+    for ln in head.decode("latin-1").split("\r\n"):
+        if ln[:1] in (" ", "\t") and fields:
+            fields[-1] += "\r\n" + ln
+        else:
+            fields.append(ln)
+    signed = ["from", "to", "subject", "message-id"]
+    byname = {f.split(":", 1)[0].strip().lower(): f for f in fields}
+    bh = base64.b64encode(hashlib.sha256(relaxed_body(body)).digest()).decode()
+    sig = ("v=1; a=rsa-sha256; c=relaxed/relaxed; d=%s; s=%s; h=%s; bh=%s; b="
+           % (domain, selector, ":".join(signed), bh))
+    data = "".join(relaxed_header(*byname[h].split(":", 1)) + "\r\n" for h in signed)
+    data += relaxed_header("DKIM-Signature", sig)
+    with open(keyfile, "rb") as f:
+        key = serialization.load_pem_private_key(f.read(), password=None)
+    b = base64.b64encode(key.sign(data.encode(), padding.PKCS1v15(), hashes.SHA256())).decode()
+    return ("DKIM-Signature: " + sig + b + "\r\n").encode() + msg
+
+
+def ar_of(body):
+    head = body.split(b"\r\n\r\n", 1)[0].decode("latin-1")
+    unfolded = re.sub(r"\r\n[ \t]+", " ", head)
+    ars = [ln for ln in unfolded.split("\r\n") if ln.lower().startswith("authentication-results:")]
+    return ars
+
+
+def dkim_key(domain="pass.test", selector="sel1"):
+    """A DKIM key pair made by opendkim-genkey: (key directory, TXT record
+    text, private key file).  skip_all when the tools to make one or to
+    sign with it are missing.  The caller removes the directory."""
+    genkey = shutil.which("opendkim-genkey") or "/usr/sbin/opendkim-genkey"
+    if not os.access(genkey, os.X_OK):
+        skip_all("opendkim-genkey not installed (opendkim-tools)")
+    try:
+        import cryptography  # noqa: F401
+    except ImportError:
+        skip_all("python cryptography not available to sign test messages")
+    kdir = tempfile.mkdtemp(prefix="mxtest-dkim.")
+    subprocess.run([genkey, "-D", kdir, "-d", domain, "-s", selector, "-b", "1024"], check=True)
+    with open(os.path.join(kdir, selector + ".txt")) as f:
+        txt = "".join(re.findall(r'"([^"]*)"', f.read()))
+    return kdir, txt, os.path.join(kdir, selector + ".private")
+
+
+def dkim_world(txt):
+    """The peers of the DKIM tests, started: dnsmasq serving the key record
+    txt at sel1._domainkey.pass.test and pass.test's SPF record (which
+    fails the loopback client), a FakeSMTP primary for example.org on
+    127.0.0.2, and mxkeepd using that resolver.  Returns (dns, prim, srv)."""
+    dns = Dnsmasq(txt=[("sel1._domainkey.pass.test", txt),
+                       ("pass.test", "v=spf1 ip4:192.0.2.0/24 -all")]).start()
+    prim = FakeSMTP(host="127.0.0.2", name="primary.example.org").start()
+    srv = Server(domains=[{"name": "example.org", "primary": "[127.0.0.2]:%d" % prim.port}],
+                 settings={"resolver": dns.address, "delivery": fast_delivery()})
+    srv.start()
+    return dns, prim, srv
+
+
 def dot_stuff(msg):
     """Dot-stuff a CRLF message for DATA and append the end marker."""
     out = re.sub(rb"(?m)^\.", b"..", msg)
