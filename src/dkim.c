@@ -301,15 +301,26 @@ static void dkim_job_free(struct dkim_job *j)
     free(j);
 }
 
+/* The job is over: off the active list first (dkim_busy no longer
+ * names the message), then the delivery hook, which may look at once. */
+static void dkim_job_end(struct dkim_job *j, int deliver)
+{
+    dkim_then_fn then = deliver ? j->then : NULL;
+    void *arg = j->arg;
+    char qid[QID_SIZE];
+    memcpy(qid, j->qid, sizeof qid);
+    dkim_job_free(j);
+    if (then)
+        then(arg, qid);
+}
+
 /* The record holds the results: the message goes on to delivery. */
 static void dkim_on_recorded(void *arg, int err)
 {
     struct dkim_job *j = arg;
     if (err != 0 && err != ENOENT)
         log_warn("%s: authentication results not recorded: %s", j->qid, strerror(err));
-    if (err != ENOENT && j->then)
-        j->then(j->arg, j->qid);        /* gone (ENOENT): nothing to deliver */
-    dkim_job_free(j);
+    dkim_job_end(j, err != ENOENT);     /* gone (ENOENT): nothing to deliver */
 }
 
 /* Both results in (or not coming): one record update, then delivery. */
@@ -346,17 +357,13 @@ static void dkim_job_settle(struct dkim_job *j)
         text[n + k] = '\0';
     }
     if (flags == 0 && text[0] == '\0') {
-        if (j->then)
-            j->then(j->arg, j->qid);
-        dkim_job_free(j);
+        dkim_job_end(j, 1);
         return;
     }
     j->recording = 1;
     if (spool_msg_auth_set(j->p->spool, j->qid, flags, text, dkim_on_recorded, j) == NULL) {
         log_warn("%s: authentication results not recorded: %s", j->qid, strerror(errno));
-        if (j->then)
-            j->then(j->arg, j->qid);
-        dkim_job_free(j);
+        dkim_job_end(j, 1);
     }
 }
 
