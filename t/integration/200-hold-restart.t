@@ -12,12 +12,6 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from mxtest import *  # noqa: F401,F403
 
 
-def holds(srv):
-    r = srv.ctl("--json", "holds")
-    if r.returncode != 0:
-        return None
-    return json.loads(r.stdout.decode())["holds"]
-
 
 def main():
     require_binaries()
@@ -36,7 +30,7 @@ def main():
     time.sleep(2)
     is_(fake.count(), 0, "held: nothing delivered")
 
-    h = holds(srv)
+    h = srv.holds()
     ok(h is not None, "mxkeepctl --json holds parses")
     rt = [x for x in (h or []) if x["domain"] == "example.org"]
     is_(len(rt), 1, "one hold listed for example.org")
@@ -93,7 +87,7 @@ def main():
     r = srv.ctl("release", "example.org")
     is_(r.returncode, 0, "release: exit 0")
     ok(wait_for(lambda: fake.count() >= 3, 10), "released: the 3 messages delivered")
-    is_([x for x in holds(srv) or [] if x["domain"] == "example.org"], [],
+    is_([x for x in srv.holds() or [] if x["domain"] == "example.org"], [],
         "the hold is gone from the listing")
     is_(srv.stop(), 0, "stopped")
     srv.start()

@@ -12,13 +12,6 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from mxtest import *  # noqa: F401,F403
 
 
-def iso(t):
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
-
-
-def holds(srv, domain):
-    r = srv.ctl("--json", "holds")
-    return [x for x in json.loads(r.stdout.decode())["holds"] if x["domain"] == domain]
 
 
 def main():
@@ -34,7 +27,7 @@ def main():
         {"name": "b.test", "primary": "[127.0.0.2]:%d" % dead},
     ], settings={"delivery": fast_delivery()})
     srv.start()
-    h = holds(srv, "example.org")
+    h = srv.holds("example.org")
     ok(any(x["kind"] == "maintenance" and x["origin"] == "config" and not x["active"] and
            x["schedule"] == "Sun 02:00-04:00" and x["note"] == "patch window" for x in h),
        "the weekly window is listed as scheduled, with its text and note")
@@ -48,7 +41,7 @@ def main():
     ok(time.time() >= start - 1, "... at its start")
     for i in range(2):
         send_smtplib(srv, "s@sender.test", ["in%d@example.org" % i], make_message("in%d" % i))
-    h = [x for x in holds(srv, "example.org") if x["active"]]
+    h = [x for x in srv.holds("example.org") if x["active"]]
     is_([(x["kind"], x["origin"], x["uid"], x["note"]) for x in h],
         [("maintenance", "config", None, "primary reinstall")],
         "holds: active, origin config, no uid, its note")
@@ -77,7 +70,7 @@ def main():
        "log: the window missed while stopped is applied at start-up (3 s)")
     e1 = [r["expiry"] for m in srv.queue() for r in m["recipients"] if r["addr"] == "w@b.test"][0]
     is_(e1 - e0, 3, "expiry moved out by the 3 s window that passed while stopped")
-    is_([x for x in holds(srv, "b.test") if x["active"]], [], "nothing holds b.test any more")
+    is_([x for x in srv.holds("b.test") if x["active"]], [], "nothing holds b.test any more")
     is_(srv.stop(), 0, "mxkeepd exits 0")
 
 

@@ -22,9 +22,6 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from mxtest import *  # noqa: F401,F403
 
 
-def iso(t):
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
-
 
 def rcpt_of(srv, addr):
     for m in srv.queue():
@@ -122,7 +119,7 @@ def main():
                                       {"start": iso(b_start), "end": iso(b_end)}]
     srv.write_config(srv.port)
     srv.start(port=srv.port)
-    ok(wait_for(lambda: any(x["active"] and x["created"] for x in holds(srv, "seen.test")), 2),
+    ok(wait_for(lambda: any(x["active"] and x["created"] for x in srv.holds("seen.test")), 2),
        "seen.test: its first window runs, with a record")
     is_(srv.stop(), 0, "stopped in it")
     ok(time.time() < a_end, "... before its end")
@@ -138,10 +135,6 @@ def main():
        % (want, e1 - e0 if e1 else "?"))
     is_(srv.stop(), 0, "mxkeepd exits 0")
 
-
-def holds(srv, domain):
-    return [x for x in json.loads(srv.ctl("--json", "holds").stdout.decode())["holds"]
-            if x["domain"] == domain]
 
 
 run_main(main)

@@ -17,13 +17,6 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from mxtest import *  # noqa: F401,F403
 
 
-def iso(t):
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
-
-
-def holds(srv, domain):
-    r = srv.ctl("--json", "holds")
-    return [x for x in json.loads(r.stdout.decode())["holds"] if x["domain"] == domain]
 
 
 def main():
@@ -40,24 +33,24 @@ def main():
     srv.start()
 
     # 1. start during a config window
-    ok(wait_for(lambda: any(x["active"] for x in holds(srv, "example.org")), 5),
+    ok(wait_for(lambda: any(x["active"] for x in srv.holds("example.org")), 5),
        "example.org is in its config window")
     r = srv.ctl("maintenance", "example.org", "start", "--until", "+2h")
     is_(r.returncode, 0, "maintenance start --until +2h during the config window: exit 0")
     out = r.stdout.decode() + r.stderr.decode()
-    rt = [x for x in holds(srv, "example.org") if x["origin"] == "runtime"]
+    rt = [x for x in srv.holds("example.org") if x["origin"] == "runtime"]
     until = rt[0]["until"] if rt else "?"
     like(out, r"already in the config window until %s: held until %s" %
          (re.escape(iso(cfg_end)), re.escape(until)),
          "the reply says it is already in the config window, and until when it is held")
-    is_(sorted((x["origin"], x["active"]) for x in holds(srv, "example.org")),
+    is_(sorted((x["origin"], x["active"]) for x in srv.holds("example.org")),
         [("config", True), ("runtime", True)], "holds: both windows, both active")
     r = srv.ctl("maintenance", "example.org", "start")
     like(r.stdout.decode(), r"already in the config window until %s: held until stopped" %
          re.escape(iso(cfg_end)), "again without --until: held until stopped")
     r = srv.ctl("maintenance", "example.org", "stop")
     is_(r.returncode, 0, "stop")
-    ok(wait_for(lambda: not any(x["active"] for x in holds(srv, "example.org")), 10),
+    ok(wait_for(lambda: not any(x["active"] for x in srv.holds("example.org")), 10),
        "stop ended both: nothing holds example.org")
 
     # 2. the offline listing
@@ -68,10 +61,10 @@ def main():
     srv.domains[2]["maintenance"] = [{"start": iso(t + 1), "end": iso(t + 3600), "note": "l"}]
     srv.write_config(srv.port)
     time.sleep(5)
-    g = holds(srv, "gone.test")
+    g = srv.holds("gone.test")
     is_([(x["origin"], x["phase"], x["active"]) for x in g], [("runtime", "ended", False)],
         "offline --json holds: the window whose end passed is ended, not scheduled")
-    l = holds(srv, "later.test")
+    l = srv.holds("later.test")
     is_([(x["origin"], x["phase"], x["active"]) for x in l], [("config", "running", True)],
         "offline: a config window whose time has come is running")
     r = srv.ctl("holds")
@@ -82,8 +75,8 @@ def main():
     srv.start(port=srv.port)
     ok(wait_log(srv, r"maintenance of gone\.test \(runtime\) ended after", 10, mark) is not None,
        "at the next start its end is applied")
-    ok(wait_for(lambda: holds(srv, "gone.test") == [], 5), "online: then it is gone")
-    is_([(x["origin"], x["phase"]) for x in holds(srv, "later.test")], [("config", "running")],
+    ok(wait_for(lambda: srv.holds("gone.test") == [], 5), "online: then it is gone")
+    is_([(x["origin"], x["phase"]) for x in srv.holds("later.test")], [("config", "running")],
         "online: the config window runs, as the offline listing said")
     is_(srv.stop(), 0, "mxkeepd exits 0")
 

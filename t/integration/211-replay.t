@@ -13,9 +13,6 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from mxtest import *  # noqa: F401,F403
 
 
-def iso(t):
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
-
 
 def send(srv, rcpt, tag):
     code, text = send_smtplib(srv, "s@sender.test", [rcpt], make_message(tag))

@@ -513,6 +513,15 @@ class Server:
         data = json.loads(r.stdout.decode("utf-8"))
         return data.get("messages", [])
 
+    def holds(self, domain=None):
+        """mxkeepctl --json holds: the hold records (of domain only, when
+        given), or None when the command fails."""
+        r = self.ctl("--json", "holds")
+        if r.returncode != 0:
+            return None
+        return [x for x in json.loads(r.stdout.decode("utf-8"))["holds"]
+                if domain is None or x["domain"] == domain]
+
     def queue_by_qid(self):
         return {m["qid"]: m for m in self.queue()}
 
@@ -587,6 +596,12 @@ def unfold(header):
     if isinstance(header, bytes):
         header = header.decode("latin-1")
     return re.sub(r"\r?\n[ \t]+", " ", header).strip()
+
+
+def iso(t):
+    """Unix time t as RFC 3339 UTC, "YYYY-MM-DDTHH:MM:SSZ": the form the
+    configuration's maintenance windows and mxkeepctl take."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
 
 
 def make_message(tag, body_lines=3, extra_headers=(), size=None):
