@@ -508,8 +508,10 @@ static struct job *job_load(struct dest *d, const char *qid, int *fatal)
         *fatal = 1;
         return NULL;
     }
-    /* Still being verified (DKIM): its verifier schedules it when the
-     * result is in the record, so the primary's A-R header carries it. */
+    /* Still being verified (DKIM, or SPF after the commit), or its commit
+     * still on its way to the loop (dkim_hold): whoever ends that
+     * schedules it (the verifier once the results are in the record, so
+     * the primary's A-R header carries them, or commit_done). */
     if (s->busy && s->busy(s->busy_arg, qid)) {
         free(j);
         return NULL;

@@ -19,8 +19,9 @@
  * query_start (we are in a worker thread already).
  *
  * Owns: the DKIM_LIB (shared by the workers, as opendkim's milter shares
- * it), the holds smtpd takes on commits in flight (dkim_hold), the jobs (the threads, queue and notify are a workpool), the SPF
- * requests handed over to them.
+ * it), the holds smtpd takes on commits in flight (dkim_hold), the jobs
+ * (the threads, queue and notify are a workpool), the SPF requests handed
+ * over to them.
  * Must never: delay the 250 (the commit has completed before we start);
  * lose a message's scheduling (every path ends in `then`, or the message
  * is left to delivery's start-up scan when the daemon stops first);

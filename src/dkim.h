@@ -61,9 +61,11 @@ int dkim_check(struct dkim_pool *p, const char *qid, int verify, struct spf_req 
  */
 int dkim_hold(struct dkim_pool *p, const char *qid);
 void dkim_unhold(struct dkim_pool *p, const char *qid);
-/* Nonzero while qid is held or being verified (delivery_busy_fn; arg: the pool):
- * delivery leaves it alone until `then` runs.  Linear in the messages
- * being verified, which the queue bound keeps small. */
+/* Nonzero while qid is held or being verified (delivery_busy_fn; arg: the
+ * pool): delivery leaves it alone until `then` runs, or, for a hold that
+ * no job followed, until smtpd's queued hook does.  Linear in the
+ * messages being verified (bounded by dkim.queue) and the commits in
+ * flight (at most one per SMTP session). */
 int dkim_busy(void *arg, const char *qid);
 
 #endif

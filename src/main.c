@@ -652,6 +652,7 @@ int main(int argc, char **argv)
     odmr_free(dm.odmr);
     metrics_free(dm.metrics);
     smtpd_free(dm.smtpd);
+    delivery_set_busy(dm.delivery, NULL, NULL);     /* the pool it asks goes now */
     dkim_pool_free(dm.dkim);            /* before the spool it reads, and before
                                            the SPF checks its jobs took over */
     spf_pool_free(dm.spf);              /* after the sessions that used it */

@@ -266,7 +266,8 @@ struct smtpd {
  * done callback (commit_done) is the one place where "message queued"
  * happens (its log line, the counters, and the queued hook that schedules
  * delivery and enters the delay warning), whatever became of the session
- * that sent it, and the one place that frees it.  The session merely
+ * that sent it, and the one place that frees it once the spool has it
+ * (spool_commit refusing it frees it at once).  The session merely
  * observes it to answer 250 (or 451/452); a session that closes detaches
  * itself (session_end) and the message is queued all the same.
  */
@@ -1629,17 +1630,19 @@ static void commit_done(void *arg, int err)
          * Authentication-Results header carries them. */
         struct spf_req *spf = c->spf;
         c->spf = NULL;                  /* dkim_check takes it over */
+        /* The hold ends here: from now on the job (if any) keeps delivery
+         * off the message.  Before dkim_check, whose job may call the hook
+         * at once, and before the hook, which would find it held (one
+         * thread: no walk runs in between). */
+        if (c->dkim_held) {
+            dkim_unhold(d->dkim, c->qid);
+            c->dkim_held = 0;
+        }
         int started = d->queued && dkim_check(d->dkim, c->qid, c->dkim_verify, spf,
                                               c->spf_have ? &c->spf_ans : NULL, d->queued,
                                               d->hook_arg) == 0;
         if (!d->queued)
             spf_cancel(spf);
-        /* The job (if any) keeps delivery off the message now: the hold
-         * goes before the hook, which would find it held. */
-        if (c->dkim_held) {
-            dkim_unhold(d->dkim, c->qid);
-            c->dkim_held = 0;
-        }
         if (d->queued && !started)
             d->queued(d->hook_arg, c->qid);
     } else {
@@ -1805,6 +1808,13 @@ static void session_data_commit(struct session *s)
     data_free(s->dp);
     s->dp = NULL;
     struct smtpd_commit *c = calloc(1, sizeof *c);
+    /* A milter's quarantine reason goes with the commit: without it the
+     * record (quarantined) and commit_done (which would schedule it)
+     * would disagree, so no memory for it is no commit. */
+    if (c != NULL && s->mquarantine != NULL && (c->quarantine = strdup(s->mquarantine)) == NULL) {
+        free(c);
+        c = NULL;
+    }
     if (c == NULL) {
         spf_cancel(spf);
         spool_body_free(b);
@@ -1822,8 +1832,6 @@ static void session_data_commit(struct session *s)
     snprintf(c->client, sizeof c->client, "%s[%s]", s->name, s->addr);
     c->size = (unsigned long long)m.size;
     c->nrcpt = s->nrcpt;
-    if (s->mquarantine != NULL)
-        c->quarantine = strdup(s->mquarantine);
     /* Results still to come (SPF running, signatures to verify): delivery
      * must not take the message before they are recorded, and its walk of
      * the index sees the record before commit_done runs. */

@@ -70,6 +70,8 @@ def main():
         for p in PROCS:
             p.terminate()
             p.wait(5)
+        if not os.environ.get("MXTEST_KEEP"):
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def run(tmp):

@@ -235,7 +235,11 @@ def main():
     is_(srv.stop(), 0, "mxkeepd exits 0")
 
     # --- README's tour, with the shipped sample configuration ---
-    readme_tour(tmp)
+    try:
+        readme_tour(tmp)
+    finally:
+        if not os.environ.get("MXTEST_KEEP"):
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def readme_tour(tmp):

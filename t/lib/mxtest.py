@@ -1080,11 +1080,12 @@ def fill_fs(mnt, leave, chunk=65536):
     """Fill the file system at mnt to ENOSPC with the file mnt/filler, then
     give back `leave` octets; returns the filler's path."""
     path = os.path.join(mnt, "filler")
-    with open(path, "ab") as f:
+    # Unbuffered: a buffered file would raise ENOSPC again at close, when
+    # it tries to write what the failed flush left in its buffer.
+    with open(path, "ab", buffering=0) as f:
         try:
             while True:
                 f.write(b"\0" * chunk)
-                f.flush()
         except OSError:
             pass
     os.truncate(path, max(0, os.path.getsize(path) - leave))
