@@ -1599,13 +1599,33 @@ static void commit_on_spf(void *arg, const struct spf_answer *a)
     c->spf_ans = *a;
 }
 
+/* dkim_check's hook for a quarantined message (a dkim_then_fn): its
+ * results are in the record.  Released meanwhile, it is delivery's now,
+ * and the release found it still being verified and left it: schedule it.
+ * Still quarantined: nothing to do. */
+static void commit_quarantine_then(void *arg, const char *qid)
+{
+    struct smtpd *d = arg;
+    struct qmsg *m = malloc(sizeof *m);
+    if (m != NULL && d->queued && spool_msg_get(d->spool, qid, m) == 0 &&
+        !(m->flags & QMSG_F_QUARANTINE))
+        d->queued(d->hook_arg, qid);
+    free(m);
+}
+
 /* spool_done_fn of a commit: runs exactly once, on the loop thread. */
 static void commit_done(void *arg, int err)
 {
     struct smtpd_commit *c = arg;
     struct smtpd *d = c->d;
     if (err == 0 && c->quarantine != NULL) {
-        /* a milter's quarantine: held in the spool, never scheduled */
+        /* A milter's quarantine: held in the spool, never scheduled.  Its
+         * SPF (if still running) and DKIM results are recorded all the
+         * same, so that a released message carries them to the primary. */
+        struct spf_req *spf = c->spf;
+        c->spf = NULL;                  /* dkim_check takes it over */
+        dkim_check(d->dkim, c->qid, c->dkim_verify, spf, c->spf_have ? &c->spf_ans : NULL,
+                   commit_quarantine_then, d);
         struct qmsg *q = calloc(1, sizeof *q);
         log_info("%s: from=<%s>, size=%llu, nrcpt=%zu (quarantine)", c->qid, c->sender,
                  c->size, c->nrcpt);

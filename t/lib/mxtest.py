@@ -690,16 +690,18 @@ def dkim_key(domain="pass.test", selector="sel1"):
     return kdir, txt, os.path.join(kdir, selector + ".private")
 
 
-def dkim_world(txt):
+def dkim_world(txt, settings=None):
     """The peers of the DKIM tests, started: dnsmasq serving the key record
     txt at sel1._domainkey.pass.test and pass.test's SPF record (which
     fails the loopback client), a FakeSMTP primary for example.org on
-    127.0.0.2, and mxkeepd using that resolver.  Returns (dns, prim, srv)."""
+    127.0.0.2, and mxkeepd using that resolver (and `settings` besides).
+    Returns (dns, prim, srv)."""
     dns = Dnsmasq(txt=[("sel1._domainkey.pass.test", txt),
                        ("pass.test", "v=spf1 ip4:192.0.2.0/24 -all")]).start()
     prim = FakeSMTP(host="127.0.0.2", name="primary.example.org").start()
     srv = Server(domains=[{"name": "example.org", "primary": "[127.0.0.2]:%d" % prim.port}],
-                 settings={"resolver": dns.address, "delivery": fast_delivery()})
+                 settings=dict({"resolver": dns.address, "delivery": fast_delivery()},
+                               **(settings or {})))
     srv.start()
     return dns, prim, srv
 
