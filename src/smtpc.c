@@ -526,8 +526,13 @@ static void write_mail(struct smtpc *c)
     struct evbuffer *o = out(c);
 
     evbuffer_add_printf(o, "MAIL FROM:<%s>", m->sender);
-    if (c->ext & EXT_SIZE)
-        evbuffer_add_printf(o, " SIZE=%llu", (unsigned long long)m->size);
+    if (c->ext & EXT_SIZE) {
+        /* What goes out (RFC 1870 section 4): the stored text with the
+         * Authentication-Results header the scheduler put in front. */
+        size_t len = c->msg->body ? evbuffer_get_length(c->msg->body) : 0;
+        unsigned long long size = len > m->size ? (unsigned long long)len : m->size;
+        evbuffer_add_printf(o, " SIZE=%llu", size);
+    }
     if (want_body_8bit(c, m))
         evbuffer_add(o, " BODY=8BITMIME", 14);
     /* Declared and the peer takes it: passed on.  Declared but the peer

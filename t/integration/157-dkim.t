@@ -40,6 +40,10 @@ def main():
         like(ars[0] if ars else "", want, "%s: %s" % (mid, want.replace("\\", "")))
         like(ars[0] if ars else "", r"spf=fail smtp\.mailfrom=sender@pass\.test",
              "%s: SPF and DKIM in the same header" % mid)
+    # RFC 1870: SIZE= declares what is sent, A-R header included.
+    short = [(message_id(m["body"]), m["mail_args"]) for m in prim.messages
+             if int((re.search(r"SIZE=(\d+)", m["mail_args"] or "") or [0, -1])[1]) < len(m["body"])]
+    is_(short, [], "SIZE= covers the message as sent, A-R header included")
     log = srv.log()
     like(log, r"dkim: dkim=pass header\.d=pass\.test header\.s=sel1", "the DKIM result is logged")
     shutil.rmtree(kdir, ignore_errors=True)
