@@ -94,6 +94,10 @@ enum conf_kind {
     CK_STRING,      /* any non-empty string */
     CK_PATH,        /* made absolute */
     CK_RFILE,       /* made absolute, must be readable now */
+    CK_RFILE_ROOT,  /* made absolute, read by the daemon only at start, as
+                       root: must exist; unreadable only when we are not
+                       root (a reload after the drop, mxkeepctl), which
+                       cannot tell and need not */
     CK_HOSTNAME,    /* validated, lower-cased, trailing dot dropped */
     CK_ADDRESS,     /* numeric IPv4 or IPv6 */
     CK_INT,         /* long, plain integer */
@@ -459,8 +463,8 @@ static const struct conf_setting etrn_table[] = {
 };
 
 static const struct conf_setting tls_table[] = {
-    { "certificate", CK_RFILE, CNF(tls_certificate), 0, 0, 0, 0, 0, 0, 0 },
-    { "key",         CK_RFILE, CNF(tls_key),         0, 0, 0, 0, 0, 0, 0 },
+    { "certificate", CK_RFILE_ROOT, CNF(tls_certificate), 0, 0, 0, 0, 0, 0, 0 },
+    { "key",         CK_RFILE_ROOT, CNF(tls_key),         0, 0, 0, 0, 0, 0, 0 },
     { NULL, 0, 0, 0, 0, 0, 0, 0, 0, 0 },
 };
 
@@ -779,6 +783,7 @@ static int conf_value_load(struct conf_loader *L, const config_setting_t *s,
     case CK_STRING:
     case CK_PATH:
     case CK_RFILE:
+    case CK_RFILE_ROOT:
     case CK_HOSTNAME:
     case CK_ADDRESS:
     case CK_ENUM:
@@ -804,6 +809,12 @@ static int conf_value_load(struct conf_loader *L, const config_setting_t *s,
         if (!(*sp = conf_abspath(L, s, str)))
             return -1;
         if (access(*sp, R_OK) < 0)
+            return conf_fail(L, s, "%s: cannot read \"%s\": %s", full, *sp, strerror(errno));
+        return 0;
+    case CK_RFILE_ROOT:
+        if (!(*sp = conf_abspath(L, s, str)))
+            return -1;
+        if (access(*sp, R_OK) < 0 && !(errno == EACCES && geteuid() != 0))
             return conf_fail(L, s, "%s: cannot read \"%s\": %s", full, *sp, strerror(errno));
         return 0;
     case CK_HOSTNAME:
@@ -1691,7 +1702,11 @@ static int conf_limits_check(struct conf_loader *L, const config_setting_t *s, v
 {
     const struct conf_limits *l = base;
     if (l->header_size > l->message_size)
-        return conf_fail(L, s, "limits.header_size must not exceed limits.message_size");
+        return conf_fail(L, s, "limits.header_size (%llu octets%s) must not exceed "
+                         "limits.message_size (%llu octets): lower both",
+                         (unsigned long long)l->header_size,
+                         config_setting_get_member(s, "header_size") ? "" : ", the default",
+                         (unsigned long long)l->message_size);
     return 0;
 }
 

@@ -214,6 +214,18 @@ static void main_on_domains(void *arg, struct conf *nc)
 /* The resolver the daemon started with (NULL: the system's): the DNS, SPF
  * and DKIM clients keep it until a restart. */
 static char *main_resolver;
+/* "certificate\nkey" the daemon started with ("" without TLS): read once,
+ * as root, into the server SSL_CTX that serves until a restart. */
+static char *main_tls_files;
+
+static char *main_tls_files_of(const struct conf *c)
+{
+    char *s = NULL;
+    if (asprintf(&s, "%s\n%s", c->tls_certificate ? c->tls_certificate : "",
+                 c->tls_key ? c->tls_key : "") < 0)
+        return NULL;
+    return s;
+}
 
 static int main_reload(struct daemon *dm, char *msg, size_t len)
 {
@@ -258,12 +270,21 @@ static int main_reload(struct daemon *dm, char *msg, size_t len)
         log_warn("reload: resolver changed to %s: it takes effect at the next restart; "
                  "still using %s", nr[0] ? nr : "the system resolver",
                  or[0] ? or : "the system resolver");
+    /* So are the server certificate and key: read as root at start, and
+     * unreadable for the daemon's user by design. */
+    char *tf = main_tls_files_of(nc);
+    int tls_kept = tf != NULL && main_tls_files != NULL && strcmp(tf, main_tls_files) != 0;
+    free(tf);
+    if (tls_kept)
+        log_warn("reload: tls.certificate or tls.key changed: they are read at start, as root; "
+                 "the new ones take effect at the next restart");
     main_apply(dm, nc, np);
     log_info("reloaded %s: %zu domains, %zu recipient entries", nc->path, nc->ndomains,
              policy_entry_count(np));
-    snprintf(msg, len, "reloaded %s: %zu domains, %zu recipient entries%s", nc->path,
+    snprintf(msg, len, "reloaded %s: %zu domains, %zu recipient entries%s%s", nc->path,
              nc->ndomains, policy_entry_count(np),
-             resolver_kept ? " (the new resolver needs a restart)" : "");
+             resolver_kept ? " (the new resolver needs a restart)" : "",
+             tls_kept ? " (the new TLS certificate or key needs a restart)" : "");
     return 0;
 }
 
@@ -579,6 +600,7 @@ int main(int argc, char **argv)
     if (dm.smtpd == NULL)
         log_fatal(EX_OSERR_CODE, "out of memory");
     smtpd_configure(dm.smtpd, dm.conf, dm.policy);
+    main_tls_files = main_tls_files_of(dm.conf);
     if (dm.conf->resolver && !(main_resolver = strdup(dm.conf->resolver)))
         log_fatal(EX_OSERR_CODE, "out of memory");
     dm.dns = dns_new(dm.base, dm.conf->resolver, err, sizeof err);
@@ -680,6 +702,7 @@ int main(int argc, char **argv)
     main_pid_file_remove(dm.conf);
     conf_free(dm.conf);
     free(main_resolver);
+    free(main_tls_files);
     /* Last: the tables (closed with the policy) cancel their queries. */
     pg_shutdown();
     if (main_log_ev)
