@@ -204,3 +204,21 @@ const char *received_protocol(int esmtp, int tls, int utf8)
         return "ESMTPS";
     return esmtp ? "ESMTP" : "SMTP";
 }
+
+int received_header_start(const char *b, size_t n)
+{
+    if (n == 0)
+        return -1;
+    if (b[0] == '\r' || b[0] == '\n')
+        return 1;                       /* the empty line: no header, but separated */
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)b[i];
+        if (c == ':')
+            return i > 0;
+        if (c < 33 || c > 126)
+            return 0;
+        if (i + 1 >= RECEIVED_NAME_PEEK)
+            return 0;
+    }
+    return -1;
+}

@@ -31,4 +31,21 @@ int received_format(char *buf, size_t len, const struct received_info *ri);
 /* Pick the RFC 3848 protocol name. */
 const char *received_protocol(int esmtp, int tls, int utf8);
 
+/*
+ * Our Received field goes in front of the message.  A message may have no
+ * header section at all (RFC 5322 3.5: the body alone); its first line,
+ * glued under our field, would then read as a malformed header field and
+ * the body would vanish, so an empty line must go between.  Given the
+ * message's first n octets (n may be all of it so far), says whether it
+ * begins with a header field name and its colon (RFC 5322 3.6.8: printable
+ * ASCII but ':', then ':') or with the empty line:
+ *   1   yes: our field can go straight in front;
+ *   0   no: put an empty line between;
+ *   -1  cannot tell yet: every octet so far could be part of a field name
+ *       (ask again with more; at RECEIVED_NAME_PEEK octets, or at the end
+ *       of the message, the answer is 0).
+ */
+#define RECEIVED_NAME_PEEK 998          /* RFC 5322 2.1.1: a line's bound */
+int received_header_start(const char *b, size_t n);
+
 #endif

@@ -189,6 +189,12 @@ struct session {
     struct spool_body *body;
     struct data_parser *dp;
     int body_errno;
+    /* The message's first octets, held until we know whether it begins
+     * with a header field (received_header_start): if not, an empty line
+     * goes between our Received field and it. */
+    char *peek;                         /* RECEIVED_NAME_PEEK octets, while held */
+    size_t npeek;
+    int peek_done;
     long bdat_left;
     int bdat_last;
     const char *bdat_reply;             /* refusal to send once the chunk is read */
@@ -409,6 +415,9 @@ static void session_end(struct session *s)
 
 static void session_txn_reset(struct session *s)
 {
+    free(s->peek);
+    s->peek = NULL;
+    s->npeek = 0;
     spf_cancel(s->spf);
     s->spf = NULL;
     s->spf_done = 0;
@@ -1170,9 +1179,10 @@ static void cmd_rcpt(struct session *s, const char *arg)
     session_set_state(s, S_RCPT_WAIT);
 }
 
-static int session_body_out(void *arg, const char *buf, size_t n)
+static int session_body_put(struct session *s, const char *buf, size_t n)
 {
-    struct session *s = arg;
+    if (n == 0)
+        return 0;
     if (spool_body_write(s->body, buf, n) != 0) {
         s->body_errno = errno ? errno : EIO;
         return -1;
@@ -1182,6 +1192,50 @@ static int session_body_out(void *arg, const char *buf, size_t n)
         return -1;
     }
     return 0;
+}
+
+/* The held first octets go out, after an empty line when the message has
+ * no header section (blank), and from now on octets pass straight. */
+static int session_body_release(struct session *s, int blank)
+{
+    s->peek_done = 1;
+    int rc = (blank ? session_body_put(s, "\r\n", 2) : 0) == 0 &&
+             session_body_put(s, s->peek, s->npeek) == 0 ? 0 : -1;
+    free(s->peek);
+    s->peek = NULL;
+    s->npeek = 0;
+    return rc;
+}
+
+/* data_out_fn: the parser's output, into the body (and the milters' copy). */
+static int session_body_out(void *arg, const char *buf, size_t n)
+{
+    struct session *s = arg;
+    if (s->peek_done)
+        return session_body_put(s, buf, n);
+    if (s->peek == NULL && (s->peek = malloc(RECEIVED_NAME_PEEK)) == NULL) {
+        s->body_errno = ENOMEM;
+        return -1;
+    }
+    size_t k = RECEIVED_NAME_PEEK - s->npeek;
+    if (k > n)
+        k = n;
+    memcpy(s->peek + s->npeek, buf, k);
+    s->npeek += k;
+    int r = received_header_start(s->peek, s->npeek);
+    if (r < 0)
+        return 0;                       /* all of buf held (k == n): more to come */
+    if (session_body_release(s, r == 0) != 0)
+        return -1;
+    return session_body_put(s, buf + k, n - k);
+}
+
+/* End of the message text: octets still held never showed a colon. */
+static int session_body_end(struct session *s)
+{
+    if (s->peek_done)
+        return 0;
+    return session_body_release(s, s->npeek > 0);
 }
 
 /* The transaction's milters at end of data: the live ones (the global
@@ -1265,6 +1319,8 @@ static const char *session_body_begin(struct session *s, int bdat)
                                : "451 4.3.0 Error: queue file write error";
     }
     s->dp = data_new(&lim, bdat);
+    s->peek_done = 0;
+    s->npeek = 0;
     if (session_milters_begin(s) < 0 || s->dp == NULL ||
         spool_body_write(s->body, hdr, (size_t)n) != 0 ||
         (s->mcopy && evbuffer_add(s->mcopy, hdr, (size_t)n) != 0)) {
@@ -1685,6 +1741,8 @@ static void session_milters_start(struct session *s);
 static void session_data_end(struct session *s)
 {
     enum data_status st = data_finish(s->dp, session_body_out, s);
+    if (st == DATA_OK && session_body_end(s) != 0)
+        st = DATA_WRITE_ERROR;
     const char *reply = NULL;
     enum stat_id why = STAT_REJ_CONTENT;
 

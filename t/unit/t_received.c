@@ -83,9 +83,30 @@ static struct received_info base(void)
     return ri;
 }
 
+static void test_header_start(void)
+{
+    static char longname[RECEIVED_NAME_PEEK + 8];
+    is_int(received_header_start("Subject: x\r\n", 12), 1, "a header field");
+    is_int(received_header_start("X-A:", 4), 1, "name and colon, nothing after");
+    is_int(received_header_start("\r\nbody\r\n", 8), 1, "empty first line: separated already");
+    is_int(received_header_start("just body\r\n", 11), 0, "text: needs the empty line");
+    is_int(received_header_start(": v\r\n", 5), 0, "a colon with no name");
+    is_int(received_header_start(" folded\r\n", 9), 0, "a continuation line first");
+    is_int(received_header_start("From foo@example.com Mon\r\n", 26), 0, "an mbox From_ line");
+    is_int(received_header_start("Subj\xc3\xa9t: x", 10), 0, "8-bit in the name");
+    is_int(received_header_start("Subj", 4), -1, "a name so far: cannot tell yet");
+    is_int(received_header_start("", 0), -1, "nothing yet: cannot tell");
+    memset(longname, 'a', sizeof longname);
+    is_int(received_header_start(longname, sizeof longname), 0,
+           "no colon within a line's bound: not a field");
+    is_int(received_header_start(longname, RECEIVED_NAME_PEEK - 1), -1,
+           "just under the bound: cannot tell yet");
+}
+
 int main(void)
 {
     char buf[BUFSZ];
+    test_header_start();
     struct received_info ri = base();
     int n, n2;
 
