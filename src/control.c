@@ -498,7 +498,8 @@ static void cmd_flush(struct ctl_req *r, int argc, char **argv)
                 info.nmsg == 1 ? "" : "s");
         return;
     }
-    log_info("control: flush %s: %" PRIu64 " messages", domain, info.nmsg);
+    log_info("control: flush %s: %" PRIu64 " message%s", domain, info.nmsg,
+             info.nmsg == 1 ? "" : "s");
     if (r->ctl->cluster != NULL) {
         /* Every node flushes; the others' part is their last status. */
         uint64_t others = cluster_flush(r->ctl->cluster, domain);

@@ -46,7 +46,7 @@
 #define R_ORCPT_BAD      "501 5.5.4 Bad ORCPT value"
 #define R_ETRN_SYNTAX    "500 5.5.2 Syntax: ETRN domain"
 #define R_ETRN_DOMAIN    "501 5.5.4 Bad domain name"
-#define R_HELO_SYNTAX    "501 5.5.4 Syntax: EHLO hostname"
+#define R_HELO_SYNTAX    "501 5.5.4 Syntax: EHLO hostname (or HELO hostname)"
 #define R_HELO_BAD       "501 5.5.4 Invalid EHLO hostname"
 #define R_BDAT_SYNTAX    "501 5.5.4 Syntax: BDAT size [LAST]"
 #define R_BDAT_BIG       "552 5.3.4 Message size exceeds fixed limit"
