@@ -449,6 +449,22 @@ static void dsn_addr(struct w *w, const char *name, const char *addr, int utf8)
 
 /* A DSN field whose value is "type; text": the type is kept when it looks
  * like one (atom before ';'), else dflt is prepended. */
+/* RFC 3464 2.3.5: Remote-MTA's "dns" type names a host.  The peer as
+ * delivery knows it ("name[addr]:port") gives the name, or the bracketed
+ * address when it has none. */
+static void remote_mta_name(const char *peer, char *out, size_t cap)
+{
+    const char *lb = strchr(peer, '[');
+    if (lb == NULL)
+        snprintf(out, cap, "%s", peer);
+    else if (lb > peer)
+        snprintf(out, cap, "%.*s", (int)(lb - peer), peer);
+    else {
+        const char *rb = strchr(lb, ']');
+        snprintf(out, cap, "%.*s", rb ? (int)(rb - lb + 1) : (int)strlen(lb), lb);
+    }
+}
+
 static void dsn_typed(struct w *w, const char *name, const char *dflt, const char *v,
                       enum clean_mode mode, int utf8)
 {
@@ -509,8 +525,11 @@ static void part_dsn(struct w *w, const struct ctx *c)
         dsn_addr(w, "Final-Recipient", r->addr, c->utf8);
         w_field(w, "Action", action_word(br->action));
         w_field(w, "Status", status_of(br));
-        if (br->remote_mta && br->remote_mta[0])
-            dsn_typed(w, "Remote-MTA", "dns", br->remote_mta, CLEAN_TEXT, 0);
+        if (br->remote_mta && br->remote_mta[0]) {
+            char mta[SMTP_DOMAIN_MAX + 64];
+            remote_mta_name(br->remote_mta, mta, sizeof mta);
+            dsn_typed(w, "Remote-MTA", "dns", mta, CLEAN_TEXT, 0);
+        }
         if (br->diagnostic && br->diagnostic[0])
             dsn_typed(w, "Diagnostic-Code", "smtp", br->diagnostic, CLEAN_TEXT, c->utf8);
         if (r->last_try != 0) {

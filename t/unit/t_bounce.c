@@ -471,6 +471,20 @@ static void test_delay_relay(void)
     ok(has(s, "Original-Envelope-Id: ENV-42\r\n"), "envid present");
     free(s);
 
+    /* Remote-MTA is a host name (RFC 3464 2.3.5), the peer is more. */
+    fixture();
+    rc[0] = (struct bounce_rcpt){ &r1, BOUNCE_FAILED, "5.1.1", "mx1.example.org[192.0.2.7]:2525",
+                                  "smtp; 550 5.1.1 no such user" };
+    s = build(rc, 1, ORIGINAL, 100000, T_NOW, &rc_);
+    ok(has(s, "\r\nRemote-MTA: dns; mx1.example.org\r\n"), "Remote-MTA: the peer's name only");
+    free(s);
+    fixture();
+    rc[0] = (struct bounce_rcpt){ &r1, BOUNCE_FAILED, "5.1.1", "[192.0.2.7]:2525",
+                                  "smtp; 550 5.1.1 no such user" };
+    s = build(rc, 1, ORIGINAL, 100000, T_NOW, &rc_);
+    ok(has(s, "\r\nRemote-MTA: dns; [192.0.2.7]\r\n"), "Remote-MTA: no name, the address");
+    free(s);
+
     /* Mixed kinds get the mixed Subject. */
     fixture();
     rc[0] = (struct bounce_rcpt){ &r1, BOUNCE_FAILED, "5.1.1", NULL, NULL };
