@@ -472,18 +472,20 @@ static void test_delay_relay(void)
     free(s);
 
     /* Remote-MTA is a host name (RFC 3464 2.3.5), the peer is more. */
-    fixture();
-    rc[0] = (struct bounce_rcpt){ &r1, BOUNCE_FAILED, "5.1.1", "mx1.example.org[192.0.2.7]:2525",
-                                  "smtp; 550 5.1.1 no such user" };
-    s = build(rc, 1, ORIGINAL, 100000, T_NOW, &rc_);
-    ok(has(s, "\r\nRemote-MTA: dns; mx1.example.org\r\n"), "Remote-MTA: the peer's name only");
-    free(s);
-    fixture();
-    rc[0] = (struct bounce_rcpt){ &r1, BOUNCE_FAILED, "5.1.1", "[192.0.2.7]:2525",
-                                  "smtp; 550 5.1.1 no such user" };
-    s = build(rc, 1, ORIGINAL, 100000, T_NOW, &rc_);
-    ok(has(s, "\r\nRemote-MTA: dns; [192.0.2.7]\r\n"), "Remote-MTA: no name, the address");
-    free(s);
+    const char *peers[][3] = {
+        { "mx1.example.org[192.0.2.7]:2525", "\r\nRemote-MTA: dns; mx1.example.org\r\n",
+          "Remote-MTA: the peer's name only" },
+        { "[192.0.2.7]:2525", "\r\nRemote-MTA: dns; [192.0.2.7]\r\n",
+          "Remote-MTA: no name, the address" },
+    };
+    for (size_t i = 0; i < sizeof peers / sizeof peers[0]; i++) {
+        fixture();
+        rc[0] = (struct bounce_rcpt){ &r1, BOUNCE_FAILED, "5.1.1", peers[i][0],
+                                      "smtp; 550 5.1.1 no such user" };
+        s = build(rc, 1, ORIGINAL, 100000, T_NOW, &rc_);
+        ok(has(s, peers[i][1]), "%s", peers[i][2]);
+        free(s);
+    }
 
     /* Mixed kinds get the mixed Subject. */
     fixture();
