@@ -75,6 +75,14 @@
 #define VERIFY_QUEUE_MAX      1000          /* probes waiting per primary host */
 #define VERIFY_PATH_MAX       4096
 #define USEC                  1000000.0
+/* Expired cache records are deleted by a sweep (a dictionary attack
+ * leaves a negative record per address tried, and only a sweep ever
+ * removes it): the first one this long after start, then every
+ * VERIFY_SWEEP_EVERY, each looking at VERIFY_SWEEP_STEP records per loop
+ * pass so that a big cache never holds the loop up. */
+#define VERIFY_SWEEP_FIRST    10            /* seconds after start */
+#define VERIFY_SWEEP_EVERY    3600          /* seconds between sweeps */
+#define VERIFY_SWEEP_STEP     4096          /* records looked at per pass */
 
 /* ------------------------------------------------------------------ */
 /* State                                                               */
@@ -187,6 +195,10 @@ static struct {
     uint64_t hist[HIST_N + 1];
     double hist_sum;
     uint64_t hist_count;
+    /* the sweep of expired records */
+    struct event *sweep_ev;
+    char sweep_after[VERIFY_KEY_MAX];       /* where the walk is */
+    long sweep_deleted;                     /* by the sweep under way */
 } V;
 
 static void vhost_pump(struct vhost *h);
@@ -1389,6 +1401,45 @@ void verify_metrics(struct evbuffer *b)
 }
 
 /* ------------------------------------------------------------------ */
+/* The sweep                                                           */
+/* ------------------------------------------------------------------ */
+
+static int sweep_expired(void *arg, const struct verify_entry *e)
+{
+    return verify_entry_age(V.conf, e, *(const time_t *)arg) == VAGE_EXPIRED;
+}
+
+/* One step of the sweep; the next step in the next loop pass, the next
+ * sweep VERIFY_SWEEP_EVERY after the end of this one.  An error ends the
+ * sweep early (logged); the next one starts over. */
+static void sweep_step(evutil_socket_t fd, short what, void *arg)
+{
+    time_t now = time(NULL);
+    int done = 0;
+    struct timeval tv = { 0, 0 };
+    (void)fd;
+    (void)what;
+    (void)arg;
+    long n = vcache_sweep(V.cache, sweep_expired, &now, V.sweep_after, VERIFY_SWEEP_STEP, &done);
+    if (n < 0) {
+        log_warn("verify: sweeping the cache of expired answers failed; again in %d s",
+                 VERIFY_SWEEP_EVERY);
+        done = 1;
+    } else {
+        V.sweep_deleted += n;
+    }
+    if (done) {
+        if (V.sweep_deleted > 0)
+            log_info("verify: %ld expired cache record%s removed", V.sweep_deleted,
+                     V.sweep_deleted == 1 ? "" : "s");
+        V.sweep_deleted = 0;
+        V.sweep_after[0] = '\0';
+        tv.tv_sec = VERIFY_SWEEP_EVERY;
+    }
+    evtimer_add(V.sweep_ev, &tv);
+}
+
+/* ------------------------------------------------------------------ */
 /* Life cycle                                                          */
 /* ------------------------------------------------------------------ */
 
@@ -1406,7 +1457,13 @@ int verify_init(struct event_base *base, struct dns *dns, const struct conf *c, 
         return -1;
     V.base = base;
     V.dns = dns;
-    return verify_reload(c) == 0 ? 0 : (snprintf(err, errlen, "out of memory"), -1);
+    if (verify_reload(c) != 0 || (V.sweep_ev = evtimer_new(base, sweep_step, NULL)) == NULL) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    struct timeval first = { VERIFY_SWEEP_FIRST, 0 };
+    evtimer_add(V.sweep_ev, &first);
+    return 0;
 }
 
 int verify_reload(const struct conf *c)
@@ -1458,6 +1515,9 @@ void verify_shutdown(void)
     memset(V.cbucket, 0, sizeof V.cbucket);
     V.lru_head = V.lru_tail = NULL;
     V.nclients = 0;
+    if (V.sweep_ev != NULL)
+        event_free(V.sweep_ev);
+    V.sweep_ev = NULL;
     vcache_close(V.cache);
     V.cache = NULL;
     dns_self_free(V.self);

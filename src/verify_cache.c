@@ -241,13 +241,85 @@ long vcache_forget(struct verify_cache *vc, const char *key_or_domain)
     return total;
 }
 
+/* Put cur on the first key after `after` ("" : the first key of all);
+ * the record in *k, *v.  An LMDB return code (MDB_NOTFOUND: none). */
+static int cursor_after(MDB_cursor *cur, const char *after, MDB_val *k, MDB_val *v)
+{
+    if (after[0] == '\0')
+        return mdb_cursor_get(cur, k, v, MDB_FIRST);
+    k->mv_size = strlen(after);
+    k->mv_data = (void *)after;
+    int rc = mdb_cursor_get(cur, k, v, MDB_SET_RANGE);
+    if (rc == 0 && k->mv_size == strlen(after) && memcmp(k->mv_data, after, k->mv_size) == 0)
+        rc = mdb_cursor_get(cur, k, v, MDB_NEXT);
+    return rc;
+}
+
+long vcache_sweep(struct verify_cache *vc, int (*expired)(void *arg, const struct verify_entry *e),
+                  void *arg, char after[VERIFY_KEY_MAX], size_t look, int *done)
+{
+    char (*keys)[VERIFY_KEY_MAX] = malloc(VCACHE_PAGE * sizeof *keys);
+    struct verify_entry *e = malloc(sizeof *e);
+    size_t looked = 0;
+    long total = 0;
+
+    *done = 0;
+    if (keys == NULL || e == NULL || vc == NULL || vc->readonly) {
+        free(keys);
+        free(e);
+        return -1;
+    }
+    while (looked < look) {
+        MDB_txn *txn;
+        MDB_cursor *cur;
+        MDB_val k, v;
+        size_t n = 0;
+        int rc;
+
+        if (mdb_txn_begin(lmdb_env_handle(vc->db), NULL, MDB_RDONLY, &txn) != 0 ||
+            mdb_cursor_open(txn, lmdb_env_dbi(vc->db), &cur) != 0) {
+            total = -1;
+            break;
+        }
+        rc = cursor_after(cur, after, &k, &v);
+        /* A page of records at most (so at most a page of keys). */
+        for (size_t seen = 0; rc == 0 && seen < VCACHE_PAGE && looked < look; seen++, looked++) {
+            if (k.mv_size < VERIFY_KEY_MAX) {
+                memcpy(after, k.mv_data, k.mv_size);
+                after[k.mv_size] = '\0';
+                if (vcache_decode(k.mv_data, k.mv_size, v.mv_data, v.mv_size, e) == 0 &&
+                    expired(arg, e))
+                    memcpy(keys[n++], after, VERIFY_KEY_MAX);
+            }
+            rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
+        }
+        mdb_cursor_close(cur);
+        mdb_txn_abort(txn);
+        if (n > 0) {
+            long d = vcache_del(vc, keys, n);
+            if (d < 0) {
+                total = -1;
+                break;
+            }
+            total += d;
+        }
+        if (rc != 0) {
+            *done = 1;                  /* the end of the cache */
+            after[0] = '\0';
+            break;
+        }
+    }
+    free(keys);
+    free(e);
+    return total;
+}
+
 int vcache_each(struct verify_cache *vc, const char *domain,
                 int (*fn)(void *arg, const struct verify_entry *e), void *arg)
 {
     struct verify_entry *page = malloc(VCACHE_PAGE * sizeof *page);
     char after[VERIFY_KEY_MAX] = "", dk[VERIFY_KEY_MAX] = "";
     size_t dl = 0;
-    int started = 0;
 
     if (page == NULL || vc == NULL) {
         free(page);
@@ -269,15 +341,7 @@ int vcache_each(struct verify_cache *vc, const char *domain,
             free(page);
             return -1;
         }
-        if (started) {
-            k.mv_size = strlen(after);
-            k.mv_data = after;
-            rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
-            if (rc == 0 && k.mv_size == strlen(after) && memcmp(k.mv_data, after, k.mv_size) == 0)
-                rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
-        } else {
-            rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST);
-        }
+        rc = cursor_after(cur, after, &k, &v);
         while (rc == 0 && n < VCACHE_PAGE) {
             if (k.mv_size < sizeof after) {
                 memcpy(after, k.mv_data, k.mv_size);
@@ -289,7 +353,6 @@ int vcache_each(struct verify_cache *vc, const char *domain,
                 n++;
             rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
         }
-        started = 1;
         mdb_cursor_close(cur);
         mdb_txn_abort(txn);
         for (i = 0; i < n; i++)

@@ -39,6 +39,15 @@ int vcache_put(struct verify_cache *vc, const struct verify_entry *e);
 /* Delete key, or with a key without '@' every record of that domain (its
  * "@domain" record included).  Number of records deleted, -1 on error. */
 long vcache_forget(struct verify_cache *vc, const char *key_or_domain);
+/* Delete the records expired(arg, e) calls expired (nonzero), looking at
+ * no more than `look` records per call so that a big cache is swept in
+ * steps: pages read in read transactions, each page's expired keys
+ * deleted in a short write transaction of its own.  after: where the walk
+ * is (in: "" to start; out: the last key looked at); *done is set when it
+ * reached the end.  Number deleted, -1 on error (those deleted before it
+ * stay deleted).  Not in readonly mode. */
+long vcache_sweep(struct verify_cache *vc, int (*expired)(void *arg, const struct verify_entry *e),
+                  void *arg, char after[VERIFY_KEY_MAX], size_t look, int *done);
 /* Every record, or those of domain (NULL: all), in key order, a page at a
  * time so no read transaction is held while fn runs.  fn returns nonzero to
  * stop.  0 or -1. */

@@ -10,7 +10,8 @@
 #     with libfaketime: at +8 days the positive answer is stale (used, and
 #     refreshed in the background), the negative one expired (probed again
 #     at RCPT); at +32 days the refreshed answer is still valid (the
-#     refresh renewed it) without a probe at RCPT.
+#     refresh renewed it) without a probe at RCPT, and the sweep deletes
+#     the expired negative answer from the cache, and nothing else.
 import os
 import sys
 import time
@@ -91,7 +92,7 @@ def main():
     env8 = faketime_env("+8d")
     env32 = faketime_env("+32d")
     if env8 is None:
-        skip("libfaketime not installed", 8)
+        skip("libfaketime not installed", 11)
         prim.stop()
         done()
         return
@@ -121,6 +122,11 @@ def main():
         "renewed (24 days old, not expired)")
     r, _ = rcpt(srv2, "erin@example.org")
     is_(r.code, 450, "+32d: erin's answer (renewed at +8d) has expired: unverified, 450")
+    # The sweep (10 s after start) deletes expired records, and only those.
+    ok(wait_log(srv2, r"verify: 1 expired cache record removed", 30) is not None,
+       "+32d: the sweep removes the one expired record")
+    like(state(srv2, "bob@example.org"), r"valid", "+32d: bob's (not expired) is kept")
+    unlike(state(srv2, "erin@example.org"), r"invalid", "+32d: erin's is gone from the cache")
     srv2.stop()
     done()
 

@@ -22,6 +22,11 @@ static int count_each(void *arg, const struct verify_entry *e)
     return 0;
 }
 
+static int older_than(void *arg, const struct verify_entry *e)
+{
+    return e->learned < *(const int64_t *)arg;
+}
+
 int main(void)
 {
     char key[VERIFY_KEY_MAX], err[256], dir[] = "/tmp/t_verify_cache.XXXXXX";
@@ -105,6 +110,40 @@ int main(void)
     cnt = 0;
     vcache_each(vc, NULL, count_each, &cnt);
     is_int(cnt, 2999 + 1, "the other domain stays");
+
+    /* The sweep: records learned before 1000 are expired.  A small step
+     * makes it take several calls, resumed where the last one stopped. */
+    int old_n = 0, fails_old = 0;
+    for (int i = 0; i < 700; i++) {
+        snprintf(e.key, sizeof e.key, "sweep%04d@sweep.test", i);
+        e.result = i % 3 ? VERIFY_INVALID : VERIFY_VALID;
+        e.learned = i % 2 ? 500 : 5000;
+        old_n += i % 2;
+        fails_old += vcache_put(vc, &e) != 0;
+    }
+    is_int(fails_old, 0, "700 records for the sweep");
+    char after[VERIFY_KEY_MAX] = "";
+    long swept = 0;
+    int done = 0, calls = 0;
+    int64_t cutoff = 1000;
+    while (!done && calls < 1000) {
+        long k = vcache_sweep(vc, older_than, &cutoff, after, 97, &done);
+        if (k < 0)
+            break;
+        swept += k;
+        calls++;
+    }
+    ok(done && calls > 1, "the sweep went in steps to the end (%d calls)", calls);
+    cnt = 0;
+    vcache_each(vc, "sweep.test", count_each, &cnt);
+    is_int(swept, old_n + 0, "the sweep deleted the %d expired records of its domain and no others",
+           old_n);
+    is_int(cnt, 700 - old_n, "the fresh ones stay");
+    is_int(vcache_get(vc, "sweep0001@sweep.test", &g), 0, "an expired one is gone");
+    is_int(vcache_get(vc, "sweep0002@sweep.test", &g), 1, "a fresh one is there");
+    cnt = 0;
+    vcache_each(vc, NULL, count_each, &cnt);
+    is_int(cnt, 2999 + 1 + (700 - old_n), "other domains' records (learned later) untouched");
     vcache_close(vc);
     vcache_close(NULL);
 
