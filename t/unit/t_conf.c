@@ -365,7 +365,7 @@ static void test_errors(void)
     expect_err(BASE "metrics = { port = 9125; };\n", 3, "metrics.address", "metrics without address");
     expect_err(BASE "user = \"a\\nb\";\nuser2 = 1;\n", 4, "user2", "unknown after a string with newline");
     expect_err(BASE "limits = { header_size = \"60M\"; message_size = \"10M\"; };\n", 3,
-               "header_size must not exceed", "header_size above message_size");
+               "must not exceed limits.message_size", "header_size above message_size");
 
     {
         struct conf *c = conf_load("does-not-exist.conf", errbuf, sizeof errbuf);
