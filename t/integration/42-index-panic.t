@@ -97,7 +97,8 @@ def inject_meta_failure(srv, c, acked, tag, own=True):
     the search goes on."""
     nth = 1
     for i in range(ATTEMPTS):
-        settle(srv)
+        if own:
+            settle(srv)         # not during the flush: its writes never pause long
         p, out = attach(srv, nth, "%s%d" % (tag, i))
         r, m = send_one(c, "%s-try%d" % (tag, i))
         detach(p)
